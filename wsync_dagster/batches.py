@@ -1,0 +1,119 @@
+"""Mapped batches: the Arrow contract between the mapping and the writers, and its files on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# A mapped batch is an Arrow record batch with these columns (all nullable unless said):
+ROW = "_row"  # int64, not null: ordinal of the row in the read, in iterator order
+VERSION = "_version"  # int64, not null: order-safety version (iterator in µs, change or run version)
+IDENTITY_KEY = "_identity_key"  # string, not null: canonical JSON of the row's identities
+ROW_KEY = "_row_key"  # string: full mode only, stable key of the row (hash of its identities)
+FINGERPRINT = "_fingerprint"  # string: full mode only, hash of everything the row maps to
+IDENTITY_PREFIX = "identity."  # "identity.<type>": string, one column per identity type mapped
+ATTRIBUTE_PREFIX = "attribute."  # "attribute.<name>": JSON text; NULL removes the attribute
+EVENT_ID = "event.id"  # string, not null in event batches: source_message_id or a row hash
+EVENT_TYPE = "event.type"  # string: custom_event | screen_view | commerce_event
+EVENT_NAME = "event.name"  # string
+EVENT_TIMESTAMP_MS = "event.timestamp_ms"  # int64, UTC epoch milliseconds
+EVENT_DATA = "event.data"  # string: JSON object of the event's `data` (mParticle event shape)
+
+# A rejects batch: rows that could not be mapped, kept with why.
+REJECT_SCHEMA = pa.schema([(ROW, pa.int64()), ("reason", pa.string()), ("row", pa.string())])
+
+
+def identity_columns(schema: pa.Schema) -> dict[str, str]:
+    """Identity type → column name, for the identity columns of a mapped schema."""
+    return {n[len(IDENTITY_PREFIX) :]: n for n in schema.names if n.startswith(IDENTITY_PREFIX)}
+
+
+def attribute_columns(schema: pa.Schema) -> dict[str, str]:
+    """Attribute name → column name, for the attribute columns of a mapped schema."""
+    return {n[len(ATTRIBUTE_PREFIX) :]: n for n in schema.names if n.startswith(ATTRIBUTE_PREFIX)}
+
+
+def is_event_schema(schema: pa.Schema) -> bool:
+    """True when the mapped schema carries events."""
+    return EVENT_ID in schema.names
+
+
+class BatchFile:
+    """One partition's mapped rows (and rejects) as Parquet files, written and read in batches."""
+
+    def __init__(self, directory: Path, name: str):
+        self.mapped_path = directory / f"{name}.mapped.parquet"
+        self.rejects_path = directory / f"{name}.rejects.parquet"
+
+    def writer(self) -> BatchFileWriter:
+        """A writer that replaces this partition's files atomically on close."""
+        return BatchFileWriter(self)
+
+    def exists(self) -> bool:
+        """True when the mapped file has been written."""
+        return self.mapped_path.exists()
+
+    def mapped_batches(self, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """Stream the mapped rows."""
+        yield from pq.ParquetFile(self.mapped_path).iter_batches(batch_size=batch_size)
+
+    def rejects(self) -> pa.Table:
+        """All rejected rows of the partition."""
+        if not self.rejects_path.exists():
+            return REJECT_SCHEMA.empty_table()
+        return pq.read_table(self.rejects_path)
+
+
+class BatchFileWriter:
+    """Streams batches into temporary files and moves them into place on close."""
+
+    def __init__(self, target: BatchFile):
+        self._target = target
+        self._mapped: pq.ParquetWriter | None = None
+        self._rejects: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        target.mapped_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> BatchFileWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(commit=exc_type is None)
+
+    def set_schema(self, schema: pa.Schema) -> None:
+        """The mapped schema; needed when a partition has no rows at all."""
+        self._schema = schema
+
+    def write(self, mapped: pa.RecordBatch, rejects: pa.RecordBatch | None = None) -> None:
+        """Append one mapped batch and its rejects."""
+        if self._mapped is None:
+            self._schema = mapped.schema
+            self._mapped = pq.ParquetWriter(_tmp(self._target.mapped_path), mapped.schema)
+        if mapped.num_rows:
+            self._mapped.write_batch(mapped)
+        if rejects is not None and rejects.num_rows:
+            if self._rejects is None:
+                self._rejects = pq.ParquetWriter(_tmp(self._target.rejects_path), REJECT_SCHEMA)
+            self._rejects.write_batch(rejects)
+
+    def close(self, commit: bool = True) -> None:
+        """Finish the files; on commit move them into place, else drop them."""
+        if self._mapped is None and self._schema is not None:
+            self._mapped = pq.ParquetWriter(_tmp(self._target.mapped_path), self._schema)
+        for writer, path in ((self._mapped, self._target.mapped_path), (self._rejects, self._target.rejects_path)):
+            if writer is None:
+                if commit:
+                    path.unlink(missing_ok=True)
+                continue
+            writer.close()
+            if commit:
+                _tmp(path).replace(path)
+            else:
+                _tmp(path).unlink(missing_ok=True)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".tmp")

@@ -1,0 +1,89 @@
+"""Incremental iterators: the window a run reads, and the order-safety version of a row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from wsync_dagster.spec import SyncSettings
+
+_COLUMN_TYPES = {
+    "timestamp": (pa.types.is_timestamp,),
+    "date": (pa.types.is_date, pa.types.is_timestamp),
+    "timestamp_unixtime_ms": (pa.types.is_integer,),
+    "timestamp_unixtime_s": (pa.types.is_integer,),
+}
+_TYPE_WORDS = {
+    "timestamp": "a TIMESTAMP",
+    "date": "a DATE",
+    "timestamp_unixtime_ms": "an integer of epoch milliseconds",
+    "timestamp_unixtime_s": "an integer of epoch seconds",
+}
+
+
+@dataclass(frozen=True)
+class IteratorWindow:
+    """The half-open range of iterator values one run reads, in UTC."""
+
+    start: datetime
+    end: datetime
+
+    def bounds(self, iterator_type: str) -> tuple[Any, Any]:
+        """The window as query parameters of the iterator's type."""
+        if iterator_type == "date":
+            return self.start.date(), self.end.date()
+        if iterator_type == "timestamp_unixtime_ms":
+            return _epoch(self.start, 1000), _epoch(self.end, 1000)
+        if iterator_type == "timestamp_unixtime_s":
+            return _epoch(self.start, 1), _epoch(self.end, 1)
+        return self.start, self.end
+
+    @property
+    def micros(self) -> tuple[int, int]:
+        """The window in epoch microseconds, as the store records it."""
+        return _epoch(self.start, 1_000_000), _epoch(self.end, 1_000_000)
+
+
+def _epoch(moment: datetime, per_second: int) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)
+    return (delta.days * 86_400 + delta.seconds) * per_second + delta.microseconds * per_second // 1_000_000
+
+
+def iterator_window(settings: SyncSettings, start: datetime, end: datetime) -> IteratorWindow:
+    """The window for partitions [start, end): reaches back by lookback, never before historical_start."""
+    lower = max(start - settings.lookback, settings.history_start)
+    return IteratorWindow(lower, max(end, lower))
+
+
+def check_iterator_column(settings: SyncSettings, schema: pa.Schema) -> str | None:
+    """Why the iterator column does not fit its iterator_type, or None when it does."""
+    if settings.mode != "incremental" or not settings.iterator:
+        return None
+    if settings.iterator not in schema.names:
+        return (f"sync.iterator: column '{settings.iterator}' is not returned by the data model; "
+                f"it returns {', '.join(schema.names)}")
+    column_type = schema.field(settings.iterator).type
+    if not any(test(column_type) for test in _COLUMN_TYPES[settings.iterator_type]):
+        return (f"sync.iterator_type: {settings.iterator_type} needs {_TYPE_WORDS[settings.iterator_type]} "
+                f"column, but '{settings.iterator}' is {column_type}")
+    return None
+
+
+def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -> str:
+    """DuckDB SQL for a row's version: its iterator in epoch microseconds."""
+    if iterator_type == "timestamp_unixtime_ms":
+        return f"CAST({column_sql} AS BIGINT) * 1000"
+    if iterator_type == "timestamp_unixtime_s":
+        return f"CAST({column_sql} AS BIGINT) * 1000000"
+    if pa.types.is_date(column_type):
+        return f"epoch_us(CAST({column_sql} AS TIMESTAMP))"
+    return f"epoch_us({column_sql})"
+
+
+def now_micros() -> int:
+    """The current time in epoch microseconds: the version of a full-mode read."""
+    return _epoch(datetime.now().astimezone(), 1_000_000)
+

@@ -1,0 +1,347 @@
+"""The mapping: warehouse columns → identities, attributes and events, vectorized over Arrow batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wsync_dagster import batches as b
+from wsync_dagster.identities import IDENTITY_PRIORITY, identity_for_column
+from wsync_dagster.iterators import check_iterator_column, version_sql
+from wsync_dagster.spec import CUSTOM_EVENT_TYPES, EVENT_TYPES, UNMAPPED, SyncSpec
+
+MAX_IDENTITY_LENGTH = 255
+MAX_ATTRIBUTE_LENGTH = 4096
+_RAW = "__row"
+
+
+class MappingError(ValueError):
+    """A mapping that does not fit the data model's columns."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a mapped value comes from: a column, or a static value."""
+
+    column: str | None = None
+    value: bool | int | float | str | None = None
+
+
+@dataclass(frozen=True)
+class MappingPlan:
+    """Every target of a sync and its source, checked against the data model's real columns."""
+
+    data_type: str
+    schema: pa.Schema
+    identities: dict[str, str]
+    attributes: dict[str, Source]
+    event_fields: dict[str, Source] = field(default_factory=dict)
+    custom_attributes: dict[str, Source] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
+    iterator: str | None = None
+    iterator_type: str | None = None
+    full_mode: bool = False
+
+
+def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
+    """Resolve the mapping against the model's columns; every problem is reported, with file and field."""
+    problems: list[str] = []
+    by_name = {name: name for name in schema.names}
+    by_lower = {name.lower(): name for name in schema.names}
+
+    def column_of(name: str, where: str) -> str | None:
+        found = by_name.get(name) or by_lower.get(name.lower())
+        if found is None:
+            problems.append(f"{where}: column '{name}' is not returned by the data model; "
+                            f"it returns {', '.join(schema.names)}")
+        return found
+
+    identities: dict[str, str] = {}
+    attributes: dict[str, Source] = {}
+    event_fields: dict[str, Source] = {}
+    custom: dict[str, Source] = {}
+    named: set[str] = set()
+    ignored: list[str] = []
+    unmapped_field: str | None = None
+
+    def assign(target: str, source: Source, where: str) -> None:
+        if target.startswith("user_identities."):
+            kind = target.removeprefix("user_identities.")
+            if kind in identities:
+                problems.append(f"{where}: identity {kind} is already mapped from '{identities[kind]}'")
+            identities[kind] = source.column  # type: ignore[assignment]
+            return
+        group, name = (
+            (attributes, target.removeprefix("user_attributes."))
+            if target.startswith("user_attributes.")
+            else (custom, target.removeprefix("events.data.custom_attributes."))
+            if target.startswith("events.data.custom_attributes.")
+            else (event_fields, target.rsplit(".", 1)[1])
+        )
+        if name in group:
+            problems.append(f"{where}: field {target} is mapped twice")
+        group[name] = source
+
+    for index, entry in enumerate(spec.mapping or []):
+        where = f"mapping[{index}]"
+        if entry.type == "object":
+            continue
+        if entry.type == "ignore":
+            if found := column_of(entry.column, f"{where}.column"):
+                named.add(found)
+                ignored.append(found)
+            continue
+        if entry.type == "column" and entry.column == UNMAPPED:
+            unmapped_field = entry.field
+            continue
+        if entry.type == "column":
+            found = column_of(entry.column, f"{where}.column")
+            if found is None:
+                continue
+            named.add(found)
+            assign(entry.field, Source(column=found), where)
+        else:
+            assign(entry.field, Source(value=entry.value), where)
+
+    for name in schema.names:
+        kind = identity_for_column(name)
+        if name in named or kind is None:
+            continue
+        if kind in identities:
+            problems.append(f"mapping: column '{name}' is the reserved identity {kind}, which is already mapped "
+                            f"from '{identities[kind]}'; add {{type: ignore, column: {name}}}")
+            continue
+        identities[kind] = name
+        named.add(name)
+
+    iterator = None
+    if spec.sync.mode == "incremental":
+        if problem := check_iterator_column(spec.sync, schema):
+            problems.append(problem)
+        else:
+            iterator = spec.sync.iterator
+            named.add(iterator)  # type: ignore[arg-type]
+
+    remaining = [name for name in schema.names if name not in named]
+    if spec.mapping is None:
+        target_group = attributes
+    elif unmapped_field is not None:
+        to_custom = unmapped_field == "events.data.custom_attributes.*" or (
+            unmapped_field == "*" and spec.data_type == "event"
+        )
+        target_group = custom if to_custom else attributes
+    else:
+        target_group = None
+        problems.extend(
+            f"mapping: column '{name}' is selected by the data model but not mapped; map it, ignore it "
+            f"({{type: ignore, column: {name}}}) or add {{type: column, column: $unmapped, field: ...}}"
+            for name in remaining
+        )
+    if target_group is not None:
+        for name in remaining:
+            if name in target_group:
+                problems.append(f"mapping: column '{name}' falls under $unmapped but {name} is already mapped")
+            target_group[name] = Source(column=name)
+
+    if not identities:
+        problems.append("mapping: no identity; map a column to user_identities.<type> or select a reserved "
+                        "identity column (customer_id, email, …)")
+    if spec.data_type == "event" and "event_name" not in event_fields:
+        problems.append("mapping: events.data.event_name is required for events")
+    if problems:
+        raise MappingError("\n".join(f"{spec.source_file}: {p}" for p in problems))
+    return MappingPlan(
+        data_type=spec.data_type,
+        schema=schema,
+        identities={kind: identities[kind] for kind in IDENTITY_PRIORITY if kind in identities},
+        attributes=attributes,
+        event_fields=event_fields,
+        custom_attributes=custom,
+        ignored=tuple(ignored),
+        iterator=iterator,
+        iterator_type=spec.sync.iterator_type if iterator else None,
+        full_mode=spec.sync.mode == "full",
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class BatchMapper:
+    """Maps warehouse record batches into mapped batches and rejects, in one DuckDB query per batch."""
+
+    def __init__(self, plan: MappingPlan, *, run_version: int = 0):
+        self.plan = plan
+        self._connection = duckdb.connect()
+        self._connection.execute("SET TimeZone = 'UTC'")
+        self._sql = self._build_sql(run_version)
+        self._next_row = 0
+
+    def map(self, batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
+        """(mapped rows, rejected rows with their reason) of one warehouse batch."""
+        rows = pa.array(range(self._next_row, self._next_row + batch.num_rows), pa.int64())
+        self._next_row += batch.num_rows
+        self._connection.register("source_batch", pa.Table.from_batches([batch.append_column(_RAW, rows)]))
+        try:
+            result = self._connection.sql(self._sql).to_arrow_table()
+        finally:
+            self._connection.unregister("source_batch")
+        rejected = pc.is_valid(result["_reject"])
+        mapped = result.filter(pc.invert(rejected)).drop_columns(["_reject", "_raw"])
+        rejects = result.filter(rejected).select([b.ROW, "_reject", "_raw"]).rename_columns(["_row", "reason", "row"])
+        return mapped, rejects.cast(b.REJECT_SCHEMA)
+
+    def empty(self) -> pa.Table:
+        """A mapped table with no rows, for the schema."""
+        return self.map(pa.RecordBatch.from_pylist([], schema=self.plan.schema))[0]
+
+    def _value(self, source: Source) -> str:
+        return f"src.{_ident(source.column)}" if source.column is not None else _literal(source.value)
+
+    def _build_sql(self, run_version: int) -> str:
+        plan = self.plan
+        select: list[str] = [f"src.{_ident(_RAW)} AS {_ident(b.ROW)}"]
+        if plan.iterator:
+            column_type = plan.schema.field(plan.iterator).type
+            version = version_sql(plan.iterator_type, f"src.{_ident(plan.iterator)}", column_type)  # type: ignore[arg-type]
+            select.append(f"CAST({version} AS BIGINT) AS {_ident(b.VERSION)}")
+        else:
+            select.append(f"CAST({int(run_version)} AS BIGINT) AS {_ident(b.VERSION)}")
+        for kind, column in plan.identities.items():
+            select.append(f"NULLIF(TRIM(CAST(src.{_ident(column)} AS VARCHAR)), '') AS {_ident(b.IDENTITY_PREFIX + kind)}")
+        for name, source in plan.attributes.items():
+            select.append(f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}")
+        raw = "json_object(" + ", ".join(f"{_literal(n)}, src.{_ident(n)}" for n in plan.schema.names) + ")"
+        select.append(f"CAST({raw} AS VARCHAR) AS _raw_json")
+        checks = self._float_checks()
+        if plan.data_type == "event":
+            select.extend(self._event_select())
+        inner = ", ".join(select + [f"{expr} AS {_ident(name)}" for name, expr in checks.items()])
+
+        mapped = [b.ROW, b.VERSION, *(b.IDENTITY_PREFIX + k for k in plan.identities)]
+        mapped += [b.ATTRIBUTE_PREFIX + n for n in plan.attributes]
+        identity_json = "json_object(" + ", ".join(
+            f"{_literal(k)}, {_ident(b.IDENTITY_PREFIX + k)}" for k in plan.identities
+        ) + ")"
+        outer = [_ident(c) for c in mapped]
+        outer.append(f"CAST({identity_json} AS VARCHAR) AS {_ident(b.IDENTITY_KEY)}")
+        if plan.data_type == "event":
+            outer += [_ident(c) for c in (b.EVENT_ID, b.EVENT_TYPE, b.EVENT_NAME, b.EVENT_TIMESTAMP_MS, b.EVENT_DATA)]
+        if plan.full_mode:
+            key = _ident(b.EVENT_ID) if plan.data_type == "event" else identity_json
+            content = ", ".join(_ident(c) for c in [*mapped[2:], *([b.EVENT_DATA, b.EVENT_TYPE] if plan.data_type == "event" else [])])
+            outer.append(f"md5(CAST({key} AS VARCHAR)) AS {_ident(b.ROW_KEY)}")
+            outer.append(f"md5(CAST(to_json(list_value({content})) AS VARCHAR)) AS {_ident(b.FINGERPRINT)}")
+        reason = self._reject_reason(checks)
+        outer.append(f"{reason} AS _reject")
+        outer.append(f"CASE WHEN ({reason}) IS NOT NULL THEN _raw_json END AS _raw")
+        return f"SELECT {', '.join(outer)} FROM (SELECT {inner} FROM source_batch AS src) ORDER BY {_ident(b.ROW)}"
+
+    def _float_checks(self) -> dict[str, str]:
+        """Per float column mapped to an attribute, a flag for NaN/infinity, which JSON cannot hold."""
+        checks = {}
+        sources = {**self.plan.attributes, **self.plan.custom_attributes}
+        for name, source in sources.items():
+            if source.column is not None and pa.types.is_floating(self.plan.schema.field(source.column).type):
+                column = f"src.{_ident(source.column)}"
+                checks[f"_nonfinite_{len(checks)}"] = (f"CASE WHEN isnan({column}) OR isinf({column}) "
+                                                     f"THEN {_literal(name)} END")
+        return checks
+
+    def _event_select(self) -> list[str]:
+        fields = self.plan.event_fields
+        event_type = self._value(fields.get("event_type", Source(value="custom_event")))
+        custom_event_type = self._value(fields.get("custom_event_type", Source(value="other")))
+        name = self._value(fields["event_name"])
+        timestamp = self._timestamp_ms(fields.get("timestamp_unixtime_ms"))
+        message_id = fields.get("source_message_id")
+        row_hash = "md5(CAST(" + "json_object(" + ", ".join(
+            f"{_literal(n)}, src.{_ident(n)}" for n in self.plan.schema.names
+        ) + ") AS VARCHAR))"
+        event_id = (f"COALESCE(NULLIF(CAST({self._value(message_id)} AS VARCHAR), ''), {row_hash})"
+                    if message_id else row_hash)
+        custom = "json_object(" + ", ".join(
+            f"{_literal(k)}, {self._value(v)}" for k, v in self.plan.custom_attributes.items()
+        ) + ")"
+        data = (f"json_object('event_name', CAST({name} AS VARCHAR), 'custom_event_type', "
+                f"CAST({custom_event_type} AS VARCHAR), 'timestamp_unixtime_ms', {timestamp}, "
+                f"'source_message_id', {event_id}, 'custom_attributes', {custom})")
+        return [
+            f"{event_id} AS {_ident(b.EVENT_ID)}",
+            f"CAST({event_type} AS VARCHAR) AS {_ident(b.EVENT_TYPE)}",
+            f"NULLIF(CAST({name} AS VARCHAR), '') AS {_ident(b.EVENT_NAME)}",
+            f"{timestamp} AS {_ident(b.EVENT_TIMESTAMP_MS)}",
+            f"CAST({data} AS VARCHAR) AS {_ident(b.EVENT_DATA)}",
+            f"CAST({custom_event_type} AS VARCHAR) AS _custom_event_type",
+            (f"{self._value(fields['timestamp_unixtime_ms'])} IS NOT NULL AND {timestamp} IS NULL"
+             if "timestamp_unixtime_ms" in fields else "FALSE") + " AS _bad_timestamp",
+        ]
+
+    def _timestamp_ms(self, source: Source | None) -> str:
+        """A column or value as UTC epoch milliseconds: times and dates converted, numbers taken as ms."""
+        if source is None:
+            return "CAST(NULL AS BIGINT)"
+        value = self._value(source)
+        if source.column is None:
+            return f"CAST({value} AS BIGINT)" if isinstance(source.value, int | float) else (
+                f"epoch_ms(TRY_CAST({value} AS TIMESTAMPTZ))")
+        column_type = self.plan.schema.field(source.column).type
+        if pa.types.is_timestamp(column_type):
+            return f"epoch_ms({value})"
+        if pa.types.is_date(column_type):
+            return f"epoch_ms(CAST({value} AS TIMESTAMP))"
+        if pa.types.is_integer(column_type) or pa.types.is_floating(column_type):
+            return f"CAST({value} AS BIGINT)"
+        return f"epoch_ms(TRY_CAST({value} AS TIMESTAMPTZ))"
+
+    def _reject_reason(self, checks: dict[str, str]) -> str:
+        plan = self.plan
+        kinds = ", ".join(plan.identities)
+        cases = [
+            f"WHEN {' AND '.join(f'{_ident(b.IDENTITY_PREFIX + k)} IS NULL' for k in plan.identities)} "
+            f"THEN 'no identity: {kinds} all empty'"
+        ]
+        cases += [
+            f"WHEN length({_ident(b.IDENTITY_PREFIX + k)}) > {MAX_IDENTITY_LENGTH} "
+            f"THEN 'identity {k} is longer than {MAX_IDENTITY_LENGTH} characters'"
+            for k in plan.identities
+        ]
+        cases += [f"WHEN {_ident(name)} IS NOT NULL THEN 'attribute ' || {_ident(name)} || "
+                  "' is NaN or infinite, which is not a number in JSON'" for name in checks]
+        cases += [
+            f"WHEN length({_ident(b.ATTRIBUTE_PREFIX + n)}) > {MAX_ATTRIBUTE_LENGTH} "
+            f"THEN {_literal(f'attribute {n} is longer than {MAX_ATTRIBUTE_LENGTH} characters')}"
+            for n in plan.attributes
+        ]
+        if plan.data_type == "event":
+            allowed = ", ".join(_literal(t) for t in EVENT_TYPES)
+            allowed_custom = ", ".join(_literal(t) for t in CUSTOM_EVENT_TYPES)
+            cases += [
+                f"WHEN {_ident(b.EVENT_TYPE)} IS NULL OR {_ident(b.EVENT_TYPE)} NOT IN ({allowed}) "
+                f"THEN 'event_type ' || COALESCE('''' || {_ident(b.EVENT_TYPE)} || '''', 'NULL') || "
+                f"' is not one of {', '.join(EVENT_TYPES)}'",
+                f"WHEN {_ident(b.EVENT_NAME)} IS NULL THEN 'event_name is empty'",
+                f"WHEN {_ident(b.EVENT_TYPE)} = 'custom_event' AND (_custom_event_type IS NULL OR "
+                f"_custom_event_type NOT IN ({allowed_custom})) THEN 'custom_event_type ' || "
+                f"COALESCE('''' || _custom_event_type || '''', 'NULL') || ' is not one of "
+                f"{', '.join(CUSTOM_EVENT_TYPES)}'",
+                "WHEN _bad_timestamp THEN 'timestamp_unixtime_ms cannot be read as a time'",
+                f"WHEN length({_ident(b.EVENT_DATA)}) > {MAX_ATTRIBUTE_LENGTH * 8} THEN "
+                f"'event data is larger than {MAX_ATTRIBUTE_LENGTH * 8} characters'",
+            ]
+        return "CASE " + " ".join(cases) + " END"

@@ -1,0 +1,364 @@
+"""The user's contract: one YAML file per sync, validated into a SyncSpec."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wsync_dagster.data_model import DataModelError, check_read_only_select
+from wsync_dagster.identities import IDENTITY_PRIORITY
+
+TIME_ITERATORS = ("timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s")
+EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
+CUSTOM_EVENT_TYPES = (
+    "navigation",
+    "location",
+    "search",
+    "transaction",
+    "user_content",
+    "user_preference",
+    "social",
+    "media",
+    "other",
+)
+EVENT_FIELDS = (
+    "events.event_type",
+    "events.data.event_name",
+    "events.data.custom_event_type",
+    "events.data.timestamp_unixtime_ms",
+    "events.data.source_message_id",
+)
+UNMAPPED = "$unmapped"
+_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+_DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class SyncSpecError(ValueError):
+    """A sync file that cannot be used; the message names the file, the field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DuckDBConnection(_Strict):
+    """A DuckDB database file, opened read-only."""
+
+    type: Literal["duckdb"]
+    path: Path
+
+
+Connection = Annotated[DuckDBConnection, Field(discriminator="type")]
+
+
+def _check_field(field: str, column: str | None) -> str:
+    """Validate a mapping target; `$unmapped` goes with `*` targets only."""
+    wildcard = field == "*" or field.endswith(".*")
+    if column == UNMAPPED and not wildcard:
+        raise ValueError(f"{UNMAPPED} maps to a wildcard field: '*', 'user_attributes.*' or "
+                         "'events.data.custom_attributes.*'")
+    if wildcard and column != UNMAPPED:
+        raise ValueError(f"a '*' field takes column {UNMAPPED}")
+    if field in ("*", "user_attributes.*", "events.data.custom_attributes.*") or field in EVENT_FIELDS:
+        return field
+    if field.startswith("user_identities."):
+        if field.removeprefix("user_identities.") not in IDENTITY_PRIORITY:
+            raise ValueError(f"unknown identity '{field}'; allowed: user_identities.<one of "
+                             f"{', '.join(IDENTITY_PRIORITY)}>")
+        return field
+    for prefix in ("user_attributes.", "events.data.custom_attributes."):
+        if field.startswith(prefix) and field.removeprefix(prefix):
+            return field
+    raise ValueError(
+        f"unknown field '{field}'; allowed: user_identities.<identity>, user_attributes.<name>, "
+        f"events.data.custom_attributes.<name>, {', '.join(EVENT_FIELDS)}, or '*' with {UNMAPPED}"
+    )
+
+
+class ColumnMapping(_Strict):
+    """A warehouse column (or $unmapped) into a field."""
+
+    type: Literal["column"]
+    column: str
+    field: str
+
+    @model_validator(mode="after")
+    def _field(self) -> ColumnMapping:
+        _check_field(self.field, self.column)
+        return self
+
+
+class StaticMapping(_Strict):
+    """A typed constant into a field."""
+
+    type: Literal["static"]
+    value: bool | int | float | str
+    field: str
+
+    @model_validator(mode="after")
+    def _field(self) -> StaticMapping:
+        _check_field(self.field, None)
+        if self.field.startswith("user_identities."):
+            raise ValueError("an identity cannot be static: every row would be the same user")
+        if self.field == "events.event_type" and self.value not in EVENT_TYPES:
+            raise ValueError(f"events.event_type is one of {', '.join(EVENT_TYPES)}")
+        if self.field == "events.data.custom_event_type" and self.value not in CUSTOM_EVENT_TYPES:
+            raise ValueError(f"events.data.custom_event_type is one of {', '.join(CUSTOM_EVENT_TYPES)}")
+        return self
+
+
+class IgnoreMapping(_Strict):
+    """A column that is not ingested."""
+
+    type: Literal["ignore"]
+    column: str
+
+
+class ObjectMapping(_Strict):
+    """An object target, as in mParticle's mapping editor; declares where the other mappings go."""
+
+    type: Literal["object"]
+    field: Literal["user_identities", "user_attributes", "events"]
+
+
+MappingEntry = Annotated[ColumnMapping | StaticMapping | IgnoreMapping | ObjectMapping, Field(discriminator="type")]
+
+
+class DataModelSpec(_Strict):
+    """The SQL that selects the rows to sync."""
+
+    sql: str
+
+    @field_validator("sql")
+    @classmethod
+    def _read_only(cls, sql: str) -> str:
+        try:
+            check_read_only_select(sql)
+        except DataModelError as error:
+            raise ValueError(str(error)) from None
+        return sql
+
+
+class SyncSettings(_Strict):
+    """When and how a sync runs."""
+
+    mode: Literal["full", "incremental", "cdc"]
+    iterator: str | None = None
+    iterator_type: Literal["timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s", "integer"] | None = None
+    schedule: Literal["interval", "once", "on_demand"] = "on_demand"
+    frequency: Literal["hourly", "daily", "weekly", "monthly"] | None = None
+    start: datetime | None = None
+    historical_start: datetime | None = None
+    lookback: timedelta = timedelta(0)
+    environment: Literal["production", "development"] = "production"
+    input_protection: Literal["create_and_update", "update_only", "read_only"] = "create_and_update"
+    paused: bool = False
+
+    @field_validator("start", "historical_start", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime.combine(value, time(), UTC)
+        return value
+
+    @field_validator("start", "historical_start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value.strip())
+            if not match:
+                raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
+            return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SyncSettings:
+        if self.mode == "incremental":
+            if not self.iterator:
+                raise ValueError("iterator: required when mode is incremental")
+            if not self.iterator_type:
+                raise ValueError("iterator_type: required when mode is incremental")
+        elif self.mode == "cdc":
+            raise ValueError("mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection has "
+                             "none: use incremental or full")
+        elif self.iterator or self.iterator_type:
+            raise ValueError("iterator/iterator_type: only for mode incremental")
+        if self.iterator_type == "integer":
+            raise ValueError("iterator_type: integer iterators are not supported yet; allowed: "
+                             + ", ".join(TIME_ITERATORS))
+        if self.schedule == "interval" and not self.frequency:
+            raise ValueError("frequency: required when schedule is interval (hourly, daily, weekly, monthly)")
+        if self.schedule in ("interval", "once") and not self.start:
+            raise ValueError(f"start: required when schedule is {self.schedule}")
+        if self.mode == "incremental" and not (self.historical_start or self.start):
+            raise ValueError("historical_start: required for a time iterator when there is no start")
+        if self.frequency == "monthly" and self.start and self.start.day > 28:
+            raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
+        if self.lookback < timedelta(0):
+            raise ValueError("lookback: must not be negative")
+        return self
+
+    @property
+    def partition_frequency(self) -> str:
+        """The partition size: frequency, else daily."""
+        return self.frequency or "daily"
+
+    @property
+    def history_start(self) -> datetime:
+        """How far back history is loaded: historical_start, else start."""
+        return self.historical_start or self.start  # type: ignore[return-value]
+
+
+class Checks(_Strict):
+    """Thresholds of the sync's asset checks."""
+
+    max_reject_rate: float = Field(0.05, ge=0, le=1)
+
+
+class ProfileStoreDestination(_Strict):
+    """The profile store; every sync writes it."""
+
+    type: Literal["profile_store"] = "profile_store"
+
+
+class SyncSpec(_Strict):
+    """One sync: where the rows come from, how they map, when they run."""
+
+    name: str
+    description: str = ""
+    data_type: Literal["user", "event"]
+    connection: Connection
+    data_model: DataModelSpec
+    mapping: list[MappingEntry] | None = None
+    sync: SyncSettings
+    destination: ProfileStoreDestination = ProfileStoreDestination()
+    checks: Checks = Checks()
+    source_file: Path = Field(Path("."), exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError("lower-case letters, digits and _, starting with a letter ([a-z][a-z0-9_]*)")
+        return name
+
+    @model_validator(mode="after")
+    def _event_mapping(self) -> SyncSpec:
+        if self.data_type == "event" and not self.mapping:
+            raise ValueError("mapping: required for event data (events.data.event_name at least)")
+        if self.data_type == "user":
+            for entry in self.mapping or []:
+                if getattr(entry, "field", "").startswith("events"):
+                    raise ValueError(f"mapping: {entry.field} is for data_type event")
+        return self
+
+    def resolve_path(self, path: Path) -> Path:
+        """A path from the sync file, relative to that file."""
+        return path if path.is_absolute() else (self.source_file.parent / path).resolve()
+
+
+def load_sync_file(path: Path) -> SyncSpec:
+    """Read and validate one sync file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SyncSpecError(f"{path}: invalid YAML: {error}") from None
+    except OSError as error:
+        raise SyncSpecError(f"{path}: cannot read: {error.strerror}") from None
+    if not isinstance(raw, dict):
+        raise SyncSpecError(f"{path}: a sync file is a YAML mapping of keys (name, data_type, connection, …)")
+    try:
+        return SyncSpec.model_validate({**raw, "source_file": path.resolve()})
+    except ValidationError as error:
+        raise SyncSpecError(_describe(path, error, raw)) from None
+
+
+def load_syncs(directory: Path) -> list[SyncSpec]:
+    """Every sync file of a folder, validated, with unique names; errors of all files together."""
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    specs: list[SyncSpec] = []
+    errors: list[str] = []
+    for path in files:
+        try:
+            specs.append(load_sync_file(path))
+        except SyncSpecError as error:
+            errors.append(str(error))
+    seen: dict[str, Path] = {}
+    for spec in specs:
+        if spec.name in seen:
+            errors.append(f"{spec.source_file}: name: '{spec.name}' is already used by {seen[spec.name]}")
+        seen[spec.name] = spec.source_file
+    if errors:
+        raise SyncSpecError("\n".join(errors))
+    return specs
+
+
+def _describe(path: Path, error: ValidationError, raw: dict) -> str:
+    lines = []
+    for item in error.errors():
+        where = _location(item["loc"], raw)
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{path}: {where}: unknown key; allowed: {_allowed_keys(item['loc'], raw)}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "required"
+        lines.append(f"{path}: {where}: {message}" if where else f"{path}: {message}")
+    return "\n".join(lines)
+
+
+def _location(loc: tuple, raw: dict) -> str:
+    """Dotted field path, without pydantic's union tags."""
+    parts: list[str] = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] = f"{parts[-1]}[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # a discriminated union's tag
+        if part == "source_file":
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def _allowed_keys(loc: tuple, raw: dict) -> str:
+    model: type[BaseModel] = SyncSpec
+    node: Any = raw
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) else None
+            if model is SyncSpec and isinstance(node, dict):
+                model = _mapping_model(node)
+            continue
+        node = node.get(part) if isinstance(node, dict) else None
+        if part == "connection":
+            model = DuckDBConnection
+        elif part == "mapping":
+            continue
+        elif part in ("sync", "data_model", "destination", "checks"):
+            model = {"sync": SyncSettings, "data_model": DataModelSpec, "destination": ProfileStoreDestination,
+                     "checks": Checks}[part]
+    return ", ".join(name for name in model.model_fields if name != "source_file")
+
+
+def _mapping_model(entry: dict) -> type[BaseModel]:
+    return {"column": ColumnMapping, "static": StaticMapping, "ignore": IgnoreMapping}.get(
+        entry.get("type", ""), ObjectMapping
+    )
