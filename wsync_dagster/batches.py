@@ -87,17 +87,17 @@ class BatchFileWriter:
         """The mapped schema; needed when a partition has no rows at all."""
         self._schema = schema
 
-    def write(self, mapped: pa.RecordBatch, rejects: pa.RecordBatch | None = None) -> None:
-        """Append one mapped batch and its rejects."""
+    def write(self, mapped: pa.Table | pa.RecordBatch, rejects: pa.Table | pa.RecordBatch | None = None) -> None:
+        """Append mapped rows and their rejects."""
         if self._mapped is None:
             self._schema = mapped.schema
             self._mapped = pq.ParquetWriter(_tmp(self._target.mapped_path), mapped.schema)
         if mapped.num_rows:
-            self._mapped.write_batch(mapped)
+            self._mapped.write(mapped)
         if rejects is not None and rejects.num_rows:
             if self._rejects is None:
                 self._rejects = pq.ParquetWriter(_tmp(self._target.rejects_path), REJECT_SCHEMA)
-            self._rejects.write_batch(rejects)
+            self._rejects.write(rejects)
 
     def close(self, commit: bool = True) -> None:
         """Finish the files; on commit move them into place, else drop them."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from wsync_dagster.data_model import DataModelError, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
@@ -88,10 +88,10 @@ class ColumnMapping(_Strict):
     column: str
     field: str
 
-    @model_validator(mode="after")
-    def _field(self) -> ColumnMapping:
-        _check_field(self.field, self.column)
-        return self
+    @field_validator("field")
+    @classmethod
+    def _field(cls, target: str, info: ValidationInfo) -> str:
+        return _check_field(target, info.data.get("column"))
 
 
 class StaticMapping(_Strict):
@@ -101,9 +101,13 @@ class StaticMapping(_Strict):
     value: bool | int | float | str
     field: str
 
+    @field_validator("field")
+    @classmethod
+    def _target(cls, target: str) -> str:
+        return _check_field(target, None)
+
     @model_validator(mode="after")
-    def _field(self) -> StaticMapping:
-        _check_field(self.field, None)
+    def _value_fits_field(self) -> StaticMapping:
         if self.field.startswith("user_identities."):
             raise ValueError("an identity cannot be static: every row would be the same user")
         if self.field == "events.event_type" and self.value not in EVENT_TYPES:
@@ -324,13 +328,16 @@ def _location(loc: tuple, raw: dict) -> str:
     """Dotted field path, without pydantic's union tags."""
     parts: list[str] = []
     node: Any = raw
+    previous: Any = None
     for part in loc:
+        is_tag = isinstance(node, dict) and node.get("type") == part and (isinstance(previous, int) or previous == "connection")
+        previous = part
+        if is_tag:
+            continue  # a discriminated union's tag
         if isinstance(part, int):
             parts[-1] = f"{parts[-1]}[{part}]"
             node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue  # a discriminated union's tag
         if part == "source_file":
             continue
         parts.append(str(part))

@@ -1,0 +1,193 @@
+"""The `wsync` command: validate, preview, run, profile, rejects, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsync_dagster.settings import profile_store_url, syncs_dir
+
+
+class CommandError(Exception):
+    """A failure to report in one clear line, with a non-zero exit."""
+
+
+def _load_spec(name: str):
+    from wsync_dagster.spec import load_syncs
+
+    folder = syncs_dir()
+    if not folder.is_dir():
+        raise CommandError(f"no sync folder at {folder} (set WSYNC_SYNCS_DIR, or run `wsync demo`)")
+    specs = {spec.name: spec for spec in load_syncs(folder)}
+    if name not in specs:
+        raise CommandError(f"no sync named '{name}' in {folder}; syncs: {', '.join(sorted(specs)) or 'none'}")
+    return specs[name]
+
+
+def _open_store():
+    from wsync_dagster.store import open_profile_store
+
+    return open_profile_store(profile_store_url())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate every sync file, then each mapping against the model's real columns."""
+    from wsync_dagster.pipeline import check_mapping
+    from wsync_dagster.spec import load_syncs
+
+    folder = syncs_dir()
+    if not folder.is_dir():
+        raise CommandError(f"no sync folder at {folder} (set WSYNC_SYNCS_DIR, or run `wsync demo`)")
+    specs = load_syncs(folder)
+    failures = 0
+    for spec in specs:
+        try:
+            plan = check_mapping(spec)
+        except Exception as error:  # every kind of failure is reported per sync, then the exit code says it
+            failures += 1
+            print(f"✗ {spec.name}: {error}", file=sys.stderr)
+            continue
+        print(f"✓ {spec.name}: {len(plan.identities)} identities, {len(plan.attributes)} attributes"
+              + (f", {len(plan.custom_attributes)} event attributes" if spec.data_type == "event" else "")
+              + (f", {len(plan.ignored)} ignored" if plan.ignored else ""))
+    if not specs:
+        print(f"no sync files in {folder}")
+    return 1 if failures else 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Print sample enriched profiles or events; nothing is written."""
+    from wsync_dagster.pipeline import preview_rows
+
+    for row in preview_rows(_load_spec(args.sync), args.limit):
+        print(json.dumps(row, default=str))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a sync through Dagster and print its counts."""
+    from dagster import DagsterInstance
+
+    from wsync_dagster.runner import run_sync
+
+    spec = _load_spec(args.sync)
+    logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
+    logging.getLogger("wsync").setLevel(logging.INFO)
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    store = _open_store()
+    try:
+        report = run_sync(spec, store, instance, partition=args.partition)
+    finally:
+        store.close()
+    if not report.partitions:
+        print(f"{spec.name}: up to date, no complete partition is due")
+        return 0
+    print(f"{spec.name}: partitions {report.partitions} (run {report.run_id})")
+    for asset_key, metadata in report.metadata.items():
+        counts = ", ".join(f"{k}={v}" for k, v in metadata.items() if isinstance(v, int | float | str) and k != "preview")
+        print(f"  {asset_key}: {counts}")
+    for failed in report.failed_checks:
+        print(f"  check failed: {failed}", file=sys.stderr)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Print one profile found by an identity."""
+    identity_type, sep, value = args.identity.partition("=")
+    if not sep or not value:
+        raise CommandError("--identity takes TYPE=VALUE, e.g. --identity email=ada@example.com")
+    store = _open_store()
+    try:
+        profile = store.profile(identity_type, value, args.environment)
+    finally:
+        store.close()
+    if profile is None:
+        raise CommandError(f"no profile with {identity_type}={value} in {args.environment}")
+    if args.json:
+        print(json.dumps(profile, default=str))
+        return 0
+    print(f"profile {profile['profile_id']} ({profile['environment']})")
+    for kind, ident in profile["identities"].items():
+        print(f"  identity  {kind} = {ident}")
+    for name, attribute in profile["attributes"].items():
+        print(f"  attribute {name} = {attribute!r}")
+    for event in profile["events"]:
+        print(f"  event     {event['event_type']} {event.get('event_name')} @ {event.get('timestamp_unixtime_ms')}")
+    return 0
+
+
+def cmd_rejects(args: argparse.Namespace) -> int:
+    """Print a sync's rejected rows with their reasons."""
+    spec = _load_spec(args.sync)
+    store = _open_store()
+    try:
+        rejects = store.rejects(spec.name, spec.sync.environment, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rejects, default=str))
+        return 0
+    for reject in rejects:
+        print(f"{reject['partition']} row {reject['row_number']}: {reject['reason']}: {json.dumps(reject['row'], default=str)}")
+    print(f"{len(rejects)} rejected rows", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Create the demo warehouse and its sync files."""
+    from wsync_dagster.demo import build_demo
+
+    paths = build_demo(Path(args.dir).resolve(), users=args.users, events=args.events)
+    print(f"demo warehouse: {paths.warehouse}")
+    for path in paths.sync_files:
+        print(f"sync file: {path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsync", description="Warehouse-to-profile sync on Dagster")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("validate", help="validate every sync file").set_defaults(func=cmd_validate)
+    preview = commands.add_parser("preview", help="sample enriched profiles or events")
+    preview.add_argument("sync")
+    preview.add_argument("--limit", type=int, default=5)
+    preview.set_defaults(func=cmd_preview)
+    run = commands.add_parser("run", help="run a sync (everything due, or one --partition)")
+    run.add_argument("sync")
+    run.add_argument("--partition", help="a partition key, or FIRST..LAST")
+    run.set_defaults(func=cmd_run)
+    profile = commands.add_parser("profile", help="show one profile")
+    profile.add_argument("--identity", required=True, help="TYPE=VALUE, e.g. email=ada@example.com")
+    profile.add_argument("--environment", default="production", choices=["production", "development"])
+    profile.add_argument("--json", action="store_true")
+    profile.set_defaults(func=cmd_profile)
+    rejects = commands.add_parser("rejects", help="rejected rows of a sync, with reasons")
+    rejects.add_argument("sync")
+    rejects.add_argument("--limit", type=int, default=None)
+    rejects.add_argument("--json", action="store_true")
+    rejects.set_defaults(func=cmd_rejects)
+    demo = commands.add_parser("demo", help="create the demo warehouse and sync files")
+    demo.add_argument("--dir", default=".", help="where to put data/ and syncs/")
+    demo.add_argument("--users", type=int, default=100_000)
+    demo.add_argument("--events", type=int, default=1_000_000)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `wsync` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CommandError, ValueError, RuntimeError, OSError) as error:
+        print(f"wsync {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

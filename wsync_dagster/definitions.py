@@ -1,0 +1,7 @@
+"""The code location: every sync file in WSYNC_SYNCS_DIR, as Dagster definitions."""
+
+from wsync_dagster.defs import build_definitions
+from wsync_dagster.settings import syncs_dir
+from wsync_dagster.spec import load_syncs
+
+defs = build_definitions(load_syncs(syncs_dir()) if syncs_dir().is_dir() else [])

@@ -1,0 +1,43 @@
+"""Dagster wiring: one sync spec becomes source assets, partitioned assets, a job, a trigger and checks."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
+
+from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
+from wsync_dagster.defs.partitions import sync_partitions
+from wsync_dagster.defs.resources import ProfileStoreResource
+from wsync_dagster.defs.sources import source_specs
+from wsync_dagster.defs.triggers import build_trigger
+from wsync_dagster.spec import SyncSpec
+
+
+def sync_job_name(spec: SyncSpec) -> str:
+    """Name of the job that runs one sync."""
+    return f"{spec.name}_job"
+
+
+def build_sync_definitions(spec: SyncSpec) -> Definitions:
+    """Assets, job and trigger of one sync."""
+    job = define_asset_job(
+        sync_job_name(spec),
+        selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec)),
+        partitions_def=sync_partitions(spec),
+        description=spec.description or None,
+    )
+    trigger = build_trigger(spec, job)
+    is_sensor = isinstance(trigger, SensorDefinition)
+    return Definitions(
+        assets=build_sync_assets(spec),
+        jobs=[job],
+        schedules=[trigger] if trigger is not None and not is_sensor else None,
+        sensors=[trigger] if is_sensor else None,
+    )
+
+
+def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> Definitions:
+    """Every sync's definitions, the shared source assets, and the profile store resource."""
+    return Definitions.merge(
+        *(build_sync_definitions(spec) for spec in specs),
+        Definitions(assets=source_specs(specs), resources={"profile_store": ProfileStoreResource(url=store_url)}),
+    )

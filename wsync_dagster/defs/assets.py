@@ -1,0 +1,157 @@
+"""Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    TimeWindowPartitionsDefinition,
+    asset,
+)
+
+from wsync_dagster.batches import BatchFile
+from wsync_dagster.defs.partitions import run_key_time, sync_partitions
+from wsync_dagster.defs.resources import ProfileStoreResource
+from wsync_dagster.defs.sources import source_keys
+from wsync_dagster.iterators import IteratorWindow, iterator_window
+from wsync_dagster.pipeline import deliver_partition, map_partition
+from wsync_dagster.settings import batches_dir
+from wsync_dagster.spec import SyncSpec
+
+REJECT_RATE_CHECK = "reject_rate"
+
+
+@dataclass(frozen=True)
+class PartitionScope:
+    """What one run of a sync covers: a label for files and the store, and the iterator window."""
+
+    label: str
+    window: IteratorWindow | None
+    run_version: int
+
+
+def partition_scope(spec: SyncSpec, context: AssetExecutionContext) -> PartitionScope:
+    """The partition (or range of partitions) of this run, as a label, window and run version."""
+    if isinstance(context.assets_def.partitions_def, TimeWindowPartitionsDefinition):
+        keys = context.partition_key_range
+        label = keys.start if keys.start == keys.end else f"{keys.start}..{keys.end}"
+        span = context.partition_time_window
+        return PartitionScope(label, iterator_window(spec.sync, span.start, span.end), 0)
+    key = context.partition_key
+    return PartitionScope(key, None, _micros(run_key_time(key)))
+
+
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000
+
+
+def batch_file(spec: SyncSpec, label: str) -> BatchFile:
+    """The batch files of one partition label."""
+    return BatchFile(batches_dir(spec.name, spec.sync.environment), label)
+
+
+def mapped_key(spec: SyncSpec) -> AssetKey:
+    """Key of the sync's mapped-batches asset."""
+    return AssetKey([spec.name, "mapped_batches"])
+
+
+def delivery_key(spec: SyncSpec) -> AssetKey:
+    """Key of the sync's delivery asset."""
+    return AssetKey([spec.name, "delivery"])
+
+
+def _preview_markdown(profiles: list[dict]) -> str:
+    if not profiles:
+        return "_no profiles changed_"
+    lines = ["| profile_id | identities | attributes |", "|---|---|---|"]
+    for profile in profiles:
+        identities = ", ".join(f"{k}={v}" for k, v in profile["identities"].items())
+        attributes = ", ".join(f"{k}={v!r}" for k, v in list(profile["attributes"].items())[:8])
+        lines.append(f"| {profile['profile_id']} | {identities} | {attributes} |".replace("\n", " "))
+    return "\n".join(lines)
+
+
+def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
+    """The mapped-batches and delivery assets of one sync, with the reject-rate check."""
+    partitions = sync_partitions(spec)
+    time_partitioned = isinstance(partitions, TimeWindowPartitionsDefinition)
+    # One run may cover many time windows (backfills, catching up): the model is read once for the span.
+    backfill_policy = BackfillPolicy.single_run() if time_partitioned else None
+    kinds = {spec.connection.type, "arrow"}
+
+    @asset(
+        key=mapped_key(spec),
+        deps=source_keys(spec),
+        partitions_def=partitions,
+        backfill_policy=backfill_policy,
+        group_name=spec.name,
+        kinds=kinds,
+        description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
+        check_specs=[AssetCheckSpec(REJECT_RATE_CHECK, asset=mapped_key(spec),
+                                    description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}")],
+    )
+    def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
+        scope = partition_scope(spec, context)
+        counts = map_partition(spec, scope.window, batch_file(spec, scope.label), run_version=scope.run_version,
+                               progress=context.log.info)
+        window = scope.window
+        passed = counts.reject_rate <= spec.checks.max_reject_rate
+        return MaterializeResult(
+            metadata={
+                "rows_read": counts.rows_read,
+                "rows_mapped": counts.rows_mapped,
+                "rows_rejected": counts.rows_rejected,
+                "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})" if window else "all rows",
+            },
+            check_results=[
+                AssetCheckResult(
+                    check_name=REJECT_RATE_CHECK,
+                    passed=passed,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata={"reject_rate": counts.reject_rate, "max_reject_rate": spec.checks.max_reject_rate,
+                              "rows_rejected": counts.rows_rejected},
+                    description=None if passed else (
+                        f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
+                )
+            ],
+        )
+
+    @asset(
+        key=delivery_key(spec),
+        deps=[mapped_key(spec)],
+        partitions_def=partitions,
+        backfill_policy=backfill_policy,
+        group_name=spec.name,
+        kinds={"sqlite"},
+        pool="profile_store",
+        description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
+    )
+    def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
+        scope = partition_scope(spec, context)
+        batches = batch_file(spec, scope.label)
+        if not batches.exists():
+            raise FileNotFoundError(
+                f"{spec.name}: no mapped batches for partition {scope.label}; materialize "
+                f"{mapped_key(spec).to_user_string()} for the same partitions first"
+            )
+        store = profile_store.open()
+        try:
+            counts, preview = deliver_partition(spec, batches, store, scope.label, scope.window,
+                                                progress=context.log.info)
+        finally:
+            store.close()
+        return MaterializeResult(
+            metadata={**counts.as_dict(), "preview": MetadataValue.md(_preview_markdown(preview))}
+        )
+
+    return [mapped_batches, delivery]

@@ -1,0 +1,101 @@
+"""Run one sync through Dagster from the command line: one partition, or everything that is due."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from dagster import DagsterInstance, DynamicPartitionsDefinition, TimeWindowPartitionsDefinition
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from wsync_dagster.defs import build_definitions, sync_job_name
+from wsync_dagster.defs.partitions import run_key, sync_partitions
+from wsync_dagster.pipeline import check_mapping
+from wsync_dagster.spec import SyncSpec
+from wsync_dagster.store import ProfileStore
+
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class RunError(RuntimeError):
+    """A sync run that could not start or did not succeed."""
+
+
+@dataclass
+class RunReport:
+    """What one `wsync run` did."""
+
+    partitions: str
+    run_id: str | None = None
+    metadata: dict[str, dict] = field(default_factory=dict)
+    failed_checks: list[str] = field(default_factory=list)
+
+
+def partitions_due(spec: SyncSpec, store: ProfileStore, now: datetime | None = None) -> list[str]:
+    """Every complete time partition after the last delivered one (or from historical_start) up to now."""
+    partitions = sync_partitions(spec)
+    assert isinstance(partitions, TimeWindowPartitionsDefinition)
+    keys = partitions.get_partition_keys(current_time=now or datetime.now(UTC))
+    delivered = store.delivered_partitions(spec.name, spec.sync.environment)
+    if not delivered:
+        return keys
+    last = max(label.split("..")[-1] for label in delivered)
+    return [key for key in keys if key > last]
+
+
+def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
+    """A partition key or `FIRST..LAST`, checked against the sync's partitions."""
+    first, _, last = partition.partition("..")
+    last = last or first
+    partitions = sync_partitions(spec)
+    for key in (first, last):
+        if not partitions.has_partition_key(key, current_time=datetime.now(UTC)):
+            example = partitions.get_first_partition_key()
+            raise RunError(f"{spec.name}: --partition {key} is not a partition of this sync (keys look like {example})")
+    return first, last
+
+
+def run_sync(spec: SyncSpec, store: ProfileStore, instance: DagsterInstance, *, partition: str | None = None,
+             store_url: str | None = None, now: datetime | None = None) -> RunReport:
+    """Check the mapping, then materialize the sync's job for one partition or all that are due."""
+    check_mapping(spec)
+    partitions = sync_partitions(spec)
+    if isinstance(partitions, DynamicPartitionsDefinition):
+        key = partition or run_key(now or datetime.now(UTC))
+        instance.add_dynamic_partitions(partitions.name, [key])
+        options: dict = {"partition_key": key}
+        label = key
+    else:
+        if partition:
+            first, last = _range(spec, partition)
+        else:
+            due = partitions_due(spec, store, now)
+            if not due:
+                return RunReport(partitions="")
+            first, last = due[0], due[-1]
+        options = {"tags": {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}}
+        label = first if first == last else f"{first}..{last}"
+    job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
+    result = job.execute_in_process(instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options)
+    if not result.success:
+        raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
+    report = RunReport(partitions=label, run_id=result.run_id)
+    for event in result.get_asset_materialization_events():
+        materialization = event.asset_materialization
+        report.metadata[materialization.asset_key.to_user_string()] = {
+            name: value.value for name, value in materialization.metadata.items()
+        }
+    for event in result.get_asset_check_evaluations():
+        if not event.passed:
+            report.failed_checks.append(f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}")
+    return report
+
+
+def _failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name.startswith("Dagster"):
+                error = error.cause
+            return error.message.strip()
+    return "see the run's logs"

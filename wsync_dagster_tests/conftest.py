@@ -1,0 +1,82 @@
+"""Fixtures: small DuckDB warehouses, sync files and a profile store, all in a tmp dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+USERS_SQL = """
+CREATE SCHEMA crm;
+CREATE TABLE crm.users (
+    customer_id VARCHAR, email VARCHAR, first_name VARCHAR, plan VARCHAR, updated_at TIMESTAMP
+);
+INSERT INTO crm.users VALUES
+    ('C001', 'ada@example.com', 'Ada', 'pro', TIMESTAMP '2024-01-01 10:15:00'),
+    ('C002', 'bob@example.com', 'Bob', 'free', TIMESTAMP '2024-01-01 11:30:00'),
+    ('C003', NULL, 'Cy', NULL, TIMESTAMP '2024-01-02 09:00:00');
+"""
+
+
+@pytest.fixture
+def make_warehouse(tmp_path: Path) -> Callable[[str], Path]:
+    """Build a DuckDB warehouse file from SQL statements; returns its path."""
+
+    def make(sql: str, name: str = "warehouse.duckdb") -> Path:
+        path = tmp_path / "data" / name
+        path.parent.mkdir(exist_ok=True)
+        with duckdb.connect(str(path)) as connection:
+            connection.execute(sql)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def wsync_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """WSYNC_* pointing into tmp: syncs/, state/ and a SQLite store; returns the syncs folder."""
+    syncs = tmp_path / "syncs"
+    syncs.mkdir()
+    monkeypatch.setenv("WSYNC_SYNCS_DIR", str(syncs))
+    monkeypatch.setenv("WSYNC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("WSYNC_PROFILE_STORE", f"sqlite:///{tmp_path / 'state' / 'profiles.sqlite'}")
+    return syncs
+
+
+@pytest.fixture
+def write_sync(wsync_env: Path) -> Callable[..., Path]:
+    """Write a sync file (a dict, or raw YAML text) into the syncs folder; returns its path."""
+
+    def write(content: dict | str, name: str | None = None) -> Path:
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        file_name = name or (f"{content['name']}.yaml" if isinstance(content, dict) else "sync.yaml")
+        path = wsync_env / file_name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def user_sync(warehouse: Path, **overrides) -> dict:
+    """A valid incremental user sync over crm.users, with overrides merged in (sync: merged too)."""
+    sync = {
+        "mode": "incremental",
+        "iterator": "updated_at",
+        "iterator_type": "timestamp",
+        "schedule": "interval",
+        "frequency": "daily",
+        "start": "2024-01-01T00:00:00Z",
+        "historical_start": "2024-01-01",
+        **overrides.pop("sync", {}),
+    }
+    return {
+        "name": "crm_users",
+        "data_type": "user",
+        "connection": {"type": "duckdb", "path": str(warehouse)},
+        "data_model": {"sql": "SELECT customer_id, email, first_name, plan, updated_at FROM crm.users"},
+        "sync": sync,
+        **overrides,
+    }
