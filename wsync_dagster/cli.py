@@ -76,7 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wsync_dagster.runner import run_sync
 
     spec = _load_spec(args.sync)
-    logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
+    progress = logging.StreamHandler(sys.stderr)
+    progress.setFormatter(logging.Formatter("  %(message)s"))
+    logging.getLogger("wsync").addHandler(progress)
     logging.getLogger("wsync").setLevel(logging.INFO)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     store = _open_store()

@@ -14,6 +14,9 @@ import yaml
 
 WAREHOUSE_FILE = "demo_warehouse.duckdb"
 HISTORY_DAYS = 365
+# Users changed within the last week: an hourly sync's history is one Dagster partition per hour, and
+# Dagster records every partition of a backfill, so a year of hourly history costs minutes of bookkeeping.
+USER_HISTORY_DAYS = 7
 # Short ids ("C1" … "C999") exist so that destinations requiring ≥5-character user ids have rejects to show.
 MAX_SHORT_IDS = 300
 FIRST_NAMES = ("Ana", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gia", "Hugo", "Ines", "Jon", "Kai", "Lea", "Mia")
@@ -106,12 +109,15 @@ def _warehouse_sql(*, users: int, events: int, as_of: datetime) -> list[str]:
     end = f"TIMESTAMP '{as_of:%Y-%m-%d %H:%M:%S}'"
     start = f"TIMESTAMP '{as_of - timedelta(days=HISTORY_DAYS):%Y-%m-%d %H:%M:%S}'"
     year_us = HISTORY_DAYS * 86_400 * 1_000_000
+    recent_start = f"TIMESTAMP '{as_of - timedelta(days=USER_HISTORY_DAYS):%Y-%m-%d %H:%M:%S}'"
+    recent_us = USER_HISTORY_DAYS * 86_400 * 1_000_000
     return [
         # A pure function of the row number and a per-column salt: same `now`, same data. The salt goes
         # into the hashed integer because hash(i, k) mixes too weakly: one row's draws came out correlated.
         "CREATE TEMP MACRO draw(i, k) AS hash(i * 64 + k)",
         "CREATE TEMP MACRO unit(i, k) AS (draw(i, k) >> 11)::DOUBLE / 9007199254740992.0",
         f"CREATE TEMP MACRO in_year(i, k) AS {start} + to_microseconds((draw(i, k) % {year_us})::BIGINT)",
+        f"CREATE TEMP MACRO in_recent(i, k) AS {recent_start} + to_microseconds((draw(i, k) % {recent_us})::BIGINT)",
         f"""CREATE TEMP MACRO customer_id_of(i) AS
             CASE WHEN i <= {short_ids} THEN 'C' || i ELSE 'C' || lpad(i::VARCHAR, {id_width}, '0') END""",
         f"CREATE TEMP MACRO first_name_of(i) AS {_pick('i', 1, FIRST_NAMES)}",
@@ -128,7 +134,7 @@ def _warehouse_sql(*, users: int, events: int, as_of: datetime) -> list[str]:
                     i,
                     unit(i, 6) AS plan_draw,
                     unit(i, 7) AS value_draw,
-                    in_year(i, 10) AS updated_at
+                    in_recent(i, 10) AS updated_at
                 FROM range(1, {users} + 1) AS t(i)
             )
             SELECT
@@ -272,6 +278,7 @@ def demo_sync_definitions(warehouse_path: str, *, as_of: datetime) -> list[dict[
     """The three demo syncs as SPEC §2 documents; `warehouse_path` is relative to the sync files."""
     connection = {"type": "duckdb", "path": warehouse_path}
     historical_start: date = (as_of - timedelta(days=HISTORY_DAYS)).date()
+    users_start: date = (as_of - timedelta(days=USER_HISTORY_DAYS)).date()
     return [
         {
             "name": "demo_users",
@@ -294,7 +301,7 @@ def demo_sync_definitions(warehouse_path: str, *, as_of: datetime) -> list[dict[
                 "schedule": "interval",
                 "frequency": "hourly",
                 "start": as_of,
-                "historical_start": historical_start,
+                "historical_start": users_start,
             },
         },
         {

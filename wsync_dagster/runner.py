@@ -81,7 +81,7 @@ def run_sync(spec: SyncSpec, store: ProfileStore, instance: DagsterInstance, *, 
         raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
     report = RunReport(partitions=label, run_id=result.run_id)
     for event in result.get_asset_materialization_events():
-        materialization = event.asset_materialization
+        materialization = event.step_materialization_data.materialization
         report.metadata[materialization.asset_key.to_user_string()] = {
             name: value.value for name, value in materialization.metadata.items()
         }

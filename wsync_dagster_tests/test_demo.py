@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import timedelta, UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +101,18 @@ def test_event_columns_are_filled_by_event_kind(built: DemoPaths) -> None:
     assert kinds["purchase"] == (False, True, True)
 
 
-def test_updated_at_and_event_ts_lie_in_the_year_before_midnight(built: DemoPaths) -> None:
+def test_events_lie_in_the_year_and_user_updates_in_the_week_before_midnight(built: DemoPaths) -> None:
     [(first_update, last_update, first_event, last_event)] = rows(
         built.warehouse,
         "SELECT (SELECT min(updated_at) FROM crm.users), (SELECT max(updated_at) FROM crm.users),"
         " (SELECT min(event_ts) FROM analytics.events), (SELECT max(event_ts) FROM analytics.events)",
     )
-    for earliest, latest in ((first_update, last_update), (first_event, last_event)):
-        assert YEAR_BEFORE <= earliest < latest < MIDNIGHT
-        # Spread over the year, not bunched at one end.
-        assert earliest < datetime(2024, 7, 15) and latest > datetime(2025, 5, 15)
+    assert YEAR_BEFORE <= first_event < last_event < MIDNIGHT
+    # Spread over the year, not bunched at one end.
+    assert first_event < datetime(2024, 7, 15) and last_event > datetime(2025, 5, 15)
+    week_before = MIDNIGHT - timedelta(days=7)
+    assert week_before <= first_update < week_before + timedelta(days=1)
+    assert MIDNIGHT - timedelta(days=1) < last_update < MIDNIGHT
 
 
 def test_the_same_now_gives_identical_data(built: DemoPaths, tmp_path: Path) -> None:
@@ -166,7 +168,7 @@ def test_sync_files_carry_the_expected_names_modes_and_iterators(built: DemoPath
         "schedule": "interval",
         "frequency": "hourly",
         "start": None,
-        "historical_start": date(2024, 6, 15),
+        "historical_start": date(2025, 6, 8),
     }
     assert users["sync"]["start"] == datetime(2025, 6, 15, tzinfo=UTC)
     assert (events["sync"]["mode"], events["sync"]["iterator"], events["sync"]["frequency"]) == (

@@ -1,6 +1,5 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime

@@ -1,6 +1,5 @@
 """What starts a sync: a schedule at its frequency, a sensor for dynamic partitions, or nothing (on demand)."""
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 
@@ -15,10 +14,10 @@ from dagster import (
     SensorResult,
     SkipReason,
     TimeWindowPartitionsDefinition,
-    UnresolvedAssetJobDefinition,
     build_schedule_from_partitioned_job,
     sensor,
 )
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from wsync_dagster.defs.partitions import run_key, schedule_partitions, sync_partitions

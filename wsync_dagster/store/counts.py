@@ -1,0 +1,30 @@
+"""What a delivery did to the profile store, as counts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class DeliveryCounts:
+    """Counts of one batch or one delivery; batches add up to their delivery."""
+
+    rows: int = 0
+    rows_unchanged: int = 0
+    profiles_created: int = 0
+    profiles_updated: int = 0
+    profiles_skipped: int = 0
+    identity_conflicts: int = 0
+    attributes_set: int = 0
+    attributes_removed: int = 0
+    events_written: int = 0
+    rejects: int = 0
+
+    def add(self, other: DeliveryCounts) -> None:
+        """Add another count field by field."""
+        for field in fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts by name, e.g. for asset metadata."""
+        return asdict(self)

@@ -1,0 +1,502 @@
+"""The embedded profile store: profiles, identities, attributes and events in one SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wsync_dagster import batches as b
+from wsync_dagster.identities import priority
+from wsync_dagster.store.counts import DeliveryCounts
+from wsync_dagster.store.resolution import (
+    CREATE_AND_UPDATE,
+    INPUT_PROTECTIONS,
+    READ_ONLY,
+    IdentityGraph,
+    Resolution,
+    resolve,
+)
+from wsync_dagster.store.schema import STAGING, connect
+
+PREVIEW_PROFILES = 20
+
+# Every identity held by a profile that owns one of the staged identities.
+_REACHABLE_IDENTITIES = """
+SELECT held.profile_id, held.identity_type, held.value
+FROM identities AS held
+WHERE held.profile_id IN (
+    SELECT owned.profile_id
+    FROM stage_identity AS s
+    JOIN identities AS owned
+      ON owned.environment = ? AND owned.identity_type = s.identity_type AND owned.value = s.value
+)
+"""
+
+_UNCHANGED_ROW_KEYS = """
+SELECT s.row_key
+FROM stage_fingerprint AS s
+JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row_key
+WHERE f.fingerprint = s.fingerprint
+"""
+
+# The rule of _UPSERT_ATTRIBUTES (does the staged value win?) restricted to visible changes, for the counts.
+_ATTRIBUTE_CHANGES = """
+INSERT INTO stage_attribute_change (profile_id, removed)
+SELECT s.profile_id, CASE WHEN s.value IS NULL THEN 1 ELSE 0 END
+FROM stage_attribute AS s
+LEFT JOIN attributes AS a ON a.profile_id = s.profile_id AND a.name = s.name
+WHERE (a.profile_id IS NULL
+       OR (a.sync = :sync AND s.version >= a.version)
+       OR (a.sync <> :sync AND s.value IS NOT NULL))
+  AND ((s.value IS NOT NULL AND (a.value IS NULL OR a.value <> s.value))
+       OR (s.value IS NULL AND a.value IS NOT NULL))
+"""
+
+# Same sync: the newer (or equal) version wins, NULLs stay as tombstones. Another sync: only a value
+# moves the attribute to it, since attributes belong to the sync that set them. "WHERE true" keeps
+# SQLite from reading ON CONFLICT as a join constraint.
+_UPSERT_ATTRIBUTES = """
+INSERT INTO attributes (profile_id, name, value, sync, version, updated_at)
+SELECT profile_id, name, value, :sync, version, :now FROM stage_attribute WHERE true ORDER BY profile_id, name
+ON CONFLICT (profile_id, name) DO UPDATE SET
+    value = excluded.value, sync = excluded.sync, version = excluded.version, updated_at = excluded.updated_at
+WHERE (attributes.sync = excluded.sync
+       AND excluded.version >= attributes.version
+       AND NOT (excluded.version = attributes.version AND excluded.value IS attributes.value))
+   OR (attributes.sync <> excluded.sync AND excluded.value IS NOT NULL)
+"""
+
+_INSERT_EVENT = """
+INSERT INTO events (environment, event_id, profile_id, sync, event_type, event_name, timestamp_ms, data)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (environment, event_id) DO NOTHING
+"""
+
+_UPSERT_FINGERPRINT = """
+INSERT INTO fingerprints (sync, environment, row_key, fingerprint, updated_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (sync, environment, row_key) DO UPDATE SET
+    fingerprint = excluded.fingerprint, updated_at = excluded.updated_at
+"""
+
+_UPSERT_DELIVERY = """
+INSERT INTO deliveries (sync, environment, partition_key, window_start, window_end, counts, delivered_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (sync, environment, partition_key) DO UPDATE SET
+    window_start = excluded.window_start, window_end = excluded.window_end,
+    counts = excluded.counts, delivered_at = excluded.delivered_at
+"""
+
+
+class ProfileStore:
+    """Profiles in a SQLite file: one write transaction per delivery; readers see the last commit."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._conn = connect(self.path)
+
+    def __enter__(self) -> ProfileStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def delivery(
+        self,
+        *,
+        sync: str,
+        environment: str,
+        partition: str,
+        input_protection: str,
+        window: tuple[int | None, int | None] = (None, None),
+    ) -> Iterator[Delivery]:
+        """One partition (or range) of one sync: all of it commits on normal exit, none of it on error."""
+        if input_protection not in INPUT_PROTECTIONS:
+            raise ValueError(f"input_protection must be one of {', '.join(INPUT_PROTECTIONS)}")
+        if self._conn.in_transaction:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            delivery = Delivery(
+                self._conn,
+                sync=sync,
+                environment=environment,
+                partition=partition,
+                input_protection=input_protection,
+            )
+            yield delivery
+            counts = json.dumps(delivery.counts.as_dict())
+            self._conn.execute(
+                _UPSERT_DELIVERY, (sync, environment, partition, window[0], window[1], counts, _now())
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def last_delivered_partition(self, sync: str, environment: str) -> str | None:
+        """The partition of the sync's most recent delivery, or None."""
+        row = self._conn.execute(
+            "SELECT partition_key FROM deliveries WHERE sync = ? AND environment = ?"
+            " ORDER BY delivered_at DESC, partition_key DESC LIMIT 1",
+            (sync, environment),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def delivered_partitions(self, sync: str, environment: str) -> list[str]:
+        """Every partition delivered for the sync, sorted."""
+        rows = self._conn.execute(
+            "SELECT partition_key FROM deliveries WHERE sync = ? AND environment = ? ORDER BY partition_key",
+            (sync, environment),
+        )
+        return [partition for (partition,) in rows]
+
+    def profile(
+        self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
+    ) -> dict[str, Any] | None:
+        """The profile owning an identity, with its identities, attributes and newest events; or None."""
+        with self._snapshot() as conn:
+            row = conn.execute(
+                "SELECT profile_id FROM identities WHERE environment = ? AND identity_type = ? AND value = ?",
+                (environment, identity_type, value),
+            ).fetchone()
+            return None if row is None else self._profile(row[0], events_limit)
+
+    def profiles_by_id(self, profile_ids: list[str], events_limit: int = 20) -> list[dict[str, Any]]:
+        """The profiles with these ids (unknown ids left out), in the order given."""
+        with self._snapshot():
+            found = (self._profile(profile_id, events_limit) for profile_id in profile_ids)
+            return [profile for profile in found if profile is not None]
+
+    def rejects(
+        self, sync: str, environment: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored rejected rows of a sync, by environment, partition and row."""
+        sql = "SELECT sync, environment, partition_key, row_number, reason, row FROM rejects WHERE sync = ?"
+        params: list[Any] = [sync]
+        if environment is not None:
+            sql += " AND environment = ?"
+            params.append(environment)
+        sql += " ORDER BY environment, partition_key, row_number"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            {
+                "sync": sync_name,
+                "environment": env,
+                "partition": partition,
+                "row_number": row_number,
+                "reason": reason,
+                "row": _decode(row),
+            }
+            for sync_name, env, partition, row_number, reason, row in self._conn.execute(sql, params)
+        ]
+
+    def close(self) -> None:
+        """Close the connection; an open delivery is rolled back."""
+        self._conn.close()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        # Several SELECTs in one read transaction see one state, even if a delivery commits meanwhile.
+        if self._conn.in_transaction:
+            yield self._conn
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _profile(self, profile_id: str, events_limit: int) -> dict[str, Any] | None:
+        conn = self._conn
+        row = conn.execute("SELECT environment FROM profiles WHERE profile_id = ?", (profile_id,)).fetchone()
+        if row is None:
+            return None
+        identities = conn.execute(
+            "SELECT identity_type, value FROM identities WHERE profile_id = ?", (profile_id,)
+        ).fetchall()
+        attributes = conn.execute(
+            "SELECT name, value FROM attributes WHERE profile_id = ? AND value IS NOT NULL ORDER BY name",
+            (profile_id,),
+        )
+        events = conn.execute(
+            "SELECT event_type, event_name, timestamp_ms, data FROM events WHERE profile_id = ?"
+            " ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?",
+            (profile_id, events_limit),
+        )
+        return {
+            "profile_id": profile_id,
+            "environment": row[0],
+            "identities": dict(sorted(identities, key=lambda identity: priority(identity[0]))),
+            "attributes": {name: _decode(value) for name, value in attributes},
+            "events": [
+                {
+                    "event_type": event_type,
+                    "event_name": event_name,
+                    "timestamp_unixtime_ms": timestamp_ms,
+                    "data": _decode(data),
+                }
+                for event_type, event_name, timestamp_ms, data in events
+            ],
+        }
+
+
+class Delivery:
+    """The open transaction of one delivery: apply mapped batches, store rejects."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, *, sync: str, environment: str, partition: str, input_protection: str
+    ):
+        self._conn = conn
+        self._sync = sync
+        self._environment = environment
+        self._partition = partition
+        self._input_protection = input_protection
+        self.counts = DeliveryCounts()
+        self.profile_ids_touched: list[str] = []
+        for statement in STAGING:
+            conn.execute(statement)
+        conn.execute("DELETE FROM delivery_profile")
+
+    def apply_batch(self, batch: pa.RecordBatch) -> DeliveryCounts:
+        """Apply one mapped user or event batch; its counts are returned and added to the delivery's."""
+        counts = DeliveryCounts(rows=batch.num_rows)
+        batch = _in_row_order(batch)
+        full_mode = b.ROW_KEY in batch.schema.names and b.FINGERPRINT in batch.schema.names
+        if full_mode and batch.num_rows:
+            batch, counts.rows_unchanged = self._drop_unchanged(batch)
+        if batch.num_rows:
+            self._apply(batch, counts, full_mode)
+        self.counts.add(counts)
+        return counts
+
+    def replace_rejects(self, rejects: pa.Table) -> None:
+        """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
+        self._conn.execute(
+            "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ?",
+            (self._sync, self._environment, self._partition),
+        )
+        self._conn.executemany(
+            "INSERT INTO rejects (sync, environment, partition_key, row_number, reason, row, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            zip(
+                repeat(self._sync),
+                repeat(self._environment),
+                repeat(self._partition),
+                rejects.column(b.ROW).to_pylist(),
+                rejects.column("reason").to_pylist(),
+                rejects.column("row").to_pylist(),
+                repeat(_now()),
+                strict=False,
+            ),
+        )
+        # What is stored is what is counted, also if this is called twice.
+        self.counts.rejects = rejects.num_rows
+
+    def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
+        row_keys = batch.column(b.ROW_KEY)
+        self._conn.execute("DELETE FROM stage_fingerprint")
+        self._conn.executemany(
+            "INSERT INTO stage_fingerprint (row_key, fingerprint) VALUES (?, ?)",
+            zip(row_keys.to_pylist(), batch.column(b.FINGERPRINT).to_pylist(), strict=True),
+        )
+        unchanged = [
+            key for (key,) in self._conn.execute(_UNCHANGED_ROW_KEYS, (self._sync, self._environment))
+        ]
+        if not unchanged:
+            return batch, 0
+        changed = batch.filter(pc.invert(pc.is_in(row_keys, value_set=pa.array(unchanged, pa.string()))))
+        return changed, batch.num_rows - changed.num_rows
+
+    def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool) -> None:
+        # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
+        encoded = batch.column(b.IDENTITY_KEY).dictionary_encode()
+        if self._input_protection == READ_ONLY:
+            counts.profiles_skipped = len(encoded.dictionary)
+            return
+        key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
+        resolution = self._resolve(batch, key_of_row)
+        now = _now()
+        self._write_profiles(resolution, now)
+        counts.profiles_created = len(resolution.created)
+        counts.profiles_skipped = resolution.skipped
+        rows_per_key = np.bincount(key_of_row, minlength=len(resolution.profile_ids))
+        counts.identity_conflicts = int(rows_per_key[np.array(resolution.conflicts, dtype=bool)].sum())
+        counts.profiles_updated = self._mark_updated(resolution.gained_identity)
+
+        profile_of_row = pa.array(resolution.profile_ids, pa.string()).take(encoded.indices)
+        applied = pc.is_valid(profile_of_row)
+        if b.attribute_columns(batch.schema):
+            codes: dict[str, int] = {}
+            code_of_key = np.fromiter(
+                (-1 if p is None else codes.setdefault(p, len(codes)) for p in resolution.profile_ids),
+                dtype=np.int64,
+                count=len(resolution.profile_ids),
+            )
+            self._apply_attributes(batch, profile_of_row, code_of_key[key_of_row], counts, now)
+        if b.is_event_schema(batch.schema):
+            counts.events_written = self._write_events(batch.filter(applied), profile_of_row.filter(applied))
+        if full_mode:
+            self._write_fingerprints(batch.filter(applied), now)
+        if len(self.profile_ids_touched) < PREVIEW_PROFILES:
+            rows = self._conn.execute(
+                "SELECT profile_id FROM delivery_profile ORDER BY rowid LIMIT ?", (PREVIEW_PROFILES,)
+            )
+            self.profile_ids_touched = [profile_id for (profile_id,) in rows]
+
+    def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
+        columns = b.identity_columns(batch.schema)
+        if not columns:
+            raise ValueError("a mapped batch needs at least one identity column")
+        types = sorted(columns, key=priority)
+        _, first_rows = np.unique(key_of_row, return_index=True)
+        first = pa.array(first_rows)
+        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
+        keys = [
+            [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
+            for key_values in zip(*values, strict=True)
+        ]
+        self._conn.execute("DELETE FROM stage_identity")
+        self._conn.executemany(
+            "INSERT INTO stage_identity (identity_type, value) VALUES (?, ?)",
+            {identity for identities in keys for identity in identities},
+        )
+        graph = IdentityGraph.from_rows(self._conn.execute(_REACHABLE_IDENTITIES, (self._environment,)))
+        return resolve(keys, graph, self._environment, create=self._input_protection == CREATE_AND_UPDATE)
+
+    def _write_profiles(self, resolution: Resolution, now: str) -> None:
+        env = self._environment
+        self._conn.executemany(
+            "INSERT INTO profiles (profile_id, environment, created_at) VALUES (?, ?, ?)",
+            ((profile_id, env, now) for profile_id in resolution.created),
+        )
+        self._conn.executemany(
+            "INSERT INTO identities (environment, identity_type, value, profile_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            ((env, t, v, profile_id, now) for profile_id, t, v in resolution.attached),
+        )
+        self._conn.executemany(
+            "INSERT INTO delivery_profile (profile_id, created) VALUES (?, 1)",
+            ((profile_id,) for profile_id in resolution.created),
+        )
+
+    def _mark_updated(self, profile_ids: Iterable[str]) -> int:
+        """Record existing profiles as updated; returns how many were not yet counted in this delivery."""
+        return self._conn.executemany(
+            "INSERT INTO delivery_profile (profile_id, created) VALUES (?, 0)"
+            " ON CONFLICT (profile_id) DO NOTHING",
+            ((profile_id,) for profile_id in profile_ids),
+        ).rowcount
+
+    def _apply_attributes(
+        self,
+        batch: pa.RecordBatch,
+        profile_of_row: pa.Array,
+        code_of_row: np.ndarray,
+        counts: DeliveryCounts,
+        now: str,
+    ) -> None:
+        # All attribute columns of a row share its version, so one row wins per profile for all of them.
+        winners = pa.array(
+            _newest_row_per_profile(
+                code_of_row, batch.column(b.ROW).to_numpy(), batch.column(b.VERSION).to_numpy()
+            )
+        )
+        profile_ids = profile_of_row.take(winners).to_pylist()
+        versions = batch.column(b.VERSION).take(winners).to_pylist()
+        conn = self._conn
+        conn.execute("DELETE FROM stage_attribute")
+        for name, column in b.attribute_columns(batch.schema).items():
+            conn.executemany(
+                "INSERT INTO stage_attribute (profile_id, name, value, version) VALUES (?, ?, ?, ?)",
+                zip(
+                    profile_ids,
+                    repeat(name),
+                    batch.column(column).take(winners).to_pylist(),
+                    versions,
+                    strict=False,
+                ),
+            )
+        conn.execute("DELETE FROM stage_attribute_change")
+        conn.execute(_ATTRIBUTE_CHANGES, {"sync": self._sync})
+        set_count, removed_count = conn.execute(
+            "SELECT COALESCE(SUM(1 - removed), 0), COALESCE(SUM(removed), 0) FROM stage_attribute_change"
+        ).fetchone()
+        counts.attributes_set = set_count
+        counts.attributes_removed = removed_count
+        counts.profiles_updated += conn.execute(
+            "INSERT INTO delivery_profile (profile_id, created)"
+            " SELECT DISTINCT profile_id, 0 FROM stage_attribute_change WHERE true ORDER BY profile_id"
+            " ON CONFLICT (profile_id) DO NOTHING"
+        ).rowcount
+        conn.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "now": now})
+
+    def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
+        # No merge rule for events, so they go straight in; the primary key makes re-delivery a no-op.
+        def column(name: str) -> Iterable[Any]:
+            return batch.column(name).to_pylist() if name in batch.schema.names else repeat(None)
+
+        return self._conn.executemany(
+            _INSERT_EVENT,
+            zip(
+                repeat(self._environment),
+                batch.column(b.EVENT_ID).to_pylist(),
+                profile_ids.to_pylist(),
+                repeat(self._sync),
+                column(b.EVENT_TYPE),
+                column(b.EVENT_NAME),
+                column(b.EVENT_TIMESTAMP_MS),
+                column(b.EVENT_DATA),
+                strict=False,
+            ),
+        ).rowcount
+
+    def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
+        self._conn.executemany(
+            _UPSERT_FINGERPRINT,
+            zip(
+                repeat(self._sync),
+                repeat(self._environment),
+                batch.column(b.ROW_KEY).to_pylist(),
+                batch.column(b.FINGERPRINT).to_pylist(),
+                repeat(now),
+                strict=False,
+            ),
+        )
+
+
+def _in_row_order(batch: pa.RecordBatch) -> pa.RecordBatch:
+    rows = batch.column(b.ROW)
+    if len(rows) < 2 or pc.all(pc.greater_equal(rows[1:], rows[:-1])).as_py():
+        return batch
+    return batch.take(pc.sort_indices(rows))
+
+
+def _newest_row_per_profile(profile_code: np.ndarray, row: np.ndarray, version: np.ndarray) -> np.ndarray:
+    """Per profile code (≥ 0), the index of its row with the highest version, ties to the later row."""
+    order = np.lexsort((row, version, profile_code))
+    codes = profile_code[order]
+    last_of_profile = np.ones(len(order), dtype=bool)
+    last_of_profile[:-1] = codes[1:] != codes[:-1]
+    return np.sort(order[last_of_profile & (codes >= 0)])
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
