@@ -87,7 +87,9 @@ class BatchFileWriter:
         """The mapped schema; needed when a partition has no rows at all."""
         self._schema = schema
 
-    def write(self, mapped: pa.Table | pa.RecordBatch, rejects: pa.Table | pa.RecordBatch | None = None) -> None:
+    def write(
+        self, mapped: pa.Table | pa.RecordBatch, rejects: pa.Table | pa.RecordBatch | None = None
+    ) -> None:
         """Append mapped rows and their rejects."""
         if self._mapped is None:
             self._schema = mapped.schema
@@ -103,7 +105,10 @@ class BatchFileWriter:
         """Finish the files; on commit move them into place, else drop them."""
         if self._mapped is None and self._schema is not None:
             self._mapped = pq.ParquetWriter(_tmp(self._target.mapped_path), self._schema)
-        for writer, path in ((self._mapped, self._target.mapped_path), (self._rejects, self._target.rejects_path)):
+        for writer, path in (
+            (self._mapped, self._target.mapped_path),
+            (self._rejects, self._target.rejects_path),
+        ):
             if writer is None:
                 if commit:
                     path.unlink(missing_ok=True)

@@ -52,9 +52,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failures += 1
             print(f"✗ {spec.name}: {error}", file=sys.stderr)
             continue
-        print(f"✓ {spec.name}: {len(plan.identities)} identities, {len(plan.attributes)} attributes"
-              + (f", {len(plan.custom_attributes)} event attributes" if spec.data_type == "event" else "")
-              + (f", {len(plan.ignored)} ignored" if plan.ignored else ""))
+        print(
+            f"✓ {spec.name}: {len(plan.identities)} identities, {len(plan.attributes)} attributes"
+            + (f", {len(plan.custom_attributes)} event attributes" if spec.data_type == "event" else "")
+            + (f", {len(plan.ignored)} ignored" if plan.ignored else "")
+        )
     if not specs:
         print(f"no sync files in {folder}")
     return 1 if failures else 0
@@ -91,7 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"{spec.name}: partitions {report.partitions} (run {report.run_id})")
     for asset_key, metadata in report.metadata.items():
-        counts = ", ".join(f"{k}={v}" for k, v in metadata.items() if isinstance(v, int | float | str) and k != "preview")
+        counts = ", ".join(
+            f"{k}={v}" for k, v in metadata.items() if isinstance(v, int | float | str) and k != "preview"
+        )
         print(f"  {asset_key}: {counts}")
     for failed in report.failed_checks:
         print(f"  check failed: {failed}", file=sys.stderr)
@@ -119,7 +123,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for name, attribute in profile["attributes"].items():
         print(f"  attribute {name} = {attribute!r}")
     for event in profile["events"]:
-        print(f"  event     {event['event_type']} {event.get('event_name')} @ {event.get('timestamp_unixtime_ms')}")
+        print(
+            f"  event     {event['event_type']} {event.get('event_name')} @ {event.get('timestamp_unixtime_ms')}"
+        )
     return 0
 
 
@@ -135,7 +141,9 @@ def cmd_rejects(args: argparse.Namespace) -> int:
         print(json.dumps(rejects, default=str))
         return 0
     for reject in rejects:
-        print(f"{reject['partition']} row {reject['row_number']}: {reject['reason']}: {json.dumps(reject['row'], default=str)}")
+        print(
+            f"{reject['partition']} row {reject['row_number']}: {reject['reason']}: {json.dumps(reject['row'], default=str)}"
+        )
     print(f"{len(rejects)} rejected rows", file=sys.stderr)
     return 0
 

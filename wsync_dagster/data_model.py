@@ -45,7 +45,8 @@ def _parse(sql: str, dialect: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as error:
-        raise DataModelError(f"the SQL does not parse: {error.errors[0]['description'] if error.errors else error}")
+        description = error.errors[0]["description"] if error.errors else str(error)
+        raise DataModelError(f"the SQL does not parse: {description}") from None
     if len(statements) != 1:
         raise DataModelError(f"one SELECT statement is allowed, found {len(statements)} statements")
     return statements[0]

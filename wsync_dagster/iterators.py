@@ -63,12 +63,16 @@ def check_iterator_column(settings: SyncSettings, schema: pa.Schema) -> str | No
     if settings.mode != "incremental" or not settings.iterator:
         return None
     if settings.iterator not in schema.names:
-        return (f"sync.iterator: column '{settings.iterator}' is not returned by the data model; "
-                f"it returns {', '.join(schema.names)}")
+        return (
+            f"sync.iterator: column '{settings.iterator}' is not returned by the data model; "
+            f"it returns {', '.join(schema.names)}"
+        )
     column_type = schema.field(settings.iterator).type
     if not any(test(column_type) for test in _COLUMN_TYPES[settings.iterator_type]):
-        return (f"sync.iterator_type: {settings.iterator_type} needs {_TYPE_WORDS[settings.iterator_type]} "
-                f"column, but '{settings.iterator}' is {column_type}")
+        return (
+            f"sync.iterator_type: {settings.iterator_type} needs {_TYPE_WORDS[settings.iterator_type]} "
+            f"column, but '{settings.iterator}' is {column_type}"
+        )
     return None
 
 
@@ -86,4 +90,3 @@ def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -
 def now_micros() -> int:
     """The current time in epoch microseconds: the version of a full-mode read."""
     return _epoch(datetime.now().astimezone(), 1_000_000)
-

@@ -56,8 +56,10 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     def column_of(name: str, where: str) -> str | None:
         found = by_name.get(name) or by_lower.get(name.lower())
         if found is None:
-            problems.append(f"{where}: column '{name}' is not returned by the data model; "
-                            f"it returns {', '.join(schema.names)}")
+            problems.append(
+                f"{where}: column '{name}' is not returned by the data model; "
+                f"it returns {', '.join(schema.names)}"
+            )
         return found
 
     identities: dict[str, str] = {}
@@ -112,8 +114,10 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
         if name in named or kind is None:
             continue
         if kind in identities:
-            problems.append(f"mapping: column '{name}' is the reserved identity {kind}, which is already mapped "
-                            f"from '{identities[kind]}'; add {{type: ignore, column: {name}}}")
+            problems.append(
+                f"mapping: column '{name}' is the reserved identity {kind}, which is already mapped "
+                f"from '{identities[kind]}'; add {{type: ignore, column: {name}}}"
+            )
             continue
         identities[kind] = name
         named.add(name)
@@ -144,12 +148,16 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     if target_group is not None:
         for name in remaining:
             if name in target_group:
-                problems.append(f"mapping: column '{name}' falls under $unmapped but {name} is already mapped")
+                problems.append(
+                    f"mapping: column '{name}' falls under $unmapped but {name} is already mapped"
+                )
             target_group[name] = Source(column=name)
 
     if not identities:
-        problems.append("mapping: no identity; map a column to user_identities.<type> or select a reserved "
-                        "identity column (customer_id, email, …)")
+        problems.append(
+            "mapping: no identity; map a column to user_identities.<type> or select a reserved "
+            "identity column (customer_id, email, …)"
+        )
     if spec.data_type == "event" and "event_name" not in event_fields:
         problems.append("mapping: events.data.event_name is required for events")
     if problems:
@@ -203,7 +211,11 @@ class BatchMapper:
             self._connection.unregister("source_batch")
         rejected = pc.is_valid(result["_reject"])
         mapped = result.filter(pc.invert(rejected)).drop_columns(["_reject", "_raw"])
-        rejects = result.filter(rejected).select([b.ROW, "_reject", "_raw"]).rename_columns(["_row", "reason", "row"])
+        rejects = (
+            result.filter(rejected)
+            .select([b.ROW, "_reject", "_raw"])
+            .rename_columns(["_row", "reason", "row"])
+        )
         return mapped, rejects.cast(b.REJECT_SCHEMA)
 
     def empty(self) -> pa.Table:
@@ -223,9 +235,13 @@ class BatchMapper:
         else:
             select.append(f"CAST({int(run_version)} AS BIGINT) AS {_ident(b.VERSION)}")
         for kind, column in plan.identities.items():
-            select.append(f"NULLIF(TRIM(CAST(src.{_ident(column)} AS VARCHAR)), '') AS {_ident(b.IDENTITY_PREFIX + kind)}")
+            select.append(
+                f"NULLIF(TRIM(CAST(src.{_ident(column)} AS VARCHAR)), '') AS {_ident(b.IDENTITY_PREFIX + kind)}"
+            )
         for name, source in plan.attributes.items():
-            select.append(f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}")
+            select.append(
+                f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}"
+            )
         raw = "json_object(" + ", ".join(f"{_literal(n)}, src.{_ident(n)}" for n in plan.schema.names) + ")"
         select.append(f"CAST({raw} AS VARCHAR) AS _raw_json")
         checks = self._float_checks()
@@ -235,16 +251,24 @@ class BatchMapper:
 
         mapped = [b.ROW, b.VERSION, *(b.IDENTITY_PREFIX + k for k in plan.identities)]
         mapped += [b.ATTRIBUTE_PREFIX + n for n in plan.attributes]
-        identity_json = "json_object(" + ", ".join(
-            f"{_literal(k)}, {_ident(b.IDENTITY_PREFIX + k)}" for k in plan.identities
-        ) + ")"
+        identity_json = (
+            "json_object("
+            + ", ".join(f"{_literal(k)}, {_ident(b.IDENTITY_PREFIX + k)}" for k in plan.identities)
+            + ")"
+        )
         outer = [_ident(c) for c in mapped]
         outer.append(f"CAST({identity_json} AS VARCHAR) AS {_ident(b.IDENTITY_KEY)}")
         if plan.data_type == "event":
-            outer += [_ident(c) for c in (b.EVENT_ID, b.EVENT_TYPE, b.EVENT_NAME, b.EVENT_TIMESTAMP_MS, b.EVENT_DATA)]
+            outer += [
+                _ident(c)
+                for c in (b.EVENT_ID, b.EVENT_TYPE, b.EVENT_NAME, b.EVENT_TIMESTAMP_MS, b.EVENT_DATA)
+            ]
         if plan.full_mode:
             key = _ident(b.EVENT_ID) if plan.data_type == "event" else identity_json
-            content = ", ".join(_ident(c) for c in [*mapped[2:], *([b.EVENT_DATA, b.EVENT_TYPE] if plan.data_type == "event" else [])])
+            content = ", ".join(
+                _ident(c)
+                for c in [*mapped[2:], *([b.EVENT_DATA, b.EVENT_TYPE] if plan.data_type == "event" else [])]
+            )
             outer.append(f"md5(CAST({key} AS VARCHAR)) AS {_ident(b.ROW_KEY)}")
             outer.append(f"md5(CAST(to_json(list_value({content})) AS VARCHAR)) AS {_ident(b.FINGERPRINT)}")
         reason = self._reject_reason(checks)
@@ -259,8 +283,9 @@ class BatchMapper:
         for name, source in sources.items():
             if source.column is not None and pa.types.is_floating(self.plan.schema.field(source.column).type):
                 column = f"src.{_ident(source.column)}"
-                checks[f"_nonfinite_{len(checks)}"] = (f"CASE WHEN isnan({column}) OR isinf({column}) "
-                                                     f"THEN {_literal(name)} END")
+                checks[f"_nonfinite_{len(checks)}"] = (
+                    f"CASE WHEN isnan({column}) OR isinf({column}) THEN {_literal(name)} END"
+                )
         return checks
 
     def _event_select(self) -> list[str]:
@@ -270,17 +295,27 @@ class BatchMapper:
         name = self._value(fields["event_name"])
         timestamp = self._timestamp_ms(fields.get("timestamp_unixtime_ms"))
         message_id = fields.get("source_message_id")
-        row_hash = "md5(CAST(" + "json_object(" + ", ".join(
-            f"{_literal(n)}, src.{_ident(n)}" for n in self.plan.schema.names
-        ) + ") AS VARCHAR))"
-        event_id = (f"COALESCE(NULLIF(CAST({self._value(message_id)} AS VARCHAR), ''), {row_hash})"
-                    if message_id else row_hash)
-        custom = "json_object(" + ", ".join(
-            f"{_literal(k)}, {self._value(v)}" for k, v in self.plan.custom_attributes.items()
-        ) + ")"
-        data = (f"json_object('event_name', CAST({name} AS VARCHAR), 'custom_event_type', "
-                f"CAST({custom_event_type} AS VARCHAR), 'timestamp_unixtime_ms', {timestamp}, "
-                f"'source_message_id', {event_id}, 'custom_attributes', {custom})")
+        row_hash = (
+            "md5(CAST("
+            + "json_object("
+            + ", ".join(f"{_literal(n)}, src.{_ident(n)}" for n in self.plan.schema.names)
+            + ") AS VARCHAR))"
+        )
+        event_id = (
+            f"COALESCE(NULLIF(CAST({self._value(message_id)} AS VARCHAR), ''), {row_hash})"
+            if message_id
+            else row_hash
+        )
+        custom = (
+            "json_object("
+            + ", ".join(f"{_literal(k)}, {self._value(v)}" for k, v in self.plan.custom_attributes.items())
+            + ")"
+        )
+        data = (
+            f"json_object('event_name', CAST({name} AS VARCHAR), 'custom_event_type', "
+            f"CAST({custom_event_type} AS VARCHAR), 'timestamp_unixtime_ms', {timestamp}, "
+            f"'source_message_id', {event_id}, 'custom_attributes', {custom})"
+        )
         return [
             f"{event_id} AS {_ident(b.EVENT_ID)}",
             f"CAST({event_type} AS VARCHAR) AS {_ident(b.EVENT_TYPE)}",
@@ -288,8 +323,12 @@ class BatchMapper:
             f"{timestamp} AS {_ident(b.EVENT_TIMESTAMP_MS)}",
             f"CAST({data} AS VARCHAR) AS {_ident(b.EVENT_DATA)}",
             f"CAST({custom_event_type} AS VARCHAR) AS _custom_event_type",
-            (f"{self._value(fields['timestamp_unixtime_ms'])} IS NOT NULL AND {timestamp} IS NULL"
-             if "timestamp_unixtime_ms" in fields else "FALSE") + " AS _bad_timestamp",
+            (
+                f"{self._value(fields['timestamp_unixtime_ms'])} IS NOT NULL AND {timestamp} IS NULL"
+                if "timestamp_unixtime_ms" in fields
+                else "FALSE"
+            )
+            + " AS _bad_timestamp",
         ]
 
     def _timestamp_ms(self, source: Source | None) -> str:
@@ -298,8 +337,11 @@ class BatchMapper:
             return "CAST(NULL AS BIGINT)"
         value = self._value(source)
         if source.column is None:
-            return f"CAST({value} AS BIGINT)" if isinstance(source.value, int | float) else (
-                f"epoch_ms(TRY_CAST({value} AS TIMESTAMPTZ))")
+            return (
+                f"CAST({value} AS BIGINT)"
+                if isinstance(source.value, int | float)
+                else (f"epoch_ms(TRY_CAST({value} AS TIMESTAMPTZ))")
+            )
         column_type = self.plan.schema.field(source.column).type
         if pa.types.is_timestamp(column_type):
             return f"epoch_ms({value})"
@@ -321,8 +363,11 @@ class BatchMapper:
             f"THEN 'identity {k} is longer than {MAX_IDENTITY_LENGTH} characters'"
             for k in plan.identities
         ]
-        cases += [f"WHEN {_ident(name)} IS NOT NULL THEN 'attribute ' || {_ident(name)} || "
-                  "' is NaN or infinite, which is not a number in JSON'" for name in checks]
+        cases += [
+            f"WHEN {_ident(name)} IS NOT NULL THEN 'attribute ' || {_ident(name)} || "
+            "' is NaN or infinite, which is not a number in JSON'"
+            for name in checks
+        ]
         cases += [
             f"WHEN length({_ident(b.ATTRIBUTE_PREFIX + n)}) > {MAX_ATTRIBUTE_LENGTH} "
             f"THEN {_literal(f'attribute {n} is longer than {MAX_ATTRIBUTE_LENGTH} characters')}"

@@ -81,7 +81,10 @@ def map_partition(
                 counts.rows_read += batch.num_rows
                 counts.rows_mapped += mapped.num_rows
                 counts.rows_rejected += rejects.num_rows
-                _report(progress, f"{spec.name}: read {counts.rows_read:,} rows, {counts.rows_rejected:,} rejected")
+                _report(
+                    progress,
+                    f"{spec.name}: read {counts.rows_read:,} rows, {counts.rows_rejected:,} rejected",
+                )
     finally:
         warehouse.close()
     return counts
@@ -130,7 +133,9 @@ def preview_rows(spec: SyncSpec, limit: int = 5) -> list[dict]:
 
 
 def _enriched(row: dict) -> dict:
-    identities = {k[len(b.IDENTITY_PREFIX) :]: v for k, v in row.items() if k.startswith(b.IDENTITY_PREFIX) and v}
+    identities = {
+        k[len(b.IDENTITY_PREFIX) :]: v for k, v in row.items() if k.startswith(b.IDENTITY_PREFIX) and v
+    }
     attributes = {
         k[len(b.ATTRIBUTE_PREFIX) :]: json.loads(v) if v is not None else None
         for k, v in row.items()

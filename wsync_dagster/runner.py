@@ -9,7 +9,7 @@ from dagster import DagsterInstance, DynamicPartitionsDefinition, TimeWindowPart
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from wsync_dagster.defs import build_definitions, sync_job_name
-from wsync_dagster.defs.partitions import run_key, sync_partitions
+from wsync_dagster.defs.partitions import run_key, run_key_time, sync_partitions
 from wsync_dagster.pipeline import check_mapping
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -49,19 +49,34 @@ def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
     last = last or first
     partitions = sync_partitions(spec)
     for key in (first, last):
-        if not partitions.has_partition_key(key, current_time=datetime.now(UTC)):
+        if not partitions.has_partition_key(key):
             example = partitions.get_first_partition_key()
-            raise RunError(f"{spec.name}: --partition {key} is not a partition of this sync (keys look like {example})")
+            raise RunError(
+                f"{spec.name}: --partition {key} is not a partition of this sync (keys look like {example})"
+            )
     return first, last
 
 
-def run_sync(spec: SyncSpec, store: ProfileStore, instance: DagsterInstance, *, partition: str | None = None,
-             store_url: str | None = None, now: datetime | None = None) -> RunReport:
+def run_sync(
+    spec: SyncSpec,
+    store: ProfileStore,
+    instance: DagsterInstance,
+    *,
+    partition: str | None = None,
+    store_url: str | None = None,
+    now: datetime | None = None,
+) -> RunReport:
     """Check the mapping, then materialize the sync's job for one partition or all that are due."""
     check_mapping(spec)
     partitions = sync_partitions(spec)
     if isinstance(partitions, DynamicPartitionsDefinition):
         key = partition or run_key(now or datetime.now(UTC))
+        try:
+            run_key_time(key)
+        except ValueError:
+            raise RunError(
+                f"{spec.name}: --partition {key} is not a full-mode run key (YYYYMMDDTHHMMSS)"
+            ) from None
         instance.add_dynamic_partitions(partitions.name, [key])
         options: dict = {"partition_key": key}
         label = key
@@ -76,7 +91,9 @@ def run_sync(spec: SyncSpec, store: ProfileStore, instance: DagsterInstance, *, 
         options = {"tags": {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}}
         label = first if first == last else f"{first}..{last}"
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
-    result = job.execute_in_process(instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options)
+    result = job.execute_in_process(
+        instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options
+    )
     if not result.success:
         raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
     report = RunReport(partitions=label, run_id=result.run_id)
@@ -87,7 +104,9 @@ def run_sync(spec: SyncSpec, store: ProfileStore, instance: DagsterInstance, *, 
         }
     for event in result.get_asset_check_evaluations():
         if not event.passed:
-            report.failed_checks.append(f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}")
+            report.failed_checks.append(
+                f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
+            )
     return report
 
 

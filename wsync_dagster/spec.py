@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from wsync_dagster.data_model import DataModelError, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
@@ -61,16 +69,20 @@ def _check_field(field: str, column: str | None) -> str:
     """Validate a mapping target; `$unmapped` goes with `*` targets only."""
     wildcard = field == "*" or field.endswith(".*")
     if column == UNMAPPED and not wildcard:
-        raise ValueError(f"{UNMAPPED} maps to a wildcard field: '*', 'user_attributes.*' or "
-                         "'events.data.custom_attributes.*'")
+        raise ValueError(
+            f"{UNMAPPED} maps to a wildcard field: '*', 'user_attributes.*' or "
+            "'events.data.custom_attributes.*'"
+        )
     if wildcard and column != UNMAPPED:
         raise ValueError(f"a '*' field takes column {UNMAPPED}")
     if field in ("*", "user_attributes.*", "events.data.custom_attributes.*") or field in EVENT_FIELDS:
         return field
     if field.startswith("user_identities."):
         if field.removeprefix("user_identities.") not in IDENTITY_PRIORITY:
-            raise ValueError(f"unknown identity '{field}'; allowed: user_identities.<one of "
-                             f"{', '.join(IDENTITY_PRIORITY)}>")
+            raise ValueError(
+                f"unknown identity '{field}'; allowed: user_identities.<one of "
+                f"{', '.join(IDENTITY_PRIORITY)}>"
+            )
         return field
     for prefix in ("user_attributes.", "events.data.custom_attributes."):
         if field.startswith(prefix) and field.removeprefix(prefix):
@@ -131,7 +143,9 @@ class ObjectMapping(_Strict):
     field: Literal["user_identities", "user_attributes", "events"]
 
 
-MappingEntry = Annotated[ColumnMapping | StaticMapping | IgnoreMapping | ObjectMapping, Field(discriminator="type")]
+MappingEntry = Annotated[
+    ColumnMapping | StaticMapping | IgnoreMapping | ObjectMapping, Field(discriminator="type")
+]
 
 
 class DataModelSpec(_Strict):
@@ -154,7 +168,9 @@ class SyncSettings(_Strict):
 
     mode: Literal["full", "incremental", "cdc"]
     iterator: str | None = None
-    iterator_type: Literal["timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s", "integer"] | None = None
+    iterator_type: (
+        Literal["timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s", "integer"] | None
+    ) = None
     schedule: Literal["interval", "once", "on_demand"] = "on_demand"
     frequency: Literal["hourly", "daily", "weekly", "monthly"] | None = None
     start: datetime | None = None
@@ -196,13 +212,17 @@ class SyncSettings(_Strict):
             if not self.iterator_type:
                 raise ValueError("iterator_type: required when mode is incremental")
         elif self.mode == "cdc":
-            raise ValueError("mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection has "
-                             "none: use incremental or full")
+            raise ValueError(
+                "mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection has "
+                "none: use incremental or full"
+            )
         elif self.iterator or self.iterator_type:
             raise ValueError("iterator/iterator_type: only for mode incremental")
         if self.iterator_type == "integer":
-            raise ValueError("iterator_type: integer iterators are not supported yet; allowed: "
-                             + ", ".join(TIME_ITERATORS))
+            raise ValueError(
+                "iterator_type: integer iterators are not supported yet; allowed: "
+                + ", ".join(TIME_ITERATORS)
+            )
         if self.schedule == "interval" and not self.frequency:
             raise ValueError("frequency: required when schedule is interval (hourly, daily, weekly, monthly)")
         if self.schedule in ("interval", "once") and not self.start:
@@ -330,7 +350,11 @@ def _location(loc: tuple, raw: dict) -> str:
     node: Any = raw
     previous: Any = None
     for part in loc:
-        is_tag = isinstance(node, dict) and node.get("type") == part and (isinstance(previous, int) or previous == "connection")
+        is_tag = (
+            isinstance(node, dict)
+            and node.get("type") == part
+            and (isinstance(previous, int) or previous == "connection")
+        )
         previous = part
         if is_tag:
             continue  # a discriminated union's tag
@@ -360,8 +384,12 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
         elif part == "mapping":
             continue
         elif part in ("sync", "data_model", "destination", "checks"):
-            model = {"sync": SyncSettings, "data_model": DataModelSpec, "destination": ProfileStoreDestination,
-                     "checks": Checks}[part]
+            model = {
+                "sync": SyncSettings,
+                "data_model": DataModelSpec,
+                "destination": ProfileStoreDestination,
+                "checks": Checks,
+            }[part]
     return ", ".join(name for name in model.model_fields if name != "source_file")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta, UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 

@@ -17,7 +17,9 @@ from wsync_dagster_tests.conftest import USERS_SQL, user_sync
 
 
 def _spec(tmp_path, **overrides) -> SyncSpec:
-    return SyncSpec.model_validate({**user_sync(tmp_path / "w.duckdb", **overrides), "source_file": tmp_path / "s.yaml"})
+    return SyncSpec.model_validate(
+        {**user_sync(tmp_path / "w.duckdb", **overrides), "source_file": tmp_path / "s.yaml"}
+    )
 
 
 def _users_batch(**columns) -> pa.RecordBatch:
@@ -45,7 +47,9 @@ def test_without_mapping_every_other_column_becomes_an_attribute(tmp_path):
 
 @pytest.mark.parametrize("name", [*USER_IDENTITIES, *DEVICE_IDENTITIES])
 def test_every_reserved_identity_name_auto_maps_case_insensitively(tmp_path, name):
-    batch = pa.RecordBatch.from_pydict({name.upper(): ["id-1"], "updated_at": pa.array([datetime(2024, 1, 1)])})
+    batch = pa.RecordBatch.from_pydict(
+        {name.upper(): ["id-1"], "updated_at": pa.array([datetime(2024, 1, 1)])}
+    )
     plan = build_plan(_spec(tmp_path), batch.schema)
     assert plan.identities == {name: name.upper()}
     assert plan.attributes == {}
@@ -57,13 +61,16 @@ def test_customerid_alias_is_customer_id(tmp_path):
 
 
 def test_column_static_and_ignore_mappings(tmp_path):
-    spec = _spec(tmp_path, mapping=[
-        {"type": "column", "column": "email", "field": "user_identities.email"},
-        {"type": "column", "column": "plan", "field": "user_attributes.subscription"},
-        {"type": "static", "value": "warehouse", "field": "user_attributes.source"},
-        {"type": "static", "value": 2, "field": "user_attributes.tier"},
-        {"type": "ignore", "column": "notes"},
-    ])
+    spec = _spec(
+        tmp_path,
+        mapping=[
+            {"type": "column", "column": "email", "field": "user_identities.email"},
+            {"type": "column", "column": "plan", "field": "user_attributes.subscription"},
+            {"type": "static", "value": "warehouse", "field": "user_attributes.source"},
+            {"type": "static", "value": 2, "field": "user_attributes.tier"},
+            {"type": "ignore", "column": "notes"},
+        ],
+    )
     rows, _ = _map(spec, _users_batch(notes=["secret", "x"]))
     assert json.loads(rows[0]["attribute.subscription"]) == "pro"
     assert json.loads(rows[0]["attribute.source"]) == "warehouse"
@@ -72,10 +79,13 @@ def test_column_static_and_ignore_mappings(tmp_path):
 
 
 def test_unmapped_maps_every_remaining_column_under_its_own_name(tmp_path):
-    spec = _spec(tmp_path, mapping=[
-        {"type": "column", "column": "plan", "field": "user_attributes.subscription"},
-        {"type": "column", "column": "$unmapped", "field": "user_attributes.*"},
-    ])
+    spec = _spec(
+        tmp_path,
+        mapping=[
+            {"type": "column", "column": "plan", "field": "user_attributes.subscription"},
+            {"type": "column", "column": "$unmapped", "field": "user_attributes.*"},
+        ],
+    )
     rows, _ = _map(spec, _users_batch(country=["DE", "FR"]))
     attributes = {k for k in rows[0] if k.startswith("attribute.")}
     assert attributes == {"attribute.subscription", "attribute.country"}
@@ -83,15 +93,25 @@ def test_unmapped_maps_every_remaining_column_under_its_own_name(tmp_path):
 
 def test_a_selected_column_left_unmapped_is_an_error(tmp_path):
     spec = _spec(tmp_path, mapping=[{"type": "column", "column": "plan", "field": "user_attributes.plan"}])
-    with pytest.raises(MappingError, match=r"s.yaml: mapping: column 'country' is selected by the data model but not mapped"):
+    with pytest.raises(
+        MappingError, match=r"s.yaml: mapping: column 'country' is selected by the data model but not mapped"
+    ):
         build_plan(spec, _users_batch(country=["DE", "FR"]).schema)
 
 
 def test_a_mapping_naming_a_missing_column_is_an_error(tmp_path):
-    spec = _spec(tmp_path, mapping=[{"type": "column", "column": "planz", "field": "user_attributes.plan"},
-                                    {"type": "column", "column": "$unmapped", "field": "*"}])
-    with pytest.raises(MappingError, match=r"mapping\[0\].column: column 'planz' is not returned by the data model; "
-                                           r"it returns customer_id, email, plan, updated_at"):
+    spec = _spec(
+        tmp_path,
+        mapping=[
+            {"type": "column", "column": "planz", "field": "user_attributes.plan"},
+            {"type": "column", "column": "$unmapped", "field": "*"},
+        ],
+    )
+    with pytest.raises(
+        MappingError,
+        match=r"mapping\[0\].column: column 'planz' is not returned by the data model; "
+        r"it returns customer_id, email, plan, updated_at",
+    ):
         build_plan(spec, _users_batch().schema)
 
 
@@ -103,8 +123,11 @@ def test_a_missing_iterator_column_is_an_error(tmp_path):
 
 def test_iterator_type_must_fit_the_column(tmp_path):
     spec = _spec(tmp_path, sync={"iterator_type": "timestamp_unixtime_ms"})
-    with pytest.raises(MappingError, match=r"timestamp_unixtime_ms needs an integer of epoch milliseconds column, "
-                                           r"but 'updated_at' is timestamp"):
+    with pytest.raises(
+        MappingError,
+        match=r"timestamp_unixtime_ms needs an integer of epoch milliseconds column, "
+        r"but 'updated_at' is timestamp",
+    ):
         build_plan(spec, _users_batch().schema)
 
 
@@ -163,16 +186,22 @@ def test_events_use_the_mparticle_event_shape(tmp_path):
 
 
 def test_a_date_column_mapped_to_a_timestamp_is_converted_to_utc_milliseconds(tmp_path):
-    mapping = [*EVENT_MAPPING[:2], {"type": "column", "column": "day", "field": "events.data.timestamp_unixtime_ms"},
-               {"type": "ignore", "column": "amount"}]
+    mapping = [
+        *EVENT_MAPPING[:2],
+        {"type": "column", "column": "day", "field": "events.data.timestamp_unixtime_ms"},
+        {"type": "ignore", "column": "amount"},
+    ]
     batch = _events_batch(day=pa.array([datetime(2024, 3, 1).date(), None], pa.date32()))
     rows, _ = _map(_event_spec(tmp_path, mapping), batch)
     assert rows[0]["event.timestamp_ms"] == int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 def test_event_id_is_the_source_message_id_else_a_stable_row_hash(tmp_path):
-    mapping = [*EVENT_MAPPING[:3], {"type": "column", "column": "mid", "field": "events.data.source_message_id"},
-               {"type": "ignore", "column": "amount"}]
+    mapping = [
+        *EVENT_MAPPING[:3],
+        {"type": "column", "column": "mid", "field": "events.data.source_message_id"},
+        {"type": "ignore", "column": "amount"},
+    ]
     rows, _ = _map(_event_spec(tmp_path, mapping), _events_batch(mid=["m-1", None]))
     again, _ = _map(_event_spec(tmp_path, mapping), _events_batch(mid=["m-1", None]))
     assert rows[0]["event.id"] == "m-1"
@@ -196,8 +225,16 @@ def test_data_model_tables_are_found_without_cte_names():
     assert [t.path for t in source_tables(sql)] == [("analytics", "events"), ("crm", "users")]
 
 
-@pytest.mark.parametrize("sql", ["INSERT INTO t VALUES (1)", "SELECT 1; SELECT 2", "CREATE TABLE x AS SELECT 1",
-                                 "COPY t TO 'x.csv'", "ATTACH 'x.db'"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO t VALUES (1)",
+        "SELECT 1; SELECT 2",
+        "CREATE TABLE x AS SELECT 1",
+        "COPY t TO 'x.csv'",
+        "ATTACH 'x.db'",
+    ],
+)
 def test_only_one_read_only_select_is_a_data_model(sql):
     with pytest.raises(DataModelError):
         source_tables(sql)
@@ -205,11 +242,16 @@ def test_only_one_read_only_select_is_a_data_model(sql):
 
 def test_windowed_model_binds_bounds_as_parameters():
     sql = windowed_sql("SELECT a, updated_at FROM t", "updated_at")
-    assert sql.count("?") == 2 and "updated_at\" >= ?" in sql
+    assert sql.count("?") == 2 and 'updated_at" >= ?' in sql
 
 
 def test_check_mapping_probes_the_real_warehouse_columns(tmp_path, make_warehouse):
-    spec = _spec(tmp_path, connection={"type": "duckdb", "path": str(make_warehouse(USERS_SQL))},
-                 mapping=[{"type": "column", "column": "email", "field": "user_identities.email"}])
-    with pytest.raises(MappingError, match=r"column 'first_name' is selected by the data model but not mapped"):
+    spec = _spec(
+        tmp_path,
+        connection={"type": "duckdb", "path": str(make_warehouse(USERS_SQL))},
+        mapping=[{"type": "column", "column": "email", "field": "user_identities.email"}],
+    )
+    with pytest.raises(
+        MappingError, match=r"column 'first_name' is selected by the data model but not mapped"
+    ):
         check_mapping(spec)

@@ -113,23 +113,35 @@ def test_data_model_must_not_write(write_sync, tmp_path):
 
 
 def test_mapping_field_must_be_a_known_target(write_sync, tmp_path):
-    raw = user_sync(tmp_path / "w.duckdb", mapping=[{"type": "column", "column": "email", "field": "user_identities.mail"}])
-    with pytest.raises(SyncSpecError, match=r"mapping\[0\].field: unknown identity 'user_identities.mail'; allowed: user_identities.<one of customer_id, email"):
+    raw = user_sync(
+        tmp_path / "w.duckdb",
+        mapping=[{"type": "column", "column": "email", "field": "user_identities.mail"}],
+    )
+    with pytest.raises(
+        SyncSpecError,
+        match=r"mapping\[0\].field: unknown identity 'user_identities.mail'; allowed: user_identities.<one of customer_id, email",
+    ):
         load_sync_file(write_sync(raw))
 
 
 def test_unmapped_needs_a_wildcard_field(write_sync, tmp_path):
-    raw = user_sync(tmp_path / "w.duckdb", mapping=[{"type": "column", "column": "$unmapped", "field": "user_attributes.x"}])
+    raw = user_sync(
+        tmp_path / "w.duckdb",
+        mapping=[{"type": "column", "column": "$unmapped", "field": "user_attributes.x"}],
+    )
     with pytest.raises(SyncSpecError, match=r"\$unmapped maps to a wildcard field"):
         load_sync_file(write_sync(raw))
 
 
 def test_static_values_are_typed(write_sync, tmp_path):
-    raw = user_sync(tmp_path / "w.duckdb", mapping=[
-        {"type": "static", "value": 3, "field": "user_attributes.tier"},
-        {"type": "static", "value": True, "field": "user_attributes.vip"},
-        {"type": "column", "column": "$unmapped", "field": "user_attributes.*"},
-    ])
+    raw = user_sync(
+        tmp_path / "w.duckdb",
+        mapping=[
+            {"type": "static", "value": 3, "field": "user_attributes.tier"},
+            {"type": "static", "value": True, "field": "user_attributes.vip"},
+            {"type": "column", "column": "$unmapped", "field": "user_attributes.*"},
+        ],
+    )
     values = [entry.value for entry in load_sync_file(write_sync(raw)).mapping[:2]]
     assert values == [3, True] and isinstance(values[1], bool)
 

@@ -39,5 +39,7 @@ def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> De
     """Every sync's definitions, the shared source assets, and the profile store resource."""
     return Definitions.merge(
         *(build_sync_definitions(spec) for spec in specs),
-        Definitions(assets=source_specs(specs), resources={"profile_store": ProfileStoreResource(url=store_url)}),
+        Definitions(
+            assets=source_specs(specs), resources={"profile_store": ProfileStoreResource(url=store_url)}
+        ),
     )

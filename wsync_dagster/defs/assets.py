@@ -1,6 +1,5 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
-
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -96,13 +95,23 @@ def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         group_name=spec.name,
         kinds=kinds,
         description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
-        check_specs=[AssetCheckSpec(REJECT_RATE_CHECK, asset=mapped_key(spec),
-                                    description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}")],
+        check_specs=[
+            AssetCheckSpec(
+                REJECT_RATE_CHECK,
+                asset=mapped_key(spec),
+                description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}",
+            )
+        ],
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = partition_scope(spec, context)
-        counts = map_partition(spec, scope.window, batch_file(spec, scope.label), run_version=scope.run_version,
-                               progress=context.log.info)
+        counts = map_partition(
+            spec,
+            scope.window,
+            batch_file(spec, scope.label),
+            run_version=scope.run_version,
+            progress=context.log.info,
+        )
         window = scope.window
         passed = counts.reject_rate <= spec.checks.max_reject_rate
         return MaterializeResult(
@@ -110,17 +119,23 @@ def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                 "rows_read": counts.rows_read,
                 "rows_mapped": counts.rows_mapped,
                 "rows_rejected": counts.rows_rejected,
-                "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})" if window else "all rows",
+                "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})"
+                if window
+                else "all rows",
             },
             check_results=[
                 AssetCheckResult(
                     check_name=REJECT_RATE_CHECK,
                     passed=passed,
                     severity=AssetCheckSeverity.ERROR,
-                    metadata={"reject_rate": counts.reject_rate, "max_reject_rate": spec.checks.max_reject_rate,
-                              "rows_rejected": counts.rows_rejected},
-                    description=None if passed else (
-                        f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
+                    metadata={
+                        "reject_rate": counts.reject_rate,
+                        "max_reject_rate": spec.checks.max_reject_rate,
+                        "rows_rejected": counts.rows_rejected,
+                    },
+                    description=None
+                    if passed
+                    else (f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
                 )
             ],
         )
@@ -145,8 +160,9 @@ def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             )
         store = profile_store.open()
         try:
-            counts, preview = deliver_partition(spec, batches, store, scope.label, scope.window,
-                                                progress=context.log.info)
+            counts, preview = deliver_partition(
+                spec, batches, store, scope.label, scope.window, progress=context.log.info
+            )
         finally:
             store.close()
         return MaterializeResult(

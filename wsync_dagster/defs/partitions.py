@@ -23,7 +23,7 @@ def _anchor(settings: SyncSettings) -> datetime:
     return settings.start or settings.history_start or datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _first_tick(moment: datetime, frequency: str, anchor: datetime) -> datetime:
+def last_tick(moment: datetime, frequency: str, anchor: datetime) -> datetime:
     """The last tick of the schedule anchored at `anchor` at or before `moment`."""
     if frequency == "hourly":
         tick = moment.replace(minute=anchor.minute, second=0, microsecond=0)
@@ -45,7 +45,7 @@ def schedule_partitions(settings: SyncSettings, first: datetime) -> TimeWindowPa
     """Time windows of `frequency`, anchored at `start`'s time of day (and weekday or day of month)."""
     anchor = _anchor(settings)
     frequency = settings.partition_frequency
-    start = _first_tick(first, frequency, anchor)
+    start = last_tick(first, frequency, anchor)
     minute = anchor.minute
     if frequency == "hourly":
         return HourlyPartitionsDefinition(start_date=start, minute_offset=minute)
@@ -54,7 +54,9 @@ def schedule_partitions(settings: SyncSettings, first: datetime) -> TimeWindowPa
     if frequency == "weekly":
         # Dagster counts weekdays from Sunday = 0.
         day = (anchor.weekday() + 1) % 7
-        return WeeklyPartitionsDefinition(start_date=start, minute_offset=minute, hour_offset=anchor.hour, day_offset=day)
+        return WeeklyPartitionsDefinition(
+            start_date=start, minute_offset=minute, hour_offset=anchor.hour, day_offset=day
+        )
     return MonthlyPartitionsDefinition(
         start_date=start, minute_offset=minute, hour_offset=anchor.hour, day_offset=anchor.day
     )

@@ -1,6 +1,5 @@
 """What starts a sync: a schedule at its frequency, a sensor for dynamic partitions, or nothing (on demand)."""
 
-
 from datetime import UTC, datetime
 
 from dagster import (
@@ -20,11 +19,13 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from wsync_dagster.defs.partitions import run_key, schedule_partitions, sync_partitions
+from wsync_dagster.defs.partitions import last_tick, run_key, sync_partitions
 from wsync_dagster.spec import SyncSpec
 
 
-def build_trigger(spec: SyncSpec, job: UnresolvedAssetJobDefinition) -> ScheduleDefinition | SensorDefinition | None:
+def build_trigger(
+    spec: SyncSpec, job: UnresolvedAssetJobDefinition
+) -> ScheduleDefinition | SensorDefinition | None:
     """The schedule or sensor of a sync, stopped when the sync is paused; None for on_demand."""
     settings = spec.sync
     if settings.schedule == "on_demand":
@@ -35,7 +36,9 @@ def build_trigger(spec: SyncSpec, job: UnresolvedAssetJobDefinition) -> Schedule
             job,
             name=f"{spec.name}_schedule",
             description=f"{spec.name} every {settings.frequency} from {settings.start.isoformat()}",  # type: ignore[union-attr]
-            default_status=DefaultScheduleStatus.STOPPED if settings.paused else DefaultScheduleStatus.RUNNING,
+            default_status=DefaultScheduleStatus.STOPPED
+            if settings.paused
+            else DefaultScheduleStatus.RUNNING,
         )
     return _run_sensor(spec, job, partitions)
 
@@ -43,7 +46,6 @@ def build_trigger(spec: SyncSpec, job: UnresolvedAssetJobDefinition) -> Schedule
 def _run_sensor(spec: SyncSpec, job: UnresolvedAssetJobDefinition, partitions) -> SensorDefinition:
     """A sensor for what a cron schedule cannot express: full-mode ticks that add a run key, and `once`."""
     settings = spec.sync
-    ticks = schedule_partitions(settings, settings.start)  # type: ignore[arg-type]
 
     @sensor(
         name=f"{spec.name}_sensor",
@@ -58,11 +60,11 @@ def _run_sensor(spec: SyncSpec, job: UnresolvedAssetJobDefinition, partitions) -
             return SkipReason(f"the first run is due at {settings.start.isoformat()}")  # type: ignore[union-attr]
         if settings.schedule == "once" and context.cursor:
             return SkipReason(f"ran once at {context.cursor}")
-        if settings.schedule == "once":
-            due = now
-        else:
-            last = ticks.get_last_partition_window(now)
-            due = last.end if last else settings.start
+        due = (
+            now
+            if settings.schedule == "once"
+            else last_tick(now, settings.partition_frequency, settings.start)
+        )
         key = run_key(due)  # type: ignore[arg-type]
         if context.cursor == key:
             return SkipReason(f"run {key} already requested")
@@ -77,8 +79,12 @@ def _run_sensor(spec: SyncSpec, job: UnresolvedAssetJobDefinition, partitions) -
         if not keys:
             return SkipReason("no complete partition yet")
         return SensorResult(
-            run_requests=[RunRequest(run_key=key, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                                                        ASSET_PARTITION_RANGE_END_TAG: keys[-1]})],
+            run_requests=[
+                RunRequest(
+                    run_key=key,
+                    tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+                )
+            ],
             cursor=key,
         )
 

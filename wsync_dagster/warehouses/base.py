@@ -21,7 +21,9 @@ class Warehouse(Protocol):
         """The columns the query returns, found with a zero-row probe."""
         ...
 
-    def read_batches(self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000) -> Iterator[pa.RecordBatch]:
+    def read_batches(
+        self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
         """Stream the query's rows as record batches in bounded memory."""
         ...
 

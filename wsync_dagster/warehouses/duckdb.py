@@ -36,7 +36,9 @@ class DuckDBWarehouse:
         except duckdb.Error as error:
             raise WarehouseError(f"data_model.sql: the warehouse cannot run it: {error}") from None
 
-    def read_batches(self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000) -> Iterator[pa.RecordBatch]:
+    def read_batches(
+        self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
         """Stream the rows; DuckDB hands Arrow batches over without a copy per row."""
         try:
             reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
