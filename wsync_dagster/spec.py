@@ -229,6 +229,9 @@ class SyncSettings(_Strict):
             raise ValueError(f"start: required when schedule is {self.schedule}")
         if self.mode == "incremental" and not (self.historical_start or self.start):
             raise ValueError("historical_start: required for a time iterator when there is no start")
+        if self.iterator_type == "date" and (self.partition_frequency == "hourly" or _has_time_of_day(self.start)):
+            raise ValueError("iterator_type: a date iterator needs whole-day windows: frequency daily, weekly or "
+                             "monthly, and a start at 00:00 UTC")
         if self.frequency == "monthly" and self.start and self.start.day > 28:
             raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
         if self.lookback < timedelta(0):
@@ -244,6 +247,10 @@ class SyncSettings(_Strict):
     def history_start(self) -> datetime:
         """How far back history is loaded: historical_start, else start."""
         return self.historical_start or self.start  # type: ignore[return-value]
+
+
+def _has_time_of_day(moment: datetime | None) -> bool:
+    return moment is not None and moment.time() != time()
 
 
 class Checks(_Strict):

@@ -158,3 +158,9 @@ def test_every_error_of_every_file_is_reported_together(write_sync, wsync_env, t
         load_syncs(wsync_env)
     assert "a.yaml: extra: unknown key" in str(error.value)
     assert "b.yaml: sync.mode" in str(error.value)
+
+
+def test_a_date_iterator_needs_whole_day_windows(write_sync, tmp_path):
+    raw = user_sync(tmp_path / "w.duckdb", sync={"iterator_type": "date", "frequency": "hourly"})
+    with pytest.raises(SyncSpecError, match=r"a date iterator needs whole-day windows"):
+        load_sync_file(write_sync(raw))

@@ -248,3 +248,31 @@ def test_job_runs_are_recorded_in_the_dagster_instance(make_warehouse, write_syn
     run = instance.get_run_by_id(report.run_id)
     assert run.job_name == sync_job_name(spec) and run.is_success
     assert build_definitions([spec]).resolve_job_def(sync_job_name(spec)) is not None
+
+
+ITERATOR_TYPES_SQL = """
+CREATE SCHEMA crm;
+CREATE TABLE crm.users AS SELECT * FROM (VALUES
+    ('C001', DATE '2024-01-01', 1704103200000, 1704103200),
+    ('C002', DATE '2024-01-02', 1704189600000, 1704189600)
+) AS t(customer_id, updated_on, updated_ms, updated_s);
+"""
+
+
+@pytest.mark.parametrize(
+    ("iterator", "iterator_type"),
+    [("updated_on", "date"), ("updated_ms", "timestamp_unixtime_ms"), ("updated_s", "timestamp_unixtime_s")],
+)
+def test_every_time_iterator_type_reads_its_window(make_warehouse, write_sync, iterator, iterator_type):
+    spec = load_sync_file(
+        write_sync(
+            user_sync(
+                make_warehouse(ITERATOR_TYPES_SQL),
+                data_model={"sql": f"SELECT customer_id, {iterator} FROM crm.users"},
+                sync={"iterator": iterator, "iterator_type": iterator_type},
+            )
+        )
+    )
+    assert _materialize(spec, "2024-01-02").success
+    assert _profile("C001") is None
+    assert _profile("C002") is not None
