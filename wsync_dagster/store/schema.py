@@ -82,8 +82,10 @@ STAGING: tuple[str, ...] = (
     """CREATE TEMP TABLE IF NOT EXISTS stage_attribute (
         profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL
     )""",
-    """CREATE TEMP TABLE IF NOT EXISTS stage_attribute_change (
-        profile_id TEXT NOT NULL, removed INTEGER NOT NULL
+    # The staged values that win over the stored ones; change: 0 none visible, 1 set, 2 removed.
+    """CREATE TEMP TABLE IF NOT EXISTS stage_attribute_win (
+        profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL,
+        change INTEGER NOT NULL
     )""",
     # Profiles created or updated by the open delivery, so each is counted once per delivery.
     """CREATE TEMP TABLE IF NOT EXISTS delivery_profile (
@@ -101,7 +103,6 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode can lose the last commits on power loss but never corrupts the file.
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA cache_size = -65536")
     # A big delivery's WAL is checkpointed after commit; don't keep the file at its peak size.
     conn.execute("PRAGMA journal_size_limit = 67108864")

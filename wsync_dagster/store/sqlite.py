@@ -49,31 +49,29 @@ JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row
 WHERE f.fingerprint = s.fingerprint
 """
 
-# The rule of _UPSERT_ATTRIBUTES (does the staged value win?) restricted to visible changes, for the counts.
-_ATTRIBUTE_CHANGES = """
-INSERT INTO stage_attribute_change (profile_id, removed)
-SELECT s.profile_id, CASE WHEN s.value IS NULL THEN 1 ELSE 0 END
+# Same sync: the newer (or equal) version wins and a NULL stays as a tombstone. Another sync: only a value
+# wins, moving the attribute to that sync, since attributes belong to the sync that set them.
+_WINNING_ATTRIBUTES = """
+INSERT INTO stage_attribute_win (profile_id, name, value, version, change)
+SELECT s.profile_id, s.name, s.value, s.version,
+       CASE WHEN s.value IS NOT NULL AND (a.value IS NULL OR a.value <> s.value) THEN 1
+            WHEN s.value IS NULL AND a.value IS NOT NULL THEN 2
+            ELSE 0 END
 FROM stage_attribute AS s
 LEFT JOIN attributes AS a ON a.profile_id = s.profile_id AND a.name = s.name
-WHERE (a.profile_id IS NULL
-       OR (a.sync = :sync AND s.version >= a.version)
-       OR (a.sync <> :sync AND s.value IS NOT NULL))
-  AND ((s.value IS NOT NULL AND (a.value IS NULL OR a.value <> s.value))
-       OR (s.value IS NULL AND a.value IS NOT NULL))
+WHERE a.profile_id IS NULL
+   OR (a.sync = :sync AND s.version >= a.version AND NOT (s.version = a.version AND s.value IS a.value))
+   OR (a.sync <> :sync AND s.value IS NOT NULL)
+ORDER BY s.profile_id, s.name
 """
 
-# Same sync: the newer (or equal) version wins, NULLs stay as tombstones. Another sync: only a value
-# moves the attribute to it, since attributes belong to the sync that set them. "WHERE true" keeps
-# SQLite from reading ON CONFLICT as a join constraint.
+# The staged winners are already decided, so the update is unconditional. "WHERE true" keeps SQLite
+# from reading ON CONFLICT as a join constraint.
 _UPSERT_ATTRIBUTES = """
 INSERT INTO attributes (profile_id, name, value, sync, version, updated_at)
-SELECT profile_id, name, value, :sync, version, :now FROM stage_attribute WHERE true ORDER BY profile_id, name
+SELECT profile_id, name, value, :sync, version, :now FROM stage_attribute_win WHERE true
 ON CONFLICT (profile_id, name) DO UPDATE SET
     value = excluded.value, sync = excluded.sync, version = excluded.version, updated_at = excluded.updated_at
-WHERE (attributes.sync = excluded.sync
-       AND excluded.version >= attributes.version
-       AND NOT (excluded.version = attributes.version AND excluded.value IS attributes.value))
-   OR (attributes.sync <> excluded.sync AND excluded.value IS NOT NULL)
 """
 
 _INSERT_EVENT = """
@@ -378,15 +376,19 @@ class Delivery:
         return resolve(keys, graph, self._environment, create=self._input_protection == CREATE_AND_UPDATE)
 
     def _write_profiles(self, resolution: Resolution, now: str) -> None:
+        # Inserting in key order keeps the B-tree writes local.
         env = self._environment
         self._conn.executemany(
             "INSERT INTO profiles (profile_id, environment, created_at) VALUES (?, ?, ?)",
-            ((profile_id, env, now) for profile_id in resolution.created),
+            ((profile_id, env, now) for profile_id in sorted(resolution.created)),
         )
         self._conn.executemany(
             "INSERT INTO identities (environment, identity_type, value, profile_id, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            ((env, t, v, profile_id, now) for profile_id, t, v in resolution.attached),
+            (
+                (env, t, v, profile_id, now)
+                for profile_id, t, v in sorted(resolution.attached, key=_by_identity)
+            ),
         )
         self._conn.executemany(
             "INSERT INTO delivery_profile (profile_id, created) VALUES (?, 1)",
@@ -430,31 +432,35 @@ class Delivery:
                     strict=False,
                 ),
             )
-        conn.execute("DELETE FROM stage_attribute_change")
-        conn.execute(_ATTRIBUTE_CHANGES, {"sync": self._sync})
+        conn.execute("DELETE FROM stage_attribute_win")
+        conn.execute(_WINNING_ATTRIBUTES, {"sync": self._sync})
         set_count, removed_count = conn.execute(
-            "SELECT COALESCE(SUM(1 - removed), 0), COALESCE(SUM(removed), 0) FROM stage_attribute_change"
+            "SELECT COUNT(CASE WHEN change = 1 THEN 1 END), COUNT(CASE WHEN change = 2 THEN 1 END)"
+            " FROM stage_attribute_win"
         ).fetchone()
         counts.attributes_set = set_count
         counts.attributes_removed = removed_count
         counts.profiles_updated += conn.execute(
             "INSERT INTO delivery_profile (profile_id, created)"
-            " SELECT DISTINCT profile_id, 0 FROM stage_attribute_change WHERE true ORDER BY profile_id"
+            " SELECT DISTINCT profile_id, 0 FROM stage_attribute_win WHERE change > 0"
             " ON CONFLICT (profile_id) DO NOTHING"
         ).rowcount
         conn.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "now": now})
 
     def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
-        # No merge rule for events, so they go straight in; the primary key makes re-delivery a no-op.
+        # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.
+        # In profile order the events-by-profile index is written locally; event ids are random anyway.
+        order = pc.sort_indices(profile_ids)
+
         def column(name: str) -> Iterable[Any]:
-            return batch.column(name).to_pylist() if name in batch.schema.names else repeat(None)
+            return batch.column(name).take(order).to_pylist() if name in batch.schema.names else repeat(None)
 
         return self._conn.executemany(
             _INSERT_EVENT,
             zip(
                 repeat(self._environment),
-                batch.column(b.EVENT_ID).to_pylist(),
-                profile_ids.to_pylist(),
+                column(b.EVENT_ID),
+                profile_ids.take(order).to_pylist(),
                 repeat(self._sync),
                 column(b.EVENT_TYPE),
                 column(b.EVENT_NAME),
@@ -476,6 +482,10 @@ class Delivery:
                 strict=False,
             ),
         )
+
+
+def _by_identity(attached: tuple[str, str, str]) -> tuple[str, str]:
+    return attached[1], attached[2]
 
 
 def _in_row_order(batch: pa.RecordBatch) -> pa.RecordBatch:

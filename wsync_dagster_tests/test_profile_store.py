@@ -1,0 +1,577 @@
+"""The profile store, on real SQLite files: resolution, attributes, events, deliveries, crash safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from wsync_dagster import batches as b
+from wsync_dagster.identities import IDENTITY_PRIORITY
+from wsync_dagster.store import DeliveryCounts, ProfileStore, open_profile_store
+
+REPO = Path(__file__).resolve().parents[1]
+SYNC = "crm_users"
+
+
+def mapped(*rows: dict[str, Any], version: int = 1, full: bool = False) -> pa.RecordBatch:
+    """A mapped batch from rows keyed by identity type, "event.*" or attribute name (None removes)."""
+    names = list(dict.fromkeys(name for row in rows for name in row if name not in (b.ROW, b.VERSION)))
+    identity_types = [name for name in names if name in IDENTITY_PRIORITY]
+    attributes = [name for name in names if name not in identity_types and not name.startswith("event.")]
+    keys = [
+        json.dumps({t: row[t] for t in identity_types if row.get(t) is not None}, sort_keys=True)
+        for row in rows
+    ]
+    columns: dict[str, pa.Array] = {
+        b.ROW: pa.array([row.get(b.ROW, n) for n, row in enumerate(rows)], pa.int64()),
+        b.VERSION: pa.array([row.get(b.VERSION, version) for row in rows], pa.int64()),
+        b.IDENTITY_KEY: pa.array(keys, pa.string()),
+    }
+    if full:
+        columns[b.ROW_KEY] = pa.array([_md5(key) for key in keys], pa.string())
+        columns[b.FINGERPRINT] = pa.array(
+            [_md5(json.dumps(row, sort_keys=True)) for row in rows], pa.string()
+        )
+    for t in identity_types:
+        columns[b.IDENTITY_PREFIX + t] = pa.array([row.get(t) for row in rows], pa.string())
+    for name in attributes:
+        values = [None if row.get(name) is None else json.dumps(row[name]) for row in rows]
+        columns[b.ATTRIBUTE_PREFIX + name] = pa.array(values, pa.string())
+    if b.EVENT_ID in names:
+        columns[b.EVENT_ID] = pa.array([row[b.EVENT_ID] for row in rows], pa.string())
+        columns[b.EVENT_TYPE] = pa.array([row.get(b.EVENT_TYPE, "custom_event") for row in rows], pa.string())
+        columns[b.EVENT_NAME] = pa.array([row.get(b.EVENT_NAME) for row in rows], pa.string())
+        timestamps = [row.get(b.EVENT_TIMESTAMP_MS, 1_700_000_000_000) for row in rows]
+        columns[b.EVENT_TIMESTAMP_MS] = pa.array(timestamps, pa.int64())
+        columns[b.EVENT_DATA] = pa.array([json.dumps(row.get(b.EVENT_DATA, {})) for row in rows], pa.string())
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def rejected(*rows: tuple[int, str, dict[str, Any]]) -> pa.Table:
+    """A rejects table from (row number, reason, row) tuples."""
+    return pa.Table.from_pylist(
+        [{b.ROW: n, "reason": reason, "row": json.dumps(row)} for n, reason, row in rows],
+        schema=b.REJECT_SCHEMA,
+    )
+
+
+def deliver(
+    store: ProfileStore,
+    *batches: pa.RecordBatch,
+    sync: str = SYNC,
+    environment: str = "production",
+    partition: str = "2024-11-15",
+    input_protection: str = "create_and_update",
+) -> DeliveryCounts:
+    """Apply batches as one delivery and return its counts."""
+    with store.delivery(
+        sync=sync, environment=environment, partition=partition, input_protection=input_protection
+    ) as delivery:
+        for batch in batches:
+            delivery.apply_batch(batch)
+    return delivery.counts
+
+
+def attributes(store: ProfileStore, identity_type: str, value: str, environment: str = "production") -> dict:
+    """The visible attributes of the profile owning an identity."""
+    profile = store.profile(identity_type, value, environment)
+    assert profile is not None, f"no profile owns {identity_type}={value}"
+    return profile["attributes"]
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ProfileStore]:
+    with ProfileStore(tmp_path / "profiles.sqlite") as profile_store:
+        yield profile_store
+
+
+# Profiles and identity resolution
+
+
+def test_new_identities_create_a_profile_with_its_attributes(store: ProfileStore) -> None:
+    counts = deliver(store, mapped({"customer_id": "A", "email": "a@x.io", "plan": "pro", "seats": 3}))
+
+    profile = store.profile("email", "a@x.io")
+    assert profile is not None
+    assert profile["identities"] == {"customer_id": "A", "email": "a@x.io"}
+    assert profile["attributes"] == {"plan": "pro", "seats": 3}
+    assert (counts.rows, counts.profiles_created, counts.attributes_set) == (1, 1, 2)
+
+
+def test_customer_id_outranks_email_in_resolution(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A"}, {"email": "e@x.io"}))
+
+    deliver(store, mapped({"customer_id": "A", "email": "e@x.io", "plan": "pro"}), partition="p2")
+
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+    assert attributes(store, "email", "e@x.io") == {}
+
+
+def test_row_matching_two_profiles_goes_to_higher_priority_and_counts_conflict(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A"}, {"email": "e@x.io"}))
+
+    counts = deliver(store, mapped({"customer_id": "A", "email": "e@x.io", "plan": "pro"}), partition="p2")
+
+    assert counts.identity_conflicts == 1
+    assert store.profile("customer_id", "A")["identities"] == {"customer_id": "A"}
+    assert store.profile("email", "e@x.io")["identities"] == {"email": "e@x.io"}
+
+
+def test_same_email_different_customer_id_creates_a_second_profile(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "email": "shared@x.io", "plan": "a"}))
+
+    counts = deliver(store, mapped({"customer_id": "B", "email": "shared@x.io", "plan": "b"}), partition="p2")
+
+    first, second = store.profile("customer_id", "A"), store.profile("customer_id", "B")
+    assert first["profile_id"] != second["profile_id"]
+    assert second["identities"] == {"customer_id": "B"}
+    assert second["attributes"] == {"plan": "b"}
+    assert store.profile("email", "shared@x.io")["attributes"] == {"plan": "a"}
+    assert (counts.profiles_created, counts.identity_conflicts) == (1, 1)
+
+
+def test_email_match_gains_a_customer_id_it_lacked(store: ProfileStore) -> None:
+    deliver(store, mapped({"email": "e@x.io", "plan": "free"}))
+
+    counts = deliver(store, mapped({"customer_id": "A", "email": "e@x.io"}), partition="p2")
+
+    profile = store.profile("customer_id", "A")
+    assert profile["identities"] == {"customer_id": "A", "email": "e@x.io"}
+    assert profile["attributes"] == {"plan": "free"}
+    assert (counts.profiles_created, counts.profiles_updated) == (0, 1)
+
+
+def test_profile_holds_one_value_per_identity_type(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "email": "old@x.io"}))
+
+    deliver(store, mapped({"customer_id": "A", "email": "new@x.io"}), partition="p2")
+
+    assert store.profile("customer_id", "A")["identities"] == {"customer_id": "A", "email": "old@x.io"}
+    assert store.profile("email", "new@x.io") is None
+
+
+def test_profile_created_by_an_earlier_row_is_seen_by_later_rows(store: ProfileStore) -> None:
+    counts = deliver(
+        store,
+        mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "A", "email": "e@x.io", "plan": "pro"}),
+        mapped({"email": "e@x.io", "mpid": "m1", "seats": 2}),
+    )
+
+    profile = store.profile("mpid", "m1")
+    assert profile["identities"] == {"customer_id": "A", "email": "e@x.io", "mpid": "m1"}
+    assert profile["attributes"] == {"plan": "pro", "seats": 2}
+    assert (counts.profiles_created, counts.profiles_updated) == (1, 0)
+
+
+def test_profile_ids_are_the_same_in_a_fresh_store(tmp_path: Path) -> None:
+    batch = mapped({"customer_id": "A", "email": "a@x.io"}, {"email": "b@x.io"})
+    ids = []
+    for name in ("one", "two"):
+        with ProfileStore(tmp_path / name / "profiles.sqlite") as fresh:
+            deliver(fresh, batch)
+            ids.append(
+                (
+                    fresh.profile("customer_id", "A")["profile_id"],
+                    fresh.profile("email", "b@x.io")["profile_id"],
+                )
+            )
+
+    assert ids[0] == ids[1]
+
+
+def test_update_only_never_creates_a_profile(store: ProfileStore) -> None:
+    counts = deliver(store, mapped({"customer_id": "A", "plan": "pro"}), input_protection="update_only")
+
+    assert store.profile("customer_id", "A") is None
+    assert (counts.profiles_created, counts.profiles_skipped) == (0, 1)
+
+
+def test_update_only_updates_existing_profiles(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}))
+
+    counts = deliver(
+        store,
+        mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "B", "plan": "pro"}, version=2),
+        partition="p2",
+        input_protection="update_only",
+    )
+
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+    assert store.profile("customer_id", "B") is None
+    assert (counts.profiles_updated, counts.profiles_skipped) == (1, 1)
+
+
+def test_read_only_writes_nothing(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}))
+    before = store.profile("customer_id", "A")
+
+    with store.delivery(
+        sync=SYNC, environment="production", partition="p2", input_protection="read_only"
+    ) as d:
+        d.apply_batch(
+            mapped({"customer_id": "A", "email": "a@x.io", "plan": "pro"}, {"customer_id": "B"}, version=2)
+        )
+        d.apply_batch(mapped({"customer_id": "A", b.EVENT_ID: "e1", b.EVENT_NAME: "login"}))
+        d.replace_rejects(rejected((7, "no identity", {"plan": "pro"})))
+
+    assert store.profile("customer_id", "A") == before
+    assert store.profile("customer_id", "B") is None
+    assert [r["row_number"] for r in store.rejects(SYNC)] == [7]
+    assert store.delivered_partitions(SYNC, "production") == ["2024-11-15", "p2"]
+    assert (d.counts.rows, d.counts.profiles_skipped, d.counts.rejects) == (3, 3, 1)
+    assert d.counts.profiles_updated == d.counts.events_written == d.counts.attributes_set == 0
+
+
+# Attributes
+
+
+def test_null_removes_an_attribute(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro", "seats": 3}, version=1))
+
+    counts = deliver(store, mapped({"customer_id": "A", "plan": None, "seats": 3}, version=2), partition="p2")
+
+    assert attributes(store, "customer_id", "A") == {"seats": 3}
+    assert (counts.attributes_removed, counts.attributes_set) == (1, 0)
+
+
+def test_older_version_never_overwrites_newer(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=20), partition="p2")
+
+    counts = deliver(store, mapped({"customer_id": "A", "plan": "free"}, version=10), partition="p1")
+
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+    assert (counts.attributes_set, counts.profiles_updated) == (0, 0)
+
+
+def test_older_value_cannot_resurrect_a_removed_attribute(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro", "seats": 1}, version=10), partition="p1")
+    deliver(store, mapped({"customer_id": "A", "plan": None, "seats": 1}, version=30), partition="p3")
+
+    deliver(store, mapped({"customer_id": "A", "plan": "free", "seats": 1}, version=20), partition="p2")
+
+    assert attributes(store, "customer_id", "A") == {"seats": 1}
+
+
+def test_null_from_another_sync_leaves_attribute(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=1), sync="crm_users")
+
+    counts = deliver(store, mapped({"customer_id": "A", "plan": None}, version=99), sync="billing")
+
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+    assert counts.attributes_removed == 0
+
+
+def test_value_from_another_sync_takes_the_attribute_over(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=100), sync="crm_users")
+    deliver(store, mapped({"customer_id": "A", "plan": "enterprise"}, version=1), sync="billing")
+
+    deliver(store, mapped({"customer_id": "A", "plan": None}, version=200), sync="crm_users", partition="p2")
+
+    assert attributes(store, "customer_id", "A") == {"plan": "enterprise"}
+
+
+def test_newest_version_in_a_batch_wins_and_ties_go_to_the_later_row(store: ProfileStore) -> None:
+    deliver(
+        store,
+        mapped(
+            {"customer_id": "A", "plan": "newest", b.VERSION: 5},
+            {"customer_id": "A", "plan": "older", b.VERSION: 4},
+            {"customer_id": "B", "plan": "first", b.VERSION: 7},
+            {"customer_id": "B", "plan": "second", b.VERSION: 7},
+        ),
+    )
+
+    assert attributes(store, "customer_id", "A") == {"plan": "newest"}
+    assert attributes(store, "customer_id", "B") == {"plan": "second"}
+
+
+def test_rows_resolve_in_row_order_whatever_the_batch_order(store: ProfileStore) -> None:
+    deliver(
+        store,
+        mapped(
+            {"customer_id": "B", "email": "e@x.io", b.ROW: 2},
+            {"customer_id": "A", "email": "e@x.io", b.ROW: 1},
+        ),
+    )
+
+    assert store.profile("email", "e@x.io")["identities"] == {"customer_id": "A", "email": "e@x.io"}
+    assert store.profile("customer_id", "B")["identities"] == {"customer_id": "B"}
+
+
+def test_resending_the_same_values_changes_nothing(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=1))
+
+    counts = deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=2), partition="p2")
+
+    assert (counts.attributes_set, counts.profiles_updated, counts.profiles_created) == (0, 0, 0)
+
+
+def test_each_updated_profile_counts_once_per_delivery(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}))
+
+    counts = deliver(
+        store,
+        mapped({"customer_id": "A", "plan": "pro"}, version=2),
+        mapped({"customer_id": "A", "email": "a@x.io", "plan": "team"}, version=3),
+        partition="p2",
+    )
+
+    assert (counts.profiles_updated, counts.attributes_set) == (1, 2)
+
+
+# Events
+
+
+def test_events_are_idempotent(store: ProfileStore) -> None:
+    events = mapped(
+        {"customer_id": "A", b.EVENT_ID: "e1", b.EVENT_NAME: "login"},
+        {"customer_id": "A", b.EVENT_ID: "e2", b.EVENT_NAME: "purchase"},
+    )
+    first = deliver(store, events)
+
+    again = deliver(store, events)
+
+    assert len(store.profile("customer_id", "A")["events"]) == 2
+    assert (first.events_written, again.events_written) == (2, 0)
+
+
+def test_events_are_shown_newest_first_with_their_data(store: ProfileStore) -> None:
+    deliver(
+        store,
+        mapped(
+            {"email": "e@x.io", b.EVENT_ID: "e1", b.EVENT_NAME: "view", b.EVENT_TIMESTAMP_MS: 1000},
+            {
+                "email": "e@x.io",
+                b.EVENT_ID: "e2",
+                b.EVENT_NAME: "purchase",
+                b.EVENT_TIMESTAMP_MS: 2000,
+                b.EVENT_DATA: {"custom_attributes": {"amount": 9.5}},
+            },
+        ),
+    )
+
+    events = store.profile("email", "e@x.io", events_limit=1)["events"]
+
+    assert events == [
+        {
+            "event_type": "custom_event",
+            "event_name": "purchase",
+            "timestamp_unixtime_ms": 2000,
+            "data": {"custom_attributes": {"amount": 9.5}},
+        }
+    ]
+
+
+def test_events_can_carry_attributes(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", b.EVENT_ID: "e1", "last_seen_page": "/pricing"}))
+
+    assert attributes(store, "customer_id", "A") == {"last_seen_page": "/pricing"}
+
+
+# Environments
+
+
+def test_environments_are_separate(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}), environment="production")
+    deliver(store, mapped({"customer_id": "A", "plan": "test"}), environment="development")
+
+    production = store.profile("customer_id", "A", environment="production")
+    development = store.profile("customer_id", "A", environment="development")
+    assert production["attributes"] == {"plan": "pro"}
+    assert development["attributes"] == {"plan": "test"}
+    assert production["profile_id"] != development["profile_id"]
+    assert development["environment"] == "development"
+
+
+# Full mode
+
+
+def test_unchanged_fingerprints_are_not_applied(store: ProfileStore) -> None:
+    rows = [{"customer_id": "A", "plan": "pro"}, {"customer_id": "B", "plan": "free"}]
+    deliver(store, mapped(*rows, full=True), partition="run-1")
+
+    counts = deliver(
+        store, mapped(rows[0], {"customer_id": "B", "plan": "pro"}, full=True), partition="run-2"
+    )
+
+    assert (counts.rows, counts.rows_unchanged, counts.attributes_set) == (2, 1, 1)
+    assert attributes(store, "customer_id", "B") == {"plan": "pro"}
+
+
+def test_skipped_row_applies_once_its_profile_exists(store: ProfileStore) -> None:
+    row = {"customer_id": "A", "plan": "pro"}
+    deliver(store, mapped(row, full=True), partition="run-1", input_protection="update_only")
+    deliver(store, mapped({"customer_id": "A"}), sync="signups")
+
+    counts = deliver(store, mapped(row, full=True), partition="run-2", input_protection="update_only")
+
+    assert counts.rows_unchanged == 0
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+
+
+# Rejects and deliveries
+
+
+def test_rejects_are_replaced_per_partition(store: ProfileStore) -> None:
+    for rejects in (rejected((3, "no identity", {"plan": "pro"})), rejected((5, "too long", {"email": "x"}))):
+        with store.delivery(
+            sync=SYNC, environment="production", partition="p1", input_protection="update_only"
+        ) as d:
+            d.replace_rejects(rejects)
+    with store.delivery(
+        sync=SYNC, environment="production", partition="p2", input_protection="update_only"
+    ) as d:
+        d.replace_rejects(rejected((1, "no identity", {})))
+
+    assert [(r["partition"], r["row_number"], r["reason"], r["row"]) for r in store.rejects(SYNC)] == [
+        ("p1", 5, "too long", {"email": "x"}),
+        ("p2", 1, "no identity", {}),
+    ]
+    assert d.counts.rejects == 1
+    assert len(store.rejects(SYNC, limit=1)) == 1
+    assert store.rejects(SYNC, environment="development") == []
+
+
+def test_deliveries_are_recorded_once_per_partition(store: ProfileStore) -> None:
+    for partition in ("2024-11-16", "2024-11-15", "2024-11-16"):
+        deliver(store, mapped({"customer_id": "A"}), partition=partition)
+
+    assert store.delivered_partitions(SYNC, "production") == ["2024-11-15", "2024-11-16"]
+    assert store.last_delivered_partition(SYNC, "production") == "2024-11-16"
+    assert store.last_delivered_partition(SYNC, "development") is None
+
+
+def test_delivery_names_a_few_touched_profiles(store: ProfileStore) -> None:
+    with store.delivery(
+        sync=SYNC, environment="production", partition="p1", input_protection="create_and_update"
+    ) as d:
+        d.apply_batch(mapped(*({"customer_id": str(n)} for n in range(30))))
+
+    assert len(d.profile_ids_touched) == 20
+    assert len(store.profiles_by_id(d.profile_ids_touched)) == 20
+
+
+def test_failed_delivery_leaves_store_untouched(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}))
+    before = store.profile("customer_id", "A")
+
+    with (
+        pytest.raises(RuntimeError, match="warehouse went away"),
+        store.delivery(
+            sync=SYNC, environment="production", partition="p2", input_protection="create_and_update"
+        ) as d,
+    ):
+        d.apply_batch(mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "B"}, version=2))
+        d.replace_rejects(rejected((1, "no identity", {})))
+        raise RuntimeError("warehouse went away")
+
+    assert store.profile("customer_id", "A") == before
+    assert store.profile("customer_id", "B") is None
+    assert store.rejects(SYNC) == []
+    assert store.delivered_partitions(SYNC, "production") == ["2024-11-15"]
+
+
+# Concurrency and crashes
+
+
+def _python(script: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_reader_in_another_process_sees_committed_state_during_a_write(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}))
+    reader = f"""
+        from wsync_dagster.store import ProfileStore
+        print(ProfileStore({str(store.path)!r}).profile("customer_id", "A")["attributes"]["plan"])
+    """
+
+    with store.delivery(
+        sync=SYNC, environment="production", partition="p2", input_protection="create_and_update"
+    ) as d:
+        d.apply_batch(mapped({"customer_id": "A", "plan": "pro"}, version=2))
+        # A blocked reader would wait out the 300 s busy timeout, far beyond this one.
+        during, _ = _python(reader).communicate(timeout=60)
+
+    after, _ = _python(reader).communicate(timeout=60)
+    assert (during.strip(), after.strip()) == ("free", "pro")
+
+
+def test_killed_writer_leaves_store_consistent(tmp_path: Path) -> None:
+    batch = mapped(
+        *({"customer_id": f"c{n}", "email": f"{n}@x.io", "plan": "pro", "seats": n} for n in range(5000)),
+        full=True,
+    )
+    batch_path = tmp_path / "batch.arrow"
+    with pa.ipc.new_file(batch_path, batch.schema) as writer:
+        writer.write_batch(batch)
+    killed = tmp_path / "killed" / "profiles.sqlite"
+    ProfileStore(killed).close()
+    writer_script = f"""
+        import time
+        import pyarrow as pa
+        from wsync_dagster.store import ProfileStore
+
+        store = ProfileStore({str(killed)!r})
+        store._conn.execute("PRAGMA cache_size = 16")  # spill uncommitted pages into the WAL before the kill
+        batch = pa.ipc.open_file({str(batch_path)!r}).get_batch(0)
+        with store.delivery(sync="crm_users", environment="production", partition="p1",
+                            input_protection="create_and_update") as delivery:
+            delivery.apply_batch(batch)
+            print("applied", flush=True)
+            time.sleep(600)
+    """
+    process = _python(writer_script)
+    assert process.stdout.readline().strip() == "applied"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+
+    with sqlite3.connect(killed) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with ProfileStore(killed) as store, ProfileStore(tmp_path / "clean" / "profiles.sqlite") as clean:
+        assert store.profile("customer_id", "c1") is None
+        assert store.delivered_partitions(SYNC, "production") == []
+        assert deliver(store, batch, partition="p1") == deliver(clean, batch, partition="p1")
+        assert [store.profile("customer_id", f"c{n}") for n in range(0, 5000, 499)] == [
+            clean.profile("customer_id", f"c{n}") for n in range(0, 5000, 499)
+        ]
+
+
+# Opening
+
+
+def test_open_profile_store_creates_parent_folders(tmp_path: Path) -> None:
+    store = open_profile_store(f"sqlite:///{tmp_path}/state/nested/profiles.sqlite")
+
+    store.close()
+    assert (tmp_path / "state" / "nested" / "profiles.sqlite").exists()
+
+
+def test_open_profile_store_names_only_the_scheme_of_an_unsupported_url() -> None:
+    with pytest.raises(ValueError, match="'postgresql'") as error:
+        open_profile_store("postgresql://wsync:s3cret@db.internal/profiles")
+
+    assert "s3cret" not in str(error.value)
+    with pytest.raises(ValueError, match="sqlite:///PATH"):
+        open_profile_store("profiles.sqlite")
