@@ -5,7 +5,6 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
 
 from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
-from wsync_dagster.defs.partitions import sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
 from wsync_dagster.defs.triggers import build_trigger
@@ -22,7 +21,6 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
     job = define_asset_job(
         sync_job_name(spec),
         selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec)),
-        partitions_def=sync_partitions(spec),
         description=spec.description or None,
     )
     trigger = build_trigger(spec, job)
