@@ -10,7 +10,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.partitions import run_key, run_key_time, sync_partitions
-from wsync_dagster.pipeline import check_mapping
+from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
@@ -90,6 +90,7 @@ def run_sync(
             first, last = due[0], due[-1]
         options = {"tags": {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}}
         label = first if first == last else f"{first}..{last}"
+    logger.info(f"{spec.name}: one Dagster run for partitions {label}")
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
     result = job.execute_in_process(
         instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options

@@ -164,3 +164,13 @@ def test_code_location_loads_every_sync_file(write_sync, tmp_path, monkeypatch):
     write_sync(user_sync(tmp_path / "w.duckdb", name="crm_users_dev", sync={"environment": "development"}))
     defs = importlib.reload(location).defs
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"crm_users_job", "crm_users_dev_job"}
+
+
+def test_once_sensor_on_time_partitions_requests_one_run_over_every_complete_window(tmp_path):
+    spec = _spec(
+        tmp_path, sync={"schedule": "once", "start": "2024-01-03T00:00:00Z", "historical_start": "2024-01-01"}
+    )
+    sensor = build_definitions([spec]).resolve_sensor_def("crm_users_sensor")
+    [request] = sensor(build_sensor_context(instance=DagsterInstance.ephemeral())).run_requests
+    assert request.tags["dagster/asset_partition_range_start"] == "2024-01-01"
+    assert request.tags["dagster/asset_partition_range_end"] < datetime.now(UTC).strftime("%Y-%m-%d")

@@ -1,5 +1,6 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,6 +12,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     MaterializeResult,
     MetadataValue,
     TimeWindowPartitionsDefinition,
@@ -81,6 +83,13 @@ def _preview_markdown(profiles: list[dict]) -> str:
 
 def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     """The mapped-batches and delivery assets of one sync, with the reject-rate check."""
+    # backfill_policy is marked beta; it is what lets one run read a whole range, so we use it knowingly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return _sync_assets(spec)
+
+
+def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     partitions = sync_partitions(spec)
     time_partitioned = isinstance(partitions, TimeWindowPartitionsDefinition)
     # One run may cover many time windows (backfills, catching up): the model is read once for the span.
