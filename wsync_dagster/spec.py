@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +45,9 @@ EVENT_FIELDS = (
 UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
+_SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|api_key|apikey|private_key|credentials?\Z", re.IGNORECASE
+)
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -229,9 +233,13 @@ class SyncSettings(_Strict):
             raise ValueError(f"start: required when schedule is {self.schedule}")
         if self.mode == "incremental" and not (self.historical_start or self.start):
             raise ValueError("historical_start: required for a time iterator when there is no start")
-        if self.iterator_type == "date" and (self.partition_frequency == "hourly" or _has_time_of_day(self.start)):
-            raise ValueError("iterator_type: a date iterator needs whole-day windows: frequency daily, weekly or "
-                             "monthly, and a start at 00:00 UTC")
+        if self.iterator_type == "date" and (
+            self.partition_frequency == "hourly" or _has_time_of_day(self.start)
+        ):
+            raise ValueError(
+                "iterator_type: a date iterator needs whole-day windows: frequency daily, weekly or "
+                "monthly, and a start at 00:00 UTC"
+            )
         if self.frequency == "monthly" and self.start and self.start.day > 28:
             raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
         if self.lookback < timedelta(0):
@@ -311,10 +319,29 @@ def load_sync_file(path: Path) -> SyncSpec:
         raise SyncSpecError(f"{path}: cannot read: {error.strerror}") from None
     if not isinstance(raw, dict):
         raise SyncSpecError(f"{path}: a sync file is a YAML mapping of keys (name, data_type, connection, …)")
+    if literal := next(_literal_secrets(raw), None):
+        # The value itself is never echoed: it is a secret that should not have been in the file.
+        raise SyncSpecError(
+            f"{path}: {literal}: a secret is never written in a sync file; use {{env: VAR_NAME}}"
+        )
     try:
         return SyncSpec.model_validate({**raw, "source_file": path.resolve()})
     except ValidationError as error:
         raise SyncSpecError(_describe(path, error, raw)) from None
+
+
+def _literal_secrets(node: Any, where: str = "") -> Iterator[str]:
+    """Dotted paths of secret-named keys whose value is written out instead of {env: VAR}."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _literal_secrets(item, f"{where}[{index}]")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            field = f"{where}.{key}" if where else str(key)
+            if _SECRET_KEY.search(str(key)) and not (isinstance(value, dict) and set(value) == {"env"}):
+                yield field
+            else:
+                yield from _literal_secrets(value, field)
 
 
 def load_syncs(directory: Path) -> list[SyncSpec]:

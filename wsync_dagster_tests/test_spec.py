@@ -164,3 +164,24 @@ def test_a_date_iterator_needs_whole_day_windows(write_sync, tmp_path):
     raw = user_sync(tmp_path / "w.duckdb", sync={"iterator_type": "date", "frequency": "hourly"})
     with pytest.raises(SyncSpecError, match=r"a date iterator needs whole-day windows"):
         load_sync_file(write_sync(raw))
+
+
+def test_a_literal_secret_is_refused_without_echoing_it(write_sync, tmp_path):
+    raw = user_sync(
+        tmp_path / "w.duckdb", connection={"type": "duckdb", "path": "w.duckdb", "password": "hunter2"}
+    )
+    with pytest.raises(SyncSpecError) as error:
+        load_sync_file(write_sync(raw))
+    assert "connection.password: a secret is never written in a sync file; use {env: VAR_NAME}" in str(
+        error.value
+    )
+    assert "hunter2" not in str(error.value)
+
+
+def test_a_secret_given_as_env_reference_passes_the_secret_rule(write_sync, tmp_path):
+    raw = user_sync(
+        tmp_path / "w.duckdb", connection={"type": "duckdb", "path": "w.duckdb", "token": {"env": "T"}}
+    )
+    with pytest.raises(SyncSpecError, match=r"connection.token: unknown key") as error:
+        load_sync_file(write_sync(raw))  # duckdb has no token; the rule itself let the reference through
+    assert "secret is never written" not in str(error.value)
