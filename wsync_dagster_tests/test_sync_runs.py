@@ -276,3 +276,14 @@ def test_every_time_iterator_type_reads_its_window(make_warehouse, write_sync, i
     assert _materialize(spec, "2024-01-02").success
     assert _profile("C001") is None
     assert _profile("C002") is not None
+
+
+def test_a_full_mode_partition_key_that_is_not_a_run_time_fails_clearly(make_warehouse, write_sync):
+    spec = load_sync_file(write_sync(_full_sync(make_warehouse(FULL_SQL))))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("segments_runs", ["tuesday"])
+    result = _materialize(spec, "tuesday", instance)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "partition 'tuesday' is not a full-mode run key" in str(failure.step_failure_data.error)
+    assert _profile("C001") is None

@@ -48,7 +48,14 @@ def partition_scope(spec: SyncSpec, context: AssetExecutionContext) -> Partition
         span = context.partition_time_window
         return PartitionScope(label, iterator_window(spec.sync, span.start, span.end), 0)
     key = context.partition_key
-    return PartitionScope(key, None, _micros(run_key_time(key)))
+    try:
+        moment = run_key_time(key)
+    except ValueError:
+        raise ValueError(
+            f"{spec.name}: partition '{key}' is not a full-mode run key; keys are the run's UTC time as "
+            f"YYYYMMDDTHHMMSS, e.g. 20241115T190000 (the run version that orders its values)"
+        ) from None
+    return PartitionScope(key, None, _micros(moment))
 
 
 def _micros(moment: datetime) -> int:
