@@ -179,6 +179,19 @@ def test_profile_created_by_an_earlier_row_is_seen_by_later_rows(store: ProfileS
     assert (counts.profiles_created, counts.profiles_updated) == (1, 0)
 
 
+def test_identity_taken_by_a_later_batch_makes_a_repeated_row_conflict(store: ProfileStore) -> None:
+    with store.delivery(
+        sync=SYNC, environment="production", partition="p1", input_protection="create_and_update"
+    ) as d:
+        d.apply_batch(mapped({"customer_id": "A", "email": "old@x.io"}))
+        before = d.apply_batch(mapped({"customer_id": "A", "email": "new@x.io"}))
+        d.apply_batch(mapped({"customer_id": "B", "email": "new@x.io"}))
+        after = d.apply_batch(mapped({"customer_id": "A", "email": "new@x.io"}))
+
+    assert (before.identity_conflicts, after.identity_conflicts) == (0, 1)
+    assert store.profile("email", "new@x.io")["identities"] == {"customer_id": "B", "email": "new@x.io"}
+
+
 def test_profile_ids_are_the_same_in_a_fresh_store(tmp_path: Path) -> None:
     batch = mapped({"customer_id": "A", "email": "a@x.io"}, {"email": "b@x.io"})
     ids = []

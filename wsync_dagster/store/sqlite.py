@@ -22,13 +22,18 @@ from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
     INPUT_PROTECTIONS,
     READ_ONLY,
+    Identity,
     IdentityGraph,
     Resolution,
+    SettledKeys,
     resolve,
 )
 from wsync_dagster.store.schema import STAGING, connect
 
 PREVIEW_PROFILES = 20
+# Past this many identities and settled keys a delivery starts its graph over from the store, which holds
+# all of it anyway: memory stays bounded however big the delivery.
+RESOLUTION_ENTRIES_MAX = 4_000_000
 
 # Every identity held by a profile that owns one of the staged identities.
 _REACHABLE_IDENTITIES = """
@@ -265,6 +270,9 @@ class Delivery:
         self._input_protection = input_protection
         self.counts = DeliveryCounts()
         self.profile_ids_touched: list[str] = []
+        # Kept across the batches: the delivery holds the write lock, so only it changes identities.
+        self._graph = IdentityGraph()
+        self._settled = SettledKeys()
         for statement in STAGING:
             conn.execute(statement)
         conn.execute("DELETE FROM delivery_profile")
@@ -326,25 +334,22 @@ class Delivery:
             counts.profiles_skipped = len(encoded.dictionary)
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
-        resolution = self._resolve(batch, key_of_row)
+        keys = encoded.dictionary.cast(pa.string())
+        profile_of_key, conflict_of_key, resolution = self._resolve(batch, keys, key_of_row)
         now = _now()
         self._write_profiles(resolution, now)
         counts.profiles_created = len(resolution.created)
         counts.profiles_skipped = resolution.skipped
-        rows_per_key = np.bincount(key_of_row, minlength=len(resolution.profile_ids))
-        counts.identity_conflicts = int(rows_per_key[np.array(resolution.conflicts, dtype=bool)].sum())
+        rows_per_key = np.bincount(key_of_row, minlength=len(profile_of_key))
+        counts.identity_conflicts = int(rows_per_key[conflict_of_key].sum())
         counts.profiles_updated = self._mark_updated(resolution.gained_identity)
 
-        profile_of_row = pa.array(resolution.profile_ids, pa.string()).take(encoded.indices)
+        profile_of_row = profile_of_key.take(encoded.indices)
         applied = pc.is_valid(profile_of_row)
         if b.attribute_columns(batch.schema):
-            codes: dict[str, int] = {}
-            code_of_key = np.fromiter(
-                (-1 if p is None else codes.setdefault(p, len(codes)) for p in resolution.profile_ids),
-                dtype=np.int64,
-                count=len(resolution.profile_ids),
-            )
-            self._apply_attributes(batch, profile_of_row, code_of_key[key_of_row], counts, now)
+            code_of_key = pc.dictionary_encode(profile_of_key).indices.fill_null(-1)
+            code_of_row = code_of_key.to_numpy(zero_copy_only=False).astype(np.int64)[key_of_row]
+            self._apply_attributes(batch, profile_of_row, code_of_row, counts, now)
         if b.is_event_schema(batch.schema):
             counts.events_written = self._write_events(batch.filter(applied), profile_of_row.filter(applied))
         if full_mode:
@@ -355,25 +360,56 @@ class Delivery:
             )
             self.profile_ids_touched = [profile_id for (profile_id,) in rows]
 
-    def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
+    def _resolve(
+        self, batch: pa.RecordBatch, keys: pa.Array, key_of_row: np.ndarray
+    ) -> tuple[pa.Array, np.ndarray, Resolution]:
+        """Per distinct key, its profile (null when skipped) and whether it conflicts; and what to write."""
         columns = b.identity_columns(batch.schema)
         if not columns:
             raise ValueError("a mapped batch needs at least one identity column")
+        if len(self._graph.owner) + len(self._graph.looked_up) + len(self._settled) > RESOLUTION_ENTRIES_MAX:
+            self._graph, self._settled = IdentityGraph(), SettledKeys()
+        # Settled keys are done; the others resolve in order as before, which settled keys cannot affect.
+        settled_at = self._settled.find(keys)
+        open_keys = np.flatnonzero(pc.is_null(settled_at).to_numpy(zero_copy_only=False))
         types = sorted(columns, key=priority)
         _, first_rows = np.unique(key_of_row, return_index=True)
-        first = pa.array(first_rows)
+        first = pa.array(first_rows[open_keys], pa.int64())
         values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
-        keys = [
+        identities_of_key = [
             [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
             for key_values in zip(*values, strict=True)
         ]
-        self._conn.execute("DELETE FROM stage_identity")
-        self._conn.executemany(
-            "INSERT INTO stage_identity (identity_type, value) VALUES (?, ?)",
-            {identity for identities in keys for identity in identities},
+        self._look_up({identity for identities in identities_of_key for identity in identities})
+        resolution = resolve(
+            identities_of_key,
+            self._graph,
+            self._environment,
+            create=self._input_protection == CREATE_AND_UPDATE,
         )
-        graph = IdentityGraph.from_rows(self._conn.execute(_REACHABLE_IDENTITIES, (self._environment,)))
-        return resolve(keys, graph, self._environment, create=self._input_protection == CREATE_AND_UPDATE)
+
+        # Each key's outcome: settled ones from earlier batches, then the ones resolved now.
+        settled = self._settled
+        opened = pa.array(resolution.profile_ids, pa.string())
+        opened_conflicts = np.array(resolution.conflicts, dtype=bool)
+        outcome_at = settled_at.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        outcome_at[open_keys] = len(settled) + np.arange(len(open_keys))
+        profile_of_key = pa.concat_arrays([settled.profile_ids, opened]).take(outcome_at)
+        conflict_of_key = np.concatenate([settled.conflicts, opened_conflicts])[outcome_at]
+        now_settled = np.array(resolution.settled, dtype=bool)
+        settled.add(
+            keys.take(open_keys[now_settled]), opened.filter(now_settled), opened_conflicts[now_settled]
+        )
+        return profile_of_key, conflict_of_key, resolution
+
+    def _look_up(self, identities: set[Identity]) -> None:
+        """Add to the graph the stored profiles that own any of these identities it has not looked up."""
+        new = self._graph.not_looked_up(identities)
+        if not new:
+            return
+        self._conn.execute("DELETE FROM stage_identity")
+        self._conn.executemany("INSERT INTO stage_identity (identity_type, value) VALUES (?, ?)", new)
+        self._graph.add_stored(new, self._conn.execute(_REACHABLE_IDENTITIES, (self._environment,)))
 
     def _write_profiles(self, resolution: Resolution, now: str) -> None:
         # Inserting in key order keeps the B-tree writes local.
