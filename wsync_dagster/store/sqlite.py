@@ -349,7 +349,7 @@ class Delivery:
         if b.attribute_columns(batch.schema):
             code_of_key = pc.dictionary_encode(profile_of_key).indices.fill_null(-1)
             code_of_row = code_of_key.to_numpy(zero_copy_only=False).astype(np.int64)[key_of_row]
-            self._apply_attributes(batch, profile_of_row, code_of_row, counts, now)
+            self._apply_attributes(batch, profile_of_row, code_of_row, resolution.created, counts, now)
         if b.is_event_schema(batch.schema):
             counts.events_written = self._write_events(batch.filter(applied), profile_of_row.filter(applied))
         if full_mode:
@@ -444,6 +444,7 @@ class Delivery:
         batch: pa.RecordBatch,
         profile_of_row: pa.Array,
         code_of_row: np.ndarray,
+        created: list[str],
         counts: DeliveryCounts,
         now: str,
     ) -> None:
@@ -453,28 +454,36 @@ class Delivery:
                 code_of_row, batch.column(b.ROW).to_numpy(), batch.column(b.VERSION).to_numpy()
             )
         )
-        profile_ids = profile_of_row.take(winners).to_pylist()
-        versions = batch.column(b.VERSION).take(winners).to_pylist()
+        profile_ids = profile_of_row.take(winners)
+        # A profile created by this batch has no stored attributes to merge with: its values go straight in,
+        # NULLs too, as the tombstones the merge would have stored.
+        is_new = pc.is_in(profile_ids, value_set=pa.array(created, pa.string()))
+        fresh = _attribute_rows(batch, winners.filter(is_new), profile_ids.filter(is_new))
+        profile_id, name, value, version = (column.to_pylist() for column in fresh.columns)
         conn = self._conn
+        conn.executemany(
+            "INSERT INTO attributes (profile_id, name, value, sync, version, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            zip(profile_id, name, value, repeat(self._sync), version, repeat(now), strict=False),
+        )
+        counts.attributes_set = fresh.num_rows - fresh.column("value").null_count
+
+        is_stored = pc.invert(is_new)
+        stored = _attribute_rows(batch, winners.filter(is_stored), profile_ids.filter(is_stored))
+        if not stored.num_rows:
+            return
         conn.execute("DELETE FROM stage_attribute")
-        for name, column in b.attribute_columns(batch.schema).items():
-            conn.executemany(
-                "INSERT INTO stage_attribute (profile_id, name, value, version) VALUES (?, ?, ?, ?)",
-                zip(
-                    profile_ids,
-                    repeat(name),
-                    batch.column(column).take(winners).to_pylist(),
-                    versions,
-                    strict=False,
-                ),
-            )
+        conn.executemany(
+            "INSERT INTO stage_attribute (profile_id, name, value, version) VALUES (?, ?, ?, ?)",
+            zip(*(column.to_pylist() for column in stored.columns), strict=True),
+        )
         conn.execute("DELETE FROM stage_attribute_win")
         conn.execute(_WINNING_ATTRIBUTES, {"sync": self._sync})
         set_count, removed_count = conn.execute(
             "SELECT COUNT(CASE WHEN change = 1 THEN 1 END), COUNT(CASE WHEN change = 2 THEN 1 END)"
             " FROM stage_attribute_win"
         ).fetchone()
-        counts.attributes_set = set_count
+        counts.attributes_set += set_count
         counts.attributes_removed = removed_count
         counts.profiles_updated += conn.execute(
             "INSERT INTO delivery_profile (profile_id, created)"
@@ -522,6 +531,26 @@ class Delivery:
 
 def _by_identity(attached: tuple[str, str, str]) -> tuple[str, str]:
     return attached[1], attached[2]
+
+
+def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array) -> pa.Table:
+    """The attributes of these batch rows (one per profile), one row per (profile, name), in that order."""
+    columns = b.attribute_columns(batch.schema)
+    names = sorted(columns)
+    by_profile = pc.sort_indices(profile_ids)
+    rows, profile_ids = rows.take(by_profile), profile_ids.take(by_profile)
+    # Each row repeated once per name; the values taken name by name, then interleaved to match.
+    repeated = pa.array(np.repeat(np.arange(len(rows)), len(names)))
+    by_name = pa.concat_arrays([batch.column(columns[name]).take(rows).cast(pa.string()) for name in names])
+    interleaved = (np.arange(len(names)) * len(rows) + np.arange(len(rows))[:, None]).ravel()
+    return pa.table(
+        {
+            "profile_id": profile_ids.take(repeated),
+            "name": pa.array(names * len(rows), pa.string()),
+            "value": by_name.take(pa.array(interleaved)),
+            "version": batch.column(b.VERSION).take(rows).take(repeated),
+        }
+    )
 
 
 def _in_row_order(batch: pa.RecordBatch) -> pa.RecordBatch:
