@@ -145,8 +145,11 @@ def measure_floor(report: Report, demo: Demo, workdir: Path) -> None:
         try:
             # The floor is a lower bound, and one short run is at the mercy of whatever else the machine does.
             runs = [
-                timed(lambda s=spec, target=workdir / f"{key}_{attempt}.sqlite": floor_copy(
-                    demo.warehouse, s.data_model.sql, target))
+                timed(
+                    lambda s=spec, target=workdir / f"{key}_{attempt}.sqlite": floor_copy(
+                        demo.warehouse, s.data_model.sql, target
+                    )
+                )
                 for attempt in range(FLOOR_RUNS)
             ]
             rows, seconds = min(runs, key=lambda run: run[1])
@@ -173,14 +176,20 @@ def measure_pipeline(report: Report, demo: Demo, workdir: Path) -> None:
                     lambda s=spec, w=window, f=batch_file: deliver_partition(s, f, store, "bench", w)[0].rows
                 )
             except Exception as error:  # a failed line is reported, the others still run
-                report.add(f"pipeline_{short}", Measurement(f"wsync pipeline {short}", failure=f"failed: {error}"))
+                report.add(
+                    f"pipeline_{short}", Measurement(f"wsync pipeline {short}", failure=f"failed: {error}")
+                )
                 continue
-            report.add(f"map_{short}", Measurement(f"wsync pipeline {short}: map (DuckDB → Parquet)",
-                                                   mapped, map_s))
-            report.add(f"deliver_{short}", Measurement(f"wsync pipeline {short}: deliver (→ profile store)",
-                                                       delivered, deliver_s))
-            report.add(f"pipeline_{short}", Measurement(f"wsync pipeline {short}: total", mapped,
-                                                        map_s + deliver_s))
+            report.add(
+                f"map_{short}", Measurement(f"wsync pipeline {short}: map (DuckDB → Parquet)", mapped, map_s)
+            )
+            report.add(
+                f"deliver_{short}",
+                Measurement(f"wsync pipeline {short}: deliver (→ profile store)", delivered, deliver_s),
+            )
+            report.add(
+                f"pipeline_{short}", Measurement(f"wsync pipeline {short}: total", mapped, map_s + deliver_s)
+            )
     finally:
         store.close()
 
@@ -212,8 +221,15 @@ def cli_environment(demo: Demo, workdir: Path) -> dict[str, str]:
 def run_cli(sync: str, env: dict[str, str], cwd: Path) -> tuple[str, float]:
     """`wsync run SYNC` as a subprocess: its stdout and wall time; raises with its stderr on failure."""
     start = time.perf_counter()
-    done = subprocess.run([*wsync_command(), "run", sync], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        [*wsync_command(), "run", sync],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
@@ -253,7 +269,9 @@ def measure_cli(report: Report, demo: Demo, workdir: Path) -> None:
             continue
         partitions = partitions_run(spec, stdout)
         note = f"{partitions} {spec.sync.partition_frequency} partitions in one run" if partitions else ""
-        report.add(f"cli_{short}", Measurement(label, rows_read(stdout), seconds, note, partitions=partitions))
+        report.add(
+            f"cli_{short}", Measurement(label, rows_read(stdout), seconds, note, partitions=partitions)
+        )
     label = f"wsync CLI (Dagster) `wsync run {demo.users.name}` again, nothing due"
     try:
         stdout, seconds = run_cli(demo.users.name, env, workdir)
@@ -275,8 +293,12 @@ def drt_version() -> str | None:
 
 def install_drt() -> str | None:
     """pip-install drt-core with its DuckDB and PostgreSQL extras; why it failed, or None."""
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", DRT_INSTALL],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", DRT_INSTALL],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         return " | ".join(done.stderr.strip().splitlines()[-2:])
     return None
@@ -289,7 +311,9 @@ def connect_postgres() -> tuple[Any, str]:
     errors = []
     for user in PG_USERS:
         try:
-            conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=PG_DATABASE, connect_timeout=5)
+            conn = psycopg2.connect(
+                host=PG_HOST, port=PG_PORT, user=user, dbname=PG_DATABASE, connect_timeout=5
+            )
             conn.autocommit = True
             return conn, user
         except psycopg2.Error as error:
@@ -347,12 +371,21 @@ def measure_drt(report: Report, demo: Demo, workdir: Path, *, batch_size: int, i
         why = install_drt()
         version = drt_version()
         if version is None:
-            report.add("drt_users", Measurement(label, failure=f"not run: pip install {DRT_INSTALL} failed: {why}"))
+            report.add(
+                "drt_users", Measurement(label, failure=f"not run: pip install {DRT_INSTALL} failed: {why}")
+            )
             return "not installed"
     if version is None:
-        report.add("drt_users", Measurement(label, failure=(
-            f"not run: drt-core is not installed in this environment "
-            f"(`{sys.executable} -m pip install '{DRT_INSTALL}'`, or pass --install-drt)")))
+        report.add(
+            "drt_users",
+            Measurement(
+                label,
+                failure=(
+                    f"not run: drt-core is not installed in this environment "
+                    f"(`{sys.executable} -m pip install '{DRT_INSTALL}'`, or pass --install-drt)"
+                ),
+            ),
+        )
         return "not installed"
     try:
         from drt.config.profiles import DuckDBProfile
@@ -361,9 +394,16 @@ def measure_drt(report: Report, demo: Demo, workdir: Path, *, batch_size: int, i
         from drt.engine.sync import run_sync
         from drt.sources.duckdb import DuckDBSource
     except ImportError as error:
-        report.add("drt_users", Measurement(label, failure=(
-            f"not run: drt-core {version} is installed but cannot be imported ({error}); "
-            f"its extras may be missing: pip install '{DRT_INSTALL}'")))
+        report.add(
+            "drt_users",
+            Measurement(
+                label,
+                failure=(
+                    f"not run: drt-core {version} is installed but cannot be imported ({error}); "
+                    f"its extras may be missing: pip install '{DRT_INSTALL}'"
+                ),
+            ),
+        )
         return version
     try:
         conn, pg_user = connect_postgres()
@@ -373,13 +413,22 @@ def measure_drt(report: Report, demo: Demo, workdir: Path, *, batch_size: int, i
     sql = demo.users.data_model.sql
     try:
         with scratch_table(conn, model_schema(demo, sql), "customer_id") as table:
-            sync = SyncConfig.model_validate({
-                "name": "wsync_bench_users",
-                "model": sql,
-                "destination": {"type": "postgres", "host": PG_HOST, "port": PG_PORT, "user": pg_user,
-                                "dbname": PG_DATABASE, "table": f"public.{table}", "upsert_key": ["customer_id"]},
-                "sync": {"mode": "upsert", "batch_size": batch_size},
-            })
+            sync = SyncConfig.model_validate(
+                {
+                    "name": "wsync_bench_users",
+                    "model": sql,
+                    "destination": {
+                        "type": "postgres",
+                        "host": PG_HOST,
+                        "port": PG_PORT,
+                        "user": pg_user,
+                        "dbname": PG_DATABASE,
+                        "table": f"public.{table}",
+                        "upsert_key": ["customer_id"],
+                    },
+                    "sync": {"mode": "upsert", "batch_size": batch_size},
+                }
+            )
             profile = DuckDBProfile(type="duckdb", database=str(demo.warehouse))
             project = workdir / "drt_project"
             project.mkdir(exist_ok=True)
@@ -390,10 +439,14 @@ def measure_drt(report: Report, demo: Demo, workdir: Path, *, batch_size: int, i
                 cur.execute(f"SELECT count(*) FROM public.{table}")
                 landed = cur.fetchone()[0]
         if result.failed or landed != result.success:
-            raise RuntimeError(f"{result.failed} rows failed, {landed} of {result.success} landed: "
-                               f"{'; '.join(result.errors[:2])}")
-        note = (f"drt {version}, sync.batch_size {batch_size}, other options default; "
-                f"PostgreSQL {conn.server_version // 10000}.{conn.server_version % 10000}")
+            raise RuntimeError(
+                f"{result.failed} rows failed, {landed} of {result.success} landed: "
+                f"{'; '.join(result.errors[:2])}"
+            )
+        note = (
+            f"drt {version}, sync.batch_size {batch_size}, other options default; "
+            f"PostgreSQL {conn.server_version // 10000}.{conn.server_version % 10000}"
+        )
         report.add("drt_users", Measurement(label, result.success, seconds, note))
     except Exception as error:  # a failed line is reported, the others still run
         report.add("drt_users", Measurement(label, failure=f"failed: {type(error).__name__}: {error}"))
@@ -448,6 +501,7 @@ def version_of(package: str) -> str:
 
 def wsync_revision() -> str:
     """The commit of the wsync code measured, flagged when its files have uncommitted changes."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
@@ -486,15 +540,21 @@ def print_ratios(report: Report) -> None:
     """The comparisons asked of one run: pipeline vs floor, wsync vs drt-core, CLI vs pipeline."""
     print("\nratios (from this run's figures)")
     print("  " + ratio(report, "floor_users", "pipeline_users", "floor is faster than wsync pipeline, users"))
-    print("  " + ratio(report, "floor_events", "pipeline_events", "floor is faster than wsync pipeline, events"))
+    print(
+        "  " + ratio(report, "floor_events", "pipeline_events", "floor is faster than wsync pipeline, events")
+    )
     wsync, drt = report.ran("pipeline_users"), report.ran("drt_users")
     if wsync and drt and wsync.rows_per_s and drt.rows_per_s:
         share = wsync.rows_per_s / drt.rows_per_s
-        print(f"  wsync pipeline rows/s / drt-core rows/s, users: {share:.2f} "
-              f"({wsync.rows_per_s:,.0f} vs {drt.rows_per_s:,.0f}; wsync {'faster' if share >= 1 else 'slower'})")
+        print(
+            f"  wsync pipeline rows/s / drt-core rows/s, users: {share:.2f} "
+            f"({wsync.rows_per_s:,.0f} vs {drt.rows_per_s:,.0f}; wsync {'faster' if share >= 1 else 'slower'})"
+        )
     else:
         attempt = report.lines.get("drt_users")
-        print(f"  wsync pipeline vs drt-core, users: n/a ({attempt.failure if attempt else 'drt-core skipped'})")
+        print(
+            f"  wsync pipeline vs drt-core, users: n/a ({attempt.failure if attempt else 'drt-core skipped'})"
+        )
     noop = report.ran("cli_noop")
     for short in ("users", "events"):
         cli, pipeline = report.ran(f"cli_{short}"), report.ran(f"pipeline_{short}")
@@ -505,8 +565,10 @@ def print_ratios(report: Report) -> None:
         line = f"  wsync CLI vs pipeline, {short}: {cli.seconds / pipeline.seconds:.2f}x the time (+{extra:.1f} s)"
         if noop and noop.seconds and cli.partitions:
             per_partition = (extra - noop.seconds) / cli.partitions
-            line += (f" = {noop.seconds:.1f} s fixed + {extra - noop.seconds:.1f} s Dagster run and bookkeeping, "
-                     f"≈ {per_partition * 1000:.0f} ms for each of {cli.partitions} partitions")
+            line += (
+                f" = {noop.seconds:.1f} s fixed + {extra - noop.seconds:.1f} s Dagster run and bookkeeping, "
+                f"≈ {per_partition * 1000:.0f} ms for each of {cli.partitions} partitions"
+            )
         print(line)
     if noop:
         print(f"  wsync CLI fixed cost (a run with nothing due): {noop.seconds:.1f} s")
@@ -515,8 +577,11 @@ def print_ratios(report: Report) -> None:
 def print_row_check(report: Report) -> None:
     """Say whether every line of a dataset moved the same number of rows."""
     for short in ("users", "events"):
-        counts = {line.label: line.rows for key, line in report.lines.items()
-                  if key.endswith(f"_{short}") and report.ran(key) and line.rows is not None}
+        counts = {
+            line.label: line.rows
+            for key, line in report.lines.items()
+            if key.endswith(f"_{short}") and report.ran(key) and line.rows is not None
+        }
         if len(set(counts.values())) > 1:
             print(f"  WARNING: the {short} lines moved different row counts: {counts}")
         elif counts:
@@ -528,8 +593,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000, help="demo users (default 100,000)")
     parser.add_argument("--events", type=int, default=1_000_000, help="demo events (default 1,000,000)")
-    parser.add_argument("--drt-batch-size", type=int, default=1_000,
-                        help="drt-core sync.batch_size (its default is 100; default here 1,000)")
+    parser.add_argument(
+        "--drt-batch-size",
+        type=int,
+        default=1_000,
+        help="drt-core sync.batch_size (its default is 100; default here 1,000)",
+    )
     parser.add_argument("--install-drt", action="store_true", help=f"pip-install {DRT_INSTALL} if missing")
     parser.add_argument("--skip-cli", action="store_true", help="leave out the `wsync run` lines")
     parser.add_argument("--skip-drt", action="store_true", help="leave out the drt-core line")
@@ -545,8 +614,11 @@ def main() -> int:
     report = Report()
     load_before, revision = load_average(), wsync_revision()
     try:
-        print(f"building the demo warehouse ({args.users:,} users, {args.events:,} events) in {workdir}",
-              file=sys.stderr, flush=True)
+        print(
+            f"building the demo warehouse ({args.users:,} users, {args.events:,} events) in {workdir}",
+            file=sys.stderr,
+            flush=True,
+        )
         build_start = time.perf_counter()
         demo = build_bench_demo(workdir / "demo", args.users, args.events)
         build_s = time.perf_counter() - build_start
@@ -566,22 +638,30 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\nwsync benchmark: {args.users:,} users, {args.events:,} events "
-          f"(demo warehouse built in {build_s:.1f} s)")
+    print(
+        f"\nwsync benchmark: {args.users:,} users, {args.events:,} events "
+        f"(demo warehouse built in {build_s:.1f} s)"
+    )
     print(f"wsync: {revision}")
-    print(f"machine: {os.cpu_count()} CPUs, load average {load_before} at start / {load_average()} at end; "
-          f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, duckdb {version_of('duckdb')}, "
-          f"pyarrow {version_of('pyarrow')}, dagster {version_of('dagster')}, drt-core {drt}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load_before} at start / {load_average()} at end; "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, duckdb {version_of('duckdb')}, "
+        f"pyarrow {version_of('pyarrow')}, dagster {version_of('dagster')}, drt-core {drt}"
+    )
     if not args.skip_drt:
-        print("drt-core destination: postgres (INSERT … ON CONFLICT (customer_id) DO UPDATE, one row per user), "
-              "chosen over rest_api: it is a keyed upsert of the user row, with no HTTP server of ours sharing "
-              "the CPUs")
+        print(
+            "drt-core destination: postgres (INSERT … ON CONFLICT (customer_id) DO UPDATE, one row per user), "
+            "chosen over rest_api: it is a keyed upsert of the user row, with no HTTP server of ours sharing "
+            "the CPUs"
+        )
     print()
     print_table(report)
     print_ratios(report)
     print_row_check(report)
     print(f"\nbenchmark wall time: {time.perf_counter() - started:.0f} s (warm-up and demo build included)")
-    return 1 if any(line.failure and line.failure.startswith("failed") for line in report.lines.values()) else 0
+    return (
+        1 if any(line.failure and line.failure.startswith("failed") for line in report.lines.values()) else 0
+    )
 
 
 if __name__ == "__main__":
