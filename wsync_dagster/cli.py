@@ -17,15 +17,22 @@ class CommandError(Exception):
     """A failure to report in one clear line, with a non-zero exit."""
 
 
-def _load_spec(name: str):
+def _load_all() -> list:
+    """Every sync of the sync folder, validated."""
     from wsync_dagster.spec import load_syncs
 
     folder = syncs_dir()
     if not folder.is_dir():
         raise CommandError(f"no sync folder at {folder} (set WSYNC_SYNCS_DIR, or run `wsync demo`)")
-    specs = {spec.name: spec for spec in load_syncs(folder)}
+    return load_syncs(folder)
+
+
+def _load_spec(name: str):
+    specs = {spec.name: spec for spec in _load_all()}
     if name not in specs:
-        raise CommandError(f"no sync named '{name}' in {folder}; syncs: {', '.join(sorted(specs)) or 'none'}")
+        raise CommandError(
+            f"no sync named '{name}' in {syncs_dir()}; syncs: {', '.join(sorted(specs)) or 'none'}"
+        )
     return specs[name]
 
 
@@ -38,12 +45,8 @@ def _open_store():
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate every sync file, then each mapping against the model's real columns."""
     from wsync_dagster.pipeline import check_mapping
-    from wsync_dagster.spec import load_syncs
 
-    folder = syncs_dir()
-    if not folder.is_dir():
-        raise CommandError(f"no sync folder at {folder} (set WSYNC_SYNCS_DIR, or run `wsync demo`)")
-    specs = load_syncs(folder)
+    specs = _load_all()
     failures = 0
     for spec in specs:
         try:
@@ -58,7 +61,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             + (f", {len(plan.ignored)} ignored" if plan.ignored else "")
         )
     if not specs:
-        print(f"no sync files in {folder}")
+        print(f"no sync files in {syncs_dir()}")
     return 1 if failures else 0
 
 

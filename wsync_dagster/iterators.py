@@ -44,7 +44,7 @@ class IteratorWindow:
     @property
     def micros(self) -> tuple[int, int]:
         """The window in epoch microseconds, as the store records it."""
-        return _epoch(self.start, 1_000_000), _epoch(self.end, 1_000_000)
+        return epoch_micros(self.start), epoch_micros(self.end)
 
 
 def _epoch(moment: datetime, per_second: int) -> int:
@@ -87,6 +87,6 @@ def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -
     return f"epoch_us({column_sql})"
 
 
-def now_micros() -> int:
-    """The current time in epoch microseconds: the version of a full-mode read."""
-    return _epoch(datetime.now().astimezone(), 1_000_000)
+def epoch_micros(moment: datetime) -> int:
+    """An aware moment in epoch microseconds: how versions and windows are stored."""
+    return _epoch(moment, 1_000_000)

@@ -180,6 +180,11 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _json_object(pairs: dict[str, str]) -> str:
+    """DuckDB SQL for a JSON object of name → SQL expression."""
+    return "json_object(" + ", ".join(f"{_literal(name)}, {expr}" for name, expr in pairs.items()) + ")"
+
+
 def _literal(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -222,6 +227,10 @@ class BatchMapper:
         """A mapped table with no rows, for the schema."""
         return self.map(pa.RecordBatch.from_pylist([], schema=self.plan.schema))[0]
 
+    def _row_json(self) -> str:
+        """The warehouse row as a JSON object: kept with a reject, and hashed into an event id."""
+        return _json_object({name: f"src.{_ident(name)}" for name in self.plan.schema.names})
+
     def _value(self, source: Source) -> str:
         return f"src.{_ident(source.column)}" if source.column is not None else _literal(source.value)
 
@@ -242,8 +251,7 @@ class BatchMapper:
             select.append(
                 f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}"
             )
-        raw = "json_object(" + ", ".join(f"{_literal(n)}, src.{_ident(n)}" for n in plan.schema.names) + ")"
-        select.append(f"CAST({raw} AS VARCHAR) AS _raw_json")
+        select.append(f"CAST({self._row_json()} AS VARCHAR) AS _raw_json")
         checks = self._float_checks()
         if plan.data_type == "event":
             select.extend(self._event_select())
@@ -251,11 +259,7 @@ class BatchMapper:
 
         mapped = [b.ROW, b.VERSION, *(b.IDENTITY_PREFIX + k for k in plan.identities)]
         mapped += [b.ATTRIBUTE_PREFIX + n for n in plan.attributes]
-        identity_json = (
-            "json_object("
-            + ", ".join(f"{_literal(k)}, {_ident(b.IDENTITY_PREFIX + k)}" for k in plan.identities)
-            + ")"
-        )
+        identity_json = _json_object({k: _ident(b.IDENTITY_PREFIX + k) for k in plan.identities})
         outer = [_ident(c) for c in mapped]
         outer.append(f"CAST({identity_json} AS VARCHAR) AS {_ident(b.IDENTITY_KEY)}")
         if plan.data_type == "event":
@@ -295,22 +299,13 @@ class BatchMapper:
         name = self._value(fields["event_name"])
         timestamp = self._timestamp_ms(fields.get("timestamp_unixtime_ms"))
         message_id = fields.get("source_message_id")
-        row_hash = (
-            "md5(CAST("
-            + "json_object("
-            + ", ".join(f"{_literal(n)}, src.{_ident(n)}" for n in self.plan.schema.names)
-            + ") AS VARCHAR))"
-        )
+        row_hash = f"md5(CAST({self._row_json()} AS VARCHAR))"
         event_id = (
             f"COALESCE(NULLIF(CAST({self._value(message_id)} AS VARCHAR), ''), {row_hash})"
             if message_id
             else row_hash
         )
-        custom = (
-            "json_object("
-            + ", ".join(f"{_literal(k)}, {self._value(v)}" for k, v in self.plan.custom_attributes.items())
-            + ")"
-        )
+        custom = _json_object({k: self._value(v) for k, v in self.plan.custom_attributes.items()})
         data = (
             f"json_object('event_name', CAST({name} AS VARCHAR), 'custom_event_type', "
             f"CAST({custom_event_type} AS VARCHAR), 'timestamp_unixtime_ms', {timestamp}, "

@@ -2,7 +2,6 @@
 
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 
 from dagster import (
     AssetCheckResult,
@@ -23,7 +22,7 @@ from wsync_dagster.batches import BatchFile
 from wsync_dagster.defs.partitions import run_key_time, sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
-from wsync_dagster.iterators import IteratorWindow, iterator_window
+from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
 from wsync_dagster.pipeline import deliver_partition, map_partition
 from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
@@ -55,11 +54,7 @@ def partition_scope(spec: SyncSpec, context: AssetExecutionContext) -> Partition
             f"{spec.name}: partition '{key}' is not a full-mode run key; keys are the run's UTC time as "
             f"YYYYMMDDTHHMMSS, e.g. 20241115T190000 (the run version that orders its values)"
         ) from None
-    return PartitionScope(key, None, _micros(moment))
-
-
-def _micros(moment: datetime) -> int:
-    return int(moment.timestamp()) * 1_000_000
+    return PartitionScope(key, None, epoch_micros(moment))
 
 
 def batch_file(spec: SyncSpec, label: str) -> BatchFile:
@@ -132,9 +127,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         passed = counts.reject_rate <= spec.checks.max_reject_rate
         return MaterializeResult(
             metadata={
-                "rows_read": counts.rows_read,
-                "rows_mapped": counts.rows_mapped,
-                "rows_rejected": counts.rows_rejected,
+                **counts.as_dict(),
                 "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})"
                 if window
                 else "all rows",
