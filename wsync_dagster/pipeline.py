@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from wsync_dagster import batches as b
-from wsync_dagster.batches import BatchFile
+from wsync_dagster.batches import BatchFile, remove_stale_files
 from wsync_dagster.data_model import limited_sql, windowed_sql
 from wsync_dagster.iterators import IteratorWindow
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
@@ -63,6 +63,8 @@ def map_partition(
     progress: Progress | None = None,
 ) -> MapCounts:
     """Read the model (one iterator window, or all of it) and write mapped batches and rejects."""
+    if removed := remove_stale_files(batch_file.directory):
+        _report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
     counts = MapCounts()
     warehouse = open_warehouse(spec)
     try:
@@ -99,7 +101,7 @@ def deliver_partition(
     *,
     progress: Progress | None = None,
 ) -> tuple[DeliveryCounts, list[dict]]:
-    """Apply a partition's mapped batches to the store in one transaction; returns counts and a preview."""
+    """Apply a partition's mapped batches in one store transaction, then remove them; counts and a preview."""
     settings = spec.sync
     with store.delivery(
         sync=spec.name,
@@ -113,6 +115,8 @@ def deliver_partition(
             _report(progress, f"{spec.name}: applied {delivery.counts.rows:,} rows")
         delivery.replace_rejects(batch_file.rejects())
         touched = list(delivery.profile_ids_touched)
+    # Only after the commit: until then a retry of the delivery needs them.
+    batch_file.remove()
     return delivery.counts, store.profiles_by_id(touched[:3])
 
 
