@@ -185,7 +185,9 @@ def test_interval_schedule_never_runs_before_start_even_with_history_before_it(t
     schedule = defs.resolve_schedule_def("crm_users_schedule")
 
     def tick(moment: datetime):
-        context = build_schedule_context(scheduled_execution_time=moment, repository_def=defs.get_repository_def())
+        context = build_schedule_context(
+            scheduled_execution_time=moment, repository_def=defs.get_repository_def()
+        )
         return schedule.evaluate_tick(context)
 
     for before in (datetime(2026, 11, 23, 12, 0, tzinfo=UTC), datetime(2030, 1, 1, 5, 0, tzinfo=UTC)):

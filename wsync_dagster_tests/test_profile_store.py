@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -683,3 +684,96 @@ def test_open_profile_store_names_only_the_scheme_of_an_unsupported_url() -> Non
     assert "s3cret" not in str(error.value)
     with pytest.raises(ValueError, match="sqlite:///PATH"):
         open_profile_store("profiles.sqlite")
+
+
+# Order safety, as a property: any order of partitions and re-runs ends where an in-order replay does
+
+
+def _random_history(rng: random.Random) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(sync, partition, rows) of one or two syncs; versions distinct across syncs, ascending in a partition."""
+    syncs = ["crm"] if rng.random() < 0.4 else ["crm", "billing"]
+    history = []
+    for parity, sync in enumerate(syncs):
+        for partition in range(rng.randint(1, 4)):
+            rows, version = [], partition * 1000
+            for _ in range(rng.randint(1, 5)):
+                version += rng.randint(0, 3) * 2  # equal versions in a partition tie on the later row
+                customer = rng.choice("AB")
+                row: dict[str, Any] = {"customer_id": customer, b.VERSION: version + parity}
+                if rng.random() < 0.7:  # each customer changes between e-mails of its own
+                    row["email"] = f"{customer.lower()}{rng.randint(1, 3)}@x.io"
+                row["plan"] = rng.choice([None, "free", "pro", "team"])
+                row["seats"] = rng.choice([None, 1, 5])
+                rows.append(row)
+            history.append((sync, f"p{partition}", rows))
+    return history
+
+
+def _customers(store: ProfileStore) -> dict[str, Any]:
+    found = {c: store.profile("customer_id", c) for c in "AB"}
+    return {c: p and (p["identities"], p["attributes"]) for c, p in found.items()}
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_any_partition_order_gives_the_profiles_of_an_in_order_replay(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    history = _random_history(rng)
+    in_order = sorted(
+        ((sync, row) for sync, _, rows in history for row in rows), key=lambda entry: entry[1][b.VERSION]
+    )
+    shuffled = rng.sample(history, len(history)) + rng.sample(history, rng.randint(0, len(history)))
+
+    with ProfileStore(tmp_path / "replay.sqlite") as replay, ProfileStore(tmp_path / "any.sqlite") as store:
+        for n, (sync, row) in enumerate(in_order):
+            deliver(replay, mapped(row), sync=sync, partition=f"r{n}")
+        for sync, partition, rows in shuffled:
+            deliver(store, mapped(*rows), sync=sync, partition=partition)
+
+        assert _customers(store) == _customers(replay), f"seed {seed}: {shuffled}"
+
+
+# Upgrading
+
+
+V1_SCHEMA = """
+CREATE TABLE profiles (profile_id TEXT PRIMARY KEY, environment TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE identities (environment TEXT NOT NULL, identity_type TEXT NOT NULL, value TEXT NOT NULL,
+    profile_id TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (environment, identity_type, value))
+    WITHOUT ROWID;
+CREATE UNIQUE INDEX identities_one_per_type ON identities (profile_id, identity_type);
+CREATE TABLE attributes (profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, sync TEXT NOT NULL,
+    version INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (profile_id, name)) WITHOUT ROWID;
+CREATE TABLE events (environment TEXT NOT NULL, event_id TEXT NOT NULL, profile_id TEXT NOT NULL,
+    sync TEXT NOT NULL, event_type TEXT, event_name TEXT, timestamp_ms INTEGER, data TEXT,
+    PRIMARY KEY (environment, event_id));
+CREATE INDEX events_by_profile ON events (profile_id, timestamp_ms);
+CREATE TABLE fingerprints (sync TEXT NOT NULL, environment TEXT NOT NULL, row_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (sync, environment, row_key))
+    WITHOUT ROWID;
+CREATE TABLE rejects (sync TEXT NOT NULL, environment TEXT NOT NULL, partition_key TEXT NOT NULL,
+    row_number INTEGER, reason TEXT NOT NULL, row TEXT, created_at TEXT NOT NULL);
+CREATE TABLE deliveries (sync TEXT NOT NULL, environment TEXT NOT NULL, partition_key TEXT NOT NULL,
+    window_start INTEGER, window_end INTEGER, counts TEXT NOT NULL, delivered_at TEXT NOT NULL,
+    PRIMARY KEY (sync, environment, partition_key));
+INSERT INTO profiles VALUES ('p1', 'production', 't');
+INSERT INTO identities VALUES ('production', 'customer_id', 'A', 'p1', 't');
+INSERT INTO attributes VALUES ('p1', 'plan', '"pro"', 'crm_users', 10, 't');
+INSERT INTO events VALUES ('production', 'e1', 'p1', 'web', 'custom_event', 'login', 1000, '{}');
+INSERT INTO deliveries VALUES ('crm_users', 'production', '2024-11-15', NULL, NULL, '{}', 't');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_store_of_the_first_release_is_upgraded_without_losing_anything(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+
+    with ProfileStore(path) as store:
+        before = store.profile("customer_id", "A")
+        counts = deliver(store, mapped({"customer_id": "A", "plan": "team"}, version=5), sync="billing")
+        after = store.profile("customer_id", "A")
+
+    assert (before["attributes"], [e["event_name"] for e in before["events"]]) == ({"plan": "pro"}, ["login"])
+    assert after["attributes"] == {"plan": "pro"}  # the older billing value does not win
+    assert counts.attributes_set == 0
