@@ -28,7 +28,9 @@ EVENT_TIMESTAMP_MS = "event.timestamp_ms"  # int64, UTC epoch milliseconds
 EVENT_DATA = "event.data"  # string: JSON object of the event's `data` (mParticle event shape)
 
 # A rejects batch: rows that could not be mapped, kept with why.
-REJECT_SCHEMA = pa.schema([(ROW, pa.int64()), ("reason", pa.string()), ("row", pa.string())])
+REJECT_SCHEMA = pa.schema(
+    [(ROW, pa.int64()), (VERSION, pa.int64()), ("reason", pa.string()), ("row", pa.string())]
+)
 
 # A delivery removes its partition's files; files never delivered (a mapping materialized alone, a
 # run killed between the store's commit and the removal) are removed this long after they were written.
@@ -70,6 +72,10 @@ class BatchFile:
     def mapped_batches(self, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Stream the mapped rows."""
         yield from pq.ParquetFile(self.mapped_path).iter_batches(batch_size=batch_size)
+
+    def column(self, name: str) -> pa.Array:
+        """One column of the mapped rows, read alone."""
+        return pq.read_table(self.mapped_path, columns=[name]).column(name).combine_chunks()
 
     def rejects(self) -> pa.Table:
         """All rejected rows of the partition."""

@@ -253,8 +253,8 @@ class BatchMapper:
         mapped = result.filter(pc.invert(rejected)).drop_columns(["_reject", "_raw"])
         rejects = (
             result.filter(rejected)
-            .select([b.ROW, "_reject", "_raw"])
-            .rename_columns(["_row", "reason", "row"])
+            .select([b.ROW, b.VERSION, "_reject", "_raw"])
+            .rename_columns([b.ROW, b.VERSION, "reason", "row"])
         )
         return mapped, rejects.cast(b.REJECT_SCHEMA)
 

@@ -18,7 +18,7 @@ from wsync_dagster.defs.assets import batch_file, build_sync_assets, delivery_ke
 from wsync_dagster.defs.partitions import run_key
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.iterators import epoch_micros
-from wsync_dagster.pipeline import deliver_partition, map_partition
+from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
 from wsync_dagster.settings import batches_dir, profile_store_url
 from wsync_dagster.spec import SyncSpec, load_sync_file
 from wsync_dagster.store import open_profile_store
@@ -85,7 +85,7 @@ def test_fifty_hourly_full_mode_runs_do_not_grow_the_batch_folder(make_warehouse
             batches = batch_file(spec, run_key(moment))
             counts = map_partition(spec, None, batches, run_version=epoch_micros(moment))
             assert counts.rows_mapped == 200 and _files(spec) == [f"{run_key(moment)}.mapped.parquet"]
-            deliver_partition(spec, batches, store, run_key(moment), None)
+            deliver_partitions(spec, batches, store, [Partition(run_key(moment))])
             assert _files(spec) == [], f"run {hour + 1} left {_files(spec)}"
     finally:
         store.close()
