@@ -511,6 +511,30 @@ def test_skipped_row_applies_once_its_profile_exists(store: ProfileStore) -> Non
     assert attributes(store, "customer_id", "A") == {"plan": "pro"}
 
 
+def test_a_full_mode_row_that_conflicts_is_tried_again_by_the_next_run(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "B", "email": "e@x.io"}), sync="crm")
+    row = {"customer_id": "A", "email": "e@x.io", "plan": "pro"}
+    deliver(store, mapped(row, full=True), partition="run-1")
+    deliver(store, mapped({"customer_id": "B", "email": "b@x.io"}, version=5), sync="crm", partition="p2")
+
+    counts = deliver(store, mapped(row, full=True, version=6), partition="run-2")
+
+    assert (counts.rows_unchanged, counts.identity_conflicts) == (0, 0)
+    assert store.profile("email", "e@x.io")["identities"]["customer_id"] == "A"
+
+
+def test_an_older_full_mode_run_never_replaces_a_newer_runs_fingerprints(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, full=True, version=20), partition="run-2")
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}, full=True, version=10), partition="run-1")
+
+    counts = deliver(
+        store, mapped({"customer_id": "A", "plan": "pro"}, full=True, version=30), partition="run-3"
+    )
+
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+    assert counts.rows_unchanged == 1
+
+
 # Rejects and deliveries
 
 

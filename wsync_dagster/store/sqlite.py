@@ -494,12 +494,10 @@ class Delivery:
         # Per key, its newest row: the highest version, ties to the later row.
         newest = np.lexsort((rows, versions, key_of_row))
         last_of_key = newest[np.r_[key_of_row[newest][1:] != key_of_row[newest][:-1], True]]
+        stamps = zip(versions[last_of_key].tolist(), rows[last_of_key].tolist(), strict=True)
         keys = [
-            IdentityKey(
-                [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None],
-                (int(versions[row]), int(rows[row])),
-            )
-            for key_values, row in zip(zip(*values, strict=True), last_of_key, strict=True)
+            IdentityKey([(t, v) for t, v in zip(types, key_values, strict=True) if v is not None], stamp)
+            for key_values, stamp in zip(zip(*values, strict=True), stamps, strict=True)
         ]
         self._look_up({identity for key in keys for identity in key.identities})
         return resolve(
