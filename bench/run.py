@@ -173,9 +173,9 @@ def measure_pipeline(report: Report, demo: Demo, workdir: Path) -> None:
             try:
                 mapped, map_s = timed(lambda s=spec, w=window, f=batch_file: map_partition(s, w, f).rows_read)
                 delivered, deliver_s = timed(
-                    lambda s=spec, w=window, f=batch_file: deliver_partitions(
-                        s, f, store, [Partition("bench", w.micros)]
-                    ).totals.rows
+                    lambda s=spec, w=window, f=batch_file: (
+                        deliver_partitions(s, f, store, [Partition("bench", w.micros)]).totals.rows
+                    )
                 )
             except Exception as error:  # a failed line is reported, the others still run
                 report.add(

@@ -180,7 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--environment", default="production", choices=["production", "development"])
     profile.add_argument("--json", action="store_true")
     profile.set_defaults(func=cmd_profile)
-    rejects = commands.add_parser("rejects", help="rejected rows and identity conflicts of a sync, with reasons")
+    rejects = commands.add_parser(
+        "rejects", help="rejected rows and identity conflicts of a sync, with reasons"
+    )
     rejects.add_argument("sync")
     rejects.add_argument("--limit", type=int, default=None)
     rejects.add_argument("--json", action="store_true")

@@ -100,9 +100,7 @@ def _run_sensor(spec: SyncSpec, job: SyncJob, partitions) -> SensorDefinition:
         if not keys:
             return SkipReason("no complete partition yet")
         return SensorResult(
-            run_requests=[
-                RunRequest(run_key=key, tags=partition_range_tags(keys[0], keys[-1]))
-            ],
+            run_requests=[RunRequest(run_key=key, tags=partition_range_tags(keys[0], keys[-1]))],
             cursor=key,
         )
 
