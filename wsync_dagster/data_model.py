@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlglot
@@ -21,6 +22,7 @@ _WRITES = (
     exp.Copy,
     exp.TruncateTable,
 )
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
 
 class DataModelError(ValueError):
@@ -81,7 +83,9 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
 def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
     """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
-    column = exp.to_identifier(iterator, quoted=True).sql(dialect=dialect)
+    # A lower-case name goes unquoted so each warehouse folds it as it folds the model's own unquoted
+    # names (Snowflake to upper case); any other name is quoted as it is.
+    column = exp.to_identifier(iterator, quoted=not _PLAIN_NAME.match(iterator)).sql(dialect=dialect)
     return (
         f"SELECT * FROM ({inner}) AS model WHERE model.{column} >= ? AND model.{column} < ? "
         f"ORDER BY model.{column}"
