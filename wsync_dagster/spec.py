@@ -420,7 +420,10 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "destination": ProfileStoreDestination,
                 "checks": Checks,
             }[part]
-    return ", ".join(name for name in model.model_fields if name != "source_file")
+    # A key that would shadow a pydantic attribute (`schema`) is a field with that alias.
+    return ", ".join(
+        field.alias or name for name, field in model.model_fields.items() if name != "source_file"
+    )
 
 
 def _connection_model(connection: Any) -> type[BaseModel]:

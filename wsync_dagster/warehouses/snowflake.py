@@ -17,6 +17,7 @@ from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, War
 
 # Snowflake stores an unquoted identifier in upper case; wsync shows it in lower case, as it was written.
 _UNQUOTED = re.compile(r"[A-Z_][A-Z0-9_$]*\Z")
+_ERROR_NUMBER = re.compile(r"^\d{6}(?: \(\w+\))?: ")
 _JSON = pa.json_(pa.string())
 # The profile mapping reads standard Arrow types; Snowflake's type names (FIELD_TYPES) map onto them.
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -97,7 +98,10 @@ class SnowflakeConnection(ConnectionSpec):
                 "arrow_number_to_decimal": True,
             },
         )
-        return SnowflakeWarehouse(resource, f"snowflake account {settings['account']}")
+        name = f"snowflake account {settings['account']}"
+        if address["host"]:
+            name += f" at {address['host']}" + (f":{address['port']}" if address["port"] else "")
+        return SnowflakeWarehouse(resource, name, "private_key_path" if key_path else "private_key")
 
     def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
         """database.schema.table, with the connection's database and schema (PUBLIC) filled in."""
@@ -112,7 +116,7 @@ class SnowflakeWarehouse:
 
     dialect = "snowflake"
 
-    def __init__(self, resource: Any, name: str):
+    def __init__(self, resource: Any, name: str, key_field: str = "private_key"):
         import snowflake.connector
 
         self.name = name
@@ -122,8 +126,13 @@ class SnowflakeWarehouse:
             self._connection = self._connections.enter_context(resource.get_connection())
         except self._error as error:
             raise WarehouseError(f"connection: cannot log in to {name}: {_message(error)}") from None
-        except (ValueError, TypeError) as error:  # the private key does not load
-            raise WarehouseError(f"connection.private_key: cannot load the key for {name}: {error}") from None
+        except TypeError as error:  # cryptography: a passphrase for a plain key, or none for an encrypted one
+            raise WarehouseError(f"connection.{key_field}: cannot load the key for {name}: {error}") from None
+        except ValueError:  # dagster-snowflake's message suggests base64, which is rarely the cause
+            raise WarehouseError(
+                f"connection.{key_field}: cannot load the key for {name}: not a PEM private key, "
+                "or private_key_passphrase does not open it"
+            ) from None
         except OSError as error:
             raise WarehouseError(f"connection.private_key_path: cannot read the key: {error}") from None
 
@@ -159,8 +168,8 @@ class SnowflakeWarehouse:
 
 def _message(error: Exception) -> str:
     """The connector's message on one line, without its error number."""
-    text = getattr(error, "raw_msg", None) or str(error)
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    text = _ERROR_NUMBER.sub("", str(getattr(error, "raw_msg", None) or error))
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _binding(value: Any) -> Any:
