@@ -8,6 +8,7 @@ behaviour (it resolves names case-insensitively), the test says what stands in.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,3 +367,24 @@ def test_an_unset_snowflake_password_variable_names_the_field_and_the_variable(
 
     line = _fails_in_one_line(["validate"], capsys)
     assert "connection.password: environment variable WSYNC_TEST_UNSET_PASSWORD is not set" in line
+
+
+def test_an_unknown_snowflake_key_lists_schema_among_the_allowed_keys(snowflake, write_sync):
+    with pytest.raises(SyncSpecError) as error:
+        load_sync_file(write_sync(_users_sync(snowflake.connection(schemas="CRM"))))
+
+    assert "connection.schemas: unknown key; allowed: type, account, user, password, private_key" in str(
+        error.value
+    )
+    assert "database, schema, role, host, port, protocol" in str(error.value)
+
+
+def test_preview_reads_a_sample_from_snowflake_and_writes_nothing(snowflake, write_sync, tmp_path, capsys):
+    _users_table(snowflake, "TIMESTAMP_NTZ", UTC_WALL_TIMES)
+    write_sync(_users_sync(snowflake.connection()))
+
+    assert main(["preview", "users", "--limit", "2"]) == 0
+
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["attributes"] for row in rows] == [{"plan": "pro"}, {"plan": "pro"}]
+    assert _store_bytes(tmp_path) is None

@@ -80,11 +80,12 @@ class SnowflakeConnection(ConnectionSpec):
             for key in ("account", "user", "password", "private_key", "warehouse", "database", "role")
         }
         key_path = resolve(self.private_key_path, "private_key_path")
-        address = {
-            "host": resolve(self.host, "host"),
-            "port": int(resolve(self.port, "port")) if isinstance(self.port, EnvValue) else self.port,
-            "protocol": self.protocol,
-        }
+        port = resolve(self.port, "port") if isinstance(self.port, EnvValue) else self.port
+        if isinstance(port, str) and not port.isdigit():
+            raise WarehouseError(
+                f"connection.port: variable {self.port.env} holds {port!r}, not a port number"
+            )
+        address = {"host": resolve(self.host, "host"), "port": port and int(port), "protocol": self.protocol}
         resource = SnowflakeResource(
             **settings,
             schema=resolve(self.schema_, "schema"),
@@ -101,13 +102,16 @@ class SnowflakeConnection(ConnectionSpec):
         name = f"snowflake account {settings['account']}"
         if address["host"]:
             name += f" at {address['host']}" + (f":{address['port']}" if address["port"] else "")
-        return SnowflakeWarehouse(resource, name, "private_key_path" if key_path else "private_key")
+        key_field = "private_key_path" if key_path else "private_key" if self.private_key else None
+        return SnowflakeWarehouse(resource, name, key_field)
 
     def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
-        """database.schema.table, with the connection's database and schema (PUBLIC) filled in."""
-        database = self.database.env if isinstance(self.database, EnvValue) else self.database
-        schema = self.schema_.env if isinstance(self.schema_, EnvValue) else self.schema_
-        parts = (table.catalog or database, table.schema or schema or "public", table.name)
+        """database.schema.table in lower case, with the connection's database and schema (PUBLIC) filled in."""
+        parts = (
+            table.catalog or _setting_name(self.database, "database"),
+            table.schema or _setting_name(self.schema_, "schema") or "public",
+            table.name,
+        )
         return tuple(part.lower() for part in parts)
 
 
@@ -116,7 +120,7 @@ class SnowflakeWarehouse:
 
     dialect = "snowflake"
 
-    def __init__(self, resource: Any, name: str, key_field: str = "private_key"):
+    def __init__(self, resource: Any, name: str, key_field: str | None = None):
         import snowflake.connector
 
         self.name = name
@@ -127,8 +131,12 @@ class SnowflakeWarehouse:
         except self._error as error:
             raise WarehouseError(f"connection: cannot log in to {name}: {_message(error)}") from None
         except TypeError as error:  # cryptography: a passphrase for a plain key, or none for an encrypted one
+            if key_field is None:
+                raise
             raise WarehouseError(f"connection.{key_field}: cannot load the key for {name}: {error}") from None
         except ValueError:  # dagster-snowflake's message suggests base64, which is rarely the cause
+            if key_field is None:
+                raise
             raise WarehouseError(
                 f"connection.{key_field}: cannot load the key for {name}: not a PEM private key, "
                 "or private_key_passphrase does not open it"
@@ -166,6 +174,14 @@ class SnowflakeWarehouse:
         return WarehouseError(f"data_model.sql: {self.name} cannot run it: {_message(error)}")
 
 
+def _setting_name(value: Setting | None, field: str) -> str | None:
+    """A name from the connection for asset keys: `$VAR` while its variable is unset."""
+    try:
+        return resolve(value, field)
+    except WarehouseError:
+        return f"${value.env}"  # type: ignore[union-attr]
+
+
 def _message(error: Exception) -> str:
     """The connector's message on one line, without its error number."""
     text = _ERROR_NUMBER.sub("", str(getattr(error, "raw_msg", None) or error))
@@ -179,7 +195,7 @@ def _binding(value: Any) -> Any:
     return value
 
 
-def column_name(name: str) -> str:
+def _column_name(name: str) -> str:
     """The column's name as the data model wrote it: Snowflake's upper-case unquoted names in lower case."""
     return name.lower() if _UNQUOTED.match(name) else name
 
@@ -201,7 +217,7 @@ def _schema(description: Sequence[Any]) -> pa.Schema:
                 f"data_model.sql: column {column.name} is a Snowflake {type_name or column.type_code}, "
                 "which wsync does not read; cast it in the data model (to VARCHAR, NUMBER or VARIANT)"
             )
-        fields.append(pa.field(column_name(column.name), arrow_type))
+        fields.append(pa.field(_column_name(column.name), arrow_type))
     return pa.schema(fields)
 
 
