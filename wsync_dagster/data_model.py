@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 _WRITES = (
     exp.Insert,
@@ -83,9 +84,10 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
 def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
     """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
-    # A lower-case name goes unquoted so each warehouse folds it as it folds the model's own unquoted
-    # names (Snowflake to upper case); any other name is quoted as it is.
-    column = exp.to_identifier(iterator, quoted=not _PLAIN_NAME.match(iterator)).sql(dialect=dialect)
+    # A lower-case name is folded as the warehouse folds the model's unquoted names (Snowflake: to upper
+    # case), then quoted; any other name is quoted as it is written.
+    name = normalize_identifiers(iterator, dialect).name if _PLAIN_NAME.match(iterator) else iterator
+    column = exp.to_identifier(name, quoted=True).sql(dialect=dialect)
     return (
         f"SELECT * FROM ({inner}) AS model WHERE model.{column} >= ? AND model.{column} < ? "
         f"ORDER BY model.{column}"
