@@ -226,6 +226,23 @@ def _key_pair_connection(snowflake: SnowflakeEngine, **login) -> dict:
     return connection
 
 
+def _key_file_sync(
+    snowflake: SnowflakeEngine, write_sync, folder: Path, monkeypatch, passphrase: str
+) -> None:
+    """A sync logging in with keys/rsa_key.p8 (encrypted with "open sesame") and the passphrase given."""
+    key = _key_pair(snowflake, "wsync_keys")
+    (folder / "keys").mkdir()
+    (folder / "keys" / "rsa_key.p8").write_bytes(_pem(key, b"open sesame"))
+    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_KEY_PATH", "keys/rsa_key.p8")  # relative to the sync file
+    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_PASSPHRASE", passphrase)
+    connection = _key_pair_connection(
+        snowflake,
+        private_key_path={"env": "WSYNC_TEST_SNOWFLAKE_KEY_PATH"},
+        private_key_passphrase={"env": "WSYNC_TEST_SNOWFLAKE_PASSPHRASE"},
+    )
+    write_sync(_users_sync(connection))
+
+
 def test_a_key_pair_login_signs_with_the_pem_key_from_the_environment_checked_by_a_login_check_as_fakesnow_does_not(
     snowflake, write_sync, monkeypatch, capsys
 ):
@@ -241,18 +258,8 @@ def test_a_key_pair_login_signs_with_the_pem_key_from_the_environment_checked_by
 def test_a_key_file_with_a_passphrase_signs_the_login_checked_by_a_login_check_as_fakesnow_does_not(
     snowflake, write_sync, wsync_env, monkeypatch, capsys
 ):
-    key = _key_pair(snowflake, "wsync_keys")
-    (wsync_env / "keys").mkdir()
-    (wsync_env / "keys" / "rsa_key.p8").write_bytes(_pem(key, b"open sesame"))
-    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_KEY_PATH", "keys/rsa_key.p8")  # relative to the sync file
-    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_PASSPHRASE", "open sesame")
     _users_table(snowflake, "TIMESTAMP_NTZ", UTC_WALL_TIMES)
-    connection = _key_pair_connection(
-        snowflake,
-        private_key_path={"env": "WSYNC_TEST_SNOWFLAKE_KEY_PATH"},
-        private_key_passphrase={"env": "WSYNC_TEST_SNOWFLAKE_PASSPHRASE"},
-    )
-    write_sync(_users_sync(connection))
+    _key_file_sync(snowflake, write_sync, wsync_env, monkeypatch, "open sesame")
 
     assert main(["validate"]) == 0
     assert "✓ users" in capsys.readouterr().out
@@ -273,16 +280,7 @@ def test_a_key_pair_login_with_a_key_snowflake_does_not_hold_is_refused_by_a_log
 def test_a_wrong_key_passphrase_names_the_key_and_never_shows_the_passphrase(
     snowflake, write_sync, wsync_env, monkeypatch, capsys
 ):
-    key = _key_pair(snowflake, "wsync_keys")
-    (wsync_env / "rsa_key.p8").write_bytes(_pem(key, b"open sesame"))
-    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_KEY_PATH", "rsa_key.p8")
-    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_PASSPHRASE", "planted-passphrase-8d2e")
-    connection = _key_pair_connection(
-        snowflake,
-        private_key_path={"env": "WSYNC_TEST_SNOWFLAKE_KEY_PATH"},
-        private_key_passphrase={"env": "WSYNC_TEST_SNOWFLAKE_PASSPHRASE"},
-    )
-    write_sync(_users_sync(connection))
+    _key_file_sync(snowflake, write_sync, wsync_env, monkeypatch, "planted-passphrase-8d2e")
 
     assert main(["validate"]) == 1
     captured = capsys.readouterr()
