@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
+
+# sqlglot warns with the SQL's text when it falls back to a Command; the check reports that itself.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _WRITES = (
     exp.Insert,
@@ -21,6 +26,17 @@ _WRITES = (
     exp.Copy,
     exp.TruncateTable,
 )
+# Table functions that read nothing: they generate rows.
+_GENERATORS = ("range", "generate_series")
+# Functions that reach files, URLs, other databases, settings or the environment, or run SQL text.
+_EXTERNAL = re.compile(
+    r"(read_|scan_|parquet_|sniff_|http|iceberg_|delta_|postgres_|mysql_|sqlite_|duckdb_|pragma_|"
+    r"query|glob|getenv|current_setting|which_secret|load_).*|.*_scan",
+    re.IGNORECASE,
+)
+# A table name that is a path, URL or glob: DuckDB reads such a name as a file ("replacement scan").
+_FILE_NAME = re.compile(r"[./\\:*?\[]")
+_WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
 
 
 class DataModelError(ValueError):
@@ -56,11 +72,34 @@ def check_read_only_select(sql: str, dialect: str = "duckdb") -> exp.Query:
     """Parse the model and make sure it is one SELECT (CTEs allowed) that writes nothing."""
     statement = _parse(sql, dialect)
     if not isinstance(statement, exp.Query):
-        raise DataModelError(f"the data model must be a SELECT, found {statement.key.upper()}")
+        # A statement sqlglot does not model is a Command; its first word says what it is.
+        found = statement.name if isinstance(statement, exp.Command) else statement.key
+        raise DataModelError(f"the data model must be a SELECT, found {found.upper()}")
     for node in statement.walk():
         if isinstance(node, _WRITES):
             raise DataModelError(f"the data model must be read-only, found {node.key.upper()}")
+        _check_reads_only_the_warehouse(node)
     return statement
+
+
+def _check_reads_only_the_warehouse(node: exp.Expression) -> None:
+    """Refuse table functions, file paths used as tables and functions that reach outside the warehouse."""
+    source = node.this if isinstance(node, exp.Table | exp.Lateral) else None
+    if isinstance(source, exp.Func) and _function_name(source) not in _GENERATORS:
+        raise DataModelError(
+            f"{_function_name(source)}() is not allowed: {_WAREHOUSE_ONLY} "
+            f"(table functions allowed: {', '.join(_GENERATORS)})"
+        )
+    if isinstance(source, exp.Identifier) and _FILE_NAME.search(source.name):
+        raise DataModelError(f"FROM '{source.name}' reads a file or URL: {_WAREHOUSE_ONLY}")
+    if isinstance(node, exp.Func) and _EXTERNAL.fullmatch(_function_name(node)):
+        raise DataModelError(f"{_function_name(node)}() is not allowed: {_WAREHOUSE_ONLY}")
+
+
+def _function_name(function: exp.Func) -> str:
+    if isinstance(function, exp.Anonymous | exp.AnonymousAggFunc):
+        return function.name.lower()
+    return function.sql_name().lower()
 
 
 def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
@@ -97,3 +136,16 @@ def limited_sql(sql: str, limit: int, dialect: str = "duckdb") -> str:
 def probe_sql(sql: str, dialect: str = "duckdb") -> str:
     """The model wrapped to return no rows, only its columns."""
     return limited_sql(sql, 0, dialect)
+
+
+def redact_literals(message: str, sql: str, dialect: str = "duckdb") -> str:
+    """A message with the SQL's string literals masked, so an error never repeats a value the model holds."""
+    try:
+        statement = sqlglot.parse_one(sql, read=dialect)
+    except ParseError:
+        return message
+    literals = {node.this for node in statement.find_all(exp.Literal) if node.is_string}
+    # Short literals (codes, flags) hold no secret, and masking them would garble the message.
+    for literal in sorted((text for text in literals if len(text) >= 6), key=len, reverse=True):
+        message = message.replace(literal, "***")
+    return message
