@@ -36,6 +36,8 @@ _EXTERNAL = re.compile(
 )
 # A table name that is a path, URL or glob: DuckDB reads such a name as a file ("replacement scan").
 _FILE_NAME = re.compile(r"[./\\:*?\[]")
+# sqlglot names the token it stopped at by its repr; the token's text is what the user wrote.
+_TOKEN = re.compile(r"<Token token_type: [^,]+, text: (.*?), line: \d+, col: \d+[^>]*>")
 _WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
 
 
@@ -61,8 +63,13 @@ def _parse(sql: str, dialect: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as error:
-        description = error.errors[0]["description"] if error.errors else str(error)
-        raise DataModelError(f"the SQL does not parse: {description}") from None
+        if not error.errors:
+            raise DataModelError(f"the SQL does not parse: {error}") from None
+        first = error.errors[0]
+        description = _TOKEN.sub(r"'\1'", first["description"])
+        raise DataModelError(
+            f"the SQL does not parse at line {first['line']}, column {first['col']}: {description}"
+        ) from None
     if len(statements) != 1:
         raise DataModelError(f"one SELECT statement is allowed, found {len(statements)} statements")
     return statements[0]

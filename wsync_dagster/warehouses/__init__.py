@@ -10,7 +10,7 @@ def open_warehouse(spec) -> Warehouse:
     """The reader for a sync's connection."""
     connection = spec.connection
     if connection.type == "duckdb":
-        return DuckDBWarehouse(spec.resolve_path(connection.path))
+        return DuckDBWarehouse(spec.resolve_path(connection.path), spec.source_file)
     raise WarehouseError(f"{spec.source_file}: connection.type: {connection.type} has no reader")
 
 
