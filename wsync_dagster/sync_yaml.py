@@ -57,9 +57,9 @@ def _decode(path: Path, data: bytes) -> str:
 
 def _syntax_error(path: Path, text: str, error: yaml.MarkedYAMLError) -> str:
     """Where and what, never the offending line: it may hold a secret written by mistake."""
-    # A scanner error starts where the broken token does (an unclosed quote); a parser error where it was found.
-    scanning = (error.context or "").startswith("while scanning") and error.context_mark is not None
-    mark = error.context_mark if scanning else error.problem_mark or error.context_mark
+    # An unclosed quote or bracket is where it opened; a broken block is where the parser noticed.
+    opened = (error.context or "").startswith(("while scanning", "while parsing a flow"))
+    mark = error.context_mark if opened and error.context_mark else error.problem_mark or error.context_mark
     what = ", ".join(part for part in (error.context, error.problem) if part)
     if mark is None:
         return f"{path}: invalid YAML: {what}"
