@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dagster import DagsterInstance, DynamicPartitionsDefinition, TimeWindowPartitionsDefinition
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.partitions import run_key, run_key_time, sync_partitions
+from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -32,15 +32,12 @@ class RunReport:
 
 
 def partitions_due(spec: SyncSpec, store: ProfileStore, now: datetime | None = None) -> list[str]:
-    """Every complete time partition after the last delivered one (or from historical_start) up to now."""
+    """Every complete time partition up to now that has not been delivered, gaps included."""
     partitions = sync_partitions(spec)
     assert isinstance(partitions, TimeWindowPartitionsDefinition)
     keys = partitions.get_partition_keys(current_time=now or datetime.now(UTC))
-    delivered = store.delivered_partitions(spec.name, spec.sync.environment)
-    if not delivered:
-        return keys
-    last = max(label.split("..")[-1] for label in delivered)
-    return [key for key in keys if key > last]
+    delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
+    return [key for key in keys if key not in delivered]
 
 
 def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
@@ -54,6 +51,11 @@ def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
             raise RunError(
                 f"{spec.name}: --partition {key} is not a partition of this sync (keys look like {example})"
             )
+    if last < first:
+        raise RunError(
+            f"{spec.name}: --partition {partition} is reversed: write the earlier partition first "
+            f"({last}..{first})"
+        )
     return first, last
 
 
@@ -69,6 +71,7 @@ def run_sync(
     """Check the mapping, then materialize the sync's job for one partition or all that are due."""
     check_mapping(spec)
     partitions = sync_partitions(spec)
+    runs: list[tuple[str, dict]] = []  # (label, execute_in_process options) of each Dagster run
     if isinstance(partitions, DynamicPartitionsDefinition):
         key = partition or run_key(now or datetime.now(UTC))
         try:
@@ -78,37 +81,63 @@ def run_sync(
                 f"{spec.name}: --partition {key} is not a full-mode run key (YYYYMMDDTHHMMSS)"
             ) from None
         instance.add_dynamic_partitions(partitions.name, [key])
-        options: dict = {"partition_key": key}
-        label = key
+        runs.append((key, {"partition_key": key}))
     else:
         if partition:
-            first, last = _range(spec, partition)
+            spans = [_range(spec, partition)]
         else:
-            due = partitions_due(spec, store, now)
-            if not due:
-                return RunReport(partitions="")
-            first, last = due[0], due[-1]
-        options = {"tags": {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}}
-        label = first if first == last else f"{first}..{last}"
-    logger.info(f"{spec.name}: one Dagster run for partitions {label}")
+            # Every gap is filled: one run per stretch of consecutive partitions not yet delivered.
+            spans = _stretches(
+                partitions.get_partition_keys(current_time=now or datetime.now(UTC)),
+                set(partitions_due(spec, store, now)),
+            )
+        for first, last in spans:
+            label = first if first == last else f"{first}..{last}"
+            runs.append((label, {"tags": partition_range_tags(first, last)}))
+    if not runs:
+        return RunReport(partitions="")
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
-    result = job.execute_in_process(
-        instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options
-    )
-    if not result.success:
-        raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
-    report = RunReport(partitions=label, run_id=result.run_id)
+    report = RunReport(partitions=", ".join(label for label, _ in runs))
+    for label, options in runs:
+        logger.info(f"{spec.name}: one Dagster run for partitions {label}")
+        result = job.execute_in_process(
+            instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options
+        )
+        if not result.success:
+            raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
+        _add_result(report, result)
+    return report
+
+
+def _stretches(keys: list[str], due: set[str]) -> list[tuple[str, str]]:
+    """(first, last) of each run of consecutive keys that are due."""
+    spans: list[tuple[str, str]] = []
+    previous_due = False
+    for key in keys:
+        if key in due and previous_due:
+            spans[-1] = (spans[-1][0], key)
+        elif key in due:
+            spans.append((key, key))
+        previous_due = key in due
+    return spans
+
+
+def _add_result(report: RunReport, result) -> None:
+    """Add one Dagster run's counts and failed checks to the report."""
+    report.run_id = result.run_id if report.run_id is None else f"{report.run_id}, {result.run_id}"
     for event in result.get_asset_materialization_events():
+        # Each partition carries its own counts: the report adds them up (a profile changed in several
+        # partitions is counted in each; the run log's "delivered" line counts it once).
         materialization = event.step_materialization_data.materialization
-        report.metadata[materialization.asset_key.to_user_string()] = {
-            name: value.value for name, value in materialization.metadata.items()
-        }
+        totals = report.metadata.setdefault(materialization.asset_key.to_user_string(), {})
+        for name, entry in materialization.metadata.items():
+            value = entry.value
+            totals[name] = totals.get(name, 0) + value if isinstance(value, int) else value
     for event in result.get_asset_check_evaluations():
         if not event.passed:
             report.failed_checks.append(
                 f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
             )
-    return report
 
 
 def _failure(result) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -23,6 +22,7 @@ from pydantic import (
 from wsync_dagster.data_model import DataModelError, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml
+from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
 
 TIME_ITERATORS = ("timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s")
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
@@ -52,8 +52,6 @@ _SECRET_KEY = re.compile(
 )
 # A key that names where a secret is kept (private_key_path) holds a path, not the secret.
 _PATH_KEY = re.compile(r"_path\Z", re.IGNORECASE)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-CONNECTION_TYPES = ("duckdb",)
 PLANNED_CONNECTION_TYPES = ("postgres", "redshift", "snowflake", "bigquery", "databricks", "delta")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -66,14 +64,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DuckDBConnection(_Strict):
-    """A DuckDB database file, opened read-only."""
-
-    type: Literal["duckdb"]
-    path: Path
-
-
-Connection = Annotated[DuckDBConnection, Field(discriminator="type")]
+# One model per warehouse type (wsync_dagster/warehouses/), told apart by `type`.
+Connection = Annotated[Union[CONNECTIONS], Field(discriminator="type")]  # noqa: UP007
 
 
 def _check_field(field: str, column: str | None) -> str:
@@ -163,15 +155,6 @@ class DataModelSpec(_Strict):
     """The SQL that selects the rows to sync."""
 
     sql: str
-
-    @field_validator("sql")
-    @classmethod
-    def _read_only(cls, sql: str) -> str:
-        try:
-            check_read_only_select(sql)
-        except DataModelError as error:
-            raise ValueError(str(error)) from None
-        return sql
 
 
 class SyncSettings(_Strict):
@@ -311,6 +294,15 @@ class SyncSpec(_Strict):
         return name
 
     @model_validator(mode="after")
+    def _read_only_model(self) -> SyncSpec:
+        # Parsed in the warehouse's own SQL dialect.
+        try:
+            check_read_only_select(self.data_model.sql, self.connection.dialect)
+        except DataModelError as error:
+            raise ValueError(f"data_model.sql: {error}") from None
+        return self
+
+    @model_validator(mode="after")
     def _event_mapping(self) -> SyncSpec:
         if self.data_type == "event" and not self.mapping:
             raise ValueError("mapping: required for event data (events.data.event_name at least)")
@@ -320,9 +312,10 @@ class SyncSpec(_Strict):
                     raise ValueError(f"mapping: {entry.field} is for data_type event")
         return self
 
-    def resolve_path(self, path: Path) -> Path:
-        """A path from the sync file, relative to that file."""
-        return path if path.is_absolute() else (self.source_file.parent / path).resolve()
+    @property
+    def base(self) -> Path:
+        """The folder of the sync file: paths in it are relative to this."""
+        return self.source_file.parent
 
 
 def load_sync_file(path: Path) -> SyncSpec:
@@ -331,7 +324,7 @@ def load_sync_file(path: Path) -> SyncSpec:
 
 
 def _read(path: Path) -> dict:
-    """The file's keys; {env: VAR} is resolved where VAR is set, except for secrets, which stay references."""
+    """The file's keys, checked for literal secrets."""
     try:
         raw = read_yaml(path)
     except YamlFileError as error:
@@ -343,8 +336,6 @@ def _read(path: Path) -> dict:
         raise SyncSpecError(
             f"{path}: {literal}: a secret is never written in a sync file; use {{env: VAR_NAME}}"
         )
-    if isinstance(raw.get("connection"), dict):
-        raw = {**raw, "connection": _resolve_env(raw["connection"])}
     return raw
 
 
@@ -375,19 +366,6 @@ def _is_secret_key(key: Any) -> bool:
 
 def _is_env_reference(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"env"}
-
-
-def _resolve_env(node: dict) -> dict:
-    """Non-secret {env: VAR} values replaced by the set variable's value; secrets stay references."""
-    resolved = dict(node)
-    for key, value in node.items():
-        if isinstance(value, dict) and not _is_env_reference(value):
-            resolved[key] = _resolve_env(value)
-        elif _is_env_reference(value) and not _is_secret_key(key):
-            variable = value["env"]
-            if isinstance(variable, str) and variable in os.environ:
-                resolved[key] = os.environ[variable]
-    return resolved
 
 
 @dataclass(frozen=True)
@@ -445,7 +423,7 @@ def load_syncs(directory: Path) -> list[SyncSpec]:
 def _describe(path: Path, error: ValidationError, raw: dict) -> str:
     lines = []
     for item in error.errors():
-        where, value = _location(item["loc"], raw)
+        where = _location(item["loc"], raw)
         if item["type"] == "extra_forbidden":
             lines.append(f"{path}: {where}: unknown key; allowed: {_allowed_keys(item['loc'], raw)}")
             continue
@@ -454,14 +432,12 @@ def _describe(path: Path, error: ValidationError, raw: dict) -> str:
             message = "required"
         elif item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"] == ("connection",):
             message = _connection_type_message(item.get("ctx", {}).get("tag"))
-        elif _is_env_reference(value):
-            message = _env_message(value["env"])
         lines.append(f"{path}: {where}: {message}" if where else f"{path}: {message}")
     return "\n".join(lines)
 
 
 def _connection_type_message(tag: str | None) -> str:
-    available = ", ".join(f"'{name}'" for name in CONNECTION_TYPES)
+    available = ", ".join(f"'{name}'" for name in warehouse_types())
     if tag is None:
         return f"type: required; available: {available}"
     if tag in PLANNED_CONNECTION_TYPES:
@@ -469,15 +445,8 @@ def _connection_type_message(tag: str | None) -> str:
     return f"type '{tag}' is not a connection type; available: {available}"
 
 
-def _env_message(variable: Any) -> str:
-    """Why an {env: VAR} reference was left unresolved."""
-    if not isinstance(variable, str) or not _ENV_NAME.match(variable):
-        return "env takes a variable name, e.g. {env: WAREHOUSE_PATH}"
-    return f"the environment variable {variable} is not set"
-
-
-def _location(loc: tuple, raw: dict) -> tuple[str, Any]:
-    """Dotted field path, without pydantic's union tags, and the raw value found there."""
+def _location(loc: tuple, raw: dict) -> str:
+    """Dotted field path, without pydantic's union tags."""
     parts: list[str] = []
     node: Any = raw
     previous: Any = None
@@ -498,7 +467,7 @@ def _location(loc: tuple, raw: dict) -> tuple[str, Any]:
             continue
         parts.append(str(part))
         node = node.get(part) if isinstance(node, dict) else None
-    return ".".join(parts), node
+    return ".".join(parts)
 
 
 def _allowed_keys(loc: tuple, raw: dict) -> str:
@@ -512,7 +481,7 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
             continue
         node = node.get(part) if isinstance(node, dict) else None
         if part == "connection":
-            model = DuckDBConnection
+            model = _connection_model(node)
         elif part == "mapping":
             continue
         elif part in ("sync", "data_model", "destination", "checks"):
@@ -523,6 +492,11 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "checks": Checks,
             }[part]
     return ", ".join(name for name in model.model_fields if name != "source_file")
+
+
+def _connection_model(connection: Any) -> type[BaseModel]:
+    kind = connection.get("type") if isinstance(connection, dict) else None
+    return next((model for model in CONNECTIONS if model.type_name() == kind), BaseModel)
 
 
 def _mapping_model(entry: dict) -> type[BaseModel]:

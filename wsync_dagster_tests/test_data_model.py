@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from wsync_dagster.spec import SyncSpecError, load_sync_file
-from wsync_dagster.warehouses import DuckDBWarehouse, WarehouseError
+from wsync_dagster.warehouses import WarehouseError
+from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
 from wsync_dagster_tests.conftest import USERS_SQL, user_sync
 
 CANARY = "canary-line-that-only-a-file-holds"
