@@ -187,14 +187,6 @@ def test_a_secret_given_as_env_reference_passes_the_secret_rule(write_sync, tmp_
     assert "secret is never written" not in str(error.value)
 
 
-def test_an_env_reference_gives_the_variable_value_to_a_non_secret_key(write_sync, tmp_path, monkeypatch):
-    monkeypatch.setenv("WSYNC_TEST_WAREHOUSE", str(tmp_path / "w.duckdb"))
-    raw = user_sync(
-        tmp_path / "unused.duckdb", connection={"type": "duckdb", "path": {"env": "WSYNC_TEST_WAREHOUSE"}}
-    )
-    assert load_sync_file(write_sync(raw)).connection.path == tmp_path / "w.duckdb"
-
-
 def test_historical_start_after_start_is_an_error_naming_both(write_sync, tmp_path):
     raw = user_sync(
         tmp_path / "w.duckdb", sync={"start": "2024-02-01T06:00:00Z", "historical_start": "2024-03-01"}
