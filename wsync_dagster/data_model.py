@@ -26,8 +26,9 @@ _WRITES = (
     exp.Copy,
     exp.TruncateTable,
 )
-# Table functions that read nothing: they generate rows.
-_GENERATORS = ("range", "generate_series")
+# Table functions that read nothing beyond the query's own values: they generate or unnest rows
+# (Snowflake's LATERAL FLATTEN parses as explode).
+_GENERATORS = ("range", "generate_series", "unnest", "explode", "posexplode")
 # Functions that reach files, URLs, other databases, settings or the environment, or run SQL text.
 _EXTERNAL = re.compile(
     r"(read_|scan_|parquet_|sniff_|http|iceberg_|delta_|postgres_|mysql_|sqlite_|duckdb_|pragma_|"

@@ -88,7 +88,9 @@ ALLOWED_SYNC = (
     "input_protection, paused"
 )
 WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
-TABLE_FUNCTIONS = f"{WAREHOUSE_ONLY} (table functions allowed: range, generate_series)"
+TABLE_FUNCTIONS = (
+    f"{WAREHOUSE_ONLY} (table functions allowed: range, generate_series, unnest, explode, posexplode)"
+)
 SECRET = "a secret is never written in a sync file; use {env: VAR_NAME}"
 ALIAS_BOMB = """name: crm_users
 a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]

@@ -14,7 +14,9 @@ from wsync_dagster_tests.conftest import USERS_SQL, user_sync
 CANARY = "canary-line-that-only-a-file-holds"
 
 ONLY = "a data model reads only the warehouse's tables and views"
-TABLE_FUNCTION = f"is not allowed: {ONLY} (table functions allowed: range, generate_series)"
+TABLE_FUNCTION = (
+    f"is not allowed: {ONLY} (table functions allowed: range, generate_series, unnest, explode, posexplode)"
+)
 FUNCTION = f"is not allowed: {ONLY}"
 FILE = f"reads a file or URL: {ONLY}"
 
