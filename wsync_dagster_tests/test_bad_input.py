@@ -205,6 +205,13 @@ CASES: list[Case] = [
         env={"WSYNC_PROFILE_STORE": "sqlite:///{sync_file}/profiles.sqlite"},
     ),
     Case(
+        "store_path_that_is_a_folder",
+        RUN,
+        "wsync run: profile store {state}: a folder, not a store file; WSYNC_PROFILE_STORE names the file, "
+        "e.g. sqlite:///state/profiles.sqlite",
+        env={"WSYNC_PROFILE_STORE": "sqlite:///{state}"},
+    ),
+    Case(
         "store_url_of_a_backend_that_is_not_built",
         RUN,
         "wsync run: unsupported profile store URL scheme 'postgresql': only sqlite:///PATH is supported",

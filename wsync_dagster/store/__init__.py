@@ -91,6 +91,8 @@ def _what_is_wrong(path: Path, error: Exception) -> str:
     if isinstance(error, OSError):
         return f"cannot open: {error.strerror}"
     message = str(error)
+    if path.is_dir():
+        return "a folder, not a store file; WSYNC_PROFILE_STORE names the file, e.g. sqlite:///state/profiles.sqlite"
     if "file is not a database" in message:
         return "not a SQLite database; point WSYNC_PROFILE_STORE at a profile store, or move this file away"
     if "malformed" in message:
