@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from dagster import DagsterInstance
 from wsync_dagster.cli import main
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.spec import SyncSpecError, load_sync_file
-from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+from wsync_dagster_tests.conftest import USERS_SQL, code_location, user_sync
 
 PLANTED = "planted-7f3a9c-do-not-echo"
 
@@ -48,7 +47,7 @@ def test_a_yaml_error_on_a_secret_line_never_echoes_the_value(
     assert f"{broken}: invalid YAML at line 4, column 13 (key 'password')" in err
     assert PLANTED not in out + err
 
-    defs = runpy.run_module("wsync_dagster.definitions")["defs"]
+    defs = code_location()
     shown = [(node.description, str(node.metadata)) for node in defs.resolve_asset_graph().asset_nodes]
     assert "key 'password'" in str(shown)
     assert PLANTED not in str(shown)

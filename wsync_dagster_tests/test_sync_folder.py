@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import runpy
-
 from dagster import AssetKey, Definitions
 
 from wsync_dagster.cli import main
-from wsync_dagster_tests.conftest import USERS_SQL, user_sync
-
-
-def _code_location() -> Definitions:
-    """The definitions `dagster dev` loads, from the module named in pyproject.toml."""
-    return runpy.run_module("wsync_dagster.definitions")["defs"]
+from wsync_dagster_tests.conftest import USERS_SQL, code_location, user_sync
 
 
 def _invalid_file_asset(defs: Definitions, name: str):
@@ -29,7 +22,7 @@ def _write_good_and_typo(make_warehouse, write_sync):
 
 def test_a_typo_in_one_file_leaves_every_other_sync_in_the_code_location(make_warehouse, write_sync):
     typo = _write_good_and_typo(make_warehouse, write_sync)
-    defs = _code_location()
+    defs = code_location()
     keys = {node.key for node in defs.resolve_asset_graph().asset_nodes}
     assert {AssetKey(["crm_users", "mapped_batches"]), AssetKey(["crm_users", "delivery"])} <= keys
     assert defs.resolve_job_def("crm_users_job") is not None
@@ -47,7 +40,7 @@ def test_a_typo_in_one_file_leaves_every_other_sync_in_the_code_location(make_wa
 def test_a_file_that_is_not_yaml_shows_as_an_invalid_file_too(make_warehouse, write_sync):
     write_sync(user_sync(make_warehouse(USERS_SQL)))
     write_sync("name: broken\ndata_type: [user\n", name="broken.yml")
-    defs = _code_location()
+    defs = code_location()
     spec = _invalid_file_asset(defs, "broken_yml")
     assert "- invalid YAML at line 2, column 12 (key 'data_type'): while parsing a flow sequence" in (
         spec.description
@@ -59,7 +52,7 @@ def test_two_files_with_one_name_load_the_first_and_show_the_second(make_warehou
     warehouse = make_warehouse(USERS_SQL)
     first = write_sync(user_sync(warehouse), name="a.yaml")
     write_sync(user_sync(warehouse), name="b.yaml")
-    defs = _code_location()
+    defs = code_location()
     assert defs.resolve_job_def("crm_users_job") is not None
     spec = _invalid_file_asset(defs, "b_yaml")
     assert f"- name: 'crm_users' is already used by {first}" in spec.description
@@ -92,6 +85,6 @@ def test_run_of_the_invalid_sync_says_what_is_wrong_with_its_file(make_warehouse
 
 def test_a_folder_of_only_valid_files_has_no_invalid_assets(make_warehouse, write_sync):
     write_sync(user_sync(make_warehouse(USERS_SQL)))
-    defs = _code_location()
+    defs = code_location()
     groups = {node.group_name for node in defs.resolve_asset_graph().asset_nodes}
     assert groups == {"crm_users", "warehouse"}
