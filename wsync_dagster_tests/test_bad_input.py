@@ -512,7 +512,27 @@ CASES: list[Case] = [
         "'2024-01-01 10:00:00' AS updated_at",
         sync=_model("SELECT customer_id, email, updated_at FROM crm.leads"),
     ),
+    Case(
+        "numeric_column_mapped_to_an_email_identity",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: mapping[0].column: column 'user_no' is int32, but an email identity "
+        "takes a text column; cast it to text in the data model or map it to another identity "
+        "(customer_id, other, …)",
+        sync={
+            **_model("SELECT customer_id, 42 AS user_no, plan, updated_at FROM crm.users"),
+            "mapping": [
+                {"type": "column", "column": "user_no", "field": "user_identities.email"},
+                {"type": "column", "column": "$unmapped", "field": "user_attributes.*"},
+            ],
+        },
+    ),
     # --- the command line ---
+    Case(
+        "partition_range_written_backwards",
+        ("run", "crm_users", "--partition", "2024-01-03..2024-01-01"),
+        "wsync run: crm_users: --partition 2024-01-03..2024-01-01 is reversed: write the earlier "
+        "partition first (2024-01-01..2024-01-03)",
+    ),
     Case(
         "run_of_a_sync_that_does_not_exist",
         ("run", "crm_userz"),
