@@ -228,19 +228,18 @@ def _key_pair_connection(snowflake: SnowflakeEngine, **login) -> dict:
 
 def _key_file_sync(
     snowflake: SnowflakeEngine, write_sync, folder: Path, monkeypatch, passphrase: str
-) -> None:
+) -> Path:
     """A sync logging in with keys/rsa_key.p8 (encrypted with "open sesame") and the passphrase given."""
     key = _key_pair(snowflake, "wsync_keys")
     (folder / "keys").mkdir()
     (folder / "keys" / "rsa_key.p8").write_bytes(_pem(key, b"open sesame"))
-    monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_KEY_PATH", "keys/rsa_key.p8")  # relative to the sync file
     monkeypatch.setenv("WSYNC_TEST_SNOWFLAKE_PASSPHRASE", passphrase)
     connection = _key_pair_connection(
         snowflake,
-        private_key_path={"env": "WSYNC_TEST_SNOWFLAKE_KEY_PATH"},
+        private_key_path="keys/rsa_key.p8",  # relative to the sync file
         private_key_passphrase={"env": "WSYNC_TEST_SNOWFLAKE_PASSPHRASE"},
     )
-    write_sync(_users_sync(connection))
+    return write_sync(_users_sync(connection))
 
 
 def test_a_key_pair_login_signs_with_the_pem_key_from_the_environment_checked_by_a_login_check_as_fakesnow_does_not(
@@ -280,12 +279,12 @@ def test_a_key_pair_login_with_a_key_snowflake_does_not_hold_is_refused_by_a_log
 def test_a_wrong_key_passphrase_names_the_key_and_never_shows_the_passphrase(
     snowflake, write_sync, wsync_env, monkeypatch, capsys
 ):
-    _key_file_sync(snowflake, write_sync, wsync_env, monkeypatch, "planted-passphrase-8d2e")
+    path = _key_file_sync(snowflake, write_sync, wsync_env, monkeypatch, "planted-passphrase-8d2e")
 
     assert main(["validate"]) == 1
     captured = capsys.readouterr()
     assert (
-        "✗ users: connection.private_key_path: cannot load the key for snowflake account fakesnow"
+        f"✗ users: {path}: connection.private_key_path: cannot load the key for snowflake account fakesnow"
         in captured.err
     )
     assert "private_key_passphrase does not open it" in captured.err
@@ -304,10 +303,12 @@ def _fails_in_one_line(command: list[str], capsys) -> str:
 def test_an_unreachable_snowflake_host_fails_in_one_line_naming_the_sync_and_account_and_writes_nothing(
     snowflake, write_sync, capsys
 ):
-    write_sync(_users_sync(snowflake.connection(port=_closed_port())))
+    path = write_sync(_users_sync(snowflake.connection(port=_closed_port())))
 
     line = _fails_in_one_line(["validate"], capsys)
-    assert line.startswith("✗ users: connection: cannot log in to snowflake account fakesnow at 127.0.0.1:")
+    assert line.startswith(
+        f"✗ users: {path}: connection: cannot log in to snowflake account fakesnow at 127.0.0.1:"
+    )
     assert "Could not connect to Snowflake backend" in line
     assert "cannot log in to snowflake account fakesnow" in _fails_in_one_line(
         ["run", "users", "--partition", "2024-01-02"], capsys
@@ -319,14 +320,16 @@ def test_a_refused_snowflake_login_by_a_password_check_standing_in_for_snowflake
     snowflake, write_sync, tmp_path, monkeypatch, capsys, caplog
 ):
     _users_table(snowflake, "TIMESTAMP_NTZ", UTC_WALL_TIMES)
-    write_sync(_users_sync(snowflake.connection()))
+    path = write_sync(_users_sync(snowflake.connection()))
     assert main(["run", "users", "--partition", "2024-01-01"]) == 0
     before = _store_bytes(tmp_path)
     monkeypatch.setenv(PASSWORD_ENV, "planted-password-51c7")
     capsys.readouterr()
 
     line = _fails_in_one_line(["validate"], capsys)
-    assert line.startswith("✗ users: connection: cannot log in to snowflake account fakesnow at 127.0.0.1:")
+    assert line.startswith(
+        f"✗ users: {path}: connection: cannot log in to snowflake account fakesnow at 127.0.0.1:"
+    )
     assert "Incorrect username or password was specified" in line
     run_line = _fails_in_one_line(["run", "users", "--partition", "2024-01-02"], capsys)
     assert "Incorrect username or password was specified" in run_line

@@ -21,7 +21,11 @@ def warehouse_types() -> list[str]:
 
 def open_warehouse(spec) -> Warehouse:
     """The reader for a sync's connection."""
-    return spec.connection.open(spec.base)
+    try:
+        return spec.connection.open(spec.base)
+    except WarehouseError as error:
+        # The connection's fields are the sync file's: name the file.
+        raise WarehouseError(f"{spec.source_file}: {error}") from None
 
 
 __all__ = [

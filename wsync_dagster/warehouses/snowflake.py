@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from wsync_dagster.data_model import SourceTable, probe_sql
+from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
 
 # Snowflake stores an unquoted identifier in upper case; wsync shows it in lower case, as it was written.
@@ -146,11 +146,12 @@ class SnowflakeWarehouse:
 
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, described by Snowflake for a zero-row probe."""
+        query = probe_sql(sql, self.dialect)
         with self._connection.cursor() as cursor:
             try:
-                cursor.execute(probe_sql(sql, self.dialect))
+                cursor.execute(query)
             except self._error as error:
-                raise self._model_error(error) from None
+                raise self._model_error(error, query) from None
             return _schema(cursor.description)
 
     def read_batches(
@@ -164,14 +165,16 @@ class SnowflakeWarehouse:
                 for table in cursor.fetch_arrow_batches(force_microsecond_precision=True):
                     yield from _conform(table, schema).to_batches(batch_size)
             except self._error as error:
-                raise self._model_error(error) from None
+                raise self._model_error(error, sql) from None
 
     def close(self) -> None:
         """Log out."""
         self._connections.close()
 
-    def _model_error(self, error: Exception) -> WarehouseError:
-        return WarehouseError(f"data_model.sql: {self.name} cannot run it: {_message(error)}")
+    def _model_error(self, error: Exception, sql: str) -> WarehouseError:
+        """Snowflake's error with the SQL's string literals masked: run logs keep every error message."""
+        message = redact_literals(_message(error), sql, self.dialect)
+        return WarehouseError(f"data_model.sql: {self.name} cannot run it: {message}")
 
 
 def _setting_name(value: Setting | None, field: str) -> str | None:
