@@ -153,13 +153,13 @@ class BigQueryWarehouse:
         self._read_client = read_client
         self.name = name
         self._default_dataset = default_dataset
-        self._retry = _retry()
+        self._retry, self._job_retry = _retries()
 
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, from a zero-row probe."""
-        job = self._query(probe_sql(sql, self.dialect), ())
+        rows = self._rows(probe_sql(sql, self.dialect), (), page_size=None)
         with self._errors():
-            return job.result(retry=self._retry).to_arrow(create_bqstorage_client=False).schema
+            return rows.to_arrow(create_bqstorage_client=False).schema
 
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
@@ -167,19 +167,20 @@ class BigQueryWarehouse:
         """Stream the rows over the Storage Read API where it serves them, else as REST pages of `batch_size`."""
         from google.api_core.exceptions import GoogleAPIError
 
-        job = self._query(sql, params)
+        rows = self._rows(sql, params, batch_size)
         with self._errors():
             if self._read_client is not None:
-                batches = job.result(retry=self._retry).to_arrow_iterable(bqstorage_client=self._read_client)
+                batches = rows.to_arrow_iterable(bqstorage_client=self._read_client)
                 try:
                     first = next(batches, None)
                 except GoogleAPIError as error:
-                    # Nothing was read yet, so the same results can still come as REST pages.
+                    # Nothing was read yet; BigQuery answers the same query again from its result cache.
                     logger.warning(f"{self.name}: Storage Read API unavailable, reading REST pages: {error}")
+                    rows = self._rows(sql, params, batch_size)
                 else:
                     yield from itertools.chain([first] if first is not None else [], batches)
                     return
-            yield from job.result(page_size=batch_size, retry=self._retry).to_arrow_iterable()
+            yield from rows.to_arrow_iterable()
 
     def close(self) -> None:
         """Close the HTTP and gRPC sessions."""
@@ -187,15 +188,21 @@ class BigQueryWarehouse:
         if self._read_client is not None:
             self._read_client.transport.close()
 
-    def _query(self, sql: str, params: Sequence[Any]):
-        """Start the query job; its results are read by the caller."""
+    def _rows(self, sql: str, params: Sequence[Any], page_size: int | None):
+        """Run the query as a job and wait for it; its rows are then read page by page."""
         from google.cloud import bigquery
 
         config = bigquery.QueryJobConfig(
             query_parameters=query_parameters(params), default_dataset=self._default_dataset
         )
+
+        def run():
+            # job_retry=None: the library's own job retry would also wait 10 minutes for an absent host.
+            job = self._client.query(sql, job_config=config, retry=self._retry, job_retry=None)
+            return job.result(page_size=page_size, retry=self._retry)
+
         with self._errors():
-            return self._client.query(sql, job_config=config, retry=self._retry)
+            return self._job_retry(run)()
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -218,7 +225,9 @@ def _message(error: BaseException) -> str | None:
     from google.auth import exceptions as auth
 
     if isinstance(error, requests.exceptions.ConnectionError | auth.TransportError):
-        return f"cannot reach it: {_first_line(error)}"
+        # urllib3 nests the cause in a long repr: keep what it says after the connection's name.
+        reason = getattr(error.args[0], "reason", error.args[0]) if error.args else error
+        return f"cannot reach it: {_first_line(reason).split('): ', 1)[-1]}"
     if isinstance(error, auth.RefreshError):
         return f"connection.credentials: Google refused the service account: {_first_line(error.args[0])}"
     if isinstance(error, api.Unauthorized | api.Forbidden):
@@ -247,9 +256,14 @@ def _unreachable(error: BaseException) -> bool:
     return isinstance(reason, NewConnectionError)
 
 
-def _retry():
-    """google-cloud-bigquery's retry of transient errors, without waiting on a host that is not there."""
-    from google.cloud.bigquery import DEFAULT_RETRY
+def _retries():
+    """google-cloud-bigquery's retries of requests and of failed jobs, without waiting for a host that is
+    not there (the defaults would try for 10 minutes)."""
+    from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY, DEFAULT_RETRY
 
-    transient = DEFAULT_RETRY._predicate
-    return DEFAULT_RETRY.with_predicate(lambda error: not _unreachable(error) and transient(error))
+    return tuple(
+        default.with_predicate(
+            lambda error, transient=default._predicate: not _unreachable(error) and transient(error)
+        )
+        for default in (DEFAULT_RETRY, DEFAULT_JOB_RETRY)
+    )
