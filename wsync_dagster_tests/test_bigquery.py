@@ -7,7 +7,8 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -18,11 +19,13 @@ from dagster import AssetKey
 from wsync_dagster.cli import main
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.iterators import IteratorWindow
+from wsync_dagster.pipeline import preview_rows
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster.warehouses.bigquery import BigQueryWarehouse, query_parameters
 from wsync_dagster_tests.engines.bigquery import BigQueryEmulator, BigQueryEngine, emulator, stop_emulator
+from wsync_dagster_tests.engines.duckdb import DuckDBEngine
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +202,38 @@ def test_source_assets_are_named_project_dataset_table_with_the_defaults_filled_
             AssetKey(["warehouse", "other", "sales", "orders"]),
         ]
     )
+
+
+def test_bigquery_only_types_give_the_profile_values_their_duckdb_counterparts_give(
+    bigquery, tmp_path, write_sync
+):
+    client = bigquery.server.client(bigquery.project)
+    client.create_dataset("crm")
+    client.query(
+        "CREATE TABLE crm.users AS SELECT 'C1' AS customer_id, BIGNUMERIC '12.5' AS balance, "
+        """JSON '{"plan":"pro","seats":[1,2]}' AS doc, STRUCT(1 AS x, 'y' AS y) AS rec, """
+        "[STRUCT(1 AS x), STRUCT(2 AS x)] AS recs, TIME '10:11:12' AS opens_at"
+    ).result()
+    client.close()
+    counterparts = pa.table(
+        {
+            "customer_id": ["C1"],
+            "balance": pa.array([Decimal("12.5")], pa.decimal128(38, 9)),
+            "doc": ['{"plan":"pro","seats":[1,2]}'],  # JSON arrives as its text from both
+            "rec": pa.array([{"x": 1, "y": "y"}], pa.struct([("x", pa.int64()), ("y", pa.string())])),
+            "recs": pa.array([[{"x": 1}, {"x": 2}]], pa.list_(pa.struct([("x", pa.int64())]))),
+            "opens_at": pa.array([time(10, 11, 12)], pa.time64("us")),
+        }
+    )
+    duckdb_connection = DuckDBEngine(tmp_path / "warehouse.duckdb").load({"crm.users": counterparts})
+
+    previews = {}
+    for engine, connection in (("duckdb", duckdb_connection), ("bigquery", bigquery.connection())):
+        sync = {**_sync(connection, sql="SELECT * FROM crm.users"), "name": engine, "sync": {"mode": "full"}}
+        previews[engine] = preview_rows(load_sync_file(write_sync(sync)))
+
+    assert previews["bigquery"] == previews["duckdb"]
+    assert previews["bigquery"][0]["attributes"]["balance"] == 12.5
 
 
 # Connection errors: one line naming the sync and the warehouse, nothing written, no secret shown.

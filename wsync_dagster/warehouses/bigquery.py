@@ -143,6 +143,34 @@ def query_parameters(params: Sequence[Any]) -> list:
     return parameters
 
 
+# BIGNUMERIC arrives as decimal256, which DuckDB (the mapping) cannot read: it is read as NUMERIC's type.
+_NUMERIC = pa.decimal128(38, 9)
+
+
+def standard_schema(schema: pa.Schema) -> pa.Schema:
+    """The columns as every reader gives them: BIGNUMERIC as NUMERIC's decimal128(38, 9)."""
+    return pa.schema(
+        [field.with_type(_NUMERIC) if pa.types.is_decimal256(field.type) else field for field in schema]
+    )
+
+
+def standard_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch in `standard_schema`; a BIGNUMERIC value NUMERIC cannot hold exactly is an error, never rounded."""
+    schema = standard_schema(batch.schema)
+    if schema.equals(batch.schema):
+        return batch
+    columns = []
+    for field, column in zip(schema, batch.columns, strict=True):
+        try:
+            columns.append(column.cast(field.type) if column.type != field.type else column)
+        except pa.ArrowInvalid:
+            raise WarehouseError(
+                f"data_model.sql: column {field.name}: a BIGNUMERIC value does not fit NUMERIC "
+                f"(38 digits, 9 after the point); CAST it in the model (to NUMERIC with ROUND, FLOAT64 or STRING)"
+            ) from None
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 class BigQueryWarehouse:
     """Runs GoogleSQL queries as jobs and streams their results as Arrow."""
 
@@ -159,7 +187,7 @@ class BigQueryWarehouse:
         """The model's columns, from a zero-row probe."""
         rows = self._rows(probe_sql(sql, self.dialect), (), page_size=None)
         with self._errors():
-            return rows.to_arrow(create_bqstorage_client=False).schema
+            return standard_schema(rows.to_arrow(create_bqstorage_client=False).schema)
 
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
@@ -178,9 +206,11 @@ class BigQueryWarehouse:
                     logger.warning(f"{self.name}: Storage Read API unavailable, reading REST pages: {error}")
                     rows = self._rows(sql, params, batch_size)
                 else:
-                    yield from itertools.chain([first] if first is not None else [], batches)
+                    yield from map(
+                        standard_batch, itertools.chain([first] if first is not None else [], batches)
+                    )
                     return
-            yield from rows.to_arrow_iterable()
+            yield from map(standard_batch, rows.to_arrow_iterable())
 
     def close(self) -> None:
         """Close the HTTP and gRPC sessions."""
