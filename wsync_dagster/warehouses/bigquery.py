@@ -83,9 +83,15 @@ class BigQueryConnection(ConnectionSpec):
         secret = resolve(self.credentials, "credentials")
         try:
             return service_account.Credentials.from_service_account_info(json.loads(secret or ""))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            # Only the kind of problem is told: the library's text may quote the key.
-            reason = "it is not JSON" if isinstance(error, json.JSONDecodeError) else type(error).__name__
+        except (ValueError, TypeError, AttributeError) as error:
+            # The library's text is kept only where it names missing fields: elsewhere it may quote the key.
+            text = str(error)
+            if isinstance(error, json.JSONDecodeError):
+                reason = "it is not JSON"
+            elif "missing fields" in text:
+                reason = text.split(", ", 1)[-1].rstrip(".")
+            else:
+                reason = "its private_key does not load" if isinstance(error, ValueError) else "not an object"
             raise WarehouseError(
                 f"connection.credentials: the secret in {self.credentials.env} is not a "
                 f"service-account JSON key ({reason})"
@@ -203,7 +209,9 @@ class BigQueryWarehouse:
                     first = next(batches, None)
                 except GoogleAPIError as error:
                     # Nothing was read yet; BigQuery answers the same query again from its result cache.
-                    logger.warning(f"{self.name}: Storage Read API unavailable, reading REST pages: {error}")
+                    logger.warning(
+                        f"{self.name}: Storage Read API unavailable, reading REST pages: {_first_line(error)}"
+                    )
                     rows = self._rows(sql, params, batch_size)
                 else:
                     yield from map(
@@ -260,7 +268,7 @@ def _message(error: BaseException) -> str | None:
         return f"cannot reach it: {_first_line(reason).split('): ', 1)[-1]}"
     if isinstance(error, auth.RefreshError):
         return f"connection.credentials: Google refused the service account: {_first_line(error.args[0])}"
-    if isinstance(error, api.Unauthorized | api.Forbidden):
+    if isinstance(error, api.Unauthorized) or _reason(error) == "accessDenied":
         return f"access refused: {_first_line(error.message)}"
     if isinstance(error, api.NotFound):
         return f"data_model.sql: {_first_line(error.message)}"
@@ -269,6 +277,12 @@ def _message(error: BaseException) -> str | None:
     if isinstance(error, api.GoogleAPIError):
         return _first_line(getattr(error, "message", None) or error)
     return None
+
+
+def _reason(error: BaseException) -> str | None:
+    """BigQuery's reason code of an API error (accessDenied, quotaExceeded, …)."""
+    errors = getattr(error, "errors", None) or [{}]
+    return errors[0].get("reason") if isinstance(errors[0], dict) else None
 
 
 def _first_line(value: object) -> str:
