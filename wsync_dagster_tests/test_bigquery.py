@@ -1,5 +1,5 @@
 """BigQuery on the bqemulator server: iterator windows per column type, Arrow batches, and connection errors
-in one line that names the sync and the warehouse and never shows the secret."""
+in one line that names the warehouse (and the sync, in `wsync validate`) and never shows the secret."""
 
 from __future__ import annotations
 
