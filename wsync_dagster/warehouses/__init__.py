@@ -7,11 +7,12 @@ to `CONNECTIONS`. Drivers are imported when a connection opens, never when sync 
 from __future__ import annotations
 
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
+from wsync_dagster.warehouses.bigquery import BigQueryConnection
 from wsync_dagster.warehouses.duckdb import DuckDBConnection
 from wsync_dagster.warehouses.snowflake import SnowflakeConnection
 
 # The registry: `connection.type` picks the model, and the model opens its reader.
-CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, SnowflakeConnection)
+CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, SnowflakeConnection, BigQueryConnection)
 
 
 def warehouse_types() -> list[str]:
