@@ -112,7 +112,7 @@ class Timing:
 class WatchedRun:
     """A `wsync run` subprocess whose progress lines and store commits are timed as they happen."""
 
-    def __init__(self, sync: str, env: dict[str, str], store: Path):
+    def __init__(self, sync: str, env: dict[str, str], store: Path, *options: str):
         self.store = store
         self.sync = sync
         self.started = time.monotonic()
@@ -120,7 +120,7 @@ class WatchedRun:
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "wsync_dagster.cli", "run", sync],
+            [sys.executable, "-m", "wsync_dagster.cli", "run", sync, *options],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -139,6 +139,13 @@ class WatchedRun:
             return self._changed.wait_for(
                 lambda: mark in self.marks or "exited" in self.marks, timeout=timeout
             ) and (mark in self.marks)
+
+    def wait_for_text(self, text: str, timeout: float = RUN_TIMEOUT_S) -> bool:
+        """Block until a line holding `text` is printed (True) or the process has ended without one (False)."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: any(text in line for line in self.lines) or "exited" in self.marks, timeout=timeout
+            ) and any(text in line for line in self.lines)
 
     def finish(self, timeout: float) -> int | None:
         """The exit code, or None when the run had not ended within `timeout` (it is then killed)."""
@@ -184,7 +191,9 @@ class WatchedRun:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
             if RUN_STARTED in line:
                 self._mark("started")
             elif MODEL_READ in line:
