@@ -63,6 +63,8 @@ def process_is_gone(tags: Mapping[str, str]) -> bool:
         zombie = process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+    except psutil.AccessDenied:  # alive, though not ours to inspect
+        return False
     return zombie or abs(started - float(tags[PROCESS_STARTED_TAG])) > _START_TIME_TOLERANCE_S
 
 

@@ -116,12 +116,12 @@ def run_sync(
             raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
         if not delivered_before and label in store.delivered_partitions(spec.name, spec.sync.environment):
             raise RunInterrupted(
-                f"{spec.name}: interrupted after the delivery of {label} was committed "
-                f"(run {result.run_id} marked failed)"
+                f"{spec.name}: interrupted after its delivery of {label} committed: the profile store holds it; "
+                f"run {result.run_id} marked failed"
             )
         raise RunInterrupted(
-            f"{spec.name}: interrupted; the delivery was rolled back, run {result.run_id} marked failed "
-            f"and its {PROFILE_STORE_POOL} slot freed"
+            f"{spec.name}: interrupted before its delivery committed: the profile store is unchanged; "
+            f"run {result.run_id} marked failed and its {PROFILE_STORE_POOL} slot freed"
         )
     report = RunReport(partitions=label, run_id=result.run_id)
     for event in result.get_asset_materialization_events():

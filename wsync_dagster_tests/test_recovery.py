@@ -131,7 +131,7 @@ def test_sigterm_while_waiting_for_the_pool_ends_the_run_with_one_line_and_exit_
     assert _profiles(store) == 0
 
 
-def test_ctrl_c_during_a_delivery_rolls_it_back_frees_the_slot_and_says_so_in_one_line(
+def test_ctrl_c_during_a_delivery_leaves_the_store_unchanged_frees_the_slot_and_says_so_in_one_line(
     home: Path, store: Path
 ) -> None:
     run = _run(home, store)
@@ -142,7 +142,9 @@ def test_ctrl_c_during_a_delivery_rolls_it_back_frees_the_slot_and_says_so_in_on
     code = run.finish(RUN_TIMEOUT_S)
 
     assert code == 130, run.output
-    assert _last_line(run).startswith("wsync run: crm_users: interrupted; the delivery was rolled back, run ")
+    assert _last_line(run).startswith(
+        "wsync run: crm_users: interrupted before its delivery committed: the profile store is unchanged; run "
+    )
     assert [line for line in run.lines if not line.startswith("  ")] == [_last_line(run)], run.output
     assert _profiles(store) == 0
     with DagsterInstance.from_config(str(home)) as instance:
