@@ -30,7 +30,7 @@ import pyarrow as pa
 from wsync_dagster.batches import BatchFile
 from wsync_dagster.demo import build_demo
 from wsync_dagster.iterators import iterator_window
-from wsync_dagster.pipeline import deliver_partition, map_partition
+from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
 from wsync_dagster.spec import SyncSpec, load_sync_file
 from wsync_dagster.store import open_profile_store
 
@@ -163,7 +163,7 @@ def measure_floor(report: Report, demo: Demo, workdir: Path) -> None:
 
 
 def measure_pipeline(report: Report, demo: Demo, workdir: Path) -> None:
-    """map_partition + deliver_partition over each sync's whole history, users first, into one fresh store."""
+    """map_partition + deliver_partitions over each sync's whole history, users first, into one fresh store."""
     now = datetime.now(UTC)
     store = open_profile_store(f"sqlite:///{workdir / 'profiles.sqlite'}")
     try:
@@ -173,7 +173,9 @@ def measure_pipeline(report: Report, demo: Demo, workdir: Path) -> None:
             try:
                 mapped, map_s = timed(lambda s=spec, w=window, f=batch_file: map_partition(s, w, f).rows_read)
                 delivered, deliver_s = timed(
-                    lambda s=spec, w=window, f=batch_file: deliver_partition(s, f, store, "bench", w)[0].rows
+                    lambda s=spec, w=window, f=batch_file: (
+                        deliver_partitions(s, f, store, [Partition("bench", w.micros)]).totals.rows
+                    )
                 )
             except Exception as error:  # a failed line is reported, the others still run
                 report.add(

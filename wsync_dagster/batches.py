@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +28,14 @@ EVENT_TIMESTAMP_MS = "event.timestamp_ms"  # int64, UTC epoch milliseconds
 EVENT_DATA = "event.data"  # string: JSON object of the event's `data` (mParticle event shape)
 
 # A rejects batch: rows that could not be mapped, kept with why.
-REJECT_SCHEMA = pa.schema([(ROW, pa.int64()), ("reason", pa.string()), ("row", pa.string())])
+REJECT_SCHEMA = pa.schema(
+    [(ROW, pa.int64()), (VERSION, pa.int64()), ("reason", pa.string()), ("row", pa.string())]
+)
+
+# A delivery removes its partition's files; files never delivered (a mapping materialized alone, a
+# run killed between the store's commit and the removal) are removed this long after they were written.
+RETENTION = timedelta(days=7)
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def identity_columns(schema: pa.Schema) -> dict[str, str]:
@@ -45,6 +57,7 @@ class BatchFile:
     """One partition's mapped rows (and rejects) as Parquet files, written and read in batches."""
 
     def __init__(self, directory: Path, name: str):
+        self.directory = directory
         self.mapped_path = directory / f"{name}.mapped.parquet"
         self.rejects_path = directory / f"{name}.rejects.parquet"
 
@@ -60,11 +73,63 @@ class BatchFile:
         """Stream the mapped rows."""
         yield from pq.ParquetFile(self.mapped_path).iter_batches(batch_size=batch_size)
 
+    def column(self, name: str) -> pa.Array:
+        """One column of the mapped rows, read alone."""
+        return pq.read_table(self.mapped_path, columns=[name]).column(name).combine_chunks()
+
     def rejects(self) -> pa.Table:
         """All rejected rows of the partition."""
         if not self.rejects_path.exists():
             return REJECT_SCHEMA.empty_table()
         return pq.read_table(self.rejects_path)
+
+    def remove(self) -> None:
+        """Remove the partition's files: done once the store holds what they carry."""
+        for path in (self.mapped_path, self.rejects_path):
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_files(directory: Path, retention: timedelta = RETENTION) -> list[Path]:
+    """Remove temporary files whose writer is gone and batch files older than the retention."""
+    if not directory.is_dir():
+        return []
+    cutoff = time.time() - retention.total_seconds()
+    removed = []
+    for path in directory.iterdir():
+        if path.name.endswith(TEMPORARY_SUFFIX):
+            stale = _remove_if_abandoned(path)
+        else:
+            stale = path.name.endswith(".parquet") and _remove_if_older(path, cutoff)
+        if stale:
+            removed.append(path)
+    return removed
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Remove a temporary file that no live writer holds locked (its process ended or was killed)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Removed while we hold the lock, so a writer that just created it sees it gone (see _StagedParquet).
+        path.unlink()
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def _remove_if_older(path: Path, cutoff: float) -> bool:
+    try:
+        if path.stat().st_mtime >= cutoff:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class BatchFileWriter:
@@ -72,8 +137,8 @@ class BatchFileWriter:
 
     def __init__(self, target: BatchFile):
         self._target = target
-        self._mapped: pq.ParquetWriter | None = None
-        self._rejects: pq.ParquetWriter | None = None
+        self._mapped: _StagedParquet | None = None
+        self._rejects: _StagedParquet | None = None
         self._schema: pa.Schema | None = None
         target.mapped_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -93,32 +158,69 @@ class BatchFileWriter:
         """Append mapped rows and their rejects."""
         if self._mapped is None:
             self._schema = mapped.schema
-            self._mapped = pq.ParquetWriter(_tmp(self._target.mapped_path), mapped.schema)
+            self._mapped = _StagedParquet(self._target.mapped_path, mapped.schema)
         if mapped.num_rows:
             self._mapped.write(mapped)
         if rejects is not None and rejects.num_rows:
             if self._rejects is None:
-                self._rejects = pq.ParquetWriter(_tmp(self._target.rejects_path), REJECT_SCHEMA)
+                self._rejects = _StagedParquet(self._target.rejects_path, REJECT_SCHEMA)
             self._rejects.write(rejects)
 
     def close(self, commit: bool = True) -> None:
         """Finish the files; on commit move them into place, else drop them."""
         if self._mapped is None and self._schema is not None:
-            self._mapped = pq.ParquetWriter(_tmp(self._target.mapped_path), self._schema)
-        for writer, path in (
+            self._mapped = _StagedParquet(self._target.mapped_path, self._schema)
+        for staged, path in (
             (self._mapped, self._target.mapped_path),
             (self._rejects, self._target.rejects_path),
         ):
-            if writer is None:
-                if commit:
-                    path.unlink(missing_ok=True)
-                continue
-            writer.close()
+            if staged is not None:
+                staged.close(commit)
+            elif commit:
+                path.unlink(missing_ok=True)
+
+
+class _StagedParquet:
+    """A Parquet file written under a unique temporary name, locked while written, moved into place on commit.
+
+    The lock is how `remove_stale_files` tells a running writer from one that was killed: the
+    kernel releases it when the writer's process ends, however it ends.
+    """
+
+    def __init__(self, target: Path, schema: pa.Schema):
+        self._target = target
+        while True:
+            descriptor, name = tempfile.mkstemp(
+                dir=target.parent, prefix=f"{target.name}.", suffix=TEMPORARY_SUFFIX
+            )
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(descriptor).st_nlink:
+                    break
+            except BlockingIOError:
+                pass
+            # A sweep took the new file for an abandoned one between its creation and our lock.
+            os.close(descriptor)
+        self._lock = descriptor
+        self.path = Path(name)
+        try:
+            self._writer = pq.ParquetWriter(self.path, schema)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            os.close(descriptor)
+            raise
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        """Append rows."""
+        self._writer.write(data)
+
+    def close(self, commit: bool) -> None:
+        """Finish the file; move it into place on commit, else remove it. The lock is held until then."""
+        try:
+            self._writer.close()
             if commit:
-                _tmp(path).replace(path)
+                self.path.replace(self._target)
             else:
-                _tmp(path).unlink(missing_ok=True)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_suffix(path.suffix + ".tmp")
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._lock)

@@ -139,7 +139,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_rejects(args: argparse.Namespace) -> int:
-    """Print a sync's rejected rows with their reasons."""
+    """Print a sync's rejected rows and identity conflicts with their reasons."""
     spec = _load_spec(args.sync)
     store = _open_store()
     try:
@@ -153,7 +153,8 @@ def cmd_rejects(args: argparse.Namespace) -> int:
         print(
             f"{reject['partition']} row {reject['row_number']}: {reject['reason']}: {json.dumps(reject['row'], default=str)}"
         )
-    print(f"{len(rejects)} rejected rows", file=sys.stderr)
+    conflicts = sum(reject["kind"] == "conflict" for reject in rejects)
+    print(f"{len(rejects) - conflicts} rejected rows, {conflicts} identity conflicts", file=sys.stderr)
     return 0
 
 
@@ -185,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--environment", default="production", choices=["production", "development"])
     profile.add_argument("--json", action="store_true")
     profile.set_defaults(func=cmd_profile)
-    rejects = commands.add_parser("rejects", help="rejected rows of a sync, with reasons")
+    rejects = commands.add_parser(
+        "rejects", help="rejected rows and identity conflicts of a sync, with reasons"
+    )
     rejects.add_argument("sync")
     rejects.add_argument("--limit", type=int, default=None)
     rejects.add_argument("--json", action="store_true")

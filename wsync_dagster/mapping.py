@@ -15,6 +15,15 @@ from wsync_dagster.iterators import check_iterator_column, version_sql
 from wsync_dagster.spec import CUSTOM_EVENT_TYPES, EVENT_TYPES, UNMAPPED, SyncSpec
 
 MAX_IDENTITY_LENGTH = 255
+# Trimmed from both ends of every identity value: every character str.isspace() knows (tab, newline,
+# NBSP, the U+2000 spaces, ideographic space, …) and the invisible zero-width space, word joiner and
+# byte-order mark that copy-paste and CSV exports leave behind. What is left empty is no identity.
+BLANK_CHARACTERS = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+    "\u200b\u2060\ufeff"
+)
 MAX_ATTRIBUTE_LENGTH = 4096
 _RAW = "__row"
 
@@ -70,12 +79,15 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     ignored: list[str] = []
     unmapped_field: str | None = None
 
+    identity_origin: dict[str, str] = {}
+
     def assign(target: str, source: Source, where: str) -> None:
         if target.startswith("user_identities."):
             kind = target.removeprefix("user_identities.")
             if kind in identities:
                 problems.append(f"{where}: identity {kind} is already mapped from '{identities[kind]}'")
             identities[kind] = source.column  # type: ignore[assignment]
+            identity_origin[kind] = f"{where}.column: column '{source.column}'"
             return
         group, name = (
             (attributes, target.removeprefix("user_attributes."))
@@ -120,6 +132,7 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
             )
             continue
         identities[kind] = name
+        identity_origin[kind] = f"mapping: column '{name}' (a reserved identity name)"
         named.add(name)
 
     iterator = None
@@ -158,8 +171,18 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
             "mapping: no identity; map a column to user_identities.<type> or select a reserved "
             "identity column (customer_id, email, …)"
         )
+    if (email := identities.get("email")) and not _is_text(email_type := schema.field(email).type):
+        problems.append(
+            f"{identity_origin['email']} is {email_type}, but an email identity takes a text column; "
+            "cast it to text in the data model or map it to another identity (customer_id, other, …)"
+        )
     if spec.data_type == "event" and "event_name" not in event_fields:
         problems.append("mapping: events.data.event_name is required for events")
+    if spec.data_type == "event" and "timestamp_unixtime_ms" not in event_fields:
+        problems.append(
+            "mapping: events.data.timestamp_unixtime_ms is required for events (every event needs its "
+            "time); map a TIMESTAMP, DATE or epoch-milliseconds column to it"
+        )
     if problems:
         raise MappingError("\n".join(f"{spec.source_file}: {p}" for p in problems))
     return MappingPlan(
@@ -173,6 +196,18 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
         iterator=iterator,
         iterator_type=spec.sync.iterator_type if iterator else None,
         full_mode=spec.sync.mode == "full",
+    )
+
+
+def _is_text(column_type: pa.DataType) -> bool:
+    """True for string columns, dictionary-encoded ones (DuckDB's ENUM) and all-NULL ones."""
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    return (
+        pa.types.is_string(column_type)
+        or pa.types.is_large_string(column_type)
+        or pa.types.is_string_view(column_type)
+        or pa.types.is_null(column_type)
     )
 
 
@@ -218,8 +253,8 @@ class BatchMapper:
         mapped = result.filter(pc.invert(rejected)).drop_columns(["_reject", "_raw"])
         rejects = (
             result.filter(rejected)
-            .select([b.ROW, "_reject", "_raw"])
-            .rename_columns(["_row", "reason", "row"])
+            .select([b.ROW, b.VERSION, "_reject", "_raw"])
+            .rename_columns([b.ROW, b.VERSION, "reason", "row"])
         )
         return mapped, rejects.cast(b.REJECT_SCHEMA)
 
@@ -243,10 +278,17 @@ class BatchMapper:
             select.append(f"CAST({version} AS BIGINT) AS {_ident(b.VERSION)}")
         else:
             select.append(f"CAST({int(run_version)} AS BIGINT) AS {_ident(b.VERSION)}")
-        for kind, column in plan.identities.items():
-            select.append(
-                f"NULLIF(TRIM(CAST(src.{_ident(column)} AS VARCHAR)), '') AS {_ident(b.IDENTITY_PREFIX + kind)}"
+        blanks = _literal(BLANK_CHARACTERS)
+        for index, (kind, column) in enumerate(plan.identities.items()):
+            value = f"CAST(src.{_ident(column)} AS VARCHAR)"
+            # trim() with a character set is several times slower than a look at both ends: only
+            # values that start or end with a blank character pay for it.
+            trimmed = (
+                f"CASE WHEN contains({blanks}, left({value}, 1)) OR contains({blanks}, right({value}, 1)) "
+                f"THEN trim({value}, {blanks}) ELSE {value} END"
             )
+            select.append(f"NULLIF({trimmed}, '') AS {_ident(b.IDENTITY_PREFIX + kind)}")
+            select.append(f"{value} IS NOT NULL AS _present_{index}")
         for name, source in plan.attributes.items():
             select.append(
                 f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}"
@@ -297,7 +339,8 @@ class BatchMapper:
         event_type = self._value(fields.get("event_type", Source(value="custom_event")))
         custom_event_type = self._value(fields.get("custom_event_type", Source(value="other")))
         name = self._value(fields["event_name"])
-        timestamp = self._timestamp_ms(fields.get("timestamp_unixtime_ms"))
+        timestamp_source = fields["timestamp_unixtime_ms"]
+        timestamp = self._timestamp_ms(timestamp_source)
         message_id = fields.get("source_message_id")
         row_hash = f"md5(CAST({self._row_json()} AS VARCHAR))"
         event_id = (
@@ -318,18 +361,11 @@ class BatchMapper:
             f"{timestamp} AS {_ident(b.EVENT_TIMESTAMP_MS)}",
             f"CAST({data} AS VARCHAR) AS {_ident(b.EVENT_DATA)}",
             f"CAST({custom_event_type} AS VARCHAR) AS _custom_event_type",
-            (
-                f"{self._value(fields['timestamp_unixtime_ms'])} IS NOT NULL AND {timestamp} IS NULL"
-                if "timestamp_unixtime_ms" in fields
-                else "FALSE"
-            )
-            + " AS _bad_timestamp",
+            f"{self._value(timestamp_source)} IS NOT NULL AND {timestamp} IS NULL AS _bad_timestamp",
         ]
 
-    def _timestamp_ms(self, source: Source | None) -> str:
+    def _timestamp_ms(self, source: Source) -> str:
         """A column or value as UTC epoch milliseconds: times and dates converted, numbers taken as ms."""
-        if source is None:
-            return "CAST(NULL AS BIGINT)"
         value = self._value(source)
         if source.column is None:
             return (
@@ -349,9 +385,19 @@ class BatchMapper:
     def _reject_reason(self, checks: dict[str, str]) -> str:
         plan = self.plan
         kinds = ", ".join(plan.identities)
+        present = [f"_present_{i}" for i in range(len(plan.identities))]
+        # When every identity is empty, those present in the warehouse were blank: name them.
+        blank = ", ".join(
+            f"CASE WHEN {present[i]} THEN {_literal(kind)} END" for i, kind in enumerate(plan.identities)
+        )
+        blank_count = " + ".join(f"CAST({p} AS INTEGER)" for p in present)
+        detail = (
+            f"CASE {blank_count} WHEN 0 THEN '' WHEN 1 THEN ' (' || concat_ws(', ', {blank}) || ' is blank)' "
+            f"ELSE ' (' || concat_ws(', ', {blank}) || ' are blank)' END"
+        )
         cases = [
             f"WHEN {' AND '.join(f'{_ident(b.IDENTITY_PREFIX + k)} IS NULL' for k in plan.identities)} "
-            f"THEN 'no identity: {kinds} all empty'"
+            f"THEN 'no identity: {kinds} all empty' || {detail}"
         ]
         cases += [
             f"WHEN length({_ident(b.IDENTITY_PREFIX + k)}) > {MAX_IDENTITY_LENGTH} "
@@ -381,6 +427,7 @@ class BatchMapper:
                 f"COALESCE('''' || _custom_event_type || '''', 'NULL') || ' is not one of "
                 f"{', '.join(CUSTOM_EVENT_TYPES)}'",
                 "WHEN _bad_timestamp THEN 'timestamp_unixtime_ms cannot be read as a time'",
+                f"WHEN {_ident(b.EVENT_TIMESTAMP_MS)} IS NULL THEN 'timestamp_unixtime_ms is empty'",
                 f"WHEN length({_ident(b.EVENT_DATA)}) > {MAX_ATTRIBUTE_LENGTH * 8} THEN "
                 f"'event data is larger than {MAX_ATTRIBUTE_LENGTH * 8} characters'",
             ]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from wsync_dagster import batches as b
-from wsync_dagster.batches import BatchFile
+from wsync_dagster.batches import BatchFile, remove_stale_files
 from wsync_dagster.data_model import limited_sql, windowed_sql
 from wsync_dagster.iterators import IteratorWindow
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
@@ -63,6 +67,8 @@ def map_partition(
     progress: Progress | None = None,
 ) -> MapCounts:
     """Read the model (one iterator window, or all of it) and write mapped batches and rejects."""
+    if removed := remove_stale_files(batch_file.directory):
+        _report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
     counts = MapCounts()
     warehouse = open_warehouse(spec)
     try:
@@ -90,30 +96,80 @@ def map_partition(
     return counts
 
 
-def deliver_partition(
+@dataclass(frozen=True)
+class Partition:
+    """One partition of a run: its key, and its iterator window in epoch µs (None, None for full mode)."""
+
+    key: str
+    window: tuple[int | None, int | None] = (None, None)
+
+
+def partition_of_rows(versions: pa.Array, partitions: Sequence[Partition]) -> np.ndarray:
+    """Per row, the index of the partition its version falls in; rows read by lookback go to the first."""
+    starts = np.array([partition.window[0] for partition in partitions[1:]], dtype=np.int64)
+    if not len(starts):
+        return np.zeros(len(versions), dtype=np.int64)
+    known = pc.fill_null(versions, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+    return np.searchsorted(starts, known, side="right")
+
+
+def map_counts_by_partition(batch_file: BatchFile, partitions: Sequence[Partition]) -> dict[str, MapCounts]:
+    """Rows mapped and rejected per partition of a run, from its batch files."""
+    mapped = partition_of_rows(batch_file.column(b.VERSION), partitions)
+    rejected = partition_of_rows(batch_file.rejects().column(b.VERSION).combine_chunks(), partitions)
+    counts = {}
+    for index, partition in enumerate(partitions):
+        rows_mapped, rows_rejected = int((mapped == index).sum()), int((rejected == index).sum())
+        counts[partition.key] = MapCounts(rows_mapped + rows_rejected, rows_mapped, rows_rejected)
+    return counts
+
+
+@dataclass
+class DeliveryReport:
+    """What a delivery did: totals, each partition's own counts, and a few changed profiles."""
+
+    totals: DeliveryCounts
+    by_partition: dict[str, DeliveryCounts]
+    preview: list[dict]
+
+
+def deliver_partitions(
     spec: SyncSpec,
     batch_file: BatchFile,
     store: ProfileStore,
-    partition: str,
-    window: IteratorWindow | None,
+    partitions: Sequence[Partition],
     *,
     progress: Progress | None = None,
-) -> tuple[DeliveryCounts, list[dict]]:
-    """Apply a partition's mapped batches to the store in one transaction; returns counts and a preview."""
+) -> DeliveryReport:
+    """Apply a run's mapped batches in one store transaction, each row counted in its partition; then remove them."""
     settings = spec.sync
+    keys = [partition.key for partition in partitions]
     with store.delivery(
         sync=spec.name,
         environment=settings.environment,
-        partition=partition,
+        partitions=keys,
         input_protection=settings.input_protection,
-        window=window.micros if window else (None, None),
+        windows=[partition.window for partition in partitions],
     ) as delivery:
         for batch in batch_file.mapped_batches():
-            delivery.apply_batch(batch)
+            index = partition_of_rows(batch.column(b.VERSION), partitions)
+            for part in np.unique(index):
+                delivery.apply_batch(batch.filter(pa.array(index == part)), keys[part])
             _report(progress, f"{spec.name}: applied {delivery.counts.rows:,} rows")
-        delivery.replace_rejects(batch_file.rejects())
+        rejects = batch_file.rejects()
+        index = partition_of_rows(rejects.column(b.VERSION).combine_chunks(), partitions)
+        for part, key in enumerate(keys):
+            delivery.replace_rejects(rejects.filter(pa.array(index == part)), key)
         touched = list(delivery.profile_ids_touched)
-    return delivery.counts, store.profiles_by_id(touched[:3])
+    # Only after the commit: until then a retry of the delivery needs them.
+    batch_file.remove()
+    totals = delivery.counts
+    _report(
+        progress,
+        f"{spec.name}: delivered {len(keys)} partition{'s' if len(keys) > 1 else ''}: "
+        + ", ".join(f"{name}={value:,}" for name, value in totals.as_dict().items()),
+    )
+    return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
 
 
 def preview_rows(spec: SyncSpec, limit: int = 5) -> list[dict]:

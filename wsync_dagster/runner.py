@@ -12,11 +12,11 @@ from dagster import (
     DynamicPartitionsDefinition,
     TimeWindowPartitionsDefinition,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.partitions import run_key, run_key_time, sync_partitions
+from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.spec import SyncSpec
@@ -47,15 +47,12 @@ class RunReport:
 
 
 def partitions_due(spec: SyncSpec, store: ProfileStore, now: datetime | None = None) -> list[str]:
-    """Every complete time partition after the last delivered one (or from historical_start) up to now."""
+    """Every complete time partition up to now that has not been delivered, gaps included."""
     partitions = sync_partitions(spec)
     assert isinstance(partitions, TimeWindowPartitionsDefinition)
     keys = partitions.get_partition_keys(current_time=now or datetime.now(UTC))
-    delivered = store.delivered_partitions(spec.name, spec.sync.environment)
-    if not delivered:
-        return keys
-    last = max(label.split("..")[-1] for label in delivered)
-    return [key for key in keys if key > last]
+    delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
+    return [key for key in keys if key not in delivered]
 
 
 def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
@@ -69,6 +66,11 @@ def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
             raise RunError(
                 f"{spec.name}: --partition {key} is not a partition of this sync (keys look like {example})"
             )
+    if last < first:
+        raise RunError(
+            f"{spec.name}: --partition {partition} is reversed: write the earlier partition first "
+            f"({last}..{first})"
+        )
     return first, last
 
 
@@ -86,6 +88,7 @@ def run_sync(
         logger.info(str(abandoned))
     check_mapping(spec)
     partitions = sync_partitions(spec)
+    runs: list[tuple[str, dict]] = []  # (label, execute_in_process options) of each Dagster run
     if isinstance(partitions, DynamicPartitionsDefinition):
         key = partition or run_key(now or datetime.now(UTC))
         try:
@@ -95,45 +98,35 @@ def run_sync(
                 f"{spec.name}: --partition {key} is not a full-mode run key (YYYYMMDDTHHMMSS)"
             ) from None
         instance.add_dynamic_partitions(partitions.name, [key])
-        options: dict = {"partition_key": key}
-        label = key
+        runs.append((key, {"partition_key": key}))
     else:
         if partition:
-            first, last = _range(spec, partition)
+            spans = [_range(spec, partition)]
         else:
-            due = partitions_due(spec, store, now)
-            if not due:
-                return RunReport(partitions="")
-            first, last = due[0], due[-1]
-        options = {"tags": {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}}
-        label = first if first == last else f"{first}..{last}"
-    logger.info(f"{spec.name}: one Dagster run for partitions {label}")
+            # Every gap is filled: one run per stretch of consecutive partitions not yet delivered.
+            spans = _stretches(
+                partitions.get_partition_keys(current_time=now or datetime.now(UTC)),
+                set(partitions_due(spec, store, now)),
+            )
+        for first, last in spans:
+            label = first if first == last else f"{first}..{last}"
+            runs.append((label, {"tags": partition_range_tags(first, last)}))
+    if not runs:
+        return RunReport(partitions="")
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
-    delivered_before = label in store.delivered_partitions(spec.name, spec.sync.environment)
-    result = _execute(job, instance, options)
-    if not result.success:
-        if not _interrupted(result):
+    report = RunReport(partitions=", ".join(label for label, _ in runs))
+    delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
+    for label, options in runs:
+        logger.info(f"{spec.name}: one Dagster run for partitions {label}")
+        result = _execute(job, instance, options)
+        if not result.success:
+            if _interrupted(result):
+                delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
+                raise _interruption(
+                    spec, label, result.run_id, label.split("..")[-1] in delivered - delivered_before
+                )
             raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
-        if not delivered_before and label in store.delivered_partitions(spec.name, spec.sync.environment):
-            raise RunInterrupted(
-                f"{spec.name}: interrupted after its delivery of {label} committed: the profile store holds it; "
-                f"run {result.run_id} marked failed"
-            )
-        raise RunInterrupted(
-            f"{spec.name}: interrupted before its delivery committed: the profile store is unchanged; "
-            f"run {result.run_id} marked failed and its {PROFILE_STORE_POOL} slot freed"
-        )
-    report = RunReport(partitions=label, run_id=result.run_id)
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        report.metadata[materialization.asset_key.to_user_string()] = {
-            name: value.value for name, value in materialization.metadata.items()
-        }
-    for event in result.get_asset_check_evaluations():
-        if not event.passed:
-            report.failed_checks.append(
-                f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
-            )
+        _add_result(report, result)
     return report
 
 
@@ -165,6 +158,50 @@ def _interrupted(result) -> bool:
         and event.step_failure_data.error.cls_name == DagsterExecutionInterruptedError.__name__
         for event in result.all_events
     )
+
+
+def _interruption(spec: SyncSpec, label: str, run_id: str, committed: bool) -> RunInterrupted:
+    """What an interrupted run left: its delivery committed whole, or nothing of it."""
+    if committed:
+        return RunInterrupted(
+            f"{spec.name}: interrupted after the delivery of {label} committed: the profile store holds it; "
+            f"run {run_id} marked failed"
+        )
+    return RunInterrupted(
+        f"{spec.name}: interrupted before the delivery of {label} committed: nothing of it is in the profile "
+        f"store; run {run_id} marked failed and its {PROFILE_STORE_POOL} slot freed"
+    )
+
+
+def _stretches(keys: list[str], due: set[str]) -> list[tuple[str, str]]:
+    """(first, last) of each run of consecutive keys that are due."""
+    spans: list[tuple[str, str]] = []
+    previous_due = False
+    for key in keys:
+        if key in due and previous_due:
+            spans[-1] = (spans[-1][0], key)
+        elif key in due:
+            spans.append((key, key))
+        previous_due = key in due
+    return spans
+
+
+def _add_result(report: RunReport, result) -> None:
+    """Add one Dagster run's counts and failed checks to the report."""
+    report.run_id = result.run_id if report.run_id is None else f"{report.run_id}, {result.run_id}"
+    for event in result.get_asset_materialization_events():
+        # Each partition carries its own counts: the report adds them up (a profile changed in several
+        # partitions is counted in each; the run log's "delivered" line counts it once).
+        materialization = event.step_materialization_data.materialization
+        totals = report.metadata.setdefault(materialization.asset_key.to_user_string(), {})
+        for name, entry in materialization.metadata.items():
+            value = entry.value
+            totals[name] = totals.get(name, 0) + value if isinstance(value, int) else value
+    for event in result.get_asset_check_evaluations():
+        if not event.passed:
+            report.failed_checks.append(
+                f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
+            )
 
 
 def _failure(result) -> str:

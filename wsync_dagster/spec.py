@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
 
 from wsync_dagster.data_model import DataModelError, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
+from wsync_dagster.warehouses import CONNECTIONS
 
 TIME_ITERATORS = ("timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s")
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
@@ -59,14 +60,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DuckDBConnection(_Strict):
-    """A DuckDB database file, opened read-only."""
-
-    type: Literal["duckdb"]
-    path: Path
-
-
-Connection = Annotated[DuckDBConnection, Field(discriminator="type")]
+# One model per warehouse type (wsync_dagster/warehouses/), told apart by `type`.
+Connection = Annotated[Union[CONNECTIONS], Field(discriminator="type")]  # noqa: UP007
 
 
 def _check_field(field: str, column: str | None) -> str:
@@ -156,15 +151,6 @@ class DataModelSpec(_Strict):
     """The SQL that selects the rows to sync."""
 
     sql: str
-
-    @field_validator("sql")
-    @classmethod
-    def _read_only(cls, sql: str) -> str:
-        try:
-            check_read_only_select(sql)
-        except DataModelError as error:
-            raise ValueError(str(error)) from None
-        return sql
 
 
 class SyncSettings(_Strict):
@@ -295,6 +281,15 @@ class SyncSpec(_Strict):
         return name
 
     @model_validator(mode="after")
+    def _read_only_model(self) -> SyncSpec:
+        # Parsed in the warehouse's own SQL dialect.
+        try:
+            check_read_only_select(self.data_model.sql, self.connection.dialect)
+        except DataModelError as error:
+            raise ValueError(f"data_model.sql: {error}") from None
+        return self
+
+    @model_validator(mode="after")
     def _event_mapping(self) -> SyncSpec:
         if self.data_type == "event" and not self.mapping:
             raise ValueError("mapping: required for event data (events.data.event_name at least)")
@@ -304,9 +299,10 @@ class SyncSpec(_Strict):
                     raise ValueError(f"mapping: {entry.field} is for data_type event")
         return self
 
-    def resolve_path(self, path: Path) -> Path:
-        """A path from the sync file, relative to that file."""
-        return path if path.is_absolute() else (self.source_file.parent / path).resolve()
+    @property
+    def base(self) -> Path:
+        """The folder of the sync file: paths in it are relative to this."""
+        return self.source_file.parent
 
 
 def load_sync_file(path: Path) -> SyncSpec:
@@ -414,7 +410,7 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
             continue
         node = node.get(part) if isinstance(node, dict) else None
         if part == "connection":
-            model = DuckDBConnection
+            model = _connection_model(node)
         elif part == "mapping":
             continue
         elif part in ("sync", "data_model", "destination", "checks"):
@@ -425,6 +421,11 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "checks": Checks,
             }[part]
     return ", ".join(name for name in model.model_fields if name != "source_file")
+
+
+def _connection_model(connection: Any) -> type[BaseModel]:
+    kind = connection.get("type") if isinstance(connection, dict) else None
+    return next((model for model in CONNECTIONS if model.type_name() == kind), BaseModel)
 
 
 def _mapping_model(entry: dict) -> type[BaseModel]:

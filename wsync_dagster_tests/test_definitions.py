@@ -96,7 +96,10 @@ def test_interval_schedule_runs_the_last_complete_window_at_each_tick(tmp_path):
     schedule = defs.resolve_schedule_def("crm_users_schedule")
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
-    context = build_schedule_context(scheduled_execution_time=datetime(2024, 11, 15, 20, 0, tzinfo=UTC))
+    context = build_schedule_context(
+        scheduled_execution_time=datetime(2024, 11, 15, 20, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+    )
     [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-11-15-19:00"
 
@@ -174,3 +177,23 @@ def test_once_sensor_on_time_partitions_requests_one_run_over_every_complete_win
     [request] = sensor(build_sensor_context(instance=DagsterInstance.ephemeral())).run_requests
     assert request.tags["dagster/asset_partition_range_start"] == "2024-01-01"
     assert request.tags["dagster/asset_partition_range_end"] < datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def test_interval_schedule_never_runs_before_start_even_with_history_before_it(tmp_path):
+    spec = _hourly(tmp_path, start="2030-01-01T06:00:00Z", historical_start="2024-01-01T00:00:00Z")
+    defs = build_definitions([spec])
+    schedule = defs.resolve_schedule_def("crm_users_schedule")
+
+    def tick(moment: datetime):
+        context = build_schedule_context(
+            scheduled_execution_time=moment, repository_def=defs.get_repository_def()
+        )
+        return schedule.evaluate_tick(context)
+
+    for before in (datetime(2026, 11, 23, 12, 0, tzinfo=UTC), datetime(2030, 1, 1, 5, 0, tzinfo=UTC)):
+        result = tick(before)
+        assert not result.run_requests
+        assert "2030-01-01T06:00:00+00:00" in result.skip_message
+
+    [request] = tick(datetime(2030, 1, 1, 6, 0, tzinfo=UTC)).run_requests
+    assert request.partition_key == "2030-01-01-05:00"

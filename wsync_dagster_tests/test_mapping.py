@@ -134,7 +134,7 @@ def test_iterator_type_must_fit_the_column(tmp_path):
 def test_row_without_any_identity_is_rejected_with_a_reason(tmp_path):
     rows, rejects = _map(_spec(tmp_path), _users_batch(customer_id=[None, " "], email=["a@x", None]))
     assert [r["identity.email"] for r in rows] == ["a@x"]
-    assert rejects[0]["reason"] == "no identity: customer_id, email all empty"
+    assert rejects[0]["reason"] == "no identity: customer_id, email all empty (customer_id is blank)"
     assert json.loads(rejects[0]["row"])["plan"] is None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -77,7 +78,7 @@ def deliver(
 ) -> DeliveryCounts:
     """Apply batches as one delivery and return its counts."""
     with store.delivery(
-        sync=sync, environment=environment, partition=partition, input_protection=input_protection
+        sync=sync, environment=environment, partitions=[partition], input_protection=input_protection
     ) as delivery:
         for batch in batches:
             delivery.apply_batch(batch)
@@ -157,13 +158,83 @@ def test_email_match_gains_a_customer_id_it_lacked(store: ProfileStore) -> None:
     assert (counts.profiles_created, counts.profiles_updated) == (0, 1)
 
 
-def test_profile_holds_one_value_per_identity_type(store: ProfileStore) -> None:
-    deliver(store, mapped({"customer_id": "A", "email": "old@x.io"}))
+def test_a_changed_email_replaces_the_old_one_and_releases_it(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "email": "old@x.io"}, version=1))
 
-    deliver(store, mapped({"customer_id": "A", "email": "new@x.io"}), partition="p2")
+    counts = deliver(store, mapped({"customer_id": "A", "email": "new@x.io"}, version=2), partition="p2")
 
-    assert store.profile("customer_id", "A")["identities"] == {"customer_id": "A", "email": "old@x.io"}
-    assert store.profile("email", "new@x.io") is None
+    assert store.profile("customer_id", "A")["identities"] == {"customer_id": "A", "email": "new@x.io"}
+    assert store.profile("email", "new@x.io")["identities"]["customer_id"] == "A"
+    assert store.profile("email", "old@x.io") is None
+    assert (counts.identities_changed, counts.profiles_updated, counts.identity_conflicts) == (1, 1, 0)
+
+
+def test_an_older_row_never_puts_back_a_replaced_identity(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "email": "old@x.io"}, version=1), partition="p1")
+    deliver(store, mapped({"customer_id": "A", "email": "new@x.io"}, version=3), partition="p3")
+
+    counts = deliver(store, mapped({"customer_id": "A", "email": "old@x.io"}, version=1), partition="p1")
+
+    assert store.profile("customer_id", "A")["identities"]["email"] == "new@x.io"
+    assert store.profile("email", "old@x.io") is None
+    assert (counts.identities_changed, counts.identity_conflicts) == (0, 0)
+
+
+def test_a_re_asserted_identity_is_as_new_as_its_newest_row(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "email": "a@x.io"}, version=1), partition="p1")
+    deliver(store, mapped({"customer_id": "A", "email": "a@x.io"}, version=5), partition="p5")
+
+    deliver(store, mapped({"customer_id": "A", "email": "b@x.io"}, version=3), partition="p3")
+
+    assert store.profile("customer_id", "A")["identities"]["email"] == "a@x.io"
+
+
+def test_a_new_email_owned_by_another_profile_moves_nothing_and_is_a_conflict(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "email": "a@x.io"}, {"customer_id": "B", "email": "b@x.io"}))
+
+    counts = deliver(
+        store, mapped({"customer_id": "A", "email": "b@x.io", "plan": "pro"}, version=2), partition="p2"
+    )
+
+    assert store.profile("customer_id", "A")["identities"] == {"customer_id": "A", "email": "a@x.io"}
+    assert store.profile("customer_id", "A")["attributes"] == {"plan": "pro"}
+    assert store.profile("email", "b@x.io")["identities"]["customer_id"] == "B"
+    assert (counts.identity_conflicts, counts.identities_changed, counts.rows_applied) == (1, 0, 0)
+    [conflict] = store.rejects(SYNC)
+    assert conflict["kind"] == "conflict"
+    assert conflict["reason"] == (
+        "identity conflict: email=b@x.io belongs to customer_id=B; the row went to customer_id=A"
+    )
+
+
+def test_the_newer_of_two_rows_of_one_customer_in_a_batch_decides_the_email(store: ProfileStore) -> None:
+    deliver(
+        store,
+        mapped(
+            {"customer_id": "A", "email": "newer@x.io", b.VERSION: 9},
+            {"customer_id": "A", "email": "older@x.io", b.VERSION: 4},
+            {"customer_id": "B", "email": "first@x.io", b.VERSION: 7},
+            {"customer_id": "B", "email": "second@x.io", b.VERSION: 7},
+        ),
+    )
+
+    assert store.profile("customer_id", "A")["identities"]["email"] == "newer@x.io"
+    assert store.profile("customer_id", "B")["identities"]["email"] == "second@x.io"
+    assert store.profile("email", "older@x.io") is None
+    assert store.profile("email", "first@x.io") is None
+
+
+def test_a_released_identity_can_seed_a_profile_of_its_own(store: ProfileStore) -> None:
+    deliver(store, mapped({"email": "old@x.io"}, version=1), partition="p1")
+    deliver(store, mapped({"email": "old@x.io", "customer_id": "A"}, version=2), partition="p2")
+    deliver(store, mapped({"customer_id": "A", "email": "new@x.io"}, version=3), partition="p3")
+
+    deliver(store, mapped({"email": "old@x.io", "plan": "free"}, version=4), partition="p4")
+
+    first, second = store.profile("customer_id", "A"), store.profile("email", "old@x.io")
+    assert first["identities"] == {"customer_id": "A", "email": "new@x.io"}
+    assert second["identities"] == {"email": "old@x.io"}
+    assert second["profile_id"] != first["profile_id"]
 
 
 def test_profile_created_by_an_earlier_row_is_seen_by_later_rows(store: ProfileStore) -> None:
@@ -179,17 +250,19 @@ def test_profile_created_by_an_earlier_row_is_seen_by_later_rows(store: ProfileS
     assert (counts.profiles_created, counts.profiles_updated) == (1, 0)
 
 
-def test_identity_taken_by_a_later_batch_makes_a_repeated_row_conflict(store: ProfileStore) -> None:
+def test_identity_changes_across_batches_of_one_delivery_end_at_the_newest(store: ProfileStore) -> None:
     with store.delivery(
-        sync=SYNC, environment="production", partition="p1", input_protection="create_and_update"
+        sync=SYNC, environment="production", partitions=["p1"], input_protection="create_and_update"
     ) as d:
-        d.apply_batch(mapped({"customer_id": "A", "email": "old@x.io"}))
-        before = d.apply_batch(mapped({"customer_id": "A", "email": "new@x.io"}))
-        d.apply_batch(mapped({"customer_id": "B", "email": "new@x.io"}))
-        after = d.apply_batch(mapped({"customer_id": "A", "email": "new@x.io"}))
+        d.apply_batch(mapped({"customer_id": "A", "email": "old@x.io", b.ROW: 0}))
+        changed = d.apply_batch(mapped({"customer_id": "A", "email": "new@x.io", b.ROW: 1}))
+        taken = d.apply_batch(mapped({"customer_id": "B", "email": "new@x.io", b.ROW: 2}))
+        back = d.apply_batch(mapped({"customer_id": "A", "email": "old@x.io", b.ROW: 3}))
 
-    assert (before.identity_conflicts, after.identity_conflicts) == (0, 1)
-    assert store.profile("email", "new@x.io")["identities"] == {"customer_id": "B", "email": "new@x.io"}
+    assert (changed.identities_changed, taken.identity_conflicts, back.identities_changed) == (1, 1, 1)
+    assert store.profile("customer_id", "A")["identities"] == {"customer_id": "A", "email": "old@x.io"}
+    assert store.profile("customer_id", "B")["identities"] == {"customer_id": "B"}
+    assert store.profile("email", "new@x.io") is None
 
 
 def test_profile_ids_are_the_same_in_a_fresh_store(tmp_path: Path) -> None:
@@ -235,7 +308,7 @@ def test_read_only_writes_nothing(store: ProfileStore) -> None:
     before = store.profile("customer_id", "A")
 
     with store.delivery(
-        sync=SYNC, environment="production", partition="p2", input_protection="read_only"
+        sync=SYNC, environment="production", partitions=["p2"], input_protection="read_only"
     ) as d:
         d.apply_batch(
             mapped({"customer_id": "A", "email": "a@x.io", "plan": "pro"}, {"customer_id": "B"}, version=2)
@@ -438,17 +511,41 @@ def test_skipped_row_applies_once_its_profile_exists(store: ProfileStore) -> Non
     assert attributes(store, "customer_id", "A") == {"plan": "pro"}
 
 
+def test_a_full_mode_row_that_conflicts_is_tried_again_by_the_next_run(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "B", "email": "e@x.io"}), sync="crm")
+    row = {"customer_id": "A", "email": "e@x.io", "plan": "pro"}
+    deliver(store, mapped(row, full=True), partition="run-1")
+    deliver(store, mapped({"customer_id": "B", "email": "b@x.io"}, version=5), sync="crm", partition="p2")
+
+    counts = deliver(store, mapped(row, full=True, version=6), partition="run-2")
+
+    assert (counts.rows_unchanged, counts.identity_conflicts) == (0, 0)
+    assert store.profile("email", "e@x.io")["identities"]["customer_id"] == "A"
+
+
+def test_an_older_full_mode_run_never_replaces_a_newer_runs_fingerprints(store: ProfileStore) -> None:
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, full=True, version=20), partition="run-2")
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}, full=True, version=10), partition="run-1")
+
+    counts = deliver(
+        store, mapped({"customer_id": "A", "plan": "pro"}, full=True, version=30), partition="run-3"
+    )
+
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+    assert counts.rows_unchanged == 1
+
+
 # Rejects and deliveries
 
 
 def test_rejects_are_replaced_per_partition(store: ProfileStore) -> None:
     for rejects in (rejected((3, "no identity", {"plan": "pro"})), rejected((5, "too long", {"email": "x"}))):
         with store.delivery(
-            sync=SYNC, environment="production", partition="p1", input_protection="update_only"
+            sync=SYNC, environment="production", partitions=["p1"], input_protection="update_only"
         ) as d:
             d.replace_rejects(rejects)
     with store.delivery(
-        sync=SYNC, environment="production", partition="p2", input_protection="update_only"
+        sync=SYNC, environment="production", partitions=["p2"], input_protection="update_only"
     ) as d:
         d.replace_rejects(rejected((1, "no identity", {})))
 
@@ -466,13 +563,36 @@ def test_deliveries_are_recorded_once_per_partition(store: ProfileStore) -> None
         deliver(store, mapped({"customer_id": "A"}), partition=partition)
 
     assert store.delivered_partitions(SYNC, "production") == ["2024-11-15", "2024-11-16"]
-    assert store.last_delivered_partition(SYNC, "production") == "2024-11-16"
-    assert store.last_delivered_partition(SYNC, "development") is None
+    assert store.delivered_partitions(SYNC, "development") == []
+
+
+def test_a_delivery_of_several_partitions_counts_each_in_its_own(store: ProfileStore) -> None:
+    with store.delivery(
+        sync=SYNC, environment="production", partitions=["d1", "d2"], input_protection="create_and_update"
+    ) as d:
+        d.apply_batch(mapped({"customer_id": "A", "plan": "free"}, {"customer_id": "B"}), "d1")
+        d.apply_batch(mapped({"customer_id": "A", "plan": "pro", b.ROW: 2}, version=2), "d2")
+        d.replace_rejects(rejected((3, "no identity", {})), "d2")
+
+    by_partition = store.partition_counts(SYNC, "production")
+    assert {
+        key: (c["rows"], c["profiles_created"], c["profiles_updated"]) for key, c in by_partition.items()
+    } == {
+        "d1": (2, 2, 0),
+        "d2": (1, 0, 1),
+    }
+    assert (by_partition["d1"]["rejects"], by_partition["d2"]["rejects"]) == (0, 1)
+    assert (d.counts.rows, d.counts.profiles_created, d.counts.profiles_updated, d.counts.rejects) == (
+        3,
+        2,
+        0,
+        1,
+    )
 
 
 def test_delivery_names_a_few_touched_profiles(store: ProfileStore) -> None:
     with store.delivery(
-        sync=SYNC, environment="production", partition="p1", input_protection="create_and_update"
+        sync=SYNC, environment="production", partitions=["p1"], input_protection="create_and_update"
     ) as d:
         d.apply_batch(mapped(*({"customer_id": str(n)} for n in range(30))))
 
@@ -487,7 +607,7 @@ def test_failed_delivery_leaves_store_untouched(store: ProfileStore) -> None:
     with (
         pytest.raises(RuntimeError, match="warehouse went away"),
         store.delivery(
-            sync=SYNC, environment="production", partition="p2", input_protection="create_and_update"
+            sync=SYNC, environment="production", partitions=["p2"], input_protection="create_and_update"
         ) as d,
     ):
         d.apply_batch(mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "B"}, version=2))
@@ -521,7 +641,7 @@ def test_reader_in_another_process_sees_committed_state_during_a_write(store: Pr
     """
 
     with store.delivery(
-        sync=SYNC, environment="production", partition="p2", input_protection="create_and_update"
+        sync=SYNC, environment="production", partitions=["p2"], input_protection="create_and_update"
     ) as d:
         d.apply_batch(mapped({"customer_id": "A", "plan": "pro"}, version=2))
         # A blocked reader would wait out the 300 s busy timeout, far beyond this one.
@@ -549,7 +669,7 @@ def test_killed_writer_leaves_store_consistent(tmp_path: Path) -> None:
         store = ProfileStore({str(killed)!r})
         store._conn.execute("PRAGMA cache_size = 16")  # spill uncommitted pages into the WAL before the kill
         batch = pa.ipc.open_file({str(batch_path)!r}).get_batch(0)
-        with store.delivery(sync="crm_users", environment="production", partition="p1",
+        with store.delivery(sync="crm_users", environment="production", partitions=["p1"],
                             input_protection="create_and_update") as delivery:
             delivery.apply_batch(batch)
             print("applied", flush=True)
@@ -588,3 +708,96 @@ def test_open_profile_store_names_only_the_scheme_of_an_unsupported_url() -> Non
     assert "s3cret" not in str(error.value)
     with pytest.raises(ValueError, match="sqlite:///PATH"):
         open_profile_store("profiles.sqlite")
+
+
+# Order safety, as a property: any order of partitions and re-runs ends where an in-order replay does
+
+
+def _random_history(rng: random.Random) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(sync, partition, rows) of one or two syncs; versions distinct across syncs, ascending in a partition."""
+    syncs = ["crm"] if rng.random() < 0.4 else ["crm", "billing"]
+    history = []
+    for parity, sync in enumerate(syncs):
+        for partition in range(rng.randint(1, 4)):
+            rows, version = [], partition * 1000
+            for _ in range(rng.randint(1, 5)):
+                version += rng.randint(0, 3) * 2  # equal versions in a partition tie on the later row
+                customer = rng.choice("AB")
+                row: dict[str, Any] = {"customer_id": customer, b.VERSION: version + parity}
+                if rng.random() < 0.7:  # each customer changes between e-mails of its own
+                    row["email"] = f"{customer.lower()}{rng.randint(1, 3)}@x.io"
+                row["plan"] = rng.choice([None, "free", "pro", "team"])
+                row["seats"] = rng.choice([None, 1, 5])
+                rows.append(row)
+            history.append((sync, f"p{partition}", rows))
+    return history
+
+
+def _customers(store: ProfileStore) -> dict[str, Any]:
+    found = {c: store.profile("customer_id", c) for c in "AB"}
+    return {c: p and (p["identities"], p["attributes"]) for c, p in found.items()}
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_any_partition_order_gives_the_profiles_of_an_in_order_replay(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    history = _random_history(rng)
+    in_order = sorted(
+        ((sync, row) for sync, _, rows in history for row in rows), key=lambda entry: entry[1][b.VERSION]
+    )
+    shuffled = rng.sample(history, len(history)) + rng.sample(history, rng.randint(0, len(history)))
+
+    with ProfileStore(tmp_path / "replay.sqlite") as replay, ProfileStore(tmp_path / "any.sqlite") as store:
+        for n, (sync, row) in enumerate(in_order):
+            deliver(replay, mapped(row), sync=sync, partition=f"r{n}")
+        for sync, partition, rows in shuffled:
+            deliver(store, mapped(*rows), sync=sync, partition=partition)
+
+        assert _customers(store) == _customers(replay), f"seed {seed}: {shuffled}"
+
+
+# Upgrading
+
+
+V1_SCHEMA = """
+CREATE TABLE profiles (profile_id TEXT PRIMARY KEY, environment TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE identities (environment TEXT NOT NULL, identity_type TEXT NOT NULL, value TEXT NOT NULL,
+    profile_id TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (environment, identity_type, value))
+    WITHOUT ROWID;
+CREATE UNIQUE INDEX identities_one_per_type ON identities (profile_id, identity_type);
+CREATE TABLE attributes (profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, sync TEXT NOT NULL,
+    version INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (profile_id, name)) WITHOUT ROWID;
+CREATE TABLE events (environment TEXT NOT NULL, event_id TEXT NOT NULL, profile_id TEXT NOT NULL,
+    sync TEXT NOT NULL, event_type TEXT, event_name TEXT, timestamp_ms INTEGER, data TEXT,
+    PRIMARY KEY (environment, event_id));
+CREATE INDEX events_by_profile ON events (profile_id, timestamp_ms);
+CREATE TABLE fingerprints (sync TEXT NOT NULL, environment TEXT NOT NULL, row_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (sync, environment, row_key))
+    WITHOUT ROWID;
+CREATE TABLE rejects (sync TEXT NOT NULL, environment TEXT NOT NULL, partition_key TEXT NOT NULL,
+    row_number INTEGER, reason TEXT NOT NULL, row TEXT, created_at TEXT NOT NULL);
+CREATE TABLE deliveries (sync TEXT NOT NULL, environment TEXT NOT NULL, partition_key TEXT NOT NULL,
+    window_start INTEGER, window_end INTEGER, counts TEXT NOT NULL, delivered_at TEXT NOT NULL,
+    PRIMARY KEY (sync, environment, partition_key));
+INSERT INTO profiles VALUES ('p1', 'production', 't');
+INSERT INTO identities VALUES ('production', 'customer_id', 'A', 'p1', 't');
+INSERT INTO attributes VALUES ('p1', 'plan', '"pro"', 'crm_users', 10, 't');
+INSERT INTO events VALUES ('production', 'e1', 'p1', 'web', 'custom_event', 'login', 1000, '{}');
+INSERT INTO deliveries VALUES ('crm_users', 'production', '2024-11-15', NULL, NULL, '{}', 't');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_store_of_the_first_release_is_upgraded_without_losing_anything(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+
+    with ProfileStore(path) as store:
+        before = store.profile("customer_id", "A")
+        counts = deliver(store, mapped({"customer_id": "A", "plan": "team"}, version=5), sync="billing")
+        after = store.profile("customer_id", "A")
+
+    assert (before["attributes"], [e["event_name"] for e in before["events"]]) == ({"plan": "pro"}, ["login"])
+    assert after["attributes"] == {"plan": "pro"}  # the older billing value does not win
+    assert counts.attributes_set == 0

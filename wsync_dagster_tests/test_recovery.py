@@ -143,7 +143,8 @@ def test_ctrl_c_during_a_delivery_leaves_the_store_unchanged_frees_the_slot_and_
 
     assert code == 130, run.output
     assert _last_line(run).startswith(
-        "wsync run: crm_users: interrupted before its delivery committed: the profile store is unchanged; run "
+        f"wsync run: crm_users: interrupted before the delivery of {PARTITION} committed: nothing of it is in "
+        "the profile store; run "
     )
     assert [line for line in run.lines if not line.startswith("  ")] == [_last_line(run)], run.output
     assert _profiles(store) == 0

@@ -2,6 +2,7 @@
 
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from dagster import (
     AssetCheckResult,
@@ -23,7 +24,7 @@ from wsync_dagster.defs.partitions import run_key_time, sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
-from wsync_dagster.pipeline import deliver_partition, map_partition
+from wsync_dagster.pipeline import Partition, deliver_partitions, map_counts_by_partition, map_partition
 from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
 
@@ -34,29 +35,37 @@ PROFILE_STORE_POOL = "profile_store"
 
 @dataclass(frozen=True)
 class PartitionScope:
-    """What one run of a sync covers: a label for files and the store, and the iterator window."""
+    """What one run of a sync covers: a label for files, its partitions, and the iterator window."""
 
     label: str
+    partitions: list[Partition]
     window: IteratorWindow | None
     run_version: int
 
 
 def partition_scope(spec: SyncSpec, context: AssetExecutionContext) -> PartitionScope:
-    """The partition (or range of partitions) of this run, as a label, window and run version."""
-    if isinstance(context.assets_def.partitions_def, TimeWindowPartitionsDefinition):
+    """The partition (or range of partitions) of this run, as a label, partitions, window and run version."""
+    partitions_def = context.assets_def.partitions_def
+    if isinstance(partitions_def, TimeWindowPartitionsDefinition):
         keys = context.partition_key_range
         label = keys.start if keys.start == keys.end else f"{keys.start}..{keys.end}"
+        windows = [partitions_def.time_window_for_partition_key(key) for key in context.partition_keys]
+        partitions = [
+            Partition(key, (epoch_micros(window.start), epoch_micros(window.end)))
+            for key, window in zip(context.partition_keys, windows, strict=True)
+        ]
         span = context.partition_time_window
-        return PartitionScope(label, iterator_window(spec.sync, span.start, span.end), 0)
+        return PartitionScope(label, partitions, iterator_window(spec.sync, span.start, span.end), 0)
     key = context.partition_key
     try:
-        moment = run_key_time(key)
+        run_key_time(key)
     except ValueError:
         raise ValueError(
             f"{spec.name}: partition '{key}' is not a full-mode run key; keys are the run's UTC time as "
-            f"YYYYMMDDTHHMMSS, e.g. 20241115T190000 (the run version that orders its values)"
+            f"YYYYMMDDTHHMMSS, e.g. 20241115T190000"
         ) from None
-    return PartitionScope(key, None, epoch_micros(moment))
+    # A full-mode run's rows describe the moment the table is read, whatever its key says.
+    return PartitionScope(key, [Partition(key)], None, epoch_micros(datetime.now(UTC)))
 
 
 def batch_file(spec: SyncSpec, label: str) -> BatchFile:
@@ -127,9 +136,16 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         )
         window = scope.window
         passed = counts.reject_rate <= spec.checks.max_reject_rate
+        context.log.info(f"{spec.name}: mapped {scope.label}: {counts.as_dict()}")
+        by_partition = (
+            map_counts_by_partition(batch_file(spec, scope.label), scope.partitions)
+            if len(scope.partitions) > 1
+            else {scope.label: counts}
+        )
+        for key, partition_counts in by_partition.items():
+            context.add_asset_metadata(partition_counts.as_dict(), partition_key=key)
         return MaterializeResult(
             metadata={
-                **counts.as_dict(),
                 "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})"
                 if window
                 else "all rows",
@@ -171,13 +187,12 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             )
         store = profile_store.open()
         try:
-            counts, preview = deliver_partition(
-                spec, batches, store, scope.label, scope.window, progress=context.log.info
-            )
+            report = deliver_partitions(spec, batches, store, scope.partitions, progress=context.log.info)
         finally:
             store.close()
-        return MaterializeResult(
-            metadata={**counts.as_dict(), "preview": MetadataValue.md(_preview_markdown(preview))}
-        )
+        # Each partition shows its own counts; the run's totals are in its log, once.
+        for key, counts in report.by_partition.items():
+            context.add_asset_metadata(counts.as_dict(), partition_key=key)
+        return MaterializeResult(metadata={"preview": MetadataValue.md(_preview_markdown(report.preview))})
 
     return [mapped_batches, delivery]

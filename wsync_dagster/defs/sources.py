@@ -9,9 +9,12 @@ from wsync_dagster.spec import SyncSpec
 
 
 def source_keys(spec: SyncSpec) -> list[AssetKey]:
-    """Asset keys of the tables the model reads: warehouse name, then the table's qualified name."""
-    warehouse = spec.resolve_path(spec.connection.path).stem
-    return [AssetKey(["warehouse", warehouse, *table.path]) for table in source_tables(spec.data_model.sql)]
+    """Asset keys of the tables the model reads, by their full names in the warehouse."""
+    connection = spec.connection
+    return [
+        AssetKey(["warehouse", *connection.table_path(table, spec.base)])
+        for table in source_tables(spec.data_model.sql, connection.dialect)
+    ]
 
 
 def source_specs(specs: list[SyncSpec]) -> list[AssetSpec]:

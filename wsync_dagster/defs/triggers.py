@@ -1,6 +1,7 @@
 """What starts a sync: a schedule at its frequency, a sensor for dynamic partitions, or nothing (on demand)."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 from dagster import (
     DefaultScheduleStatus,
@@ -8,42 +9,62 @@ from dagster import (
     DynamicPartitionsDefinition,
     RunRequest,
     ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     TimeWindowPartitionsDefinition,
-    build_schedule_from_partitioned_job,
+    schedule,
     sensor,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from wsync_dagster.defs.partitions import last_tick, run_key, sync_partitions
+from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.spec import SyncSpec
 
+# What define_asset_job returns; Dagster does not export its class.
+SyncJob = Any
 
-def build_trigger(
-    spec: SyncSpec, job: UnresolvedAssetJobDefinition
-) -> ScheduleDefinition | SensorDefinition | None:
+
+def build_trigger(spec: SyncSpec, job: SyncJob) -> ScheduleDefinition | SensorDefinition | None:
     """The schedule or sensor of a sync, stopped when the sync is paused; None for on_demand."""
     settings = spec.sync
     if settings.schedule == "on_demand":
         return None
     partitions = sync_partitions(spec)
     if settings.schedule == "interval" and isinstance(partitions, TimeWindowPartitionsDefinition):
-        return build_schedule_from_partitioned_job(
-            job,
-            name=f"{spec.name}_schedule",
-            description=f"{spec.name} every {settings.frequency} from {settings.start.isoformat()}",  # type: ignore[union-attr]
-            default_status=DefaultScheduleStatus.STOPPED
-            if settings.paused
-            else DefaultScheduleStatus.RUNNING,
-        )
+        return _interval_schedule(spec, job, partitions)
     return _run_sensor(spec, job, partitions)
 
 
-def _run_sensor(spec: SyncSpec, job: UnresolvedAssetJobDefinition, partitions) -> SensorDefinition:
+def _interval_schedule(
+    spec: SyncSpec, job: SyncJob, partitions: TimeWindowPartitionsDefinition
+) -> ScheduleDefinition:
+    """At each tick from `start`, the window that just ended; history before it is loaded by backfill."""
+    start: datetime = spec.sync.start  # type: ignore[assignment]
+
+    @schedule(
+        name=f"{spec.name}_schedule",
+        job=job,
+        cron_schedule=partitions.get_cron_schedule(),
+        execution_timezone=partitions.timezone,
+        default_status=DefaultScheduleStatus.STOPPED if spec.sync.paused else DefaultScheduleStatus.RUNNING,
+        description=f"{spec.name} every {spec.sync.frequency} from {start.isoformat()}",
+    )
+    def interval_schedule(context: ScheduleEvaluationContext):
+        tick = context.scheduled_execution_time
+        if tick is None or tick < start:
+            return SkipReason(f"the first run is due at {start.isoformat()}; load history with a backfill")
+        keys = partitions.get_partition_keys(current_time=tick)
+        if not keys:
+            return SkipReason("no complete partition yet")
+        return RunRequest(run_key=keys[-1], partition_key=keys[-1])
+
+    return interval_schedule
+
+
+def _run_sensor(spec: SyncSpec, job: SyncJob, partitions) -> SensorDefinition:
     """A sensor for what a cron schedule cannot express: full-mode ticks that add a run key, and `once`."""
     settings = spec.sync
 
@@ -79,12 +100,7 @@ def _run_sensor(spec: SyncSpec, job: UnresolvedAssetJobDefinition, partitions) -
         if not keys:
             return SkipReason("no complete partition yet")
         return SensorResult(
-            run_requests=[
-                RunRequest(
-                    run_key=key,
-                    tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
-                )
-            ],
+            run_requests=[RunRequest(run_key=key, tags=partition_range_tags(keys[0], keys[-1]))],
             cursor=key,
         )
 

@@ -1,4 +1,9 @@
-"""The profile store: where deliveries land and where profiles are read back."""
+"""The profile store: where deliveries land and where profiles are read back.
+
+Rules (README "Profile rules"): every value carries the time it describes; each sync keeps one register
+per attribute and compares its own versions; a profile shows the newest value of any sync, ties to the
+later delivery; identities change only for a newer row, and never onto another profile's identity.
+"""
 
 from __future__ import annotations
 

@@ -9,16 +9,22 @@ from dataclasses import asdict, dataclass, fields
 class DeliveryCounts:
     """Counts of one batch or one delivery; batches add up to their delivery."""
 
+    # Rows: every mapped row is applied, unchanged (full mode), skipped or an identity conflict.
     rows: int = 0
+    rows_applied: int = 0
     rows_unchanged: int = 0
+    rows_skipped: int = 0
+    identity_conflicts: int = 0
+    rejects: int = 0  # rows the mapping rejected; rows + rejects are the rows read
+    # Profiles, each counted once.
     profiles_created: int = 0
     profiles_updated: int = 0
     profiles_skipped: int = 0
-    identity_conflicts: int = 0
+    identities_changed: int = 0
     attributes_set: int = 0
     attributes_removed: int = 0
     events_written: int = 0
-    rejects: int = 0
+    events_duplicate: int = 0
 
     def add(self, other: DeliveryCounts) -> None:
         """Add another count field by field."""

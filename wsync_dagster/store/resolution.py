@@ -1,14 +1,12 @@
-"""Identity resolution: which profile each distinct set of identities belongs to."""
+"""Identity resolution: which profile each distinct set of identities belongs to, and identity changes."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from wsync_dagster.identities import priority
 
 CREATE_AND_UPDATE = "create_and_update"
 UPDATE_ONLY = "update_only"
@@ -17,11 +15,15 @@ INPUT_PROTECTIONS: tuple[str, ...] = (CREATE_AND_UPDATE, UPDATE_ONLY, READ_ONLY)
 
 # (identity type, value)
 Identity = tuple[str, str]
+# When an identity was last asserted: (version, row); stored identities have row -1, so that on equal
+# versions a row of the open delivery wins, as ties go to the later delivery.
+Stamp = tuple[int, int]
 
 
-def profile_id_for(environment: str, identity_type: str, value: str) -> str:
+def profile_id_for(environment: str, identity_type: str, value: str, attempt: int = 0) -> str:
     """Deterministic id of the profile an identity creates, so a re-run after a kill gives the same ids."""
-    return hashlib.sha256(f"{environment}|{identity_type}|{value}".encode()).hexdigest()[:16]
+    suffix = f"|{attempt}" if attempt else ""
+    return hashlib.sha256(f"{environment}|{identity_type}|{value}{suffix}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -34,6 +36,7 @@ class IdentityGraph:
 
     owner: dict[Identity, str] = field(default_factory=dict)
     held: dict[str, dict[str, str]] = field(default_factory=dict)
+    stamp: dict[Identity, Stamp] = field(default_factory=dict)
     # Identities whose stored owner, if any, has been added: missing from owner means unowned.
     looked_up: set[Identity] = field(default_factory=set)
 
@@ -41,34 +44,24 @@ class IdentityGraph:
         """Those of the identities whose stored owner may still be missing from the graph."""
         return {i for i in identities if i not in self.owner and i not in self.looked_up}
 
-    def add_stored(self, looked_up: set[Identity], rows: Iterable[tuple[str, str, str]]) -> None:
-        """Add what the store holds for looked-up identities: (profile_id, identity_type, value) rows."""
+    def add_stored(self, looked_up: set[Identity], rows: Iterable[tuple[str, str, str, int]]) -> None:
+        """Add what the store holds for looked-up identities: (profile_id, type, value, version) rows."""
         self.looked_up |= looked_up
-        for profile_id, identity_type, value in rows:
-            self.owner[(identity_type, value)] = profile_id
+        for profile_id, identity_type, value, version in rows:
+            identity = (identity_type, value)
+            if identity in self.owner:
+                continue  # already known, with the stamp of the row that asserted it in this delivery
+            self.owner[identity] = profile_id
             self.held.setdefault(profile_id, {})[identity_type] = value
+            self.stamp[identity] = (version, -1)
 
-
-@dataclass
-class SettledKeys:
-    """Identity keys (the mapped _identity_key text) whose profile and conflict are final for the delivery."""
-
-    keys: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
-    profile_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
-    conflicts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def find(self, keys: pa.Array) -> pa.Array:
-        """Per key, its position among the settled keys; null when not settled."""
-        return pc.index_in(keys, value_set=self.keys)
-
-    def add(self, keys: pa.Array, profile_ids: pa.Array, conflicts: np.ndarray) -> None:
-        """Settle more keys."""
-        self.keys = pa.concat_arrays([self.keys, keys])
-        self.profile_ids = pa.concat_arrays([self.profile_ids, profile_ids])
-        self.conflicts = np.concatenate([self.conflicts, conflicts])
+    def describe(self, profile_id: str) -> str:
+        """A profile by its highest-priority identity, e.g. customer_id=C2."""
+        held = self.held.get(profile_id, {})
+        if not held:
+            return f"profile {profile_id}"
+        identity_type = min(held, key=priority)
+        return f"{identity_type}={held[identity_type]}"
 
 
 @dataclass
@@ -76,54 +69,95 @@ class Resolution:
     """The outcome for each distinct identity key, and what must be written for it."""
 
     profile_ids: list[str | None] = field(default_factory=list)  # per key; None when skipped
-    conflicts: list[bool] = field(default_factory=list)  # per key
+    conflicts: list[str | None] = field(default_factory=list)  # per key: why it conflicts, or None
     created: list[str] = field(default_factory=list)
-    attached: list[tuple[str, str, str]] = field(default_factory=list)  # (profile_id, type, value)
-    gained_identity: set[str] = field(default_factory=set)  # existing profiles that got a new identity
-    skipped: int = 0
-    # Per key: every identity is owned now. Owners never change within a delivery, so the key's profile
-    # and conflict stay the same for the rest of it.
-    settled: list[bool] = field(default_factory=list)
+    # Identities whose owner or stamp this resolution changed, with the owner they had before it.
+    touched: dict[Identity, str | None] = field(default_factory=dict)
+    updated: set[str] = field(default_factory=set)  # existing profiles whose identities changed
+    identities_changed: int = 0
 
 
-def resolve(keys: list[list[Identity]], graph: IdentityGraph, environment: str, create: bool) -> Resolution:
-    """Resolve keys in order (each key's identities in priority order), updating graph as profiles form."""
+@dataclass(frozen=True)
+class IdentityKey:
+    """One distinct set of a row's identities (in priority order) and its newest row's stamp."""
+
+    identities: list[Identity]
+    stamp: Stamp
+
+
+def resolve(
+    keys: list[IdentityKey],
+    graph: IdentityGraph,
+    environment: str,
+    create: bool,
+    profile_exists: Callable[[str], bool],
+) -> Resolution:
+    """Resolve keys in order, updating graph as profiles form and identities change."""
     result = Resolution()
-    for identities in keys:
+
+    def touch(identity: Identity) -> None:
+        result.touched.setdefault(identity, graph.owner.get(identity))
+
+    for key in keys:
+        identities = key.identities
         profile_id = _match(identities, graph)
         if profile_id is None:
             if not create:
-                result.skipped += 1
                 result.profile_ids.append(None)
-                result.conflicts.append(False)
-                result.settled.append(False)
+                result.conflicts.append(None)
                 continue
             # An unowned identity always exists here: a candidate is only refused for a higher-priority
             # identity the row carries, and any identity above the first owned one is unowned.
-            seed_type, seed_value = next(i for i in identities if i not in graph.owner)
-            profile_id = profile_id_for(environment, seed_type, seed_value)
+            seed = next(i for i in identities if i not in graph.owner)
+            profile_id = _new_profile_id(environment, seed, graph, profile_exists)
             graph.held[profile_id] = {}
             result.created.append(profile_id)
         held = graph.held[profile_id]
-        conflict = False
-        settled = True
+        conflicts: list[str] = []
         for identity in identities:
+            identity_type, value = identity
             owner = graph.owner.get(identity)
-            if owner is None:
-                if identity[0] in held:
-                    settled = False
-                    continue
-                graph.owner[identity] = profile_id
-                held[identity[0]] = identity[1]
-                result.attached.append((profile_id, *identity))
-                result.gained_identity.add(profile_id)
-            elif owner != profile_id:
-                conflict = True
+            if owner == profile_id:
+                if key.stamp > graph.stamp[identity]:
+                    touch(identity)
+                    graph.stamp[identity] = key.stamp
+                continue
+            if owner is not None:
+                conflicts.append(f"{identity_type}={value} belongs to {graph.describe(owner)}")
+                continue
+            current = held.get(identity_type)
+            if current is not None:
+                if key.stamp < graph.stamp[(identity_type, current)]:
+                    continue  # an older row never puts back an identity that a newer one replaced
+                touch((identity_type, current))
+                del graph.owner[(identity_type, current)]
+                del graph.stamp[(identity_type, current)]
+                result.identities_changed += 1
+            touch(identity)
+            graph.owner[identity] = profile_id
+            graph.stamp[identity] = key.stamp
+            held[identity_type] = value
+            result.updated.add(profile_id)
         result.profile_ids.append(profile_id)
-        result.conflicts.append(conflict)
-        result.settled.append(settled)
-    result.gained_identity.difference_update(result.created)
+        result.conflicts.append(
+            f"identity conflict: {'; '.join(conflicts)}; the row went to {graph.describe(profile_id)}"
+            if conflicts
+            else None
+        )
+    result.updated.difference_update(result.created)
     return result
+
+
+def _new_profile_id(
+    environment: str, seed: Identity, graph: IdentityGraph, profile_exists: Callable[[str], bool]
+) -> str:
+    """The seed's profile id; a released identity may seed a second profile, which then gets the next id."""
+    attempt = 0
+    while True:
+        profile_id = profile_id_for(environment, *seed, attempt)
+        if profile_id not in graph.held and not profile_exists(profile_id):
+            return profile_id
+        attempt += 1
 
 
 def _match(identities: list[Identity], graph: IdentityGraph) -> str | None:

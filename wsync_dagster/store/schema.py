@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 300.0
 
+# Every value carries `version`: the time it describes (µs), or the sync's own order for integer iterators.
+# `seq` is the delivery that wrote it, which breaks ties between syncs in favour of the later delivery.
 TABLES: tuple[str, ...] = (
     """CREATE TABLE profiles (
         profile_id TEXT PRIMARY KEY,
@@ -20,29 +22,33 @@ TABLES: tuple[str, ...] = (
         value TEXT NOT NULL,
         profile_id TEXT NOT NULL REFERENCES profiles (profile_id),
         created_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (environment, identity_type, value)
     ) WITHOUT ROWID""",
     "CREATE UNIQUE INDEX identities_one_per_type ON identities (profile_id, identity_type)",
-    # value is JSON text; NULL is a tombstone that keeps the version of a removal.
+    # One register per sync: value is JSON text, NULL a tombstone that keeps the version of a removal.
+    # The profile shows, per name, the newest value of any sync, ties to the later delivery (seq).
     """CREATE TABLE attributes (
         profile_id TEXT NOT NULL REFERENCES profiles (profile_id),
         name TEXT NOT NULL,
-        value TEXT,
         sync TEXT NOT NULL,
+        value TEXT,
         version INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
         updated_at TEXT NOT NULL,
-        PRIMARY KEY (profile_id, name)
+        PRIMARY KEY (profile_id, name, sync)
     ) WITHOUT ROWID""",
+    # An event's id is unique within its sync and environment: two syncs may both number events 1..n.
     """CREATE TABLE events (
         environment TEXT NOT NULL,
+        sync TEXT NOT NULL,
         event_id TEXT NOT NULL,
         profile_id TEXT NOT NULL REFERENCES profiles (profile_id),
-        sync TEXT NOT NULL,
         event_type TEXT,
         event_name TEXT,
         timestamp_ms INTEGER,
         data TEXT,
-        PRIMARY KEY (environment, event_id)
+        PRIMARY KEY (environment, sync, event_id)
     )""",
     "CREATE INDEX events_by_profile ON events (profile_id, timestamp_ms)",
     """CREATE TABLE fingerprints (
@@ -51,8 +57,10 @@ TABLES: tuple[str, ...] = (
         row_key TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
         updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sync, environment, row_key)
     ) WITHOUT ROWID""",
+    # Rows a delivery could not use (kind 'rejected') or applied without an identity (kind 'conflict').
     """CREATE TABLE rejects (
         sync TEXT NOT NULL,
         environment TEXT NOT NULL,
@@ -60,7 +68,8 @@ TABLES: tuple[str, ...] = (
         row_number INTEGER,
         reason TEXT NOT NULL,
         row TEXT,
-        created_at TEXT NOT NULL
+        created_at TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'rejected'
     )""",
     "CREATE INDEX rejects_by_partition ON rejects (sync, environment, partition_key, row_number)",
     """CREATE TABLE deliveries (
@@ -71,25 +80,54 @@ TABLES: tuple[str, ...] = (
         window_end INTEGER,
         counts TEXT NOT NULL,
         delivered_at TEXT NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sync, environment, partition_key)
     )""",
 )
 
+# Version 1 stores are upgraded in place; nothing they hold is lost.
+UPGRADES: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE identities ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE fingerprints ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE rejects ADD COLUMN kind TEXT NOT NULL DEFAULT 'rejected'",
+        "ALTER TABLE deliveries ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE attributes RENAME TO attributes_v1",
+        TABLES[3],
+        "INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)"
+        " SELECT profile_id, name, sync, value, version, 0, updated_at FROM attributes_v1",
+        "DROP TABLE attributes_v1",
+        "ALTER TABLE events RENAME TO events_v1",
+        "DROP INDEX events_by_profile",
+        TABLES[4],
+        TABLES[5],
+        "INSERT INTO events (environment, sync, event_id, profile_id, event_type, event_name, timestamp_ms, data)"
+        " SELECT environment, sync, event_id, profile_id, event_type, event_name, timestamp_ms, data"
+        " FROM events_v1",
+        "DROP TABLE events_v1",
+    )
+}
+
 # Staging tables live in the connection's temp schema: invisible to other connections, gone on close.
 STAGING: tuple[str, ...] = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_identity (identity_type TEXT NOT NULL, value TEXT NOT NULL)",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_fingerprint (row_key TEXT, fingerprint TEXT)",
+    """CREATE TEMP TABLE IF NOT EXISTS stage_identity_version (
+        identity_type TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL
+    )""",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_fingerprint (row_key TEXT, fingerprint TEXT, version INTEGER)",
     """CREATE TEMP TABLE IF NOT EXISTS stage_attribute (
         profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL
     )""",
-    # The staged values that win over the stored ones; change: 0 none visible, 1 set, 2 removed.
+    # The staged values that win this sync's register; change is what the profile shows:
+    # 0 nothing visible changes, 1 a value is set, 2 the value is removed.
     """CREATE TEMP TABLE IF NOT EXISTS stage_attribute_win (
         profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL,
         change INTEGER NOT NULL
     )""",
-    # Profiles created or updated by the open delivery, so each is counted once per delivery.
+    # Profiles created or updated by the open delivery, per partition, so each is counted once in each.
     """CREATE TEMP TABLE IF NOT EXISTS delivery_profile (
-        profile_id TEXT PRIMARY KEY, created INTEGER NOT NULL
+        partition_key TEXT NOT NULL, profile_id TEXT NOT NULL, created INTEGER NOT NULL,
+        PRIMARY KEY (partition_key, profile_id)
     )""",
 )
 
@@ -123,7 +161,11 @@ def _ensure_schema(conn: sqlite3.Connection) -> None:
         if version == 0:
             for statement in TABLES:
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in UPGRADES[step]:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

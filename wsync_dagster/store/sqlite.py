@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import repeat
@@ -24,20 +24,20 @@ from wsync_dagster.store.resolution import (
     READ_ONLY,
     Identity,
     IdentityGraph,
+    IdentityKey,
     Resolution,
-    SettledKeys,
     resolve,
 )
 from wsync_dagster.store.schema import STAGING, connect
 
 PREVIEW_PROFILES = 20
-# Past this many identities and settled keys a delivery starts its graph over from the store, which holds
-# all of it anyway: memory stays bounded however big the delivery.
+# Past this many identities a delivery starts its graph over from the store, which holds all of it
+# anyway: memory stays bounded however big the delivery.
 RESOLUTION_ENTRIES_MAX = 4_000_000
 
 # Every identity held by a profile that owns one of the staged identities.
 _REACHABLE_IDENTITIES = """
-SELECT held.profile_id, held.identity_type, held.value
+SELECT held.profile_id, held.identity_type, held.value, held.version
 FROM identities AS held
 WHERE held.profile_id IN (
     SELECT owned.profile_id
@@ -54,50 +54,88 @@ JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row
 WHERE f.fingerprint = s.fingerprint
 """
 
-# Same sync: the newer (or equal) version wins and a NULL stays as a tombstone. Another sync: only a value
-# wins, moving the attribute to that sync, since attributes belong to the sync that set them.
+# A staged value wins this sync's register when it is as new as the register (ties go to the later
+# delivery). What the profile shows is the newest value of any sync, so the change is worked out against
+# the newest value of the other syncs.
 _WINNING_ATTRIBUTES = """
 INSERT INTO stage_attribute_win (profile_id, name, value, version, change)
-SELECT s.profile_id, s.name, s.value, s.version,
-       CASE WHEN s.value IS NOT NULL AND (a.value IS NULL OR a.value <> s.value) THEN 1
-            WHEN s.value IS NULL AND a.value IS NOT NULL THEN 2
+SELECT profile_id, name, value, version,
+       CASE WHEN shown IS NOT NULL AND (was IS NULL OR was <> shown) THEN 1
+            WHEN shown IS NULL AND was IS NOT NULL THEN 2
             ELSE 0 END
-FROM stage_attribute AS s
-LEFT JOIN attributes AS a ON a.profile_id = s.profile_id AND a.name = s.name
-WHERE a.profile_id IS NULL
-   OR (a.sync = :sync AND s.version >= a.version AND NOT (s.version = a.version AND s.value IS a.value))
-   OR (a.sync <> :sync AND s.value IS NOT NULL)
-ORDER BY s.profile_id, s.name
+FROM (
+    SELECT profile_id, name, value, version, was,
+           CASE WHEN value IS NOT NULL AND (other_version IS NULL OR version >= other_version) THEN value
+                ELSE other_value END AS shown
+    FROM (
+        SELECT s.profile_id, s.name, s.value, s.version,
+               (SELECT a.value FROM attributes AS a
+                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS was,
+               (SELECT a.value FROM attributes AS a
+                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
+                  AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_value,
+               (SELECT a.version FROM attributes AS a
+                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
+                  AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_version
+        FROM stage_attribute AS s
+        LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
+        WHERE own.profile_id IS NULL
+           OR (s.version >= own.version AND NOT (s.version = own.version AND s.value IS own.value))
+    )
+)
+ORDER BY profile_id, name
 """
 
 # The staged winners are already decided, so the update is unconditional. "WHERE true" keeps SQLite
 # from reading ON CONFLICT as a join constraint.
 _UPSERT_ATTRIBUTES = """
-INSERT INTO attributes (profile_id, name, value, sync, version, updated_at)
-SELECT profile_id, name, value, :sync, version, :now FROM stage_attribute_win WHERE true
-ON CONFLICT (profile_id, name) DO UPDATE SET
-    value = excluded.value, sync = excluded.sync, version = excluded.version, updated_at = excluded.updated_at
+INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)
+SELECT profile_id, name, :sync, value, version, :seq, :now FROM stage_attribute_win WHERE true
+ON CONFLICT (profile_id, name, sync) DO UPDATE SET
+    value = excluded.value, version = excluded.version, seq = excluded.seq, updated_at = excluded.updated_at
+"""
+
+# Per name, the newest value of any sync; ties go to the later delivery.
+_SHOWN_ATTRIBUTES = """
+SELECT name, value FROM (
+    SELECT name, value, ROW_NUMBER() OVER (PARTITION BY name ORDER BY version DESC, seq DESC) AS newest
+    FROM attributes WHERE profile_id = ? AND value IS NOT NULL
+)
+WHERE newest = 1 ORDER BY name
 """
 
 _INSERT_EVENT = """
-INSERT INTO events (environment, event_id, profile_id, sync, event_type, event_name, timestamp_ms, data)
+INSERT INTO events (environment, sync, event_id, profile_id, event_type, event_name, timestamp_ms, data)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (environment, event_id) DO NOTHING
+ON CONFLICT (environment, sync, event_id) DO NOTHING
 """
 
+# A fingerprint says what the store holds for a row, so an older run never replaces a newer one's.
 _UPSERT_FINGERPRINT = """
-INSERT INTO fingerprints (sync, environment, row_key, fingerprint, updated_at) VALUES (?, ?, ?, ?, ?)
+INSERT INTO fingerprints (sync, environment, row_key, fingerprint, updated_at, version)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (sync, environment, row_key) DO UPDATE SET
-    fingerprint = excluded.fingerprint, updated_at = excluded.updated_at
+    fingerprint = excluded.fingerprint, updated_at = excluded.updated_at, version = excluded.version
+WHERE excluded.version >= fingerprints.version
 """
 
 _UPSERT_DELIVERY = """
-INSERT INTO deliveries (sync, environment, partition_key, window_start, window_end, counts, delivered_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO deliveries (sync, environment, partition_key, window_start, window_end, counts, delivered_at, seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (sync, environment, partition_key) DO UPDATE SET
     window_start = excluded.window_start, window_end = excluded.window_end,
-    counts = excluded.counts, delivered_at = excluded.delivered_at
+    counts = excluded.counts, delivered_at = excluded.delivered_at, seq = excluded.seq
 """
+
+_INSERT_REJECT = """
+INSERT INTO rejects (sync, environment, partition_key, row_number, reason, row, created_at, kind)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+Window = tuple[int | None, int | None]
 
 
 class ProfileStore:
@@ -119,43 +157,42 @@ class ProfileStore:
         *,
         sync: str,
         environment: str,
-        partition: str,
+        partitions: Sequence[str],
         input_protection: str,
-        window: tuple[int | None, int | None] = (None, None),
+        windows: Sequence[Window] | None = None,
     ) -> Iterator[Delivery]:
-        """One partition (or range) of one sync: all of it commits on normal exit, none of it on error."""
+        """Partitions of one sync, delivered together: all of it commits on normal exit, none on error."""
         if input_protection not in INPUT_PROTECTIONS:
             raise ValueError(f"input_protection must be one of {', '.join(INPUT_PROTECTIONS)}")
+        if not partitions:
+            raise ValueError("a delivery covers at least one partition")
         if self._conn.in_transaction:
             raise RuntimeError("a delivery is already open on this profile store")
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            # Deliveries are numbered in commit order: the number breaks ties between syncs.
+            (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
             delivery = Delivery(
                 self._conn,
                 sync=sync,
                 environment=environment,
-                partition=partition,
+                partitions=list(partitions),
                 input_protection=input_protection,
+                seq=seq,
             )
             yield delivery
-            counts = json.dumps(delivery.counts.as_dict())
-            self._conn.execute(
-                _UPSERT_DELIVERY, (sync, environment, partition, window[0], window[1], counts, _now())
-            )
+            delivery.finish()
+            now = _now()
+            for partition, window in zip(partitions, windows or repeat((None, None)), strict=False):
+                counts = json.dumps(delivery.partition_counts[partition].as_dict())
+                self._conn.execute(
+                    _UPSERT_DELIVERY, (sync, environment, partition, *window, counts, now, seq)
+                )
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise
-
-    def last_delivered_partition(self, sync: str, environment: str) -> str | None:
-        """The partition of the sync's most recent delivery, or None."""
-        row = self._conn.execute(
-            "SELECT partition_key FROM deliveries WHERE sync = ? AND environment = ?"
-            " ORDER BY delivered_at DESC, partition_key DESC LIMIT 1",
-            (sync, environment),
-        ).fetchone()
-        return None if row is None else row[0]
 
     def delivered_partitions(self, sync: str, environment: str) -> list[str]:
         """Every partition delivered for the sync, sorted."""
@@ -164,6 +201,15 @@ class ProfileStore:
             (sync, environment),
         )
         return [partition for (partition,) in rows]
+
+    def partition_counts(self, sync: str, environment: str) -> dict[str, dict[str, int]]:
+        """The counts of each delivered partition of the sync."""
+        rows = self._conn.execute(
+            "SELECT partition_key, counts FROM deliveries WHERE sync = ? AND environment = ?"
+            " ORDER BY partition_key",
+            (sync, environment),
+        )
+        return {partition: json.loads(counts) for partition, counts in rows}
 
     def profile(
         self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
@@ -185,13 +231,16 @@ class ProfileStore:
     def rejects(
         self, sync: str, environment: str | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        """Stored rejected rows of a sync, by environment, partition and row."""
-        sql = "SELECT sync, environment, partition_key, row_number, reason, row FROM rejects WHERE sync = ?"
+        """Stored rejected and conflicting rows of a sync, by environment, partition and row."""
+        sql = (
+            "SELECT sync, environment, partition_key, row_number, kind, reason, row FROM rejects"
+            " WHERE sync = ?"
+        )
         params: list[Any] = [sync]
         if environment is not None:
             sql += " AND environment = ?"
             params.append(environment)
-        sql += " ORDER BY environment, partition_key, row_number"
+        sql += " ORDER BY environment, partition_key, row_number, kind"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -201,10 +250,11 @@ class ProfileStore:
                 "environment": env,
                 "partition": partition,
                 "row_number": row_number,
+                "kind": kind,
                 "reason": reason,
                 "row": _decode(row),
             }
-            for sync_name, env, partition, row_number, reason, row in self._conn.execute(sql, params)
+            for sync_name, env, partition, row_number, kind, reason, row in self._conn.execute(sql, params)
         ]
 
     def close(self) -> None:
@@ -231,13 +281,10 @@ class ProfileStore:
         identities = conn.execute(
             "SELECT identity_type, value FROM identities WHERE profile_id = ?", (profile_id,)
         ).fetchall()
-        attributes = conn.execute(
-            "SELECT name, value FROM attributes WHERE profile_id = ? AND value IS NOT NULL ORDER BY name",
-            (profile_id,),
-        )
+        attributes = conn.execute(_SHOWN_ATTRIBUTES, (profile_id,))
         events = conn.execute(
             "SELECT event_type, event_name, timestamp_ms, data FROM events WHERE profile_id = ?"
-            " ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?",
+            " ORDER BY timestamp_ms DESC, sync, event_id DESC LIMIT ?",
             (profile_id, events_limit),
         )
         return {
@@ -258,59 +305,113 @@ class ProfileStore:
 
 
 class Delivery:
-    """The open transaction of one delivery: apply mapped batches, store rejects."""
+    """The open transaction of one delivery: apply mapped batches, store rejects and conflicts."""
 
     def __init__(
-        self, conn: sqlite3.Connection, *, sync: str, environment: str, partition: str, input_protection: str
+        self,
+        conn: sqlite3.Connection,
+        *,
+        sync: str,
+        environment: str,
+        partitions: list[str],
+        input_protection: str,
+        seq: int,
     ):
         self._conn = conn
         self._sync = sync
         self._environment = environment
-        self._partition = partition
+        self._partitions = partitions
         self._input_protection = input_protection
+        self._seq = seq
         self.counts = DeliveryCounts()
+        self.partition_counts = {partition: DeliveryCounts() for partition in partitions}
         self.profile_ids_touched: list[str] = []
+        # Identity keys skipped, per partition: profiles_skipped counts distinct keys.
+        self._skipped_keys: dict[str, set[str]] = {partition: set() for partition in partitions}
         # Kept across the batches: the delivery holds the write lock, so only it changes identities.
         self._graph = IdentityGraph()
-        self._settled = SettledKeys()
         for statement in STAGING:
             conn.execute(statement)
         conn.execute("DELETE FROM delivery_profile")
+        # Conflicts are found again by this delivery, so those of an earlier delivery of its partitions go.
+        conn.executemany(
+            "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'conflict'",
+            ((sync, environment, partition) for partition in partitions),
+        )
 
-    def apply_batch(self, batch: pa.RecordBatch) -> DeliveryCounts:
-        """Apply one mapped user or event batch; its counts are returned and added to the delivery's."""
+    def apply_batch(self, batch: pa.RecordBatch, partition: str | None = None) -> DeliveryCounts:
+        """Apply one mapped user or event batch of a partition (the first, if not named); returns its counts."""
+        partition = self._partition(partition)
         counts = DeliveryCounts(rows=batch.num_rows)
         batch = _in_row_order(batch)
         full_mode = b.ROW_KEY in batch.schema.names and b.FINGERPRINT in batch.schema.names
         if full_mode and batch.num_rows:
             batch, counts.rows_unchanged = self._drop_unchanged(batch)
         if batch.num_rows:
-            self._apply(batch, counts, full_mode)
+            self._apply(batch, counts, full_mode, partition)
+        self.partition_counts[partition].add(counts)
         self.counts.add(counts)
         return counts
 
-    def replace_rejects(self, rejects: pa.Table) -> None:
+    def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
+        partition = self._partition(partition)
         self._conn.execute(
-            "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ?",
-            (self._sync, self._environment, self._partition),
+            "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'rejected'",
+            (self._sync, self._environment, partition),
         )
+        self._insert_rejects(
+            partition,
+            rejects.column(b.ROW).to_pylist(),
+            rejects.column("reason").to_pylist(),
+            rejects.column("row").to_pylist(),
+            "rejected",
+        )
+        # What is stored is what is counted, also if this is called twice.
+        self.counts.rejects += rejects.num_rows - self.partition_counts[partition].rejects
+        self.partition_counts[partition].rejects = rejects.num_rows
+
+    def finish(self) -> None:
+        """Settle the delivery's totals: a profile counts once, however many partitions touched it."""
+        created, touched = self._conn.execute(
+            "SELECT COUNT(DISTINCT CASE WHEN created = 1 THEN profile_id END), COUNT(DISTINCT profile_id)"
+            " FROM delivery_profile"
+        ).fetchone()
+        self.counts.profiles_created = created
+        self.counts.profiles_updated = touched - created
+        self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
+        for partition, keys in self._skipped_keys.items():
+            self.partition_counts[partition].profiles_skipped = len(keys)
+
+    def _partition(self, partition: str | None) -> str:
+        if partition is None:
+            return self._partitions[0]
+        if partition not in self.partition_counts:
+            raise ValueError(f"partition {partition} is not part of this delivery")
+        return partition
+
+    def _insert_rejects(
+        self,
+        partition: str,
+        rows: Sequence[int],
+        reasons: Sequence[str],
+        raw: Sequence[str | None],
+        kind: str,
+    ) -> None:
         self._conn.executemany(
-            "INSERT INTO rejects (sync, environment, partition_key, row_number, reason, row, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_REJECT,
             zip(
                 repeat(self._sync),
                 repeat(self._environment),
-                repeat(self._partition),
-                rejects.column(b.ROW).to_pylist(),
-                rejects.column("reason").to_pylist(),
-                rejects.column("row").to_pylist(),
+                repeat(partition),
+                rows,
+                reasons,
+                raw,
                 repeat(_now()),
+                repeat(kind),
                 strict=False,
             ),
         )
-        # What is stored is what is counted, also if this is called twice.
-        self.counts.rejects = rejects.num_rows
 
     def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
         row_keys = batch.column(b.ROW_KEY)
@@ -327,80 +428,89 @@ class Delivery:
         changed = batch.filter(pc.invert(pc.is_in(row_keys, value_set=pa.array(unchanged, pa.string()))))
         return changed, batch.num_rows - changed.num_rows
 
-    def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool) -> None:
+    def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
         # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
         encoded = batch.column(b.IDENTITY_KEY).dictionary_encode()
+        keys = encoded.dictionary.cast(pa.string())
         if self._input_protection == READ_ONLY:
-            counts.profiles_skipped = len(encoded.dictionary)
+            counts.rows_skipped = batch.num_rows
+            self._skipped_keys[partition].update(keys.to_pylist())
+            counts.profiles_skipped = len(keys)
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
-        keys = encoded.dictionary.cast(pa.string())
-        profile_of_key, conflict_of_key, resolution = self._resolve(batch, keys, key_of_row)
+        resolution = self._resolve(batch, key_of_row)
         now = _now()
-        self._write_profiles(resolution, now)
-        counts.profiles_created = len(resolution.created)
-        counts.profiles_skipped = resolution.skipped
-        rows_per_key = np.bincount(key_of_row, minlength=len(profile_of_key))
-        counts.identity_conflicts = int(rows_per_key[conflict_of_key].sum())
-        counts.profiles_updated = self._mark_updated(resolution.gained_identity)
+        self._write_identities(resolution, now)
+        profile_of_key = pa.array(resolution.profile_ids, pa.string())
+        skipped_key = np.array([p is None for p in resolution.profile_ids], dtype=bool)
+        conflict_key = np.array([c is not None for c in resolution.conflicts], dtype=bool)
+        rows_per_key = np.bincount(key_of_row, minlength=len(keys))
+        counts.rows_skipped = int(rows_per_key[skipped_key].sum())
+        counts.profiles_skipped = int(skipped_key.sum())
+        self._skipped_keys[partition].update(keys.filter(pa.array(skipped_key)).to_pylist())
+        counts.identity_conflicts = int(rows_per_key[conflict_key].sum())
+        counts.rows_applied = batch.num_rows - counts.rows_skipped - counts.identity_conflicts
+        counts.identities_changed = resolution.identities_changed
+        counts.profiles_created = self._mark(resolution.created, partition, created=True)
+        counts.profiles_updated = self._mark(resolution.updated, partition)
+        if conflict_key.any():
+            self._record_conflicts(batch, key_of_row, resolution.conflicts, partition)
 
         profile_of_row = profile_of_key.take(encoded.indices)
         applied = pc.is_valid(profile_of_row)
         if b.attribute_columns(batch.schema):
             code_of_key = pc.dictionary_encode(profile_of_key).indices.fill_null(-1)
             code_of_row = code_of_key.to_numpy(zero_copy_only=False).astype(np.int64)[key_of_row]
-            self._apply_attributes(batch, profile_of_row, code_of_row, resolution.created, counts, now)
+            self._apply_attributes(
+                batch, profile_of_row, code_of_row, resolution.created, counts, now, partition
+            )
         if b.is_event_schema(batch.schema):
-            counts.events_written = self._write_events(batch.filter(applied), profile_of_row.filter(applied))
+            events = batch.filter(applied)
+            counts.events_written = self._write_events(events, profile_of_row.filter(applied))
+            counts.events_duplicate = events.num_rows - counts.events_written
         if full_mode:
-            self._write_fingerprints(batch.filter(applied), now)
+            # Only what the store now holds: a conflicting row lacks an identity, so it is tried again.
+            held = pc.and_(applied, pa.array(~conflict_key[key_of_row]))
+            self._write_fingerprints(batch.filter(held), now)
         if len(self.profile_ids_touched) < PREVIEW_PROFILES:
             rows = self._conn.execute(
-                "SELECT profile_id FROM delivery_profile ORDER BY rowid LIMIT ?", (PREVIEW_PROFILES,)
+                "SELECT DISTINCT profile_id FROM delivery_profile ORDER BY rowid LIMIT ?", (PREVIEW_PROFILES,)
             )
             self.profile_ids_touched = [profile_id for (profile_id,) in rows]
 
-    def _resolve(
-        self, batch: pa.RecordBatch, keys: pa.Array, key_of_row: np.ndarray
-    ) -> tuple[pa.Array, np.ndarray, Resolution]:
-        """Per distinct key, its profile (null when skipped) and whether it conflicts; and what to write."""
+    def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
+        """Resolve each distinct identity key of the batch, with the stamp of its newest row."""
         columns = b.identity_columns(batch.schema)
         if not columns:
             raise ValueError("a mapped batch needs at least one identity column")
-        if len(self._graph.owner) + len(self._graph.looked_up) + len(self._settled) > RESOLUTION_ENTRIES_MAX:
-            self._graph, self._settled = IdentityGraph(), SettledKeys()
-        # Settled keys are done; the others resolve in order as before, which settled keys cannot affect.
-        settled_at = self._settled.find(keys)
-        open_keys = np.flatnonzero(pc.is_null(settled_at).to_numpy(zero_copy_only=False))
+        if len(self._graph.owner) + len(self._graph.looked_up) > RESOLUTION_ENTRIES_MAX:
+            self._graph = IdentityGraph()
         types = sorted(columns, key=priority)
         _, first_rows = np.unique(key_of_row, return_index=True)
-        first = pa.array(first_rows[open_keys], pa.int64())
+        first = pa.array(first_rows, pa.int64())
         values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
-        identities_of_key = [
-            [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
-            for key_values in zip(*values, strict=True)
+        rows = batch.column(b.ROW).to_numpy()
+        versions = batch.column(b.VERSION).to_numpy()
+        # Per key, its newest row: the highest version, ties to the later row.
+        newest = np.lexsort((rows, versions, key_of_row))
+        last_of_key = newest[np.r_[key_of_row[newest][1:] != key_of_row[newest][:-1], True]]
+        stamps = zip(versions[last_of_key].tolist(), rows[last_of_key].tolist(), strict=True)
+        keys = [
+            IdentityKey([(t, v) for t, v in zip(types, key_values, strict=True) if v is not None], stamp)
+            for key_values, stamp in zip(zip(*values, strict=True), stamps, strict=True)
         ]
-        self._look_up({identity for identities in identities_of_key for identity in identities})
-        resolution = resolve(
-            identities_of_key,
+        self._look_up({identity for key in keys for identity in key.identities})
+        return resolve(
+            keys,
             self._graph,
             self._environment,
             create=self._input_protection == CREATE_AND_UPDATE,
+            profile_exists=self._profile_exists,
         )
 
-        # Each key's outcome: settled ones from earlier batches, then the ones resolved now.
-        settled = self._settled
-        opened = pa.array(resolution.profile_ids, pa.string())
-        opened_conflicts = np.array(resolution.conflicts, dtype=bool)
-        outcome_at = settled_at.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        outcome_at[open_keys] = len(settled) + np.arange(len(open_keys))
-        profile_of_key = pa.concat_arrays([settled.profile_ids, opened]).take(outcome_at)
-        conflict_of_key = np.concatenate([settled.conflicts, opened_conflicts])[outcome_at]
-        now_settled = np.array(resolution.settled, dtype=bool)
-        settled.add(
-            keys.take(open_keys[now_settled]), opened.filter(now_settled), opened_conflicts[now_settled]
-        )
-        return profile_of_key, conflict_of_key, resolution
+    def _profile_exists(self, profile_id: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM profiles WHERE profile_id = ?", (profile_id,)).fetchone()
+        return row is not None
 
     def _look_up(self, identities: set[Identity]) -> None:
         """Add to the graph the stored profiles that own any of these identities it has not looked up."""
@@ -411,33 +521,58 @@ class Delivery:
         self._conn.executemany("INSERT INTO stage_identity (identity_type, value) VALUES (?, ?)", new)
         self._graph.add_stored(new, self._conn.execute(_REACHABLE_IDENTITIES, (self._environment,)))
 
-    def _write_profiles(self, resolution: Resolution, now: str) -> None:
+    def _write_identities(self, resolution: Resolution, now: str) -> None:
+        """Write the profiles created and every identity whose owner or stamp the resolution changed."""
+        env, graph = self._environment, self._graph
         # Inserting in key order keeps the B-tree writes local.
-        env = self._environment
         self._conn.executemany(
             "INSERT INTO profiles (profile_id, environment, created_at) VALUES (?, ?, ?)",
             ((profile_id, env, now) for profile_id in sorted(resolution.created)),
         )
+        released, attached, restamped = [], [], []
+        for identity, before in sorted(resolution.touched.items()):
+            after = graph.owner.get(identity)
+            if after is not None and after == before:
+                restamped.append((graph.stamp[identity][0], env, *identity))
+                continue
+            if before is not None:
+                released.append((env, *identity))
+            if after is not None:
+                attached.append((env, *identity, after, now, graph.stamp[identity][0]))
+        # Released first: a profile holds one value per type, and its new value may be attached below.
         self._conn.executemany(
-            "INSERT INTO identities (environment, identity_type, value, profile_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                (env, t, v, profile_id, now)
-                for profile_id, t, v in sorted(resolution.attached, key=_by_identity)
-            ),
+            "DELETE FROM identities WHERE environment = ? AND identity_type = ? AND value = ?", released
         )
         self._conn.executemany(
-            "INSERT INTO delivery_profile (profile_id, created) VALUES (?, 1)",
-            ((profile_id,) for profile_id in resolution.created),
+            "INSERT INTO identities (environment, identity_type, value, profile_id, created_at, version)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            attached,
+        )
+        self._conn.executemany(
+            "UPDATE identities SET version = ? WHERE environment = ? AND identity_type = ? AND value = ?",
+            restamped,
         )
 
-    def _mark_updated(self, profile_ids: Iterable[str]) -> int:
-        """Record existing profiles as updated; returns how many were not yet counted in this delivery."""
+    def _mark(self, profile_ids: Iterable[str], partition: str, created: bool = False) -> int:
+        """Record profiles as created or updated in the partition; returns how many were not yet counted."""
         return self._conn.executemany(
-            "INSERT INTO delivery_profile (profile_id, created) VALUES (?, 0)"
-            " ON CONFLICT (profile_id) DO NOTHING",
-            ((profile_id,) for profile_id in profile_ids),
+            "INSERT INTO delivery_profile (partition_key, profile_id, created) VALUES (?, ?, ?)"
+            " ON CONFLICT (partition_key, profile_id) DO NOTHING",
+            ((partition, profile_id, int(created)) for profile_id in profile_ids),
         ).rowcount
+
+    def _record_conflicts(
+        self, batch: pa.RecordBatch, key_of_row: np.ndarray, reasons: list[str | None], partition: str
+    ) -> None:
+        conflicted = np.flatnonzero(np.array([r is not None for r in reasons], dtype=bool)[key_of_row])
+        picked = pa.array(conflicted, pa.int64())
+        self._insert_rejects(
+            partition,
+            batch.column(b.ROW).take(picked).to_pylist(),
+            [reasons[key] for key in key_of_row[conflicted]],
+            batch.column(b.IDENTITY_KEY).take(picked).to_pylist(),
+            "conflict",
+        )
 
     def _apply_attributes(
         self,
@@ -447,6 +582,7 @@ class Delivery:
         created: list[str],
         counts: DeliveryCounts,
         now: str,
+        partition: str,
     ) -> None:
         # All attribute columns of a row share its version, so one row wins per profile for all of them.
         winners = pa.array(
@@ -462,9 +598,18 @@ class Delivery:
         profile_id, name, value, version = (column.to_pylist() for column in fresh.columns)
         conn = self._conn
         conn.executemany(
-            "INSERT INTO attributes (profile_id, name, value, sync, version, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            zip(profile_id, name, value, repeat(self._sync), version, repeat(now), strict=False),
+            "INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            zip(
+                profile_id,
+                name,
+                repeat(self._sync),
+                value,
+                version,
+                repeat(self._seq),
+                repeat(now),
+                strict=False,
+            ),
         )
         counts.attributes_set = fresh.num_rows - fresh.column("value").null_count
 
@@ -486,11 +631,12 @@ class Delivery:
         counts.attributes_set += set_count
         counts.attributes_removed = removed_count
         counts.profiles_updated += conn.execute(
-            "INSERT INTO delivery_profile (profile_id, created)"
-            " SELECT DISTINCT profile_id, 0 FROM stage_attribute_win WHERE change > 0"
-            " ON CONFLICT (profile_id) DO NOTHING"
+            "INSERT INTO delivery_profile (partition_key, profile_id, created)"
+            " SELECT DISTINCT ?, profile_id, 0 FROM stage_attribute_win WHERE change > 0"
+            " ON CONFLICT (partition_key, profile_id) DO NOTHING",
+            (partition,),
         ).rowcount
-        conn.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "now": now})
+        conn.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "seq": self._seq, "now": now})
 
     def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
         # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.
@@ -504,9 +650,9 @@ class Delivery:
             _INSERT_EVENT,
             zip(
                 repeat(self._environment),
+                repeat(self._sync),
                 column(b.EVENT_ID),
                 profile_ids.take(order).to_pylist(),
-                repeat(self._sync),
                 column(b.EVENT_TYPE),
                 column(b.EVENT_NAME),
                 column(b.EVENT_TIMESTAMP_MS),
@@ -524,13 +670,10 @@ class Delivery:
                 batch.column(b.ROW_KEY).to_pylist(),
                 batch.column(b.FINGERPRINT).to_pylist(),
                 repeat(now),
+                batch.column(b.VERSION).to_pylist(),
                 strict=False,
             ),
         )
-
-
-def _by_identity(attached: tuple[str, str, str]) -> tuple[str, str]:
-    return attached[1], attached[2]
 
 
 def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array) -> pa.Table:

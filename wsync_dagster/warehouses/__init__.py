@@ -1,17 +1,34 @@
-"""Warehouse readers: one module per warehouse behind the `Warehouse` protocol."""
+"""Warehouse readers: one module per warehouse, each with its connection model and its reader.
+
+A new warehouse is one module: a `ConnectionSpec` subclass (its `type` literal, keys and `open`) added
+to `CONNECTIONS`. Drivers are imported when a connection opens, never when sync files load.
+"""
 
 from __future__ import annotations
 
-from wsync_dagster.warehouses.base import Warehouse, WarehouseError
-from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
+from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
+from wsync_dagster.warehouses.duckdb import DuckDBConnection
+
+# The registry: `connection.type` picks the model, and the model opens its reader.
+CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection,)
+
+
+def warehouse_types() -> list[str]:
+    """The connection types wsync can read, as written in a sync file."""
+    return [model.type_name() for model in CONNECTIONS]
 
 
 def open_warehouse(spec) -> Warehouse:
     """The reader for a sync's connection."""
-    connection = spec.connection
-    if connection.type == "duckdb":
-        return DuckDBWarehouse(spec.resolve_path(connection.path))
-    raise WarehouseError(f"{spec.source_file}: connection.type: {connection.type} has no reader")
+    return spec.connection.open(spec.base)
 
 
-__all__ = ["DuckDBWarehouse", "Warehouse", "WarehouseError", "open_warehouse"]
+__all__ = [
+    "CONNECTIONS",
+    "ConnectionSpec",
+    "EnvValue",
+    "Warehouse",
+    "WarehouseError",
+    "open_warehouse",
+    "warehouse_types",
+]

@@ -1,15 +1,40 @@
-"""What every warehouse reader offers."""
+"""What every warehouse offers: a typed connection in the sync file, and a reader that returns Arrow."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, get_args
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from wsync_dagster.data_model import SourceTable
 
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be reached or cannot run the data model."""
+
+
+class EnvValue(BaseModel):
+    """A value read from an environment variable when the connection opens: `{env: VAR_NAME}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str
+
+
+Setting = str | EnvValue
+
+
+def resolve(value: Setting | None, field: str) -> str | None:
+    """A setting's value; an unset variable is an error naming the field and the variable, never a value."""
+    if not isinstance(value, EnvValue):
+        return value
+    if value.env not in os.environ:
+        raise WarehouseError(f"connection.{field}: environment variable {value.env} is not set")
+    return os.environ[value.env]
 
 
 class Warehouse(Protocol):
@@ -24,9 +49,30 @@ class Warehouse(Protocol):
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
     ) -> Iterator[pa.RecordBatch]:
-        """Stream the query's rows as record batches in bounded memory."""
+        """Stream the query's rows as record batches in bounded memory; params fill the `?` placeholders."""
         ...
 
     def close(self) -> None:
         """Release the connection."""
         ...
+
+
+class ConnectionSpec(BaseModel):
+    """A sync file's `connection`: one subclass per warehouse type, in the union `spec.Connection`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dialect: ClassVar[str]  # sqlglot's name for the warehouse's SQL
+
+    @classmethod
+    def type_name(cls) -> str:
+        """The `type` this model stands for in a sync file."""
+        return get_args(cls.model_fields["type"].annotation)[0]
+
+    def open(self, base: Path) -> Warehouse:
+        """Connect (drivers are imported here, not at load); paths are relative to `base`."""
+        raise NotImplementedError
+
+    def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
+        """The table's full name in the warehouse (database, schema, table), defaults filled in."""
+        return table.path

@@ -1,0 +1,10 @@
+"""Dagster's documented run tags that wsync sets, held in one place."""
+
+# A run over a range of partitions of assets with a single-run backfill policy.
+PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END = "dagster/asset_partition_range_end"
+
+
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """Tags that make one run cover the partitions first..last."""
+    return {PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}
