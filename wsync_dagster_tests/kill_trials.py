@@ -127,6 +127,7 @@ class WatchedRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its process group: what the kill leaves behind can be ended after
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -159,11 +160,14 @@ class WatchedRun:
         return code
 
     def kill(self) -> str:
-        """SIGKILL the run; which phase it was in."""
+        """SIGKILL the run's process, as `kill -9 PID` does; which phase it was in."""
         landed = self.phase()
         with suppress(ProcessLookupError):
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        # A step's log tailer (Dagster's `tail -F`) can outlive the kill, holding the output pipe open.
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._reader.join()
         self._poller.join()
         return landed
