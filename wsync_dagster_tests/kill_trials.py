@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import cycle
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 import yaml
@@ -112,6 +113,9 @@ class Timing:
 class WatchedRun:
     """A `wsync run` subprocess whose progress lines and store commits are timed as they happen."""
 
+    # Runs under way: each has its own session, so an interrupted trial script ends them itself.
+    live: ClassVar[set[WatchedRun]] = set()
+
     def __init__(self, sync: str, env: dict[str, str], store: Path, *options: str):
         self.store = store
         self.sync = sync
@@ -129,6 +133,7 @@ class WatchedRun:
             text=True,
             start_new_session=True,  # its process group: what the kill leaves behind can be ended after
         )
+        WatchedRun.live.add(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._poller = threading.Thread(target=self._poll_store, daemon=True)
@@ -172,6 +177,13 @@ class WatchedRun:
         self._poller.join()
         return landed
 
+    @classmethod
+    def end_all(cls) -> None:
+        """SIGKILL every run under way and what it started."""
+        for run in list(cls.live):
+            with suppress(ProcessLookupError):
+                os.killpg(run.process.pid, signal.SIGKILL)
+
     def phase(self) -> str:
         """Where the run is now: starting, mapping, delivery, after_commit or finished."""
         if self.process.poll() is not None:
@@ -203,6 +215,7 @@ class WatchedRun:
             elif MODEL_READ in line:
                 self._mark("read")
         self.process.wait()
+        WatchedRun.live.discard(self)
         self._mark("exited")
 
     def _poll_store(self) -> None:
@@ -441,11 +454,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seed or [*SEEDS, *random_seeds(max(0, args.trials - len(SEEDS)))][: args.trials]
     root = Path(tempfile.mkdtemp(prefix="wsync-kill-trials-"))
     began = time.monotonic()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         site = TrialSite(root, args.workers)
         site.prepare()
         trials = site.run_all(seeds, done=lambda trial: print(trial, flush=True))
+    except KeyboardInterrupt:
+        print("kill-trials: interrupted", file=sys.stderr)
+        return 130
     finally:
+        WatchedRun.end_all()
         if args.keep:
             print(f"trial folder: {root}")
         else:
