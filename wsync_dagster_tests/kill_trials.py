@@ -115,8 +115,11 @@ class WatchedRun:
 
     # Runs under way: each has its own session, so an interrupted trial script ends them itself.
     live: ClassVar[set[WatchedRun]] = set()
+    stopping: ClassVar[threading.Event] = threading.Event()
 
     def __init__(self, sync: str, env: dict[str, str], store: Path, *options: str):
+        if WatchedRun.stopping.is_set():
+            raise RuntimeError("the trials are being stopped")
         self.store = store
         self.sync = sync
         self.started = time.monotonic()
@@ -179,7 +182,8 @@ class WatchedRun:
 
     @classmethod
     def end_all(cls) -> None:
-        """SIGKILL every run under way and what it started."""
+        """SIGKILL every run under way and what it started, and start no more."""
+        cls.stopping.set()
         for run in list(cls.live):
             with suppress(ProcessLookupError):
                 os.killpg(run.process.pid, signal.SIGKILL)
@@ -266,7 +270,11 @@ class TrialSite:
 
         shares = [seeds[worker :: len(self.homes)] for worker in range(len(self.homes))]
         with ThreadPoolExecutor(len(self.homes)) as pool:
-            by_worker = list(pool.map(work, self.homes, shares))
+            try:
+                by_worker = list(pool.map(work, self.homes, shares))
+            except BaseException:
+                WatchedRun.end_all()  # or the pool would wait for every trial still to come
+                raise
         return sorted((trial for trials in by_worker for trial in trials), key=lambda t: seeds.index(t.seed))
 
     def run(self, seed: int, home: Path) -> Trial:
