@@ -182,9 +182,9 @@ def test_a_run_launched_in_the_ui_goes_ahead_after_a_killed_run_held_the_profile
     write_sync(user_sync(make_warehouse(USERS_SQL)))
 
     with dagster_dev(tmp_path) as (client, process):
+        wait_until_loaded(client, process, LOCATION)  # the instance's storage exists: two creators collide
         with slot_holder(tmp_path / "dagster_home") as holder:
             holder.kill()
-        wait_until_loaded(client, process, LOCATION)
         run_id = launch_partition(client, "crm_users_job", PARTITION)
         status = wait_for_run(client, run_id)
         assert status == "SUCCESS", f"run {run_id} ended {status}:\n{run_errors(client, run_id)}"
