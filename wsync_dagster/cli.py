@@ -6,11 +6,17 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from wsync_dagster.settings import profile_store_url, syncs_dir
+
+# Exit codes (the README lists them): argparse exits 2 on a usage error.
+EXIT_ERROR = 1
+EXIT_CHECK_FAILED = 3
+EXIT_INTERRUPTED = 130
 
 
 class CommandError(Exception):
@@ -120,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {asset_key}: {counts}")
     for failed in report.failed_checks:
         print(f"  check failed: {failed}", file=sys.stderr)
-    return 0
+    return EXIT_CHECK_FAILED if report.failed_checks else 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -216,11 +222,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wsync` console script."""
     args = _parser().parse_args(argv)
+    # SIGTERM stops a command as Ctrl-C does: open transactions roll back and one line says so.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.func(args)
+    except KeyboardInterrupt as interrupt:
+        print(f"wsync {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (CommandError, ValueError, RuntimeError, OSError) as error:
         print(f"wsync {args.command}: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

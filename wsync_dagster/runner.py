@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from dagster import DagsterInstance, DynamicPartitionsDefinition, TimeWindowPartitionsDefinition
+from dagster import (
+    DagsterExecutionInterruptedError,
+    DagsterInstance,
+    DynamicPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+)
 
 from wsync_dagster.defs import build_definitions, sync_job_name
+from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.partitions import run_key, run_key_time, sync_partitions
 from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.pipeline import check_mapping, logger
+from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
-_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# A failed step's stack trace stays in the run's logs; the command prints one line per failure.
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# The daemon must not re-run a run behind the back of the terminal that started it (and saw it fail).
+MAX_RETRIES_TAG = "dagster/max_retries"
 
 
 class RunError(RuntimeError):
     """A sync run that could not start or did not succeed."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The interrupt (SIGINT or SIGTERM) that stopped a run, saying what it left: a delivery is all or nothing."""
 
 
 @dataclass
@@ -69,6 +84,8 @@ def run_sync(
     now: datetime | None = None,
 ) -> RunReport:
     """Check the mapping, then materialize the sync's job for one partition or all that are due."""
+    for abandoned in recover_abandoned_runs(instance):
+        logger.info(str(abandoned))
     check_mapping(spec)
     partitions = sync_partitions(spec)
     runs: list[tuple[str, dict]] = []  # (label, execute_in_process options) of each Dagster run
@@ -98,15 +115,62 @@ def run_sync(
         return RunReport(partitions="")
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
     report = RunReport(partitions=", ".join(label for label, _ in runs))
+    delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
     for label, options in runs:
         logger.info(f"{spec.name}: one Dagster run for partitions {label}")
-        result = job.execute_in_process(
-            instance=instance, run_config=_QUIET_LOGS, raise_on_error=False, **options
-        )
+        result = _execute(job, instance, options)
         if not result.success:
+            if _interrupted(result):
+                delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
+                raise _interruption(
+                    spec, label, result.run_id, label.split("..")[-1] in delivered - delivered_before
+                )
             raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
         _add_result(report, result)
     return report
+
+
+def _execute(job, instance: DagsterInstance, options: dict):
+    """Wait for a profile-store slot, then run the job here, watching the pool while its delivery waits."""
+    try:
+        wait_for_pool(instance, PROFILE_STORE_POOL, logger.info)
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"interrupted while waiting for pool {PROFILE_STORE_POOL}; nothing ran"
+        ) from None
+    run_id = str(uuid.uuid4())
+    tags = {**options.pop("tags", {}), **process_tags(), MAX_RETRIES_TAG: "0"}
+    with watch_pool(instance, PROFILE_STORE_POOL, run_id, logger.info):
+        return job.execute_in_process(
+            instance=instance,
+            run_config=_QUIET_LOGS,
+            raise_on_error=False,
+            run_id=run_id,
+            tags=tags,
+            **options,
+        )
+
+
+def _interrupted(result) -> bool:
+    return any(
+        event.is_step_failure
+        and event.step_failure_data.error is not None
+        and event.step_failure_data.error.cls_name == DagsterExecutionInterruptedError.__name__
+        for event in result.all_events
+    )
+
+
+def _interruption(spec: SyncSpec, label: str, run_id: str, committed: bool) -> RunInterrupted:
+    """What an interrupted run left: its delivery committed whole, or nothing of it."""
+    if committed:
+        return RunInterrupted(
+            f"{spec.name}: interrupted after the delivery of {label} committed: the profile store holds it; "
+            f"run {run_id} marked failed"
+        )
+    return RunInterrupted(
+        f"{spec.name}: interrupted before the delivery of {label} committed: nothing of it is in the profile "
+        f"store; run {run_id} marked failed and its {PROFILE_STORE_POOL} slot freed"
+    )
 
 
 def _stretches(keys: list[str], due: set[str]) -> list[tuple[str, str]]:

@@ -96,13 +96,28 @@ def test_rejects_json_lists_rejected_rows_with_reasons(make_warehouse, write_syn
         "TIMESTAMP '2024-01-01 12:00:00');"
     )
     write_sync(user_sync(warehouse))
-    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    assert (
+        main(["run", "crm_users", "--partition", "2024-01-01"]) == 3
+    )  # 1 of 3 rows rejected: the check fails
     capsys.readouterr()
     assert main(["rejects", "crm_users", "--json"]) == 0
     [reject] = json.loads(capsys.readouterr().out)
     assert reject["reason"] == "no identity: customer_id, email all empty"
     assert reject["row"]["first_name"] == "Nobody"
     assert reject["partition"] == "2024-01-01"
+
+
+def test_run_that_delivers_but_fails_the_reject_rate_check_exits_3(make_warehouse, write_sync, capsys):
+    warehouse = make_warehouse(
+        USERS_SQL
+        + "INSERT INTO crm.users VALUES (NULL, NULL, 'Nobody', 'pro', TIMESTAMP '2024-01-01 12:00:00');"
+    )
+    write_sync(user_sync(warehouse))
+
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 3
+    captured = capsys.readouterr()
+    assert "profiles_created=2" in captured.out
+    assert "check failed: crm_users/mapped_batches:reject_rate 33.3% of rows rejected" in captured.err
 
 
 def test_preview_prints_enriched_profiles_and_writes_nothing(make_warehouse, write_sync, tmp_path, capsys):

@@ -8,6 +8,7 @@ from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_
 
 from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
 from wsync_dagster.defs.invalid import invalid_file_specs
+from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
 from wsync_dagster.defs.triggers import build_trigger
@@ -47,9 +48,10 @@ def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> De
 
 
 def build_folder_definitions(folder: SyncFolder) -> Definitions:
-    """The code location: the syncs that load, and an asset per sync file that does not."""
+    """The code location: the syncs that load, an asset per sync file that does not, and run recovery."""
     for file in folder.invalid:
         logging.getLogger("wsync").warning(f"sync file not loaded: {file.errors[0]}")
     return Definitions.merge(
-        build_definitions(folder.specs), Definitions(assets=invalid_file_specs(folder.invalid))
+        build_definitions(folder.specs),
+        Definitions(assets=invalid_file_specs(folder.invalid), sensors=[build_recovery_sensor()]),
     )

@@ -29,6 +29,8 @@ from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
 
 REJECT_RATE_CHECK = "reject_rate"
+# Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
+PROFILE_STORE_POOL = "profile_store"
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         backfill_policy=backfill_policy,
         group_name=spec.name,
         kinds={"sqlite"},
-        pool="profile_store",
+        pool=PROFILE_STORE_POOL,
         description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
     )
     def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
