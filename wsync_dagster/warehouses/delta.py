@@ -1,0 +1,176 @@
+"""Delta Lake warehouse: Delta tables by path or object-store URI, read with delta-rs and queried with DuckDB."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import field_validator
+from sqlglot import exp
+
+from wsync_dagster.data_model import SourceTable, probe_sql, source_tables
+from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+
+# Storage options that are credentials whatever their provider calls them; spec.py catches the rest
+# (secret, token, password, credentials).
+_SECRET_OPTION = re.compile(r"account_key|access_key\Z|sas_key|master_key|private_key", re.IGNORECASE)
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def table_name(name: str) -> tuple[str, ...]:
+    """A `tables` key as its parts (catalog, schema, table), lower-cased as DuckDB resolves them."""
+    try:
+        table = exp.to_table(name, dialect="duckdb")
+    except Exception:  # sqlglot raises several error types for a name that does not parse
+        table = None
+    if table is None or not all(isinstance(part, exp.Identifier) for part in table.parts):
+        raise ValueError(f"'{name}' is not a table name: write table, schema.table or catalog.schema.table")
+    return tuple(part.name.lower() for part in table.parts)
+
+
+class DeltaConnection(ConnectionSpec):
+    """Delta tables named as the data model's SQL names them, each at a path or object-store URI."""
+
+    dialect = "duckdb"  # the model runs in DuckDB over the tables' Arrow datasets
+    type: Literal["delta"]
+    tables: dict[str, Setting]
+    storage_options: dict[str, Setting] = {}
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, tables: dict[str, Setting]) -> dict[str, Setting]:
+        if not tables:
+            raise ValueError("name at least one Delta table: {schema.table: path or URI}")
+        for name in tables:
+            table_name(name)
+        return tables
+
+    @field_validator("storage_options")
+    @classmethod
+    def _secret_options(cls, options: dict[str, Setting]) -> dict[str, Setting]:
+        for key, value in options.items():
+            if _SECRET_OPTION.search(key) and not isinstance(value, EnvValue):
+                raise ValueError(f"{key} is a secret: write it as {{env: VAR_NAME}}, never in the sync file")
+        return options
+
+    def open(self, base: Path) -> DeltaWarehouse:
+        """Resolve the tables' locations and the storage options; tables open when a query reads them."""
+        locations = {table_name(name): self._location(name, base) for name in self.tables}
+        options = {
+            key: resolve(value, f"storage_options.{key}") for key, value in self.storage_options.items()
+        }
+        return DeltaWarehouse(locations, options)  # type: ignore[arg-type]
+
+    def _location(self, name: str, base: Path) -> str:
+        """A URI as written; a local path relative to the sync file's folder."""
+        location = resolve(self.tables[name], f"tables.{name}")
+        if _URI.match(location):  # type: ignore[arg-type]
+            return location  # type: ignore[return-value]
+        path = Path(location)  # type: ignore[arg-type]
+        return str(path if path.is_absolute() else (base / path).resolve())
+
+    def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
+        """The name the SQL uses, in DuckDB's defaults: catalog `delta`, schema `main`."""
+        return (table.catalog or "delta", table.schema or "main", table.name)
+
+
+class DeltaWarehouse:
+    """Each Delta table the model reads, as a view over its Arrow dataset in an in-memory DuckDB.
+
+    DuckDB scans the datasets batch by batch (projections and filters pushed down), so a read holds a
+    few batches, not the table. The DuckDB connection cannot reach files, URLs or settings: the model
+    reads the named Delta tables and nothing else.
+    """
+
+    dialect = "duckdb"
+
+    def __init__(self, locations: dict[tuple[str, ...], str], storage_options: dict[str, str]):
+        import duckdb
+
+        self._locations = locations
+        self._storage_options = storage_options
+        self._error = duckdb.Error
+        self._registered: set[tuple[str, ...]] = set()
+        self._connection = duckdb.connect(":memory:")
+        for catalog in {name[0] for name in locations if len(name) == 3}:
+            self._connection.execute(f"ATTACH ':memory:' AS {_quoted(catalog)}")
+        self._connection.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, as window bounds are
+        self._connection.execute("SET python_enable_replacements = false")
+        self._connection.execute("SET enable_external_access = false")
+        self._connection.execute("SET lock_configuration = true")
+
+    def columns(self, sql: str) -> pa.Schema:
+        """The model's columns, from a zero-row probe."""
+        self._register_tables(sql)
+        try:
+            return self._connection.sql(probe_sql(sql)).to_arrow_table().schema
+        except self._error as error:
+            raise WarehouseError(
+                f"data_model.sql: DuckDB over the Delta tables cannot run it: {error}"
+            ) from None
+
+    def read_batches(
+        self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the rows as DuckDB scans the Delta tables' files."""
+        self._register_tables(sql)
+        try:
+            reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
+        except self._error as error:
+            raise WarehouseError(
+                f"data_model.sql: DuckDB over the Delta tables cannot run it: {error}"
+            ) from None
+        yield from reader
+
+    def close(self) -> None:
+        """Drop the in-memory database; Delta tables hold no connection."""
+        self._connection.close()
+
+    def _register_tables(self, sql: str) -> None:
+        """Open each Delta table the SQL reads and make it a view under the name the SQL uses."""
+        for table in source_tables(sql, self.dialect):
+            name = tuple(part.lower() for part in table.path)
+            if name in self._registered:
+                continue
+            if name not in self._locations:
+                known = ", ".join(".".join(known) for known in self._locations)
+                raise WarehouseError(
+                    f"connection.tables: the data model reads {'.'.join(table.path)}, which is not one of "
+                    f"the Delta tables named in the connection ({known})"
+                )
+            self._register(name, self._dataset(name))
+
+    def _dataset(self, name: tuple[str, ...]):
+        """The Delta table's current version as a pyarrow dataset (its files, read lazily)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError, TableNotFoundError
+
+        location = self._locations[name]
+        where = f"connection.tables.{'.'.join(name)}: Delta table at {location}"
+        try:
+            return DeltaTable(location, storage_options=self._storage_options or None).to_pyarrow_dataset()
+        except TableNotFoundError:
+            raise WarehouseError(f"{where}: no Delta table there") from None
+        except (DeltaError, OSError) as error:
+            raise WarehouseError(f"{where}: cannot be read: {_first_line(error)}") from None
+
+    def _register(self, name: tuple[str, ...], dataset) -> None:
+        arrow_name = f"delta_{len(self._registered)}"
+        self._connection.register(arrow_name, dataset)
+        schema = name[:-1] or ("main",)
+        if schema != ("main",):
+            self._connection.execute(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(map(_quoted, schema))}")
+        view = ".".join(map(_quoted, name))
+        self._connection.execute(f"CREATE VIEW {view} AS SELECT * FROM {arrow_name}")
+        self._registered.add(name)
+
+
+def _quoted(identifier: str) -> str:
+    return exp.to_identifier(identifier, quoted=True).sql(dialect="duckdb")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
