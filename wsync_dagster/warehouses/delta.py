@@ -18,6 +18,14 @@ from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, War
 # (secret, token, password, credentials).
 _SECRET_OPTION = re.compile(r"account_key|access_key\Z|sas_key|master_key|private_key", re.IGNORECASE)
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The model reaches the named tables only: no files, URLs, extensions or variables of this process.
+_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,
+}
 
 
 def table_name(name: str) -> tuple[str, ...]:
@@ -57,7 +65,7 @@ class DeltaConnection(ConnectionSpec):
         return options
 
     def open(self, base: Path) -> DeltaWarehouse:
-        """Resolve the tables' locations and the storage options; tables open when a query reads them."""
+        """Open each Delta table at its current version."""
         locations = {table_name(name): self._location(name, base) for name in self.tables}
         options = {
             key: resolve(value, f"storage_options.{key}") for key, value in self.storage_options.items()
@@ -78,7 +86,7 @@ class DeltaConnection(ConnectionSpec):
 
 
 class DeltaWarehouse:
-    """Each Delta table the model reads, as a view over its Arrow dataset in an in-memory DuckDB.
+    """Each Delta table as a view over its Arrow dataset, in an in-memory DuckDB, under the name the SQL uses.
 
     DuckDB scans the datasets batch by batch (projections and filters pushed down), so a read holds a
     few batches, not the table. The DuckDB connection cannot reach files, URLs or settings: the model
@@ -90,87 +98,84 @@ class DeltaWarehouse:
     def __init__(self, locations: dict[tuple[str, ...], str], storage_options: dict[str, str]):
         import duckdb
 
-        self._locations = locations
-        self._storage_options = storage_options
         self._error = duckdb.Error
-        self._registered: set[tuple[str, ...]] = set()
-        self._connection = duckdb.connect(":memory:")
-        for catalog in {name[0] for name in locations if len(name) == 3}:
-            self._connection.execute(f"ATTACH ':memory:' AS {_quoted(catalog)}")
-        self._connection.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, as window bounds are
-        self._connection.execute("SET python_enable_replacements = false")
-        self._connection.execute("SET enable_external_access = false")
-        self._connection.execute("SET lock_configuration = true")
+        self._connection = duckdb.connect(":memory:", config=_CONFIG)
+        try:
+            for catalog in sorted({name[0] for name in locations if len(name) == 3}):
+                self._connection.execute(f"ATTACH ':memory:' AS {_quoted(catalog)}")
+            for index, (name, location) in enumerate(locations.items()):
+                self._add_view(name, f"delta_{index}", _dataset(name, location, storage_options))
+            self._connection.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, as window bounds are
+            self._connection.execute("SET lock_configuration = true")
+        except BaseException:
+            self._connection.close()
+            raise
+        self._tables = set(locations)
 
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, from a zero-row probe."""
-        self._register_tables(sql)
+        self._check_tables(sql)
         try:
             return self._connection.sql(probe_sql(sql)).to_arrow_table().schema
         except self._error as error:
-            raise WarehouseError(
-                f"data_model.sql: DuckDB over the Delta tables cannot run it: {error}"
-            ) from None
+            raise _model_error(error) from None
 
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
     ) -> Iterator[pa.RecordBatch]:
         """Stream the rows as DuckDB scans the Delta tables' files."""
-        self._register_tables(sql)
         try:
             reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
         except self._error as error:
-            raise WarehouseError(
-                f"data_model.sql: DuckDB over the Delta tables cannot run it: {error}"
-            ) from None
+            raise _model_error(error) from None
         yield from reader
 
     def close(self) -> None:
         """Drop the in-memory database; Delta tables hold no connection."""
         self._connection.close()
 
-    def _register_tables(self, sql: str) -> None:
-        """Open each Delta table the SQL reads and make it a view under the name the SQL uses."""
+    def _check_tables(self, sql: str) -> None:
+        """Every table the model reads is one of the connection's Delta tables."""
         for table in source_tables(sql, self.dialect):
-            name = tuple(part.lower() for part in table.path)
-            if name in self._registered:
-                continue
-            if name not in self._locations:
-                known = ", ".join(".".join(known) for known in self._locations)
+            if tuple(part.lower() for part in table.path) not in self._tables:
+                known = ", ".join(sorted(".".join(name) for name in self._tables))
                 raise WarehouseError(
                     f"connection.tables: the data model reads {'.'.join(table.path)}, which is not one of "
-                    f"the Delta tables named in the connection ({known})"
+                    f"the Delta tables of the connection ({known})"
                 )
-            self._register(name, self._dataset(name))
 
-    def _dataset(self, name: tuple[str, ...]):
-        """The Delta table's current version as a pyarrow dataset (its files, read lazily)."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import DeltaError, TableNotFoundError
-
-        location = self._locations[name]
-        where = f"connection.tables.{'.'.join(name)}: Delta table at {location}"
-        try:
-            return DeltaTable(location, storage_options=self._storage_options or None).to_pyarrow_dataset()
-        except TableNotFoundError:
-            raise WarehouseError(f"{where}: no Delta table there") from None
-        except (DeltaError, OSError) as error:
-            raise WarehouseError(f"{where}: cannot be read: {_first_line(error)}") from None
-
-    def _register(self, name: tuple[str, ...], dataset) -> None:
-        arrow_name = f"delta_{len(self._registered)}"
+    def _add_view(self, name: tuple[str, ...], arrow_name: str, dataset) -> None:
         self._connection.register(arrow_name, dataset)
         schema = name[:-1] or ("main",)
         if schema != ("main",):
             self._connection.execute(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(map(_quoted, schema))}")
         view = ".".join(map(_quoted, name))
         self._connection.execute(f"CREATE VIEW {view} AS SELECT * FROM {arrow_name}")
-        self._registered.add(name)
+
+
+def _dataset(name: tuple[str, ...], location: str, storage_options: dict[str, str]):
+    """The Delta table's current version as a pyarrow dataset (its files, read lazily)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    where = f"connection.tables.{'.'.join(name)}: Delta table at {location}"
+    try:
+        return DeltaTable(location, storage_options=storage_options or None).to_pyarrow_dataset()
+    except TableNotFoundError:
+        raise WarehouseError(f"{where}: there is no Delta table there") from None
+    except (DeltaError, OSError) as error:
+        raise WarehouseError(f"{where}: cannot be read: {_one_line(error)}") from None
+
+
+def _model_error(error: Exception) -> WarehouseError:
+    return WarehouseError(f"data_model.sql: DuckDB over the Delta tables cannot run it: {_one_line(error)}")
 
 
 def _quoted(identifier: str) -> str:
     return exp.to_identifier(identifier, quoted=True).sql(dialect="duckdb")
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _one_line(error: Exception) -> str:
+    """delta-rs errors come as an indented, coloured chain of causes: one line of them, joined by ': '."""
+    lines = (_ANSI.sub("", line).strip().lstrip("↳").strip() for line in str(error).splitlines())
+    return ": ".join(line for line in lines if line) or type(error).__name__
