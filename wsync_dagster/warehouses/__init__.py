@@ -7,11 +7,12 @@ to `CONNECTIONS`. Drivers are imported when a connection opens, never when sync 
 from __future__ import annotations
 
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
+from wsync_dagster.warehouses.databricks import DatabricksConnection
 from wsync_dagster.warehouses.delta import DeltaConnection
 from wsync_dagster.warehouses.duckdb import DuckDBConnection
 
 # The registry: `connection.type` picks the model, and the model opens its reader.
-CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, DeltaConnection)
+CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, DeltaConnection, DatabricksConnection)
 
 
 def warehouse_types() -> list[str]:
