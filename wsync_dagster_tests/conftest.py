@@ -9,6 +9,9 @@ import duckdb
 import pytest
 import yaml
 
+from wsync_dagster.settings import profile_store_url
+from wsync_dagster.store import open_profile_store
+
 USERS_SQL = """
 CREATE SCHEMA crm;
 CREATE TABLE crm.users (
@@ -80,3 +83,11 @@ def user_sync(warehouse: Path, **overrides) -> dict:
         "sync": sync,
         **overrides,
     }
+
+
+@pytest.fixture
+def store_bytes(wsync_env) -> Callable[[], bytes]:
+    """The profile store's file, created before the test: a failed run must leave its bytes as they were."""
+    open_profile_store(profile_store_url()).close()
+    path = Path(profile_store_url().removeprefix("sqlite:///"))
+    return path.read_bytes

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import boto3
 import httpx
@@ -21,9 +20,7 @@ from moto.server import ThreadedMotoServer
 from wsync_dagster.cli import main
 from wsync_dagster.data_model import DataModelError
 from wsync_dagster.defs.sources import source_keys
-from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import SyncSpecError, load_sync_file
-from wsync_dagster.store import open_profile_store
 from wsync_dagster.warehouses import WarehouseError, open_warehouse
 from wsync_dagster_tests.test_conformance import EVENTS, USER_COLUMNS, USERS
 
@@ -38,14 +35,6 @@ def _user_sync(connection: dict, sql: str = f"SELECT {USER_COLUMNS} FROM crm.use
         "data_model": {"sql": sql},
         "sync": {"mode": "full"},
     }
-
-
-@pytest.fixture
-def store_bytes(wsync_env) -> Callable[[], bytes]:
-    """The profile store's file, created before the test: a failed run must leave its bytes as they were."""
-    open_profile_store(profile_store_url()).close()
-    path = Path(profile_store_url().removeprefix("sqlite:///"))
-    return path.read_bytes
 
 
 @pytest.fixture(scope="session")

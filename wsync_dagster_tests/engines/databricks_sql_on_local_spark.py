@@ -12,6 +12,7 @@ talk to a local Spark Thrift server: see test_databricks.py.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -41,6 +42,9 @@ def spark_session():
             SparkSession.builder.master("local[1]")
             .appName("wsync-tests")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            # Small queries: the quick JIT tier and one serial GC start faster than the defaults.
+            .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.sql.shuffle.partitions", "1")
@@ -48,6 +52,8 @@ def spark_session():
             .getOrCreate()
         )
         _spark.sparkContext.setLogLevel("ERROR")
+        # PySpark logs each failed query as JSON on stderr; the reader reports the error itself.
+        logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
     return _spark
 
 
