@@ -19,8 +19,14 @@ result sets are Databricks extensions of that protocol as well, so no query coul
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
+import threading
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -33,6 +39,7 @@ from wsync_dagster.spec import SyncSpecError, load_sync_file
 from wsync_dagster.warehouses import open_warehouse
 from wsync_dagster_tests.engines.databricks_sql_on_local_spark import (
     TOKEN,
+    TOKEN_VARIABLE,
     LocalSparkEngine,
     connection,
     standing_in_for_databricks,
@@ -56,6 +63,83 @@ ITERATORS = pa.table(
 def spark_databricks() -> Iterator[LocalSparkEngine]:
     with standing_in_for_databricks() as engine:
         yield engine
+
+
+# The HTTP status Databricks' front end answers for each http_path of the stand-in.
+FRONT_DOOR = {"/sql/1.0/warehouses/refuses-token": 403, "/sql/1.0/warehouses/gone": 404}
+
+
+@dataclass
+class FrontDoor:
+    """The stand-in's certificate, and the Authorization headers it received."""
+
+    certificate: Path
+    received: list[str]
+
+
+@pytest.fixture(scope="session")
+def front_door(tmp_path_factory) -> Iterator[FrontDoor]:
+    """An HTTPS server on 127.0.0.1:443, standing in for Databricks' front end: it refuses every request.
+
+    The connector always speaks HTTPS on port 443; the server's self-signed certificate is trusted
+    through SSL_CERT_FILE.
+    """
+    folder = tmp_path_factory.mktemp("front-door")
+    _self_signed_certificate(folder)
+    received: list[str] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.headers.get("Authorization", ""))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(FRONT_DOOR.get(self.path.split("?")[0], 404))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 443), Refuse)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield FrontDoor(folder / "cert.pem", received)
+    server.shutdown()
+    server.server_close()
+
+
+def _self_signed_certificate(folder: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
 
 
 def _sync(sql: str = "SELECT * FROM crm.users", **connection_keys) -> dict:
@@ -83,7 +167,8 @@ def test_the_window_sql_for_each_iterator_type_runs_on_local_spark_standing_in_f
     spark_databricks, write_sync, iterator, iterator_type
 ):
     spark_databricks.load({"crm.users": ITERATORS})
-    spec = load_sync_file(write_sync(_sync()))
+    # A '?' in the model is text, not a parameter marker.
+    spec = load_sync_file(write_sync(_sync("SELECT *, 'why?' AS note FROM crm.users")))
     window = IteratorWindow(datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))
     warehouse = open_warehouse(spec)
     try:
@@ -171,6 +256,34 @@ def test_a_missing_schema_fails_the_run_in_one_line_and_writes_nothing_local_spa
     assert store_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("http_path", "meaning"),
+    [
+        ("/sql/1.0/warehouses/refuses-token", "HTTP 403, the access token was refused or has no access"),
+        ("/sql/1.0/warehouses/gone", "HTTP 404, no SQL warehouse or cluster at that http_path"),
+    ],
+)
+def test_a_refused_connection_fails_in_one_line_without_the_token_https_server_standing_in_for_databricks(
+    front_door, write_sync, store_bytes, monkeypatch, capsys, http_path, meaning
+):
+    monkeypatch.setenv("SSL_CERT_FILE", str(front_door.certificate))
+    monkeypatch.setenv(TOKEN_VARIABLE, TOKEN)
+    write_sync(_sync(server_hostname="127.0.0.1", http_path=http_path))
+    before = store_bytes()
+
+    assert main(["validate"]) == 1
+    assert main(["run", "users"]) == 1
+
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err
+    validate_line, run_line = captured.err.strip().splitlines()
+    where = f"connection: cannot connect to Databricks at 127.0.0.1{http_path}: {meaning}"
+    assert validate_line.startswith(f"✗ users: {where}")
+    assert where in run_line
+    assert store_bytes() == before
+    assert front_door.received[-1] == f"Bearer {TOKEN}"  # the token went to the warehouse, and only there
+
+
 def test_an_unset_token_variable_names_the_field_and_the_variable(write_sync, capsys):
     sync = _sync()
     sync["connection"]["access_token"] = {"env": "WSYNC_TEST_UNSET_DATABRICKS_TOKEN"}
@@ -204,23 +317,4 @@ def test_source_assets_are_named_catalog_schema_table_with_the_connection_defaul
         ["warehouse", "lake", "crm", "plans"],
         ["warehouse", "main", "crm", "users"],
         ["warehouse", "main", "web", "events"],
-    ]
-
-
-def test_window_bounds_are_sent_as_typed_named_parameters():
-    from wsync_dagster.warehouses.databricks import named_parameters
-
-    sql, parameters = named_parameters(
-        "SELECT * FROM (SELECT '?' AS q, at FROM t) AS model WHERE model.at >= ? AND model.at < ?",
-        (date(2024, 1, 1), date(2024, 1, 2)),
-    )
-
-    assert sql == (
-        "SELECT * FROM (SELECT '?' AS q, at FROM t) AS model "
-        "WHERE model.at >= :window_start AND model.at < :window_end"
-    )
-    sent = [p.as_tspark_param(named=True) for p in parameters]
-    assert [(p.name, p.type, p.value.stringValue) for p in sent] == [
-        ("window_start", "DATE", "2024-01-01"),
-        ("window_end", "DATE", "2024-01-02"),
     ]

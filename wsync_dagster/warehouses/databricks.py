@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,8 @@ class DatabricksConnection(ConnectionSpec):
         """Connect with the token read from its environment variable now, never stored."""
         from databricks import sql
 
+        # The connector logs each failed request on stderr; the reader reports it once, in one line.
+        logging.getLogger("databricks.sql").setLevel(logging.CRITICAL)
         host = resolve(self.server_hostname, "server_hostname")
         http_path = resolve(self.http_path, "http_path")
         token = resolve(self.access_token, "access_token")
@@ -154,4 +157,18 @@ def _literal(value: Setting | None) -> str | None:
 
 
 def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    """The connector's message, with the HTTP status it keeps aside (its message alone may be empty)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    context = getattr(error, "context", None) or {}
+    status = context.get("http-code")
+    if status is None:
+        return message
+    detail = " ".join(str(context.get("error-message") or "").split())
+    return f"HTTP {status}{_HTTP_MEANING.get(status, '')}{f': {detail}' if detail else ''} ({message.rstrip('. ')})"
+
+
+_HTTP_MEANING = {
+    401: ", the access token was refused",
+    403: ", the access token was refused or has no access",
+    404: ", no SQL warehouse or cluster at that http_path",
+}
