@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import field_validator
 from sqlglot import exp
 
-from wsync_dagster.data_model import SourceTable, probe_sql, source_tables
+from wsync_dagster.data_model import SourceTable, source_tables
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
 
 # Storage options that are credentials whatever their provider calls them; spec.py catches the rest
 # (secret, token, password, credentials).
@@ -85,15 +85,13 @@ class DeltaConnection(ConnectionSpec):
         return (table.catalog or "delta", table.schema or "main", table.name)
 
 
-class DeltaWarehouse:
-    """Each Delta table as a view over its Arrow dataset, in an in-memory DuckDB, under the name the SQL uses.
+class DeltaWarehouse(DuckDBWarehouse):
+    """The DuckDB reader over an in-memory database: each Delta table a view on its Arrow dataset.
 
     DuckDB scans the datasets batch by batch (projections and filters pushed down), so a read holds a
     few batches, not the table. The DuckDB connection cannot reach files, URLs or settings: the model
     reads the named Delta tables and nothing else.
     """
-
-    dialect = "duckdb"
 
     def __init__(self, locations: dict[tuple[str, ...], str], storage_options: dict[str, str]):
         import duckdb
@@ -113,26 +111,9 @@ class DeltaWarehouse:
         self._tables = set(locations)
 
     def columns(self, sql: str) -> pa.Schema:
-        """The model's columns, from a zero-row probe."""
+        """The model's columns, from a zero-row probe, once its tables are known to be Delta tables here."""
         self._check_tables(sql)
-        try:
-            return self._connection.sql(probe_sql(sql)).to_arrow_table().schema
-        except self._error as error:
-            raise _model_error(error) from None
-
-    def read_batches(
-        self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream the rows as DuckDB scans the Delta tables' files."""
-        try:
-            reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
-        except self._error as error:
-            raise _model_error(error) from None
-        yield from reader
-
-    def close(self) -> None:
-        """Drop the in-memory database; Delta tables hold no connection."""
-        self._connection.close()
+        return super().columns(sql)
 
     def _check_tables(self, sql: str) -> None:
         """Every table the model reads is one of the connection's Delta tables."""
@@ -165,10 +146,6 @@ def _dataset(name: tuple[str, ...], location: str, storage_options: dict[str, st
         raise WarehouseError(f"{where}: there is no Delta table there") from None
     except (DeltaError, OSError) as error:
         raise WarehouseError(f"{where}: cannot be read: {_one_line(error)}") from None
-
-
-def _model_error(error: Exception) -> WarehouseError:
-    return WarehouseError(f"data_model.sql: DuckDB over the Delta tables cannot run it: {_one_line(error)}")
 
 
 def _quoted(identifier: str) -> str:
