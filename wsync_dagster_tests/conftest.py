@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pytest
 import yaml
+from dagster import Definitions
 
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.store import open_profile_store
@@ -83,6 +85,11 @@ def user_sync(warehouse: Path, **overrides) -> dict:
         "sync": sync,
         **overrides,
     }
+
+
+def code_location() -> Definitions:
+    """The definitions `dagster dev` loads, reloaded so they read this test's WSYNC_SYNCS_DIR."""
+    return importlib.reload(importlib.import_module("wsync_dagster.definitions")).defs
 
 
 @pytest.fixture

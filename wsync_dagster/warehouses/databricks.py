@@ -13,7 +13,7 @@ import sqlglot
 from pydantic import Field
 from sqlglot import exp
 
-from wsync_dagster.data_model import SourceTable, probe_sql
+from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
 
 # The window bounds' names in the SQL sent: Databricks binds named parameter markers.
@@ -97,7 +97,7 @@ class DatabricksWarehouse:
                 try:
                     table = cursor.fetchmany_arrow(batch_size)
                 except self._error as failure:
-                    raise self._model_error(failure) from None
+                    raise self._model_error(failure, query) from None
                 if table.num_rows == 0:
                     return
                 yield from standard_types(table).to_batches()
@@ -112,11 +112,13 @@ class DatabricksWarehouse:
             cursor.execute(query, parameters or None)
         except self._error as failure:
             cursor.close()
-            raise self._model_error(failure) from None
+            raise self._model_error(failure, query) from None
         return cursor
 
-    def _model_error(self, failure: Exception) -> WarehouseError:
-        return WarehouseError(f"data_model.sql: {self._where} cannot run it: {_one_line(failure)}")
+    def _model_error(self, failure: Exception, query: str) -> WarehouseError:
+        """One line without the SQL's string literals: run storage and logs keep every error message."""
+        message = redact_literals(_one_line(failure), query, self.dialect)
+        return WarehouseError(f"data_model.sql: {self._where} cannot run it: {message}")
 
 
 def named_parameters(sql: str, params: Sequence[Any]) -> tuple[str, list]:
