@@ -364,12 +364,13 @@ def test_a_credentials_secret_that_is_no_service_account_key_names_the_variable_
 
 def test_an_unset_credentials_variable_names_the_field_and_the_variable(write_sync, monkeypatch, capsys):
     monkeypatch.delenv("BQ_KEY", raising=False)
-    write_sync(_sync({"type": "bigquery", "project": "acme", "credentials": {"env": "BQ_KEY"}}))
+    path = write_sync(_sync({"type": "bigquery", "project": "acme", "credentials": {"env": "BQ_KEY"}}))
 
     assert main(["validate"]) == 1
 
     assert (
-        "✗ users: connection.credentials: environment variable BQ_KEY is not set" in capsys.readouterr().err
+        f"✗ users: {path}: connection.credentials: environment variable BQ_KEY is not set"
+        in capsys.readouterr().err
     )
 
 
