@@ -7,6 +7,7 @@ object-store client speaking S3 over HTTP. What stands in: moto's S3 server (on 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -59,12 +60,13 @@ def s3_lake(s3_endpoint: str, request, monkeypatch: pytest.MonkeyPatch) -> dict:
         aws_secret_access_key=SECRET,
         region_name="us-east-1",
     ).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("WSYNC_TEST_S3_KEY_ID", "wsync")
     monkeypatch.setenv("WSYNC_TEST_S3_SECRET", SECRET)
     return {
         "bucket": bucket,
         "storage_options": {
             "AWS_ENDPOINT_URL": s3_endpoint,
-            "AWS_ACCESS_KEY_ID": "wsync",
+            "AWS_ACCESS_KEY_ID": {"env": "WSYNC_TEST_S3_KEY_ID"},
             "AWS_SECRET_ACCESS_KEY": {"env": "WSYNC_TEST_S3_SECRET"},
             "AWS_REGION": "us-east-1",
             "AWS_ALLOW_HTTP": "true",
@@ -75,7 +77,9 @@ def s3_lake(s3_endpoint: str, request, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def _resolved(options: dict) -> dict:
-    return {key: SECRET if isinstance(value, dict) else value for key, value in options.items()}
+    return {
+        key: os.environ[value["env"]] if isinstance(value, dict) else value for key, value in options.items()
+    }
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ from wsync_dagster.data_model import SourceTable, source_tables
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
 from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
 
-# Storage options that are credentials whatever their provider calls them; spec.py catches the rest
-# (secret, token, password, credentials).
-_SECRET_OPTION = re.compile(r"account_key|access_key\Z|sas_key|master_key|private_key", re.IGNORECASE)
+# Storage options that are credentials under names spec.py's secret rule does not know (Azure's keys).
+_SECRET_OPTION = re.compile(r"account_key|sas_key|master_key", re.IGNORECASE)
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The model reaches the named tables only: no files, URLs, extensions or variables of this process.
