@@ -11,6 +11,9 @@ import pytest
 import yaml
 from dagster import Definitions
 
+from wsync_dagster.settings import profile_store_url
+from wsync_dagster.store import open_profile_store
+
 USERS_SQL = """
 CREATE SCHEMA crm;
 CREATE TABLE crm.users (
@@ -87,3 +90,11 @@ def user_sync(warehouse: Path, **overrides) -> dict:
 def code_location() -> Definitions:
     """The definitions `dagster dev` loads, reloaded so they read this test's WSYNC_SYNCS_DIR."""
     return importlib.reload(importlib.import_module("wsync_dagster.definitions")).defs
+
+
+@pytest.fixture
+def store_bytes(wsync_env) -> Callable[[], bytes]:
+    """The profile store's file, created before the test: a failed run must leave its bytes as they were."""
+    open_profile_store(profile_store_url()).close()
+    path = Path(profile_store_url().removeprefix("sqlite:///"))
+    return path.read_bytes

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
 from wsync_dagster.warehouses.bigquery import BigQueryConnection
+from wsync_dagster.warehouses.databricks import DatabricksConnection
+from wsync_dagster.warehouses.delta import DeltaConnection
 from wsync_dagster.warehouses.duckdb import DuckDBConnection
 from wsync_dagster.warehouses.snowflake import SnowflakeConnection
 
 # The registry: `connection.type` picks the model, and the model opens its reader.
-CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, SnowflakeConnection, BigQueryConnection)
+CONNECTIONS: tuple[type[ConnectionSpec], ...] = (
+    DuckDBConnection,
+    SnowflakeConnection,
+    BigQueryConnection,
+    DeltaConnection,
+    DatabricksConnection,
+)
 
 
 def warehouse_types() -> list[str]:
