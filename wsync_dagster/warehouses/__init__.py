@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
 from wsync_dagster.warehouses.duckdb import DuckDBConnection
+from wsync_dagster.warehouses.postgres import PostgresConnection, RedshiftConnection
 
 # The registry: `connection.type` picks the model, and the model opens its reader.
-CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection,)
+CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, PostgresConnection, RedshiftConnection)
 
 
 def warehouse_types() -> list[str]:
