@@ -185,7 +185,7 @@ class PostgresWarehouse:
         except psycopg2.Error as error:
             raise WarehouseError(
                 f"connection: cannot connect to the {self._label} as {self._settings['user']}: "
-                f"{_connect_reason(error)}"
+                f"{_reason(str(error))}"
             ) from None
         # JSON stays JSON text, as the COPY path returns it.
         psycopg2.extras.register_default_json(self._connection, loads=lambda text: text)
@@ -257,7 +257,8 @@ class PostgresWarehouse:
         from psycopg2.extensions import make_dsn
 
         try:
-            connection = adbc_driver_postgresql.dbapi.connect(make_dsn(**self._settings))
+            # Autocommit: each statement is a transaction of its own, read-only by the session's setting.
+            connection = adbc_driver_postgresql.dbapi.connect(make_dsn(**self._settings), autocommit=True)
         except adbc_driver_manager.Error as error:
             raise WarehouseError(
                 f"connection: cannot connect to the {self._label} as {self._settings['user']}: "
@@ -270,7 +271,7 @@ class PostgresWarehouse:
                 cursor.execute(query)
                 for batch in cursor.fetch_record_batch():
                     yield _conformed(batch, schema)
-        except adbc_driver_manager.Error as error:
+        except (adbc_driver_manager.Error, pa.ArrowException, OSError) as error:  # mid-stream: Arrow's errors
             raise WarehouseError(
                 f"data_model.sql: the {self._label} cannot run it: {_adbc_reason(error)}"
             ) from None
@@ -283,7 +284,7 @@ class PostgresWarehouse:
         try:
             yield
         except self._psycopg2.Error as error:
-            reason = error.diag.message_primary or _first_line(str(error))
+            reason = error.diag.message_primary or _reason(str(error))
             raise WarehouseError(f"data_model.sql: the {self._label} cannot run it: {reason}") from None
 
 
@@ -331,21 +332,19 @@ def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _first_line(message: str) -> str:
-    return " ".join(message.strip().splitlines()[0].split()) if message.strip() else message
-
-
-def _connect_reason(error: Exception) -> str:
-    """libpq's reason without its `connection to server at "…", port … failed:` preamble."""
-    line = _first_line(str(error))
-    return line.split(" failed: ", 1)[1] if " failed: " in line else line
+def _reason(message: str) -> str:
+    """The server's or libpq's reason on one line, without the preamble, the severity or the query quoted."""
+    lines = message.split("Query was:", 1)[0].strip().splitlines()
+    line = " ".join(lines[0].split()) if lines else message
+    for marker in ("ERROR: ", "FATAL: ", " failed: "):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return line
 
 
 def _adbc_reason(error: Exception) -> str:
-    """The server's message from an ADBC error, without the query ADBC appends to it."""
+    """The server's message from an ADBC error (its diagnostics, when it has them)."""
     details = dict(getattr(error, "details", None) or [])
     if primary := details.get(b"PG_DIAG_MESSAGE_PRIMARY"):
         return primary.decode(errors="replace")
-    line = _first_line(str(error).split("Query was:", 1)[0])
-    line = line.removeprefix("IO: ").removeprefix("[libpq] ").removeprefix("Failed to connect: ")
-    return line.split(" failed: ", 1)[1] if " failed: " in line else line
+    return _reason(str(error))
