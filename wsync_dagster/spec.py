@@ -420,7 +420,8 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "destination": ProfileStoreDestination,
                 "checks": Checks,
             }[part]
-    return ", ".join(name for name in model.model_fields if name != "source_file")
+    # A key the YAML spells differently from its Python name (`schema`) is listed as the YAML spells it.
+    return ", ".join(field.alias or name for name, field in model.model_fields.items() if name != "source_file")
 
 
 def _connection_model(connection: Any) -> type[BaseModel]:

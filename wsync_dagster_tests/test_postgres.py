@@ -415,3 +415,22 @@ def test_redshift_and_postgres_default_to_their_own_ports(write_sync, monkeypatc
 
     assert "redshift warehouse warehouse.invalid:5439/dev" in port_in_error("redshift")
     assert "postgres warehouse warehouse.invalid:5432/dev" in port_in_error("postgres")
+
+
+def test_an_unknown_connection_key_lists_the_keys_as_a_sync_file_spells_them(write_sync, capsys):
+    connection = {
+        "type": "postgres",
+        "host": "db",
+        "database": "dev",
+        "user": "u",
+        "password": {"env": PASSWORD_VARIABLE},
+        "search_path": "crm",
+    }
+    path = write_sync(_sync(connection))
+
+    assert main(["validate"]) == 1
+
+    assert capsys.readouterr().err == (
+        f"wsync validate: {path}: connection.search_path: unknown key; "
+        "allowed: type, host, port, database, user, password, schema, sslmode\n"
+    )
