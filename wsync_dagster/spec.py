@@ -421,7 +421,9 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "checks": Checks,
             }[part]
     # A key the YAML spells differently from its Python name (`schema`) is listed as the YAML spells it.
-    return ", ".join(field.alias or name for name, field in model.model_fields.items() if name != "source_file")
+    return ", ".join(
+        field.alias or name for name, field in model.model_fields.items() if name != "source_file"
+    )
 
 
 def _connection_model(connection: Any) -> type[BaseModel]:
