@@ -17,22 +17,37 @@ class CommandError(Exception):
     """A failure to report in one clear line, with a non-zero exit."""
 
 
-def _load_all() -> list:
-    """Every sync of the sync folder, validated."""
-    from wsync_dagster.spec import load_syncs
+def _load_folder():
+    """The sync folder: its valid syncs and the files that do not load."""
+    from wsync_dagster.spec import load_sync_folder
 
-    folder = syncs_dir()
-    if not folder.is_dir():
-        raise CommandError(f"no sync folder at {folder} (set WSYNC_SYNCS_DIR, or run `wsync demo`)")
-    return load_syncs(folder)
+    directory = syncs_dir()
+    if not directory.exists():
+        raise CommandError(f"no sync folder at {directory} (set WSYNC_SYNCS_DIR, or run `wsync demo`)")
+    if not directory.is_dir():
+        raise CommandError(
+            f"{directory} is a file, not a folder of sync files (set WSYNC_SYNCS_DIR to a folder)"
+        )
+    return load_sync_folder(directory)
+
+
+def _warn_not_loaded(invalid: list) -> None:
+    for file in invalid:
+        print(f"wsync: warning: not loaded (see `wsync validate`): {file.errors[0]}", file=sys.stderr)
 
 
 def _load_spec(name: str):
-    specs = {spec.name: spec for spec in _load_all()}
+    folder = _load_folder()
+    specs = {spec.name: spec for spec in folder.specs}
     if name not in specs:
+        if broken := [file for file in folder.invalid if file.name == name]:
+            raise CommandError("\n".join(broken[0].errors))
+        not_loaded = ", ".join(file.path.name for file in folder.invalid)
         raise CommandError(
             f"no sync named '{name}' in {syncs_dir()}; syncs: {', '.join(sorted(specs)) or 'none'}"
+            + (f"; not loaded: {not_loaded} (see `wsync validate`)" if not_loaded else "")
         )
+    _warn_not_loaded(folder.invalid)
     return specs[name]
 
 
@@ -46,9 +61,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Validate every sync file, then each mapping against the model's real columns."""
     from wsync_dagster.pipeline import check_mapping
 
-    specs = _load_all()
-    failures = 0
-    for spec in specs:
+    folder = _load_folder()
+    for file in folder.invalid:
+        for line in file.errors:
+            print(f"✗ {line}", file=sys.stderr)
+    failures = len(folder.invalid)
+    for spec in folder.specs:
         try:
             plan = check_mapping(spec)
         except Exception as error:  # every kind of failure is reported per sync, then the exit code says it
@@ -60,7 +78,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             + (f", {len(plan.custom_attributes)} event attributes" if spec.data_type == "event" else "")
             + (f", {len(plan.ignored)} ignored" if plan.ignored else "")
         )
-    if not specs:
+    if not folder.specs and not folder.invalid:
         print(f"no sync files in {syncs_dir()}")
     return 1 if failures else 0
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+# sqlglot warns with the SQL's text when it falls back to a Command; the check reports that itself.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _WRITES = (
     exp.Insert,
@@ -21,6 +27,21 @@ _WRITES = (
     exp.Copy,
     exp.TruncateTable,
 )
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
+# Table functions that read nothing beyond the query's own values: they generate or unnest rows
+# (Snowflake's LATERAL FLATTEN parses as explode).
+_GENERATORS = ("range", "generate_series", "unnest", "explode", "posexplode")
+# Functions that reach files, URLs, other databases, settings or the environment, or run SQL text.
+_EXTERNAL = re.compile(
+    r"(read_|scan_|parquet_|sniff_|http|iceberg_|delta_|postgres_|mysql_|sqlite_|duckdb_|pragma_|"
+    r"query|glob|getenv|current_setting|which_secret|load_).*|.*_scan",
+    re.IGNORECASE,
+)
+# A table name that is a path, URL or glob: DuckDB reads such a name as a file ("replacement scan").
+_FILE_NAME = re.compile(r"[./\\:*?\[]")
+# sqlglot names the token it stopped at by its repr; the token's text is what the user wrote.
+_TOKEN = re.compile(r"<Token token_type: [^,]+, text: (.*?), line: \d+, col: \d+[^>]*>")
+_WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
 
 
 class DataModelError(ValueError):
@@ -45,8 +66,13 @@ def _parse(sql: str, dialect: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as error:
-        description = error.errors[0]["description"] if error.errors else str(error)
-        raise DataModelError(f"the SQL does not parse: {description}") from None
+        if not error.errors:
+            raise DataModelError(f"the SQL does not parse: {error}") from None
+        first = error.errors[0]
+        description = _TOKEN.sub(r"'\1'", first["description"])
+        raise DataModelError(
+            f"the SQL does not parse at line {first['line']}, column {first['col']}: {description}"
+        ) from None
     if len(statements) != 1:
         raise DataModelError(f"one SELECT statement is allowed, found {len(statements)} statements")
     return statements[0]
@@ -56,11 +82,34 @@ def check_read_only_select(sql: str, dialect: str = "duckdb") -> exp.Query:
     """Parse the model and make sure it is one SELECT (CTEs allowed) that writes nothing."""
     statement = _parse(sql, dialect)
     if not isinstance(statement, exp.Query):
-        raise DataModelError(f"the data model must be a SELECT, found {statement.key.upper()}")
+        # A statement sqlglot does not model is a Command; its first word says what it is.
+        found = statement.name if isinstance(statement, exp.Command) else statement.key
+        raise DataModelError(f"the data model must be a SELECT, found {found.upper()}")
     for node in statement.walk():
         if isinstance(node, _WRITES):
             raise DataModelError(f"the data model must be read-only, found {node.key.upper()}")
+        _check_reads_only_the_warehouse(node)
     return statement
+
+
+def _check_reads_only_the_warehouse(node: exp.Expression) -> None:
+    """Refuse table functions, file paths used as tables and functions that reach outside the warehouse."""
+    source = node.this if isinstance(node, exp.Table | exp.Lateral) else None
+    if isinstance(source, exp.Func) and _function_name(source) not in _GENERATORS:
+        raise DataModelError(
+            f"{_function_name(source)}() is not allowed: {_WAREHOUSE_ONLY} "
+            f"(table functions allowed: {', '.join(_GENERATORS)})"
+        )
+    if isinstance(source, exp.Identifier) and _FILE_NAME.search(source.name):
+        raise DataModelError(f"FROM '{source.name}' reads a file or URL: {_WAREHOUSE_ONLY}")
+    if isinstance(node, exp.Func) and _EXTERNAL.fullmatch(_function_name(node)):
+        raise DataModelError(f"{_function_name(node)}() is not allowed: {_WAREHOUSE_ONLY}")
+
+
+def _function_name(function: exp.Func) -> str:
+    if isinstance(function, exp.Anonymous | exp.AnonymousAggFunc):
+        return function.name.lower()
+    return function.sql_name().lower()
 
 
 def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
@@ -81,7 +130,10 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
 def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
     """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
-    column = exp.to_identifier(iterator, quoted=True).sql(dialect=dialect)
+    # A lower-case name is folded as the warehouse folds the model's unquoted names (Snowflake: to upper
+    # case), then quoted; any other name is quoted as it is written.
+    name = normalize_identifiers(iterator, dialect).name if _PLAIN_NAME.match(iterator) else iterator
+    column = exp.to_identifier(name, quoted=True).sql(dialect=dialect)
     return (
         f"SELECT * FROM ({inner}) AS model WHERE model.{column} >= ? AND model.{column} < ? "
         f"ORDER BY model.{column}"
@@ -97,3 +149,16 @@ def limited_sql(sql: str, limit: int, dialect: str = "duckdb") -> str:
 def probe_sql(sql: str, dialect: str = "duckdb") -> str:
     """The model wrapped to return no rows, only its columns."""
     return limited_sql(sql, 0, dialect)
+
+
+def redact_literals(message: str, sql: str, dialect: str = "duckdb") -> str:
+    """A message with the SQL's string literals masked, so an error never repeats a value the model holds."""
+    try:
+        statement = sqlglot.parse_one(sql, read=dialect)
+    except ParseError:
+        return message
+    literals = {node.this for node in statement.find_all(exp.Literal) if node.is_string}
+    # Short literals (codes, flags) hold no secret, and masking them would garble the message.
+    for literal in sorted((text for text in literals if len(text) >= 6), key=len, reverse=True):
+        message = message.replace(literal, "***")
+    return message

@@ -1,7 +1,7 @@
 """The code location: every sync file in WSYNC_SYNCS_DIR, as Dagster definitions."""
 
-from wsync_dagster.defs import build_definitions
+from wsync_dagster.defs import build_folder_definitions
 from wsync_dagster.settings import syncs_dir
-from wsync_dagster.spec import load_syncs
+from wsync_dagster.spec import SyncFolder, load_sync_folder
 
-defs = build_definitions(load_syncs(syncs_dir()) if syncs_dir().is_dir() else [])
+defs = build_folder_definitions(load_sync_folder(syncs_dir()) if syncs_dir().is_dir() else SyncFolder([], []))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 
 import pyarrow as pa
@@ -31,15 +31,23 @@ class IteratorWindow:
     start: datetime
     end: datetime
 
-    def bounds(self, iterator_type: str) -> tuple[Any, Any]:
-        """The window as query parameters of the iterator's type."""
-        if iterator_type == "date":
-            return self.start.date(), self.end.date()
+    def bounds(self, iterator_type: str, column_type: pa.DataType | None = None) -> tuple[Any, Any]:
+        """The window as query parameters of the iterator column's own type, so that every warehouse
+        compares like with like (BigQuery refuses DATETIME against TIMESTAMP): a timestamp column without
+        time zone gets naive UTC bounds, and a date iterator over a timestamp column gets midnights."""
         if iterator_type == "timestamp_unixtime_ms":
             return _epoch(self.start, 1000), _epoch(self.end, 1000)
         if iterator_type == "timestamp_unixtime_s":
             return _epoch(self.start, 1), _epoch(self.end, 1)
-        return self.start, self.end
+        is_timestamp = column_type is not None and pa.types.is_timestamp(column_type)
+        if iterator_type == "date" and not is_timestamp:
+            return self.start.date(), self.end.date()
+        start, end = self.start, self.end
+        if iterator_type == "date":
+            start, end = (datetime.combine(moment.date(), time(), moment.tzinfo) for moment in (start, end))
+        if is_timestamp and column_type.tz is None:  # type: ignore[union-attr]
+            start, end = start.replace(tzinfo=None), end.replace(tzinfo=None)
+        return start, end
 
     @property
     def micros(self) -> tuple[int, int]:

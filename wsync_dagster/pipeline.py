@@ -72,13 +72,14 @@ def map_partition(
     counts = MapCounts()
     warehouse = open_warehouse(spec)
     try:
-        plan = build_plan(spec, warehouse.columns(spec.data_model.sql))
+        columns = warehouse.columns(spec.data_model.sql)
+        plan = build_plan(spec, columns)
         mapper = BatchMapper(plan, run_version=run_version)
         if window is None:
             query, params = spec.data_model.sql, ()
         else:
             query = windowed_sql(spec.data_model.sql, plan.iterator, warehouse.dialect)  # type: ignore[arg-type]
-            params = window.bounds(plan.iterator_type)  # type: ignore[arg-type]
+            params = window.bounds(plan.iterator_type, columns.field(plan.iterator).type)  # type: ignore[arg-type]
         with batch_file.writer() as writer:
             writer.set_schema(mapper.empty().schema)
             for batch in warehouse.read_batches(query, params):

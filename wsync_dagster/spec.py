@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,7 +21,8 @@ from pydantic import (
 
 from wsync_dagster.data_model import DataModelError, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
-from wsync_dagster.warehouses import CONNECTIONS
+from wsync_dagster.sync_yaml import YamlFileError, read_yaml
+from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
 
 TIME_ITERATORS = ("timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s")
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
@@ -47,8 +48,11 @@ UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECRET_KEY = re.compile(
-    r"password|passwd|secret|token|api_key|apikey|private_key|credentials?\Z", re.IGNORECASE
+    r"password|passwd|passphrase|secret|token|api_?key|private_key|credential|access_key", re.IGNORECASE
 )
+# A key that names where a secret is kept (private_key_path) holds a path, not the secret.
+_PATH_KEY = re.compile(r"_path\Z", re.IGNORECASE)
+PLANNED_CONNECTION_TYPES = ("postgres", "redshift", "snowflake", "bigquery", "databricks", "delta")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -219,6 +223,11 @@ class SyncSettings(_Strict):
             raise ValueError(f"start: required when schedule is {self.schedule}")
         if self.mode == "incremental" and not (self.historical_start or self.start):
             raise ValueError("historical_start: required for a time iterator when there is no start")
+        if self.start and self.historical_start and self.historical_start > self.start:
+            raise ValueError(
+                f"historical_start: {_iso(self.historical_start)} is after start {_iso(self.start)}; "
+                "history loads from historical_start up to start, so it is on or before start"
+            )
         if self.iterator_type == "date" and (
             self.partition_frequency == "hourly" or _has_time_of_day(self.start)
         ):
@@ -245,6 +254,10 @@ class SyncSettings(_Strict):
 
 def _has_time_of_day(moment: datetime | None) -> bool:
     return moment is not None and moment.time() != time()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if _has_time_of_day(moment) else moment.date().isoformat()
 
 
 class Checks(_Strict):
@@ -307,12 +320,15 @@ class SyncSpec(_Strict):
 
 def load_sync_file(path: Path) -> SyncSpec:
     """Read and validate one sync file."""
+    return _validate(path, _read(path))
+
+
+def _read(path: Path) -> dict:
+    """The file's keys, checked for literal secrets."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SyncSpecError(f"{path}: invalid YAML: {error}") from None
-    except OSError as error:
-        raise SyncSpecError(f"{path}: cannot read: {error.strerror}") from None
+        raw = read_yaml(path)
+    except YamlFileError as error:
+        raise SyncSpecError(str(error)) from None
     if not isinstance(raw, dict):
         raise SyncSpecError(f"{path}: a sync file is a YAML mapping of keys (name, data_type, connection, …)")
     if literal := next(_literal_secrets(raw), None):
@@ -320,6 +336,10 @@ def load_sync_file(path: Path) -> SyncSpec:
         raise SyncSpecError(
             f"{path}: {literal}: a secret is never written in a sync file; use {{env: VAR_NAME}}"
         )
+    return raw
+
+
+def _validate(path: Path, raw: dict) -> SyncSpec:
     try:
         return SyncSpec.model_validate({**raw, "source_file": path.resolve()})
     except ValidationError as error:
@@ -334,30 +354,70 @@ def _literal_secrets(node: Any, where: str = "") -> Iterator[str]:
     elif isinstance(node, dict):
         for key, value in node.items():
             field = f"{where}.{key}" if where else str(key)
-            if _SECRET_KEY.search(str(key)) and not (isinstance(value, dict) and set(value) == {"env"}):
+            if _is_secret_key(key) and not _is_env_reference(value):
                 yield field
             else:
                 yield from _literal_secrets(value, field)
 
 
+def _is_secret_key(key: Any) -> bool:
+    return bool(_SECRET_KEY.search(str(key))) and not _PATH_KEY.search(str(key))
+
+
+def _is_env_reference(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"env"}
+
+
+@dataclass(frozen=True)
+class InvalidSyncFile:
+    """A sync file that is not loaded, with every error it has."""
+
+    path: Path
+    name: str
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SyncFolder:
+    """The sync files of a folder: the valid syncs, and the files that are not loaded."""
+
+    specs: list[SyncSpec]
+    invalid: list[InvalidSyncFile]
+
+
+def load_sync_folder(directory: Path) -> SyncFolder:
+    """Every sync file of a folder: one bad file never keeps the others from loading."""
+    try:
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+    except OSError as error:
+        raise SyncSpecError(f"{directory}: cannot read the sync folder: {error.strerror}") from None
+    specs: list[SyncSpec] = []
+    invalid: list[InvalidSyncFile] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        name = path.stem
+        try:
+            raw = _read(path)
+            name = raw["name"] if isinstance(raw.get("name"), str) else name
+            spec = _validate(path, raw)
+        except SyncSpecError as error:
+            invalid.append(InvalidSyncFile(path, name, tuple(str(error).splitlines())))
+            continue
+        if spec.name in seen:
+            message = f"{spec.source_file}: name: '{spec.name}' is already used by {seen[spec.name]}"
+            invalid.append(InvalidSyncFile(path, spec.name, (message,)))
+            continue
+        seen[spec.name] = spec.source_file
+        specs.append(spec)
+    return SyncFolder(specs, invalid)
+
+
 def load_syncs(directory: Path) -> list[SyncSpec]:
     """Every sync file of a folder, validated, with unique names; errors of all files together."""
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    specs: list[SyncSpec] = []
-    errors: list[str] = []
-    for path in files:
-        try:
-            specs.append(load_sync_file(path))
-        except SyncSpecError as error:
-            errors.append(str(error))
-    seen: dict[str, Path] = {}
-    for spec in specs:
-        if spec.name in seen:
-            errors.append(f"{spec.source_file}: name: '{spec.name}' is already used by {seen[spec.name]}")
-        seen[spec.name] = spec.source_file
-    if errors:
-        raise SyncSpecError("\n".join(errors))
-    return specs
+    folder = load_sync_folder(directory)
+    if folder.invalid:
+        raise SyncSpecError("\n".join(line for file in folder.invalid for line in file.errors))
+    return folder.specs
 
 
 def _describe(path: Path, error: ValidationError, raw: dict) -> str:
@@ -370,8 +430,19 @@ def _describe(path: Path, error: ValidationError, raw: dict) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
             message = "required"
+        elif item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"] == ("connection",):
+            message = _connection_type_message(item.get("ctx", {}).get("tag"))
         lines.append(f"{path}: {where}: {message}" if where else f"{path}: {message}")
     return "\n".join(lines)
+
+
+def _connection_type_message(tag: str | None) -> str:
+    available = ", ".join(f"'{name}'" for name in warehouse_types())
+    if tag is None:
+        return f"type: required; available: {available}"
+    if tag in PLANNED_CONNECTION_TYPES:
+        return f"type '{tag}' is not built yet; available: {available}"
+    return f"type '{tag}' is not a connection type; available: {available}"
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -420,7 +491,7 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "destination": ProfileStoreDestination,
                 "checks": Checks,
             }[part]
-    # A key the YAML spells differently from its Python name (`schema`) is listed as the YAML spells it.
+    # A key that would shadow a pydantic attribute (`schema`) is a field with that alias.
     return ", ".join(
         field.alias or name for name, field in model.model_fields.items() if name != "source_file"
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pytest
 import yaml
+from dagster import Definitions
 
 USERS_SQL = """
 CREATE SCHEMA crm;
@@ -80,3 +82,8 @@ def user_sync(warehouse: Path, **overrides) -> dict:
         "sync": sync,
         **overrides,
     }
+
+
+def code_location() -> Definitions:
+    """The definitions `dagster dev` loads, reloaded so they read this test's WSYNC_SYNCS_DIR."""
+    return importlib.reload(importlib.import_module("wsync_dagster.definitions")).defs

@@ -96,6 +96,20 @@ EXPECTED = {
 }
 
 
+def _expected(engine: Engine) -> dict:
+    """EXPECTED as the engine can hold USERS: where an engine has no NULL array (BigQuery stores and returns
+    an empty one), a NULL list is the empty list."""
+    if not getattr(engine, "stores_null_lists_as_empty", False):
+        return EXPECTED
+    empty = {
+        row["customer_id"] for row in USERS.select(["customer_id", "tags"]).to_pylist() if row["tags"] is None
+    }
+    return {
+        c: {**p, "attributes": {**p["attributes"], "tags": []}} if c in empty else p
+        for c, p in EXPECTED.items()
+    }
+
+
 @pytest.fixture(params=ENGINES)
 def engine(request, tmp_path: Path) -> Iterator[Engine]:
     yield from start(request.param, tmp_path)
@@ -175,7 +189,7 @@ def test_an_incremental_user_and_event_sync_give_the_same_profiles_on_every_engi
     _run(write_sync, _user_sync(connection, **INCREMENTAL), partition="2024-01-01..2024-01-02")
     _run(write_sync, _event_sync(connection), partition="2024-01-01..2024-01-02")
 
-    assert _profiles() == EXPECTED
+    assert _profiles() == _expected(engine)
 
 
 def test_a_full_mode_user_sync_gives_the_same_profiles_on_every_engine(engine, write_sync):
@@ -187,7 +201,8 @@ def test_a_full_mode_user_sync_gives_the_same_profiles_on_every_engine(engine, w
     # Without an iterator, updated_at is an attribute like any other column.
     updated = {"C1": "2024-01-01 10:00:00", "C2": "2024-01-01 11:00:00", "C3": "2024-01-02 09:00:00"}
     assert _profiles() == {
-        c: {**p, "attributes": {**p["attributes"], "updated_at": updated[c]}} for c, p in EXPECTED.items()
+        c: {**p, "attributes": {**p["attributes"], "updated_at": updated[c]}}
+        for c, p in _expected(engine).items()
     }
 
 

@@ -185,3 +185,13 @@ def test_a_secret_given_as_env_reference_passes_the_secret_rule(write_sync, tmp_
     with pytest.raises(SyncSpecError, match=r"connection.token: unknown key") as error:
         load_sync_file(write_sync(raw))  # duckdb has no token; the rule itself let the reference through
     assert "secret is never written" not in str(error.value)
+
+
+def test_historical_start_after_start_is_an_error_naming_both(write_sync, tmp_path):
+    raw = user_sync(
+        tmp_path / "w.duckdb", sync={"start": "2024-02-01T06:00:00Z", "historical_start": "2024-03-01"}
+    )
+    with pytest.raises(
+        SyncSpecError, match=r"sync: historical_start: 2024-03-01 is after start 2024-02-01T06:00:00Z"
+    ):
+        load_sync_file(write_sync(raw))

@@ -216,7 +216,12 @@ def test_full_mode_applies_only_changed_rows(make_warehouse, write_sync):
 
 def test_run_without_partition_catches_up_from_historical_start(make_warehouse, write_sync):
     spec = load_sync_file(
-        write_sync(user_sync(make_warehouse(USERS_SQL), sync={"historical_start": "2024-01-02"}))
+        write_sync(
+            user_sync(
+                make_warehouse(USERS_SQL),
+                sync={"start": "2024-01-02T00:00:00Z", "historical_start": "2024-01-02"},
+            )
+        )
     )
     store = open_profile_store(profile_store_url())
     report = run_sync(spec, store, DagsterInstance.ephemeral(), now=datetime(2024, 1, 4, 6, tzinfo=UTC))

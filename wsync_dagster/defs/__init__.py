@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
 
 from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
+from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
 from wsync_dagster.defs.triggers import build_trigger
-from wsync_dagster.spec import SyncSpec
+from wsync_dagster.spec import SyncFolder, SyncSpec
 
 
 def sync_job_name(spec: SyncSpec) -> str:
@@ -40,4 +43,13 @@ def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> De
         Definitions(
             assets=source_specs(specs), resources={"profile_store": ProfileStoreResource(url=store_url)}
         ),
+    )
+
+
+def build_folder_definitions(folder: SyncFolder) -> Definitions:
+    """The code location: the syncs that load, and an asset per sync file that does not."""
+    for file in folder.invalid:
+        logging.getLogger("wsync").warning(f"sync file not loaded: {file.errors[0]}")
+    return Definitions.merge(
+        build_definitions(folder.specs), Definitions(assets=invalid_file_specs(folder.invalid))
     )

@@ -7,11 +7,19 @@ to `CONNECTIONS`. Drivers are imported when a connection opens, never when sync 
 from __future__ import annotations
 
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
+from wsync_dagster.warehouses.bigquery import BigQueryConnection
 from wsync_dagster.warehouses.duckdb import DuckDBConnection
 from wsync_dagster.warehouses.postgres import PostgresConnection, RedshiftConnection
+from wsync_dagster.warehouses.snowflake import SnowflakeConnection
 
 # The registry: `connection.type` picks the model, and the model opens its reader.
-CONNECTIONS: tuple[type[ConnectionSpec], ...] = (DuckDBConnection, PostgresConnection, RedshiftConnection)
+CONNECTIONS: tuple[type[ConnectionSpec], ...] = (
+    DuckDBConnection,
+    SnowflakeConnection,
+    BigQueryConnection,
+    PostgresConnection,
+    RedshiftConnection,
+)
 
 
 def warehouse_types() -> list[str]:
@@ -21,7 +29,11 @@ def warehouse_types() -> list[str]:
 
 def open_warehouse(spec) -> Warehouse:
     """The reader for a sync's connection."""
-    return spec.connection.open(spec.base)
+    try:
+        return spec.connection.open(spec.base)
+    except WarehouseError as error:
+        # The connection's fields are the sync file's: name the file.
+        raise WarehouseError(f"{spec.source_file}: {error}") from None
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""DuckDB warehouse: a local database file, opened read-only."""
+"""DuckDB warehouse: a local database file, opened read-only with external access disabled."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from wsync_dagster.data_model import SourceTable, probe_sql
+from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, WarehouseError, resolve
+
+# No file, URL, extension or other database beyond the warehouse file itself: even a data model
+# that slipped past the SQL check cannot read the local file system or the network.
+_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
 
 
 class DuckDBConnection(ConnectionSpec):
@@ -38,7 +46,7 @@ class DuckDBConnection(ConnectionSpec):
 
 
 class DuckDBWarehouse:
-    """Reads a DuckDB file; read-only, so a model can never change the warehouse."""
+    """Reads a DuckDB file; read-only, so a model can never change the warehouse or read past it."""
 
     dialect = "duckdb"
 
@@ -50,18 +58,22 @@ class DuckDBWarehouse:
         self.path = path
         self._error = duckdb.Error
         try:
-            self._connection = duckdb.connect(str(path), read_only=True)
+            self._connection = duckdb.connect(str(path), read_only=True, config=_CONFIG)
         except duckdb.Error as error:
-            raise WarehouseError(f"connection.path: cannot open {path} read-only: {error}") from None
+            raise WarehouseError(
+                f"connection.path: cannot open {path} read-only: {_one_line(error)}"
+            ) from None
         # Naive TIMESTAMP columns are UTC, as every window bound is.
         self._connection.execute("SET TimeZone = 'UTC'")
+        self._connection.execute("SET lock_configuration = true")
 
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, from a zero-row probe."""
+        query = probe_sql(sql)
         try:
-            return self._connection.sql(probe_sql(sql)).to_arrow_table().schema
+            return self._connection.sql(query).to_arrow_table().schema
         except self._error as error:
-            raise WarehouseError(f"data_model.sql: the warehouse cannot run it: {error}") from None
+            raise _model_error(error, query) from None
 
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
@@ -69,10 +81,22 @@ class DuckDBWarehouse:
         """Stream the rows; DuckDB hands Arrow batches over without a copy per row."""
         try:
             reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
+            yield from reader
         except self._error as error:
-            raise WarehouseError(f"data_model.sql: the warehouse cannot run it: {error}") from None
-        yield from reader
+            raise _model_error(error, sql) from None
 
     def close(self) -> None:
         """Close the file so other processes may write the warehouse again."""
         self._connection.close()
+
+
+def _model_error(error: Exception, sql: str) -> WarehouseError:
+    """The warehouse's error without the SQL: run storage and logs keep every error message."""
+    message = redact_literals(_one_line(error), sql, DuckDBWarehouse.dialect)
+    return WarehouseError(f"data_model.sql: the warehouse cannot run it: {message}")
+
+
+def _one_line(error: Exception) -> str:
+    """DuckDB's message on one line, without the `LINE n:` excerpt of the query that follows it."""
+    message = str(error).split("\nLINE ", 1)[0]
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

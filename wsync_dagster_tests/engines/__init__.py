@@ -14,7 +14,7 @@ from typing import Protocol
 import pyarrow as pa
 
 # Each engine that runs on this machine; a new warehouse joins the suite by adding its module here.
-ENGINES: tuple[str, ...] = ("duckdb", "postgres", "redshift")
+ENGINES: tuple[str, ...] = ("duckdb", "snowflake", "bigquery", "postgres", "redshift")
 
 
 class Engine(Protocol):

@@ -1,0 +1,124 @@
+"""A sync file's YAML, read defensively: UTF-8, bounded aliases, unique keys, no value in any error."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+# A sync file holds tens of values, a long mapping a few thousand; aliases may share parts, not multiply them.
+MAX_VALUES = 10_000
+_KEY_ON_LINE = re.compile(r"\s*(?:-\s+)?([A-Za-z_$][\w.$-]*)\s*:(?:\s|$)")
+
+
+class YamlFileError(ValueError):
+    """A file that is not readable, safe YAML; the message names the file, line, column and key."""
+
+
+def read_yaml(path: Path) -> Any:
+    """The file's YAML document as Python values."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise YamlFileError(f"{path}: cannot read: {error.strerror}") from None
+    text = _decode(path, data)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_shape(path, text, node)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        raise YamlFileError(_syntax_error(path, text, error)) from None
+    except yaml.YAMLError as error:
+        raise YamlFileError(f"{path}: invalid YAML: {type(error).__name__}") from None
+    except RecursionError:
+        raise YamlFileError(f"{path}: invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        column = len(data[line_start : error.start].decode("utf-8", "replace")) + 1
+        raise YamlFileError(
+            f"{path}: line {line}, column {column}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _syntax_error(path: Path, text: str, error: yaml.MarkedYAMLError) -> str:
+    """Where and what, never the offending line: it may hold a secret written by mistake."""
+    # An unclosed quote or bracket is where it opened; a broken block is where the parser noticed.
+    opened = (error.context or "").startswith(("while scanning", "while parsing a flow"))
+    mark = error.context_mark if opened and error.context_mark else error.problem_mark or error.context_mark
+    what = ", ".join(part for part in (error.context, error.problem) if part)
+    if mark is None:
+        return f"{path}: invalid YAML: {what}"
+    return f"{path}: invalid YAML at {_where(text, mark)}: {what}"
+
+
+def _where(text: str, mark: yaml.Mark, *, with_key: bool = True) -> str:
+    """Line, column and the key written on that line: never the line itself."""
+    lines = text.splitlines()
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    key = _KEY_ON_LINE.match(lines[mark.line]) if with_key and mark.line < len(lines) else None
+    return f"{where} (key '{key.group(1)}')" if key else where
+
+
+def _check_shape(path: Path, text: str, root: Node) -> None:
+    """Refuse a key given twice, an alias to itself, and aliases that expand beyond MAX_VALUES."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise YamlFileError(
+                f"{path}: invalid YAML at {_where(text, node.start_mark)}: an alias refers to the value that holds it"
+            )
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, SequenceNode):
+            total += sum(size(item) for item in node.value)
+        elif isinstance(node, MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, ScalarNode):
+                    if key.value in seen:
+                        raise YamlFileError(
+                            f"{path}: invalid YAML at {_where(text, key.start_mark, with_key=False)}: "
+                            f"key '{key.value}' is given twice"
+                        )
+                    seen.add(key.value)
+                total += size(key) + size(value)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    if size(root) > MAX_VALUES:
+        node = root
+        # Point at the value whose own aliases multiply it: descend while one child alone is too big.
+        while big := [child for child in _children(node) if sizes[id(child)] > MAX_VALUES]:
+            node = big[0]
+        raise YamlFileError(
+            f"{path}: YAML aliases at {_where(text, node.start_mark)} expand to more than "
+            f"{MAX_VALUES:,} values; a sync file may share small parts with anchors, not multiply them"
+        )
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []

@@ -1,0 +1,708 @@
+"""SPEC §4: bad input a real user makes, one row each.
+
+Every case starts from the same world (a DuckDB warehouse, a valid sync file `crm_users.yaml`, and a
+profile store holding one delivered partition), spoils one thing, runs one command, and checks the
+exact first line on stderr, the exit code, and that every table of the profile store is unchanged.
+Adding a case is adding one `Case` to CASES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsync_dagster.cli import main
+from wsync_dagster.identities import IDENTITY_PRIORITY
+from wsync_dagster.spec import PLANNED_CONNECTION_TYPES
+from wsync_dagster.warehouses import warehouse_types
+from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+
+
+@dataclass(frozen=True)
+class World:
+    """One case's copy of the good world; paths as the messages name them."""
+
+    root: Path
+
+    @property
+    def syncs(self) -> Path:
+        return self.root / "syncs"
+
+    @property
+    def sync_file(self) -> Path:
+        return self.syncs / "crm_users.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def store(self) -> Path:
+        return self.state / "profiles.sqlite"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "data" / "warehouse.duckdb"
+
+    def fill(self, text: str) -> str:
+        """A template with {tmp}, {syncs}, {sync_file}, {state}, {store}, {warehouse} filled in."""
+        for name in ("syncs", "sync_file", "state", "store", "warehouse"):
+            text = text.replace(f"{{{name}}}", str(getattr(self, name)))
+        return text.replace("{tmp}", str(self.root))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: what is spoiled, the command, and what the user must see."""
+
+    id: str
+    argv: tuple[str, ...]
+    first_line: str  # exact first line on stderr, with World.fill placeholders
+    exit_code: int = 1
+    sync: dict = field(default_factory=dict)  # merged into the good sync file; a None value removes a key
+    sync_text: str | bytes | None = None  # the sync file's whole content instead
+    files: dict[str, str] = field(default_factory=dict)  # more files in the sync folder
+    env: dict[str, str | None] = field(default_factory=dict)  # filled in; None unsets the variable
+    warehouse_sql: str = ""  # run against the warehouse first (new tables, odd rows)
+    arrange: Callable[[World], None] | None = None  # anything else to spoil
+    unprivileged: bool = False  # run as a process that file permissions apply to, even as root
+    tables_changed: tuple[str, ...] = ()  # store tables the command may write (a run that rejects rows)
+
+
+GOOD_SYNC = user_sync(Path("../data/warehouse.duckdb"))
+VALIDATE = ("validate",)
+RUN = ("run", "crm_users", "--partition", "2024-01-02")
+PROFILE = ("profile", "--identity", "email=ada@example.com")
+ALLOWED_TOP = "name, description, data_type, connection, data_model, mapping, sync, destination, checks"
+ALLOWED_SYNC = (
+    "mode, iterator, iterator_type, schedule, frequency, start, historical_start, lookback, environment, "
+    "input_protection, paused"
+)
+WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
+TABLE_FUNCTIONS = (
+    f"{WAREHOUSE_ONLY} (table functions allowed: range, generate_series, unnest, explode, posexplode)"
+)
+SECRET = "a secret is never written in a sync file; use {env: VAR_NAME}"
+# Warehouses join one by one: the connection types built so far, and one that is still planned.
+AVAILABLE = ", ".join(f"'{name}'" for name in warehouse_types())
+NOT_BUILT = next(name for name in PLANNED_CONNECTION_TYPES if name not in warehouse_types())
+ALIAS_BOMB = """name: crm_users
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def _model(sql: str) -> dict:
+    return {"data_model": {"sql": sql}}
+
+
+def _chmod(relative: str, mode: int) -> Callable[[World], None]:
+    def arrange(world: World) -> None:
+        (world.root / relative).chmod(mode)
+
+    return arrange
+
+
+def _locked_folder(world: World) -> None:
+    (world.root / "locked").mkdir(mode=0o555)
+
+
+def _overwrite_store_pages(world: World) -> None:
+    data = bytearray(world.store.read_bytes())
+    data[4096:] = b"\x5a" * (len(data) - 4096)  # every page after the first, as a bad copy or disk leaves it
+    world.store.write_bytes(bytes(data))
+
+
+def _truncate_store(world: World) -> None:
+    data = world.store.read_bytes()
+    world.store.write_bytes(data[: len(data) // 2])  # an interrupted copy
+
+
+def _store_is_text(world: World) -> None:
+    world.store.write_text("profiles exported by another tool\n")
+
+
+CASES: list[Case] = [
+    # --- the profile store ---
+    Case(
+        "store_folder_not_writable",
+        RUN,
+        "wsync run: profile store {store}: the folder {state} is not writable; the store writes "
+        "profiles.sqlite and its -wal and -shm files there",
+        arrange=_chmod("state", 0o555),
+        unprivileged=True,
+    ),
+    Case(
+        "new_store_in_a_folder_that_is_not_writable",
+        RUN,
+        "wsync run: profile store {tmp}/locked/profiles.sqlite: the folder {tmp}/locked is not writable; "
+        "the store writes profiles.sqlite and its -wal and -shm files there",
+        env={"WSYNC_PROFILE_STORE": "sqlite:///{tmp}/locked/profiles.sqlite"},
+        arrange=_locked_folder,
+        unprivileged=True,
+    ),
+    Case(
+        "store_folder_that_cannot_be_created",
+        RUN,
+        "wsync run: profile store {tmp}/locked/new/profiles.sqlite: cannot create {tmp}/locked/new: "
+        "permission denied",
+        env={"WSYNC_PROFILE_STORE": "sqlite:///{tmp}/locked/new/profiles.sqlite"},
+        arrange=_locked_folder,
+        unprivileged=True,
+    ),
+    Case(
+        "store_file_that_is_not_sqlite",
+        RUN,
+        "wsync run: profile store {store}: not a SQLite database; point WSYNC_PROFILE_STORE at a "
+        "profile store, or move this file away",
+        arrange=_store_is_text,
+    ),
+    Case(
+        "store_file_that_is_not_sqlite_read_by_profile",
+        PROFILE,
+        "wsync profile: profile store {store}: not a SQLite database; point WSYNC_PROFILE_STORE at a "
+        "profile store, or move this file away",
+        arrange=_store_is_text,
+    ),
+    Case(
+        "corrupt_store",
+        RUN,
+        "wsync run: profile store {store}: the file is corrupt (database disk image is malformed); "
+        "restore it from a backup",
+        arrange=_overwrite_store_pages,
+    ),
+    Case(
+        "truncated_store",
+        RUN,
+        "wsync run: profile store {store}: the file is corrupt (database disk image is malformed); "
+        "restore it from a backup",
+        arrange=_truncate_store,
+    ),
+    Case(
+        "corrupt_store_read_by_rejects",
+        ("rejects", "crm_users"),
+        "wsync rejects: profile store {store}: the file is corrupt (database disk image is malformed); "
+        "restore it from a backup",
+        arrange=_overwrite_store_pages,
+    ),
+    Case(
+        "store_path_under_a_regular_file",
+        RUN,
+        "wsync run: profile store {sync_file}/profiles.sqlite: {sync_file} is a file, not a folder",
+        env={"WSYNC_PROFILE_STORE": "sqlite:///{sync_file}/profiles.sqlite"},
+    ),
+    Case(
+        "store_path_that_is_a_folder",
+        RUN,
+        "wsync run: profile store {state}: a folder, not a store file; WSYNC_PROFILE_STORE names the file, "
+        "e.g. sqlite:///state/profiles.sqlite",
+        env={"WSYNC_PROFILE_STORE": "sqlite:///{state}"},
+    ),
+    Case(
+        "store_url_of_a_backend_that_is_not_built",
+        RUN,
+        "wsync run: unsupported profile store URL scheme 'postgresql': only sqlite:///PATH is supported",
+        env={"WSYNC_PROFILE_STORE": "postgresql://wsync:hunter2@db.internal/profiles"},
+    ),
+    Case(
+        "store_url_without_a_path",
+        RUN,
+        "wsync run: a sqlite profile store URL needs a path: sqlite:///PATH",
+        env={"WSYNC_PROFILE_STORE": "sqlite:///"},
+    ),
+    # --- the sync folder and reading a sync file ---
+    Case(
+        "sync_folder_that_does_not_exist",
+        VALIDATE,
+        "wsync validate: no sync folder at {tmp}/nowhere (set WSYNC_SYNCS_DIR, or run `wsync demo`)",
+        env={"WSYNC_SYNCS_DIR": "{tmp}/nowhere"},
+    ),
+    Case(
+        "sync_folder_that_is_a_file",
+        VALIDATE,
+        "wsync validate: {sync_file} is a file, not a folder of sync files (set WSYNC_SYNCS_DIR to a folder)",
+        env={"WSYNC_SYNCS_DIR": "{sync_file}"},
+    ),
+    Case(
+        "sync_folder_that_cannot_be_read",
+        VALIDATE,
+        "wsync validate: {syncs}: cannot read the sync folder: Permission denied",
+        arrange=_chmod("syncs", 0o000),
+        unprivileged=True,
+    ),
+    Case(
+        "sync_file_that_cannot_be_read",
+        VALIDATE,
+        "✗ {sync_file}: cannot read: Permission denied",
+        arrange=_chmod("syncs/crm_users.yaml", 0o000),
+        unprivileged=True,
+    ),
+    Case(
+        "latin1_sync_file",
+        VALIDATE,
+        "✗ {sync_file}: line 2, column 17: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        sync_text="name: crm_users\ndescription: Caf\xe9 customers\n".encode("latin-1"),
+    ),
+    Case(
+        "yaml_alias_bomb",
+        VALIDATE,
+        "✗ {sync_file}: YAML aliases at line 6, column 4 (key 'e') expand to more than 10,000 values; "
+        "a sync file may share small parts with anchors, not multiply them",
+        sync_text=ALIAS_BOMB,
+    ),
+    Case(
+        "unclosed_quote_after_a_secret_key",
+        VALIDATE,
+        "✗ {sync_file}: invalid YAML at line 4, column 13 (key 'password'): while scanning a quoted "
+        "scalar, found unexpected end of stream",
+        sync_text='name: crm_users\nconnection:\n  type: duckdb\n  password: "hunter2\nsync:\n  mode: full\n',
+    ),
+    Case(
+        "indentation_that_breaks_the_mapping",
+        VALIDATE,
+        "✗ {sync_file}: invalid YAML at line 4, column 3 (key 'frequency'): while parsing a block "
+        "mapping, expected <block end>, but found '<block mapping start>'",
+        sync_text="name: crm_users\nsync:\n    mode: full\n  frequency: daily\n",
+    ),
+    Case(
+        "tab_indentation",
+        VALIDATE,
+        "✗ {sync_file}: invalid YAML at line 3, column 1 (key 'mode'): while scanning for the next token, found "
+        "character '\\t' that cannot start any token",
+        sync_text="name: crm_users\nsync:\n\tmode: full\n",
+    ),
+    Case(
+        "key_given_twice",
+        VALIDATE,
+        "✗ {sync_file}: invalid YAML at line 3, column 1: key 'name' is given twice",
+        sync_text="name: crm_users\ndata_type: user\nname: crm_users_2\n",
+    ),
+    Case(
+        "sync_file_that_is_a_list",
+        VALIDATE,
+        "✗ {sync_file}: a sync file is a YAML mapping of keys (name, data_type, connection, …)",
+        sync_text="- name: crm_users\n",
+    ),
+    Case(
+        "empty_sync_file",
+        VALIDATE,
+        "✗ {sync_file}: a sync file is a YAML mapping of keys (name, data_type, connection, …)",
+        sync_text="",
+    ),
+    # --- the contract ---
+    Case(
+        "env_reference_to_a_variable_that_is_not_set",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: connection.path: environment variable WSYNC_TEST_UNSET is not set",
+        sync={"connection": {"path": {"env": "WSYNC_TEST_UNSET"}}},
+        env={"WSYNC_TEST_UNSET": None},
+    ),
+    Case(
+        "unknown_key",
+        VALIDATE,
+        f"✗ {{sync_file}}: sync.frequence: unknown key; allowed: {ALLOWED_SYNC}",
+        sync={"sync": {"frequence": "daily"}},
+    ),
+    Case(
+        "unknown_top_level_key",
+        VALIDATE,
+        f"✗ {{sync_file}}: schedule: unknown key; allowed: {ALLOWED_TOP}",
+        sync={"schedule": "daily"},
+    ),
+    Case("missing_data_type", VALIDATE, "✗ {sync_file}: data_type: required", sync={"data_type": None}),
+    Case(
+        "mode_that_does_not_exist",
+        VALIDATE,
+        "✗ {sync_file}: sync.mode: Input should be 'full', 'incremental' or 'cdc'",
+        sync={"sync": {"mode": "delta"}},
+    ),
+    Case(
+        "name_that_is_not_snake_case",
+        VALIDATE,
+        "✗ {sync_file}: name: lower-case letters, digits and _, starting with a letter ([a-z][a-z0-9_]*)",
+        sync={"name": "CRM-Users"},
+    ),
+    Case(
+        "two_files_with_one_name",
+        VALIDATE,
+        "✗ {syncs}/crm_users_copy.yaml: name: 'crm_users' is already used by {sync_file}",
+        files={"crm_users_copy.yaml": yaml.safe_dump(GOOD_SYNC, sort_keys=False)},
+    ),
+    Case(
+        "historical_start_after_start",
+        VALIDATE,
+        "✗ {sync_file}: sync: historical_start: 2024-03-01 is after start 2024-01-01; history loads from "
+        "historical_start up to start, so it is on or before start",
+        sync={"sync": {"historical_start": "2024-03-01"}},
+    ),
+    Case(
+        "connection_type_not_built_yet",
+        VALIDATE,
+        f"✗ {{sync_file}}: connection: type '{NOT_BUILT}' is not built yet; available: {AVAILABLE}",
+        sync={
+            "connection": {"type": NOT_BUILT, "account": "acme", "password": {"env": "SNOWFLAKE_PASSWORD"}}
+        },
+    ),
+    Case(
+        "connection_type_that_does_not_exist",
+        VALIDATE,
+        f"✗ {{sync_file}}: connection: type 'oracle' is not a connection type; available: {AVAILABLE}",
+        sync={"connection": {"type": "oracle"}},
+    ),
+    Case(
+        "literal_password",
+        VALIDATE,
+        f"✗ {{sync_file}}: connection.password: {SECRET}",
+        sync={"connection": {"password": "hunter2"}},
+    ),
+    Case(
+        "literal_credentials_json",
+        VALIDATE,
+        f"✗ {{sync_file}}: connection.credentials_json: {SECRET}",
+        sync={"connection": {"credentials_json": '{"type": "service_account"}'}},
+    ),
+    Case(
+        "lookback_that_is_not_a_duration",
+        VALIDATE,
+        "✗ {sync_file}: sync.lookback: a duration such as 0s, 30m, 2h, 1d or 1w",
+        sync={"sync": {"lookback": "a while"}},
+    ),
+    Case(
+        "reject_rate_above_one",
+        VALIDATE,
+        "✗ {sync_file}: checks.max_reject_rate: Input should be less than or equal to 1",
+        sync={"checks": {"max_reject_rate": 5}},
+    ),
+    Case(
+        "cdc_on_duckdb",
+        VALIDATE,
+        "✗ {sync_file}: sync: mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection "
+        "has none: use incremental or full",
+        sync={"sync": {"mode": "cdc"}},
+    ),
+    Case(
+        "incremental_without_an_iterator",
+        VALIDATE,
+        "✗ {sync_file}: sync: iterator: required when mode is incremental",
+        sync={"sync": {"iterator": None}},
+    ),
+    Case(
+        "interval_without_a_frequency",
+        VALIDATE,
+        "✗ {sync_file}: sync: frequency: required when schedule is interval (hourly, daily, weekly, monthly)",
+        sync={"sync": {"frequency": None}},
+    ),
+    Case(
+        "monthly_sync_starting_on_day_31",
+        VALIDATE,
+        "✗ {sync_file}: sync: start: a monthly sync starts on day 1 to 28, so every month has that day",
+        sync={"sync": {"frequency": "monthly", "start": "2024-01-31", "historical_start": "2024-01-01"}},
+    ),
+    Case(
+        "mapping_to_an_identity_that_does_not_exist",
+        VALIDATE,
+        "✗ {sync_file}: mapping[0].field: unknown identity 'user_identities.mail'; allowed: "
+        f"user_identities.<one of {', '.join(IDENTITY_PRIORITY)}>",
+        sync={"mapping": [{"type": "column", "column": "email", "field": "user_identities.mail"}]},
+    ),
+    Case(
+        "static_identity",
+        VALIDATE,
+        "✗ {sync_file}: mapping[0]: an identity cannot be static: every row would be the same user",
+        sync={"mapping": [{"type": "static", "value": "x", "field": "user_identities.email"}]},
+    ),
+    Case(
+        "event_sync_without_a_mapping",
+        VALIDATE,
+        "✗ {sync_file}: mapping: required for event data (events.data.event_name at least)",
+        sync={"data_type": "event"},
+    ),
+    # --- the data model ---
+    Case(
+        "data_model_that_writes",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the data model must be a SELECT, found UPDATE",
+        sync=_model("UPDATE crm.users SET plan = 'x'"),
+    ),
+    Case(
+        "two_statements",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: one SELECT statement is allowed, found 2 statements",
+        sync=_model("SELECT * FROM crm.users; DROP TABLE crm.users"),
+    ),
+    Case(
+        "sql_that_does_not_parse",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the SQL does not parse at line 1, column 19: Expecting )",
+        sync=_model("SELECT count(* FROM crm.users"),
+    ),
+    Case(
+        "model_reading_a_local_file",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: read_csv() is not allowed: {TABLE_FUNCTIONS}",
+        sync=_model("SELECT * FROM read_csv('/etc/passwd')"),
+    ),
+    Case(
+        "model_reading_a_file_named_as_a_table",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: FROM '/etc/passwd' reads a file or URL: {WAREHOUSE_ONLY}",
+        sync=_model("SELECT * FROM '/etc/passwd'"),
+    ),
+    Case(
+        "model_reading_the_environment",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: getenv() is not allowed: {WAREHOUSE_ONLY}",
+        sync=_model("SELECT customer_id, getenv('HOME') AS home, updated_at FROM crm.users"),
+    ),
+    Case(
+        "model_attaching_another_database",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the data model must be a SELECT, found ATTACH",
+        sync=_model("ATTACH '/tmp/other.duckdb' AS other"),
+    ),
+    # --- the data model against the real warehouse ---
+    Case(
+        "column_the_mapping_leaves_out",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: mapping: column 'first_name' is selected by the data model but not "
+        "mapped; map it, ignore it ({type: ignore, column: first_name}) or add {type: column, column: "
+        "$unmapped, field: ...}",
+        sync={"mapping": [{"type": "column", "column": "email", "field": "user_identities.email"}]},
+    ),
+    Case(
+        "warehouse_file_that_does_not_exist",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: connection.path: the DuckDB warehouse file {tmp}/data/nowhere.duckdb "
+        "does not exist",
+        sync={"connection": {"path": "../data/nowhere.duckdb"}},
+    ),
+    Case(
+        "table_name_with_a_typo",
+        VALIDATE,
+        "✗ crm_users: data_model.sql: the warehouse cannot run it: Catalog Error: Table with "
+        'name user does not exist! Did you mean "users"?',
+        sync=_model("SELECT customer_id, email, updated_at FROM crm.user"),
+    ),
+    Case(
+        "iterator_the_model_does_not_return",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: sync.iterator: column 'modified_at' is not returned by the data model; "
+        "it returns customer_id, email, first_name, plan, updated_at",
+        sync={"sync": {"iterator": "modified_at"}},
+    ),
+    Case(
+        "iterator_column_stored_as_text",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: sync.iterator_type: timestamp needs a TIMESTAMP column, but "
+        "'updated_at' is string",
+        warehouse_sql="CREATE TABLE crm.leads AS SELECT 'C9' AS customer_id, 'cy@example.com' AS email, "
+        "'2024-01-01 10:00:00' AS updated_at",
+        sync=_model("SELECT customer_id, email, updated_at FROM crm.leads"),
+    ),
+    Case(
+        "numeric_column_mapped_to_an_email_identity",
+        VALIDATE,
+        "✗ crm_users: {sync_file}: mapping[0].column: column 'user_no' is int32, but an email identity "
+        "takes a text column; cast it to text in the data model or map it to another identity "
+        "(customer_id, other, …)",
+        sync={
+            **_model("SELECT customer_id, 42 AS user_no, plan, updated_at FROM crm.users"),
+            "mapping": [
+                {"type": "column", "column": "user_no", "field": "user_identities.email"},
+                {"type": "column", "column": "$unmapped", "field": "user_attributes.*"},
+            ],
+        },
+    ),
+    # --- the command line ---
+    Case(
+        "partition_range_written_backwards",
+        ("run", "crm_users", "--partition", "2024-01-03..2024-01-01"),
+        "wsync run: crm_users: --partition 2024-01-03..2024-01-01 is reversed: write the earlier "
+        "partition first (2024-01-01..2024-01-03)",
+    ),
+    Case(
+        "run_of_a_sync_that_does_not_exist",
+        ("run", "crm_userz"),
+        "wsync run: no sync named 'crm_userz' in {syncs}; syncs: crm_users",
+    ),
+    Case(
+        "run_of_a_sync_whose_file_is_invalid",
+        ("run", "crm_users"),
+        f"wsync run: {{sync_file}}: sync.frequence: unknown key; allowed: {ALLOWED_SYNC}",
+        sync={"sync": {"frequence": "daily"}},
+    ),
+    Case(
+        "preview_while_another_file_is_invalid",
+        ("preview", "crm_users"),
+        "wsync: warning: not loaded (see `wsync validate`): {syncs}/typo.yaml: data_typ: unknown key; "
+        f"allowed: {ALLOWED_TOP}",
+        exit_code=0,
+        files={"typo.yaml": yaml.safe_dump({**GOOD_SYNC, "name": "typo", "data_typ": "user"})},
+    ),
+    Case(
+        "partition_before_historical_start",
+        ("run", "crm_users", "--partition", "2023-12-31"),
+        "wsync run: crm_users: --partition 2023-12-31 is not a partition of this sync (keys look like 2024-01-01)",
+    ),
+    Case(
+        "partition_that_is_not_a_date",
+        ("run", "crm_users", "--partition", "yesterday"),
+        "wsync run: crm_users: --partition yesterday is not a partition of this sync (keys look like 2024-01-01)",
+    ),
+    Case(
+        "identity_without_a_value",
+        ("profile", "--identity", "email"),
+        "wsync profile: --identity takes TYPE=VALUE, e.g. --identity email=ada@example.com",
+    ),
+    Case(
+        "profile_that_does_not_exist",
+        ("profile", "--identity", "email=nobody@example.com"),
+        "wsync profile: no profile with email=nobody@example.com in production",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def good_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The world every case copies: warehouse, sync file, and a store with partition 2024-01-01 delivered."""
+    root = tmp_path_factory.mktemp("good_world")
+    (root / "data").mkdir()
+    (root / "syncs").mkdir()
+    import duckdb
+
+    with duckdb.connect(str(root / "data" / "warehouse.duckdb")) as connection:
+        connection.execute(USERS_SQL)
+    (root / "syncs" / "crm_users.yaml").write_text(yaml.safe_dump(GOOD_SYNC, sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in _env(World(root)).items():
+            patch.setenv(name, value)
+        patch.delenv("DAGSTER_HOME", raising=False)
+        assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    return root
+
+
+def _env(world: World) -> dict[str, str]:
+    return {
+        "WSYNC_SYNCS_DIR": str(world.syncs),
+        "WSYNC_STATE_DIR": str(world.state),
+        "WSYNC_PROFILE_STORE": f"sqlite:///{world.store}",
+    }
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dump_store(path: Path, scratch: Path) -> dict | str | None:
+    """Every row of every table, or the file's hash when it is no SQLite database.
+
+    Read from a copy (with its WAL): opening the store itself would leave -shm and -wal files behind,
+    and those would let a later command write in a folder that is otherwise read-only.
+    """
+    if not path.exists():
+        return None
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for source in path.parent.glob(f"{path.name}*"):
+        shutil.copy(source, scratch / source.name)
+    try:
+        with closing(sqlite3.connect(scratch / path.name)) as connection:
+            tables = [
+                name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
+            return {
+                table: sorted(repr(row) for row in connection.execute(f'SELECT * FROM "{table}"'))
+                for table in tables
+            }
+    except sqlite3.DatabaseError:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run_unprivileged(argv: tuple[str, ...], env: dict[str, str]) -> tuple[int, str]:
+    # Root reads and writes through any file mode; dropping the two capabilities that let it do so
+    # makes the modes apply, as they do for every other user.
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    result = subprocess.run(
+        [*drop, sys.executable, "-m", "wsync_dagster.cli", *argv], env=env, capture_output=True, text=True
+    )
+    return result.returncode, result.stderr
+
+
+def _restore_modes(root: Path) -> None:
+    # Top-down: a folder is opened again before the walk lists it.
+    for folder, folders, files in os.walk(root):
+        for name in folders:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_gets_one_clear_line_and_changes_nothing(
+    case: Case, good_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    world = World(tmp_path / "world")
+    shutil.copytree(good_world, world.root)
+    if case.sync_text is not None:
+        content = case.sync_text
+        world.sync_file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    elif case.sync:
+        world.sync_file.write_text(yaml.safe_dump(_merge(GOOD_SYNC, case.sync), sort_keys=False))
+    for name, text in case.files.items():
+        (world.syncs / name).write_text(text)
+    env = {**_env(world), **{k: world.fill(v) for k, v in case.env.items() if v is not None}}
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in (k for k, v in case.env.items() if v is None):
+        monkeypatch.delenv(name, raising=False)
+    if case.warehouse_sql:
+        import duckdb
+
+        with duckdb.connect(str(world.warehouse)) as connection:
+            connection.execute(case.warehouse_sql)
+    if case.arrange:
+        case.arrange(world)
+    before = dump_store(world.store, tmp_path / "dump")
+    try:
+        if case.unprivileged:
+            exit_code, stderr = _run_unprivileged(case.argv, dict(os.environ))
+        else:
+            exit_code = main(list(case.argv))
+            stderr = capsys.readouterr().err
+    finally:
+        _restore_modes(world.root)
+    assert (stderr.splitlines() or [""])[0] == world.fill(case.first_line)
+    assert exit_code == case.exit_code
+    after = dump_store(world.store, tmp_path / "dump")
+    if isinstance(before, dict) and isinstance(after, dict):
+        before, after = (
+            {t: rows for t, rows in d.items() if t not in case.tables_changed} for d in (before, after)
+        )
+    assert after == before

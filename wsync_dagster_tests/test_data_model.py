@@ -1,0 +1,131 @@
+"""SPEC §2 data_model: a model reads only the warehouse, never a file, URL, setting or the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsync_dagster.spec import SyncSpecError, load_sync_file
+from wsync_dagster.warehouses import WarehouseError
+from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
+from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+
+CANARY = "canary-line-that-only-a-file-holds"
+
+ONLY = "a data model reads only the warehouse's tables and views"
+TABLE_FUNCTION = (
+    f"is not allowed: {ONLY} (table functions allowed: range, generate_series, unnest, explode, posexplode)"
+)
+FUNCTION = f"is not allowed: {ONLY}"
+FILE = f"reads a file or URL: {ONLY}"
+
+# (data model, what the error says after "data_model.sql: ")
+OUTSIDE_THE_WAREHOUSE = [
+    ("SELECT * FROM read_csv('{file}')", f"read_csv() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_csv_auto('{file}')", f"read_csv_auto() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_text('{file}')", f"read_text() {TABLE_FUNCTION}"),
+    ("SELECT content AS customer_id FROM read_blob('{file}')", f"read_blob() {TABLE_FUNCTION}"),
+    ("SELECT * FROM glob('/*')", f"glob() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_parquet('{file}')", f"read_parquet() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_json('{file}')", f"read_json() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_json_auto('{file}')", f"read_json_auto() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_ndjson('{file}')", f"read_ndjson() {TABLE_FUNCTION}"),
+    ("SELECT * FROM parquet_scan('{file}')", f"parquet_scan() {TABLE_FUNCTION}"),
+    ("SELECT * FROM sqlite_scan('{file}', 'users')", f"sqlite_scan() {TABLE_FUNCTION}"),
+    ("SELECT * FROM postgres_scan('host=db', 'public', 'users')", f"postgres_scan() {TABLE_FUNCTION}"),
+    ("SELECT * FROM sniff_csv('{file}')", f"sniff_csv() {TABLE_FUNCTION}"),
+    ("SELECT * FROM query('SELECT 1')", f"query() {TABLE_FUNCTION}"),
+    ("SELECT * FROM duckdb_settings()", f"duckdb_settings() {TABLE_FUNCTION}"),
+    ("SELECT * FROM read_csv('https://example.com/users.csv')", f"read_csv() {TABLE_FUNCTION}"),
+    ("SELECT u.* FROM crm.users AS u, LATERAL read_csv(u.email)", f"read_csv() {TABLE_FUNCTION}"),
+    ("SELECT customer_id, (SELECT count(*) FROM read_text('{file}')) AS n FROM crm.users", f"read_text() {TABLE_FUNCTION}"),
+    ("SELECT customer_id, read_text('{file}') AS n FROM crm.users", f"read_text() {FUNCTION}"),
+    ("SELECT customer_id, getenv('HOME') AS home FROM crm.users", f"getenv() {FUNCTION}"),
+    ("SELECT customer_id, current_setting('home_directory') AS h FROM crm.users", f"current_setting() {FUNCTION}"),
+    ("SELECT * FROM '{file}'", f"FROM '{{file}}' {FILE}"),
+    ("FROM 'users.csv'", f"FROM 'users.csv' {FILE}"),
+    ("SELECT * FROM 'https://example.com/users.parquet'", f"FROM 'https://example.com/users.parquet' {FILE}"),
+    ("SELECT * FROM 's3://bucket/users/*.parquet'", f"FROM 's3://bucket/users/*.parquet' {FILE}"),
+]  # fmt: skip
+STATEMENTS = ["ATTACH '{file}' AS other", "INSTALL httpfs", "LOAD httpfs", "COPY crm.users TO '{file}'",
+              "PRAGMA database_list", "SET threads = 1", "CALL pragma_version()"]  # fmt: skip
+
+
+@pytest.fixture
+def outside_file(tmp_path: Path) -> Path:
+    """A file beside the warehouse that no data model may read."""
+    path = tmp_path / "outside.csv"
+    path.write_text(f"line\n{CANARY}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"), OUTSIDE_THE_WAREHOUSE, ids=[sql for sql, _ in OUTSIDE_THE_WAREHOUSE]
+)
+def test_a_model_that_reaches_outside_the_warehouse_is_refused(
+    write_sync, tmp_path, outside_file, sql, message
+):
+    path = write_sync(
+        user_sync(tmp_path / "w.duckdb", data_model={"sql": sql.replace("{file}", str(outside_file))})
+    )
+    with pytest.raises(SyncSpecError) as error:
+        load_sync_file(path)
+    assert str(error.value) == f"{path}: data_model.sql: {message.replace('{file}', str(outside_file))}"
+
+
+@pytest.mark.parametrize("statement", STATEMENTS)
+def test_a_statement_other_than_select_is_refused_by_name(write_sync, tmp_path, outside_file, statement):
+    path = write_sync(
+        user_sync(tmp_path / "w.duckdb", data_model={"sql": statement.replace("{file}", str(outside_file))})
+    )
+    with pytest.raises(SyncSpecError) as error:
+        load_sync_file(path)
+    found = statement.split()[0]
+    assert str(error.value) == f"{path}: data_model.sql: the data model must be a SELECT, found {found}"
+
+
+def test_generated_rows_and_warehouse_tables_stay_allowed(write_sync, tmp_path):
+    model = (
+        "WITH days AS (SELECT * FROM range(3) AS t(d)) "
+        "SELECT u.customer_id, u.email, u.updated_at, d.d, x.tag FROM crm.users AS u "
+        "CROSS JOIN days AS d CROSS JOIN unnest(['a', 'b']) AS x(tag) WHERE u.email GLOB '*@example.com'"
+    )
+    assert load_sync_file(write_sync(user_sync(tmp_path / "w.duckdb", data_model={"sql": model})))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_csv('{file}')",
+        "SELECT * FROM read_text('{file}')",
+        "SELECT * FROM read_blob('{file}')",
+        "SELECT * FROM '{file}'",
+        "SELECT * FROM glob('{folder}/*')",
+        "SELECT * FROM read_json_auto('{file}')",
+        "SELECT * FROM read_csv('https://example.com/users.csv')",
+    ],
+)
+def test_the_warehouse_reader_refuses_files_even_when_the_sql_check_is_bypassed(
+    make_warehouse, outside_file, sql
+):
+    warehouse = DuckDBWarehouse(make_warehouse(USERS_SQL))
+    query = sql.replace("{file}", str(outside_file)).replace("{folder}", str(outside_file.parent))
+    try:
+        with pytest.raises(WarehouseError, match=r"data_model.sql: the warehouse cannot run it: .*disabled"):
+            rows = [row for batch in warehouse.read_batches(query) for row in batch.to_pylist()]
+            assert CANARY not in str(rows)  # reached only if DuckDB read the file
+    finally:
+        warehouse.close()
+
+
+def test_the_warehouse_reader_cannot_attach_a_database_or_turn_access_back_on(make_warehouse):
+    other = make_warehouse("CREATE TABLE secrets AS SELECT 'x' AS s", name="other.duckdb")
+    warehouse = DuckDBWarehouse(make_warehouse(USERS_SQL))
+    try:
+        with pytest.raises(WarehouseError, match=r"disabled"):
+            list(warehouse.read_batches(f"ATTACH '{other}' AS other"))
+        with pytest.raises(WarehouseError, match=r"Cannot change configuration option"):
+            list(warehouse.read_batches("SET enable_external_access = true"))
+    finally:
+        warehouse.close()
