@@ -125,7 +125,7 @@ def test_a_connection_that_fails_is_one_line_naming_the_sync_and_the_warehouse(
     monkeypatch.setenv(PASSWORD_VARIABLE, SECRET)
     overrides, reason = _bad_connection(case, postgres)
     connection = {k: v for k, v in {**postgres.connection(), **overrides}.items() if v is not None}
-    write_sync(_sync(connection))
+    path = write_sync(_sync(connection))
 
     assert main(["validate"]) == 1
 
@@ -133,7 +133,7 @@ def test_a_connection_that_fails_is_one_line_naming_the_sync_and_the_warehouse(
     assert len(err.strip().splitlines()) == 1
     host, port, database = connection["host"], connection["port"], connection["database"]
     assert err.startswith(
-        f"✗ users: connection: cannot connect to the {connection['type']} warehouse {host}:{port}/{database} "
+        f"✗ users: {path}: connection: cannot connect to the {connection['type']} warehouse {host}:{port}/{database} "
         f"as {connection['user']}: "
     )
     assert reason in err
@@ -206,12 +206,12 @@ def test_an_unset_password_variable_names_the_field_and_the_variable(
     postgres, write_sync, monkeypatch, capsys
 ):
     monkeypatch.delenv(PASSWORD_VARIABLE)
-    write_sync(_sync(postgres.connection()))
+    path = write_sync(_sync(postgres.connection()))
 
     assert main(["validate"]) == 1
 
     assert capsys.readouterr().err == (
-        f"✗ users: connection.password: environment variable {PASSWORD_VARIABLE} is not set\n"
+        f"✗ users: {path}: connection.password: environment variable {PASSWORD_VARIABLE} is not set\n"
     )
 
 
@@ -431,6 +431,19 @@ def test_an_unknown_connection_key_lists_the_keys_as_a_sync_file_spells_them(wri
     assert main(["validate"]) == 1
 
     assert capsys.readouterr().err == (
-        f"wsync validate: {path}: connection.search_path: unknown key; "
+        f"✗ {path}: connection.search_path: unknown key; "
         "allowed: type, host, port, database, user, password, schema, sslmode\n"
+    )
+
+
+def test_a_query_error_never_repeats_a_string_literal_of_the_model(engine):
+    _execute(engine, USERS_TABLE)
+    sql = "SELECT customer_id, updated_at FROM crm.users WHERE customer_id::int = CAST('tok-8842-secret' AS int)"
+
+    with pytest.raises(WarehouseError) as error:
+        _read(engine, sql)
+
+    assert str(error.value) == (
+        f"data_model.sql: the {engine.connection_type} warehouse 127.0.0.1:5432/{engine.database} "
+        'cannot run it: invalid input syntax for type integer: "***"'
     )

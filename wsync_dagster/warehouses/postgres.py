@@ -20,7 +20,7 @@ import sqlglot
 from pydantic import Field
 from sqlglot import exp
 
-from wsync_dagster.data_model import SourceTable, probe_sql
+from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -195,7 +195,7 @@ class PostgresWarehouse:
         as_text = psycopg2.extensions.new_type(_TEXT_OIDS, "WSYNC_TEXT", lambda text, cursor: text)
         psycopg2.extensions.register_type(as_text, self._connection)
         self._connection.set_session(readonly=True)
-        with self._reporting(), self._connection.cursor() as cursor:
+        with self._reporting("; ".join(self._session)), self._connection.cursor() as cursor:
             for statement in self._session:
                 cursor.execute(statement)
         self._connection.commit()
@@ -224,7 +224,7 @@ class PostgresWarehouse:
 
     def _describe(self, sql: str) -> list[ModelColumn]:
         """The columns a query returns, without reading a row."""
-        with self._reporting(), self._connection.cursor() as cursor:
+        with self._reporting(sql), self._connection.cursor() as cursor:
             cursor.execute(probe_sql(sql, self.dialect))
             description = cursor.description
         self._connection.rollback()
@@ -246,7 +246,7 @@ class PostgresWarehouse:
     def _fetched_batches(self, query: str, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
         """A server-side cursor: the server holds the result, the client one batch of rows at a time."""
         try:
-            with self._reporting(), self._connection.cursor(name="wsync_model") as cursor:
+            with self._reporting(query), self._connection.cursor(name="wsync_model") as cursor:
                 cursor.itersize = batch_size
                 cursor.execute(query)
                 while batch := _fetch_batch(cursor, schema, batch_size):
@@ -276,20 +276,22 @@ class PostgresWarehouse:
                 for batch in cursor.fetch_record_batch():
                     yield _conformed(batch, schema)
         except (adbc_driver_manager.Error, pa.ArrowException, OSError) as error:  # mid-stream: Arrow's errors
-            raise WarehouseError(
-                f"data_model.sql: the {self._label} cannot run it: {_adbc_reason(error)}"
-            ) from None
+            raise self._model_error(_adbc_reason(error), query) from None
         finally:
             connection.close()
 
     @contextmanager
-    def _reporting(self) -> Iterator[None]:
-        """Turn the driver's errors into one line naming the warehouse, without the SQL they quote."""
+    def _reporting(self, sql: str) -> Iterator[None]:
+        """Turn psycopg2's errors about running `sql` into one line naming the warehouse."""
         try:
             yield
         except self._psycopg2.Error as error:
-            reason = error.diag.message_primary or _reason(str(error))
-            raise WarehouseError(f"data_model.sql: the {self._label} cannot run it: {reason}") from None
+            raise self._model_error(error.diag.message_primary or _reason(str(error)), sql) from None
+
+    def _model_error(self, reason: str, sql: str) -> WarehouseError:
+        """The server's reason without the SQL's string literals: run storage and logs keep every error."""
+        message = redact_literals(reason, sql, self.dialect)
+        return WarehouseError(f"data_model.sql: the {self._label} cannot run it: {message}")
 
 
 def _session_sql(connection: PostgresConnection) -> list[str]:
