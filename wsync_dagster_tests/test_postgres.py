@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import Connection, load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster.warehouses import Warehouse, WarehouseError, open_warehouse
+from wsync_dagster_tests.conftest import closed_port, profile_store_bytes
 from wsync_dagster_tests.engines import start
 from wsync_dagster_tests.engines.postgres import PASSWORD_VARIABLE, SERVER, PostgresEngine
 
@@ -86,17 +86,6 @@ def _read(engine: PostgresEngine, sql: str, params=(), **connection) -> pa.Table
         warehouse.close()
 
 
-def _store_bytes(tmp_path: Path) -> bytes | None:
-    path = tmp_path / "state" / "profiles.sqlite"
-    return path.read_bytes() if path.exists() else None
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # ---- connection errors -------------------------------------------------------------------------------
 
 
@@ -104,7 +93,7 @@ def _bad_connection(case: str, engine: PostgresEngine) -> tuple[dict, str]:
     """A connection a user gets wrong, and the reason the one error line must give."""
     role = f"wsync_nobody_{uuid.uuid4().hex[:8]}"
     return {
-        "closed port": ({"port": _closed_port()}, "Connection refused"),
+        "closed port": ({"port": closed_port()}, "Connection refused"),
         "unknown host": ({"host": "warehouse.invalid"}, 'could not translate host name "warehouse.invalid"'),
         "unknown role": ({"user": role}, f'role "{role}" does not exist'),
         "missing database": ({"database": "wsync_no_such_db"}, 'database "wsync_no_such_db" does not exist'),
@@ -178,10 +167,10 @@ def test_a_run_that_fails_in_the_warehouse_writes_nothing_and_never_shows_the_pa
     _execute(engine, USERS_TABLE)
     write_sync(_sync(engine.connection()))
     assert main(["run", "users", "--partition", "2024-01-01"]) == 0
-    before = _store_bytes(tmp_path)
+    before = profile_store_bytes(tmp_path)
     port = SERVER["port"]
     if failure == "the warehouse refuses the connection":
-        port = _closed_port()
+        port = closed_port()
         write_sync(_sync({**engine.connection(), "port": port}))
         reason = "Connection refused"
     else:
@@ -196,7 +185,7 @@ def test_a_run_that_fails_in_the_warehouse_writes_nothing_and_never_shows_the_pa
     out, err = capsys.readouterr()
     assert reason in err
     assert f"{engine.connection_type} warehouse 127.0.0.1:{port}/{engine.database}" in err
-    assert _store_bytes(tmp_path) == before
+    assert profile_store_bytes(tmp_path) == before
     state = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
     assert SECRET not in out + err
     assert SECRET.encode() not in state
