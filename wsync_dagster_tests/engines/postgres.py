@@ -36,7 +36,8 @@ def scratch_database() -> Iterator[str]:
                 cursor.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
+    """A dotted name with each part quoted for PostgreSQL."""
     return ".".join(exp.to_identifier(part, quoted=True).sql("postgres") for part in name.split("."))
 
 
@@ -66,12 +67,12 @@ class PostgresEngine:
             with connection.cursor() as cursor:
                 for name, table in tables.items():
                     schema, table_name = name.split(".")
-                    cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {_quoted(schema)}")
+                    cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted(schema)}")
                     cursor.adbc_ingest(table_name, table, mode="replace", db_schema_name=schema)
                     for field in table.schema:
                         if alteration := self.column_type(field):
                             cursor.execute(
-                                f"ALTER TABLE {_quoted(name)} ALTER COLUMN {_quoted(field.name)} TYPE {alteration}"
+                                f"ALTER TABLE {quoted(name)} ALTER COLUMN {quoted(field.name)} TYPE {alteration}"
                             )
             connection.commit()
         return self.connection()

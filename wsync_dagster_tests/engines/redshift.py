@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from wsync_dagster_tests.engines.postgres import PostgresEngine, _quoted, password_variable, scratch_database
+from wsync_dagster_tests.engines.postgres import PostgresEngine, password_variable, quoted, scratch_database
 
 
 class RedshiftOnPostgresEngine(PostgresEngine):
@@ -22,7 +22,7 @@ class RedshiftOnPostgresEngine(PostgresEngine):
     def column_type(self, field: pa.Field) -> str | None:
         """Lists become JSON documents, as Redshift keeps them in SUPER."""
         if pa.types.is_list(field.type):
-            return f"jsonb USING to_jsonb({_quoted(field.name)})"
+            return f"jsonb USING to_jsonb({quoted(field.name)})"
         return super().column_type(field)
 
 
