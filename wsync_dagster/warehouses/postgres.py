@@ -24,6 +24,8 @@ from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Rows per FETCH on the cursor path: a Python object per value lives only for this many rows.
+FETCH_ROWS = 10_000
 # An unreachable host fails after this long instead of the operating system's minutes.
 CONNECT_TIMEOUT_S = 30
 
@@ -244,13 +246,21 @@ class PostgresWarehouse:
         )
 
     def _fetched_batches(self, query: str, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """A server-side cursor: the server holds the result, the client one batch of rows at a time."""
+        """A server-side cursor: the server holds the result; the client fetches FETCH_ROWS at a time as
+        Python rows, turned into Arrow at once and joined into batches of batch_size."""
         try:
             with self._reporting(query), self._connection.cursor(name="wsync_model") as cursor:
-                cursor.itersize = batch_size
                 cursor.execute(query)
-                while batch := _fetch_batch(cursor, schema, batch_size):
-                    yield batch
+                pending: list[pa.RecordBatch] = []
+                room = batch_size
+                while chunk := _fetch_batch(cursor, schema, min(FETCH_ROWS, room)):
+                    pending.append(chunk)
+                    room -= chunk.num_rows
+                    if room == 0:
+                        yield pa.concat_batches(pending)
+                        pending, room = [], batch_size
+                if pending:
+                    yield pa.concat_batches(pending)
         finally:
             self._connection.rollback()
 
