@@ -2,7 +2,7 @@
 
 PostgreSQL streams `COPY (model) TO STDOUT (FORMAT binary)` through ADBC, which decodes rows into Arrow in C++
 without a Python object per value. Redshift has no COPY TO STDOUT, so it reads through a psycopg2 server-side
-cursor, one FETCH of `batch_size` rows at a time. Both paths get the same Arrow types from one probe.
+cursor, FETCH_ROWS rows at a time as text that Arrow parses. Both paths get the same Arrow types from one probe.
 """
 
 from __future__ import annotations
