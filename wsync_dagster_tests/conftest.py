@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +99,16 @@ def store_bytes(wsync_env) -> Callable[[], bytes]:
     open_profile_store(profile_store_url()).close()
     path = Path(profile_store_url().removeprefix("sqlite:///"))
     return path.read_bytes
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on: a connection to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def profile_store_bytes(tmp_path: Path) -> bytes | None:
+    """The embedded profile store's file as it is now (None before the first delivery)."""
+    path = tmp_path / "state" / "profiles.sqlite"
+    return path.read_bytes() if path.exists() else None

@@ -11,6 +11,7 @@ from wsync_dagster.warehouses.bigquery import BigQueryConnection
 from wsync_dagster.warehouses.databricks import DatabricksConnection
 from wsync_dagster.warehouses.delta import DeltaConnection
 from wsync_dagster.warehouses.duckdb import DuckDBConnection
+from wsync_dagster.warehouses.postgres import PostgresConnection, RedshiftConnection
 from wsync_dagster.warehouses.snowflake import SnowflakeConnection
 
 # The registry: `connection.type` picks the model, and the model opens its reader.
@@ -20,6 +21,8 @@ CONNECTIONS: tuple[type[ConnectionSpec], ...] = (
     BigQueryConnection,
     DeltaConnection,
     DatabricksConnection,
+    PostgresConnection,
+    RedshiftConnection,
 )
 
 

@@ -14,7 +14,15 @@ from typing import Protocol
 import pyarrow as pa
 
 # Each engine that runs on this machine; a new warehouse joins the suite by adding its module here.
-ENGINES: tuple[str, ...] = ("duckdb", "snowflake", "bigquery", "delta", "databricks_sql_on_local_spark")
+ENGINES: tuple[str, ...] = (
+    "duckdb",
+    "snowflake",
+    "bigquery",
+    "delta",
+    "databricks_sql_on_local_spark",
+    "postgres",
+    "redshift",
+)
 
 
 class Engine(Protocol):
