@@ -52,7 +52,6 @@ _SECRET_KEY = re.compile(
 )
 # A key that names where a secret is kept (private_key_path) holds a path, not the secret.
 _PATH_KEY = re.compile(r"_path\Z", re.IGNORECASE)
-PLANNED_CONNECTION_TYPES = ("postgres", "redshift", "snowflake", "bigquery", "databricks", "delta")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -440,8 +439,6 @@ def _connection_type_message(tag: str | None) -> str:
     available = ", ".join(f"'{name}'" for name in warehouse_types())
     if tag is None:
         return f"type: required; available: {available}"
-    if tag in PLANNED_CONNECTION_TYPES:
-        return f"type '{tag}' is not built yet; available: {available}"
     return f"type '{tag}' is not a connection type; available: {available}"
 
 

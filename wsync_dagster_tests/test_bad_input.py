@@ -24,7 +24,6 @@ import yaml
 
 from wsync_dagster.cli import main
 from wsync_dagster.identities import IDENTITY_PRIORITY
-from wsync_dagster.spec import PLANNED_CONNECTION_TYPES
 from wsync_dagster.warehouses import warehouse_types
 from wsync_dagster_tests.conftest import USERS_SQL, user_sync
 
@@ -94,9 +93,7 @@ TABLE_FUNCTIONS = (
     f"{WAREHOUSE_ONLY} (table functions allowed: range, generate_series, unnest, explode, posexplode)"
 )
 SECRET = "a secret is never written in a sync file; use {env: VAR_NAME}"
-# Warehouses join one by one: the connection types built so far, and one that is still planned.
 AVAILABLE = ", ".join(f"'{name}'" for name in warehouse_types())
-NOT_BUILT = next(name for name in PLANNED_CONNECTION_TYPES if name not in warehouse_types())
 ALIAS_BOMB = """name: crm_users
 a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
 b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
@@ -352,14 +349,6 @@ CASES: list[Case] = [
         "✗ {sync_file}: sync: historical_start: 2024-03-01 is after start 2024-01-01; history loads from "
         "historical_start up to start, so it is on or before start",
         sync={"sync": {"historical_start": "2024-03-01"}},
-    ),
-    Case(
-        "connection_type_not_built_yet",
-        VALIDATE,
-        f"✗ {{sync_file}}: connection: type '{NOT_BUILT}' is not built yet; available: {AVAILABLE}",
-        sync={
-            "connection": {"type": NOT_BUILT, "account": "acme", "password": {"env": "SNOWFLAKE_PASSWORD"}}
-        },
     ),
     Case(
         "connection_type_that_does_not_exist",
