@@ -50,7 +50,7 @@ def store(make_warehouse, write_sync, tmp_path: Path) -> Path:
     warehouse = make_warehouse(
         f"""CREATE SCHEMA crm;
         CREATE TABLE crm.users AS SELECT 'C' || i AS customer_id, 'u' || i || '@example.com' AS email,
-            'name' || i AS first_name, 'pro' AS plan, TIMESTAMP '2024-01-01' + INTERVAL (i) SECOND AS updated_at
+            'name' || i AS first_name, 'pro' AS plan, TIMESTAMP '2024-01-01' + INTERVAL (i % 86400) SECOND AS updated_at
         FROM range({USERS}) AS t(i)"""
     )
     write_sync(user_sync(warehouse))
