@@ -112,3 +112,22 @@ def profile_store_bytes(tmp_path: Path) -> bytes | None:
     """The embedded profile store's file as it is now (None before the first delivery)."""
     path = tmp_path / "state" / "profiles.sqlite"
     return path.read_bytes() if path.exists() else None
+
+
+def users_sync(
+    connection: dict, sql: str, *, iterator: str = "updated_at", historical_start: str = "2024-01-01", **sync
+) -> dict:
+    """An incremental user sync named `users` over any warehouse connection, with sync settings merged in."""
+    return {
+        "name": "users",
+        "data_type": "user",
+        "connection": connection,
+        "data_model": {"sql": sql},
+        "sync": {
+            "mode": "incremental",
+            "iterator": iterator,
+            "iterator_type": "timestamp",
+            "historical_start": historical_start,
+            **sync,
+        },
+    }

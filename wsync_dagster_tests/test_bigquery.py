@@ -24,6 +24,7 @@ from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster.warehouses.bigquery import BigQueryWarehouse, query_parameters
+from wsync_dagster_tests.conftest import users_sync
 from wsync_dagster_tests.engines.bigquery import BigQueryEmulator, BigQueryEngine, emulator, stop_emulator
 from wsync_dagster_tests.engines.duckdb import DuckDBEngine
 
@@ -46,19 +47,7 @@ def _users(updated_at: pa.Array) -> pa.Table:
 
 
 def _sync(connection: dict, sql: str = "SELECT customer_id, updated_at FROM crm.users", **sync) -> dict:
-    return {
-        "name": "users",
-        "data_type": "user",
-        "connection": connection,
-        "data_model": {"sql": sql},
-        "sync": {
-            "mode": "incremental",
-            "iterator": "updated_at",
-            "iterator_type": "timestamp",
-            "historical_start": "2023-12-01",
-            **sync,
-        },
-    }
+    return users_sync(connection, sql, historical_start="2023-12-01", **sync)
 
 
 def _customers() -> set[str]:

@@ -23,7 +23,7 @@ from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import Connection, load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster.warehouses import Warehouse, WarehouseError, open_warehouse
-from wsync_dagster_tests.conftest import closed_port, profile_store_bytes
+from wsync_dagster_tests.conftest import closed_port, profile_store_bytes, users_sync
 from wsync_dagster_tests.engines import start
 from wsync_dagster_tests.engines.postgres import PASSWORD_VARIABLE, SERVER, PostgresEngine
 
@@ -57,18 +57,7 @@ def _execute(engine: PostgresEngine, sql: str) -> None:
 
 
 def _sync(connection: dict, sql: str = "SELECT customer_id, email, plan, updated_at FROM crm.users") -> dict:
-    return {
-        "name": "users",
-        "data_type": "user",
-        "connection": connection,
-        "data_model": {"sql": sql},
-        "sync": {
-            "mode": "incremental",
-            "iterator": "updated_at",
-            "iterator_type": "timestamp",
-            "historical_start": "2024-01-01",
-        },
-    }
+    return users_sync(connection, sql)
 
 
 def _open(engine: PostgresEngine, **connection) -> Warehouse:

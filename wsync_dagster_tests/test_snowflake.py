@@ -26,6 +26,7 @@ from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import SyncSpecError, load_sync_file
 from wsync_dagster.store import open_profile_store
+from wsync_dagster_tests.conftest import users_sync
 from wsync_dagster_tests.engines.snowflake import PASSWORD_ENV, SnowflakeEngine, start
 
 # Rows whose iterator instants fall around the window of 2024-01-02 (UTC), written with UTC offsets.
@@ -52,19 +53,7 @@ def snowflake(tmp_path: Path) -> Iterator[SnowflakeEngine]:
 def _users_sync(
     connection: dict, sql: str = "SELECT customer_id, plan, changed_at FROM crm.users", **sync
 ) -> dict:
-    return {
-        "name": "users",
-        "data_type": "user",
-        "connection": connection,
-        "data_model": {"sql": sql},
-        "sync": {
-            "mode": "incremental",
-            "iterator": "changed_at",
-            "iterator_type": "timestamp",
-            "historical_start": "2024-01-01",
-            **sync,
-        },
-    }
+    return users_sync(connection, sql, iterator="changed_at", **sync)
 
 
 def _users_table(snowflake: SnowflakeEngine, iterator_type: str, values: dict[str, str]) -> None:
