@@ -124,6 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{k}={v}" for k, v in metadata.items() if isinstance(v, int | float | str) and k != "preview"
         )
         print(f"  {asset_key}: {counts}")
+    for warning in report.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
     for failed in report.failed_checks:
         print(f"  check failed: {failed}", file=sys.stderr)
     return EXIT_CHECK_FAILED if report.failed_checks else 0

@@ -130,14 +130,25 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
 def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
     """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
-    # A lower-case name is folded as the warehouse folds the model's unquoted names (Snowflake: to upper
-    # case), then quoted; any other name is quoted as it is written.
-    name = normalize_identifiers(iterator, dialect).name if _PLAIN_NAME.match(iterator) else iterator
-    column = exp.to_identifier(name, quoted=True).sql(dialect=dialect)
+    column = _column(iterator, dialect)
     return (
         f"SELECT * FROM ({inner}) AS model WHERE model.{column} >= ? AND model.{column} < ? "
         f"ORDER BY model.{column}"
     )
+
+
+def _column(iterator: str, dialect: str) -> str:
+    """The iterator column as the warehouse names it, quoted."""
+    # A lower-case name is folded as the warehouse folds the model's unquoted names (Snowflake: to upper
+    # case), then quoted; any other name is quoted as it is written.
+    name = normalize_identifiers(iterator, dialect).name if _PLAIN_NAME.match(iterator) else iterator
+    return exp.to_identifier(name, quoted=True).sql(dialect=dialect)
+
+
+def newest_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
+    """The model wrapped to return one row: the newest value of its iterator column."""
+    inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
+    return f"SELECT MAX(model.{_column(iterator, dialect)}) AS newest FROM ({inner}) AS model"
 
 
 def limited_sql(sql: str, limit: int, dialect: str = "duckdb") -> str:

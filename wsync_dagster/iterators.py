@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import pyarrow as pa
@@ -93,6 +93,20 @@ def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -
     if pa.types.is_date(column_type):
         return f"epoch_us(CAST({column_sql} AS TIMESTAMP))"
     return f"epoch_us({column_sql})"
+
+
+def iterator_moment(value: Any, iterator_type: str) -> datetime | None:
+    """An iterator value as the UTC moment it stands for (a date: its midnight); None for no value."""
+    if value is None:
+        return None
+    if iterator_type in ("timestamp_unixtime_ms", "timestamp_unixtime_s"):
+        scale = 1000 if iterator_type == "timestamp_unixtime_ms" else 1
+        return datetime.fromtimestamp(int(value) / scale, UTC)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(), UTC)
+    raise ValueError(f"an iterator value of type {type(value).__name__} is not a {iterator_type}")
 
 
 def epoch_micros(moment: datetime) -> int:

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,8 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.batches import BatchFile, remove_stale_files
-from wsync_dagster.data_model import limited_sql, windowed_sql
-from wsync_dagster.iterators import IteratorWindow
+from wsync_dagster.data_model import limited_sql, newest_sql, windowed_sql
+from wsync_dagster.iterators import IteratorWindow, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
@@ -171,6 +172,19 @@ def deliver_partitions(
         + ", ".join(f"{name}={value:,}" for name, value in totals.as_dict().items()),
     )
     return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
+
+
+def newest_iterator(spec: SyncSpec) -> datetime | None:
+    """The newest iterator value in the whole model, as a UTC moment; None when the model has no rows."""
+    settings = spec.sync
+    assert settings.iterator and settings.iterator_type, "only an incremental sync has an iterator"
+    warehouse = open_warehouse(spec)
+    try:
+        query = newest_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
+        values = [v for batch in warehouse.read_batches(query) for v in batch.column(0).to_pylist()]
+    finally:
+        warehouse.close()
+    return iterator_moment(values[0] if values else None, settings.iterator_type)
 
 
 def preview_rows(spec: SyncSpec, limit: int = 5) -> list[dict]:

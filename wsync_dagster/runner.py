@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dagster import (
+    AssetCheckSeverity,
     DagsterExecutionInterruptedError,
     DagsterInstance,
     DynamicPartitionsDefinition,
@@ -44,6 +45,7 @@ class RunReport:
     run_id: str | None = None
     metadata: dict[str, dict] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # checks of severity WARN that did not pass
 
 
 def partitions_due(spec: SyncSpec, store: ProfileStore, now: datetime | None = None) -> list[str]:
@@ -199,9 +201,9 @@ def _add_result(report: RunReport, result) -> None:
             totals[name] = totals.get(name, 0) + value if isinstance(value, int) else value
     for event in result.get_asset_check_evaluations():
         if not event.passed:
-            report.failed_checks.append(
-                f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
-            )
+            line = f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
+            warned = event.severity == AssetCheckSeverity.WARN
+            (report.warnings if warned else report.failed_checks).append(line)
 
 
 def _failure(result) -> str:

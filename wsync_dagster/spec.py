@@ -52,6 +52,13 @@ _SECRET_KEY = re.compile(
 )
 # A key that names where a secret is kept (private_key_path) holds a path, not the secret.
 _PATH_KEY = re.compile(r"_path\Z", re.IGNORECASE)
+# A month is taken as 31 days: the delay check only needs an upper bound of one interval.
+_FREQUENCY_SPAN = {
+    "hourly": timedelta(hours=1),
+    "daily": timedelta(days=1),
+    "weekly": timedelta(weeks=1),
+    "monthly": timedelta(days=31),
+}
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -172,6 +179,7 @@ class SyncSettings(_Strict):
     environment: Literal["production", "development"] = "production"
     input_protection: Literal["create_and_update", "update_only", "read_only"] = "create_and_update"
     paused: bool = False
+    delay_alert: timedelta | None = None
 
     @field_validator("start", "historical_start", mode="before")
     @classmethod
@@ -187,7 +195,7 @@ class SyncSettings(_Strict):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC) if value is not None else None
 
-    @field_validator("lookback", mode="before")
+    @field_validator("lookback", "delay_alert", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -238,12 +246,19 @@ class SyncSettings(_Strict):
             raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
         if self.lookback < timedelta(0):
             raise ValueError("lookback: must not be negative")
+        if self.delay_alert is not None and self.delay_alert <= timedelta(0):
+            raise ValueError("delay_alert: must be a positive duration such as 2h or 2d")
         return self
 
     @property
     def partition_frequency(self) -> str:
         """The partition size: frequency, else daily."""
         return self.frequency or "daily"
+
+    @property
+    def delay_limit(self) -> timedelta:
+        """How old the newest iterator value may be before the data-delay check warns: delay_alert, else twice the frequency."""
+        return self.delay_alert or 2 * _FREQUENCY_SPAN[self.partition_frequency]
 
     @property
     def history_start(self) -> datetime:

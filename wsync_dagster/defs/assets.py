@@ -2,7 +2,7 @@
 
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckResult,
@@ -24,11 +24,18 @@ from wsync_dagster.defs.partitions import run_key_time, sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
-from wsync_dagster.pipeline import Partition, deliver_partitions, map_counts_by_partition, map_partition
+from wsync_dagster.pipeline import (
+    Partition,
+    deliver_partitions,
+    map_counts_by_partition,
+    map_partition,
+    newest_iterator,
+)
 from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
 
 REJECT_RATE_CHECK = "reject_rate"
+DATA_DELAY_CHECK = "data_delay"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
 
@@ -94,6 +101,42 @@ def _preview_markdown(profiles: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def data_delay_result(spec: SyncSpec, now: datetime | None = None) -> AssetCheckResult:
+    """Warn when the newest iterator value in the warehouse is older than the sync's delay limit."""
+    limit = spec.sync.delay_limit
+    newest = newest_iterator(spec)
+    now = now or datetime.now(UTC)
+    metadata: dict = {"delay_limit_hours": round(limit.total_seconds() / 3600, 2)}
+    if newest is None:
+        passed, description = False, "the data model has no rows: no iterator value arrived"
+    else:
+        delay = now - newest
+        metadata.update(
+            newest_iterator_value=newest.isoformat(), delay_hours=round(delay.total_seconds() / 3600, 2)
+        )
+        passed = delay <= limit
+        description = (
+            None
+            if passed
+            else (
+                f"data delay: the newest {spec.sync.iterator} is {newest.isoformat()}, "
+                f"{_hours(delay)} ago; the limit is {_hours(limit)} (sync.delay_alert)"
+            )
+        )
+    return AssetCheckResult(
+        check_name=DATA_DELAY_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=description,
+    )
+
+
+def _hours(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
 def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     """The mapped-batches and delivery assets of one sync, with the reject-rate check."""
     # backfill_policy is marked beta; it is what lets one run read a whole range, so we use it knowingly.
@@ -108,6 +151,18 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     # One run may cover many time windows (backfills, catching up): the model is read once for the span.
     backfill_policy = BackfillPolicy.single_run() if time_partitioned else None
     kinds = {spec.connection.type, "arrow"}
+    # mParticle's Data Warehouse Delay Alerting: has new data reached the warehouse lately?
+    delay_check = (
+        [
+            AssetCheckSpec(
+                DATA_DELAY_CHECK,
+                asset=mapped_key(spec),
+                description=f"The newest {spec.sync.iterator} is at most {_hours(spec.sync.delay_limit)} old",
+            )
+        ]
+        if spec.sync.mode == "incremental" and spec.sync.iterator_type != "integer"
+        else []
+    )
 
     @asset(
         key=mapped_key(spec),
@@ -122,7 +177,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                 REJECT_RATE_CHECK,
                 asset=mapped_key(spec),
                 description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}",
-            )
+            ),
+            *delay_check,
         ],
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
@@ -163,7 +219,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                     description=None
                     if passed
                     else (f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
-                )
+                ),
+                *([data_delay_result(spec)] if delay_check else []),
             ],
         )
 
