@@ -127,14 +127,15 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
     return sorted(tables.values(), key=lambda t: t.path)
 
 
-def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
-    """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator."""
+def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb", *, with_nulls: bool = False) -> str:
+    """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator;
+    with_nulls also reads the rows without an iterator value, so that they are rejected, not missed."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
     column = _column(iterator, dialect)
-    return (
-        f"SELECT * FROM ({inner}) AS model WHERE model.{column} >= ? AND model.{column} < ? "
-        f"ORDER BY model.{column}"
-    )
+    condition = f"model.{column} >= ? AND model.{column} < ?"
+    if with_nulls:
+        condition = f"({condition}) OR model.{column} IS NULL"
+    return f"SELECT * FROM ({inner}) AS model WHERE {condition} ORDER BY model.{column}"
 
 
 def _column(iterator: str, dialect: str) -> str:
@@ -145,10 +146,11 @@ def _column(iterator: str, dialect: str) -> str:
     return exp.to_identifier(name, quoted=True).sql(dialect=dialect)
 
 
-def newest_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
-    """The model wrapped to return one row: the newest value of its iterator column."""
+def extent_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
+    """The model wrapped to return one row: the lowest and the newest value of its iterator column."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
-    return f"SELECT MAX(model.{_column(iterator, dialect)}) AS newest FROM ({inner}) AS model"
+    column = f"model.{_column(iterator, dialect)}"
+    return f"SELECT MIN({column}) AS lowest, MAX({column}) AS newest FROM ({inner}) AS model"
 
 
 def limited_sql(sql: str, limit: int, dialect: str = "duckdb") -> str:

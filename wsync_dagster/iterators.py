@@ -15,12 +15,14 @@ _COLUMN_TYPES = {
     "date": (pa.types.is_date, pa.types.is_timestamp),
     "timestamp_unixtime_ms": (pa.types.is_integer,),
     "timestamp_unixtime_s": (pa.types.is_integer,),
+    "integer": (pa.types.is_integer,),
 }
 _TYPE_WORDS = {
     "timestamp": "a TIMESTAMP",
     "date": "a DATE",
     "timestamp_unixtime_ms": "an integer of epoch milliseconds",
     "timestamp_unixtime_s": "an integer of epoch seconds",
+    "integer": "an integer",
 }
 
 
@@ -54,6 +56,34 @@ class IteratorWindow:
         """The window in epoch microseconds, as the store records it."""
         return epoch_micros(self.start), epoch_micros(self.end)
 
+    def describe(self) -> str:
+        """The window as the UI shows it."""
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+@dataclass(frozen=True)
+class IntegerWindow:
+    """The half-open range of integer iterator values one run reads; the values are the rows' versions."""
+
+    start: int
+    end: int
+
+    def bounds(self, iterator_type: str, column_type: pa.DataType | None = None) -> tuple[int, int]:
+        """The range as query parameters."""
+        return self.start, self.end
+
+    @property
+    def micros(self) -> tuple[int, int]:
+        """The range as the store records windows: an integer iterator's versions are its values."""
+        return self.start, self.end
+
+    def describe(self) -> str:
+        """The range as the UI shows it."""
+        return f"[{self.start}, {self.end})"
+
+
+Window = IteratorWindow | IntegerWindow
+
 
 def _epoch(moment: datetime, per_second: int) -> int:
     delta = moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)
@@ -85,7 +115,9 @@ def check_iterator_column(settings: SyncSettings, schema: pa.Schema) -> str | No
 
 
 def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -> str:
-    """DuckDB SQL for a row's version: its iterator in epoch microseconds."""
+    """DuckDB SQL for a row's version: its iterator in epoch microseconds, or an integer iterator's value."""
+    if iterator_type == "integer":
+        return f"CAST({column_sql} AS BIGINT)"
     if iterator_type == "timestamp_unixtime_ms":
         return f"CAST({column_sql} AS BIGINT) * 1000"
     if iterator_type == "timestamp_unixtime_s":

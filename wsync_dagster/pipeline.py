@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +15,8 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.batches import BatchFile, remove_stale_files
-from wsync_dagster.data_model import limited_sql, newest_sql, windowed_sql
-from wsync_dagster.iterators import IteratorWindow, iterator_moment
+from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
+from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
@@ -61,7 +62,7 @@ def check_mapping(spec: SyncSpec) -> MappingPlan:
 
 def map_partition(
     spec: SyncSpec,
-    window: IteratorWindow | None,
+    window: Window | None,
     batch_file: BatchFile,
     *,
     run_version: int = 0,
@@ -79,7 +80,9 @@ def map_partition(
         if window is None:
             query, params = spec.data_model.sql, ()
         else:
-            query = windowed_sql(spec.data_model.sql, plan.iterator, warehouse.dialect)  # type: ignore[arg-type]
+            # Integer iterators have no time to wait for: a row without a value is rejected in every range.
+            with_nulls = isinstance(window, IntegerWindow)
+            query = windowed_sql(spec.data_model.sql, plan.iterator, warehouse.dialect, with_nulls=with_nulls)  # type: ignore[arg-type]
             params = window.bounds(plan.iterator_type, columns.field(plan.iterator).type)  # type: ignore[arg-type]
         with batch_file.writer() as writer:
             writer.set_schema(mapper.empty().schema)
@@ -174,17 +177,30 @@ def deliver_partitions(
     return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
 
 
-def newest_iterator(spec: SyncSpec) -> datetime | None:
-    """The newest iterator value in the whole model, as a UTC moment; None when the model has no rows."""
+def iterator_extent(spec: SyncSpec) -> tuple[Any, Any] | None:
+    """The lowest and the newest iterator value in the whole model; None when the model has no rows."""
     settings = spec.sync
-    assert settings.iterator and settings.iterator_type, "only an incremental sync has an iterator"
+    assert settings.iterator, "only an incremental sync has an iterator"
     warehouse = open_warehouse(spec)
     try:
-        query = newest_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
-        values = [v for batch in warehouse.read_batches(query) for v in batch.column(0).to_pylist()]
+        query = extent_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
+        # By position: a warehouse may fold the column names (Snowflake: to upper case).
+        rows = [
+            (batch.column(0)[i].as_py(), batch.column(1)[i].as_py())
+            for batch in warehouse.read_batches(query)
+            for i in range(batch.num_rows)
+        ]
     finally:
         warehouse.close()
-    return iterator_moment(values[0] if values else None, settings.iterator_type)
+    if not rows or rows[0][1] is None:
+        return None
+    return rows[0]
+
+
+def newest_iterator(spec: SyncSpec) -> datetime | None:
+    """The newest iterator value in the whole model, as a UTC moment; None when the model has no rows."""
+    extent = iterator_extent(spec)
+    return None if extent is None else iterator_moment(extent[1], spec.sync.iterator_type)  # type: ignore[arg-type]
 
 
 def preview_rows(spec: SyncSpec, limit: int = 5) -> list[dict]:

@@ -24,7 +24,6 @@ from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml
 from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
 
-TIME_ITERATORS = ("timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s")
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 CUSTOM_EVENT_TYPES = (
     "navigation",
@@ -219,16 +218,17 @@ class SyncSettings(_Strict):
             )
         elif self.iterator or self.iterator_type:
             raise ValueError("iterator/iterator_type: only for mode incremental")
-        if self.iterator_type == "integer":
-            raise ValueError(
-                "iterator_type: integer iterators are not supported yet; allowed: "
-                + ", ".join(TIME_ITERATORS)
-            )
+        if self.iterator_type == "integer" and self.lookback:
+            raise ValueError("lookback: only for time iterators; an integer iterator reads each value once")
         if self.schedule == "interval" and not self.frequency:
             raise ValueError("frequency: required when schedule is interval (hourly, daily, weekly, monthly)")
         if self.schedule in ("interval", "once") and not self.start:
             raise ValueError(f"start: required when schedule is {self.schedule}")
-        if self.mode == "incremental" and not (self.historical_start or self.start):
+        if (
+            self.mode == "incremental"
+            and self.iterator_type != "integer"
+            and not (self.historical_start or self.start)
+        ):
             raise ValueError("historical_start: required for a time iterator when there is no start")
         if self.start and self.historical_start and self.historical_start > self.start:
             raise ValueError(

@@ -11,7 +11,7 @@ from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
-from wsync_dagster.defs.triggers import build_trigger
+from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncFolder, SyncSpec
 
 
@@ -27,7 +27,7 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec)),
         description=spec.description or None,
     )
-    trigger = build_trigger(spec, job)
+    trigger = sync_mode(spec).trigger(job)
     is_sensor = isinstance(trigger, SensorDefinition)
     return Definitions(
         assets=build_sync_assets(spec),

@@ -1,7 +1,6 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
 import warnings
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -11,21 +10,17 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
-    BackfillPolicy,
     BetaWarning,
     MaterializeResult,
     MetadataValue,
-    TimeWindowPartitionsDefinition,
     asset,
 )
 
 from wsync_dagster.batches import BatchFile
-from wsync_dagster.defs.partitions import run_key_time, sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
-from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
+from wsync_dagster.modes import sync_mode
 from wsync_dagster.pipeline import (
-    Partition,
     deliver_partitions,
     map_counts_by_partition,
     map_partition,
@@ -38,41 +33,6 @@ REJECT_RATE_CHECK = "reject_rate"
 DATA_DELAY_CHECK = "data_delay"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
-
-
-@dataclass(frozen=True)
-class PartitionScope:
-    """What one run of a sync covers: a label for files, its partitions, and the iterator window."""
-
-    label: str
-    partitions: list[Partition]
-    window: IteratorWindow | None
-    run_version: int
-
-
-def partition_scope(spec: SyncSpec, context: AssetExecutionContext) -> PartitionScope:
-    """The partition (or range of partitions) of this run, as a label, partitions, window and run version."""
-    partitions_def = context.assets_def.partitions_def
-    if isinstance(partitions_def, TimeWindowPartitionsDefinition):
-        keys = context.partition_key_range
-        label = keys.start if keys.start == keys.end else f"{keys.start}..{keys.end}"
-        windows = [partitions_def.time_window_for_partition_key(key) for key in context.partition_keys]
-        partitions = [
-            Partition(key, (epoch_micros(window.start), epoch_micros(window.end)))
-            for key, window in zip(context.partition_keys, windows, strict=True)
-        ]
-        span = context.partition_time_window
-        return PartitionScope(label, partitions, iterator_window(spec.sync, span.start, span.end), 0)
-    key = context.partition_key
-    try:
-        run_key_time(key)
-    except ValueError:
-        raise ValueError(
-            f"{spec.name}: partition '{key}' is not a full-mode run key; keys are the run's UTC time as "
-            f"YYYYMMDDTHHMMSS, e.g. 20241115T190000"
-        ) from None
-    # A full-mode run's rows describe the moment the table is read, whatever its key says.
-    return PartitionScope(key, [Partition(key)], None, epoch_micros(datetime.now(UTC)))
 
 
 def batch_file(spec: SyncSpec, label: str) -> BatchFile:
@@ -146,10 +106,9 @@ def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
 
 
 def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
-    partitions = sync_partitions(spec)
-    time_partitioned = isinstance(partitions, TimeWindowPartitionsDefinition)
-    # One run may cover many time windows (backfills, catching up): the model is read once for the span.
-    backfill_policy = BackfillPolicy.single_run() if time_partitioned else None
+    mode = sync_mode(spec)
+    partitions = mode.partitions()
+    backfill_policy = mode.backfill_policy()
     kinds = {spec.connection.type, "arrow"}
     # mParticle's Data Warehouse Delay Alerting: has new data reached the warehouse lately?
     delay_check = (
@@ -182,7 +141,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         ],
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
-        scope = partition_scope(spec, context)
+        scope = mode.scope(context)
         counts = map_partition(
             spec,
             scope.window,
@@ -202,9 +161,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             context.add_asset_metadata(partition_counts.as_dict(), partition_key=key)
         return MaterializeResult(
             metadata={
-                "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})"
-                if window
-                else "all rows",
+                "iterator_window": window.describe() if window else "all rows",
             },
             check_results=[
                 AssetCheckResult(
@@ -235,7 +192,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
     )
     def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
-        scope = partition_scope(spec, context)
+        scope = mode.scope(context)
         batches = batch_file(spec, scope.label)
         if not batches.exists():
             raise FileNotFoundError(
