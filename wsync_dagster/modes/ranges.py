@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 
 from dagster import (
@@ -63,17 +64,15 @@ class IntegerRanges:
         window = IntegerWindow(first, last + 1)
         return RunScope(key, [Partition(key, window.micros)], window)
 
-    def next_range(self, instance: DagsterInstance) -> str | None:
-        """The key of the values not yet in any range, up to the model's newest; None when there are none."""
+    def next_range(self, instance: DagsterInstance, delivered: Iterable[str] = ()) -> str | None:
+        """The key of the values above every known range (the instance's, and those the store delivered),
+        up to the model's newest; None when there are none."""
         extent = iterator_extent(self.spec)
         if extent is None:
             return None
         lowest, newest = extent
-        ends = [
-            parsed[1]
-            for key in instance.get_dynamic_partitions(self.partitions().name)
-            if (parsed := parse_range_key(key))
-        ]
+        known = [*instance.get_dynamic_partitions(self.partitions().name), *delivered]
+        ends = [parsed[1] for key in known if (parsed := parse_range_key(key))]
         first = max(ends) + 1 if ends else lowest
         return range_key(first, newest) if newest >= first else None
 
@@ -121,7 +120,7 @@ class IntegerRanges:
         else:
             delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
             keys = [key for key in instance.get_dynamic_partitions(name) if key not in delivered]
-            if (key := self.next_range(instance)) is not None:
+            if (key := self.next_range(instance, delivered)) is not None:
                 keys.append(key)
         known = set(instance.get_dynamic_partitions(name))
         instance.add_dynamic_partitions(name, [key for key in keys if key not in known])
