@@ -112,6 +112,32 @@ def _function_name(function: exp.Func) -> str:
     return function.sql_name().lower()
 
 
+def change_model_table(sql: str, dialect: str = "duckdb") -> SourceTable:
+    """The one table a CDC model reads: one SELECT of its columns, optionally filtered; else an error."""
+    statement = check_read_only_select(sql, dialect)
+    if not isinstance(statement, exp.Select) or statement.args.get("with"):
+        raise DataModelError("a cdc data model is one SELECT of columns from one table (no UNION, no WITH)")
+    for kind, what in (
+        (exp.Join, "a JOIN"),
+        (exp.Group, "GROUP BY"),
+        (exp.AggFunc, "an aggregate"),
+        (exp.Window, "a window function"),
+        (exp.Distinct, "DISTINCT"),
+        (exp.Limit, "LIMIT"),
+        (exp.Subquery, "a subquery"),
+    ):
+        if statement.find(kind):
+            raise DataModelError(
+                f"a cdc data model is one SELECT of columns from one table, optionally filtered; it has "
+                f"{what}: a change feed says what changed in one table's rows, so model the rest in an "
+                "incremental or full sync"
+            )
+    tables = source_tables(sql, dialect)
+    if len(tables) != 1:
+        raise DataModelError(f"a cdc data model reads one table; this one reads {len(tables)}")
+    return tables[0]
+
+
 def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
     """The warehouse tables the model reads, without its own CTE names."""
     statement = check_read_only_select(sql, dialect)

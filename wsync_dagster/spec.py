@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from wsync_dagster.data_model import DataModelError, check_read_only_select
+from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml
 from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
@@ -211,12 +211,7 @@ class SyncSettings(_Strict):
                 raise ValueError("iterator: required when mode is incremental")
             if not self.iterator_type:
                 raise ValueError("iterator_type: required when mode is incremental")
-        elif self.mode == "cdc":
-            raise ValueError(
-                "mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection has "
-                "none: use incremental or full"
-            )
-        elif self.iterator or self.iterator_type:
+        elif self.mode == "full" and (self.iterator or self.iterator_type):
             raise ValueError("iterator/iterator_type: only for mode incremental")
         if self.iterator_type == "integer" and self.lookback:
             raise ValueError("lookback: only for time iterators; an integer iterator reads each value once")
@@ -312,6 +307,25 @@ class SyncSpec(_Strict):
         # Parsed in the warehouse's own SQL dialect.
         try:
             check_read_only_select(self.data_model.sql, self.connection.dialect)
+        except DataModelError as error:
+            raise ValueError(f"data_model.sql: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _change_feed(self) -> SyncSpec:
+        if self.sync.mode != "cdc":
+            return self
+        if not getattr(self.connection, "change_feed", False):
+            raise ValueError(
+                f"sync.mode: cdc reads a table's change feed, and a {self.connection.type} connection has "
+                "none that wsync reads (delta has: its Change Data Feed): use mode incremental or full"
+            )
+        if self.sync.iterator or self.sync.iterator_type:
+            raise ValueError(
+                "sync.iterator/iterator_type: only for mode incremental; cdc reads table versions"
+            )
+        try:
+            change_model_table(self.data_model.sql, self.connection.dialect)
         except DataModelError as error:
             raise ValueError(f"data_model.sql: {error}") from None
         return self

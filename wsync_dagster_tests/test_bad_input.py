@@ -383,8 +383,8 @@ CASES: list[Case] = [
     Case(
         "cdc_on_duckdb",
         VALIDATE,
-        "✗ {sync_file}: sync: mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection "
-        "has none: use incremental or full",
+        "✗ {sync_file}: sync.mode: cdc reads a table's change feed, and a duckdb connection has none that "
+        "wsync reads (delta has: its Change Data Feed): use mode incremental or full",
         sync={"sync": {"mode": "cdc"}},
     ),
     Case(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncMode
+from wsync_dagster.modes.cdc import ChangeCapture
 from wsync_dagster.modes.full import FullMode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.modes.ranges import IntegerRanges
@@ -20,4 +21,6 @@ def sync_mode(spec: SyncSpec) -> SyncMode:
         return IntegerRanges(spec)
     if settings.mode == "incremental":
         return TimeWindows(spec)
+    if settings.mode == "cdc":
+        return ChangeCapture(spec)
     raise ValueError(f"{spec.name}: sync.mode {settings.mode} has no strategy")
