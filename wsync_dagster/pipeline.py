@@ -18,7 +18,7 @@ from wsync_dagster.iterators import IteratorWindow
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
-from wsync_dagster.warehouses import open_warehouse
+from wsync_dagster.warehouses import Warehouse, open_warehouse
 
 Progress = Callable[[str], None]
 logger = logging.getLogger("wsync")
@@ -65,12 +65,16 @@ def map_partition(
     *,
     run_version: int = 0,
     progress: Progress | None = None,
+    open_reader: Callable[[], Warehouse] | None = None,
 ) -> MapCounts:
-    """Read the model (one iterator window, or all of it) and write mapped batches and rejects."""
+    """Read the model (one iterator window, or all of it) and write mapped batches and rejects.
+
+    `open_reader` opens the warehouse (a run's resource); by default it is opened from the spec.
+    """
     if removed := remove_stale_files(batch_file.directory):
         _report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
     counts = MapCounts()
-    warehouse = open_warehouse(spec)
+    warehouse = open_reader() if open_reader is not None else open_warehouse(spec)
     try:
         columns = warehouse.columns(spec.data_model.sql)
         plan = build_plan(spec, columns)

@@ -23,6 +23,7 @@ from wsync_dagster.batches import BatchFile
 from wsync_dagster.defs.partitions import run_key_time, sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
+from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
 from wsync_dagster.pipeline import Partition, deliver_partitions, map_counts_by_partition, map_partition
 from wsync_dagster.settings import batches_dir
@@ -116,6 +117,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         backfill_policy=backfill_policy,
         group_name=spec.name,
         kinds=kinds,
+        required_resource_keys={warehouse_key(spec)},
         description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
         check_specs=[
             AssetCheckSpec(
@@ -127,12 +129,14 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = partition_scope(spec, context)
+        warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
         counts = map_partition(
             spec,
             scope.window,
             batch_file(spec, scope.label),
             run_version=scope.run_version,
             progress=context.log.info,
+            open_reader=warehouse.open,
         )
         window = scope.window
         passed = counts.reject_rate <= spec.checks.max_reject_rate
