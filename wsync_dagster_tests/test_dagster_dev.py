@@ -279,9 +279,9 @@ def test_dagster_dev_delivers_one_partition_launched_through_graphql(
         values = {value["key"]: value for value in details["configuredValues"]}
         assert values["password"] == {"key": "password", "value": PASSWORD_VARIABLE, "type": "ENV_VAR"}
         assert values["host"]["value"] == '"127.0.0.1"'
-        assert details["resourceType"].endswith("PostgresWarehouse")
+        assert details["resourceType"].endswith("PostgresWarehouseResource")
         duckdb_details, duckdb_text = resource_details(client, "crm_users_warehouse")
-        assert duckdb_details["resourceType"].endswith("DuckDBWarehouse")
+        assert duckdb_details["resourceType"].endswith("DuckDBWarehouseResource")
         kinds_response = client.post("/graphql", json={"query": ASSET_KINDS_QUERY})
         kinds = {
             tuple(n["assetKey"]["path"]): set(n["kinds"]) for n in kinds_response.json()["data"]["assetNodes"]

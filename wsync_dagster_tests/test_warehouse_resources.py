@@ -79,8 +79,8 @@ def test_definitions_hold_one_warehouse_resource_per_sync_with_secrets_as_env_va
     defs = code_location()
 
     duckdb_resource, postgres_resource = (defs.resources[warehouse_key(spec)] for spec in specs)
-    assert type(duckdb_resource).__name__ == "DuckDBWarehouse"
-    assert type(postgres_resource).__name__ == "PostgresWarehouse"
+    assert type(duckdb_resource).__name__ == "DuckDBWarehouseResource"
+    assert type(postgres_resource).__name__ == "PostgresWarehouseResource"
     assert postgres_resource.host == SERVER["host"]
     assert postgres_resource.database == postgres.database
     assert isinstance(postgres_resource.password, EnvVar)

@@ -44,7 +44,7 @@ def _resource_class(model: type[ConnectionSpec]) -> type[WarehouseResource]:
         for name, field in model.model_fields.items()
         if name != "type"
     }
-    name = model.__name__.removesuffix("Connection") + "Warehouse"
+    name = model.__name__.removesuffix("Connection") + "WarehouseResource"
     resource = create_model(name, __base__=WarehouseResource, __module__=__name__, **keys)
     resource.connection_model = model
     resource.__doc__ = f"A {model.type_name()} warehouse: {model.__doc__}"
