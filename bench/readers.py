@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the conformance suite's engines load the tables
 
-MODEL = "SELECT customer_id, email, plan, seats, score, updated_at FROM crm.users"
+COLUMNS = ("customer_id", "email", "plan", "seats", "score", "updated_at")
+MODEL = f"SELECT {', '.join(COLUMNS)} FROM crm.users"
 ENGINES = ("duckdb", "postgres", "redshift", "snowflake", "bigquery", "delta", "databricks")
 # What stands in for each warehouse here.
 STAND_INS = {
@@ -259,7 +260,7 @@ def delta_floor(target: dict, batch_size: int) -> Iterator[int]:
 
     dataset = DeltaTable(target["connection"]["tables"]["crm.users"]).to_pyarrow_dataset()
     yield 0
-    for batch in dataset.to_batches(columns=MODEL.split("SELECT ")[1].split(" FROM")[0].split(", ")):
+    for batch in dataset.to_batches(columns=list(COLUMNS)):
         yield batch.num_rows
 
 
@@ -288,6 +289,11 @@ NOT_RUN = {
 
 
 def _max_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage: on Linux its peak is inherited through fork
+    and exec, so a line would report the bench process's own peak."""
+    status = Path("/proc/self/status").read_text()
+    if "VmHWM:" in status:
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
