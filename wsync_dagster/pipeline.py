@@ -21,8 +21,7 @@ from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
-from wsync_dagster.warehouses import open_warehouse
-from wsync_dagster.warehouses.base import Warehouse
+from wsync_dagster.warehouses import Warehouse, open_warehouse
 
 Progress = Callable[[str], None]
 logger = logging.getLogger("wsync")
@@ -71,15 +70,19 @@ def map_partition(
     *,
     run_version: int = 0,
     progress: Progress | None = None,
+    open_reader: Callable[[], Warehouse] | None = None,
 ) -> MapCounts:
-    """Read the model (one iterator window, or all of it) and write mapped batches and rejects."""
+    """Read the model (one iterator window, or all of it) and write mapped batches and rejects.
+
+    `open_reader` opens the warehouse (a run's resource); by default it is opened from the spec.
+    """
     if removed := remove_stale_files(batch_file.directory):
         _report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
     counts = MapCounts()
     if isinstance(window, VersionWindow):
         warehouse, plan, query, params = _change_read(spec, window)
     else:
-        warehouse = open_warehouse(spec)
+        warehouse = open_reader() if open_reader is not None else open_warehouse(spec)
     try:
         if not isinstance(window, VersionWindow):
             plan, query, params = _model_read(spec, warehouse, window)
@@ -216,11 +219,13 @@ def deliver_partitions(
     return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
 
 
-def iterator_extent(spec: SyncSpec) -> tuple[Any, Any] | None:
+def iterator_extent(
+    spec: SyncSpec, open_reader: Callable[[], Warehouse] | None = None
+) -> tuple[Any, Any] | None:
     """The lowest and the newest iterator value in the whole model; None when the model has no rows."""
     settings = spec.sync
     assert settings.iterator, "only an incremental sync has an iterator"
-    warehouse = open_warehouse(spec)
+    warehouse = open_reader() if open_reader is not None else open_warehouse(spec)
     try:
         query = extent_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
         # By position: a warehouse may fold the column names (Snowflake: to upper case).
@@ -236,9 +241,9 @@ def iterator_extent(spec: SyncSpec) -> tuple[Any, Any] | None:
     return rows[0]
 
 
-def newest_iterator(spec: SyncSpec) -> datetime | None:
+def newest_iterator(spec: SyncSpec, open_reader: Callable[[], Warehouse] | None = None) -> datetime | None:
     """The newest iterator value in the whole model, as a UTC moment; None when the model has no rows."""
-    extent = iterator_extent(spec)
+    extent = iterator_extent(spec, open_reader)
     return None if extent is None else iterator_moment(extent[1], spec.sync.iterator_type)  # type: ignore[arg-type]
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from wsync_dagster.store import open_profile_store
-from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+from wsync_dagster_tests.conftest import USERS_SQL, user_sync, users_sync
+from wsync_dagster_tests.engines.postgres import PASSWORD_VARIABLE, PostgresEngine
 
 REPO = Path(__file__).resolve().parents[1]
 LOCATION = "wsync"
@@ -46,6 +48,19 @@ query {
 """
 
 ASSET_KEYS_QUERY = "query { assetNodes { assetKey { path } } }"
+ASSET_KINDS_QUERY = "query { assetNodes { assetKey { path } kinds } }"
+
+RESOURCE_QUERY = """
+query Resource($selector: ResourceSelector!) {
+  topLevelResourceDetailsOrError(resourceSelector: $selector) {
+    __typename
+    ... on ResourceDetails { name resourceType configuredValues { key value type } }
+    ... on Error { message }
+  }
+}
+"""
+# A secret planted in the variable a sync file names: it must appear in no response.
+PLANTED_SECRET = "planted-dev-s3cret-51d2"
 
 LAUNCH_RUN_MUTATION = """
 mutation Launch($executionParams: ExecutionParams!) {
@@ -226,11 +241,31 @@ def wait_for_run(client: httpx.Client, run_id: str) -> str:
     return poll(f"run {run_id}", RUN_TIMEOUT, status)
 
 
+def resource_details(client: httpx.Client, name: str) -> tuple[dict[str, Any], str]:
+    """A top-level resource as the UI's resource page reads it, and the raw response text."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "resourceName": name}
+    response = client.post("/graphql", json={"query": RESOURCE_QUERY, "variables": {"selector": selector}})
+    assert response.status_code == 200, response.text
+    details = response.json()["data"]["topLevelResourceDetailsOrError"]
+    assert details["__typename"] == "ResourceDetails", details
+    return details, response.text
+
+
 def test_dagster_dev_delivers_one_partition_launched_through_graphql(
-    tmp_path: Path, make_warehouse: Callable[[str], Path], write_sync: Callable[..., Path]
+    tmp_path: Path,
+    make_warehouse: Callable[[str], Path],
+    write_sync: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """dagster dev loads the sync's assets and a run of its 2024-01-01 partition fills the profile store."""
+    """dagster dev loads the sync's assets and a run of its 2024-01-01 partition fills the profile store.
+
+    Beside it, an on-demand PostgreSQL sync (never run): its warehouse resource shows the password's
+    variable by name, and the secret planted in that variable appears in no GraphQL response.
+    """
     write_sync(user_sync(make_warehouse(USERS_SQL)))
+    postgres = PostgresEngine("wsync_never_opened").connection()
+    write_sync(users_sync(postgres, "SELECT customer_id, email, updated_at FROM crm.users"))
+    monkeypatch.setenv(PASSWORD_VARIABLE, PLANTED_SECRET)
 
     with dagster_dev(tmp_path) as (client, process):
         wait_until_loaded(client, process, LOCATION)
@@ -239,6 +274,25 @@ def test_dagster_dev_delivers_one_partition_launched_through_graphql(
             ("crm_users", "delivery"),
             ("warehouse", "warehouse", "crm", "users"),
         } <= asset_paths(client)
+
+        details, text = resource_details(client, "users_warehouse")
+        values = {value["key"]: value for value in details["configuredValues"]}
+        assert values["password"] == {"key": "password", "value": PASSWORD_VARIABLE, "type": "ENV_VAR"}
+        assert values["host"]["value"] == '"127.0.0.1"'
+        assert details["resourceType"].endswith("PostgresWarehouseResource")
+        duckdb_details, duckdb_text = resource_details(client, "crm_users_warehouse")
+        assert duckdb_details["resourceType"].endswith("DuckDBWarehouseResource")
+        kinds_response = client.post("/graphql", json={"query": ASSET_KINDS_QUERY})
+        kinds = {
+            tuple(n["assetKey"]["path"]): set(n["kinds"]) for n in kinds_response.json()["data"]["assetNodes"]
+        }
+        # The engine is shown on the table read and on the asset that reads it.
+        assert "postgres" in kinds[("users", "mapped_batches")]
+        assert "postgres" in kinds[("warehouse", "wsync_never_opened", "crm", "users")]
+        assert "duckdb" in kinds[("crm_users", "mapped_batches")]
+        assert "duckdb" in kinds[("warehouse", "warehouse", "crm", "users")]
+        for response_text in (text, duckdb_text, kinds_response.text):
+            assert PLANTED_SECRET not in response_text
 
         run_id = launch_partition(client, JOB, PARTITION)
         status = wait_for_run(client, run_id)

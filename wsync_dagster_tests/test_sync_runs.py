@@ -11,6 +11,7 @@ from dagster import DagsterInstance, materialize
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import build_sync_assets
 from wsync_dagster.defs.resources import ProfileStoreResource
+from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource
 from wsync_dagster.runner import RunError, partitions_due, run_sync
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
@@ -23,7 +24,7 @@ def _materialize(spec, partition_key: str, instance: DagsterInstance | None = No
         build_sync_assets(spec),
         partition_key=partition_key,
         instance=instance or DagsterInstance.ephemeral(),
-        resources={"profile_store": ProfileStoreResource()},
+        resources={"profile_store": ProfileStoreResource(), warehouse_key(spec): warehouse_resource(spec)},
         raise_on_error=False,
     )
 

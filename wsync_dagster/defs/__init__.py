@@ -11,6 +11,7 @@ from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
+from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncFolder, SyncSpec
 
@@ -34,11 +35,12 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         jobs=[job],
         schedules=[trigger] if trigger is not None and not is_sensor else None,
         sensors=[trigger] if is_sensor else None,
+        resources={warehouse_key(spec): warehouse_resource(spec)},
     )
 
 
 def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> Definitions:
-    """Every sync's definitions, the shared source assets, and the profile store resource."""
+    """Every sync's definitions (its warehouse resource too), the shared source assets, and the profile store."""
     return Definitions.merge(
         *(build_sync_definitions(spec) for spec in specs),
         Definitions(

@@ -1,6 +1,7 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -19,6 +20,7 @@ from dagster import (
 from wsync_dagster.batches import BatchFile
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
+from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.pipeline import (
     deliver_partitions,
@@ -28,6 +30,7 @@ from wsync_dagster.pipeline import (
 )
 from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
+from wsync_dagster.warehouses import Warehouse
 
 REJECT_RATE_CHECK = "reject_rate"
 DATA_DELAY_CHECK = "data_delay"
@@ -61,10 +64,12 @@ def _preview_markdown(profiles: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def data_delay_result(spec: SyncSpec, now: datetime | None = None) -> AssetCheckResult:
+def data_delay_result(
+    spec: SyncSpec, now: datetime | None = None, open_reader: Callable[[], Warehouse] | None = None
+) -> AssetCheckResult:
     """Warn when the newest iterator value in the warehouse is older than the sync's delay limit."""
     limit = spec.sync.delay_limit
-    newest = newest_iterator(spec)
+    newest = newest_iterator(spec, open_reader)
     now = now or datetime.now(UTC)
     metadata: dict = {"delay_limit_hours": round(limit.total_seconds() / 3600, 2)}
     if newest is None:
@@ -130,6 +135,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         backfill_policy=backfill_policy,
         group_name=spec.name,
         kinds=kinds,
+        required_resource_keys={warehouse_key(spec)},
         description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
         check_specs=[
             AssetCheckSpec(
@@ -142,12 +148,14 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = mode.scope(context)
+        warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
         counts = map_partition(
             spec,
             scope.window,
             batch_file(spec, scope.label),
             run_version=scope.run_version,
             progress=context.log.info,
+            open_reader=warehouse.open,
         )
         window = scope.window
         passed = counts.reject_rate <= spec.checks.max_reject_rate
@@ -177,7 +185,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                     if passed
                     else (f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
                 ),
-                *([data_delay_result(spec)] if delay_check else []),
+                *([data_delay_result(spec, open_reader=warehouse.open)] if delay_check else []),
             ],
         )
 

@@ -6,6 +6,8 @@ to `CONNECTIONS`. Drivers are imported when a connection opens, never when sync 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Warehouse, WarehouseError
 from wsync_dagster.warehouses.bigquery import BigQueryConnection
 from wsync_dagster.warehouses.databricks import DatabricksConnection
@@ -31,13 +33,18 @@ def warehouse_types() -> list[str]:
     return [model.type_name() for model in CONNECTIONS]
 
 
-def open_warehouse(spec) -> Warehouse:
-    """The reader for a sync's connection."""
+def open_connection(connection: ConnectionSpec, sync_file: Path) -> Warehouse:
+    """The reader for a sync file's connection; paths are relative to the file's folder."""
     try:
-        return spec.connection.open(spec.base)
+        return connection.open(sync_file.parent)
     except WarehouseError as error:
         # The connection's fields are the sync file's: name the file.
-        raise WarehouseError(f"{spec.source_file}: {error}") from None
+        raise WarehouseError(f"{sync_file}: {error}") from None
+
+
+def open_warehouse(spec) -> Warehouse:
+    """The reader for a sync's connection, opened from its spec (the CLI reads outside Dagster this way)."""
+    return open_connection(spec.connection, spec.source_file)
 
 
 __all__ = [
@@ -46,6 +53,7 @@ __all__ = [
     "EnvValue",
     "Warehouse",
     "WarehouseError",
+    "open_connection",
     "open_warehouse",
     "warehouse_types",
 ]
