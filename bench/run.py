@@ -1,14 +1,15 @@
-"""Benchmark: the floor, wsync's pipeline, wsync's CLI through Dagster, and drt-core, on one demo warehouse.
+"""The scoreboard: wsync on both profile stores, beside the floor and drt-core, on one generated dataset.
 
-Run with `.venv/bin/python bench/run.py [--users N] [--events N]`; see bench/README.md for what each line means.
+Run `.venv/bin/python bench/run.py [--users N]`; bench/README.md says what each line measures. It prints the
+table and the ratios and writes them, with the machine's description, to bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -16,481 +17,133 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-import duckdb
-import pyarrow as pa
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from wsync_dagster.batches import BatchFile
-from wsync_dagster.demo import build_demo
-from wsync_dagster.iterators import iterator_window
-from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
-from wsync_dagster.spec import SyncSpec, load_sync_file
-from wsync_dagster.store import open_profile_store
+from scoreboard import Line, changes_window, run_line, work  # noqa: E402
+from warehouse import CHANGES_SYNC, EVENTS_SYNC, FULL_SYNC, HISTORY_DAYS, BenchData, build  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-# The batch size wsync's DuckDB reader uses, so the floor reads the same way.
-READ_BATCH_ROWS = 100_000
-USERS_SYNC, EVENTS_SYNC = "demo_users", "demo_events"
-PG_HOST, PG_PORT, PG_DATABASE, PG_USERS = "127.0.0.1", 5432, "test", ("postgres", "root")
-DRT_INSTALL = "drt-core[duckdb,postgres]"
-CLI_TIMEOUT_S = 1800
-WARM_UP_USERS, WARM_UP_EVENTS = 500, 5_000
-FLOOR_RUNS = 3
+PG_DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+STORES = ("sqlite", "postgresql")
+# drt-core's fastest batch size on these machines (tried 1k, 5k, 10k, 50k, 100k; see bench/README.md).
+DRT_BATCH_SIZE = 10_000
+LINE_TIMEOUT_S = 3 * 3600
 
 
-@dataclass
-class Measurement:
-    """One line of the table: what moved how many rows in how long, or why it did not run."""
-
-    label: str
-    rows: int | None = None
-    seconds: float | None = None
-    note: str = ""
-    failure: str | None = None
-    partitions: int | None = None
-
-    @property
-    def rows_per_s(self) -> float | None:
-        """Throughput, when the line ran and moved rows."""
-        if self.failure or not self.rows or not self.seconds:
-            return None
-        return self.rows / self.seconds
-
-
-@dataclass
-class Report:
-    """Every measurement by key, in the order taken."""
-
-    lines: dict[str, Measurement] = field(default_factory=dict)
-    echo: bool = True
-
-    def add(self, key: str, measurement: Measurement) -> Measurement:
-        """Record a line and echo it, so a long run shows progress."""
-        self.lines[key] = measurement
-        if not self.echo:
-            return measurement
-        shown = f"{measurement.seconds:.2f} s" if measurement.seconds is not None else measurement.failure
-        print(f"  … {measurement.label}: {shown}", file=sys.stderr, flush=True)
-        return measurement
-
-    def ran(self, key: str) -> Measurement | None:
-        """The line if it ran, else None."""
-        line = self.lines.get(key)
-        return line if line is not None and line.failure is None and line.seconds else None
-
-
-@dataclass(frozen=True)
-class Demo:
-    """The benchmark's demo warehouse and its two sync specs."""
-
-    root: Path
-    warehouse: Path
-    syncs_dir: Path
-    users: SyncSpec
-    events: SyncSpec
-
-
-def timed(action: Callable[[], int]) -> tuple[int, float]:
-    """Run `action` (returning a row count) and time it on the wall clock."""
-    start = time.perf_counter()
-    rows = action()
-    return rows, time.perf_counter() - start
-
-
-# ---- 1. floor --------------------------------------------------------------------------------------------
-
-
-def sqlite_values(column: pa.Array) -> list:
-    """Python values SQLite binds natively; temporal columns go as their integer storage (µs, days)."""
-    if pa.types.is_temporal(column.type):
-        column = column.view(pa.int64() if column.type.bit_width == 64 else pa.int32())
-    return column.to_pylist()
-
-
-def floor_copy(warehouse: Path, sql: str, target: Path) -> int:
-    """DuckDB → Arrow → `executemany` plain INSERTs into a fresh SQLite table, WAL, one transaction."""
-    source = duckdb.connect(str(warehouse), read_only=True)
-    sink = sqlite3.connect(target, isolation_level=None)
-    try:
-        sink.execute("PRAGMA journal_mode = WAL")
-        sink.execute("PRAGMA synchronous = NORMAL")
-        reader = source.sql(sql).to_arrow_reader(READ_BATCH_ROWS)
-        names = reader.schema.names
-        quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in names)
-        sink.execute(f"CREATE TABLE copied ({quoted})")
-        insert = f"INSERT INTO copied VALUES ({', '.join('?' * len(names))})"
-        rows = 0
-        sink.execute("BEGIN")
-        for batch in reader:
-            sink.executemany(insert, zip(*(sqlite_values(column) for column in batch.columns), strict=True))
-            rows += batch.num_rows
-        sink.execute("COMMIT")
-        return rows
-    finally:
-        sink.close()
-        source.close()
-
-
-def measure_floor(report: Report, demo: Demo, workdir: Path) -> None:
-    """The bare copy of the users' and the events' rows, each time into a fresh SQLite file; the best of a few."""
-    for key, spec in (("floor_users", demo.users), ("floor_events", demo.events)):
-        label = f"floor {spec.data_type}s: DuckDB → Arrow → SQLite executemany"
-        try:
-            # The floor is a lower bound, and one short run is at the mercy of whatever else the machine does.
-            runs = [
-                timed(
-                    lambda s=spec, target=workdir / f"{key}_{attempt}.sqlite": floor_copy(
-                        demo.warehouse, s.data_model.sql, target
-                    )
-                )
-                for attempt in range(FLOOR_RUNS)
-            ]
-            rows, seconds = min(runs, key=lambda run: run[1])
-            note = f"best of {FLOOR_RUNS}; plain table, no index, no mapping"
-            report.add(key, Measurement(label, rows, seconds, note))
-        except Exception as error:  # a failed line is reported, the others still run
-            report.add(key, Measurement(label, failure=f"failed: {error}"))
-
-
-# ---- 2. wsync pipeline -----------------------------------------------------------------------------------
-
-
-def measure_pipeline(report: Report, demo: Demo, workdir: Path) -> None:
-    """map_partition + deliver_partitions over each sync's whole history, users first, into one fresh store."""
-    now = datetime.now(UTC)
-    store = open_profile_store(f"sqlite:///{workdir / 'profiles.sqlite'}")
-    try:
-        for short, spec in (("users", demo.users), ("events", demo.events)):
-            window = iterator_window(spec.sync, spec.sync.history_start, now)
-            batch_file = BatchFile(workdir / "batches" / spec.name, "bench")
-            try:
-                mapped, map_s = timed(lambda s=spec, w=window, f=batch_file: map_partition(s, w, f).rows_read)
-                delivered, deliver_s = timed(
-                    lambda s=spec, w=window, f=batch_file: (
-                        deliver_partitions(s, f, store, [Partition("bench", w.micros)]).totals.rows
-                    )
-                )
-            except Exception as error:  # a failed line is reported, the others still run
-                report.add(
-                    f"pipeline_{short}", Measurement(f"wsync pipeline {short}", failure=f"failed: {error}")
-                )
-                continue
-            report.add(
-                f"map_{short}", Measurement(f"wsync pipeline {short}: map (DuckDB → Parquet)", mapped, map_s)
-            )
-            report.add(
-                f"deliver_{short}",
-                Measurement(f"wsync pipeline {short}: deliver (→ profile store)", delivered, deliver_s),
-            )
-            report.add(
-                f"pipeline_{short}", Measurement(f"wsync pipeline {short}: total", mapped, map_s + deliver_s)
-            )
-    finally:
-        store.close()
-
-
-# ---- 3. wsync CLI through Dagster ------------------------------------------------------------------------
-
-
-def wsync_command() -> list[str]:
-    """The `wsync` console script of this interpreter's environment, else the module."""
-    script = Path(sys.executable).parent / "wsync"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "wsync_dagster.cli"]
-
-
-def cli_environment(demo: Demo, workdir: Path) -> dict[str, str]:
-    """A tmp DAGSTER_HOME (with the repo's dagster.yaml) and tmp wsync state, syncs and store."""
-    dagster_home = workdir / "dagster_home"
-    dagster_home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSYNC_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(dagster_home),
-        WSYNC_SYNCS_DIR=str(demo.syncs_dir),
-        WSYNC_STATE_DIR=str(workdir / "state"),
-        WSYNC_PROFILE_STORE=f"sqlite:///{workdir / 'profiles.sqlite'}",
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000, help="users (default 1,000,000)")
+    parser.add_argument("--events", type=int, help="events (default 10 x users)")
+    parser.add_argument(
+        "--stores", default=",".join(STORES), help="profile stores to measure (sqlite,postgresql)"
     )
-    return env
-
-
-def run_cli(sync: str, env: dict[str, str], cwd: Path) -> tuple[str, float]:
-    """`wsync run SYNC` as a subprocess: its stdout and wall time; raises with its stderr on failure."""
-    start = time.perf_counter()
-    done = subprocess.run(
-        [*wsync_command(), "run", sync],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
+    parser.add_argument("--drt-batch-size", type=int, default=DRT_BATCH_SIZE, help="drt-core sync.batch_size")
+    parser.add_argument("--skip-drt", action="store_true", help="leave out the drt-core line")
+    parser.add_argument(
+        "--results", type=Path, default=HERE / "RESULTS.md", help="where to write the results"
     )
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise RuntimeError(f"exit {done.returncode}: {tail}")
-    return done.stdout, seconds
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args()
 
 
-def rows_read(stdout: str) -> int | None:
-    """The rows the run's mapped-batches asset reports having read."""
-    match = re.search(r"rows_read=(\d+)", stdout)
-    return int(match.group(1)) if match else None
-
-
-def partitions_run(spec: SyncSpec, stdout: str) -> int | None:
-    """How many of the sync's partitions the run covered, from the range `wsync run` printed."""
-    from wsync_dagster.defs.partitions import sync_partitions
-
-    match = re.search(r"partitions (\S+)", stdout)
-    if not match:
-        return None
-    first, _, last = match.group(1).partition("..")
-    keys = sync_partitions(spec).get_partition_keys(current_time=datetime.now(UTC))
-    if first not in keys or (last or first) not in keys:
-        return None
-    return keys.index(last or first) - keys.index(first) + 1
-
-
-def measure_cli(report: Report, demo: Demo, workdir: Path) -> None:
-    """`wsync run demo_users` then `wsync run demo_events` into one fresh store, then a run with nothing due."""
-    env = cli_environment(demo, workdir)
-    for short, spec in (("users", demo.users), ("events", demo.events)):
-        label = f"wsync CLI (Dagster) `wsync run {spec.name}`"
-        try:
-            stdout, seconds = run_cli(spec.name, env, workdir)
-        except Exception as error:  # a failed line is reported, the others still run
-            report.add(f"cli_{short}", Measurement(label, failure=f"failed: {error}"))
-            continue
-        partitions = partitions_run(spec, stdout)
-        note = f"{partitions} {spec.sync.partition_frequency} partitions in one run" if partitions else ""
-        report.add(
-            f"cli_{short}", Measurement(label, rows_read(stdout), seconds, note, partitions=partitions)
-        )
-    label = f"wsync CLI (Dagster) `wsync run {demo.users.name}` again, nothing due"
-    try:
-        stdout, seconds = run_cli(demo.users.name, env, workdir)
-        report.add("cli_noop", Measurement(label, 0, seconds, "fixed cost: start-up, imports, instance"))
-    except Exception as error:  # a failed line is reported, the others still run
-        report.add("cli_noop", Measurement(label, failure=f"failed: {error}"))
-
-
-# ---- 4. drt-core -----------------------------------------------------------------------------------------
-
-
-def drt_version() -> str | None:
-    """drt-core's installed version, or None."""
-    try:
-        return metadata.version("drt-core")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def install_drt() -> str | None:
-    """pip-install drt-core with its DuckDB and PostgreSQL extras; why it failed, or None."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", DRT_INSTALL],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return " | ".join(done.stderr.strip().splitlines()[-2:])
-    return None
-
-
-def connect_postgres() -> tuple[Any, str]:
-    """A PostgreSQL connection to the local test database, as the first user it accepts."""
+def _pg(sql: str) -> None:
     import psycopg2
 
-    errors = []
-    for user in PG_USERS:
-        try:
-            conn = psycopg2.connect(
-                host=PG_HOST, port=PG_PORT, user=user, dbname=PG_DATABASE, connect_timeout=5
-            )
-            conn.autocommit = True
-            return conn, user
-        except psycopg2.Error as error:
-            errors.append(f"{user}: {str(error).strip()}")
-    raise RuntimeError(f"PostgreSQL at {PG_HOST}:{PG_PORT}/{PG_DATABASE} refused: {'; '.join(errors)}")
-
-
-def postgres_type(arrow_type: pa.DataType) -> str:
-    """The PostgreSQL column type for an Arrow column of the users model."""
-    if pa.types.is_boolean(arrow_type):
-        return "boolean"
-    if pa.types.is_integer(arrow_type):
-        return "bigint"
-    if pa.types.is_floating(arrow_type):
-        return "double precision"
-    if pa.types.is_date(arrow_type):
-        return "date"
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamptz" if arrow_type.tz else "timestamp"
-    return "text"
-
-
-@contextmanager
-def scratch_table(conn: Any, schema: pa.Schema, key: str) -> Iterator[str]:
-    """A fresh PostgreSQL table shaped like `schema`, keyed by `key`, dropped afterwards."""
-    table = f"wsync_bench_users_{uuid.uuid4().hex[:10]}"
-    columns = ", ".join(
-        f'"{name}" {postgres_type(schema.field(name).type)}' + (" PRIMARY KEY" if name == key else "")
-        for name in schema.names
-    )
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE public.{table} ({columns})")
+    conn = psycopg2.connect(**PG_DSN)
+    conn.autocommit = True
     try:
-        yield table
-    finally:
         with conn.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS public.{table}")
-
-
-def model_schema(demo: Demo, sql: str) -> pa.Schema:
-    """The data model's Arrow columns, from a zero-row read."""
-    con = duckdb.connect(str(demo.warehouse), read_only=True)
-    try:
-        return con.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table().schema
-    finally:
-        con.close()
-
-
-def measure_drt(report: Report, demo: Demo, workdir: Path, *, batch_size: int, install: bool) -> str:
-    """drt-core's engine: the users model from the same DuckDB file, upserted into a fresh PostgreSQL table."""
-    label = "drt-core users: DuckDB → postgres upsert"
-    version = drt_version()
-    if version is None and install:
-        print(f"  … installing {DRT_INSTALL}", file=sys.stderr, flush=True)
-        why = install_drt()
-        version = drt_version()
-        if version is None:
-            report.add(
-                "drt_users", Measurement(label, failure=f"not run: pip install {DRT_INSTALL} failed: {why}")
-            )
-            return "not installed"
-    if version is None:
-        report.add(
-            "drt_users",
-            Measurement(
-                label,
-                failure=(
-                    f"not run: drt-core is not installed in this environment "
-                    f"(`{sys.executable} -m pip install '{DRT_INSTALL}'`, or pass --install-drt)"
-                ),
-            ),
-        )
-        return "not installed"
-    try:
-        from drt.config.profiles import DuckDBProfile
-        from drt.config.sync_options import SyncConfig
-        from drt.destinations.postgres import PostgresDestination
-        from drt.engine.sync import run_sync
-        from drt.sources.duckdb import DuckDBSource
-    except ImportError as error:
-        report.add(
-            "drt_users",
-            Measurement(
-                label,
-                failure=(
-                    f"not run: drt-core {version} is installed but cannot be imported ({error}); "
-                    f"its extras may be missing: pip install '{DRT_INSTALL}'"
-                ),
-            ),
-        )
-        return version
-    try:
-        conn, pg_user = connect_postgres()
-    except Exception as error:  # no database, no line: say why
-        report.add("drt_users", Measurement(label, failure=f"not run: {error}"))
-        return version
-    sql = demo.users.data_model.sql
-    try:
-        with scratch_table(conn, model_schema(demo, sql), "customer_id") as table:
-            sync = SyncConfig.model_validate(
-                {
-                    "name": "wsync_bench_users",
-                    "model": sql,
-                    "destination": {
-                        "type": "postgres",
-                        "host": PG_HOST,
-                        "port": PG_PORT,
-                        "user": pg_user,
-                        "dbname": PG_DATABASE,
-                        "table": f"public.{table}",
-                        "upsert_key": ["customer_id"],
-                    },
-                    "sync": {"mode": "upsert", "batch_size": batch_size},
-                }
-            )
-            profile = DuckDBProfile(type="duckdb", database=str(demo.warehouse))
-            project = workdir / "drt_project"
-            project.mkdir(exist_ok=True)
-            start = time.perf_counter()
-            result = run_sync(sync, DuckDBSource(), PostgresDestination(), profile, project)
-            seconds = time.perf_counter() - start
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT count(*) FROM public.{table}")
-                landed = cur.fetchone()[0]
-        if result.failed or landed != result.success:
-            raise RuntimeError(
-                f"{result.failed} rows failed, {landed} of {result.success} landed: "
-                f"{'; '.join(result.errors[:2])}"
-            )
-        note = (
-            f"drt {version}, sync.batch_size {batch_size}, other options default; "
-            f"PostgreSQL {conn.server_version // 10000}.{conn.server_version % 10000}"
-        )
-        report.add("drt_users", Measurement(label, result.success, seconds, note))
-    except Exception as error:  # a failed line is reported, the others still run
-        report.add("drt_users", Measurement(label, failure=f"failed: {type(error).__name__}: {error}"))
+            cur.execute(sql)
     finally:
         conn.close()
-    return version
 
 
-# ---- the demo and the printout ---------------------------------------------------------------------------
+def store_url(kind: str, name: str, workdir: Path, scratch: list[str]) -> str:
+    """A fresh, empty store of that kind: a new file, or a new PostgreSQL database (dropped at the end)."""
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / f'{name}.sqlite'}"
+    database = f"wsync_bench_{uuid.uuid4().hex[:8]}_{name}"
+    _pg(f"CREATE DATABASE {database}")
+    scratch.append(database)
+    return f"postgresql://{PG_DSN['user']}@{PG_DSN['host']}:{PG_DSN['port']}/{database}"
 
 
-def build_bench_demo(root: Path, users: int, events: int) -> Demo:
-    """Build the demo warehouse and load its users and events sync specs."""
-    paths = build_demo(root, users=users, events=events)
-    return Demo(
-        root=root,
-        warehouse=paths.warehouse,
-        syncs_dir=paths.syncs_dir,
-        users=load_sync_file(paths.syncs_dir / f"{USERS_SYNC}.yaml"),
-        events=load_sync_file(paths.syncs_dir / f"{EVENTS_SYNC}.yaml"),
-    )
+def create_store(url: str) -> None:
+    """Let wsync create its tables, so the floor loads into exactly the store's shapes."""
+    from wsync_dagster.store import open_profile_store
+
+    open_profile_store(url).close()
 
 
-def warm_up(workdir: Path, args: argparse.Namespace) -> None:
-    """Run the in-process lines once on a tiny demo, untimed, so no line pays first-call imports and caches."""
-    print("warming up on a tiny demo (untimed)", file=sys.stderr, flush=True)
-    demo = build_bench_demo(workdir / "demo", WARM_UP_USERS, WARM_UP_EVENTS)
-    silent = Report(echo=False)
-    for name in ("floor", "pipeline"):
-        (workdir / name).mkdir()
-    measure_floor(silent, demo, workdir / "floor")
-    measure_pipeline(silent, demo, workdir / "pipeline")
-    if not args.skip_drt:
-        measure_drt(silent, demo, workdir, batch_size=args.drt_batch_size, install=args.install_drt)
-
-
-def load_average() -> str:
-    """The 1-minute load average, where the platform has one."""
+def measure_store(kind: str, data: BenchData, workdir: Path, scratch: list[str]) -> list[Line]:
+    """The floor and the four sync lines on one kind of store."""
+    lines: list[Line] = []
+    base = {"data": data_json(data), "workdir": str(workdir / kind)}
     try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except OSError:
-        return "n/a"
+        floor = store_url(kind, "floor", workdir, scratch)
+        create_store(floor)
+    except Exception as error:  # a store that cannot be made is a line saying why; the others still run
+        return [Line(f"{kind}_floor_users", f"{kind}: store", failure=f"failed: {error}")]
+    for what in ("users", "events"):
+        job = {**base, "kind": "floor", "store": floor, "what": what}
+        lines.append(echo(run_line(f"{kind}_floor_{what}", f"{kind} floor {what}", job, LINE_TIMEOUT_S)))
+    store = store_url(kind, "wsync", workdir, scratch)
+    folder = workdir / "syncs"
+    history = (data.as_of - timedelta(days=HISTORY_DAYS)).isoformat()
+    steps = [
+        ("initial", "initial users sync (full mode)", data.sync_file(FULL_SYNC, folder), None, "full-1"),
+        ("unchanged", "re-sync, nothing changed", data.sync_file(FULL_SYNC, folder), None, "full-2"),
+        (
+            "changed",
+            "1% changed, incremental",
+            data.sync_file(CHANGES_SYNC, folder),
+            changes_window(data),
+            "p1",
+        ),
+        (
+            "changed_full",
+            "1% changed, full re-read",
+            data.sync_file(FULL_SYNC, folder, changed=True),
+            None,
+            "full-3",
+        ),
+        (
+            "events",
+            "events sync",
+            data.sync_file(EVENTS_SYNC, folder),
+            [history, data.as_of.isoformat()],
+            "e1",
+        ),
+    ]
+    for key, label, sync_file, window, partition in steps:
+        job = {**base, "kind": "sync", "store": store, "sync_file": str(sync_file), "window": window}
+        job["partition"] = partition
+        lines.append(echo(run_line(f"{kind}_{key}", f"{kind} {label}", job, LINE_TIMEOUT_S)))
+    return lines
+
+
+def data_json(data: BenchData) -> dict:
+    """BenchData as the worker's job carries it."""
+    return {
+        "warehouse": str(data.warehouse),
+        "changed_warehouse": str(data.changed_warehouse),
+        "as_of": data.as_of.isoformat(),
+        "users": data.users,
+        "events": data.events,
+        "changed": data.changed,
+    }
+
+
+def echo(line: Line) -> Line:
+    """Show each line as it is taken: a full run is long."""
+    shown = f"{line.seconds:.2f} s" if line.seconds is not None else line.failure
+    print(f"  … {line.label}: {shown}", file=sys.stderr, flush=True)
+    return line
 
 
 def version_of(package: str) -> str:
@@ -501,169 +154,136 @@ def version_of(package: str) -> str:
         return "-"
 
 
-def wsync_revision() -> str:
-    """The commit of the wsync code measured, flagged when its files have uncommitted changes."""
+def machine() -> str:
+    """The machine and the software measured."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    memory = next(
+        (
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        "0",
+    )
+    revision = subprocess.run(
+        ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {int(memory) / 1024**2:.0f} GB RAM, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, duckdb {version_of('duckdb')}, "
+        f"pyarrow {version_of('pyarrow')}, PostgreSQL local (127.0.0.1), drt-core {version_of('drt-core')}; "
+        f"wsync {revision or 'unknown'}"
+    )
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
 
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown"
-    return commit + (" + uncommitted changes" if git("status", "--porcelain", "--", "wsync_dagster") else "")
-
-
-def print_table(report: Report) -> None:
-    """The measurements: rows, wall seconds, rows/s, notes."""
-    width = max(len(line.label) for line in report.lines.values())
-    print(f"{'measurement':<{width}}  {'rows':>10}  {'wall s':>8}  {'rows/s':>10}  note")
-    print("-" * (width + 46))
-    for line in report.lines.values():
+def table(lines: list[Line]) -> list[str]:
+    """The measurements as a Markdown table."""
+    out = ["| line | rows | wall s | rows/s | peak RSS MB | note |", "|---|---:|---:|---:|---:|---|"]
+    for line in lines:
         if line.failure:
-            print(f"{line.label:<{width}}  {line.failure}")
+            out.append(f"| {line.label} | | | | | {line.failure} |")
             continue
         rate = f"{line.rows_per_s:,.0f}" if line.rows_per_s else "-"
-        rows = f"{line.rows:,}" if line.rows is not None else "?"
-        print(f"{line.label:<{width}}  {rows:>10}  {line.seconds:>8.2f}  {rate:>10}  {line.note}")
-
-
-def ratio(report: Report, fast_key: str, slow_key: str, what: str) -> str:
-    """How many times longer per row `slow_key` took than `fast_key`, as a sentence."""
-    fast, slow = report.ran(fast_key), report.ran(slow_key)
-    if fast is None or slow is None or not fast.rows_per_s or not slow.rows_per_s:
-        missing = ", ".join(k for k, line in ((fast_key, fast), (slow_key, slow)) if line is None)
-        return f"{what}: n/a ({missing} did not run)"
-    factor = fast.rows_per_s / slow.rows_per_s
-    return f"{what}: {factor:.1f}x ({slow.rows_per_s:,.0f} vs {fast.rows_per_s:,.0f} rows/s)"
-
-
-def print_ratios(report: Report) -> None:
-    """The comparisons asked of one run: pipeline vs floor, wsync vs drt-core, CLI vs pipeline."""
-    print("\nratios (from this run's figures)")
-    print("  " + ratio(report, "floor_users", "pipeline_users", "floor is faster than wsync pipeline, users"))
-    print(
-        "  " + ratio(report, "floor_events", "pipeline_events", "floor is faster than wsync pipeline, events")
-    )
-    wsync, drt = report.ran("pipeline_users"), report.ran("drt_users")
-    if wsync and drt and wsync.rows_per_s and drt.rows_per_s:
-        share = wsync.rows_per_s / drt.rows_per_s
-        print(
-            f"  wsync pipeline rows/s / drt-core rows/s, users: {share:.2f} "
-            f"({wsync.rows_per_s:,.0f} vs {drt.rows_per_s:,.0f}; wsync {'faster' if share >= 1 else 'slower'})"
+        out.append(
+            f"| {line.label} | {line.rows:,} | {line.seconds:.2f} | {rate} | {line.peak_mb:,.0f} | {line.note} |"
         )
-    else:
-        attempt = report.lines.get("drt_users")
-        print(
-            f"  wsync pipeline vs drt-core, users: n/a ({attempt.failure if attempt else 'drt-core skipped'})"
+    return out
+
+
+def ratios(lines: list[Line], stores: list[str]) -> list[str]:
+    """wsync against the floor of its store, against drt-core, and the goals' own ratios."""
+    by_key = {line.key: line for line in lines if not line.failure and line.seconds}
+    out = []
+
+    def times(slow: str, fast: str, what: str) -> None:
+        if slow in by_key and fast in by_key and by_key[fast].seconds:
+            out.append(f"- {what}: {by_key[slow].seconds / by_key[fast].seconds:.1f}x")
+
+    for store in stores:
+        times(
+            f"{store}_initial", f"{store}_floor_users", f"{store}: initial users sync time / floor users time"
         )
-    noop = report.ran("cli_noop")
-    for short in ("users", "events"):
-        cli, pipeline = report.ran(f"cli_{short}"), report.ran(f"pipeline_{short}")
-        if not (cli and pipeline and cli.seconds and pipeline.seconds):
-            print(f"  wsync CLI vs pipeline, {short}: n/a (one of them did not run)")
-            continue
-        extra = cli.seconds - pipeline.seconds
-        line = f"  wsync CLI vs pipeline, {short}: {cli.seconds / pipeline.seconds:.2f}x the time (+{extra:.1f} s)"
-        if noop and noop.seconds and cli.partitions:
-            per_partition = (extra - noop.seconds) / cli.partitions
-            line += (
-                f" = {noop.seconds:.1f} s fixed + {extra - noop.seconds:.1f} s Dagster run and bookkeeping, "
-                f"≈ {per_partition * 1000:.0f} ms for each of {cli.partitions} partitions"
+        times(f"{store}_events", f"{store}_floor_events", f"{store}: events sync time / floor events time")
+        unchanged = by_key.get(f"{store}_unchanged")
+        if unchanged and unchanged.rows_per_s:
+            out.append(f"- {store}: re-sync with nothing changed: {unchanged.rows_per_s:,.0f} rows/s")
+        changed, initial = by_key.get(f"{store}_changed"), by_key.get(f"{store}_initial")
+        if changed and initial:
+            share = changed.seconds / initial.seconds  # type: ignore[operator]
+            out.append(f"- {store}: 1%-changed incremental took {share:.1%} of the initial sync's time")
+        drt = by_key.get("drt_users")
+        if drt and initial and drt.rows_per_s and initial.rows_per_s:
+            out.append(
+                f"- {store}: wsync initial users rows/s / drt-core rows/s: {initial.rows_per_s / drt.rows_per_s:.1f}x"
+                f" ({initial.rows_per_s:,.0f} vs {drt.rows_per_s:,.0f})"
             )
-        print(line)
-    if noop:
-        print(f"  wsync CLI fixed cost (a run with nothing due): {noop.seconds:.1f} s")
-
-
-def print_row_check(report: Report) -> None:
-    """Say whether every line of a dataset moved the same number of rows."""
-    for short in ("users", "events"):
-        counts = {
-            line.label: line.rows
-            for key, line in report.lines.items()
-            if key.endswith(f"_{short}") and report.ran(key) and line.rows is not None
-        }
-        if len(set(counts.values())) > 1:
-            print(f"  WARNING: the {short} lines moved different row counts: {counts}")
-        elif counts:
-            print(f"  same rows: every {short} line moved {next(iter(counts.values())):,} rows")
-
-
-def parse_args() -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=100_000, help="demo users (default 100,000)")
-    parser.add_argument("--events", type=int, default=1_000_000, help="demo events (default 1,000,000)")
-    parser.add_argument(
-        "--drt-batch-size",
-        type=int,
-        default=1_000,
-        help="drt-core sync.batch_size (its default is 100; default here 1,000)",
-    )
-    parser.add_argument("--install-drt", action="store_true", help=f"pip-install {DRT_INSTALL} if missing")
-    parser.add_argument("--skip-cli", action="store_true", help="leave out the `wsync run` lines")
-    parser.add_argument("--skip-drt", action="store_true", help="leave out the drt-core line")
-    parser.add_argument("--keep", action="store_true", help="keep the tmp folder and print where it is")
-    return parser.parse_args()
+    return out
 
 
 def main() -> int:
-    """Build the demo, take every measurement in turn, print the table and the ratios."""
+    """Generate the data, take every line in turn, print the results and write bench/RESULTS.md."""
     args = parse_args()
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="wsync-bench-"))
-    report = Report()
-    load_before, revision = load_average(), wsync_revision()
+    if args.worker:
+        print(json.dumps(work(json.loads(args.worker))))
+        return 0
+    events = args.events if args.events is not None else 10 * args.users
+    stores = [store for store in args.stores.split(",") if store]
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    workdir = Path(tempfile.mkdtemp(prefix="wsync-scoreboard-"))
+    scratch: list[str] = []
+    lines: list[Line] = []
     try:
         print(
-            f"building the demo warehouse ({args.users:,} users, {args.events:,} events) in {workdir}",
-            file=sys.stderr,
-            flush=True,
+            f"generating {args.users:,} users and {events:,} events in {workdir}", file=sys.stderr, flush=True
         )
-        build_start = time.perf_counter()
-        demo = build_bench_demo(workdir / "demo", args.users, args.events)
-        build_s = time.perf_counter() - build_start
-        warm_up(workdir / "warm_up", args)
-        for name in ("floor", "pipeline", "cli"):
-            (workdir / name).mkdir()
-        measure_floor(report, demo, workdir / "floor")
-        measure_pipeline(report, demo, workdir / "pipeline")
-        if not args.skip_cli:
-            measure_cli(report, demo, workdir / "cli")
-        drt = "skipped (--skip-drt)"
+        data = build(workdir / "data", args.users, events)
+        for kind in stores:
+            lines += measure_store(kind, data, workdir, scratch)
         if not args.skip_drt:
-            drt = measure_drt(report, demo, workdir, batch_size=args.drt_batch_size, install=args.install_drt)
+            job = {
+                "kind": "drt",
+                "data": data_json(data),
+                "dsn": {**PG_DSN, "dbname": "test"},
+                "batch_size": args.drt_batch_size,
+                "workdir": str(workdir / "drt"),
+            }
+            label = "drt-core users: DuckDB → PostgreSQL upsert"
+            lines.append(echo(run_line("drt_users", label, job, LINE_TIMEOUT_S)))
     finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    print(
-        f"\nwsync benchmark: {args.users:,} users, {args.events:,} events "
-        f"(demo warehouse built in {build_s:.1f} s)"
-    )
-    print(f"wsync: {revision}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, load average {load_before} at start / {load_average()} at end; "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, duckdb {version_of('duckdb')}, "
-        f"pyarrow {version_of('pyarrow')}, dagster {version_of('dagster')}, drt-core {drt}"
-    )
-    if not args.skip_drt:
-        print(
-            "drt-core destination: postgres (INSERT … ON CONFLICT (customer_id) DO UPDATE, one row per user), "
-            "chosen over rest_api: it is a keyed upsert of the user row, with no HTTP server of ours sharing "
-            "the CPUs"
-        )
-    print()
-    print_table(report)
-    print_ratios(report)
-    print_row_check(report)
-    print(f"\nbenchmark wall time: {time.perf_counter() - started:.0f} s (warm-up and demo build included)")
-    return (
-        1 if any(line.failure and line.failure.startswith("failed") for line in report.lines.values()) else 0
-    )
+        shutil.rmtree(workdir, ignore_errors=True)
+        for database in scratch:
+            _pg(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    report = [
+        f"# Scoreboard: {args.users:,} users, {events:,} events",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `.venv/bin/python bench/run.py"
+        f" --users {args.users} --events {events} --stores {','.join(stores)}`"
+        f"{' --skip-drt' if args.skip_drt else ''}; load average {load_before:.1f} at start,"
+        f" {os.getloadavg()[0]:.1f} at end; {time.perf_counter() - started:.0f} s in all.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        *table(lines),
+        "",
+        "Ratios (this run's figures):",
+        "",
+        *ratios(lines, stores),
+        "",
+    ]
+    text = "\n".join(report)
+    print(text)
+    args.results.write_text(text, encoding="utf-8")
+    return 1 if any(line.failure for line in lines) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `wsync` command: validate, preview, run, profile, rejects, demo."""
+"""The `wsync` command: validate, preview, run, backfill, profile, rejects, demo."""
 
 from __future__ import annotations
 
@@ -124,9 +124,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{k}={v}" for k, v in metadata.items() if isinstance(v, int | float | str) and k != "preview"
         )
         print(f"  {asset_key}: {counts}")
+    for warning in report.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
     for failed in report.failed_checks:
         print(f"  check failed: {failed}", file=sys.stderr)
     return EXIT_CHECK_FAILED if report.failed_checks else 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Launch a Dagster backfill of a sync's partitions through the webserver and follow it to its end."""
+    from wsync_dagster.backfill import BackfillError, run_backfill
+
+    spec = _load_spec(args.sync)
+    try:
+        result = run_backfill(spec, args.first, args.last, url=args.url, wait=not args.no_wait)
+    except BackfillError as error:
+        raise CommandError(str(error)) from None
+    progress = result.progress
+    if not progress.ended:
+        print(f"{spec.name}: backfill {result.backfill_id} launched; follow it at {result.url}")
+        return 0
+    print(f"{spec.name}: backfill {result.backfill_id} {progress.describe()} ({result.url})")
+    return 0 if progress.succeeded else EXIT_ERROR
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -199,6 +218,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("sync")
     run.add_argument("--partition", help="a partition key, or FIRST..LAST")
     run.set_defaults(func=cmd_run)
+    backfill = commands.add_parser(
+        "backfill", help="backfill partitions FROM..TO through a running Dagster webserver and its daemon"
+    )
+    backfill.add_argument("sync")
+    backfill.add_argument("--from", dest="first", required=True, metavar="KEY", help="first partition key")
+    backfill.add_argument("--to", dest="last", required=True, metavar="KEY", help="last partition key")
+    backfill.add_argument(
+        "--url",
+        default=os.environ.get("WSYNC_DAGSTER_URL", "http://127.0.0.1:3000"),
+        help="the Dagster webserver (default $WSYNC_DAGSTER_URL or http://127.0.0.1:3000)",
+    )
+    backfill.add_argument("--no-wait", action="store_true", help="launch it and return")
+    backfill.set_defaults(func=cmd_backfill)
     profile = commands.add_parser("profile", help="show one profile")
     profile.add_argument("--identity", required=True, help="TYPE=VALUE, e.g. email=ada@example.com")
     profile.add_argument("--environment", default="production", choices=["production", "development"])

@@ -112,6 +112,32 @@ def _function_name(function: exp.Func) -> str:
     return function.sql_name().lower()
 
 
+def change_model_table(sql: str, dialect: str = "duckdb") -> SourceTable:
+    """The one table a CDC model reads: one SELECT of its columns, optionally filtered; else an error."""
+    statement = check_read_only_select(sql, dialect)
+    if not isinstance(statement, exp.Select) or statement.args.get("with"):
+        raise DataModelError("a cdc data model is one SELECT of columns from one table (no UNION, no WITH)")
+    for kind, what in (
+        (exp.Join, "a JOIN"),
+        (exp.Group, "GROUP BY"),
+        (exp.AggFunc, "an aggregate"),
+        (exp.Window, "a window function"),
+        (exp.Distinct, "DISTINCT"),
+        (exp.Limit, "LIMIT"),
+        (exp.Subquery, "a subquery"),
+    ):
+        if statement.find(kind):
+            raise DataModelError(
+                f"a cdc data model is one SELECT of columns from one table, optionally filtered; it has "
+                f"{what}: a change feed says what changed in one table's rows, so model the rest in an "
+                "incremental or full sync"
+            )
+    tables = source_tables(sql, dialect)
+    if len(tables) != 1:
+        raise DataModelError(f"a cdc data model reads one table; this one reads {len(tables)}")
+    return tables[0]
+
+
 def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
     """The warehouse tables the model reads, without its own CTE names."""
     statement = check_read_only_select(sql, dialect)
@@ -127,17 +153,30 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
     return sorted(tables.values(), key=lambda t: t.path)
 
 
-def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
-    """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator."""
+def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb", *, with_nulls: bool = False) -> str:
+    """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator;
+    with_nulls also reads the rows without an iterator value, so that they are rejected, not missed."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
+    column = _column(iterator, dialect)
+    condition = f"model.{column} >= ? AND model.{column} < ?"
+    if with_nulls:
+        condition = f"({condition}) OR model.{column} IS NULL"
+    return f"SELECT * FROM ({inner}) AS model WHERE {condition} ORDER BY model.{column}"
+
+
+def _column(iterator: str, dialect: str) -> str:
+    """The iterator column as the warehouse names it, quoted."""
     # A lower-case name is folded as the warehouse folds the model's unquoted names (Snowflake: to upper
     # case), then quoted; any other name is quoted as it is written.
     name = normalize_identifiers(iterator, dialect).name if _PLAIN_NAME.match(iterator) else iterator
-    column = exp.to_identifier(name, quoted=True).sql(dialect=dialect)
-    return (
-        f"SELECT * FROM ({inner}) AS model WHERE model.{column} >= ? AND model.{column} < ? "
-        f"ORDER BY model.{column}"
-    )
+    return exp.to_identifier(name, quoted=True).sql(dialect=dialect)
+
+
+def extent_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
+    """The model wrapped to return one row: the lowest and the newest value of its iterator column."""
+    inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
+    column = f"model.{_column(iterator, dialect)}"
+    return f"SELECT MIN({column}) AS lowest, MAX({column}) AS newest FROM ({inner}) AS model"
 
 
 def limited_sql(sql: str, limit: int, dialect: str = "duckdb") -> str:

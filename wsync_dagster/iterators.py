@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import pyarrow as pa
@@ -15,12 +15,14 @@ _COLUMN_TYPES = {
     "date": (pa.types.is_date, pa.types.is_timestamp),
     "timestamp_unixtime_ms": (pa.types.is_integer,),
     "timestamp_unixtime_s": (pa.types.is_integer,),
+    "integer": (pa.types.is_integer,),
 }
 _TYPE_WORDS = {
     "timestamp": "a TIMESTAMP",
     "date": "a DATE",
     "timestamp_unixtime_ms": "an integer of epoch milliseconds",
     "timestamp_unixtime_s": "an integer of epoch seconds",
+    "integer": "an integer",
 }
 
 
@@ -54,6 +56,34 @@ class IteratorWindow:
         """The window in epoch microseconds, as the store records it."""
         return epoch_micros(self.start), epoch_micros(self.end)
 
+    def describe(self) -> str:
+        """The window as the UI shows it."""
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+@dataclass(frozen=True)
+class IntegerWindow:
+    """The half-open range of integer iterator values one run reads; the values are the rows' versions."""
+
+    start: int
+    end: int
+
+    def bounds(self, iterator_type: str, column_type: pa.DataType | None = None) -> tuple[int, int]:
+        """The range as query parameters."""
+        return self.start, self.end
+
+    @property
+    def micros(self) -> tuple[int, int]:
+        """The range as the store records windows: an integer iterator's versions are its values."""
+        return self.start, self.end
+
+    def describe(self) -> str:
+        """The range as the UI shows it."""
+        return f"[{self.start}, {self.end})"
+
+
+Window = IteratorWindow | IntegerWindow
+
 
 def _epoch(moment: datetime, per_second: int) -> int:
     delta = moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)
@@ -85,7 +115,9 @@ def check_iterator_column(settings: SyncSettings, schema: pa.Schema) -> str | No
 
 
 def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -> str:
-    """DuckDB SQL for a row's version: its iterator in epoch microseconds."""
+    """DuckDB SQL for a row's version: its iterator in epoch microseconds, or an integer iterator's value."""
+    if iterator_type == "integer":
+        return f"CAST({column_sql} AS BIGINT)"
     if iterator_type == "timestamp_unixtime_ms":
         return f"CAST({column_sql} AS BIGINT) * 1000"
     if iterator_type == "timestamp_unixtime_s":
@@ -93,6 +125,20 @@ def version_sql(iterator_type: str, column_sql: str, column_type: pa.DataType) -
     if pa.types.is_date(column_type):
         return f"epoch_us(CAST({column_sql} AS TIMESTAMP))"
     return f"epoch_us({column_sql})"
+
+
+def iterator_moment(value: Any, iterator_type: str) -> datetime | None:
+    """An iterator value as the UTC moment it stands for (a date: its midnight); None for no value."""
+    if value is None:
+        return None
+    if iterator_type in ("timestamp_unixtime_ms", "timestamp_unixtime_s"):
+        scale = 1000 if iterator_type == "timestamp_unixtime_ms" else 1
+        return datetime.fromtimestamp(int(value) / scale, UTC)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(), UTC)
+    raise ValueError(f"an iterator value of type {type(value).__name__} is not a {iterator_type}")
 
 
 def epoch_micros(moment: datetime) -> int:

@@ -395,7 +395,14 @@ class BatchMapper:
             f"CASE {blank_count} WHEN 0 THEN '' WHEN 1 THEN ' (' || concat_ws(', ', {blank}) || ' is blank)' "
             f"ELSE ' (' || concat_ws(', ', {blank}) || ' are blank)' END"
         )
-        cases = [
+        cases = (
+            [
+                f"WHEN {_ident(b.VERSION)} IS NULL THEN {_literal(f'iterator {plan.iterator} is empty: a row needs one to be read in order')}"
+            ]
+            if plan.iterator
+            else []
+        )
+        cases += [
             f"WHEN {' AND '.join(f'{_ident(b.IDENTITY_PREFIX + k)} IS NULL' for k in plan.identities)} "
             f"THEN 'no identity: {kinds} all empty' || {detail}"
         ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,14 +15,18 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.batches import BatchFile, remove_stale_files
-from wsync_dagster.data_model import limited_sql, windowed_sql
-from wsync_dagster.iterators import IteratorWindow
+from wsync_dagster.changes import VERSION, VersionWindow, change_feed, change_rows_sql
+from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
+from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
-from wsync_dagster.warehouses import Warehouse, open_warehouse
+from wsync_dagster.warehouses import open_warehouse
+from wsync_dagster.warehouses.base import Warehouse
 
 Progress = Callable[[str], None]
+# Opens the warehouse: a Dagster run's resource; outside a run, the spec's connection.
+OpenReader = Callable[[], Warehouse]
 logger = logging.getLogger("wsync")
 
 
@@ -50,7 +56,9 @@ class MapCounts:
 
 
 def check_mapping(spec: SyncSpec) -> MappingPlan:
-    """Probe the model's columns in the warehouse and check the mapping against them."""
+    """Probe the model's columns in the warehouse and check the mapping against them (and a cdc table's feed)."""
+    if spec.sync.mode == "cdc":
+        change_feed(spec).check()
     warehouse = open_warehouse(spec)
     try:
         return build_plan(spec, warehouse.columns(spec.data_model.sql))
@@ -60,12 +68,12 @@ def check_mapping(spec: SyncSpec) -> MappingPlan:
 
 def map_partition(
     spec: SyncSpec,
-    window: IteratorWindow | None,
+    window: Window | VersionWindow | None,
     batch_file: BatchFile,
     *,
     run_version: int = 0,
     progress: Progress | None = None,
-    open_reader: Callable[[], Warehouse] | None = None,
+    open_reader: OpenReader | None = None,
 ) -> MapCounts:
     """Read the model (one iterator window, or all of it) and write mapped batches and rejects.
 
@@ -74,16 +82,14 @@ def map_partition(
     if removed := remove_stale_files(batch_file.directory):
         _report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
     counts = MapCounts()
-    warehouse = open_reader() if open_reader is not None else open_warehouse(spec)
+    if isinstance(window, VersionWindow):
+        warehouse, plan, query, params = _change_read(spec, window)
+    else:
+        warehouse = _open(spec, open_reader)
     try:
-        columns = warehouse.columns(spec.data_model.sql)
-        plan = build_plan(spec, columns)
+        if not isinstance(window, VersionWindow):
+            plan, query, params = _model_read(spec, warehouse, window)
         mapper = BatchMapper(plan, run_version=run_version)
-        if window is None:
-            query, params = spec.data_model.sql, ()
-        else:
-            query = windowed_sql(spec.data_model.sql, plan.iterator, warehouse.dialect)  # type: ignore[arg-type]
-            params = window.bounds(plan.iterator_type, columns.field(plan.iterator).type)  # type: ignore[arg-type]
         with batch_file.writer() as writer:
             writer.set_schema(mapper.empty().schema)
             for batch in warehouse.read_batches(query, params):
@@ -99,6 +105,45 @@ def map_partition(
     finally:
         warehouse.close()
     return counts
+
+
+def _model_read(
+    spec: SyncSpec, warehouse: Warehouse, window: Window | None
+) -> tuple[MappingPlan, str, tuple]:
+    """The mapping plan and the query of the model: all of it, or one iterator window."""
+    columns = warehouse.columns(spec.data_model.sql)
+    plan = build_plan(spec, columns)
+    if window is None:
+        return plan, spec.data_model.sql, ()
+    # Integer iterators have no time to wait for: a row without a value is rejected in every range.
+    with_nulls = isinstance(window, IntegerWindow)
+    query = windowed_sql(spec.data_model.sql, plan.iterator, warehouse.dialect, with_nulls=with_nulls)  # type: ignore[arg-type]
+    return plan, query, tuple(window.bounds(plan.iterator_type, columns.field(plan.iterator).type))  # type: ignore[arg-type]
+
+
+def _change_read(spec: SyncSpec, window: VersionWindow) -> tuple[Warehouse, MappingPlan, str, tuple]:
+    """A reader over the table's snapshot or changes, and the plan whose version is each row's commit."""
+    feed = change_feed(spec)
+    feed.check()
+    if not window.snapshot:
+        feed.check_history(window)
+    warehouse, model = feed.reader(window)
+    try:
+        schema = warehouse.columns(model)
+        columns = [name for name in schema.names if not name.startswith("_wsync")]
+        plan = build_plan(spec, pa.schema([schema.field(name) for name in columns]))
+        query = model
+        if not window.snapshot:
+            identities = set(plan.identities.values())
+            query = change_rows_sql(model, columns, identities, events=plan.data_type == "event")
+        read = pa.schema([*(schema.field(name) for name in columns), pa.field(VERSION, pa.int64())])
+        plan = replace(
+            plan, schema=read, iterator=VERSION, iterator_type="integer", ignored=(*plan.ignored, VERSION)
+        )
+    except BaseException:
+        warehouse.close()
+        raise
+    return warehouse, plan, query, ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +220,36 @@ def deliver_partitions(
         + ", ".join(f"{name}={value:,}" for name, value in totals.as_dict().items()),
     )
     return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
+
+
+def _open(spec: SyncSpec, open_reader: OpenReader | None) -> Warehouse:
+    return open_reader() if open_reader is not None else open_warehouse(spec)
+
+
+def iterator_extent(spec: SyncSpec, open_reader: OpenReader | None = None) -> tuple[Any, Any] | None:
+    """The lowest and the newest iterator value in the whole model; None when the model has no rows."""
+    settings = spec.sync
+    assert settings.iterator, "only an incremental sync has an iterator"
+    warehouse = _open(spec, open_reader)
+    try:
+        query = extent_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
+        # By position: a warehouse may fold the column names (Snowflake: to upper case).
+        rows = [
+            (batch.column(0)[i].as_py(), batch.column(1)[i].as_py())
+            for batch in warehouse.read_batches(query)
+            for i in range(batch.num_rows)
+        ]
+    finally:
+        warehouse.close()
+    if not rows or rows[0][1] is None:
+        return None
+    return rows[0]
+
+
+def newest_iterator(spec: SyncSpec, open_reader: OpenReader | None = None) -> datetime | None:
+    """The newest iterator value in the whole model, as a UTC moment; None when the model has no rows."""
+    extent = iterator_extent(spec, open_reader)
+    return None if extent is None else iterator_moment(extent[1], spec.sync.iterator_type)  # type: ignore[arg-type]
 
 
 def preview_rows(spec: SyncSpec, limit: int = 5) -> list[dict]:

@@ -7,16 +7,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dagster import (
+    AssetCheckSeverity,
     DagsterExecutionInterruptedError,
     DagsterInstance,
-    DynamicPartitionsDefinition,
-    TimeWindowPartitionsDefinition,
 )
 
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
-from wsync_dagster.defs.partitions import run_key, run_key_time, sync_partitions
-from wsync_dagster.defs.tags import partition_range_tags
+from wsync_dagster.modes import RunError, sync_mode
+from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.spec import SyncSpec
@@ -26,10 +25,6 @@ from wsync_dagster.store import ProfileStore
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # The daemon must not re-run a run behind the back of the terminal that started it (and saw it fail).
 MAX_RETRIES_TAG = "dagster/max_retries"
-
-
-class RunError(RuntimeError):
-    """A sync run that could not start or did not succeed."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -44,34 +39,14 @@ class RunReport:
     run_id: str | None = None
     metadata: dict[str, dict] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # checks of severity WARN that did not pass
 
 
 def partitions_due(spec: SyncSpec, store: ProfileStore, now: datetime | None = None) -> list[str]:
     """Every complete time partition up to now that has not been delivered, gaps included."""
-    partitions = sync_partitions(spec)
-    assert isinstance(partitions, TimeWindowPartitionsDefinition)
-    keys = partitions.get_partition_keys(current_time=now or datetime.now(UTC))
-    delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
-    return [key for key in keys if key not in delivered]
-
-
-def _range(spec: SyncSpec, partition: str) -> tuple[str, str]:
-    """A partition key or `FIRST..LAST`, checked against the sync's partitions."""
-    first, _, last = partition.partition("..")
-    last = last or first
-    partitions = sync_partitions(spec)
-    for key in (first, last):
-        if not partitions.has_partition_key(key):
-            example = partitions.get_first_partition_key()
-            raise RunError(
-                f"{spec.name}: --partition {key} is not a partition of this sync (keys look like {example})"
-            )
-    if last < first:
-        raise RunError(
-            f"{spec.name}: --partition {partition} is reversed: write the earlier partition first "
-            f"({last}..{first})"
-        )
-    return first, last
+    mode = sync_mode(spec)
+    assert isinstance(mode, TimeWindows), "only time partitions fall due"
+    return mode.due(store, now or datetime.now(UTC))
 
 
 def run_sync(
@@ -87,36 +62,14 @@ def run_sync(
     for abandoned in recover_abandoned_runs(instance):
         logger.info(str(abandoned))
     check_mapping(spec)
-    partitions = sync_partitions(spec)
-    runs: list[tuple[str, dict]] = []  # (label, execute_in_process options) of each Dagster run
-    if isinstance(partitions, DynamicPartitionsDefinition):
-        key = partition or run_key(now or datetime.now(UTC))
-        try:
-            run_key_time(key)
-        except ValueError:
-            raise RunError(
-                f"{spec.name}: --partition {key} is not a full-mode run key (YYYYMMDDTHHMMSS)"
-            ) from None
-        instance.add_dynamic_partitions(partitions.name, [key])
-        runs.append((key, {"partition_key": key}))
-    else:
-        if partition:
-            spans = [_range(spec, partition)]
-        else:
-            # Every gap is filled: one run per stretch of consecutive partitions not yet delivered.
-            spans = _stretches(
-                partitions.get_partition_keys(current_time=now or datetime.now(UTC)),
-                set(partitions_due(spec, store, now)),
-            )
-        for first, last in spans:
-            label = first if first == last else f"{first}..{last}"
-            runs.append((label, {"tags": partition_range_tags(first, last)}))
+    runs = sync_mode(spec).planned_runs(store, instance, partition, now or datetime.now(UTC))
     if not runs:
         return RunReport(partitions="")
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
-    report = RunReport(partitions=", ".join(label for label, _ in runs))
+    report = RunReport(partitions=", ".join(run.label for run in runs))
     delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
-    for label, options in runs:
+    for run in runs:
+        label, options = run.label, dict(run.options)
         logger.info(f"{spec.name}: one Dagster run for partitions {label}")
         result = _execute(job, instance, options)
         if not result.success:
@@ -173,19 +126,6 @@ def _interruption(spec: SyncSpec, label: str, run_id: str, committed: bool) -> R
     )
 
 
-def _stretches(keys: list[str], due: set[str]) -> list[tuple[str, str]]:
-    """(first, last) of each run of consecutive keys that are due."""
-    spans: list[tuple[str, str]] = []
-    previous_due = False
-    for key in keys:
-        if key in due and previous_due:
-            spans[-1] = (spans[-1][0], key)
-        elif key in due:
-            spans.append((key, key))
-        previous_due = key in due
-    return spans
-
-
 def _add_result(report: RunReport, result) -> None:
     """Add one Dagster run's counts and failed checks to the report."""
     report.run_id = result.run_id if report.run_id is None else f"{report.run_id}, {result.run_id}"
@@ -199,9 +139,9 @@ def _add_result(report: RunReport, result) -> None:
             totals[name] = totals.get(name, 0) + value if isinstance(value, int) else value
     for event in result.get_asset_check_evaluations():
         if not event.passed:
-            report.failed_checks.append(
-                f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
-            )
+            line = f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
+            warned = event.severity == AssetCheckSeverity.WARN
+            (report.warnings if warned else report.failed_checks).append(line)
 
 
 def _failure(result) -> str:

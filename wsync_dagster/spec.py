@@ -19,12 +19,11 @@ from pydantic import (
     model_validator,
 )
 
-from wsync_dagster.data_model import DataModelError, check_read_only_select
+from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml
 from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
 
-TIME_ITERATORS = ("timestamp", "date", "timestamp_unixtime_ms", "timestamp_unixtime_s")
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 CUSTOM_EVENT_TYPES = (
     "navigation",
@@ -52,6 +51,13 @@ _SECRET_KEY = re.compile(
 )
 # A key that names where a secret is kept (private_key_path) holds a path, not the secret.
 _PATH_KEY = re.compile(r"_path\Z", re.IGNORECASE)
+# A month is taken as 31 days: the delay check only needs an upper bound of one interval.
+_FREQUENCY_SPAN = {
+    "hourly": timedelta(hours=1),
+    "daily": timedelta(days=1),
+    "weekly": timedelta(weeks=1),
+    "monthly": timedelta(days=31),
+}
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -172,6 +178,7 @@ class SyncSettings(_Strict):
     environment: Literal["production", "development"] = "production"
     input_protection: Literal["create_and_update", "update_only", "read_only"] = "create_and_update"
     paused: bool = False
+    delay_alert: timedelta | None = None
 
     @field_validator("start", "historical_start", mode="before")
     @classmethod
@@ -187,7 +194,7 @@ class SyncSettings(_Strict):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC) if value is not None else None
 
-    @field_validator("lookback", mode="before")
+    @field_validator("lookback", "delay_alert", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -204,23 +211,19 @@ class SyncSettings(_Strict):
                 raise ValueError("iterator: required when mode is incremental")
             if not self.iterator_type:
                 raise ValueError("iterator_type: required when mode is incremental")
-        elif self.mode == "cdc":
-            raise ValueError(
-                "mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection has "
-                "none: use incremental or full"
-            )
-        elif self.iterator or self.iterator_type:
+        elif self.mode == "full" and (self.iterator or self.iterator_type):
             raise ValueError("iterator/iterator_type: only for mode incremental")
-        if self.iterator_type == "integer":
-            raise ValueError(
-                "iterator_type: integer iterators are not supported yet; allowed: "
-                + ", ".join(TIME_ITERATORS)
-            )
+        if self.iterator_type == "integer" and self.lookback:
+            raise ValueError("lookback: only for time iterators; an integer iterator reads each value once")
         if self.schedule == "interval" and not self.frequency:
             raise ValueError("frequency: required when schedule is interval (hourly, daily, weekly, monthly)")
         if self.schedule in ("interval", "once") and not self.start:
             raise ValueError(f"start: required when schedule is {self.schedule}")
-        if self.mode == "incremental" and not (self.historical_start or self.start):
+        if (
+            self.mode == "incremental"
+            and self.iterator_type != "integer"
+            and not (self.historical_start or self.start)
+        ):
             raise ValueError("historical_start: required for a time iterator when there is no start")
         if self.start and self.historical_start and self.historical_start > self.start:
             raise ValueError(
@@ -238,12 +241,19 @@ class SyncSettings(_Strict):
             raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
         if self.lookback < timedelta(0):
             raise ValueError("lookback: must not be negative")
+        if self.delay_alert is not None and self.delay_alert <= timedelta(0):
+            raise ValueError("delay_alert: must be a positive duration such as 2h or 2d")
         return self
 
     @property
     def partition_frequency(self) -> str:
         """The partition size: frequency, else daily."""
         return self.frequency or "daily"
+
+    @property
+    def delay_limit(self) -> timedelta:
+        """How old the newest iterator value may be before the data-delay check warns: delay_alert, else twice the frequency."""
+        return self.delay_alert or 2 * _FREQUENCY_SPAN[self.partition_frequency]
 
     @property
     def history_start(self) -> datetime:
@@ -297,6 +307,25 @@ class SyncSpec(_Strict):
         # Parsed in the warehouse's own SQL dialect.
         try:
             check_read_only_select(self.data_model.sql, self.connection.dialect)
+        except DataModelError as error:
+            raise ValueError(f"data_model.sql: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _change_feed(self) -> SyncSpec:
+        if self.sync.mode != "cdc":
+            return self
+        if not getattr(self.connection, "change_feed", False):
+            raise ValueError(
+                f"sync.mode: cdc reads a table's change feed, and a {self.connection.type} connection has "
+                "none that wsync reads (delta has: its Change Data Feed): use mode incremental or full"
+            )
+        if self.sync.iterator or self.sync.iterator_type:
+            raise ValueError(
+                "sync.iterator/iterator_type: only for mode incremental; cdc reads table versions"
+            )
+        try:
+            change_model_table(self.data_model.sql, self.connection.dialect)
         except DataModelError as error:
             raise ValueError(f"data_model.sql: {error}") from None
         return self

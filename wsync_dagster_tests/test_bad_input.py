@@ -86,7 +86,7 @@ PROFILE = ("profile", "--identity", "email=ada@example.com")
 ALLOWED_TOP = "name, description, data_type, connection, data_model, mapping, sync, destination, checks"
 ALLOWED_SYNC = (
     "mode, iterator, iterator_type, schedule, frequency, start, historical_start, lookback, environment, "
-    "input_protection, paused"
+    "input_protection, paused, delay_alert"
 )
 WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
 TABLE_FUNCTIONS = (
@@ -383,8 +383,8 @@ CASES: list[Case] = [
     Case(
         "cdc_on_duckdb",
         VALIDATE,
-        "✗ {sync_file}: sync: mode: cdc reads a table's change feed (Delta, Snowflake); a duckdb connection "
-        "has none: use incremental or full",
+        "✗ {sync_file}: sync.mode: cdc reads a table's change feed, and a duckdb connection has none that "
+        "wsync reads (delta has: its Change Data Feed): use mode incremental or full",
         sync={"sync": {"mode": "cdc"}},
     ),
     Case(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
+from dagster import AssetSelection, ConfigurableResource, Definitions, SensorDefinition, define_asset_job
 
 from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
 from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
-from wsync_dagster.defs.triggers import build_trigger
 from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource
+from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncFolder, SyncSpec
 
 
@@ -28,7 +28,7 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec)),
         description=spec.description or None,
     )
-    trigger = build_trigger(spec, job)
+    trigger = sync_mode(spec).trigger(job)
     is_sensor = isinstance(trigger, SensorDefinition)
     return Definitions(
         assets=build_sync_assets(spec),
@@ -37,6 +37,14 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         sensors=[trigger] if is_sensor else None,
         resources={warehouse_key(spec): warehouse_resource(spec)},
     )
+
+
+def sync_resources(spec: SyncSpec, store_url: str | None = None) -> dict[str, ConfigurableResource]:
+    """The resources one sync's assets need: the profile store and the sync's warehouse."""
+    return {
+        "profile_store": ProfileStoreResource(url=store_url),
+        warehouse_key(spec): warehouse_resource(spec),
+    }
 
 
 def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> Definitions:

@@ -1,8 +1,7 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
 import warnings
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckResult,
@@ -11,62 +10,31 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
-    BackfillPolicy,
     BetaWarning,
     MaterializeResult,
     MetadataValue,
-    TimeWindowPartitionsDefinition,
     asset,
 )
 
 from wsync_dagster.batches import BatchFile
-from wsync_dagster.defs.partitions import run_key_time, sync_partitions
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
-from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
-from wsync_dagster.pipeline import Partition, deliver_partitions, map_counts_by_partition, map_partition
+from wsync_dagster.modes import sync_mode
+from wsync_dagster.pipeline import (
+    OpenReader,
+    deliver_partitions,
+    map_counts_by_partition,
+    map_partition,
+    newest_iterator,
+)
 from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
 
 REJECT_RATE_CHECK = "reject_rate"
+DATA_DELAY_CHECK = "data_delay"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
-
-
-@dataclass(frozen=True)
-class PartitionScope:
-    """What one run of a sync covers: a label for files, its partitions, and the iterator window."""
-
-    label: str
-    partitions: list[Partition]
-    window: IteratorWindow | None
-    run_version: int
-
-
-def partition_scope(spec: SyncSpec, context: AssetExecutionContext) -> PartitionScope:
-    """The partition (or range of partitions) of this run, as a label, partitions, window and run version."""
-    partitions_def = context.assets_def.partitions_def
-    if isinstance(partitions_def, TimeWindowPartitionsDefinition):
-        keys = context.partition_key_range
-        label = keys.start if keys.start == keys.end else f"{keys.start}..{keys.end}"
-        windows = [partitions_def.time_window_for_partition_key(key) for key in context.partition_keys]
-        partitions = [
-            Partition(key, (epoch_micros(window.start), epoch_micros(window.end)))
-            for key, window in zip(context.partition_keys, windows, strict=True)
-        ]
-        span = context.partition_time_window
-        return PartitionScope(label, partitions, iterator_window(spec.sync, span.start, span.end), 0)
-    key = context.partition_key
-    try:
-        run_key_time(key)
-    except ValueError:
-        raise ValueError(
-            f"{spec.name}: partition '{key}' is not a full-mode run key; keys are the run's UTC time as "
-            f"YYYYMMDDTHHMMSS, e.g. 20241115T190000"
-        ) from None
-    # A full-mode run's rows describe the moment the table is read, whatever its key says.
-    return PartitionScope(key, [Partition(key)], None, epoch_micros(datetime.now(UTC)))
 
 
 def batch_file(spec: SyncSpec, label: str) -> BatchFile:
@@ -95,6 +63,44 @@ def _preview_markdown(profiles: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def data_delay_result(
+    spec: SyncSpec, now: datetime | None = None, open_reader: OpenReader | None = None
+) -> AssetCheckResult:
+    """Warn when the newest iterator value in the warehouse is older than the sync's delay limit."""
+    limit = spec.sync.delay_limit
+    newest = newest_iterator(spec, open_reader)
+    now = now or datetime.now(UTC)
+    metadata: dict = {"delay_limit_hours": round(limit.total_seconds() / 3600, 2)}
+    if newest is None:
+        passed, description = False, "the data model has no rows: no iterator value arrived"
+    else:
+        delay = now - newest
+        metadata.update(
+            newest_iterator_value=newest.isoformat(), delay_hours=round(delay.total_seconds() / 3600, 2)
+        )
+        passed = delay <= limit
+        description = (
+            None
+            if passed
+            else (
+                f"data delay: the newest {spec.sync.iterator} is {newest.isoformat()}, "
+                f"{_hours(delay)} ago; the limit is {_hours(limit)} (sync.delay_alert)"
+            )
+        )
+    return AssetCheckResult(
+        check_name=DATA_DELAY_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=description,
+    )
+
+
+def _hours(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
 def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     """The mapped-batches and delivery assets of one sync, with the reject-rate check."""
     # backfill_policy is marked beta; it is what lets one run read a whole range, so we use it knowingly.
@@ -104,11 +110,22 @@ def build_sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
 
 
 def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
-    partitions = sync_partitions(spec)
-    time_partitioned = isinstance(partitions, TimeWindowPartitionsDefinition)
-    # One run may cover many time windows (backfills, catching up): the model is read once for the span.
-    backfill_policy = BackfillPolicy.single_run() if time_partitioned else None
+    mode = sync_mode(spec)
+    partitions = mode.partitions()
+    backfill_policy = mode.backfill_policy()
     kinds = {spec.connection.type, "arrow"}
+    # mParticle's Data Warehouse Delay Alerting: has new data reached the warehouse lately?
+    delay_check = (
+        [
+            AssetCheckSpec(
+                DATA_DELAY_CHECK,
+                asset=mapped_key(spec),
+                description=f"The newest {spec.sync.iterator} is at most {_hours(spec.sync.delay_limit)} old",
+            )
+        ]
+        if spec.sync.mode == "incremental" and spec.sync.iterator_type != "integer"
+        else []
+    )
 
     @asset(
         key=mapped_key(spec),
@@ -124,11 +141,12 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                 REJECT_RATE_CHECK,
                 asset=mapped_key(spec),
                 description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}",
-            )
+            ),
+            *delay_check,
         ],
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
-        scope = partition_scope(spec, context)
+        scope = mode.scope(context)
         warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
         counts = map_partition(
             spec,
@@ -150,9 +168,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             context.add_asset_metadata(partition_counts.as_dict(), partition_key=key)
         return MaterializeResult(
             metadata={
-                "iterator_window": f"[{window.start.isoformat()}, {window.end.isoformat()})"
-                if window
-                else "all rows",
+                "iterator_window": window.describe() if window else "all rows",
             },
             check_results=[
                 AssetCheckResult(
@@ -167,7 +183,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                     description=None
                     if passed
                     else (f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
-                )
+                ),
+                *([data_delay_result(spec, open_reader=warehouse.open)] if delay_check else []),
             ],
         )
 
@@ -182,7 +199,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
     )
     def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
-        scope = partition_scope(spec, context)
+        scope = mode.scope(context)
         batches = batch_file(spec, scope.label)
         if not batches.exists():
             raise FileNotFoundError(

@@ -1,4 +1,4 @@
-"""Partitions of a sync: time windows of its iterator, or dynamic keys for full-mode runs."""
+"""Partition helpers shared by the sync modes: time windows anchored at `start`, full-mode run keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import (
     DailyPartitionsDefinition,
-    DynamicPartitionsDefinition,
     HourlyPartitionsDefinition,
     MonthlyPartitionsDefinition,
     PartitionsDefinition,
@@ -63,10 +62,10 @@ def schedule_partitions(settings: SyncSettings, first: datetime) -> TimeWindowPa
 
 
 def sync_partitions(spec: SyncSpec) -> PartitionsDefinition:
-    """Time windows from historical_start for time iterators; dynamic run keys for full mode."""
-    if spec.sync.mode == "incremental":
-        return schedule_partitions(spec.sync, spec.sync.history_start)
-    return DynamicPartitionsDefinition(name=f"{spec.name}_runs")
+    """The partitions of the sync's mode: time windows, integer ranges, or full-mode run keys."""
+    from wsync_dagster.modes import sync_mode  # the modes build on this module's helpers
+
+    return sync_mode(spec).partitions()
 
 
 def run_key(moment: datetime) -> str:

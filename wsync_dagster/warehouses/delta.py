@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import field_validator
@@ -42,6 +42,7 @@ class DeltaConnection(ConnectionSpec):
     """Delta tables named as the data model's SQL names them, each at a path or object-store URI."""
 
     dialect = "duckdb"  # the model runs in DuckDB over the tables' Arrow datasets
+    change_feed: ClassVar[bool] = True  # Delta's Change Data Feed, read by wsync_dagster.changes
     type: Literal["delta"]
     tables: dict[str, Setting]
     storage_options: dict[str, Setting] = {}
@@ -71,6 +72,21 @@ class DeltaConnection(ConnectionSpec):
         }
         return DeltaWarehouse(locations, options)  # type: ignore[arg-type]
 
+    def location(self, table: SourceTable, base: Path) -> tuple[str, dict[str, str]]:
+        """Where the Delta table the SQL names lies, and the storage options to reach it."""
+        wanted = tuple(part.lower() for part in table.path)
+        name = next((name for name in self.tables if table_name(name)[-len(wanted) :] == wanted), None)
+        if name is None:
+            known = ", ".join(sorted(self.tables))
+            raise WarehouseError(
+                f"connection.tables: the data model reads {'.'.join(table.path)}, which is not one of the "
+                f"Delta tables of the connection ({known})"
+            )
+        options = {
+            key: resolve(value, f"storage_options.{key}") for key, value in self.storage_options.items()
+        }
+        return self._location(name, base), options  # type: ignore[return-value]
+
     def _location(self, name: str, base: Path) -> str:
         """A URI as written; a local path relative to the sync file's folder."""
         location = resolve(self.tables[name], f"tables.{name}")
@@ -93,21 +109,31 @@ class DeltaWarehouse(DuckDBWarehouse):
     """
 
     def __init__(self, locations: dict[tuple[str, ...], str], storage_options: dict[str, str]):
+        self._open({name: _dataset(name, location, storage_options) for name, location in locations.items()})
+
+    @classmethod
+    def over(cls, sources: dict[tuple[str, ...], object]) -> DeltaWarehouse:
+        """The same locked-down reader over Arrow data already at hand (a table's changes, a past version)."""
+        warehouse = cls.__new__(cls)
+        warehouse._open(sources)
+        return warehouse
+
+    def _open(self, sources: dict[tuple[str, ...], object]) -> None:
         import duckdb
 
         self._error = duckdb.Error
         self._connection = duckdb.connect(":memory:", config=_CONFIG)
         try:
-            for catalog in sorted({name[0] for name in locations if len(name) == 3}):
+            for catalog in sorted({name[0] for name in sources if len(name) == 3}):
                 self._connection.execute(f"ATTACH ':memory:' AS {_quoted(catalog)}")
-            for index, (name, location) in enumerate(locations.items()):
-                self._add_view(name, f"delta_{index}", _dataset(name, location, storage_options))
+            for index, (name, source) in enumerate(sources.items()):
+                self._add_view(name, f"delta_{index}", source)
             self._connection.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, as window bounds are
             self._connection.execute("SET lock_configuration = true")
         except BaseException:
             self._connection.close()
             raise
-        self._tables = set(locations)
+        self._tables = set(sources)
 
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, from a zero-row probe, once its tables are known to be Delta tables here."""

@@ -1,0 +1,136 @@
+"""Incremental mode on an integer iterator: dynamic partitions of value ranges, added as new values arrive."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+from dagster import (
+    AssetExecutionContext,
+    DagsterInstance,
+    DefaultSensorStatus,
+    DynamicPartitionsDefinition,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from wsync_dagster.iterators import IntegerWindow
+from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.pipeline import Partition, iterator_extent
+from wsync_dagster.spec import SyncSpec
+from wsync_dagster.store import ProfileStore
+
+# FIRST_LAST, both included, zero-padded so that keys sort as numbers: 00000000000000000001_00000000000000000500.
+_WIDTH = 20
+_KEY = re.compile(r"(-?\d+)_(-?\d+)\Z")
+
+
+def range_key(first: int, last: int) -> str:
+    """The partition key of the values first..last, both included."""
+    return f"{first:0{_WIDTH}d}_{last:0{_WIDTH}d}"
+
+
+def parse_range_key(key: str) -> tuple[int, int] | None:
+    """(first, last) of a range key, or None if it is not one."""
+    match = _KEY.match(key)
+    if not match or int(match[1]) > int(match[2]):
+        return None
+    return int(match[1]), int(match[2])
+
+
+class IntegerRanges:
+    """Each run reads the values above the last range's end, up to the newest value: nothing twice."""
+
+    def __init__(self, spec: SyncSpec):
+        self.spec = spec
+
+    def partitions(self) -> DynamicPartitionsDefinition:
+        """One dynamic partition per range of iterator values."""
+        return DynamicPartitionsDefinition(name=f"{self.spec.name}_ranges")
+
+    def backfill_policy(self) -> None:
+        """Each range is its own run."""
+        return None
+
+    def scope(self, context: AssetExecutionContext) -> RunScope:
+        """The run's range of values; a row's version is its iterator value."""
+        key = context.partition_key
+        first, last = self._parse(key, "partition")
+        window = IntegerWindow(first, last + 1)
+        return RunScope(key, [Partition(key, window.micros)], window)
+
+    def next_range(self, instance: DagsterInstance, delivered: Iterable[str] = ()) -> str | None:
+        """The key of the values above every known range (the instance's, and those the store delivered),
+        up to the model's newest; None when there are none."""
+        extent = iterator_extent(self.spec)
+        if extent is None:
+            return None
+        lowest, newest = extent
+        known = [*instance.get_dynamic_partitions(self.partitions().name), *delivered]
+        ends = [parsed[1] for key in known if (parsed := parse_range_key(key))]
+        first = max(ends) + 1 if ends else lowest
+        return range_key(first, newest) if newest >= first else None
+
+    def trigger(self, job: SyncJob) -> SensorDefinition | None:
+        """A sensor that reads the newest value, adds the range above the last one and requests it."""
+        settings = self.spec.sync
+        if settings.schedule == "on_demand":
+            return None
+        start: datetime | None = settings.start
+        interval = {"hourly": 3600, "daily": 86_400, "weekly": 604_800, "monthly": 2_678_400}
+        seconds = interval[settings.frequency] if settings.schedule == "interval" else 60  # type: ignore[index]
+
+        @sensor(
+            name=f"{self.spec.name}_sensor",
+            job=job,
+            minimum_interval_seconds=seconds,
+            default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
+            description=f"{self.spec.name}: the next range of {settings.iterator} values, {settings.schedule}",
+        )
+        def range_sensor(context: SensorEvaluationContext):
+            if start is not None and datetime.now(start.tzinfo) < start:
+                return SkipReason(f"the first run is due at {start.isoformat()}")
+            if settings.schedule == "once" and context.cursor:
+                return SkipReason(f"ran once: {context.cursor}")
+            key = self.next_range(context.instance)
+            if key is None:
+                return SkipReason(f"no {settings.iterator} value above the last range")
+            return SensorResult(
+                # The run key holds the range: run keys are deduplicated forever.
+                run_requests=[RunRequest(run_key=key, partition_key=key)],
+                dynamic_partitions_requests=[self.partitions().build_add_request([key])],
+                cursor=key,
+            )
+
+        return range_sensor
+
+    def planned_runs(
+        self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
+    ) -> list[PlannedRun]:
+        """`--partition FIRST_LAST`, or every added range not yet delivered and then the next one."""
+        name = self.partitions().name
+        if partition:
+            self._parse(partition, "--partition")
+            keys = [partition]
+        else:
+            delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
+            keys = [key for key in instance.get_dynamic_partitions(name) if key not in delivered]
+            if (key := self.next_range(instance, delivered)) is not None:
+                keys.append(key)
+        known = set(instance.get_dynamic_partitions(name))
+        instance.add_dynamic_partitions(name, [key for key in keys if key not in known])
+        return [PlannedRun(key, {"partition_key": key}) for key in keys]
+
+    def _parse(self, key: str, what: str) -> tuple[int, int]:
+        parsed = parse_range_key(key)
+        if parsed is None:
+            raise RunError(
+                f"{self.spec.name}: {what} {key} is not a range of {self.spec.sync.iterator} values; keys are "
+                f"FIRST_LAST, both included, e.g. {range_key(1, 500)}"
+            )
+        return parsed
