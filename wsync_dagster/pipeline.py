@@ -21,9 +21,12 @@ from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
-from wsync_dagster.warehouses import Warehouse, open_warehouse
+from wsync_dagster.warehouses import open_warehouse
+from wsync_dagster.warehouses.base import Warehouse
 
 Progress = Callable[[str], None]
+# Opens the warehouse: a Dagster run's resource; outside a run, the spec's connection.
+OpenReader = Callable[[], Warehouse]
 logger = logging.getLogger("wsync")
 
 
@@ -70,7 +73,7 @@ def map_partition(
     *,
     run_version: int = 0,
     progress: Progress | None = None,
-    open_reader: Callable[[], Warehouse] | None = None,
+    open_reader: OpenReader | None = None,
 ) -> MapCounts:
     """Read the model (one iterator window, or all of it) and write mapped batches and rejects.
 
@@ -82,7 +85,7 @@ def map_partition(
     if isinstance(window, VersionWindow):
         warehouse, plan, query, params = _change_read(spec, window)
     else:
-        warehouse = open_reader() if open_reader is not None else open_warehouse(spec)
+        warehouse = _open(spec, open_reader)
     try:
         if not isinstance(window, VersionWindow):
             plan, query, params = _model_read(spec, warehouse, window)
@@ -219,13 +222,15 @@ def deliver_partitions(
     return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
 
 
-def iterator_extent(
-    spec: SyncSpec, open_reader: Callable[[], Warehouse] | None = None
-) -> tuple[Any, Any] | None:
+def _open(spec: SyncSpec, open_reader: OpenReader | None) -> Warehouse:
+    return open_reader() if open_reader is not None else open_warehouse(spec)
+
+
+def iterator_extent(spec: SyncSpec, open_reader: OpenReader | None = None) -> tuple[Any, Any] | None:
     """The lowest and the newest iterator value in the whole model; None when the model has no rows."""
     settings = spec.sync
     assert settings.iterator, "only an incremental sync has an iterator"
-    warehouse = open_reader() if open_reader is not None else open_warehouse(spec)
+    warehouse = _open(spec, open_reader)
     try:
         query = extent_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
         # By position: a warehouse may fold the column names (Snowflake: to upper case).
@@ -241,7 +246,7 @@ def iterator_extent(
     return rows[0]
 
 
-def newest_iterator(spec: SyncSpec, open_reader: Callable[[], Warehouse] | None = None) -> datetime | None:
+def newest_iterator(spec: SyncSpec, open_reader: OpenReader | None = None) -> datetime | None:
     """The newest iterator value in the whole model, as a UTC moment; None when the model has no rows."""
     extent = iterator_extent(spec, open_reader)
     return None if extent is None else iterator_moment(extent[1], spec.sync.iterator_type)  # type: ignore[arg-type]

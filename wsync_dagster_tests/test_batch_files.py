@@ -14,10 +14,9 @@ from dagster import DagsterInstance, materialize
 
 from wsync_dagster.batches import RETENTION
 from wsync_dagster.cli import main
+from wsync_dagster.defs import sync_resources
 from wsync_dagster.defs.assets import batch_file, build_sync_assets, delivery_key, mapped_key
 from wsync_dagster.defs.partitions import run_key
-from wsync_dagster.defs.resources import ProfileStoreResource
-from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource
 from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
 from wsync_dagster.settings import batches_dir, profile_store_url
@@ -48,10 +47,7 @@ def _materialize(spec: SyncSpec, partition: str, *, only: str | None = None, sto
         partition_key=partition,
         selection=[keys[only]] if only else None,
         instance=DagsterInstance.ephemeral(),
-        resources={
-            "profile_store": ProfileStoreResource(url=store_url),
-            warehouse_key(spec): warehouse_resource(spec),
-        },
+        resources=sync_resources(spec, store_url),
         raise_on_error=False,
     )
 

@@ -61,8 +61,8 @@ def test_the_check_is_a_warning_with_the_newest_value_and_delay_in_its_metadata(
     """What the UI shows: severity WARN, not passed, the newest value, the delay and the limit."""
     from dagster import DagsterInstance, materialize
 
+    from wsync_dagster.defs import sync_resources
     from wsync_dagster.defs.assets import DATA_DELAY_CHECK, build_sync_assets, data_delay_result
-    from wsync_dagster.defs.resources import ProfileStoreResource
 
     spec = load_sync_file(
         write_sync(user_sync(make_warehouse(users_updated(timedelta(hours=3))), sync={"delay_alert": "2h"}))
@@ -78,7 +78,7 @@ def test_the_check_is_a_warning_with_the_newest_value_and_delay_in_its_metadata(
         build_sync_assets(spec),
         partition_key="2024-01-01",
         instance=DagsterInstance.ephemeral(),
-        resources={"profile_store": ProfileStoreResource()},
+        resources=sync_resources(spec),
     )
     evaluations = {e.check_name: e for e in run.get_asset_check_evaluations()}
     assert not evaluations[DATA_DELAY_CHECK].passed

@@ -8,10 +8,8 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, materialize
 
-from wsync_dagster.defs import build_definitions, sync_job_name
+from wsync_dagster.defs import build_definitions, sync_job_name, sync_resources
 from wsync_dagster.defs.assets import build_sync_assets
-from wsync_dagster.defs.resources import ProfileStoreResource
-from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource
 from wsync_dagster.runner import RunError, partitions_due, run_sync
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
@@ -24,7 +22,7 @@ def _materialize(spec, partition_key: str, instance: DagsterInstance | None = No
         build_sync_assets(spec),
         partition_key=partition_key,
         instance=instance or DagsterInstance.ephemeral(),
-        resources={"profile_store": ProfileStoreResource(), warehouse_key(spec): warehouse_resource(spec)},
+        resources=sync_resources(spec),
         raise_on_error=False,
     )
 

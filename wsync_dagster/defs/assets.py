@@ -1,7 +1,6 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
 import warnings
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -23,6 +22,7 @@ from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.pipeline import (
+    OpenReader,
     deliver_partitions,
     map_counts_by_partition,
     map_partition,
@@ -30,7 +30,6 @@ from wsync_dagster.pipeline import (
 )
 from wsync_dagster.settings import batches_dir
 from wsync_dagster.spec import SyncSpec
-from wsync_dagster.warehouses import Warehouse
 
 REJECT_RATE_CHECK = "reject_rate"
 DATA_DELAY_CHECK = "data_delay"
@@ -65,7 +64,7 @@ def _preview_markdown(profiles: list[dict]) -> str:
 
 
 def data_delay_result(
-    spec: SyncSpec, now: datetime | None = None, open_reader: Callable[[], Warehouse] | None = None
+    spec: SyncSpec, now: datetime | None = None, open_reader: OpenReader | None = None
 ) -> AssetCheckResult:
     """Warn when the newest iterator value in the warehouse is older than the sync's delay limit."""
     limit = spec.sync.delay_limit
