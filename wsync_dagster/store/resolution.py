@@ -92,60 +92,159 @@ def resolve(
     create: bool,
     profile_exists: Callable[[str], bool],
 ) -> Resolution:
-    """Resolve keys in order, updating graph as profiles form and identities change."""
-    result = Resolution()
+    """Resolve keys as if in order, updating graph as profiles form and identities change.
+
+    Most keys are easy and independent of every other key of the batch: their identities occur in no other
+    key, and either no one owns them (a new profile) or one profile owns them all that no other key can
+    reach (the same profile, at most a newer stamp). Those are settled directly; the rest go through the
+    exact rules in order. The outcome is the same as taking every key in order (the store's property
+    tests compare both).
+    """
+    result = Resolution(profile_ids=[None] * len(keys), conflicts=[None] * len(keys))
+    easy, hard = _split(keys, graph)
+    for index in easy:
+        _settle(index, keys[index], graph, environment, create, profile_exists, result)
+    for index in hard:
+        _resolve_one(index, keys[index], graph, environment, create, profile_exists, result)
+    # Created in key order, whichever path created them.
+    first: dict[str, int] = {}
+    for index, profile_id in enumerate(result.profile_ids):
+        if profile_id is not None:
+            first.setdefault(profile_id, index)
+    result.created.sort(key=lambda profile_id: first.get(profile_id, len(keys)))
+    result.updated.difference_update(result.created)
+    return result
+
+
+def resolve_in_order(
+    keys: list[IdentityKey],
+    graph: IdentityGraph,
+    environment: str,
+    create: bool,
+    profile_exists: Callable[[str], bool],
+) -> Resolution:
+    """Every key through the exact rules, in order: what `resolve` must equal."""
+    result = Resolution(profile_ids=[None] * len(keys), conflicts=[None] * len(keys))
+    for index, key in enumerate(keys):
+        _resolve_one(index, key, graph, environment, create, profile_exists, result)
+    result.updated.difference_update(result.created)
+    return result
+
+
+def _split(keys: list[IdentityKey], graph: IdentityGraph) -> tuple[list[int], list[int]]:
+    """Indexes of the keys that can be settled on their own, and of those that need the rules in order."""
+    seen: dict[Identity, int] = {}
+    for key in keys:
+        for identity in key.identities:
+            seen[identity] = seen.get(identity, 0) + 1
+    owner = graph.owner
+    hard: set[int] = set()
+    reachable: set[str] = set()  # profiles a hard key may change
+    candidates: list[tuple[int, str]] = []  # (index, owner) of keys wholly owned by one profile
+    for index, key in enumerate(keys):
+        owners = {owner.get(identity) for identity in key.identities}
+        shared = any(seen[identity] > 1 for identity in key.identities)
+        if not shared and owners == {None}:
+            continue
+        if not shared and len(owners) == 1:
+            candidates.append((index, next(iter(owners))))  # type: ignore[arg-type]
+            continue
+        hard.add(index)
+        reachable.update(profile_id for profile_id in owners if profile_id is not None)
+    for index, profile_id in candidates:
+        if profile_id in reachable:
+            hard.add(index)
+    easy = [index for index in range(len(keys)) if index not in hard]
+    return easy, sorted(hard)
+
+
+def _settle(
+    index: int,
+    key: IdentityKey,
+    graph: IdentityGraph,
+    environment: str,
+    create: bool,
+    profile_exists: Callable[[str], bool],
+    result: Resolution,
+) -> None:
+    """An easy key: a new profile for identities no one owns, or the one owner (a newer stamp at most)."""
+    identities = key.identities
+    profile_id = graph.owner.get(identities[0])
+    if profile_id is None:
+        if not create:
+            return
+        profile_id = _new_profile_id(environment, identities[0], graph, profile_exists)
+        graph.held[profile_id] = {identity_type: value for identity_type, value in identities}
+        result.created.append(profile_id)
+        for identity in identities:
+            result.touched.setdefault(identity, None)
+            graph.owner[identity] = profile_id
+            graph.stamp[identity] = key.stamp
+    else:
+        for identity in identities:
+            if key.stamp > graph.stamp[identity]:
+                result.touched.setdefault(identity, profile_id)
+                graph.stamp[identity] = key.stamp
+    result.profile_ids[index] = profile_id
+
+
+def _resolve_one(
+    index: int,
+    key: IdentityKey,
+    graph: IdentityGraph,
+    environment: str,
+    create: bool,
+    profile_exists: Callable[[str], bool],
+    result: Resolution,
+) -> None:
+    """One key through the exact rules."""
 
     def touch(identity: Identity) -> None:
         result.touched.setdefault(identity, graph.owner.get(identity))
 
-    for key in keys:
-        identities = key.identities
-        profile_id = _match(identities, graph)
-        if profile_id is None:
-            if not create:
-                result.profile_ids.append(None)
-                result.conflicts.append(None)
-                continue
-            # An unowned identity always exists here: a candidate is only refused for a higher-priority
-            # identity the row carries, and any identity above the first owned one is unowned.
-            seed = next(i for i in identities if i not in graph.owner)
-            profile_id = _new_profile_id(environment, seed, graph, profile_exists)
-            graph.held[profile_id] = {}
-            result.created.append(profile_id)
-        held = graph.held[profile_id]
-        conflicts: list[str] = []
-        for identity in identities:
-            identity_type, value = identity
-            owner = graph.owner.get(identity)
-            if owner == profile_id:
-                if key.stamp > graph.stamp[identity]:
-                    touch(identity)
-                    graph.stamp[identity] = key.stamp
-                continue
-            if owner is not None:
-                conflicts.append(f"{identity_type}={value} belongs to {graph.describe(owner)}")
-                continue
-            current = held.get(identity_type)
-            if current is not None:
-                if key.stamp < graph.stamp[(identity_type, current)]:
-                    continue  # an older row never puts back an identity that a newer one replaced
-                touch((identity_type, current))
-                del graph.owner[(identity_type, current)]
-                del graph.stamp[(identity_type, current)]
-                result.identities_changed += 1
-            touch(identity)
-            graph.owner[identity] = profile_id
-            graph.stamp[identity] = key.stamp
-            held[identity_type] = value
-            result.updated.add(profile_id)
-        result.profile_ids.append(profile_id)
-        result.conflicts.append(
-            f"identity conflict: {'; '.join(conflicts)}; the row went to {graph.describe(profile_id)}"
-            if conflicts
-            else None
-        )
-    result.updated.difference_update(result.created)
-    return result
+    identities = key.identities
+    profile_id = _match(identities, graph)
+    if profile_id is None:
+        if not create:
+            return
+        # An unowned identity always exists here: a candidate is only refused for a higher-priority
+        # identity the row carries, and any identity above the first owned one is unowned.
+        seed = next(i for i in identities if i not in graph.owner)
+        profile_id = _new_profile_id(environment, seed, graph, profile_exists)
+        graph.held[profile_id] = {}
+        result.created.append(profile_id)
+    held = graph.held[profile_id]
+    conflicts: list[str] = []
+    for identity in identities:
+        identity_type, value = identity
+        owner = graph.owner.get(identity)
+        if owner == profile_id:
+            if key.stamp > graph.stamp[identity]:
+                touch(identity)
+                graph.stamp[identity] = key.stamp
+            continue
+        if owner is not None:
+            conflicts.append(f"{identity_type}={value} belongs to {graph.describe(owner)}")
+            continue
+        current = held.get(identity_type)
+        if current is not None:
+            if key.stamp < graph.stamp[(identity_type, current)]:
+                continue  # an older row never puts back an identity that a newer one replaced
+            touch((identity_type, current))
+            del graph.owner[(identity_type, current)]
+            del graph.stamp[(identity_type, current)]
+            result.identities_changed += 1
+        touch(identity)
+        graph.owner[identity] = profile_id
+        graph.stamp[identity] = key.stamp
+        held[identity_type] = value
+        result.updated.add(profile_id)
+    result.profile_ids[index] = profile_id
+    result.conflicts[index] = (
+        f"identity conflict: {'; '.join(conflicts)}; the row went to {graph.describe(profile_id)}"
+        if conflicts
+        else None
+    )
 
 
 def _new_profile_id(

@@ -111,6 +111,7 @@ UPGRADES: dict[int, tuple[str, ...]] = {
 # Staging tables live in the connection's temp schema: invisible to other connections, gone on close.
 STAGING: tuple[str, ...] = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_identity (identity_type TEXT NOT NULL, value TEXT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_profile (profile_id TEXT NOT NULL)",
     """CREATE TEMP TABLE IF NOT EXISTS stage_identity_version (
         identity_type TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL
     )""",

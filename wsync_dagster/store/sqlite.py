@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import repeat
@@ -26,6 +26,7 @@ from wsync_dagster.store.resolution import (
     IdentityGraph,
     IdentityKey,
     Resolution,
+    profile_id_for,
     resolve,
 )
 from wsync_dagster.store.schema import STAGING, connect
@@ -330,6 +331,9 @@ class Delivery:
         self._skipped_keys: dict[str, set[str]] = {partition: set() for partition in partitions}
         # Kept across the batches: the delivery holds the write lock, so only it changes identities.
         self._graph = IdentityGraph()
+        # Identities re-asserted by newer rows: their new stamps are written once, when the delivery ends
+        # (an events delivery re-asserts every user in every batch).
+        self._restamps: dict[Identity, int] = {}
         for statement in STAGING:
             conn.execute(statement)
         conn.execute("DELETE FROM delivery_profile")
@@ -372,7 +376,8 @@ class Delivery:
         self.partition_counts[partition].rejects = rejects.num_rows
 
     def finish(self) -> None:
-        """Settle the delivery's totals: a profile counts once, however many partitions touched it."""
+        """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""
+        self._flush_restamps()
         created, touched = self._conn.execute(
             "SELECT COUNT(DISTINCT CASE WHEN created = 1 THEN profile_id END), COUNT(DISTINCT profile_id)"
             " FROM delivery_profile"
@@ -484,6 +489,7 @@ class Delivery:
         if not columns:
             raise ValueError("a mapped batch needs at least one identity column")
         if len(self._graph.owner) + len(self._graph.looked_up) > RESOLUTION_ENTRIES_MAX:
+            self._flush_restamps()  # a fresh graph reads the stamps back from the store
             self._graph = IdentityGraph()
         types = sorted(columns, key=priority)
         _, first_rows = np.unique(key_of_row, return_index=True)
@@ -500,12 +506,32 @@ class Delivery:
             for key_values, stamp in zip(zip(*values, strict=True), stamps, strict=True)
         ]
         self._look_up({identity for key in keys for identity in key.identities})
+        create = self._input_protection == CREATE_AND_UPDATE
         return resolve(
             keys,
             self._graph,
             self._environment,
-            create=self._input_protection == CREATE_AND_UPDATE,
-            profile_exists=self._profile_exists,
+            create=create,
+            profile_exists=self._profile_checker(keys) if create else self._profile_exists,
+        )
+
+    def _profile_checker(self, keys: list[IdentityKey]) -> Callable[[str], bool]:
+        """Whether a profile id is taken, asked of the store once for every id the batch's new identities
+        would seed, rather than once per new profile."""
+        env, owner = self._environment, self._graph.owner
+        # A key seeds a new profile with its first identity no one owns.
+        firsts = (next((i for i in key.identities if i not in owner), None) for key in keys)
+        seeds = {profile_id_for(env, *identity) for identity in firsts if identity is not None}
+        self._conn.execute("DELETE FROM stage_profile")
+        self._conn.executemany("INSERT INTO stage_profile (profile_id) VALUES (?)", ((p,) for p in seeds))
+        taken = {
+            profile_id
+            for (profile_id,) in self._conn.execute(
+                "SELECT s.profile_id FROM stage_profile AS s JOIN profiles AS p ON p.profile_id = s.profile_id"
+            )
+        }
+        return lambda profile_id: (
+            profile_id in taken if profile_id in seeds else self._profile_exists(profile_id)
         )
 
     def _profile_exists(self, profile_id: str) -> bool:
@@ -548,10 +574,20 @@ class Delivery:
             " VALUES (?, ?, ?, ?, ?, ?)",
             attached,
         )
+        for version, _, identity_type, value in restamped:
+            self._restamps[(identity_type, value)] = version
+
+    def _flush_restamps(self) -> None:
+        """Write the newest stamp of each re-asserted identity; a stamp never goes back."""
         self._conn.executemany(
-            "UPDATE identities SET version = ? WHERE environment = ? AND identity_type = ? AND value = ?",
-            restamped,
+            "UPDATE identities SET version = ? WHERE environment = ? AND identity_type = ? AND value = ?"
+            " AND version < ?",
+            (
+                (version, self._environment, identity_type, value, version)
+                for (identity_type, value), version in sorted(self._restamps.items())
+            ),
         )
+        self._restamps.clear()
 
     def _mark(self, profile_ids: Iterable[str], partition: str, created: bool = False) -> int:
         """Record profiles as created or updated in the partition; returns how many were not yet counted."""
