@@ -127,7 +127,7 @@ STAGING: tuple[str, ...] = (
     )""",
     # Profiles created or updated by the open delivery, per partition, so each is counted once in each.
     """CREATE TEMP TABLE IF NOT EXISTS delivery_profile (
-        partition_key TEXT NOT NULL, profile_id TEXT NOT NULL, created INTEGER NOT NULL,
+        partition_key TEXT NOT NULL, profile_id TEXT NOT NULL, created INTEGER NOT NULL, n INTEGER,
         PRIMARY KEY (partition_key, profile_id)
     )""",
 )

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.identities import priority
+from wsync_dagster.store.backend import Backend, SQLiteBackend
 from wsync_dagster.store.counts import DeliveryCounts
 from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
@@ -29,7 +30,6 @@ from wsync_dagster.store.resolution import (
     profile_id_for,
     resolve,
 )
-from wsync_dagster.store.schema import STAGING, connect
 
 PREVIEW_PROFILES = 20
 # Past this many identities a delivery starts its graph over from the store, which holds all of it
@@ -84,7 +84,7 @@ FROM (
         FROM stage_attribute AS s
         LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
         WHERE own.profile_id IS NULL
-           OR (s.version >= own.version AND NOT (s.version = own.version AND s.value IS own.value))
+           OR (s.version >= own.version AND NOT (s.version = own.version AND s.value IS NOT DISTINCT FROM own.value))
     )
 )
 ORDER BY profile_id, name
@@ -108,16 +108,10 @@ SELECT name, value FROM (
 WHERE newest = 1 ORDER BY name
 """
 
-_INSERT_EVENT = """
-INSERT INTO events (environment, sync, event_id, profile_id, event_type, event_name, timestamp_ms, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (environment, sync, event_id) DO NOTHING
-"""
+_EVENTS_ONCE = "ON CONFLICT (environment, sync, event_id) DO NOTHING"
 
 # A fingerprint says what the store holds for a row, so an older run never replaces a newer one's.
-_UPSERT_FINGERPRINT = """
-INSERT INTO fingerprints (sync, environment, row_key, fingerprint, updated_at, version)
-VALUES (?, ?, ?, ?, ?, ?)
+_NEWER_FINGERPRINT = """
 ON CONFLICT (sync, environment, row_key) DO UPDATE SET
     fingerprint = excluded.fingerprint, updated_at = excluded.updated_at, version = excluded.version
 WHERE excluded.version >= fingerprints.version
@@ -131,20 +125,28 @@ ON CONFLICT (sync, environment, partition_key) DO UPDATE SET
     counts = excluded.counts, delivered_at = excluded.delivered_at, seq = excluded.seq
 """
 
-_INSERT_REJECT = """
-INSERT INTO rejects (sync, environment, partition_key, row_number, reason, row, created_at, kind)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-"""
+_MARKED_ONCE = "ON CONFLICT (partition_key, profile_id) DO NOTHING"
 
 Window = tuple[int | None, int | None]
 
 
 class ProfileStore:
-    """Profiles in a SQLite file: one write transaction per delivery; readers see the last commit."""
+    """Profiles in a store (a SQLite file, or PostgreSQL): one write transaction per delivery; readers see
+    the last commit. What a delivery does is decided here; the backend only runs it."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._conn = connect(self.path)
+    def __init__(self, store: Path | str | Backend):
+        self._db: Backend = SQLiteBackend(Path(store)) if isinstance(store, Path | str) else store
+        self.path: Path | None = getattr(self._db, "path", None)
+
+    @property
+    def backend(self) -> str:
+        """Which kind of store this is: sqlite or postgresql."""
+        return self._db.name
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The SQLite connection (tests of SQLite's own behaviour reach for it)."""
+        return self._db._conn  # type: ignore[attr-defined]
 
     def __enter__(self) -> ProfileStore:
         return self
@@ -167,14 +169,11 @@ class ProfileStore:
             raise ValueError(f"input_protection must be one of {', '.join(INPUT_PROTECTIONS)}")
         if not partitions:
             raise ValueError("a delivery covers at least one partition")
-        if self._conn.in_transaction:
-            raise RuntimeError("a delivery is already open on this profile store")
-        self._conn.execute("BEGIN IMMEDIATE")
+        # Deliveries are numbered as they begin: the number breaks ties between syncs.
+        seq = self._db.begin_delivery()
         try:
-            # Deliveries are numbered in commit order: the number breaks ties between syncs.
-            (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
             delivery = Delivery(
-                self._conn,
+                self._db,
                 sync=sync,
                 environment=environment,
                 partitions=list(partitions),
@@ -186,18 +185,15 @@ class ProfileStore:
             now = _now()
             for partition, window in zip(partitions, windows or repeat((None, None)), strict=False):
                 counts = json.dumps(delivery.partition_counts[partition].as_dict())
-                self._conn.execute(
-                    _UPSERT_DELIVERY, (sync, environment, partition, *window, counts, now, seq)
-                )
-            self._conn.execute("COMMIT")
+                self._db.execute(_UPSERT_DELIVERY, (sync, environment, partition, *window, counts, now, seq))
+            self._db.commit()
         except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            self._db.rollback()
             raise
 
     def delivered_partitions(self, sync: str, environment: str) -> list[str]:
         """Every partition delivered for the sync, sorted."""
-        rows = self._conn.execute(
+        rows = self._db.rows(
             "SELECT partition_key FROM deliveries WHERE sync = ? AND environment = ? ORDER BY partition_key",
             (sync, environment),
         )
@@ -205,7 +201,7 @@ class ProfileStore:
 
     def partition_counts(self, sync: str, environment: str) -> dict[str, dict[str, int]]:
         """The counts of each delivered partition of the sync."""
-        rows = self._conn.execute(
+        rows = self._db.rows(
             "SELECT partition_key, counts FROM deliveries WHERE sync = ? AND environment = ?"
             " ORDER BY partition_key",
             (sync, environment),
@@ -216,16 +212,16 @@ class ProfileStore:
         self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
     ) -> dict[str, Any] | None:
         """The profile owning an identity, with its identities, attributes and newest events; or None."""
-        with self._snapshot() as conn:
-            row = conn.execute(
+        with self._db.read():
+            rows = self._db.rows(
                 "SELECT profile_id FROM identities WHERE environment = ? AND identity_type = ? AND value = ?",
                 (environment, identity_type, value),
-            ).fetchone()
-            return None if row is None else self._profile(row[0], events_limit)
+            )
+            return self._profile(rows[0][0], events_limit) if rows else None
 
     def profiles_by_id(self, profile_ids: list[str], events_limit: int = 20) -> list[dict[str, Any]]:
         """The profiles with these ids (unknown ids left out), in the order given."""
-        with self._snapshot():
+        with self._db.read():
             found = (self._profile(profile_id, events_limit) for profile_id in profile_ids)
             return [profile for profile in found if profile is not None]
 
@@ -255,35 +251,24 @@ class ProfileStore:
                 "reason": reason,
                 "row": _decode(row),
             }
-            for sync_name, env, partition, row_number, kind, reason, row in self._conn.execute(sql, params)
+            for sync_name, env, partition, row_number, kind, reason, row in self._db.rows(sql, params)
         ]
 
     def close(self) -> None:
         """Close the connection; an open delivery is rolled back."""
-        self._conn.close()
-
-    @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        # Several SELECTs in one read transaction see one state, even if a delivery commits meanwhile.
-        if self._conn.in_transaction:
-            yield self._conn
-            return
-        self._conn.execute("BEGIN")
-        try:
-            yield self._conn
-        finally:
-            self._conn.execute("COMMIT")
+        self._db.close()
 
     def _profile(self, profile_id: str, events_limit: int) -> dict[str, Any] | None:
-        conn = self._conn
-        row = conn.execute("SELECT environment FROM profiles WHERE profile_id = ?", (profile_id,)).fetchone()
-        if row is None:
+        db = self._db
+        found = db.rows("SELECT environment FROM profiles WHERE profile_id = ?", (profile_id,))
+        if not found:
             return None
-        identities = conn.execute(
+        row = found[0]
+        identities = db.rows(
             "SELECT identity_type, value FROM identities WHERE profile_id = ?", (profile_id,)
-        ).fetchall()
-        attributes = conn.execute(_SHOWN_ATTRIBUTES, (profile_id,))
-        events = conn.execute(
+        )
+        attributes = db.rows(_SHOWN_ATTRIBUTES, (profile_id,))
+        events = db.rows(
             "SELECT event_type, event_name, timestamp_ms, data FROM events WHERE profile_id = ?"
             " ORDER BY timestamp_ms DESC, sync, event_id DESC LIMIT ?",
             (profile_id, events_limit),
@@ -310,7 +295,7 @@ class Delivery:
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        db: Backend,
         *,
         sync: str,
         environment: str,
@@ -318,7 +303,7 @@ class Delivery:
         input_protection: str,
         seq: int,
     ):
-        self._conn = conn
+        self._db = db
         self._sync = sync
         self._environment = environment
         self._partitions = partitions
@@ -334,14 +319,13 @@ class Delivery:
         # Identities re-asserted by newer rows: their new stamps are written once, when the delivery ends
         # (an events delivery re-asserts every user in every batch).
         self._restamps: dict[Identity, int] = {}
-        for statement in STAGING:
-            conn.execute(statement)
-        conn.execute("DELETE FROM delivery_profile")
+        self._marked = 0  # profiles marked so far: the order the preview shows them in
         # Conflicts are found again by this delivery, so those of an earlier delivery of its partitions go.
-        conn.executemany(
-            "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'conflict'",
-            ((sync, environment, partition) for partition in partitions),
-        )
+        for partition in partitions:
+            db.execute(
+                "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'conflict'",
+                (sync, environment, partition),
+            )
 
     def apply_batch(self, batch: pa.RecordBatch, partition: str | None = None) -> DeliveryCounts:
         """Apply one mapped user or event batch of a partition (the first, if not named); returns its counts."""
@@ -360,7 +344,7 @@ class Delivery:
     def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
         partition = self._partition(partition)
-        self._conn.execute(
+        self._db.execute(
             "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'rejected'",
             (self._sync, self._environment, partition),
         )
@@ -378,10 +362,10 @@ class Delivery:
     def finish(self) -> None:
         """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""
         self._flush_restamps()
-        created, touched = self._conn.execute(
+        [(created, touched)] = self._db.rows(
             "SELECT COUNT(DISTINCT CASE WHEN created = 1 THEN profile_id END), COUNT(DISTINCT profile_id)"
             " FROM delivery_profile"
-        ).fetchone()
+        )
         self.counts.profiles_created = created
         self.counts.profiles_updated = touched - created
         self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
@@ -403,31 +387,30 @@ class Delivery:
         raw: Sequence[str | None],
         kind: str,
     ) -> None:
-        self._conn.executemany(
-            _INSERT_REJECT,
-            zip(
-                repeat(self._sync),
-                repeat(self._environment),
-                repeat(partition),
-                rows,
-                reasons,
-                raw,
-                repeat(_now()),
-                repeat(kind),
-                strict=False,
+        n = len(rows)
+        self._db.insert(
+            "rejects",
+            pa.table(
+                {
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "environment": pa.array([self._environment] * n, pa.string()),
+                    "partition_key": pa.array([partition] * n, pa.string()),
+                    "row_number": pa.array(rows, pa.int64()),
+                    "reason": pa.array(reasons, pa.string()),
+                    "row": pa.array(raw, pa.string()),
+                    "created_at": pa.array([_now()] * n, pa.string()),
+                    "kind": pa.array([kind] * n, pa.string()),
+                }
             ),
         )
 
     def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
         row_keys = batch.column(b.ROW_KEY)
-        self._conn.execute("DELETE FROM stage_fingerprint")
-        self._conn.executemany(
-            "INSERT INTO stage_fingerprint (row_key, fingerprint) VALUES (?, ?)",
-            zip(row_keys.to_pylist(), batch.column(b.FINGERPRINT).to_pylist(), strict=True),
+        self._db.stage(
+            "stage_fingerprint",
+            pa.table({"row_key": row_keys, "fingerprint": batch.column(b.FINGERPRINT)}),
         )
-        unchanged = [
-            key for (key,) in self._conn.execute(_UNCHANGED_ROW_KEYS, (self._sync, self._environment))
-        ]
+        unchanged = [key for (key,) in self._db.rows(_UNCHANGED_ROW_KEYS, (self._sync, self._environment))]
         if not unchanged:
             return batch, 0
         changed = batch.filter(pc.invert(pc.is_in(row_keys, value_set=pa.array(unchanged, pa.string()))))
@@ -478,8 +461,10 @@ class Delivery:
             held = pc.and_(applied, pa.array(~conflict_key[key_of_row]))
             self._write_fingerprints(batch.filter(held), now)
         if len(self.profile_ids_touched) < PREVIEW_PROFILES:
-            rows = self._conn.execute(
-                "SELECT DISTINCT profile_id FROM delivery_profile ORDER BY rowid LIMIT ?", (PREVIEW_PROFILES,)
+            rows = self._db.rows(
+                "SELECT profile_id FROM delivery_profile GROUP BY profile_id"
+                " ORDER BY MIN(COALESCE(n, 9223372036854775807)) LIMIT ?",
+                (PREVIEW_PROFILES,),
             )
             self.profile_ids_touched = [profile_id for (profile_id,) in rows]
 
@@ -522,11 +507,10 @@ class Delivery:
         # A key seeds a new profile with its first identity no one owns.
         firsts = (next((i for i in key.identities if i not in owner), None) for key in keys)
         seeds = {profile_id_for(env, *identity) for identity in firsts if identity is not None}
-        self._conn.execute("DELETE FROM stage_profile")
-        self._conn.executemany("INSERT INTO stage_profile (profile_id) VALUES (?)", ((p,) for p in seeds))
+        self._db.stage("stage_profile", pa.table({"profile_id": pa.array(sorted(seeds), pa.string())}))
         taken = {
             profile_id
-            for (profile_id,) in self._conn.execute(
+            for (profile_id,) in self._db.rows(
                 "SELECT s.profile_id FROM stage_profile AS s JOIN profiles AS p ON p.profile_id = s.profile_id"
             )
         }
@@ -535,67 +519,102 @@ class Delivery:
         )
 
     def _profile_exists(self, profile_id: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM profiles WHERE profile_id = ?", (profile_id,)).fetchone()
-        return row is not None
+        return bool(self._db.rows("SELECT 1 FROM profiles WHERE profile_id = ?", (profile_id,)))
 
     def _look_up(self, identities: set[Identity]) -> None:
         """Add to the graph the stored profiles that own any of these identities it has not looked up."""
         new = self._graph.not_looked_up(identities)
         if not new:
             return
-        self._conn.execute("DELETE FROM stage_identity")
-        self._conn.executemany("INSERT INTO stage_identity (identity_type, value) VALUES (?, ?)", new)
-        self._graph.add_stored(new, self._conn.execute(_REACHABLE_IDENTITIES, (self._environment,)))
+        self._db.stage("stage_identity", _identities(sorted(new)))
+        # Another delivery may be resolving the same identities (PostgreSQL): wait for it, then look.
+        self._db.lock_identities(self._environment)
+        self._graph.add_stored(new, self._db.rows(_REACHABLE_IDENTITIES, (self._environment,)))
 
     def _write_identities(self, resolution: Resolution, now: str) -> None:
         """Write the profiles created and every identity whose owner or stamp the resolution changed."""
         env, graph = self._environment, self._graph
-        # Inserting in key order keeps the B-tree writes local.
-        self._conn.executemany(
-            "INSERT INTO profiles (profile_id, environment, created_at) VALUES (?, ?, ?)",
-            ((profile_id, env, now) for profile_id in sorted(resolution.created)),
+        created = sorted(resolution.created)  # in key order the B-tree writes stay local
+        self._db.insert(
+            "profiles",
+            pa.table(
+                {
+                    "profile_id": pa.array(created, pa.string()),
+                    "environment": pa.array([env] * len(created), pa.string()),
+                    "created_at": pa.array([now] * len(created), pa.string()),
+                }
+            ),
         )
-        released, attached, restamped = [], [], []
+        released: list[Identity] = []
+        attached: list[tuple[str, str, str, int]] = []
         for identity, before in sorted(resolution.touched.items()):
             after = graph.owner.get(identity)
             if after is not None and after == before:
-                restamped.append((graph.stamp[identity][0], env, *identity))
+                self._restamps[identity] = graph.stamp[identity][0]
                 continue
             if before is not None:
-                released.append((env, *identity))
+                released.append(identity)
             if after is not None:
-                attached.append((env, *identity, after, now, graph.stamp[identity][0]))
+                attached.append((*identity, after, graph.stamp[identity][0]))
         # Released first: a profile holds one value per type, and its new value may be attached below.
-        self._conn.executemany(
-            "DELETE FROM identities WHERE environment = ? AND identity_type = ? AND value = ?", released
+        if released:
+            self._db.stage("stage_identity", _identities(released))
+            self._db.execute(
+                "DELETE FROM identities WHERE environment = ? AND EXISTS (SELECT 1 FROM stage_identity AS s"
+                " WHERE s.identity_type = identities.identity_type AND s.value = identities.value)",
+                (env,),
+            )
+        n = len(attached)
+        self._db.insert(
+            "identities",
+            pa.table(
+                {
+                    "environment": pa.array([env] * n, pa.string()),
+                    "identity_type": pa.array([a[0] for a in attached], pa.string()),
+                    "value": pa.array([a[1] for a in attached], pa.string()),
+                    "profile_id": pa.array([a[2] for a in attached], pa.string()),
+                    "created_at": pa.array([now] * n, pa.string()),
+                    "version": pa.array([a[3] for a in attached], pa.int64()),
+                }
+            ),
         )
-        self._conn.executemany(
-            "INSERT INTO identities (environment, identity_type, value, profile_id, created_at, version)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            attached,
-        )
-        for version, _, identity_type, value in restamped:
-            self._restamps[(identity_type, value)] = version
 
     def _flush_restamps(self) -> None:
         """Write the newest stamp of each re-asserted identity; a stamp never goes back."""
-        self._conn.executemany(
-            "UPDATE identities SET version = ? WHERE environment = ? AND identity_type = ? AND value = ?"
-            " AND version < ?",
-            (
-                (version, self._environment, identity_type, value, version)
-                for (identity_type, value), version in sorted(self._restamps.items())
-            ),
+        if not self._restamps:
+            return
+        ordered = sorted(self._restamps.items())
+        staged = _identities([identity for identity, _ in ordered])
+        self._db.stage(
+            "stage_identity_version",
+            staged.append_column("version", pa.array([version for _, version in ordered], pa.int64())),
+        )
+        self._db.execute(
+            "UPDATE identities SET version = s.version FROM stage_identity_version AS s"
+            " WHERE identities.environment = ? AND identities.identity_type = s.identity_type"
+            " AND identities.value = s.value AND identities.version < s.version",
+            (self._environment,),
         )
         self._restamps.clear()
 
     def _mark(self, profile_ids: Iterable[str], partition: str, created: bool = False) -> int:
         """Record profiles as created or updated in the partition; returns how many were not yet counted."""
-        return self._conn.executemany(
-            "INSERT INTO delivery_profile (partition_key, profile_id, created) VALUES (?, ?, ?)"
-            " ON CONFLICT (partition_key, profile_id) DO NOTHING",
-            ((partition, profile_id, int(created)) for profile_id in profile_ids),
-        ).rowcount
+        ids = list(profile_ids)
+        n = len(ids)
+        marked = self._db.insert(
+            "delivery_profile",
+            pa.table(
+                {
+                    "partition_key": pa.array([partition] * n, pa.string()),
+                    "profile_id": pa.array(ids, pa.string()),
+                    "created": pa.array([int(created)] * n, pa.int64()),
+                    "n": pa.array(range(self._marked, self._marked + n), pa.int64()),
+                }
+            ),
+            _MARKED_ONCE,
+        )
+        self._marked += n
+        return marked
 
     def _record_conflicts(
         self, batch: pa.RecordBatch, key_of_row: np.ndarray, reasons: list[str | None], partition: str
@@ -631,20 +650,19 @@ class Delivery:
         # NULLs too, as the tombstones the merge would have stored.
         is_new = pc.is_in(profile_ids, value_set=pa.array(created, pa.string()))
         fresh = _attribute_rows(batch, winners.filter(is_new), profile_ids.filter(is_new))
-        profile_id, name, value, version = (column.to_pylist() for column in fresh.columns)
-        conn = self._conn
-        conn.executemany(
-            "INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            zip(
-                profile_id,
-                name,
-                repeat(self._sync),
-                value,
-                version,
-                repeat(self._seq),
-                repeat(now),
-                strict=False,
+        n = fresh.num_rows
+        self._db.insert(
+            "attributes",
+            pa.table(
+                {
+                    "profile_id": fresh.column("profile_id"),
+                    "name": fresh.column("name"),
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "value": fresh.column("value"),
+                    "version": fresh.column("version"),
+                    "seq": pa.array([self._seq] * n, pa.int64()),
+                    "updated_at": pa.array([now] * n, pa.string()),
+                }
             ),
         )
         counts.attributes_set = fresh.num_rows - fresh.column("value").null_count
@@ -653,63 +671,79 @@ class Delivery:
         stored = _attribute_rows(batch, winners.filter(is_stored), profile_ids.filter(is_stored))
         if not stored.num_rows:
             return
-        conn.execute("DELETE FROM stage_attribute")
-        conn.executemany(
-            "INSERT INTO stage_attribute (profile_id, name, value, version) VALUES (?, ?, ?, ?)",
-            zip(*(column.to_pylist() for column in stored.columns), strict=True),
-        )
-        conn.execute("DELETE FROM stage_attribute_win")
-        conn.execute(_WINNING_ATTRIBUTES, {"sync": self._sync})
-        set_count, removed_count = conn.execute(
+        db = self._db
+        db.stage("stage_attribute", stored)
+        db.execute("DELETE FROM stage_attribute_win")
+        db.execute(_WINNING_ATTRIBUTES, {"sync": self._sync})
+        [(set_count, removed_count)] = db.rows(
             "SELECT COUNT(CASE WHEN change = 1 THEN 1 END), COUNT(CASE WHEN change = 2 THEN 1 END)"
             " FROM stage_attribute_win"
-        ).fetchone()
+        )
         counts.attributes_set += set_count
         counts.attributes_removed = removed_count
-        counts.profiles_updated += conn.execute(
+        counts.profiles_updated += db.execute(
             "INSERT INTO delivery_profile (partition_key, profile_id, created)"
             " SELECT DISTINCT ?, profile_id, 0 FROM stage_attribute_win WHERE change > 0"
             " ON CONFLICT (partition_key, profile_id) DO NOTHING",
             (partition,),
-        ).rowcount
-        conn.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "seq": self._seq, "now": now})
+        )
+        db.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "seq": self._seq, "now": now})
 
     def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
         # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.
         # In profile order the events-by-profile index is written locally; event ids are random anyway.
         order = pc.sort_indices(profile_ids)
 
-        def column(name: str) -> Iterable[Any]:
-            return batch.column(name).take(order).to_pylist() if name in batch.schema.names else repeat(None)
+        n = batch.num_rows
 
-        return self._conn.executemany(
-            _INSERT_EVENT,
-            zip(
-                repeat(self._environment),
-                repeat(self._sync),
-                column(b.EVENT_ID),
-                profile_ids.take(order).to_pylist(),
-                column(b.EVENT_TYPE),
-                column(b.EVENT_NAME),
-                column(b.EVENT_TIMESTAMP_MS),
-                column(b.EVENT_DATA),
-                strict=False,
+        def column(name: str, arrow_type: pa.DataType) -> pa.Array:
+            if name not in batch.schema.names:
+                return pa.nulls(n, arrow_type)
+            return batch.column(name).take(order).cast(arrow_type)
+
+        return self._db.insert(
+            "events",
+            pa.table(
+                {
+                    "environment": pa.array([self._environment] * n, pa.string()),
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "event_id": column(b.EVENT_ID, pa.string()),
+                    "profile_id": profile_ids.take(order),
+                    "event_type": column(b.EVENT_TYPE, pa.string()),
+                    "event_name": column(b.EVENT_NAME, pa.string()),
+                    "timestamp_ms": column(b.EVENT_TIMESTAMP_MS, pa.int64()),
+                    "data": column(b.EVENT_DATA, pa.string()),
+                }
             ),
-        ).rowcount
+            _EVENTS_ONCE,
+        )
 
     def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
-        self._conn.executemany(
-            _UPSERT_FINGERPRINT,
-            zip(
-                repeat(self._sync),
-                repeat(self._environment),
-                batch.column(b.ROW_KEY).to_pylist(),
-                batch.column(b.FINGERPRINT).to_pylist(),
-                repeat(now),
-                batch.column(b.VERSION).to_pylist(),
-                strict=False,
+        n = batch.num_rows
+        self._db.insert(
+            "fingerprints",
+            pa.table(
+                {
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "environment": pa.array([self._environment] * n, pa.string()),
+                    "row_key": batch.column(b.ROW_KEY),
+                    "fingerprint": batch.column(b.FINGERPRINT),
+                    "updated_at": pa.array([now] * n, pa.string()),
+                    "version": batch.column(b.VERSION),
+                }
             ),
+            _NEWER_FINGERPRINT,
         )
+
+
+def _identities(identities: Sequence[Identity]) -> pa.Table:
+    """Identities as a table to stage."""
+    return pa.table(
+        {
+            "identity_type": pa.array([t for t, _ in identities], pa.string()),
+            "value": pa.array([v for _, v in identities], pa.string()),
+        }
+    )
 
 
 def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array) -> pa.Table:
