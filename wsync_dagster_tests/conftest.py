@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import socket
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -13,7 +15,7 @@ import yaml
 from dagster import Definitions
 
 from wsync_dagster.settings import profile_store_url
-from wsync_dagster.store import open_profile_store
+from wsync_dagster.store import ProfileStore, open_profile_store
 
 USERS_SQL = """
 CREATE SCHEMA crm;
@@ -131,3 +133,55 @@ def users_sync(
             **sync,
         },
     }
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def pg_store_database() -> Iterator[str]:
+    """A scratch PostgreSQL database for profile stores, one for the session; each store gets a schema."""
+    import psycopg2
+
+    name = f"wsync_store_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def pg_store_url(database_url: str) -> str:
+    """A fresh, empty PostgreSQL store: a new schema of the scratch database, first on the search path."""
+    import psycopg2
+
+    schema = f"store_{uuid.uuid4().hex[:12]}"
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    conn.close()
+    return f"{database_url}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., ProfileStore]]:
+    """Fresh profile stores of the backend the test is parametrized with (`backend`), closed afterwards."""
+    opened: list[ProfileStore] = []
+
+    def make(name: str = "profiles", backend: str | None = None) -> ProfileStore:
+        kind = backend or request.node.callspec.params.get("backend", "sqlite")
+        if kind == "sqlite":
+            store = ProfileStore(tmp_path / name / "profiles.sqlite")
+        else:
+            store = open_profile_store(pg_store_url(request.getfixturevalue("pg_store_database")))
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

@@ -214,10 +214,12 @@ CASES: list[Case] = [
         env={"WSYNC_PROFILE_STORE": "sqlite:///{state}"},
     ),
     Case(
-        "store_url_of_a_backend_that_is_not_built",
+        "store_url_of_a_postgresql_that_refuses",
         RUN,
-        "wsync run: unsupported profile store URL scheme 'postgresql': only sqlite:///PATH is supported",
-        env={"WSYNC_PROFILE_STORE": "postgresql://wsync:hunter2@db.internal/profiles"},
+        "wsync run: profile store postgresql://wsync@127.0.0.1:1/profiles: cannot connect: connection to server at "
+        '"127.0.0.1", port 1 failed: Connection refused Is the server running on that host and accepting TCP/IP '
+        "connections?",
+        env={"WSYNC_PROFILE_STORE": "postgresql://wsync:hunter2@127.0.0.1:1/profiles"},
     ),
     Case(
         "store_url_without_a_path",

@@ -27,7 +27,14 @@ class ProfileStoreError(RuntimeError):
 
 
 def open_profile_store(url: str) -> ProfileStore:
-    """Open the store at a URL: sqlite:///relative/path or sqlite:////absolute/path."""
+    """Open the store at a URL: sqlite:///relative/path, sqlite:////absolute/path, or postgresql://…"""
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
+        from wsync_dagster.store.postgres import PostgresBackend, PostgresStoreError
+
+        try:
+            return ProfileStore(PostgresBackend(url))
+        except PostgresStoreError as error:
+            raise ProfileStoreError(str(error)) from None
     path = _sqlite_path(url)
     try:
         if path.is_file():
@@ -46,9 +53,9 @@ def _sqlite_path(url: str) -> Path:
     if scheme == "sqlite":
         raise ValueError("a sqlite profile store URL needs a path: sqlite:///PATH")
     raise ValueError(
-        f"unsupported profile store URL scheme {scheme!r}: only sqlite:///PATH is supported"
+        f"unsupported profile store URL scheme {scheme!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
         if scheme
-        else "the profile store URL has no scheme: only sqlite:///PATH is supported"
+        else "the profile store URL has no scheme: use sqlite:///PATH or postgresql://USER@HOST/DB"
     )
 
 

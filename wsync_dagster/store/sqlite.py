@@ -85,8 +85,8 @@ FROM (
         LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
         WHERE own.profile_id IS NULL
            OR (s.version >= own.version AND NOT (s.version = own.version AND s.value IS NOT DISTINCT FROM own.value))
-    )
-)
+    ) AS staged
+) AS decided
 ORDER BY profile_id, name
 """
 
@@ -104,7 +104,7 @@ _SHOWN_ATTRIBUTES = """
 SELECT name, value FROM (
     SELECT name, value, ROW_NUMBER() OVER (PARTITION BY name ORDER BY version DESC, seq DESC) AS newest
     FROM attributes WHERE profile_id = ? AND value IS NOT NULL
-)
+) AS ranked
 WHERE newest = 1 ORDER BY name
 """
 
@@ -137,6 +137,11 @@ class ProfileStore:
     def __init__(self, store: Path | str | Backend):
         self._db: Backend = SQLiteBackend(Path(store)) if isinstance(store, Path | str) else store
         self.path: Path | None = getattr(self._db, "path", None)
+
+    @property
+    def url(self) -> str:
+        """The URL that opens this store again."""
+        return f"sqlite:///{self.path}" if self.path is not None else self._db.url  # type: ignore[attr-defined]
 
     @property
     def backend(self) -> str:

@@ -1,0 +1,224 @@
+"""The PostgreSQL profile store: the same tables and rules as SQLite's, written with COPY and set-based merges.
+
+Many runs write at once: a delivery locks the identities it resolves and the profiles owning them
+(transaction-scoped advisory locks, taken in a sorted order), so deliveries that share no customer never
+wait for each other. Everything a delivery writes is one transaction: a killed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+import pyarrow.csv as csv
+
+from wsync_dagster.store.backend import Params
+from wsync_dagster.store.schema import SCHEMA_VERSION, STAGING, TABLES
+
+# The SQLite DDL, in PostgreSQL's words: 64-bit integers (versions are epoch µs), no rowid tables.
+_TYPES = ((re.compile(r"\bINTEGER\b"), "BIGINT"), (re.compile(r"\)\s*WITHOUT ROWID"), ")"))
+_SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS wsync_schema (version INTEGER NOT NULL)"
+_SEQUENCE = "CREATE SEQUENCE IF NOT EXISTS delivery_seq"
+_NAMED = re.compile(r"(?<!:):([a-z_]+)")
+CONNECT_TIMEOUT_S = 10
+
+
+class PostgresStoreError(RuntimeError):
+    """A PostgreSQL store that cannot be used; the message names the store (never its password)."""
+
+
+def _pg(sql: str) -> str:
+    return sql if "?" not in sql and ":" not in sql else _NAMED.sub(r"%(\1)s", sql.replace("?", "%s"))
+
+
+def _ddl(statement: str) -> str:
+    for pattern, replacement in _TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
+
+
+def describe(url: str) -> str:
+    """The store as messages name it: user, host, port and database, never the password."""
+    parts = urlsplit(url)
+    user = f"{unquote(parts.username)}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
+
+
+class PostgresBackend:
+    """One psycopg2 connection to the store's database."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str):
+        import psycopg2
+
+        self.url = url
+        self.where = describe(url)
+        self._password = unquote(urlsplit(url).password or "")
+        dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
+        try:
+            self._conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name="wsync")
+        except psycopg2.Error as error:
+            raise PostgresStoreError(
+                f"profile store {self.where}: cannot connect: {self._clean(error)}"
+            ) from None
+        self._conn.autocommit = False
+        # Outside a delivery or a read, each statement's implicit transaction ends with it.
+        self._holding = False
+        self._ensure_schema()
+
+    def _clean(self, error: Exception) -> str:
+        """The driver's message on one line, the password masked wherever it might appear."""
+        message = " ".join(str(error).split())
+        return message.replace(self._password, "***") if self._password else message
+
+    def _ensure_schema(self) -> None:
+        import psycopg2
+
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('wsync schema'))")
+                cur.execute(_SCHEMA_TABLE)
+                cur.execute("SELECT max(version) FROM wsync_schema")
+                (version,) = cur.fetchone()
+                if version is not None and version > SCHEMA_VERSION:
+                    raise PostgresStoreError(
+                        f"profile store {self.where}: has schema version {version}, newer than this wsync "
+                        f"({SCHEMA_VERSION}); upgrade wsync"
+                    )
+                if version is None:
+                    for statement in TABLES:
+                        cur.execute(_ddl(statement))
+                    cur.execute(_SEQUENCE)
+                    cur.execute("INSERT INTO wsync_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            self._conn.commit()
+        except psycopg2.Error as error:
+            self._conn.rollback()
+            detail = self._clean(error)
+            if getattr(error, "pgcode", None) == "42501":  # insufficient_privilege
+                detail = f"no permission to create the store's tables ({detail}); grant CREATE on the schema"
+            raise PostgresStoreError(f"profile store {self.where}: {detail}") from None
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; the rows it changed."""
+        with self._conn.cursor() as cur:
+            cur.execute(_pg(sql), params or None)
+            changed = cur.rowcount
+        self._end_alone()
+        return changed
+
+    def rows(self, sql: str, params: Params = ()) -> list[tuple]:
+        """Run a query; its rows."""
+        with self._conn.cursor() as cur:
+            cur.execute(_pg(sql), params or None)
+            found = cur.fetchall()
+        self._end_alone()
+        return found
+
+    def _end_alone(self) -> None:
+        if not self._holding:
+            self._conn.commit()
+
+    def _copy(self, table: str, data: pa.Table) -> None:
+        """COPY the rows in (CSV: an empty unquoted field is NULL, a quoted one an empty string)."""
+        buffer = io.BytesIO()
+        csv.write_csv(data, buffer, csv.WriteOptions(include_header=False))
+        buffer.seek(0)
+        with self._conn.cursor() as cur:
+            cur.copy_expert(
+                f"COPY {table} ({', '.join(data.schema.names)}) FROM STDIN WITH (FORMAT csv)", buffer
+            )
+
+    def insert(self, table: str, data: pa.Table, conflict: str = "") -> int:
+        """COPY straight in; with a conflict clause, COPY to a temp table and merge from it in one statement."""
+        if not data.num_rows:
+            return 0
+        if not conflict:
+            self._copy(table, data)
+            return data.num_rows
+        staging = f"copy_{table}"
+        self.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+        self.execute(f"TRUNCATE {staging}")
+        self._copy(staging, data)
+        names = ", ".join(data.schema.names)
+        return self.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} WHERE true {conflict}"
+        )
+
+    def stage(self, table: str, data: pa.Table) -> None:
+        """Empty the staging table, then COPY."""
+        self.execute(f"TRUNCATE {table}")
+        if data.num_rows:
+            self._copy(table, data)
+
+    def begin_delivery(self) -> int:
+        """A transaction (psycopg2 opens one on the first statement), the staging tables, a sequence number."""
+        if self._holding:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._holding = True
+        for statement in STAGING:
+            self.execute(_ddl(statement))
+        self.execute("TRUNCATE delivery_profile")
+        [(seq,)] = self.rows("SELECT nextval('delivery_seq')")
+        return seq
+
+    def lock_identities(self, environment: str) -> None:
+        """Wait for other deliveries holding these identities or their profiles; hold them until commit."""
+        self.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM ("
+            " SELECT DISTINCT hashtextextended(? || '|' || identity_type || '|' || value, 0) AS k"
+            " FROM stage_identity ORDER BY 1) AS keys",
+            (environment,),
+        )
+        self.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM ("
+            " SELECT DISTINCT hashtextextended('profile|' || i.profile_id, 0) AS k FROM stage_identity AS s"
+            " JOIN identities AS i ON i.environment = ? AND i.identity_type = s.identity_type"
+            " AND i.value = s.value ORDER BY 1) AS keys",
+            (environment,),
+        )
+
+    def commit(self) -> None:
+        """Commit."""
+        self._conn.commit()
+        self._holding = False
+
+    def rollback(self) -> None:
+        """Roll back."""
+        if not self._conn.closed:
+            self._conn.rollback()
+        self._holding = False
+
+    def in_transaction(self) -> bool:
+        """A delivery or a read is open."""
+        return self._holding
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """Queries in one REPEATABLE READ snapshot, unless a delivery is open (which sees its own writes)."""
+        if self._holding:
+            yield
+            return
+        self._holding = True
+        try:
+            self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
+        finally:
+            self._conn.rollback()
+            self._holding = False
+
+    def close(self) -> None:
+        """Close; an open delivery is rolled back."""
+        self._conn.close()
+
+    def __getstate__(self) -> dict[str, Any]:  # a connection does not travel between processes
+        raise TypeError("a PostgreSQL profile store connection cannot be pickled")
