@@ -1,0 +1,176 @@
+"""The PostgreSQL profile store's own behaviour, on the local PostgreSQL: runs writing at once, a killed run,
+and a store that cannot be used (no permission, a newer schema, the password never shown)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from wsync_dagster.store import ProfileStoreError, open_profile_store
+from wsync_dagster_tests.conftest import pg_store_url
+from wsync_dagster_tests.test_profile_store import _customers, deliver, mapped
+
+REPO = Path(__file__).resolve().parents[1]
+DELIVER = """
+    import sys
+    from wsync_dagster.store import open_profile_store
+    from wsync_dagster_tests.test_profile_store import deliver, mapped
+
+    url, sync, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with open_profile_store(url) as store:
+        for n in range(first, first + 6):
+            rows = [
+                {{"customer_id": f"C{{c}}", "email": f"c{{c}}@x.io", "{attribute}": f"{{sync}}-{{n}}"}}
+                for c in range(n % 3, 40, 3)
+            ]
+            # Versions never tie across the syncs: a tie goes to the later delivery, which is order itself.
+            version = n * 2 + (sync == "billing")
+            deliver(store, mapped(*rows, version=version), sync=sync, partition=f"{{sync}}-{{n}}")
+"""
+
+
+def python(*args: str, script: str) -> subprocess.Popen[str]:
+    """A Python process running `script` with this repository importable."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_runs_of_two_syncs_writing_at_once_end_as_a_serial_replay(pg_store_database: str) -> None:
+    """Four processes, two syncs, the same customers: the profiles equal one process delivering them in turn."""
+    url = pg_store_url(pg_store_database)
+    script = DELIVER.format(attribute="plan")
+    writers = [
+        python(url, sync, str(first), script=script) for sync in ("crm", "billing") for first in (1, 7)
+    ]
+    for writer in writers:
+        _, error = writer.communicate(timeout=300)
+        assert writer.returncode == 0, error
+
+    serial = pg_store_url(pg_store_database)
+    for sync in ("crm", "billing"):
+        for first in (1, 7):
+            done = python(serial, sync, str(first), script=script)
+            assert done.communicate(timeout=300)[0] is not None and done.returncode == 0
+    with open_profile_store(url) as together, open_profile_store(serial) as alone:
+        assert _customers(together) == _customers(alone)
+        counted = together._db.rows("SELECT COUNT(*), COUNT(DISTINCT profile_id) FROM identities")
+    assert counted == [(80, 40)]  # one profile per customer, each with its two identities
+
+
+def test_a_killed_delivery_leaves_nothing_and_the_next_one_proceeds(pg_store_database: str) -> None:
+    """SIGKILL inside an open delivery: its rows are gone with its connection, its locks too."""
+    url = pg_store_url(pg_store_database)
+    with open_profile_store(url) as store:
+        deliver(store, mapped({"customer_id": "A", "plan": "free"}))
+    hold = """
+        import sys, time
+        from wsync_dagster.store import open_profile_store
+        from wsync_dagster_tests.test_profile_store import mapped
+        store = open_profile_store(sys.argv[1])
+        with store.delivery(sync="crm_users", environment="production", partitions=["p2"],
+                            input_protection="create_and_update") as d:
+            d.apply_batch(mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "B"}, version=2))
+            print("applied", flush=True)
+            time.sleep(600)
+    """
+    writer = python(url, script=hold)
+    assert writer.stdout.readline().strip() == "applied"  # type: ignore[union-attr]
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+
+    with open_profile_store(url) as store:
+        assert store.profile("customer_id", "A")["attributes"] == {"plan": "free"}  # type: ignore[index]
+        assert store.profile("customer_id", "B") is None
+        assert store.delivered_partitions("crm_users", "production") == ["2024-11-15"]
+        started = time.monotonic()
+        deliver(store, mapped({"customer_id": "A", "plan": "team"}, version=3), partition="p3")
+        assert time.monotonic() - started < 30  # the killed run's identity locks went with its connection
+        assert store.profile("customer_id", "A")["attributes"] == {"plan": "team"}  # type: ignore[index]
+
+
+@pytest.fixture
+def scratch_role(pg_store_database: str) -> Callable[[str], str]:
+    """A login role with a password and no CREATE on a fresh schema; dropped afterwards."""
+    created: list[str] = []
+    admin = psycopg2.connect(pg_store_database)
+    admin.autocommit = True
+
+    def make(password: str) -> str:
+        role, schema = f"wsync_ro_{uuid.uuid4().hex[:8]}", f"locked_{uuid.uuid4().hex[:8]}"
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+            cur.execute(f"CREATE SCHEMA {schema}")
+            cur.execute(f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")
+            cur.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        created.append(role)
+        database = pg_store_database.rsplit("/", 1)[1]
+        return f"postgresql://{role}:{password}@127.0.0.1:5432/{database}?options=-csearch_path%3D{schema}"
+
+    yield make
+    with admin.cursor() as cur:
+        for role in created:
+            cur.execute(f"DROP OWNED BY {role}")
+            cur.execute(f"DROP ROLE {role}")
+    admin.close()
+
+
+def test_a_database_without_permission_to_create_tables_is_one_line_without_the_password(
+    scratch_role: Callable[[str], str],
+) -> None:
+    """The store says which store, that it may not create its tables and what to grant."""
+    password = "planted-pg-secret-4b1d"
+    with pytest.raises(ProfileStoreError) as error:
+        open_profile_store(scratch_role(password))
+    message = str(error.value)
+    assert message.startswith("profile store postgresql://wsync_ro_") and "\n" not in message
+    assert "no permission to create the store's tables" in message and "grant CREATE" in message
+    assert password not in message
+
+
+def test_a_store_made_by_a_newer_wsync_is_refused(pg_store_database: str) -> None:
+    """A schema version above this wsync's: one line saying to upgrade; nothing is changed."""
+    url = pg_store_url(pg_store_database)
+    open_profile_store(url).close()
+    schema = url.rsplit("%3D", 1)[1]
+    with psycopg2.connect(pg_store_database) as conn, conn.cursor() as cur:
+        cur.execute(f"UPDATE {schema}.wsync_schema SET version = 99")
+    conn.close()
+    with pytest.raises(
+        ProfileStoreError, match=r"has schema version 99, newer than this wsync \(2\); upgrade"
+    ):
+        open_profile_store(url)
+
+
+def test_wsync_run_delivers_into_a_postgresql_store(
+    pg_store_database: str,
+    make_warehouse: Callable[[str], Path],
+    write_sync: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command line end to end with WSYNC_PROFILE_STORE=postgresql://…"""
+    from wsync_dagster.cli import main
+    from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+
+    url = pg_store_url(pg_store_database)
+    monkeypatch.setenv("WSYNC_PROFILE_STORE", url)
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    with open_profile_store(url) as store:
+        ada = store.profile("customer_id", "C001")
+        assert store.backend == "postgresql"
+    assert ada is not None and ada["identities"]["email"] == "ada@example.com"
