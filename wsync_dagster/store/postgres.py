@@ -26,6 +26,8 @@ _SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS wsync_schema (version INTEGER NOT NU
 _SEQUENCE = "CREATE SEQUENCE IF NOT EXISTS delivery_seq"
 _NAMED = re.compile(r"(?<!:):([a-z_]+)")
 CONNECT_TIMEOUT_S = 10
+# Lock buckets per kind (identities, profiles): far below PostgreSQL's lock table of 64 per connection.
+LOCK_BUCKETS = 256
 
 
 class PostgresStoreError(RuntimeError):
@@ -172,18 +174,23 @@ class PostgresBackend:
         return seq
 
     def lock_identities(self, environment: str) -> None:
-        """Wait for other deliveries holding these identities or their profiles; hold them until commit."""
+        """Wait for other deliveries holding these identities or their profiles; hold them until commit.
+
+        Locks are taken on hash buckets, in bucket order: a lock per identity would overflow PostgreSQL's
+        lock table (max_locks_per_transaction) on a delivery of 100k customers. Small deliveries of
+        different customers still meet in no bucket; big ones take most buckets and run one after another.
+        """
         self.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM ("
-            " SELECT DISTINCT hashtextextended(? || '|' || identity_type || '|' || value, 0) AS k"
-            " FROM stage_identity ORDER BY 1) AS keys",
+            "SELECT pg_advisory_xact_lock(1, k) FROM ("
+            " SELECT DISTINCT mod(abs(hashtextextended(? || '|' || identity_type || '|' || value, 0)),"
+            f" {LOCK_BUCKETS})::int AS k FROM stage_identity ORDER BY 1) AS buckets",
             (environment,),
         )
         self.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM ("
-            " SELECT DISTINCT hashtextextended('profile|' || i.profile_id, 0) AS k FROM stage_identity AS s"
-            " JOIN identities AS i ON i.environment = ? AND i.identity_type = s.identity_type"
-            " AND i.value = s.value ORDER BY 1) AS keys",
+            "SELECT pg_advisory_xact_lock(2, k) FROM ("
+            f" SELECT DISTINCT mod(abs(hashtextextended(i.profile_id, 0)), {LOCK_BUCKETS})::int AS k"
+            " FROM stage_identity AS s JOIN identities AS i ON i.environment = ?"
+            " AND i.identity_type = s.identity_type AND i.value = s.value ORDER BY 1) AS buckets",
             (environment,),
         )
 
