@@ -1,0 +1,1 @@
+"""Dagster instance parts wsync configures in dagster.yaml."""

@@ -1,0 +1,161 @@
+"""Dagster's SQLite event log, writing a batch of asset events in one transaction per shard.
+
+The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27). A run over N
+partitions writes a planned event per partition per asset and a materialization per partition;
+the stock SQLite storage opens new connections to the run shard and the index shard for each of
+them (with synchronous=FULL), 20-45 ms an event. Dagster hands such events over in batches when
+DAGSTER_EVENT_BATCH_SIZE is set, but the stock storage stores a batch one event at a time. This
+storage writes what `store_event` would write, row for row and in the same order, with one
+transaction on the run shard and one on the index shard per batch.
+test_event_log.py checks Dagster's own asset queries answer exactly as with the stock storage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from dagster import Field, IntSource, StringSource
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+# Dagster's switch for handing events over in batches (read at each event, so setting it here is enough).
+BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
+# A run over a year of hourly partitions plans 8,760 events per asset: one batch holds them all.
+DEFAULT_BATCH_SIZE = 20_000
+
+
+def default_base_dir() -> str:
+    """Where Dagster's default storage keeps its event logs, $DAGSTER_HOME/history/runs: switching keeps the history."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise ValueError(
+            "event_log_storage BatchedSqliteEventLogStorage: set DAGSTER_HOME or its config's base_dir"
+        )
+    return os.path.join(home, "history", "runs")
+
+
+def _index_kind(entry: EventLogEntry) -> str | None:
+    """'asset' or 'check' for events the index shard mirrors; None for run-shard-only events."""
+    event_type = entry.dagster_event_type
+    if event_type in ASSET_EVENTS:
+        return "asset"
+    if event_type in ASSET_CHECK_EVENTS:
+        return "check"
+    return None
+
+
+def _batchable(entry: EventLogEntry) -> bool:
+    """Asset and asset check events (what Dagster batches); run status events take the stock path."""
+    event = entry.dagster_event
+    if event is None or entry.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
+        return False
+    kind = _index_kind(entry)
+    return kind == "check" or (kind == "asset" and event.asset_key is not None)
+
+
+class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+    """SqliteEventLogStorage whose `store_event_batch` takes one transaction per shard."""
+
+    def __init__(
+        self,
+        base_dir: str,
+        inst_data: ConfigurableClassData | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        super().__init__(base_dir, inst_data=inst_data)
+        # Every process that opens the instance (wsync run, dagster dev's run workers) batches;
+        # a value set outside wins.
+        os.environ.setdefault(BATCH_SIZE_VARIABLE, str(batch_size))
+
+    @classmethod
+    def config_type(cls) -> dict[str, Field]:
+        return {
+            "base_dir": Field(StringSource, is_required=False),
+            "batch_size": Field(IntSource, is_required=False, default_value=DEFAULT_BATCH_SIZE),
+        }
+
+    @classmethod
+    def from_config_value(  # ty: ignore[invalid-method-override]
+        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+    ) -> BatchedSqliteEventLogStorage:
+        return cls(
+            config_value.get("base_dir") or default_base_dir(),
+            inst_data=inst_data,
+            batch_size=config_value.get("batch_size", DEFAULT_BATCH_SIZE),
+        )
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Store the events as `store_event` would one by one, in one transaction per shard."""
+        if len(events) < 2 or not all(_batchable(entry) for entry in events):
+            super().store_event_batch(events)
+            return
+        rows = [self._event_to_row(entry) for entry in events]
+        with self.run_connection(events[0].run_id) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        # The index shard, in the batch's order: asset events together, check events as Dagster stores them.
+        start = 0
+        while start < len(events):
+            kind = _index_kind(events[start])
+            end = start
+            while end < len(events) and _index_kind(events[end]) == kind:
+                end += 1
+            if kind == "asset":
+                self._mirror_asset_events(events[start:end], rows[start:end])
+            else:
+                for entry, row in zip(events[start:end], rows[start:end], strict=True):
+                    with self.index_connection() as conn:
+                        event_id = conn.execute(
+                            SqlEventLogStorageTable.insert().values(**row)
+                        ).inserted_primary_key[0]
+                    self.store_asset_check_event(entry, event_id)
+            start = end
+
+    def _mirror_asset_events(self, events: Sequence[EventLogEntry], rows: list[dict[str, Any]]) -> None:
+        """Copy asset events into the index shard, with their tags and each asset's latest entry."""
+        with self.index_transaction() as conn:
+            inserted = conn.execute(
+                SqlEventLogStorageTable.insert().returning(
+                    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+                ),
+                rows,
+            )
+            event_ids = [row[0] for row in inserted]
+            self._store_asset_event_tags(conn, events, event_ids)
+            has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+            by_asset: dict[str, list[tuple[EventLogEntry, int]]] = {}
+            for entry, event_id in zip(events, event_ids, strict=True):
+                by_asset.setdefault(entry.get_dagster_event().asset_key.to_string(), []).append(
+                    (entry, event_id)
+                )
+            for asset_key, asset_events in by_asset.items():
+                self._store_latest_asset_entry(conn, asset_key, asset_events, has_index_cols)
+
+    def _store_latest_asset_entry(
+        self,
+        conn: Connection,
+        asset_key: str,
+        asset_events: list[tuple[EventLogEntry, int]],
+        has_index_cols: bool,
+    ) -> None:
+        """The asset row the events leave when stored one by one: each column from the last event setting it."""
+        values: dict[str, Any] = {}
+        for entry, event_id in reversed(asset_events):
+            for column, value in self._get_asset_entry_values(entry, event_id, has_index_cols).items():
+                values.setdefault(column, value)
+            # A materialization sets every column: events before it change nothing.
+            if entry.get_dagster_event().is_step_materialization:
+                break
+        if not values:
+            return
+        conn.execute(
+            sqlite_insert(AssetKeyTable)
+            .values(asset_key=asset_key, **values)
+            .on_conflict_do_update(index_elements=[AssetKeyTable.c.asset_key], set_=values)
+        )
