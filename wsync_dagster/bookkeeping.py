@@ -1,24 +1,30 @@
-"""Dagster's SQLite event log, writing a batch of asset events in one transaction per shard.
+"""Dagster's per-partition bookkeeping in time linear in the partitions: a run over years of them.
 
-The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27). A run over N
-partitions writes a planned event per partition per asset and a materialization per partition;
-the stock SQLite storage opens new connections to the run shard and the index shard for each of
-them (with synchronous=FULL), 20-45 ms an event. Dagster hands such events over in batches when
-DAGSTER_EVENT_BATCH_SIZE is set, but the stock storage stores a batch one event at a time. This
-storage writes what `store_event` would write, row for row and in the same order, with one
-transaction on the run shard and one on the index shard per batch.
-test_event_log.py checks Dagster's own asset queries answer exactly as with the stock storage.
+The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27); test_bookkeeping.py
+checks Dagster's own asset queries answer exactly as with the stock parts, so an upgrade that breaks
+it fails the suite. A run over N partitions writes a planned event per partition per asset and a
+materialization per partition, each with its own metadata:
+
+- The stock SQLite event log opens new connections to the run shard and the index shard for each
+  event (synchronous=FULL), 20-45 ms an event. Dagster hands such events over in batches when
+  DAGSTER_EVENT_BATCH_SIZE is set, but that storage stores a batch one event at a time.
+  `BatchedSqliteEventLogStorage` (dagster.yaml) writes what `store_event` would, row for row and
+  in the same order, with one transaction per shard per batch.
+- `context.add_asset_metadata(partition_key=...)` copies and re-checks all metadata added so far
+  and lists the run's partition keys at each call: quadratic, minutes for 8,760 partitions.
+  `add_partition_metadata` adds every partition's metadata at once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dagster import Field, IntSource, StringSource
+from dagster import AssetExecutionContext, Field, IntSource, StringSource
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 from dagster._core.events.log import EventLogEntry
+from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
@@ -159,3 +165,19 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             .values(asset_key=asset_key, **values)
             .on_conflict_do_update(index_elements=[AssetKeyTable.c.asset_key], set_=values)
         )
+
+
+def add_partition_metadata(
+    context: AssetExecutionContext, by_partition: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """`context.add_asset_metadata(metadata, partition_key=key)` for every partition of the run at once."""
+    targeted = set(context.partition_keys)
+    if unknown := sorted(set(by_partition) - targeted):
+        raise ValueError(f"metadata for partitions this run does not target: {', '.join(unknown[:3])}")
+    step = context.get_step_execution_context()
+    asset_key = context.assets_def.key
+    per_output = dict(step._metadata_accumulator.per_output_metadata)
+    for key, metadata in by_partition.items():
+        handle = AssetMetadataHandle(asset_key=asset_key, partition_key=key)
+        per_output[handle] = {**per_output.get(handle, {}), **metadata}
+    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=per_output)

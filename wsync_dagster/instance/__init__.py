@@ -1,1 +1,0 @@
-"""Dagster instance parts wsync configures in dagster.yaml."""
