@@ -17,17 +17,29 @@ materialization per partition, each with its own metadata:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dagster import AssetExecutionContext, Field, IntSource, StringSource
-from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+from dagster import AssetExecutionContext, Field, IntMetadataValue, IntSource, StringSource
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log import SqliteEventLogStorage
-from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
 from dagster._serdes import ConfigurableClassData
+from dagster_shared.serdes import serialize_value
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
@@ -66,6 +78,81 @@ def _batchable(entry: EventLogEntry) -> bool:
     return kind == "check" or (kind == "asset" and event.asset_key is not None)
 
 
+class EventTexts:
+    """Serializes a batch's asset events as `serialize_value` does, once per shape instead of once per event.
+
+    The planned events and materializations of one run differ only in their partition, time and
+    integer metadata (the counts): each shape is serialized once with placeholders, and each event
+    fills in its own values.
+    """
+
+    PARTITION = "wsync-partition-placeholder-1f9c"
+    TIMESTAMP = 1.2345678901234567e-300
+    FIRST_INT = 7_351_209_000_000_000_001  # metadata ints count up from here (no count gets there)
+    MAX_SHAPES = 8  # a batch with more shapes than this is not a run's partitions: stop learning them
+
+    def __init__(self) -> None:
+        self._known: list[tuple[EventLogEntry, list[str], list[int]]] = []
+
+    def serialize(self, entry: EventLogEntry) -> str:
+        """`serialize_value(entry)`, from the text of its shape when one is known."""
+        shaped = self._shape(entry)
+        if shaped is None:
+            return serialize_value(entry)
+        shape, values = shaped
+        for known, parts, order in self._known:
+            if known == shape:
+                return parts[0] + "".join(values[i] + part for i, part in zip(order, parts[1:], strict=True))
+        if len(self._known) < self.MAX_SHAPES and (found := self._parts(serialize_value(shape), len(values))):
+            self._known.append((shape, *found))
+            return self.serialize(entry)
+        return serialize_value(entry)
+
+    def _shape(self, entry: EventLogEntry) -> tuple[EventLogEntry, list[str]] | None:
+        """The entry with placeholders for its partition, time and int metadata, and those values as JSON text."""
+        event = entry.get_dagster_event()
+        data = event.event_specific_data
+        values = [json.dumps(event.partition), repr(entry.timestamp)]
+        if event.event_type_value == DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value:
+            if data.partition is None or data.partitions_subset is not None:
+                return None
+            data = data._replace(partition=self.PARTITION)
+        elif event.event_type_value == DagsterEventType.ASSET_MATERIALIZATION.value:
+            materialization = data.materialization
+            if materialization.partition is None:
+                return None
+            metadata = dict(materialization.metadata)
+            for label, value in metadata.items():
+                if type(value) is IntMetadataValue and type(value.value) is int:
+                    metadata[label] = IntMetadataValue(self.FIRST_INT + len(values))
+                    values.append(repr(value.value))
+            # NamedTuple._replace copies without re-running the classes' checks.
+            data = data._replace(
+                materialization=materialization._replace(partition=self.PARTITION, metadata=metadata)
+            )
+        else:
+            return None
+        shape = entry._replace(
+            timestamp=self.TIMESTAMP, dagster_event=event._replace(event_specific_data=data)
+        )
+        return shape, values
+
+    def _parts(self, text: str, count: int) -> tuple[list[str], list[int]] | None:
+        """The text between the placeholders, and which value goes where; None unless each is found exactly once."""
+        placeholders = [json.dumps(self.PARTITION), repr(self.TIMESTAMP)]
+        placeholders += [repr(self.FIRST_INT + i) for i in range(2, count)]
+        if any(text.count(placeholder) != 1 for placeholder in placeholders):
+            return None
+        order = sorted(range(count), key=lambda i: text.index(placeholders[i]))
+        parts, position = [], 0
+        for i in order:
+            found = text.index(placeholders[i], position)
+            parts.append(text[position:found])
+            position = found + len(placeholders[i])
+        parts.append(text[position:])
+        return parts, order
+
+
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     """SqliteEventLogStorage whose `store_event_batch` takes one transaction per shard."""
 
@@ -102,7 +189,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if len(events) < 2 or not all(_batchable(entry) for entry in events):
             super().store_event_batch(events)
             return
-        rows = [self._event_to_row(entry) for entry in events]
+        texts = EventTexts()
+        rows = [self._row(entry, texts.serialize(entry)) for entry in events]
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
         # The index shard, in the batch's order: asset events together, check events as Dagster stores them.
@@ -123,16 +211,26 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                     self.store_asset_check_event(entry, event_id)
             start = end
 
+    def _row(self, entry: EventLogEntry, serialized: str) -> dict[str, Any]:
+        """`_event_to_row(entry)` with the event already serialized."""
+        event = entry.get_dagster_event()
+        return {
+            "run_id": entry.run_id,
+            "event": serialized,
+            "dagster_event_type": event.event_type_value,
+            "timestamp": self._event_insert_timestamp(entry),
+            "step_key": event.step_key,
+            "asset_key": event.asset_key.to_string() if event.asset_key else None,
+            "partition": event.partition,
+        }
+
     def _mirror_asset_events(self, events: Sequence[EventLogEntry], rows: list[dict[str, Any]]) -> None:
         """Copy asset events into the index shard, with their tags and each asset's latest entry."""
         with self.index_transaction() as conn:
-            inserted = conn.execute(
-                SqlEventLogStorageTable.insert().returning(
-                    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
-                ),
-                rows,
-            )
-            event_ids = [row[0] for row in inserted]
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+            # This transaction holds SQLite's write lock since the insert: its rows took consecutive ids.
+            last_id = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+            event_ids = list(range(last_id - len(rows) + 1, last_id + 1))
             self._store_asset_event_tags(conn, events, event_ids)
             has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
             by_asset: dict[str, list[tuple[EventLogEntry, int]]] = {}
@@ -142,6 +240,22 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 )
             for asset_key, asset_events in by_asset.items():
                 self._store_latest_asset_entry(conn, asset_key, asset_events, has_index_cols)
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """The planned rows of an asset check, one per partition, with the event serialized once (not per row)."""
+        planned = event.get_dagster_event().event_specific_data
+        keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        shared = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in keys])
 
     def _store_latest_asset_entry(
         self,
