@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dagster import AssetExecutionContext, Field, IntMetadataValue, IntSource, StringSource
+from dagster import AssetExecutionContext, DagsterInstance, Field, IntMetadataValue, IntSource, StringSource
 from dagster._core.events import (
     ASSET_CHECK_EVENTS,
     ASSET_EVENTS,
@@ -47,16 +47,6 @@ from sqlalchemy.engine import Connection
 BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 # A run over a year of hourly partitions plans 8,760 events per asset: one batch holds them all.
 DEFAULT_BATCH_SIZE = 20_000
-
-
-def default_base_dir() -> str:
-    """Where Dagster's default storage keeps its event logs, $DAGSTER_HOME/history/runs: switching keeps the history."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise ValueError(
-            "event_log_storage BatchedSqliteEventLogStorage: set DAGSTER_HOME or its config's base_dir"
-        )
-    return os.path.join(home, "history", "runs")
 
 
 def _index_kind(entry: EventLogEntry) -> str | None:
@@ -158,11 +148,13 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(
         self,
-        base_dir: str,
+        base_dir: str | None = None,
         inst_data: ConfigurableClassData | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        super().__init__(base_dir, inst_data=inst_data)
+        self._inst_data = inst_data
+        if base_dir is not None:
+            super().__init__(base_dir, inst_data=inst_data)
         # Every process that opens the instance (wsync run, dagster dev's run workers) batches;
         # a value set outside wins.
         os.environ.setdefault(BATCH_SIZE_VARIABLE, str(batch_size))
@@ -179,10 +171,19 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
     ) -> BatchedSqliteEventLogStorage:
         return cls(
-            config_value.get("base_dir") or default_base_dir(),
+            config_value.get("base_dir"),
             inst_data=inst_data,
             batch_size=config_value.get("batch_size", DEFAULT_BATCH_SIZE),
         )
+
+    def register_instance(self, instance: DagsterInstance) -> None:
+        """Without a base_dir, open the event logs where Dagster's default keeps them in this instance's home."""
+        if not hasattr(self, "_base_dir"):
+            # The same files as the stock storage: switching storages keeps the history.
+            super().__init__(
+                os.path.join(instance.root_directory, "history", "runs"), inst_data=self._inst_data
+            )
+        super().register_instance(instance)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the events as `store_event` would one by one, in one transaction per shard."""
@@ -214,13 +215,14 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def _row(self, entry: EventLogEntry, serialized: str) -> dict[str, Any]:
         """`_event_to_row(entry)` with the event already serialized."""
         event = entry.get_dagster_event()
+        asset_key = event.asset_key
         return {
             "run_id": entry.run_id,
             "event": serialized,
             "dagster_event_type": event.event_type_value,
             "timestamp": self._event_insert_timestamp(entry),
             "step_key": event.step_key,
-            "asset_key": event.asset_key.to_string() if event.asset_key else None,
+            "asset_key": asset_key.to_string() if asset_key else None,
             "partition": event.partition,
         }
 
