@@ -155,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--partitions", type=int, nargs="+", default=[200, 500, 8760])
+    parser.add_argument("--partitions", type=int, nargs="+", default=[1, 200, 500, 8760])
     parser.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
     parser.add_argument("--keep", action="store_true", help="keep the tmp folders")
     args = parser.parse_args()
