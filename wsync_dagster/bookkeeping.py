@@ -11,7 +11,7 @@ materialization per partition, each with its own metadata:
   `BatchedSqliteEventLogStorage` (dagster.yaml) writes what `store_event` would, row for row and
   in the same order, with one transaction per shard per batch.
 - `context.add_asset_metadata(partition_key=...)` copies and re-checks all metadata added so far
-  and lists the run's partition keys at each call: quadratic, minutes for 8,760 partitions.
+  and lists the run's partition keys at each call: quadratic in the partitions.
   `add_partition_metadata` adds every partition's metadata at once.
 """
 
@@ -82,7 +82,7 @@ class EventTexts:
     MAX_SHAPES = 8  # a batch with more shapes than this is not a run's partitions: stop learning them
 
     def __init__(self) -> None:
-        self._known: list[tuple[EventLogEntry, list[str], list[int]]] = []
+        self._known: list[tuple[tuple[EventLogEntry, tuple[str, ...]], list[str], list[int]]] = []
 
     def serialize(self, entry: EventLogEntry) -> str:
         """`serialize_value(entry)`, from the text of its shape when one is known."""
@@ -93,12 +93,14 @@ class EventTexts:
         for known, parts, order in self._known:
             if known == shape:
                 return parts[0] + "".join(values[i] + part for i, part in zip(order, parts[1:], strict=True))
-        if len(self._known) < self.MAX_SHAPES and (found := self._parts(serialize_value(shape), len(values))):
+        if len(self._known) < self.MAX_SHAPES and (
+            found := self._parts(serialize_value(shape[0]), len(values))
+        ):
             self._known.append((shape, *found))
             return self.serialize(entry)
         return serialize_value(entry)
 
-    def _shape(self, entry: EventLogEntry) -> tuple[EventLogEntry, list[str]] | None:
+    def _shape(self, entry: EventLogEntry) -> tuple[tuple[EventLogEntry, tuple[str, ...]], list[str]] | None:
         """The entry with placeholders for its partition, time and int metadata, and those values as JSON text."""
         event = entry.get_dagster_event()
         data = event.event_specific_data
@@ -125,7 +127,9 @@ class EventTexts:
         shape = entry._replace(
             timestamp=self.TIMESTAMP, dagster_event=event._replace(event_specific_data=data)
         )
-        return shape, values
+        # Metadata is written as a list in the dict's order, which dict equality ignores: the shape includes it.
+        labels = tuple(data.materialization.metadata) if hasattr(data, "materialization") else ()
+        return (shape, labels), values
 
     def _parts(self, text: str, count: int) -> tuple[list[str], list[int]] | None:
         """The text between the placeholders, and which value goes where; None unless each is found exactly once."""
