@@ -171,7 +171,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         }
 
     @classmethod
-    def from_config_value(  # ty: ignore[invalid-method-override]
+    def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
     ) -> BatchedSqliteEventLogStorage:
         return cls(
