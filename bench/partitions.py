@@ -5,7 +5,8 @@
 Per N and per event log storage, in a fresh tmp DAGSTER_HOME, state folder and store: the wall time
 of `wsync run SYNC --partition FIRST..LAST` as a subprocess, the pipeline's time inside it (the
 map and delivery functions the assets call, timed by hooks this script installs in the child),
-the difference (process start-up, definitions, Dagster's run and per-partition events), and the
+the difference (process start-up, definitions, Dagster's run and per-partition events), the CPU time
+of the run's process (less disturbed by other work on a shared machine than wall time), and the
 partitions Dagster then reports as materialized for each asset (it must be N).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -133,14 +135,18 @@ def measure(partitions: int, storage: str, keep: bool) -> dict:
         env.pop("DAGSTER_EVENT_BATCH_SIZE", None)
         timings = folder / "timings.json"
         command = [sys.executable, __file__, "--child", str(timings), "run", SYNC, "--partition", span]
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"{storage} N={partitions}: wsync run failed:\n{done.stderr[-3000:]}")
         spent = json.loads(timings.read_text())
         return {
             "wall": wall,
+            "cpu": cpu,
             "pipeline": sum(spent.values()),
             "materialized": materialized_counts(home),
         }
@@ -160,7 +166,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the tmp folders")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    header = f"{'N':>6} {'storage':<8} {'wall s':>8} {'pipeline s':>10} {'other s':>8} {'ms/partition':>12}  materialized"
+    header = (
+        f"{'N':>6} {'storage':<8} {'wall s':>8} {'cpu s':>7} {'pipeline s':>10} {'other s':>8} "
+        f"{'ms/partition':>12}  materialized"
+    )
     print(header)
     print("-" * len(header))
     for partitions in args.partitions:
@@ -168,7 +177,7 @@ def main() -> None:
             figures = measure(partitions, storage, args.keep)
             other = figures["wall"] - figures["pipeline"]
             print(
-                f"{partitions:>6} {storage:<8} {figures['wall']:>8.1f} {figures['pipeline']:>10.2f} "
+                f"{partitions:>6} {storage:<8} {figures['wall']:>8.1f} {figures['cpu']:>7.1f} {figures['pipeline']:>10.2f} "
                 f"{other:>8.1f} {1000 * other / partitions:>12.1f}  "
                 f"{'/'.join(str(n) for n in figures['materialized'])}",
                 flush=True,
