@@ -17,6 +17,7 @@ from dagster import (
 )
 
 from wsync_dagster.batches import BatchFile
+from wsync_dagster.bookkeeping import add_partition_metadata
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
@@ -164,8 +165,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             if len(scope.partitions) > 1
             else {scope.label: counts}
         )
-        for key, partition_counts in by_partition.items():
-            context.add_asset_metadata(partition_counts.as_dict(), partition_key=key)
+        add_partition_metadata(context, {key: counts.as_dict() for key, counts in by_partition.items()})
         return MaterializeResult(
             metadata={
                 "iterator_window": window.describe() if window else "all rows",
@@ -212,8 +212,9 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         finally:
             store.close()
         # Each partition shows its own counts; the run's totals are in its log, once.
-        for key, counts in report.by_partition.items():
-            context.add_asset_metadata(counts.as_dict(), partition_key=key)
+        add_partition_metadata(
+            context, {key: counts.as_dict() for key, counts in report.by_partition.items()}
+        )
         return MaterializeResult(metadata={"preview": MetadataValue.md(_preview_markdown(report.preview))})
 
     return [mapped_batches, delivery]

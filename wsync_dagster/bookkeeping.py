@@ -1,0 +1,303 @@
+"""Dagster's per-partition bookkeeping in time linear in the partitions: a run over years of them.
+
+The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27); test_bookkeeping.py
+checks Dagster's own asset queries answer exactly as with the stock parts, so an upgrade that breaks
+it fails the suite. A run over N partitions writes a planned event per partition per asset and a
+materialization per partition, each with its own metadata:
+
+- The stock SQLite event log opens new connections to the run shard and the index shard for each
+  event (synchronous=FULL), 20-45 ms an event. Dagster hands such events over in batches when
+  DAGSTER_EVENT_BATCH_SIZE is set, but that storage stores a batch one event at a time.
+  `BatchedSqliteEventLogStorage` (dagster.yaml) writes what `store_event` would, row for row and
+  in the same order, with one transaction per shard per batch.
+- `context.add_asset_metadata(partition_key=...)` copies and re-checks all metadata added so far
+  and lists the run's partition keys at each call: quadratic in the partitions.
+  `add_partition_metadata` adds every partition's metadata at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dagster import AssetExecutionContext, DagsterInstance, Field, IntMetadataValue, IntSource, StringSource
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
+from dagster._core.events.log import EventLogEntry
+from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
+from dagster._serdes import ConfigurableClassData
+from dagster_shared.serdes import serialize_value
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+# Dagster's switch for handing events over in batches (read at each event, so setting it here is enough).
+BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
+# A run over a year of hourly partitions plans 8,760 events per asset: one batch holds them all.
+DEFAULT_BATCH_SIZE = 20_000
+
+
+def _index_kind(entry: EventLogEntry) -> str | None:
+    """'asset' or 'check' for events the index shard mirrors; None for run-shard-only events."""
+    event_type = entry.dagster_event_type
+    if event_type in ASSET_EVENTS:
+        return "asset"
+    if event_type in ASSET_CHECK_EVENTS:
+        return "check"
+    return None
+
+
+def _batchable(entry: EventLogEntry) -> bool:
+    """Asset and asset check events (what Dagster batches); run status events take the stock path."""
+    event = entry.dagster_event
+    if event is None or entry.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
+        return False
+    kind = _index_kind(entry)
+    return kind == "check" or (kind == "asset" and event.asset_key is not None)
+
+
+class EventTexts:
+    """Serializes a batch's asset events as `serialize_value` does, once per shape instead of once per event.
+
+    The planned events and materializations of one run differ only in their partition, time and
+    integer metadata (the counts): each shape is serialized once with placeholders, and each event
+    fills in its own values.
+    """
+
+    PARTITION = "wsync-partition-placeholder-1f9c"
+    TIMESTAMP = 1.2345678901234567e-300
+    FIRST_INT = 7_351_209_000_000_000_001  # metadata ints count up from here (no count gets there)
+    MAX_SHAPES = 8  # a batch with more shapes than this is not a run's partitions: stop learning them
+
+    def __init__(self) -> None:
+        self._known: list[tuple[tuple[EventLogEntry, tuple[str, ...]], list[str], list[int]]] = []
+
+    def serialize(self, entry: EventLogEntry) -> str:
+        """`serialize_value(entry)`, from the text of its shape when one is known."""
+        shaped = self._shape(entry)
+        if shaped is None:
+            return serialize_value(entry)
+        shape, values = shaped
+        for known, parts, order in self._known:
+            if known == shape:
+                return parts[0] + "".join(values[i] + part for i, part in zip(order, parts[1:], strict=True))
+        if len(self._known) < self.MAX_SHAPES and (
+            found := self._parts(serialize_value(shape[0]), len(values))
+        ):
+            self._known.append((shape, *found))
+            return self.serialize(entry)
+        return serialize_value(entry)
+
+    def _shape(self, entry: EventLogEntry) -> tuple[tuple[EventLogEntry, tuple[str, ...]], list[str]] | None:
+        """The entry with placeholders for its partition, time and int metadata, and those values as JSON text."""
+        event = entry.get_dagster_event()
+        data = event.event_specific_data
+        values = [json.dumps(event.partition), repr(entry.timestamp)]
+        if event.event_type_value == DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value:
+            if data.partition is None or data.partitions_subset is not None:
+                return None
+            data = data._replace(partition=self.PARTITION)
+        elif event.event_type_value == DagsterEventType.ASSET_MATERIALIZATION.value:
+            materialization = data.materialization
+            if materialization.partition is None:
+                return None
+            metadata = dict(materialization.metadata)
+            for label, value in metadata.items():
+                if type(value) is IntMetadataValue and type(value.value) is int:
+                    metadata[label] = IntMetadataValue(self.FIRST_INT + len(values))
+                    values.append(repr(value.value))
+            # NamedTuple._replace copies without re-running the classes' checks.
+            data = data._replace(
+                materialization=materialization._replace(partition=self.PARTITION, metadata=metadata)
+            )
+        else:
+            return None
+        shape = entry._replace(
+            timestamp=self.TIMESTAMP, dagster_event=event._replace(event_specific_data=data)
+        )
+        # Metadata is written as a list in the dict's order, which dict equality ignores: the shape includes it.
+        labels = tuple(data.materialization.metadata) if hasattr(data, "materialization") else ()
+        return (shape, labels), values
+
+    def _parts(self, text: str, count: int) -> tuple[list[str], list[int]] | None:
+        """The text between the placeholders, and which value goes where; None unless each is found exactly once."""
+        placeholders = [json.dumps(self.PARTITION), repr(self.TIMESTAMP)]
+        placeholders += [repr(self.FIRST_INT + i) for i in range(2, count)]
+        if any(text.count(placeholder) != 1 for placeholder in placeholders):
+            return None
+        order = sorted(range(count), key=lambda i: text.index(placeholders[i]))
+        parts, position = [], 0
+        for i in order:
+            found = text.index(placeholders[i], position)
+            parts.append(text[position:found])
+            position = found + len(placeholders[i])
+        parts.append(text[position:])
+        return parts, order
+
+
+class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+    """SqliteEventLogStorage whose `store_event_batch` takes one transaction per shard."""
+
+    def __init__(
+        self,
+        base_dir: str | None = None,
+        inst_data: ConfigurableClassData | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        self._inst_data = inst_data
+        if base_dir is not None:
+            super().__init__(base_dir, inst_data=inst_data)
+        # Every process that opens the instance (wsync run, dagster dev's run workers) batches;
+        # a value set outside wins.
+        os.environ.setdefault(BATCH_SIZE_VARIABLE, str(batch_size))
+
+    @classmethod
+    def config_type(cls) -> dict[str, Field]:
+        return {
+            "base_dir": Field(StringSource, is_required=False),
+            "batch_size": Field(IntSource, is_required=False, default_value=DEFAULT_BATCH_SIZE),
+        }
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+    ) -> BatchedSqliteEventLogStorage:
+        return cls(
+            config_value.get("base_dir"),
+            inst_data=inst_data,
+            batch_size=config_value.get("batch_size", DEFAULT_BATCH_SIZE),
+        )
+
+    def register_instance(self, instance: DagsterInstance) -> None:
+        """Without a base_dir, open the event logs where Dagster's default keeps them in this instance's home."""
+        if not hasattr(self, "_base_dir"):
+            # The same files as the stock storage: switching storages keeps the history.
+            super().__init__(
+                os.path.join(instance.root_directory, "history", "runs"), inst_data=self._inst_data
+            )
+        super().register_instance(instance)
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Store the events as `store_event` would one by one, in one transaction per shard."""
+        if len(events) < 2 or not all(_batchable(entry) for entry in events):
+            super().store_event_batch(events)
+            return
+        texts = EventTexts()
+        rows = [self._row(entry, texts.serialize(entry)) for entry in events]
+        with self.run_connection(events[0].run_id) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        # The index shard, in the batch's order: asset events together, check events as Dagster stores them.
+        start = 0
+        while start < len(events):
+            kind = _index_kind(events[start])
+            end = start
+            while end < len(events) and _index_kind(events[end]) == kind:
+                end += 1
+            if kind == "asset":
+                self._mirror_asset_events(events[start:end], rows[start:end])
+            else:
+                for entry, row in zip(events[start:end], rows[start:end], strict=True):
+                    with self.index_connection() as conn:
+                        event_id = conn.execute(
+                            SqlEventLogStorageTable.insert().values(**row)
+                        ).inserted_primary_key[0]
+                    self.store_asset_check_event(entry, event_id)
+            start = end
+
+    def _row(self, entry: EventLogEntry, serialized: str) -> dict[str, Any]:
+        """`_event_to_row(entry)` with the event already serialized."""
+        event = entry.get_dagster_event()
+        asset_key = event.asset_key
+        return {
+            "run_id": entry.run_id,
+            "event": serialized,
+            "dagster_event_type": event.event_type_value,
+            "timestamp": self._event_insert_timestamp(entry),
+            "step_key": event.step_key,
+            "asset_key": asset_key.to_string() if asset_key else None,
+            "partition": event.partition,
+        }
+
+    def _mirror_asset_events(self, events: Sequence[EventLogEntry], rows: list[dict[str, Any]]) -> None:
+        """Copy asset events into the index shard, with their tags and each asset's latest entry."""
+        with self.index_transaction() as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+            # This transaction holds SQLite's write lock since the insert: its rows took consecutive ids.
+            last_id = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+            event_ids = list(range(last_id - len(rows) + 1, last_id + 1))
+            self._store_asset_event_tags(conn, events, event_ids)
+            has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+            by_asset: dict[str, list[tuple[EventLogEntry, int]]] = {}
+            for entry, event_id in zip(events, event_ids, strict=True):
+                by_asset.setdefault(entry.get_dagster_event().asset_key.to_string(), []).append(
+                    (entry, event_id)
+                )
+            for asset_key, asset_events in by_asset.items():
+                self._store_latest_asset_entry(conn, asset_key, asset_events, has_index_cols)
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """The planned rows of an asset check, one per partition, with the event serialized once (not per row)."""
+        planned = event.get_dagster_event().event_specific_data
+        keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        shared = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in keys])
+
+    def _store_latest_asset_entry(
+        self,
+        conn: Connection,
+        asset_key: str,
+        asset_events: list[tuple[EventLogEntry, int]],
+        has_index_cols: bool,
+    ) -> None:
+        """The asset row the events leave when stored one by one: each column from the last event setting it."""
+        values: dict[str, Any] = {}
+        for entry, event_id in reversed(asset_events):
+            for column, value in self._get_asset_entry_values(entry, event_id, has_index_cols).items():
+                values.setdefault(column, value)
+            # A materialization sets every column: events before it change nothing.
+            if entry.get_dagster_event().is_step_materialization:
+                break
+        if not values:
+            return
+        conn.execute(
+            sqlite_insert(AssetKeyTable)
+            .values(asset_key=asset_key, **values)
+            .on_conflict_do_update(index_elements=[AssetKeyTable.c.asset_key], set_=values)
+        )
+
+
+def add_partition_metadata(
+    context: AssetExecutionContext, by_partition: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """`context.add_asset_metadata(metadata, partition_key=key)` for every partition of the run at once."""
+    targeted = set(context.partition_keys)
+    if unknown := sorted(set(by_partition) - targeted):
+        raise ValueError(f"metadata for partitions this run does not target: {', '.join(unknown[:3])}")
+    step = context.get_step_execution_context()
+    asset_key = context.assets_def.key
+    per_output = dict(step._metadata_accumulator.per_output_metadata)
+    for key, metadata in by_partition.items():
+        handle = AssetMetadataHandle(asset_key=asset_key, partition_key=key)
+        per_output[handle] = {**per_output.get(handle, {}), **metadata}
+    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=per_output)
