@@ -21,6 +21,11 @@ def profile_store_url() -> str:
     return os.environ.get("WSYNC_PROFILE_STORE") or f"sqlite:///{state_dir() / 'profiles.sqlite'}"
 
 
+def profile_store_kind(url: str | None = None) -> str:
+    """Which backend the store URL names, as the UI shows it on the delivery asset: sqlite or postgresql."""
+    return "postgresql" if (url or profile_store_url()).startswith(("postgresql", "postgres:")) else "sqlite"
+
+
 def batches_dir(sync: str, environment: str) -> Path:
     """Where the mapped batch files of one sync and environment live."""
     return state_dir() / "batches" / environment / sync

@@ -29,7 +29,7 @@ from wsync_dagster.pipeline import (
     map_partition,
     newest_iterator,
 )
-from wsync_dagster.settings import batches_dir
+from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
 
 REJECT_RATE_CHECK = "reject_rate"
@@ -194,7 +194,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         partitions_def=partitions,
         backfill_policy=backfill_policy,
         group_name=spec.name,
-        kinds={"sqlite"},
+        kinds={profile_store_kind()},
         pool=PROFILE_STORE_POOL,
         description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
     )
