@@ -200,6 +200,7 @@ def deliver_partitions(
         partitions=keys,
         input_protection=settings.input_protection,
         windows=[partition.window for partition in partitions],
+        mirror=settings.mirror,
     ) as delivery:
         for batch in batch_file.mapped_batches():
             index = partition_of_rows(batch.column(b.VERSION), partitions)

@@ -179,6 +179,7 @@ class SyncSettings(_Strict):
     input_protection: Literal["create_and_update", "update_only", "read_only"] = "create_and_update"
     paused: bool = False
     delay_alert: timedelta | None = None
+    mirror: bool = False
 
     @field_validator("start", "historical_start", mode="before")
     @classmethod
@@ -241,6 +242,8 @@ class SyncSettings(_Strict):
             raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
         if self.lookback < timedelta(0):
             raise ValueError("lookback: must not be negative")
+        if self.mirror and self.mode != "full":
+            raise ValueError("mirror: only for mode full, which reads the whole model each run")
         if self.delay_alert is not None and self.delay_alert <= timedelta(0):
             raise ValueError("delay_alert: must be a positive duration such as 2h or 2d")
         return self

@@ -77,10 +77,15 @@ def deliver(
     environment: str = "production",
     partition: str = "2024-11-15",
     input_protection: str = "create_and_update",
+    mirror: bool = False,
 ) -> DeliveryCounts:
     """Apply batches as one delivery and return its counts."""
     with store.delivery(
-        sync=sync, environment=environment, partitions=[partition], input_protection=input_protection
+        sync=sync,
+        environment=environment,
+        partitions=[partition],
+        input_protection=input_protection,
+        mirror=mirror,
     ) as delivery:
         for batch in batches:
             delivery.apply_batch(batch)
@@ -546,6 +551,54 @@ def test_an_older_full_mode_run_never_replaces_a_newer_runs_fingerprints(store: 
 
 
 # Rejects and deliveries
+
+
+def test_mirror_removes_this_syncs_attributes_from_profiles_that_left_the_model(store: ProfileStore) -> None:
+    """B leaves: its plan goes (another sync's tier stays, its identities stay); it returns: applied again."""
+    both = mapped(
+        {"customer_id": "A", "plan": "pro"}, {"customer_id": "B", "plan": "free"}, version=1, full=True
+    )
+    deliver(store, both, partition="r1", mirror=True)
+    deliver(store, mapped({"customer_id": "B", "tier": "gold"}, version=1), sync="billing", partition="b1")
+
+    only_a = mapped({"customer_id": "A", "plan": "pro"}, version=2, full=True)
+    counts = deliver(store, only_a, partition="r2", mirror=True)
+    assert (counts.rows_unchanged, counts.attributes_removed, counts.profiles_updated) == (1, 1, 1)
+    assert attributes(store, "customer_id", "B") == {"tier": "gold"}
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+
+    back = deliver(
+        store,
+        mapped(
+            *[{"customer_id": c, "plan": p} for c, p in (("A", "pro"), ("B", "free"))], version=3, full=True
+        ),
+        partition="r3",
+        mirror=True,
+    )
+    assert (back.rows_unchanged, back.rows_applied) == (1, 1)
+    assert attributes(store, "customer_id", "B") == {"plan": "free", "tier": "gold"}
+
+
+def test_without_mirror_a_profile_that_left_keeps_its_attributes(store: ProfileStore) -> None:
+    """The default: a full-mode run only adds and changes."""
+    deliver(
+        store, mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "B", "plan": "free"}, full=True)
+    )
+    counts = deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=2, full=True), partition="r2")
+    assert counts.attributes_removed == 0
+    assert attributes(store, "customer_id", "B") == {"plan": "free"}
+
+
+def test_an_older_mirror_run_removes_nothing_a_newer_run_set(store: ProfileStore) -> None:
+    """Order-safe: a mirror run of version 1 delivered after a run of version 2 leaves 2's values."""
+    deliver(
+        store, mapped({"customer_id": "B", "plan": "team"}, version=2, full=True), partition="r2", mirror=True
+    )
+    counts = deliver(
+        store, mapped({"customer_id": "A", "plan": "pro"}, version=1, full=True), partition="r1", mirror=True
+    )
+    assert counts.attributes_removed == 0
+    assert attributes(store, "customer_id", "B") == {"plan": "team"}
 
 
 def test_rejects_are_replaced_per_partition(store: ProfileStore) -> None:

@@ -168,6 +168,7 @@ class ProfileStore:
         partitions: Sequence[str],
         input_protection: str,
         windows: Sequence[Window] | None = None,
+        mirror: bool = False,
     ) -> Iterator[Delivery]:
         """Partitions of one sync, delivered together: all of it commits on normal exit, none on error."""
         if input_protection not in INPUT_PROTECTIONS:
@@ -184,6 +185,7 @@ class ProfileStore:
                 partitions=list(partitions),
                 input_protection=input_protection,
                 seq=seq,
+                mirror=mirror,
             )
             yield delivery
             delivery.finish()
@@ -307,8 +309,11 @@ class Delivery:
         partitions: list[str],
         input_protection: str,
         seq: int,
+        mirror: bool = False,
     ):
         self._db = db
+        self._mirror = mirror
+        self._newest_version: int | None = None  # of the rows seen: a mirroring run's own version
         self._sync = sync
         self._environment = environment
         self._partitions = partitions
@@ -338,6 +343,8 @@ class Delivery:
         counts = DeliveryCounts(rows=batch.num_rows)
         batch = _in_row_order(batch)
         full_mode = b.ROW_KEY in batch.schema.names and b.FINGERPRINT in batch.schema.names
+        if self._mirror and full_mode and batch.num_rows:
+            self._remember_present(batch)
         if full_mode and batch.num_rows:
             batch, counts.rows_unchanged = self._drop_unchanged(batch)
         if batch.num_rows:
@@ -367,6 +374,8 @@ class Delivery:
     def finish(self) -> None:
         """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""
         self._flush_restamps()
+        if self._mirror:
+            self._remove_the_departed()
         [(created, touched)] = self._db.rows(
             "SELECT COUNT(DISTINCT CASE WHEN created = 1 THEN profile_id END), COUNT(DISTINCT profile_id)"
             " FROM delivery_profile"
@@ -376,6 +385,50 @@ class Delivery:
         self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
         for partition, keys in self._skipped_keys.items():
             self.partition_counts[partition].profiles_skipped = len(keys)
+
+    def _remember_present(self, batch: pa.RecordBatch) -> None:
+        """Every row key and identity of a mirroring run, whether its row changed or not."""
+        self._db.insert("mirror_row_key", pa.table({"row_key": batch.column(b.ROW_KEY)}))
+        for identity_type, column in b.identity_columns(batch.schema).items():
+            values = batch.column(column).drop_null()
+            types = pa.array([identity_type] * len(values), pa.string())
+            self._db.insert("mirror_identity", pa.table({"identity_type": types, "value": values}))
+        newest = pc.max(batch.column(b.VERSION)).as_py()
+        self._newest_version = newest if self._newest_version is None else max(self._newest_version, newest)
+
+    def _remove_the_departed(self) -> None:
+        """mirror: profiles no row of this run reached lose the attributes this sync set on them (as
+        tombstones of this run's version), and their rows' fingerprints go, so a row that returns is applied."""
+        env, sync, db = self._environment, self._sync, self._db
+        version = self._newest_version if self._newest_version is not None else _now_micros()
+        departed = db.rows(
+            "SELECT DISTINCT a.profile_id FROM attributes AS a"
+            " JOIN profiles AS p ON p.profile_id = a.profile_id AND p.environment = ?"
+            " WHERE a.sync = ? AND a.value IS NOT NULL AND a.version <= ? AND NOT EXISTS ("
+            "  SELECT 1 FROM identities AS i JOIN mirror_identity AS m"
+            "  ON i.identity_type = m.identity_type AND i.value = m.value"
+            "  WHERE i.environment = ? AND i.profile_id = a.profile_id)"
+            " ORDER BY a.profile_id",
+            (env, sync, version, env),
+        )
+        ids = [profile_id for (profile_id,) in departed]
+        if ids:
+            db.stage("stage_profile", pa.table({"profile_id": pa.array(ids, pa.string())}))
+            removed = db.execute(
+                "UPDATE attributes SET value = NULL, version = ?, seq = ?, updated_at = ?"
+                " WHERE sync = ? AND value IS NOT NULL AND version <= ?"
+                " AND profile_id IN (SELECT profile_id FROM stage_profile)",
+                (version, self._seq, _now(), sync, version),
+            )
+            first = self._partitions[0]
+            self._mark(ids, first)
+            self.counts.attributes_removed += removed
+            self.partition_counts[first].attributes_removed += removed
+        db.execute(
+            "DELETE FROM fingerprints WHERE sync = ? AND environment = ? AND NOT EXISTS ("
+            " SELECT 1 FROM mirror_row_key AS m WHERE m.row_key = fingerprints.row_key)",
+            (sync, env),
+        )
 
     def _partition(self, partition: str | None) -> str:
         if partition is None:
@@ -789,6 +842,10 @@ def _newest_row_per_profile(profile_code: np.ndarray, row: np.ndarray, version: 
 
 def _decode(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _now_micros() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
 def _now() -> str:
