@@ -21,6 +21,7 @@ from dagster import (
 
 from wsync_dagster.batches import BatchFile
 from wsync_dagster.defs.partitions import run_key_time, sync_partitions
+from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.iterators import IteratorWindow, epoch_micros, iterator_window
@@ -171,6 +172,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         backfill_policy=backfill_policy,
         group_name=spec.name,
         kinds=kinds,
+        # Reads take a slot of their connection's pool: backfills queue instead of piling onto one warehouse.
+        pool=warehouse_pool(spec),
         description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
         check_specs=[
             AssetCheckSpec(
