@@ -100,8 +100,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sync through Dagster and print its counts."""
-    from dagster import DagsterInstance
-
+    from wsync_dagster.instance import open_instance
     from wsync_dagster.runner import run_sync
 
     spec = _load_spec(args.sync)
@@ -109,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.setFormatter(logging.Formatter("  %(message)s"))
     logging.getLogger("wsync").addHandler(progress)
     logging.getLogger("wsync").setLevel(logging.INFO)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = open_instance()
     store = _open_store()
     try:
         report = run_sync(spec, store, instance, partition=args.partition)

@@ -14,6 +14,7 @@ from dagster import (
 
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
+from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.pipeline import check_mapping, logger
@@ -71,7 +72,7 @@ def run_sync(
     for run in runs:
         label, options = run.label, dict(run.options)
         logger.info(f"{spec.name}: one Dagster run for partitions {label}")
-        result = _execute(job, instance, options)
+        result = _execute(job, instance, options, warehouse_pool(spec))
         if not result.success:
             if _interrupted(result):
                 delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
@@ -83,8 +84,8 @@ def run_sync(
     return report
 
 
-def _execute(job, instance: DagsterInstance, options: dict):
-    """Wait for a profile-store slot, then run the job here, watching the pool while its delivery waits."""
+def _execute(job, instance: DagsterInstance, options: dict, read_pool: str):
+    """Wait for a profile-store slot, then run the job here, saying who holds a pool its steps wait for."""
     try:
         wait_for_pool(instance, PROFILE_STORE_POOL, logger.info)
     except KeyboardInterrupt:
@@ -93,7 +94,10 @@ def _execute(job, instance: DagsterInstance, options: dict):
         ) from None
     run_id = str(uuid.uuid4())
     tags = {**options.pop("tags", {}), **process_tags(), MAX_RETRIES_TAG: "0"}
-    with watch_pool(instance, PROFILE_STORE_POOL, run_id, logger.info):
+    with (
+        watch_pool(instance, read_pool, run_id, logger.info),
+        watch_pool(instance, PROFILE_STORE_POOL, run_id, logger.info),
+    ):
         return job.execute_in_process(
             instance=instance,
             run_config=_QUIET_LOGS,

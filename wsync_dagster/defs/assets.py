@@ -18,6 +18,7 @@ from dagster import (
 
 from wsync_dagster.batches import BatchFile
 from wsync_dagster.bookkeeping import add_partition_metadata
+from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
@@ -136,6 +137,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         group_name=spec.name,
         kinds=kinds,
         required_resource_keys={warehouse_key(spec)},
+        # Reads take a slot of their connection's pool: backfills queue instead of piling onto one warehouse.
+        pool=warehouse_pool(spec),
         description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
         check_specs=[
             AssetCheckSpec(
