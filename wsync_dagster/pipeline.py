@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.batches import BatchFile, remove_stale_files
-from wsync_dagster.changes import VERSION, VersionWindow, change_feed, change_rows_sql
+from wsync_dagster.changes import VERSION, ChangeFeed, VersionWindow, change_feed, change_rows_sql
 from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
 from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
@@ -58,7 +58,8 @@ class MapCounts:
 def check_mapping(spec: SyncSpec) -> MappingPlan:
     """Probe the model's columns in the warehouse and check the mapping against them (and a cdc table's feed)."""
     if spec.sync.mode == "cdc":
-        change_feed(spec).check()
+        with change_feed(spec) as feed:
+            feed.check()
     warehouse = open_warehouse(spec)
     try:
         return build_plan(spec, warehouse.columns(spec.data_model.sql))
@@ -83,7 +84,7 @@ def map_partition(
         _report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
     counts = MapCounts()
     if isinstance(window, VersionWindow):
-        warehouse, plan, query, params = _change_read(spec, window)
+        warehouse, plan, query, params = _change_read(spec, window, open_reader)
     else:
         warehouse = _open(spec, open_reader)
     try:
@@ -121,13 +122,12 @@ def _model_read(
     return plan, query, tuple(window.bounds(plan.iterator_type, columns.field(plan.iterator).type))  # type: ignore[arg-type]
 
 
-def _change_read(spec: SyncSpec, window: VersionWindow) -> tuple[Warehouse, MappingPlan, str, tuple]:
+def _change_read(
+    spec: SyncSpec, window: VersionWindow, open_reader: OpenReader | None
+) -> tuple[Warehouse, MappingPlan, str, tuple]:
     """A reader over the table's snapshot or changes, and the plan whose version is each row's commit."""
-    feed = change_feed(spec)
-    feed.check()
-    if not window.snapshot:
-        feed.check_history(window)
-    warehouse, model = feed.reader(window)
+    with change_feed(spec, open_reader) as feed:
+        warehouse, model = _checked_reader(feed, window)
     try:
         schema = warehouse.columns(model)
         columns = [name for name in schema.names if not name.startswith("_wsync")]
@@ -135,7 +135,9 @@ def _change_read(spec: SyncSpec, window: VersionWindow) -> tuple[Warehouse, Mapp
         query = model
         if not window.snapshot:
             identities = set(plan.identities.values())
-            query = change_rows_sql(model, columns, identities, events=plan.data_type == "event")
+            query = change_rows_sql(
+                model, columns, identities, events=plan.data_type == "event", dialect=warehouse.dialect
+            )
         read = pa.schema([*(schema.field(name) for name in columns), pa.field(VERSION, pa.int64())])
         plan = replace(
             plan, schema=read, iterator=VERSION, iterator_type="integer", ignored=(*plan.ignored, VERSION)
@@ -144,6 +146,14 @@ def _change_read(spec: SyncSpec, window: VersionWindow) -> tuple[Warehouse, Mapp
         warehouse.close()
         raise
     return warehouse, plan, query, ()
+
+
+def _checked_reader(feed: ChangeFeed, window: VersionWindow) -> tuple[Warehouse, str]:
+    """The feed's reader for the window, once the feed is on and the range is readable row by row."""
+    feed.check()
+    if not window.snapshot:
+        feed.check_history(window)
+    return feed.reader(window)
 
 
 @dataclass(frozen=True)

@@ -321,7 +321,7 @@ class SyncSpec(_Strict):
         if not getattr(self.connection, "change_feed", False):
             raise ValueError(
                 f"sync.mode: cdc reads a table's change feed, and a {self.connection.type} connection has "
-                "none that wsync reads (delta has: its Change Data Feed): use mode incremental or full"
+                "none that wsync reads (delta, databricks and snowflake have): use mode incremental or full"
             )
         if self.sync.iterator or self.sync.iterator_type:
             raise ValueError(

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from dagster import AssetCheckSeverity
 
@@ -128,3 +129,41 @@ def test_iterator_values_of_every_type_become_utc_moments(
 ) -> None:
     """The delay is measured from the same moment whatever the iterator's type."""
     assert iterator_moment(value, iterator_type) == moment
+
+
+def test_a_cdc_sync_warns_when_its_tables_newest_commit_is_older_than_the_limit(
+    tmp_path: Path, write_sync: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cdc sync's delay is its table's newest commit: fresh, `wsync run` warns of nothing; three days on, it would."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from wsync_dagster.defs.assets import DATA_DELAY_CHECK, build_sync_assets, data_delay_result, mapped_key
+
+    path = tmp_path / "lake" / "users"
+    write_deltalake(
+        str(path),
+        pa.table({"customer_id": ["C001"], "plan": ["free"]}),
+        configuration={"delta.enableChangeDataFeed": "true"},
+    )
+    sync = {
+        "name": "crm_changes",
+        "data_type": "user",
+        "connection": {"type": "delta", "tables": {"crm.users": str(path)}},
+        "data_model": {"sql": "SELECT customer_id, plan FROM crm.users"},
+        "sync": {"mode": "cdc"},
+    }
+    spec = load_sync_file(write_sync(sync))
+    [mapped] = [a for a in build_sync_assets(spec) if mapped_key(spec) in a.keys]
+    assert DATA_DELAY_CHECK in {key.name for key in mapped.check_keys}
+
+    assert main(["run", "crm_changes"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+    committed = datetime.fromtimestamp(DeltaTable(str(path)).history(1)[0]["timestamp"] / 1000, UTC)
+    result = data_delay_result(spec, now=committed + timedelta(days=3))
+    assert result.severity == AssetCheckSeverity.WARN and not result.passed
+    assert result.metadata["newest_commit"].value == committed.isoformat()
+    assert result.description == (
+        f"data delay: the newest commit to the table is {committed.isoformat()}, 3.0 d ago; "
+        "the limit is 2.0 d (sync.delay_alert)"
+    )

@@ -18,6 +18,7 @@ from dagster import (
 
 from wsync_dagster.batches import BatchFile
 from wsync_dagster.bookkeeping import add_partition_metadata
+from wsync_dagster.changes import change_feed
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
@@ -68,24 +69,28 @@ def _preview_markdown(profiles: list[dict]) -> str:
 def data_delay_result(
     spec: SyncSpec, now: datetime | None = None, open_reader: OpenReader | None = None
 ) -> AssetCheckResult:
-    """Warn when the newest iterator value in the warehouse is older than the sync's delay limit."""
+    """Warn when the newest iterator value (or a cdc table's newest commit) is older than the delay limit."""
     limit = spec.sync.delay_limit
-    newest = newest_iterator(spec, open_reader)
+    if spec.sync.mode == "cdc":
+        with change_feed(spec, open_reader) as feed:
+            newest: datetime | None = feed.newest_commit()
+        key = "newest_commit"
+    else:
+        newest = newest_iterator(spec, open_reader)
+        key = "newest_iterator_value"
     now = now or datetime.now(UTC)
     metadata: dict = {"delay_limit_hours": round(limit.total_seconds() / 3600, 2)}
     if newest is None:
         passed, description = False, "the data model has no rows: no iterator value arrived"
     else:
         delay = now - newest
-        metadata.update(
-            newest_iterator_value=newest.isoformat(), delay_hours=round(delay.total_seconds() / 3600, 2)
-        )
+        metadata.update({key: newest.isoformat(), "delay_hours": round(delay.total_seconds() / 3600, 2)})
         passed = delay <= limit
         description = (
             None
             if passed
             else (
-                f"data delay: the newest {spec.sync.iterator} is {newest.isoformat()}, "
+                f"data delay: the newest {_delay_subject(spec)} is {newest.isoformat()}, "
                 f"{_hours(delay)} ago; the limit is {_hours(limit)} (sync.delay_alert)"
             )
         )
@@ -96,6 +101,10 @@ def data_delay_result(
         metadata=metadata,
         description=description,
     )
+
+
+def _delay_subject(spec: SyncSpec) -> str:
+    return "commit to the table" if spec.sync.mode == "cdc" else str(spec.sync.iterator)
 
 
 def _hours(span: timedelta) -> str:
@@ -122,10 +131,11 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             AssetCheckSpec(
                 DATA_DELAY_CHECK,
                 asset=mapped_key(spec),
-                description=f"The newest {spec.sync.iterator} is at most {_hours(spec.sync.delay_limit)} old",
+                description=f"The newest {_delay_subject(spec)} is at most {_hours(spec.sync.delay_limit)} old",
             )
         ]
-        if spec.sync.mode == "incremental" and spec.sync.iterator_type != "integer"
+        if spec.sync.mode == "cdc"
+        or (spec.sync.mode == "incremental" and spec.sync.iterator_type != "integer")
         else []
     )
 

@@ -49,7 +49,8 @@ class ChangeCapture:
 
     def next_range(self, instance: DagsterInstance, delivered: Iterable[str] = ()) -> str | None:
         """The versions above every known range up to the table's newest (at first: its snapshot)."""
-        latest = change_feed(self.spec).latest_version()
+        with change_feed(self.spec) as feed:
+            latest = feed.latest_version()
         known = [*instance.get_dynamic_partitions(self.partitions().name), *delivered]
         ends = [parsed[1] for key in known if (parsed := parse_range_key(key))]
         if not ends:

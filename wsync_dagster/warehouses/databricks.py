@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import sqlglot
@@ -26,6 +26,7 @@ class DatabricksConnection(ConnectionSpec):
     """A Databricks SQL warehouse or cluster, by host, HTTP path and personal access token."""
 
     dialect = "databricks"
+    change_feed: ClassVar[bool] = True  # table_changes, read by wsync_dagster.changes.databricks
     type: Literal["databricks"]
     server_hostname: Setting
     http_path: Setting

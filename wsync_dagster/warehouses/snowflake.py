@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -44,6 +44,7 @@ class SnowflakeConnection(ConnectionSpec):
     """A Snowflake account, with a password or a key pair (the key as PEM text or in a file)."""
 
     dialect = "snowflake"
+    change_feed: ClassVar[bool] = True  # change tracking, read by wsync_dagster.changes.snowflake
     type: Literal["snowflake"]
     account: Setting
     user: Setting

@@ -1,0 +1,132 @@
+"""What every change feed offers, and the rows a cdc run maps from it.
+
+A feed's reader returns the data model over the table's snapshot or changes, with three columns of its
+own whatever the warehouse calls them: the change (Delta's names: insert, update_preimage,
+update_postimage, delete), the row's order-safety version (its commit time in epoch µs) and the order
+in which the read applies rows (the commit version). `change_rows_sql` turns that into the rows to map.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import pyarrow as pa
+from sqlglot import exp
+
+from wsync_dagster.data_model import check_read_only_select
+from wsync_dagster.warehouses.base import Warehouse, WarehouseError
+
+CHANGE, VERSION, ORDER = "_wsync_change", "_wsync_version", "_wsync_order"
+# A name Snowflake stores in upper case when unquoted, and wsync's reader shows in lower case.
+_SNOWFLAKE_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*\Z")
+
+
+class ChangeFeedError(WarehouseError):
+    """A change feed that cannot be read for this range; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class VersionWindow:
+    """The table versions one run reads: a snapshot at `last` when `first` is 0, else changes first..last."""
+
+    first: int
+    last: int
+
+    @property
+    def snapshot(self) -> bool:
+        """The first run of a sync reads the table as it is, not its history."""
+        return self.first == 0
+
+    @property
+    def micros(self) -> tuple[int, int]:
+        """The range as the store records windows."""
+        return self.first, self.last + 1
+
+    def bounds(self, iterator_type: str, column_type: pa.DataType | None = None) -> tuple[int, int]:
+        """The range (a change feed is read by version, not by a query parameter)."""
+        return self.first, self.last
+
+    def describe(self) -> str:
+        """The range as the UI shows it."""
+        return f"snapshot at version {self.last}" if self.snapshot else f"versions {self.first}..{self.last}"
+
+
+class ChangeFeed(Protocol):
+    """One table's change feed in one warehouse; opened by `change_feed`, closed by leaving its `with`."""
+
+    def check(self) -> None:
+        """The table keeps a change feed; else an error that says how to turn it on."""
+        ...
+
+    def latest_version(self) -> int:
+        """The table's newest version."""
+        ...
+
+    def check_history(self, window: VersionWindow) -> None:
+        """Refuse a range the feed cannot tell row by row: an overwrite, a re-creation, expired history."""
+        ...
+
+    def newest_commit(self) -> datetime:
+        """When the table last changed (the data-delay check)."""
+        ...
+
+    def reader(self, window: VersionWindow) -> tuple[Warehouse, str]:
+        """A reader, handed to the caller, and the model's query over the window's snapshot or changes."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection the feed holds, unless `reader` handed it over."""
+        ...
+
+    def __enter__(self) -> ChangeFeed: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def feed_model(
+    sql: str,
+    dialect: str,
+    *,
+    source: exp.Table | None = None,
+    hidden: Sequence[str] = (),
+    added: dict[str, exp.Expression],
+) -> str:
+    """The data model over its table's feed: the table replaced by `source`, `hidden` out of each `*`."""
+    select = check_read_only_select(sql, dialect)
+    assert isinstance(select, exp.Select), "change_model_table checked that the model is one SELECT"
+    if source is not None:
+        table = next(select.find_all(exp.Table))
+        source = source.copy()
+        if alias := table.args.get("alias"):
+            source.set("alias", alias.copy())
+        table.replace(source)
+    if hidden:
+        for star in select.find_all(exp.Star):
+            star.set("except_", [exp.column(name) for name in hidden])
+    select = select.select(*(expression.as_(name) for name, expression in added.items()), copy=False)
+    return select.sql(dialect=dialect)
+
+
+def column_sql(name: str, dialect: str) -> str:
+    """A column of the model as the outer query must name it in the warehouse's SQL."""
+    quoted = not (dialect == "snowflake" and _SNOWFLAKE_PLAIN.match(name))
+    return exp.to_identifier(name, quoted=quoted).sql(dialect=dialect)
+
+
+def change_rows_sql(
+    model: str, columns: list[str], identities: set[str], *, events: bool, dialect: str = "duckdb"
+) -> str:
+    """Rows to map from the model over a feed: deletes keep only their identities, pre-images go."""
+    kept = ", ".join(
+        column_sql(name, dialect)
+        if name in identities
+        else f"CASE WHEN {CHANGE} = 'delete' THEN NULL ELSE {column_sql(name, dialect)} END AS "
+        f"{column_sql(name, dialect)}"
+        for name in columns
+    )
+    wanted = "('insert')" if events else "('insert', 'update_postimage', 'delete')"
+    return f"SELECT {kept}, {VERSION} FROM ({model}) AS feed WHERE {CHANGE} IN {wanted} ORDER BY {ORDER}"
