@@ -238,3 +238,26 @@ def test_a_delta_table_without_a_change_feed_says_how_to_turn_it_on(
     assert code == 1
     assert "has no change data feed" in err and "delta.enableChangeDataFeed = true" in err, err
     assert profile("C001") is None
+
+
+def test_a_row_updated_out_of_the_models_filter_loses_what_this_sync_set(
+    lake: Path, write_sync: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`WHERE plan <> 'test'`: C001 updated to test has left the model, as if deleted; C002 stays."""
+    write_sync(cdc_sync(lake, sql="SELECT customer_id, email, plan FROM crm.users WHERE plan <> 'test'"))
+    assert run(capsys)[0] == 0
+    assert profile("C001")["attributes"] == {"plan": "free"}  # type: ignore[index]
+
+    DeltaTable(str(lake)).update({"plan": "'test'"}, predicate="customer_id = 'C001'")
+    DeltaTable(str(lake)).update({"plan": "'pro'"}, predicate="customer_id = 'C002'")
+    code, _, err = run(capsys)
+    assert code == 0, err
+    assert profile("C001") == {
+        "identities": {"customer_id": "C001", "email": "ada@example.com"},
+        "attributes": {},
+    }
+    assert profile("C002")["attributes"] == {"plan": "pro"}  # type: ignore[index]
+
+    DeltaTable(str(lake)).update({"plan": "'team'"}, predicate="customer_id = 'C001'")  # back in the model
+    assert run(capsys)[0] == 0
+    assert profile("C001")["attributes"] == {"plan": "team"}  # type: ignore[index]

@@ -40,6 +40,7 @@ from wsync_dagster_tests.engines.snowflake import SnowflakeEngine, start
 
 MODEL = "SELECT customer_id, email, plan FROM crm.users"
 IDENTITIES = {"customer_id", "email"}
+FILTERED = "SELECT customer_id, email, plan FROM crm.users WHERE plan <> 'test'"
 CDF = {"delta.enableChangeDataFeed": "true"}
 # 2024-11-24 09:00 and 10:00 UTC in epoch µs: a Snowflake range of one hour.
 NINE, TEN = 1_732_438_800_000_000, 1_732_442_400_000_000
@@ -102,7 +103,8 @@ def test_snowflake_changes_sql_parses_as_a_changes_clause_from_just_before_first
     ]
     # A quoted mixed-case column stays quoted, plain ones are left for Snowflake to fold.
     assert rows.startswith(
-        'SELECT customer_id, email, CASE WHEN _wsync_change = \'delete\' THEN NULL ELSE "Plan" END AS "Plan", '
+        "SELECT customer_id, email, CASE WHEN (_wsync_change = 'delete' OR NOT _wsync_in_model) THEN NULL "
+        'ELSE "Plan" END AS "Plan", '
     )
 
     snapshot = sqlglot.parse_one(snowflake_feed.snapshot_sql(MODEL, "db.crm.users", TEN), read="snowflake")
@@ -115,7 +117,8 @@ def test_snowflake_change_rows_computed_on_fakesnow_from_what_changes_returns(sn
 
     The table stands in for the CHANGES clause (fakesnow cannot run it); it holds what Snowflake returns
     for C1 inserted, C2 updated (its old row as DELETE with ISUPDATE, the new as INSERT with ISUPDATE), C3
-    deleted.
+    deleted, C4 updated to a plan the model's WHERE leaves out, C5 inserted outside it, and a row outside it
+    with no identity.
     """
     snowflake.execute(
         "CREATE SCHEMA crm",
@@ -123,9 +126,13 @@ def test_snowflake_change_rows_computed_on_fakesnow_from_what_changes_returns(sn
         'VARCHAR, "METADATA$ISUPDATE" BOOLEAN, "METADATA$ROW_ID" VARCHAR)',
         "INSERT INTO crm.users_changes VALUES ('C1', 'a@x.io', 'free', 'INSERT', FALSE, 'r1'), "
         "('C2', 'b@x.io', 'free', 'DELETE', TRUE, 'r2'), ('C2', 'b@x.io', 'pro', 'INSERT', TRUE, 'r2'), "
-        "('C3', 'c@x.io', 'team', 'DELETE', FALSE, 'r3')",
+        "('C3', 'c@x.io', 'team', 'DELETE', FALSE, 'r3'), ('C4', 'd@x.io', 'pro', 'DELETE', TRUE, 'r4'), "
+        "('C4', 'd@x.io', 'test', 'INSERT', TRUE, 'r4'), ('C5', NULL, 'test', 'INSERT', FALSE, 'r5'), "
+        "(NULL, NULL, 'test', 'INSERT', FALSE, 'r6')",
     )
-    model = snowflake_feed.changes_sql("SELECT * FROM crm.users", "crm.users", VersionWindow(NINE + 1, TEN))
+    model = snowflake_feed.changes_sql(
+        "SELECT * FROM crm.users WHERE plan <> 'test'", "crm.users", VersionWindow(NINE + 1, TEN)
+    )
     rows = {}
     for events in (False, True):
         sql = change_rows_sql(
@@ -139,7 +146,9 @@ def test_snowflake_change_rows_computed_on_fakesnow_from_what_changes_returns(sn
         ("C1", "a@x.io", "free", TEN),
         ("C2", "b@x.io", "pro", TEN),
         ("C3", "c@x.io", None, TEN),  # a delete keeps its identities only: it removes this sync's attributes
-    ]
+        ("C4", "d@x.io", None, TEN),  # updated out of the model's filter: it left the model, as a delete
+        ("C5", None, None, TEN),  # outside the filter from the start: a delete, which finds nothing to remove
+    ]  # and a row outside the filter with no identity at all is no row of the model: left out, not rejected
     assert rows[True] == [("C1", "a@x.io", "free", TEN)]  # an event sync takes new rows only
 
 
@@ -286,7 +295,7 @@ def test_databricks_changes_sql_parses_as_table_changes_of_the_range(tmp_path: P
 def test_databricks_change_rows_on_local_spark_equal_the_delta_path_over_the_same_real_feed(
     tmp_path: Path, spark_databricks: LocalSparkEngine
 ):
-    """A real Delta table's feed (insert, update, delete, re-insert) as table_changes returns it, in a Spark view.
+    """A real Delta table's feed (insert, update, delete, re-insert, update out of the model's WHERE) in a Spark view.
 
     wsync's Databricks SQL, run on Spark over that view, gives the rows wsync's Delta path gives.
     """
@@ -295,16 +304,17 @@ def test_databricks_change_rows_on_local_spark_equal_the_delta_path_over_the_sam
     DeltaTable(path).update({"plan": "'pro'"}, predicate="customer_id = 'C1'")  # 1
     DeltaTable(path).delete("customer_id = 'C2'")  # 2
     write_deltalake(path, users(("C2", "b@x.io", "team"), ("C3", "c@x.io", "free")), mode="append")  # 3
-    feed = pa.table(DeltaTable(path).load_cdf(starting_version=1, ending_version=3).read_all())
+    DeltaTable(path).update({"plan": "'test'"}, predicate="customer_id = 'C3'")  # 4: out of the model
+    feed = pa.table(DeltaTable(path).load_cdf(starting_version=1, ending_version=4).read_all())
     # Databricks' _commit_version is a BIGINT; delta-rs gives it unsigned, which Spark does not take.
     version = feed.schema.get_field_index("_commit_version")
     feed = feed.set_column(version, "_commit_version", feed["_commit_version"].cast(pa.int64()))
     spark = spark_databricks.spark
     spark.createDataFrame(feed.to_pandas()).createOrReplaceTempView("users_feed")
 
-    window = VersionWindow(1, 3)
+    window = VersionWindow(1, 4)
     columns = ["customer_id", "email", "plan"]
-    model = databricks_feed.changes_sql(MODEL, "main.crm.users", window)
+    model = databricks_feed.changes_sql(FILTERED, "main.crm.users", window)
     sql = change_rows_sql(model, columns, IDENTITIES, events=False, dialect="databricks")
     stand_in = sqlglot.parse_one(sql, read="databricks").transform(
         lambda node: (
@@ -315,7 +325,9 @@ def test_databricks_change_rows_on_local_spark_equal_the_delta_path_over_the_sam
     )
     on_spark = [tuple(row) for row in spark.sql(stand_in.sql("databricks")).collect()]
 
-    spec = load_sync_file(_written(tmp_path, cdc_sync({"type": "delta", "tables": {"crm.users": path}})))
+    spec = load_sync_file(
+        _written(tmp_path, cdc_sync({"type": "delta", "tables": {"crm.users": path}}, sql=FILTERED))
+    )
     reader, delta_model = DeltaFeed(spec).reader(window)
     try:
         on_delta = [
@@ -326,12 +338,13 @@ def test_databricks_change_rows_on_local_spark_equal_the_delta_path_over_the_sam
     finally:
         reader.close()
     assert on_spark == on_delta
-    # In commit order: C1's post-image, C2's delete (identities only), C2 inserted again, C3 new.
+    # In commit order: C1's post-image, C2's delete (identities only), C2 inserted again, C3 new, C3 out.
     assert [row[:3] for row in on_spark] == [
         ("C1", "a@x.io", "pro"),
         ("C2", "b@x.io", None),
         ("C2", "b@x.io", "team"),
         ("C3", "c@x.io", "free"),
+        ("C3", "c@x.io", None),
     ]
 
 

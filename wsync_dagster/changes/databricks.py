@@ -124,6 +124,7 @@ def changes_sql(sql: str, name: str, window: VersionWindow) -> str:
         sql,
         _DIALECT,
         source=source,
+        lift_filter=True,
         hidden=DELTA_FEED_COLUMNS,
         added={
             CHANGE: exp.column("_change_type"),

@@ -104,6 +104,7 @@ class DeltaFeed:
         model = feed_model(
             sql,
             "duckdb",
+            lift_filter=True,
             hidden=DELTA_FEED_COLUMNS,
             added={
                 CHANGE: exp.column("_change_type"),

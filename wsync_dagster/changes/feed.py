@@ -21,6 +21,8 @@ from wsync_dagster.data_model import check_read_only_select
 from wsync_dagster.warehouses.base import Warehouse, WarehouseError
 
 CHANGE, VERSION, ORDER = "_wsync_change", "_wsync_version", "_wsync_order"
+# Whether the row passes the model's WHERE: a row updated out of the filter has left the model.
+IN_MODEL = "_wsync_in_model"
 # A name Snowflake stores in upper case when unquoted, and wsync's reader shows in lower case.
 _SNOWFLAKE_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*\Z")
 
@@ -94,10 +96,20 @@ def feed_model(
     source: exp.Table | None = None,
     hidden: Sequence[str] = (),
     added: dict[str, exp.Expression],
+    lift_filter: bool = False,
 ) -> str:
-    """The data model over its table's feed: the table replaced by `source`, `hidden` out of each `*`."""
+    """The data model over its table's feed: the table replaced by `source`, `hidden` out of each `*`.
+
+    With `lift_filter`, the model's WHERE becomes the IN_MODEL column instead of dropping rows, so that
+    a change that takes a row out of the model can remove what the row had set.
+    """
     select = check_read_only_select(sql, dialect)
     assert isinstance(select, exp.Select), "change_model_table checked that the model is one SELECT"
+    if lift_filter:
+        where = select.args.get("where")
+        select.set("where", None)
+        condition = where.this.copy() if where else exp.true()
+        added = {**added, IN_MODEL: exp.func("COALESCE", exp.paren(condition), exp.false())}
     if source is not None:
         table = next(select.find_all(exp.Table))
         source = source.copy()
@@ -120,13 +132,25 @@ def column_sql(name: str, dialect: str) -> str:
 def change_rows_sql(
     model: str, columns: list[str], identities: set[str], *, events: bool, dialect: str = "duckdb"
 ) -> str:
-    """Rows to map from the model over a feed: deletes keep only their identities, pre-images go."""
+    """Rows to map from the model over a feed: deletes keep only their identities, pre-images go.
+
+    A row outside the model's filter is a delete, so the profile loses what this sync set on it; one
+    with no identity at all is left out (it could match no profile, and is no reject of the model).
+    """
+    removed = f"({CHANGE} = 'delete' OR NOT {IN_MODEL})"
     kept = ", ".join(
         column_sql(name, dialect)
         if name in identities
-        else f"CASE WHEN {CHANGE} = 'delete' THEN NULL ELSE {column_sql(name, dialect)} END AS "
-        f"{column_sql(name, dialect)}"
+        else f"CASE WHEN {removed} THEN NULL ELSE {column_sql(name, dialect)} END AS {column_sql(name, dialect)}"
         for name in columns
     )
-    wanted = "('insert')" if events else "('insert', 'update_postimage', 'delete')"
-    return f"SELECT {kept}, {VERSION} FROM ({model}) AS feed WHERE {CHANGE} IN {wanted} ORDER BY {ORDER}"
+    if events:
+        wanted = f"{CHANGE} = 'insert' AND {IN_MODEL}"
+    else:
+        known = " OR ".join(
+            f"{column_sql(name, dialect)} IS NOT NULL" for name in columns if name in identities
+        )
+        wanted = (
+            f"{CHANGE} IN ('insert', 'update_postimage', 'delete') AND ({IN_MODEL} OR {known or 'FALSE'})"
+        )
+    return f"SELECT {kept}, {VERSION} FROM ({model}) AS feed WHERE {wanted} ORDER BY {ORDER}"

@@ -162,6 +162,7 @@ def changes_sql(sql: str, name: str, window: VersionWindow) -> str:
         sql,
         _DIALECT,
         source=source,
+        lift_filter=True,
         hidden=SNOWFLAKE_FEED_COLUMNS,
         added={
             CHANGE: sqlglot.parse_one(_CHANGE_SQL, read=_DIALECT),
