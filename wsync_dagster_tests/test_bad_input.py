@@ -386,7 +386,7 @@ CASES: list[Case] = [
         "cdc_on_duckdb",
         VALIDATE,
         "✗ {sync_file}: sync.mode: cdc reads a table's change feed, and a duckdb connection has none that "
-        "wsync reads (delta has: its Change Data Feed): use mode incremental or full",
+        "wsync reads (delta, databricks and snowflake have): use mode incremental or full",
         sync={"sync": {"mode": "cdc"}},
     ),
     Case(
