@@ -107,6 +107,10 @@ def test_snowflake_changes_sql_parses_as_a_changes_clause_from_just_before_first
         'ELSE "Plan" END AS "Plan", '
     )
 
+    # The UI shows a Snowflake range as the moments it spans.
+    assert VersionWindow(NINE + 1, TEN, moments=True).describe() == (
+        "changes after 2024-11-24T09:00:00+00:00 to 2024-11-24T10:00:00+00:00"
+    )
     snapshot = sqlglot.parse_one(snowflake_feed.snapshot_sql(MODEL, "db.crm.users", TEN), read="snowflake")
     when = snapshot.find(exp.Table).args["when"]  # type: ignore[union-attr]
     assert when.name == "AT" and "2024-11-24 10:00:00+00:00" in when.expression.sql("snowflake")

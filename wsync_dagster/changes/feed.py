@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import pyarrow as pa
@@ -37,6 +37,7 @@ class VersionWindow:
 
     first: int
     last: int
+    moments: bool = False  # versions are moments in epoch µs (Snowflake), not table versions
 
     @property
     def snapshot(self) -> bool:
@@ -54,7 +55,18 @@ class VersionWindow:
 
     def describe(self) -> str:
         """The range as the UI shows it."""
+        if self.moments:
+            last = _moment(self.last)
+            return (
+                f"snapshot at {last}"
+                if self.snapshot
+                else f"changes after {_moment(self.first - 1)} to {last}"
+            )
         return f"snapshot at version {self.last}" if self.snapshot else f"versions {self.first}..{self.last}"
+
+
+def _moment(micros: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat()
 
 
 class ChangeFeed(Protocol):

@@ -120,4 +120,5 @@ class ChangeCapture:
                 f"{self.spec.name}: {what} {key} is not a range of table versions; keys are FIRST_LAST, both "
                 f"included, e.g. {range_key(4, 9)} (0_N: the snapshot at version N)"
             )
-        return VersionWindow(*parsed)
+        # Snowflake's versions are moments: the UI shows them as such.
+        return VersionWindow(*parsed, moments=self.spec.connection.type == "snowflake")
