@@ -19,6 +19,9 @@ from wsync_dagster.iterators import Window
 from wsync_dagster.pipeline import Partition
 from wsync_dagster.store import ProfileStore
 
+# How often a `once` sensor looks again after its run (it only skips then).
+ONCE_INTERVAL_S = 30
+
 # What define_asset_job returns; Dagster does not export its class.
 SyncJob = Any
 

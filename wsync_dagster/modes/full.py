@@ -19,7 +19,7 @@ from dagster import (
 
 from wsync_dagster.defs.partitions import last_tick, run_key, run_key_time
 from wsync_dagster.iterators import epoch_micros
-from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.pipeline import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -61,7 +61,8 @@ class FullMode:
         @sensor(
             name=f"{self.spec.name}_sensor",
             job=job,
-            minimum_interval_seconds=60,
+            # A once sensor only skips after its run: a short interval costs nothing.
+            minimum_interval_seconds=ONCE_INTERVAL_S if settings.schedule == "once" else 60,
             default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
             description=f"{self.spec.name}: {settings.schedule} run from {start.isoformat()}",
         )

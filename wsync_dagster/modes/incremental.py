@@ -25,7 +25,7 @@ from dagster import (
 from wsync_dagster.defs.partitions import run_key, schedule_partitions
 from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.iterators import epoch_micros, iterator_window
-from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.pipeline import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -105,7 +105,7 @@ class TimeWindows:
         @sensor(
             name=f"{spec.name}_sensor",
             job=job,
-            minimum_interval_seconds=60,
+            minimum_interval_seconds=ONCE_INTERVAL_S,
             default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
             description=f"{spec.name}: once run from {start.isoformat()}",
         )
