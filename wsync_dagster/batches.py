@@ -19,6 +19,7 @@ VERSION = "_version"  # int64, not null: order-safety version (iterator in µs, 
 IDENTITY_KEY = "_identity_key"  # string, not null: canonical JSON of the row's identities
 ROW_KEY = "_row_key"  # string: full mode only, stable key of the row (hash of its identities)
 FINGERPRINT = "_fingerprint"  # string: full mode only, hash of everything the row maps to
+DELETE = "_delete"  # bool: cdc user syncs only, the row removes what the sync set and creates nothing
 IDENTITY_PREFIX = "identity."  # "identity.<type>": string, one column per identity type mapped
 ATTRIBUTE_PREFIX = "attribute."  # "attribute.<name>": JSON text; NULL removes the attribute
 EVENT_ID = "event.id"  # string, not null in event batches: source_message_id or a row hash

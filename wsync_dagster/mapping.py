@@ -54,6 +54,7 @@ class MappingPlan:
     iterator: str | None = None
     iterator_type: str | None = None
     full_mode: bool = False
+    delete_column: str | None = None  # cdc: the column that flags a delete (see batches.DELETE)
 
 
 def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
@@ -293,6 +294,8 @@ class BatchMapper:
             select.append(
                 f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}"
             )
+        if plan.delete_column:
+            select.append(f"COALESCE(src.{_ident(plan.delete_column)}, FALSE) AS {_ident(b.DELETE)}")
         select.append(f"CAST({self._row_json()} AS VARCHAR) AS _raw_json")
         checks = self._float_checks()
         if plan.data_type == "event":
@@ -304,6 +307,8 @@ class BatchMapper:
         identity_json = _json_object({k: _ident(b.IDENTITY_PREFIX + k) for k in plan.identities})
         outer = [_ident(c) for c in mapped]
         outer.append(f"CAST({identity_json} AS VARCHAR) AS {_ident(b.IDENTITY_KEY)}")
+        if plan.delete_column:
+            outer.append(_ident(b.DELETE))
         if plan.data_type == "event":
             outer += [
                 _ident(c)

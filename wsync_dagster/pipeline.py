@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.batches import BatchFile, remove_stale_files
-from wsync_dagster.changes import VERSION, ChangeFeed, VersionWindow, change_feed, change_rows_sql
+from wsync_dagster.changes import DELETE, VERSION, ChangeFeed, VersionWindow, change_feed, change_rows_sql
 from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
 from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
@@ -132,15 +132,20 @@ def _change_read(
         schema = warehouse.columns(model)
         columns = [name for name in schema.names if not name.startswith("_wsync")]
         plan = build_plan(spec, pa.schema([schema.field(name) for name in columns]))
-        query = model
+        query, added = model, [pa.field(VERSION, pa.int64())]
         if not window.snapshot:
+            events = plan.data_type == "event"
             identities = set(plan.identities.values())
-            query = change_rows_sql(
-                model, columns, identities, events=plan.data_type == "event", dialect=warehouse.dialect
-            )
-        read = pa.schema([*(schema.field(name) for name in columns), pa.field(VERSION, pa.int64())])
+            query = change_rows_sql(model, columns, identities, events=events, dialect=warehouse.dialect)
+            added += [] if events else [pa.field(DELETE, pa.bool_())]
+        read = pa.schema([*(schema.field(name) for name in columns), *added])
         plan = replace(
-            plan, schema=read, iterator=VERSION, iterator_type="integer", ignored=(*plan.ignored, VERSION)
+            plan,
+            schema=read,
+            iterator=VERSION,
+            iterator_type="integer",
+            ignored=(*plan.ignored, *(field.name for field in added)),
+            delete_column=DELETE if len(added) > 1 else None,
         )
     except BaseException:
         warehouse.close()

@@ -261,3 +261,25 @@ def test_a_row_updated_out_of_the_models_filter_loses_what_this_sync_set(
     DeltaTable(str(lake)).update({"plan": "'team'"}, predicate="customer_id = 'C001'")  # back in the model
     assert run(capsys)[0] == 0
     assert profile("C001")["attributes"] == {"plan": "team"}  # type: ignore[index]
+
+
+def test_a_delete_of_a_customer_the_store_never_held_creates_no_profile(
+    lake: Path, write_sync: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Inserted and deleted between two runs, or outside the model's filter: no profile, counted as skipped."""
+    write_sync(cdc_sync(lake, sql="SELECT customer_id, email, plan FROM crm.users WHERE plan <> 'test'"))
+    assert run(capsys)[0] == 0
+    write_deltalake(str(lake), users(("C003", "cy@example.com", "team")), mode="append")
+    DeltaTable(str(lake)).delete("customer_id = 'C003'")
+    write_deltalake(str(lake), users(("C004", "di@example.com", "test")), mode="append")
+    code, out, err = run(capsys)
+    assert code == 0, err
+    assert "rows_skipped=2" in out, out
+    assert profile("C003") is None and profile("C004") is None
+    with open_profile_store(profile_store_url()) as store:
+        assert store.profile("email", "cy@example.com") is None  # no identity was written either
+
+    DeltaTable(str(lake)).delete("customer_id = 'C004'")
+    assert run(capsys)[0] == 0
+    assert profile("C004") is None
+    assert profile("C001")["attributes"] == {"plan": "free"}  # type: ignore[index]

@@ -146,12 +146,25 @@ def test_snowflake_change_rows_computed_on_fakesnow_from_what_changes_returns(sn
             lambda node: exp.to_table("crm.users_changes") if isinstance(node, exp.Table) else node
         )
         rows[events] = _fakesnow_rows(snowflake, stand_in.sql("snowflake"))
+    # (customer_id, email, plan, version, delete)
     assert sorted(rows[False]) == [
-        ("C1", "a@x.io", "free", TEN),
-        ("C2", "b@x.io", "pro", TEN),
-        ("C3", "c@x.io", None, TEN),  # a delete keeps its identities only: it removes this sync's attributes
-        ("C4", "d@x.io", None, TEN),  # updated out of the model's filter: it left the model, as a delete
-        ("C5", None, None, TEN),  # outside the filter from the start: a delete, which finds nothing to remove
+        ("C1", "a@x.io", "free", TEN, False),
+        ("C2", "b@x.io", "pro", TEN, False),
+        (
+            "C3",
+            "c@x.io",
+            None,
+            TEN,
+            True,
+        ),  # a delete keeps its identities only: it removes this sync's attributes
+        (
+            "C4",
+            "d@x.io",
+            None,
+            TEN,
+            True,
+        ),  # updated out of the model's filter: it left the model, as a delete
+        ("C5", None, None, TEN, True),  # outside the filter from the start: a delete, which creates nothing
     ]  # and a row outside the filter with no identity at all is no row of the model: left out, not rejected
     assert rows[True] == [("C1", "a@x.io", "free", TEN)]  # an event sync takes new rows only
 
@@ -342,13 +355,12 @@ def test_databricks_change_rows_on_local_spark_equal_the_delta_path_over_the_sam
     finally:
         reader.close()
     assert on_spark == on_delta
-    # In commit order: C1's post-image, C2's delete (identities only), C2 inserted again, C3 new, C3 out.
-    assert [row[:3] for row in on_spark] == [
-        ("C1", "a@x.io", "pro"),
-        ("C2", "b@x.io", None),
-        ("C2", "b@x.io", "team"),
-        ("C3", "c@x.io", "free"),
-        ("C3", "c@x.io", None),
+    # Each customer's last change, in commit order: C1's post-image, C2 inserted again after its delete,
+    # C3 updated out of the model after its insert (a delete: identities only, flagged).
+    assert [(*row[:3], row[4]) for row in on_spark] == [
+        ("C1", "a@x.io", "pro", False),
+        ("C2", "b@x.io", "team", False),
+        ("C3", "c@x.io", None, True),
     ]
 
 

@@ -870,3 +870,40 @@ def test_a_store_of_the_first_release_is_upgraded_without_losing_anything(tmp_pa
     assert (before["attributes"], [e["event_name"] for e in before["events"]]) == ({"plan": "pro"}, ["login"])
     assert after["attributes"] == {"plan": "pro"}  # the older billing value does not win
     assert counts.attributes_set == 0
+
+
+# Deletes (cdc)
+
+
+def deletes(*rows: dict[str, Any], version: int) -> pa.RecordBatch:
+    """A cdc batch whose rows are all deletes: identities, and NULL for each attribute."""
+    batch = mapped(*rows, version=version)
+    return batch.append_column(b.DELETE, pa.array([True] * batch.num_rows, pa.bool_()))
+
+
+def test_a_delete_removes_what_this_sync_set_on_a_profile_that_exists_and_creates_nothing(store) -> None:
+    """A delete finds its profile by its identities; one that finds none is skipped; no identity moves."""
+    deliver(store, mapped({"customer_id": "C1", "email": "a@x.io", "plan": "pro"}, version=1))
+    deliver(store, mapped({"customer_id": "C1", "tier": "gold"}, version=1), sync="crm_tiers")
+    counts = deliver(
+        store,
+        deletes(
+            {"customer_id": "C1", "email": "new@x.io", "plan": None},  # an e-mail the profile does not hold
+            {"customer_id": "C9", "email": "ghost@x.io", "plan": None},
+            version=2,
+        ),
+    )
+    assert (counts.rows_applied, counts.rows_skipped, counts.profiles_skipped) == (1, 1, 1)
+    assert (counts.profiles_created, counts.attributes_removed, counts.identities_changed) == (0, 1, 0)
+    profile = store.profile("customer_id", "C1")
+    assert profile is not None
+    assert profile["identities"] == {"customer_id": "C1", "email": "a@x.io"}
+    assert profile["attributes"] == {"tier": "gold"}
+    assert store.profile("customer_id", "C9") is None and store.profile("email", "ghost@x.io") is None
+    assert store.profile("email", "new@x.io") is None
+
+    # Order-safe: an older row does not undo the delete; a newer one brings the value back.
+    deliver(store, mapped({"customer_id": "C1", "plan": "free"}, version=1))
+    assert attributes(store, "customer_id", "C1") == {"tier": "gold"}
+    deliver(store, mapped({"customer_id": "C1", "plan": "team"}, version=3))
+    assert attributes(store, "customer_id", "C1") == {"plan": "team", "tier": "gold"}

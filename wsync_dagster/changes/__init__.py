@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from wsync_dagster.changes.feed import (
     CHANGE,
+    DELETE,
     ORDER,
     VERSION,
     ChangeFeed,
@@ -44,6 +45,7 @@ def change_feed(spec: SyncSpec, open_reader: Callable[[], Warehouse] | None = No
 
 __all__ = [
     "CHANGE",
+    "DELETE",
     "ORDER",
     "VERSION",
     "ChangeFeed",

@@ -23,6 +23,8 @@ from wsync_dagster.warehouses.base import Warehouse, WarehouseError
 CHANGE, VERSION, ORDER = "_wsync_change", "_wsync_version", "_wsync_order"
 # Whether the row passes the model's WHERE: a row updated out of the filter has left the model.
 IN_MODEL = "_wsync_in_model"
+# In the rows to map: the row removes what this sync set on its profile (a delete, or out of the model).
+DELETE = "_wsync_delete"
 # A name Snowflake stores in upper case when unquoted, and wsync's reader shows in lower case.
 _SNOWFLAKE_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*\Z")
 
@@ -144,11 +146,19 @@ def column_sql(name: str, dialect: str) -> str:
 def change_rows_sql(
     model: str, columns: list[str], identities: set[str], *, events: bool, dialect: str = "duckdb"
 ) -> str:
-    """Rows to map from the model over a feed: deletes keep only their identities, pre-images go.
+    """Rows to map from the model over a feed: for a user sync, each customer's last change in the range.
 
-    A row outside the model's filter is a delete, so the profile loses what this sync set on it; one
-    with no identity at all is left out (it could match no profile, and is no reject of the model).
+    A delete keeps only its identities and is flagged (DELETE), so that it removes what this sync set on
+    a profile that exists and creates none. A row outside the model's filter is such a delete; one with no
+    identity at all is left out (it could match no profile, and is no reject of the model). Pre-images go.
+    An event sync takes inserted rows in the model.
     """
+    if events:
+        kept = ", ".join(column_sql(name, dialect) for name in columns)
+        return (
+            f"SELECT {kept}, {VERSION} FROM ({model}) AS feed "
+            f"WHERE {CHANGE} = 'insert' AND {IN_MODEL} ORDER BY {ORDER}"
+        )
     removed = f"({CHANGE} = 'delete' OR NOT {IN_MODEL})"
     kept = ", ".join(
         column_sql(name, dialect)
@@ -156,13 +166,19 @@ def change_rows_sql(
         else f"CASE WHEN {removed} THEN NULL ELSE {column_sql(name, dialect)} END AS {column_sql(name, dialect)}"
         for name in columns
     )
-    if events:
-        wanted = f"{CHANGE} = 'insert' AND {IN_MODEL}"
-    else:
-        known = " OR ".join(
-            f"{column_sql(name, dialect)} IS NOT NULL" for name in columns if name in identities
-        )
-        wanted = (
-            f"{CHANGE} IN ('insert', 'update_postimage', 'delete') AND ({IN_MODEL} OR {known or 'FALSE'})"
-        )
-    return f"SELECT {kept}, {VERSION} FROM ({model}) AS feed WHERE {wanted} ORDER BY {ORDER}"
+    keys = [column_sql(name, dialect) for name in columns if name in identities]
+    known = " OR ".join(f"{key} IS NOT NULL" for key in keys) or "FALSE"
+    # Within a range only a customer's last change counts (Snowflake's CHANGES nets them the same way):
+    # a row inserted and deleted in one range leaves nothing behind.
+    last = (
+        f"ROW_NUMBER() OVER (PARTITION BY {', '.join(keys) or '1'} ORDER BY {ORDER} DESC, "
+        f"CASE WHEN {removed} THEN 0 ELSE 1 END DESC)"
+    )
+    changes = (
+        f"SELECT feed.*, {last} AS _wsync_last FROM ({model}) AS feed "
+        f"WHERE {CHANGE} IN ('insert', 'update_postimage', 'delete') AND ({IN_MODEL} OR {known})"
+    )
+    return (
+        f"SELECT {kept}, {VERSION}, {removed} AS {DELETE} FROM ({changes}) AS net "
+        f"WHERE _wsync_last = 1 ORDER BY {ORDER}"
+    )

@@ -347,8 +347,15 @@ class Delivery:
             self._remember_present(batch)
         if full_mode and batch.num_rows:
             batch, counts.rows_unchanged = self._drop_unchanged(batch)
+        removal_counts = DeliveryCounts()
+        if batch.num_rows and b.DELETE in batch.schema.names:
+            removals = pc.fill_null(batch.column(b.DELETE), False)
+            if pc.any(removals).as_py():
+                self._apply_removals(batch.filter(removals), removal_counts, partition)
+                batch = batch.filter(pc.invert(removals))
         if batch.num_rows:
             self._apply(batch, counts, full_mode, partition)
+        counts.add(removal_counts)
         self.partition_counts[partition].add(counts)
         self.counts.add(counts)
         return counts
@@ -525,6 +532,43 @@ class Delivery:
                 (PREVIEW_PROFILES,),
             )
             self.profile_ids_touched = [profile_id for (profile_id,) in rows]
+
+    def _apply_removals(self, batch: pa.RecordBatch, counts: DeliveryCounts, partition: str) -> None:
+        """Deletes: the profile a row's identities find (the first in priority order) loses what this sync
+        set on it. Nothing is created and no identity moves; a row that finds no profile is skipped."""
+        encoded = batch.column(b.IDENTITY_KEY).dictionary_encode()
+        keys = encoded.dictionary.cast(pa.string())
+        if self._input_protection == READ_ONLY:
+            counts.rows_skipped = batch.num_rows
+            self._skipped_keys[partition].update(keys.to_pylist())
+            return
+        key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
+        columns = b.identity_columns(batch.schema)
+        types = sorted(columns, key=priority)
+        _, first_rows = np.unique(key_of_row, return_index=True)
+        first = pa.array(first_rows, pa.int64())
+        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
+        identities = [
+            [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
+            for key_values in zip(*values, strict=True)
+        ]
+        self._look_up({identity for key in identities for identity in key})
+        owner = self._graph.owner
+        profile_of_key = pa.array(
+            [next((owner[i] for i in key if i in owner), None) for key in identities], pa.string()
+        )
+        skipped_key = pc.is_null(profile_of_key)
+        self._skipped_keys[partition].update(keys.filter(skipped_key).to_pylist())
+        profile_of_row = profile_of_key.take(encoded.indices)
+        found = pc.is_valid(profile_of_row)
+        counts.rows_applied = int(pc.sum(found).as_py() or 0)
+        counts.rows_skipped = batch.num_rows - counts.rows_applied
+        counts.profiles_skipped = int(pc.sum(skipped_key).as_py() or 0)
+        if not counts.rows_applied or not b.attribute_columns(batch.schema):
+            return
+        profiles = profile_of_row.filter(found)
+        code_of_row = pc.dictionary_encode(profiles).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        self._apply_attributes(batch.filter(found), profiles, code_of_row, [], counts, _now(), partition)
 
     def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
         """Resolve each distinct identity key of the batch, with the stamp of its newest row."""
