@@ -1,6 +1,7 @@
 """Dagster's per-partition bookkeeping: one `wsync run` over N hourly partitions of a tiny sync.
 
-    .venv/bin/python bench/partitions.py [--partitions 200 500 8760] [--storages default batched]
+    .venv/bin/python bench/partitions.py [--partitions 200 500 8760]
+        [--storages default batched postgres postgres-batched]
 
 Per N and per event log storage, in a fresh tmp DAGSTER_HOME, state folder and store: the wall time
 of `wsync run SYNC --partition FIRST..LAST` as a subprocess, the pipeline's time inside it (the
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,8 +33,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 HISTORY_START = datetime(2023, 1, 1, tzinfo=UTC)
 SYNC = "bench_users"
-# The stock SQLite event log storage, and wsync's (dagster.yaml's) that stores a batch at once.
-STORAGES = ("default", "batched")
+# The stock SQLite event log storage, wsync's (dagster.yaml's) that stores a batch at once, and the
+# production instance on PostgreSQL (deploy/dagster-postgres.yaml, a scratch database on the local
+# server) without and with DAGSTER_EVENT_BATCH_SIZE, which makes dagster-postgres insert a step's
+# materializations in one statement.
+STORAGES = ("default", "batched", "postgres", "postgres-batched")
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 TIMED = ("map_partition", "map_counts_by_partition", "deliver_partitions")
 
 
@@ -97,14 +104,46 @@ def build_sync(folder: Path, partitions: int) -> str:
 
 
 def dagster_yaml(storage: str) -> dict:
-    """The repo's dagster.yaml; for `default`, without its event_log_storage (Dagster's stock SQLite)."""
+    """The repo's dagster.yaml (for `default` without its event_log_storage: Dagster's stock SQLite), or
+    deploy/dagster-postgres.yaml for the postgres storages."""
+    if storage.startswith("postgres"):
+        return yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     if storage == "default":
         config.pop("event_log_storage", None)
     return config
 
 
-def materialized_counts(home: Path) -> list[int]:
+@contextmanager
+def instance_env(storage: str, partitions: int) -> Iterator[dict[str, str]]:
+    """The variables the instance needs: for the postgres storages, a scratch database, dropped after."""
+    if not storage.startswith("postgres"):
+        yield {}
+        return
+    import psycopg2
+
+    name = f"wsync_bench_{partitions}_{os.getpid()}"
+    admin = psycopg2.connect(dbname="postgres", **POSTGRES)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {
+            "DAGSTER_PG_HOST": POSTGRES["host"],
+            "DAGSTER_PG_PORT": str(POSTGRES["port"]),
+            "DAGSTER_PG_DB": name,
+            "DAGSTER_PG_USER": POSTGRES["user"],
+            "DAGSTER_PG_PASSWORD": "unused-the-local-server-trusts",
+            **({"DAGSTER_EVENT_BATCH_SIZE": "20000"} if storage == "postgres-batched" else {}),
+        }
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def materialized_counts(home: Path, extra: dict[str, str]) -> list[int]:
     """Partitions Dagster reports as materialized, per asset of the sync."""
     code = (
         "import json; from dagster import AssetKey, DagsterInstance\n"
@@ -112,7 +151,7 @@ def materialized_counts(home: Path) -> list[int]:
         f"    print(json.dumps([len(i.get_materialized_partitions(AssetKey([{SYNC!r}, a]))) "
         "for a in ('mapped_batches', 'delivery')]))"
     )
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env = {**os.environ, **extra, "DAGSTER_HOME": str(home)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -120,41 +159,48 @@ def materialized_counts(home: Path) -> list[int]:
 def measure(partitions: int, storage: str, keep: bool) -> dict:
     """One `wsync run` over `partitions` hourly partitions with one storage: its figures."""
     folder = Path(tempfile.mkdtemp(prefix=f"wsync-partitions-{partitions}-{storage}-"))
-    try:
-        span = build_sync(folder, partitions)
-        home = folder / "dagster_home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text(yaml.safe_dump(dagster_yaml(storage)))
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "WSYNC_SYNCS_DIR": str(folder / "syncs"),
-            "WSYNC_STATE_DIR": str(folder / "state"),
-            "WSYNC_PROFILE_STORE": f"sqlite:///{folder / 'state' / 'profiles.sqlite'}",
-        }
-        env.pop("DAGSTER_EVENT_BATCH_SIZE", None)
-        timings = folder / "timings.json"
-        command = [sys.executable, __file__, "--child", str(timings), "run", SYNC, "--partition", span]
-        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-        if done.returncode != 0:
-            raise SystemExit(f"{storage} N={partitions}: wsync run failed:\n{done.stderr[-3000:]}")
-        spent = json.loads(timings.read_text())
-        return {
-            "wall": wall,
-            "cpu": cpu,
-            "pipeline": sum(spent.values()),
-            "materialized": materialized_counts(home),
-        }
-    finally:
-        if keep:
-            print(f"  kept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+    with instance_env(storage, partitions) as extra:
+        try:
+            return _measure(folder, partitions, storage, extra)
+        finally:
+            if keep:
+                print(f"  kept {folder}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(folder: Path, partitions: int, storage: str, extra: dict[str, str]) -> dict:
+    """The run and its figures, in a prepared folder and instance."""
+    span = build_sync(folder, partitions)
+    home = folder / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(dagster_yaml(storage)))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "WSYNC_SYNCS_DIR": str(folder / "syncs"),
+        "WSYNC_STATE_DIR": str(folder / "state"),
+        "WSYNC_PROFILE_STORE": f"sqlite:///{folder / 'state' / 'profiles.sqlite'}",
+    }
+    env.pop("DAGSTER_EVENT_BATCH_SIZE", None)
+    env.update(extra)
+    timings = folder / "timings.json"
+    command = [sys.executable, __file__, "--child", str(timings), "run", SYNC, "--partition", span]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    if done.returncode != 0:
+        raise SystemExit(f"{storage} N={partitions}: wsync run failed:\n{done.stderr[-3000:]}")
+    spent = json.loads(timings.read_text())
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "pipeline": sum(spent.values()),
+        "materialized": materialized_counts(home, extra),
+    }
 
 
 def main() -> None:
@@ -167,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (
-        f"{'N':>6} {'storage':<8} {'wall s':>8} {'cpu s':>7} {'pipeline s':>10} {'other s':>8} "
+        f"{'N':>6} {'storage':<16} {'wall s':>8} {'cpu s':>7} {'pipeline s':>10} {'other s':>8} "
         f"{'ms/partition':>12}  materialized"
     )
     print(header)
@@ -177,7 +223,7 @@ def main() -> None:
             figures = measure(partitions, storage, args.keep)
             other = figures["wall"] - figures["pipeline"]
             print(
-                f"{partitions:>6} {storage:<8} {figures['wall']:>8.1f} {figures['cpu']:>7.1f} {figures['pipeline']:>10.2f} "
+                f"{partitions:>6} {storage:<16} {figures['wall']:>8.1f} {figures['cpu']:>7.1f} {figures['pipeline']:>10.2f} "
                 f"{other:>8.1f} {1000 * other / partitions:>12.1f}  "
                 f"{'/'.join(str(n) for n in figures['materialized'])}",
                 flush=True,
