@@ -1,7 +1,7 @@
 """Dagster's per-partition bookkeeping: one `wsync run` over N hourly partitions of a tiny sync.
 
     .venv/bin/python bench/partitions.py [--partitions 200 500 8760]
-        [--storages default batched postgres postgres-batched]
+        [--storages default batched pg-default pg-default-batch-size pg-batched]
 
 Per N and per event log storage, in a fresh tmp DAGSTER_HOME, state folder and store: the wall time
 of `wsync run SYNC --partition FIRST..LAST` as a subprocess, the pipeline's time inside it (the
@@ -33,11 +33,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 HISTORY_START = datetime(2023, 1, 1, tzinfo=UTC)
 SYNC = "bench_users"
-# The stock SQLite event log storage, wsync's (dagster.yaml's) that stores a batch at once, and the
-# production instance on PostgreSQL (deploy/dagster-postgres.yaml, a scratch database on the local
-# server) without and with DAGSTER_EVENT_BATCH_SIZE, which makes dagster-postgres insert a step's
-# materializations in one statement.
-STORAGES = ("default", "batched", "postgres", "postgres-batched")
+# The stock SQLite event log storage and wsync's (dagster.yaml's) that stores a batch at once; on
+# PostgreSQL (a scratch database on the local server), the stock event log storage without and with
+# DAGSTER_EVENT_BATCH_SIZE (which makes it insert a step's materializations in one statement, but
+# still its planned events one by one), and wsync's (deploy/dagster-postgres.yaml's).
+STORAGES = ("default", "batched", "pg-default", "pg-default-batch-size", "pg-batched")
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 TIMED = ("map_partition", "map_counts_by_partition", "deliver_partitions")
 
@@ -104,10 +104,14 @@ def build_sync(folder: Path, partitions: int) -> str:
 
 
 def dagster_yaml(storage: str) -> dict:
-    """The repo's dagster.yaml (for `default` without its event_log_storage: Dagster's stock SQLite), or
-    deploy/dagster-postgres.yaml for the postgres storages."""
-    if storage.startswith("postgres"):
-        return yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
+    """The instance file of the storage: the repo's dagster.yaml or deploy/dagster-postgres.yaml, for the
+    `default` ones with Dagster's stock event log storage instead of wsync's."""
+    if storage.startswith("pg-"):
+        config = yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
+        if storage.startswith("pg-default"):
+            stock = {"module": "dagster_postgres.event_log", "class": "PostgresEventLogStorage"}
+            config["event_log_storage"].update(stock)
+        return config
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     if storage == "default":
         config.pop("event_log_storage", None)
@@ -117,7 +121,7 @@ def dagster_yaml(storage: str) -> dict:
 @contextmanager
 def instance_env(storage: str, partitions: int) -> Iterator[dict[str, str]]:
     """The variables the instance needs: for the postgres storages, a scratch database, dropped after."""
-    if not storage.startswith("postgres"):
+    if not storage.startswith("pg-"):
         yield {}
         return
     import psycopg2
@@ -135,7 +139,7 @@ def instance_env(storage: str, partitions: int) -> Iterator[dict[str, str]]:
             "DAGSTER_PG_DB": name,
             "DAGSTER_PG_USER": POSTGRES["user"],
             "DAGSTER_PG_PASSWORD": "unused-the-local-server-trusts",
-            **({"DAGSTER_EVENT_BATCH_SIZE": "20000"} if storage == "postgres-batched" else {}),
+            **({"DAGSTER_EVENT_BATCH_SIZE": "20000"} if storage == "pg-default-batch-size" else {}),
         }
     finally:
         with admin.cursor() as cursor:
@@ -213,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (
-        f"{'N':>6} {'storage':<16} {'wall s':>8} {'cpu s':>7} {'pipeline s':>10} {'other s':>8} "
+        f"{'N':>6} {'storage':<21} {'wall s':>8} {'cpu s':>7} {'pipeline s':>10} {'other s':>8} "
         f"{'ms/partition':>12}  materialized"
     )
     print(header)
@@ -223,7 +227,7 @@ def main() -> None:
             figures = measure(partitions, storage, args.keep)
             other = figures["wall"] - figures["pipeline"]
             print(
-                f"{partitions:>6} {storage:<16} {figures['wall']:>8.1f} {figures['cpu']:>7.1f} {figures['pipeline']:>10.2f} "
+                f"{partitions:>6} {storage:<21} {figures['wall']:>8.1f} {figures['cpu']:>7.1f} {figures['pipeline']:>10.2f} "
                 f"{other:>8.1f} {1000 * other / partitions:>12.1f}  "
                 f"{'/'.join(str(n) for n in figures['materialized'])}",
                 flush=True,

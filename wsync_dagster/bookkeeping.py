@@ -1,6 +1,6 @@
 """Dagster's per-partition bookkeeping in time linear in the partitions: a run over years of them.
 
-The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27); test_bookkeeping.py
+The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27, dagster-postgres); test_bookkeeping.py
 checks Dagster's own asset queries answer exactly as with the stock parts, so an upgrade that breaks
 it fails the suite. A run over N partitions writes a planned event per partition per asset and a
 materialization per partition, each with its own metadata:
@@ -10,6 +10,10 @@ materialization per partition, each with its own metadata:
   DAGSTER_EVENT_BATCH_SIZE is set, but that storage stores a batch one event at a time.
   `BatchedSqliteEventLogStorage` (dagster.yaml) writes what `store_event` would, row for row and
   in the same order, with one transaction per shard per batch.
+- The stock PostgreSQL event log (dagster-postgres) stores a batch of materializations in one
+  statement but every planned event on its own round trip, and drops a batch's failed-to-materialize
+  events. `BatchedPostgresEventLogStorage` (deploy/dagster-postgres.yaml) stores every asset event
+  of a batch as `store_event` would, in one insert and one index transaction.
 - `context.add_asset_metadata(partition_key=...)` copies and re-checks all metadata added so far
   and lists the run's partition keys at each call: quadratic in the partitions.
   `add_partition_metadata` adds every partition's metadata at once.
@@ -32,6 +36,7 @@ from dagster._core.events import (
 from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.config import pg_config
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
@@ -39,7 +44,12 @@ from dagster._core.storage.event_log.schema import (
     SqlEventLogStorageTable,
 )
 from dagster._serdes import ConfigurableClassData
+from dagster_postgres import PostgresEventLogStorage
+from dagster_postgres.event_log.event_log import CHANNEL_NAME
+from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from dagster_shared.serdes import serialize_value
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
@@ -147,7 +157,81 @@ class EventTexts:
         return parts, order
 
 
-class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+class _BatchedAssetEvents:
+    """What both batched storages write for a batch: event rows, planned check rows, each asset's latest entry."""
+
+    # The dialect's INSERT with ON CONFLICT, and whether an event that sets no column still creates
+    # the asset's row (the stock PostgreSQL storage does, the SQLite one does not).
+    _upsert: Any = staticmethod(sqlite_insert)
+    _creates_asset_rows = False
+
+    def _row(self, entry: EventLogEntry, serialized: str) -> dict[str, Any]:
+        """`_event_to_row(entry)` with the event already serialized."""
+        event = entry.get_dagster_event()
+        asset_key = event.asset_key
+        return {
+            "run_id": entry.run_id,
+            "event": serialized,
+            "dagster_event_type": event.event_type_value,
+            "timestamp": self._event_insert_timestamp(entry),
+            "step_key": event.step_key,
+            "asset_key": asset_key.to_string() if asset_key else None,
+            "partition": event.partition,
+        }
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """The planned rows of an asset check, one per partition, with the event serialized once (not per row)."""
+        planned = event.get_dagster_event().event_specific_data
+        keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        shared = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in keys])
+
+    def _store_tags_and_latest_entries(
+        self, conn: Connection, events: Sequence[EventLogEntry], event_ids: Sequence[int]
+    ) -> None:
+        """The events' tags, and each asset's row as the events leave it when stored one by one."""
+        self._store_asset_event_tags(conn, events, event_ids)
+        has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+        by_asset: dict[str, list[tuple[EventLogEntry, int]]] = {}
+        for entry, event_id in zip(events, event_ids, strict=True):
+            by_asset.setdefault(entry.get_dagster_event().asset_key.to_string(), []).append((entry, event_id))
+        for asset_key, asset_events in by_asset.items():
+            self._store_latest_asset_entry(conn, asset_key, asset_events, has_index_cols)
+
+    def _store_latest_asset_entry(
+        self,
+        conn: Connection,
+        asset_key: str,
+        asset_events: list[tuple[EventLogEntry, int]],
+        has_index_cols: bool,
+    ) -> None:
+        """The asset row the events leave when stored one by one: each column from the last event setting it."""
+        values: dict[str, Any] = {}
+        for entry, event_id in reversed(asset_events):
+            for column, value in self._get_asset_entry_values(entry, event_id, has_index_cols).items():
+                values.setdefault(column, value)
+            # A materialization sets every column: events before it change nothing.
+            if entry.get_dagster_event().is_step_materialization:
+                break
+        insert = self._upsert(AssetKeyTable).values(asset_key=asset_key, **values)
+        if values:
+            conn.execute(
+                insert.on_conflict_do_update(index_elements=[AssetKeyTable.c.asset_key], set_=values)
+            )
+        elif self._creates_asset_rows:
+            conn.execute(insert.on_conflict_do_nothing())
+
+
+class BatchedSqliteEventLogStorage(_BatchedAssetEvents, SqliteEventLogStorage):
     """SqliteEventLogStorage whose `store_event_batch` takes one transaction per shard."""
 
     def __init__(
@@ -216,20 +300,6 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                     self.store_asset_check_event(entry, event_id)
             start = end
 
-    def _row(self, entry: EventLogEntry, serialized: str) -> dict[str, Any]:
-        """`_event_to_row(entry)` with the event already serialized."""
-        event = entry.get_dagster_event()
-        asset_key = event.asset_key
-        return {
-            "run_id": entry.run_id,
-            "event": serialized,
-            "dagster_event_type": event.event_type_value,
-            "timestamp": self._event_insert_timestamp(entry),
-            "step_key": event.step_key,
-            "asset_key": asset_key.to_string() if asset_key else None,
-            "partition": event.partition,
-        }
-
     def _mirror_asset_events(self, events: Sequence[EventLogEntry], rows: list[dict[str, Any]]) -> None:
         """Copy asset events into the index shard, with their tags and each asset's latest entry."""
         with self.index_transaction() as conn:
@@ -237,54 +307,77 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             # This transaction holds SQLite's write lock since the insert: its rows took consecutive ids.
             last_id = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
             event_ids = list(range(last_id - len(rows) + 1, last_id + 1))
-            self._store_asset_event_tags(conn, events, event_ids)
-            has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
-            by_asset: dict[str, list[tuple[EventLogEntry, int]]] = {}
-            for entry, event_id in zip(events, event_ids, strict=True):
-                by_asset.setdefault(entry.get_dagster_event().asset_key.to_string(), []).append(
-                    (entry, event_id)
-                )
-            for asset_key, asset_events in by_asset.items():
-                self._store_latest_asset_entry(conn, asset_key, asset_events, has_index_cols)
+            self._store_tags_and_latest_entries(conn, events, event_ids)
 
-    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
-        """The planned rows of an asset check, one per partition, with the event serialized once (not per row)."""
-        planned = event.get_dagster_event().event_specific_data
-        keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
-        shared = {
-            "asset_key": planned.asset_key.to_string(),
-            "check_name": planned.check_name,
-            "run_id": event.run_id,
-            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
-            "evaluation_event": serialize_value(event),
-            "evaluation_event_timestamp": self._event_insert_timestamp(event),
-            "evaluation_event_storage_id": event_id,
+
+class BatchedPostgresEventLogStorage(_BatchedAssetEvents, PostgresEventLogStorage):
+    """PostgresEventLogStorage whose `store_event_batch` stores a batch's asset events in one insert."""
+
+    _upsert = staticmethod(postgresql_insert)
+    _creates_asset_rows = True
+
+    def __init__(self, *args: Any, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # As for SQLite: every process that opens the instance batches; a value set outside wins.
+        os.environ.setdefault(BATCH_SIZE_VARIABLE, str(batch_size))
+
+    @classmethod
+    def config_type(cls) -> dict[str, Field]:
+        return {
+            **pg_config(),
+            "batch_size": Field(IntSource, is_required=False, default_value=DEFAULT_BATCH_SIZE),
         }
-        with self.index_connection() as conn:
-            conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in keys])
 
-    def _store_latest_asset_entry(
-        self,
-        conn: Connection,
-        asset_key: str,
-        asset_events: list[tuple[EventLogEntry, int]],
-        has_index_cols: bool,
-    ) -> None:
-        """The asset row the events leave when stored one by one: each column from the last event setting it."""
-        values: dict[str, Any] = {}
-        for entry, event_id in reversed(asset_events):
-            for column, value in self._get_asset_entry_values(entry, event_id, has_index_cols).items():
-                values.setdefault(column, value)
-            # A materialization sets every column: events before it change nothing.
-            if entry.get_dagster_event().is_step_materialization:
-                break
-        if not values:
-            return
-        conn.execute(
-            sqlite_insert(AssetKeyTable)
-            .values(asset_key=asset_key, **values)
-            .on_conflict_do_update(index_elements=[AssetKeyTable.c.asset_key], set_=values)
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+    ) -> BatchedPostgresEventLogStorage:
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+            batch_size=config_value.get("batch_size", DEFAULT_BATCH_SIZE),
         )
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Store the events as `store_event` would one by one: asset events in one insert, checks one by one."""
+        if len(events) < 2 or not all(_batchable(entry) for entry in events):
+            super().store_event_batch(events)
+            return
+        start = 0
+        while start < len(events):
+            end = start
+            while end < len(events) and _index_kind(events[end]) == _index_kind(events[start]):
+                end += 1
+            if _index_kind(events[start]) == "asset":
+                self._store_asset_events(events[start:end])
+            else:
+                for entry in events[start:end]:
+                    self.store_event(entry)
+            start = end
+
+    def _store_asset_events(self, events: Sequence[EventLogEntry]) -> None:
+        """The events' rows with their ids in order, then their tags and each asset's latest entry."""
+        texts = EventTexts()
+        rows = [self._row(entry, texts.serialize(entry)) for entry in events]
+        with self._connect() as conn:
+            # sort_by_parameter_order: SQLAlchemy returns the ids in the rows' order, however it splits them.
+            returned = conn.execute(
+                SqlEventLogStorageTable.insert().returning(
+                    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+                ),
+                rows,
+            )
+            event_ids = [int(row[0]) for row in returned]
+            # The stock storage notifies per event for watchers of older versions; they re-read from
+            # their cursor, so the batch's last event is enough.
+            conn.execute(
+                text(f"NOTIFY {CHANNEL_NAME}, :notify_id"),
+                {"notify_id": f"{events[-1].run_id}_{event_ids[-1]}"},
+            )
+        with self.index_transaction() as conn:
+            self._store_tags_and_latest_entries(conn, events, event_ids)
 
 
 def add_partition_metadata(

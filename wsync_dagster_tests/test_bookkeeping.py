@@ -1,15 +1,16 @@
 """Dagster's bookkeeping of many-partition runs: the batched event log answers as the stock one does.
 
-Each test runs the same wsync runs on two Dagster instances, one with Dagster's stock SQLite event
-log and one with the repo's dagster.yaml (wsync_dagster.bookkeeping's storage), and compares what
-Dagster's own queries answer: an upgrade of Dagster that breaks the storage fails here.
+Each test runs the same wsync runs on two Dagster instances, one with Dagster's stock event log and one
+with wsync_dagster.bookkeeping's, and compares what Dagster's own queries answer: an upgrade of Dagster
+that breaks the storage fails here. Both on SQLite (the repo's dagster.yaml) and on PostgreSQL
+(deploy/dagster-postgres.yaml, scratch databases on the local server).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,12 @@ from dagster import AssetCheckKey, DagsterInstance
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 from dagster_shared.serdes import serialize_value
 
-from wsync_dagster.bookkeeping import BATCH_SIZE_VARIABLE, BatchedSqliteEventLogStorage, EventTexts
+from wsync_dagster.bookkeeping import (
+    BATCH_SIZE_VARIABLE,
+    BatchedPostgresEventLogStorage,
+    BatchedSqliteEventLogStorage,
+    EventTexts,
+)
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import REJECT_RATE_CHECK, delivery_key, mapped_key
 from wsync_dagster.defs.partitions import sync_partitions
@@ -27,11 +33,14 @@ from wsync_dagster.runner import RunError, run_sync
 from wsync_dagster.spec import SyncSpec, load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+from wsync_dagster_tests.engines.postgres import SERVER, scratch_database
 from wsync_dagster_tests.test_dagster_dev import REPO, dagster_dev, graphql, wait_until_loaded
 
 FIRST, LAST = "2024-01-01-00:00", "2024-01-02-23:00"  # 48 hourly partitions; rows fall in three of them
 NEXT_FIRST, NEXT_LAST = "2024-01-03-00:00", "2024-01-03-23:00"
 STORAGES = ("stock", "batched")
+BACKENDS = ("sqlite", "postgresql")
+BATCHED = {"sqlite": BatchedSqliteEventLogStorage, "postgresql": BatchedPostgresEventLogStorage}
 
 
 def hourly_spec(make_warehouse: Callable[[str], Path], write_sync: Callable[..., Path]) -> SyncSpec:
@@ -40,25 +49,42 @@ def hourly_spec(make_warehouse: Callable[[str], Path], write_sync: Callable[...,
     return load_sync_file(write_sync(sync))
 
 
-def write_home(home: Path, storage: str) -> Path:
-    """A DAGSTER_HOME with the repo's dagster.yaml; for `stock`, without its event_log_storage."""
+def write_home(home: Path, storage: str, backend: str = "sqlite") -> Path:
+    """A DAGSTER_HOME with the backend's instance file; for `stock`, with Dagster's own event log storage."""
     home.mkdir(parents=True)
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    if storage == "stock":
-        config.pop("event_log_storage")
+    if backend == "sqlite":
+        config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+        if storage == "stock":
+            config.pop("event_log_storage")
+    else:
+        config = yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
+        if storage == "stock":
+            stock = {"module": "dagster_postgres.event_log", "class": "PostgresEventLogStorage"}
+            config["event_log_storage"].update(stock)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return home
 
 
 @contextmanager
-def instance_for(tmp_path: Path, storage: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[DagsterInstance]:
-    """A Dagster instance with its own home, state folder and profile store."""
+def instance_for(
+    tmp_path: Path, storage: str, monkeypatch: pytest.MonkeyPatch, backend: str = "sqlite"
+) -> Iterator[DagsterInstance]:
+    """A Dagster instance on the backend with its own home (and database), state folder and profile store."""
+    # Unset for the stock storages (each event stored on its own, the reference); the batched ones set it.
     monkeypatch.delenv(BATCH_SIZE_VARIABLE, raising=False)
     monkeypatch.setenv("WSYNC_STATE_DIR", str(tmp_path / storage / "state"))
     monkeypatch.setenv("WSYNC_PROFILE_STORE", f"sqlite:///{tmp_path / storage / 'profiles.sqlite'}")
-    with DagsterInstance.from_config(str(write_home(tmp_path / storage / "home", storage))) as instance:
-        assert (type(instance.event_log_storage) is BatchedSqliteEventLogStorage) == (storage == "batched")
-        yield instance
+    home = write_home(tmp_path / storage / "home", storage, backend)
+    with scratch_database() if backend == "postgresql" else nullcontext("") as database:
+        if database:
+            monkeypatch.setenv("DAGSTER_PG_HOST", SERVER["host"])
+            monkeypatch.setenv("DAGSTER_PG_PORT", str(SERVER["port"]))
+            monkeypatch.setenv("DAGSTER_PG_DB", database)
+            monkeypatch.setenv("DAGSTER_PG_USER", SERVER["user"])
+            monkeypatch.setenv("DAGSTER_PG_PASSWORD", "unused-the-local-server-trusts")
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert (type(instance.event_log_storage) is BATCHED[backend]) == (storage == "batched")
+            yield instance
 
 
 def run(spec: SyncSpec, instance: DagsterInstance, partitions: str, store_url: str | None = None) -> str:
@@ -133,14 +159,15 @@ def answers(instance: DagsterInstance, spec: SyncSpec, runs: dict[str, str]) -> 
     return result
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_run_over_many_partitions_answers_dagster_queries_as_the_stock_event_log(
-    tmp_path, make_warehouse, write_sync, monkeypatch
+    tmp_path, make_warehouse, write_sync, monkeypatch, backend
 ):
     """Materialized partitions, each one's latest materialization and counts, checks and asset records agree."""
     spec = hourly_spec(make_warehouse, write_sync)
     found = {}
     for storage in STORAGES:
-        with instance_for(tmp_path, storage, monkeypatch) as instance:
+        with instance_for(tmp_path, storage, monkeypatch, backend) as instance:
             runs = {"first": run(spec, instance, f"{FIRST}..{LAST}")}
             runs["again"] = run(spec, instance, "2024-01-01-10:00..2024-01-01-12:00")
             found[storage] = answers(instance, spec, runs)
@@ -154,8 +181,9 @@ def test_a_run_over_many_partitions_answers_dagster_queries_as_the_stock_event_l
     assert ("", "SUCCEEDED", "first") in found["batched"]["checks"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_failed_and_planned_partitions_show_as_with_the_stock_event_log(
-    tmp_path, make_warehouse, write_sync, monkeypatch
+    tmp_path, make_warehouse, write_sync, monkeypatch, backend
 ):
     """A run whose delivery fails marks its partitions failed; a run not yet started, in progress."""
     spec = hourly_spec(make_warehouse, write_sync)
@@ -163,7 +191,7 @@ def test_failed_and_planned_partitions_show_as_with_the_stock_event_log(
     unusable_store = f"sqlite:///{tmp_path / 'a_file' / 'profiles.sqlite'}"
     found = {}
     for storage in STORAGES:
-        with instance_for(tmp_path, storage, monkeypatch) as instance:
+        with instance_for(tmp_path, storage, monkeypatch, backend) as instance:
             with pytest.raises(RunError, match="failed"):
                 run(spec, instance, f"{FIRST}..{LAST}", store_url=unusable_store)
             failed = instance.get_runs()[0].run_id

@@ -7,22 +7,22 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
-from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+from dagster_postgres import PostgresRunStorage
 
+from wsync_dagster.bookkeeping import BatchedPostgresEventLogStorage
 from wsync_dagster.defs.assets import delivery_key, mapped_key
 from wsync_dagster.demo import build_demo
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster_tests.conftest import USERS_SQL, closed_port, user_sync
+from wsync_dagster_tests.engines.postgres import SERVER, scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # The local server trusts every login: the password is checked for where it must never appear.
 PASSWORD = "instance-test-secret-7f3a"
 
@@ -30,17 +30,8 @@ PASSWORD = "instance-test-secret-7f3a"
 @pytest.fixture
 def database() -> Iterator[str]:
     """A scratch database for Dagster's storage, dropped after the test."""
-    name = f"wsync_instance_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(dbname="postgres", **SERVER)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database() as name:
         yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture
@@ -89,7 +80,7 @@ def test_the_demo_users_sync_runs_on_the_postgres_instance_and_the_ui_sees_it(
         monkeypatch.setenv(name, value)
     with DagsterInstance.get() as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
-        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert type(instance.event_log_storage) is BatchedPostgresEventLogStorage
         [record] = instance.get_run_records()
         run = record.dagster_run
         assert run.status == DagsterRunStatus.SUCCESS
