@@ -11,9 +11,9 @@ materialization per partition, each with its own metadata:
   `BatchedSqliteEventLogStorage` (dagster.yaml) writes what `store_event` would, row for row and
   in the same order, with one transaction per shard per batch.
 - The stock PostgreSQL event log (dagster-postgres) stores a batch of materializations in one
-  statement but every planned event on its own round trip, and drops a batch's failed-to-materialize
-  events. `BatchedPostgresEventLogStorage` (deploy/dagster-postgres.yaml) stores every asset event
-  of a batch as `store_event` would, in one insert and one index transaction.
+  statement but every planned event on its own round trip (an insert and a NOTIFY each).
+  `BatchedPostgresEventLogStorage` (deploy/dagster-postgres.yaml) stores every asset event of a
+  batch as `store_event` would, in one insert and one index transaction.
 - `context.add_asset_metadata(partition_key=...)` copies and re-checks all metadata added so far
   and lists the run's partition keys at each call: quadratic in the partitions.
   `add_partition_metadata` adds every partition's metadata at once.
