@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import groupby
 from typing import Any
 
 from dagster import AssetExecutionContext, DagsterInstance, Field, IntMetadataValue, IntSource, StringSource
@@ -67,6 +68,15 @@ def _index_kind(entry: EventLogEntry) -> str | None:
     if event_type in ASSET_CHECK_EVENTS:
         return "check"
     return None
+
+
+def _runs_of_kind(events: Sequence[EventLogEntry]) -> Iterator[tuple[str | None, slice]]:
+    """The batch in its order as runs of consecutive events of one index kind: each run's kind and slice."""
+    start = 0
+    for kind, run in groupby(events, key=_index_kind):
+        end = start + sum(1 for _ in run)
+        yield kind, slice(start, end)
+        start = end
 
 
 def _batchable(entry: EventLogEntry) -> bool:
@@ -283,22 +293,16 @@ class BatchedSqliteEventLogStorage(_BatchedAssetEvents, SqliteEventLogStorage):
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
         # The index shard, in the batch's order: asset events together, check events as Dagster stores them.
-        start = 0
-        while start < len(events):
-            kind = _index_kind(events[start])
-            end = start
-            while end < len(events) and _index_kind(events[end]) == kind:
-                end += 1
+        for kind, run in _runs_of_kind(events):
             if kind == "asset":
-                self._mirror_asset_events(events[start:end], rows[start:end])
+                self._mirror_asset_events(events[run], rows[run])
             else:
-                for entry, row in zip(events[start:end], rows[start:end], strict=True):
+                for entry, row in zip(events[run], rows[run], strict=True):
                     with self.index_connection() as conn:
                         event_id = conn.execute(
                             SqlEventLogStorageTable.insert().values(**row)
                         ).inserted_primary_key[0]
                     self.store_asset_check_event(entry, event_id)
-            start = end
 
     def _mirror_asset_events(self, events: Sequence[EventLogEntry], rows: list[dict[str, Any]]) -> None:
         """Copy asset events into the index shard, with their tags and each asset's latest entry."""
@@ -345,17 +349,12 @@ class BatchedPostgresEventLogStorage(_BatchedAssetEvents, PostgresEventLogStorag
         if len(events) < 2 or not all(_batchable(entry) for entry in events):
             super().store_event_batch(events)
             return
-        start = 0
-        while start < len(events):
-            end = start
-            while end < len(events) and _index_kind(events[end]) == _index_kind(events[start]):
-                end += 1
-            if _index_kind(events[start]) == "asset":
-                self._store_asset_events(events[start:end])
+        for kind, run in _runs_of_kind(events):
+            if kind == "asset":
+                self._store_asset_events(events[run])
             else:
-                for entry in events[start:end]:
+                for entry in events[run]:
                     self.store_event(entry)
-            start = end
 
     def _store_asset_events(self, events: Sequence[EventLogEntry]) -> None:
         """The events' rows with their ids in order, then their tags and each asset's latest entry."""
