@@ -111,7 +111,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     instance = open_instance()
     store = _open_store()
     try:
-        report = run_sync(spec, store, instance, partition=args.partition)
+        report = run_sync(
+            spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
+        )
     finally:
         store.close()
     if not report.partitions:
@@ -216,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a sync (everything due, or one --partition)")
     run.add_argument("sync")
     run.add_argument("--partition", help="a partition key, or FIRST..LAST")
+    run.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="let a mirror run remove this sync's attributes from more than sync.mirror_max_removal of its profiles",
+    )
     run.set_defaults(func=cmd_run)
     backfill = commands.add_parser(
         "backfill", help="backfill partitions FROM..TO through a running Dagster webserver and its daemon"

@@ -21,6 +21,7 @@ from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
+from wsync_dagster.store.counts import MirrorHold
 from wsync_dagster.warehouses import open_warehouse
 from wsync_dagster.warehouses.base import Warehouse
 
@@ -196,6 +197,8 @@ class DeliveryReport:
     totals: DeliveryCounts
     by_partition: dict[str, DeliveryCounts]
     preview: list[dict]
+    mirror_hold: str | None = None  # why a mirror run removed nothing, and how to allow it
+    mirror_held_back: int = 0  # the profiles that would have lost this sync's attributes
 
 
 def deliver_partitions(
@@ -205,6 +208,7 @@ def deliver_partitions(
     partitions: Sequence[Partition],
     *,
     progress: Progress | None = None,
+    allow_mass_removal: bool = False,
 ) -> DeliveryReport:
     """Apply a run's mapped batches in one store transaction, each row counted in its partition; then remove them."""
     settings = spec.sync
@@ -216,6 +220,8 @@ def deliver_partitions(
         input_protection=settings.input_protection,
         windows=[partition.window for partition in partitions],
         mirror=settings.mirror,
+        mirror_max_removal=settings.mirror_max_removal,
+        allow_mass_removal=allow_mass_removal,
     ) as delivery:
         for batch in batch_file.mapped_batches():
             index = partition_of_rows(batch.column(b.VERSION), partitions)
@@ -235,7 +241,28 @@ def deliver_partitions(
         f"{spec.name}: delivered {len(keys)} partition{'s' if len(keys) > 1 else ''}: "
         + ", ".join(f"{name}={value:,}" for name, value in totals.as_dict().items()),
     )
-    return DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
+    report = DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
+    if (hold := delivery.mirror_hold) is not None:
+        report.mirror_hold, report.mirror_held_back = mirror_hold_message(spec, hold), hold.profiles
+        _report(progress, f"warning: {report.mirror_hold}")
+    return report
+
+
+def mirror_hold_message(spec: SyncSpec, hold: MirrorHold) -> str:
+    """One line: what a mirror run held back, why, and how to let it through."""
+    from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL  # defs imports this module
+
+    would = f"{hold.profiles:,} of the {hold.of:,} profiles it set would have lost this sync's attributes"
+    if hold.no_rows:
+        return (
+            f"{spec.name}: mirror removed nothing: the run mapped no rows (an empty model, or every row "
+            f"rejected; see `wsync rejects {spec.name}`), and {would}"
+        )
+    return (
+        f"{spec.name}: mirror removal held back: {would} ({hold.share:.0%}, over "
+        f"sync.mirror_max_removal {spec.sync.mirror_max_removal:.0%}); nothing was removed. If that is "
+        f"right, run `wsync run {spec.name} --allow-mass-removal` (in the UI: tag {ALLOW_MASS_REMOVAL}=true)"
+    )
 
 
 def _open(spec: SyncSpec, open_reader: OpenReader | None) -> Warehouse:

@@ -15,6 +15,7 @@ from dagster import (
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.pools import warehouse_pool
+from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.pipeline import check_mapping, logger
@@ -58,6 +59,7 @@ def run_sync(
     partition: str | None = None,
     store_url: str | None = None,
     now: datetime | None = None,
+    allow_mass_removal: bool = False,
 ) -> RunReport:
     """Check the mapping, then materialize the sync's job for one partition or all that are due."""
     for abandoned in recover_abandoned_runs(instance):
@@ -72,6 +74,8 @@ def run_sync(
     for run in runs:
         label, options = run.label, dict(run.options)
         logger.info(f"{spec.name}: one Dagster run for partitions {label}")
+        if allow_mass_removal:
+            options["tags"] = {**options.get("tags", {}), ALLOW_MASS_REMOVAL: "true"}
         result = _execute(job, instance, options, warehouse_pool(spec))
         if not result.success:
             if _interrupted(result):

@@ -180,6 +180,8 @@ class SyncSettings(_Strict):
     paused: bool = False
     delay_alert: timedelta | None = None
     mirror: bool = False
+    # A mirror run that would remove this sync's attributes from more of the profiles it set is held back.
+    mirror_max_removal: float = Field(0.5, ge=0, le=1)
 
     @field_validator("start", "historical_start", mode="before")
     @classmethod

@@ -86,7 +86,7 @@ PROFILE = ("profile", "--identity", "email=ada@example.com")
 ALLOWED_TOP = "name, description, data_type, connection, data_model, mapping, sync, destination, checks"
 ALLOWED_SYNC = (
     "mode, iterator, iterator_type, schedule, frequency, start, historical_start, lookback, environment, "
-    "input_protection, paused, delay_alert, mirror"
+    "input_protection, paused, delay_alert, mirror, mirror_max_removal"
 )
 WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
 TABLE_FUNCTIONS = (

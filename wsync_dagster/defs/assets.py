@@ -22,6 +22,7 @@ from wsync_dagster.changes import change_feed
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
+from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.pipeline import (
@@ -36,6 +37,7 @@ from wsync_dagster.spec import SyncSpec
 
 REJECT_RATE_CHECK = "reject_rate"
 DATA_DELAY_CHECK = "data_delay"
+MIRROR_REMOVAL_CHECK = "mirror_removal"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
 
@@ -210,6 +212,19 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         kinds={profile_store_kind()},
         pool=PROFILE_STORE_POOL,
         description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
+        check_specs=[
+            AssetCheckSpec(
+                MIRROR_REMOVAL_CHECK,
+                asset=delivery_key(spec),
+                description=(
+                    "mirror removed what left the model: the run mapped rows, and at most "
+                    f"{spec.sync.mirror_max_removal:.0%} of the profiles this sync set lost its attributes "
+                    f"(more only with the run tag {ALLOW_MASS_REMOVAL}=true)"
+                ),
+            )
+        ]
+        if spec.sync.mirror
+        else None,
     )
     def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
         scope = mode.scope(context)
@@ -219,15 +234,39 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                 f"{spec.name}: no mapped batches for partition {scope.label}; materialize "
                 f"{mapped_key(spec).to_user_string()} for the same partitions first"
             )
+        allow = context.run.tags.get(ALLOW_MASS_REMOVAL, "").strip().lower() == "true"
         store = profile_store.open()
         try:
-            report = deliver_partitions(spec, batches, store, scope.partitions, progress=context.log.info)
+            report = deliver_partitions(
+                spec, batches, store, scope.partitions, progress=context.log.info, allow_mass_removal=allow
+            )
         finally:
             store.close()
         # Each partition shows its own counts; the run's totals are in its log, once.
         add_partition_metadata(
             context, {key: counts.as_dict() for key, counts in report.by_partition.items()}
         )
-        return MaterializeResult(metadata={"preview": MetadataValue.md(_preview_markdown(report.preview))})
+        metadata: dict = {"preview": MetadataValue.md(_preview_markdown(report.preview))}
+        if not spec.sync.mirror:
+            return MaterializeResult(metadata=metadata)
+        metadata["mirror_held_back"] = report.mirror_held_back
+        if report.mirror_hold:
+            context.log.warning(report.mirror_hold)
+        return MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                AssetCheckResult(
+                    check_name=MIRROR_REMOVAL_CHECK,
+                    passed=report.mirror_hold is None,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata={
+                        "profiles_held_back": report.mirror_held_back,
+                        "mirror_max_removal": spec.sync.mirror_max_removal,
+                        "allow_mass_removal": allow,
+                    },
+                    description=report.mirror_hold,
+                )
+            ],
+        )
 
     return [mapped_batches, delivery]

@@ -34,3 +34,18 @@ class DeliveryCounts:
     def as_dict(self) -> dict[str, int]:
         """The counts by name, e.g. for asset metadata."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class MirrorHold:
+    """A mirroring delivery that removed nothing: how many profiles would have lost this sync's
+    attributes, of how many held them, and whether it was because the run mapped no rows at all."""
+
+    profiles: int
+    of: int
+    no_rows: bool = False
+
+    @property
+    def share(self) -> float:
+        """The share of the profiles this sync had set that would have lost its attributes."""
+        return self.profiles / self.of if self.of else 1.0

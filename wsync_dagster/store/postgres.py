@@ -169,7 +169,7 @@ class PostgresBackend:
         self._holding = True
         for statement in STAGING:
             self.execute(_ddl(statement))
-        self.execute("TRUNCATE delivery_profile, mirror_row_key, mirror_identity")
+        self.execute("TRUNCATE delivery_profile, mirror_row_key, mirror_profile")
         [(seq,)] = self.rows("SELECT nextval('delivery_seq')")
         return seq
 

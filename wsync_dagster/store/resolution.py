@@ -269,3 +269,19 @@ def _match(identities: list[Identity], graph: IdentityGraph) -> str | None:
         if all(held.get(identity_type, value) == value for identity_type, value in identities[:rank]):
             return owner
     return None
+
+
+def match_existing(identities: list[Identity], graph: IdentityGraph) -> tuple[str | None, str | None]:
+    """The profile a row's identities find by the upsert rule, without creating or moving anything, and
+    why the match conflicts (another identity of the row belongs to another profile), if it does."""
+    profile_id = _match(identities, graph)
+    if profile_id is None:
+        return None, None
+    others = [
+        f"{identity_type}={value} belongs to {graph.describe(owner)}"
+        for identity_type, value in identities
+        if (owner := graph.owner.get((identity_type, value))) is not None and owner != profile_id
+    ]
+    if not others:
+        return profile_id, None
+    return profile_id, f"identity conflict: {'; '.join(others)}; nothing was removed from {graph.describe(profile_id)}"

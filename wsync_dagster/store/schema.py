@@ -112,9 +112,9 @@ UPGRADES: dict[int, tuple[str, ...]] = {
 STAGING: tuple[str, ...] = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_identity (identity_type TEXT NOT NULL, value TEXT NOT NULL)",
     "CREATE TEMP TABLE IF NOT EXISTS stage_profile (profile_id TEXT NOT NULL)",
-    # A mirroring full-mode delivery: every row key and identity it saw, unchanged rows included.
+    # A mirroring full-mode delivery: every row key it saw and every profile its rows found, unchanged rows included.
     "CREATE TEMP TABLE IF NOT EXISTS mirror_row_key (row_key TEXT NOT NULL)",
-    "CREATE TEMP TABLE IF NOT EXISTS mirror_identity (identity_type TEXT NOT NULL, value TEXT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS mirror_profile (profile_id TEXT NOT NULL)",
     """CREATE TEMP TABLE IF NOT EXISTS stage_identity_version (
         identity_type TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL
     )""",

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from wsync_dagster import batches as b
 from wsync_dagster.identities import priority
 from wsync_dagster.store.backend import Backend, SQLiteBackend
-from wsync_dagster.store.counts import DeliveryCounts
+from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
 from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
     INPUT_PROTECTIONS,
@@ -27,6 +27,7 @@ from wsync_dagster.store.resolution import (
     IdentityGraph,
     IdentityKey,
     Resolution,
+    match_existing,
     profile_id_for,
     resolve,
 )
@@ -169,6 +170,8 @@ class ProfileStore:
         input_protection: str,
         windows: Sequence[Window] | None = None,
         mirror: bool = False,
+        mirror_max_removal: float = 1.0,
+        allow_mass_removal: bool = False,
     ) -> Iterator[Delivery]:
         """Partitions of one sync, delivered together: all of it commits on normal exit, none on error."""
         if input_protection not in INPUT_PROTECTIONS:
@@ -186,6 +189,8 @@ class ProfileStore:
                 input_protection=input_protection,
                 seq=seq,
                 mirror=mirror,
+                mirror_max_removal=mirror_max_removal,
+                allow_mass_removal=allow_mass_removal,
             )
             yield delivery
             delivery.finish()
@@ -310,9 +315,14 @@ class Delivery:
         input_protection: str,
         seq: int,
         mirror: bool = False,
+        mirror_max_removal: float = 1.0,
+        allow_mass_removal: bool = False,
     ):
         self._db = db
         self._mirror = mirror
+        self._mirror_max_removal = mirror_max_removal
+        self._allow_mass_removal = allow_mass_removal
+        self.mirror_hold: MirrorHold | None = None  # set when a mirroring delivery held its removals back
         self._newest_version: int | None = None  # of the rows seen: a mirroring run's own version
         self._sync = sync
         self._environment = environment
@@ -330,6 +340,8 @@ class Delivery:
         # (an events delivery re-asserts every user in every batch).
         self._restamps: dict[Identity, int] = {}
         self._marked = 0  # profiles marked so far: the order the preview shows them in
+        # The profiles this sync had set when the run began: what a mirror's removals are a share of.
+        self._mirror_before = self._profiles_set() if mirror else 0
         # Conflicts are found again by this delivery, so those of an earlier delivery of its partitions go.
         for partition in partitions:
             db.execute(
@@ -345,16 +357,23 @@ class Delivery:
         full_mode = b.ROW_KEY in batch.schema.names and b.FINGERPRINT in batch.schema.names
         if self._mirror and full_mode and batch.num_rows:
             self._remember_present(batch)
+        unchanged = batch.slice(0, 0)
         if full_mode and batch.num_rows:
-            batch, counts.rows_unchanged = self._drop_unchanged(batch)
-        removal_counts = DeliveryCounts()
+            batch, unchanged = self._drop_unchanged(batch)
+            counts.rows_unchanged = unchanged.num_rows
+        removals = batch.slice(0, 0)
         if batch.num_rows and b.DELETE in batch.schema.names:
-            removals = pc.fill_null(batch.column(b.DELETE), False)
-            if pc.any(removals).as_py():
-                self._apply_removals(batch.filter(removals), removal_counts, partition)
-                batch = batch.filter(pc.invert(removals))
+            is_removal = pc.fill_null(batch.column(b.DELETE), False)
+            removals, batch = batch.filter(is_removal), batch.filter(pc.invert(is_removal))
         if batch.num_rows:
             self._apply(batch, counts, full_mode, partition)
+        # After the upserts: a removal then finds a profile an earlier row of the batch created, and its
+        # tombstones win or lose on their version, so the outcome is that of applying the rows in order.
+        removal_counts = DeliveryCounts()
+        if removals.num_rows:
+            self._apply_removals(removals, removal_counts, partition)
+        if self._mirror and unchanged.num_rows:
+            self._remember_profiles(self._matched_profiles(unchanged))
         counts.add(removal_counts)
         self.partition_counts[partition].add(counts)
         self.counts.add(counts)
@@ -393,32 +412,62 @@ class Delivery:
         for partition, keys in self._skipped_keys.items():
             self.partition_counts[partition].profiles_skipped = len(keys)
 
+    def _profiles_set(self) -> int:
+        """How many profiles of the environment hold a value this sync set."""
+        [(count,)] = self._db.rows(
+            "SELECT COUNT(DISTINCT a.profile_id) FROM attributes AS a"
+            " JOIN profiles AS p ON p.profile_id = a.profile_id AND p.environment = ?"
+            " WHERE a.sync = ? AND a.value IS NOT NULL",
+            (self._environment, self._sync),
+        )
+        return count
+
     def _remember_present(self, batch: pa.RecordBatch) -> None:
-        """Every row key and identity of a mirroring run, whether its row changed or not."""
+        """Every row key of a mirroring run, whether its row changed or not, and its newest version."""
         self._db.insert("mirror_row_key", pa.table({"row_key": batch.column(b.ROW_KEY)}))
-        for identity_type, column in b.identity_columns(batch.schema).items():
-            values = batch.column(column).drop_null()
-            types = pa.array([identity_type] * len(values), pa.string())
-            self._db.insert("mirror_identity", pa.table({"identity_type": types, "value": values}))
         newest = pc.max(batch.column(b.VERSION)).as_py()
         self._newest_version = newest if self._newest_version is None else max(self._newest_version, newest)
 
+    def _remember_profiles(self, profile_ids: pa.Array) -> None:
+        """mirror: profiles a row of this run found (by the upsert rule), so they keep this sync's values."""
+        self._db.insert("mirror_profile", pa.table({"profile_id": profile_ids.cast(pa.string())}))
+
+    def _matched_profiles(self, batch: pa.RecordBatch) -> pa.Array:
+        """The profiles the rows' identities find by the upsert rule, creating and moving nothing."""
+        key_of_row = batch.column(b.IDENTITY_KEY).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        identities = self._identities_of_keys(batch, key_of_row)
+        self._look_up({identity for key in identities for identity in key})
+        found = (match_existing(key, self._graph)[0] for key in identities)
+        return pa.array([profile_id for profile_id in found if profile_id is not None], pa.string())
+
     def _remove_the_departed(self) -> None:
-        """mirror: profiles no row of this run reached lose the attributes this sync set on them (as
-        tombstones of this run's version), and their rows' fingerprints go, so a row that returns is applied."""
+        """mirror: profiles no row of this run found lose the attributes this sync set on them (as
+        tombstones of this run's version), and their rows' fingerprints go, so a row that returns is applied.
+
+        Held back, removing nothing, when the run mapped no rows (an emptied table, every row rejected), or
+        when more than mirror_max_removal of the profiles this sync had set would lose them, unless allowed.
+        """
+        if self._input_protection == READ_ONLY:
+            return  # read_only writes nothing, removals included
         env, sync, db = self._environment, self._sync, self._db
         version = self._newest_version if self._newest_version is not None else _now_micros()
         departed = db.rows(
             "SELECT DISTINCT a.profile_id FROM attributes AS a"
             " JOIN profiles AS p ON p.profile_id = a.profile_id AND p.environment = ?"
             " WHERE a.sync = ? AND a.value IS NOT NULL AND a.version <= ? AND NOT EXISTS ("
-            "  SELECT 1 FROM identities AS i JOIN mirror_identity AS m"
-            "  ON i.identity_type = m.identity_type AND i.value = m.value"
-            "  WHERE i.environment = ? AND i.profile_id = a.profile_id)"
+            "  SELECT 1 FROM mirror_profile AS m WHERE m.profile_id = a.profile_id)"
             " ORDER BY a.profile_id",
-            (env, sync, version, env),
+            (env, sync, version),
         )
         ids = [profile_id for (profile_id,) in departed]
+        if self._newest_version is None:
+            if ids:
+                self.mirror_hold = MirrorHold(len(ids), self._mirror_before, no_rows=True)
+            return
+        hold = MirrorHold(len(ids), self._mirror_before)
+        if ids and hold.share > self._mirror_max_removal and not self._allow_mass_removal:
+            self.mirror_hold = hold
+            return
         if ids:
             db.stage("stage_profile", pa.table({"profile_id": pa.array(ids, pa.string())}))
             removed = db.execute(
@@ -469,7 +518,8 @@ class Delivery:
             ),
         )
 
-    def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
+    def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """The rows whose fingerprint differs from the stored one, and the unchanged rest."""
         row_keys = batch.column(b.ROW_KEY)
         self._db.stage(
             "stage_fingerprint",
@@ -477,9 +527,9 @@ class Delivery:
         )
         unchanged = [key for (key,) in self._db.rows(_UNCHANGED_ROW_KEYS, (self._sync, self._environment))]
         if not unchanged:
-            return batch, 0
-        changed = batch.filter(pc.invert(pc.is_in(row_keys, value_set=pa.array(unchanged, pa.string()))))
-        return changed, batch.num_rows - changed.num_rows
+            return batch, batch.slice(0, 0)
+        same = pc.is_in(row_keys, value_set=pa.array(unchanged, pa.string()))
+        return batch.filter(pc.invert(same)), batch.filter(same)
 
     def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
         # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
@@ -509,6 +559,8 @@ class Delivery:
         if conflict_key.any():
             self._record_conflicts(batch, key_of_row, resolution.conflicts, partition)
 
+        if self._mirror:
+            self._remember_profiles(profile_of_key.drop_null())
         profile_of_row = profile_of_key.take(encoded.indices)
         applied = pc.is_valid(profile_of_row)
         if b.attribute_columns(batch.schema):
@@ -534,8 +586,9 @@ class Delivery:
             self.profile_ids_touched = [profile_id for (profile_id,) in rows]
 
     def _apply_removals(self, batch: pa.RecordBatch, counts: DeliveryCounts, partition: str) -> None:
-        """Deletes: the profile a row's identities find (the first in priority order) loses what this sync
-        set on it. Nothing is created and no identity moves; a row that finds no profile is skipped."""
+        """Deletes: the profile a row's identities find by the upsert rule (the highest-priority identity
+        decides) loses what this sync set on it. Nothing is created and no identity moves; a row that finds
+        no profile is skipped, one whose identities also belong to another profile is a conflict."""
         encoded = batch.column(b.IDENTITY_KEY).dictionary_encode()
         keys = encoded.dictionary.cast(pa.string())
         if self._input_protection == READ_ONLY:
@@ -543,32 +596,44 @@ class Delivery:
             self._skipped_keys[partition].update(keys.to_pylist())
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
-        columns = b.identity_columns(batch.schema)
-        types = sorted(columns, key=priority)
-        _, first_rows = np.unique(key_of_row, return_index=True)
-        first = pa.array(first_rows, pa.int64())
-        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
-        identities = [
-            [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
-            for key_values in zip(*values, strict=True)
-        ]
+        identities = self._identities_of_keys(batch, key_of_row)
         self._look_up({identity for key in identities for identity in key})
-        owner = self._graph.owner
+        matches = [match_existing(key, self._graph) for key in identities]
+        reasons = [reason for _, reason in matches]
         profile_of_key = pa.array(
-            [next((owner[i] for i in key if i in owner), None) for key in identities], pa.string()
+            [profile_id if reason is None else None for profile_id, reason in matches], pa.string()
         )
-        skipped_key = pc.is_null(profile_of_key)
+        skipped_key = pa.array([profile_id is None for profile_id, _ in matches], pa.bool_())
+        conflict_key = np.array([reason is not None for reason in reasons], dtype=bool)
         self._skipped_keys[partition].update(keys.filter(skipped_key).to_pylist())
         profile_of_row = profile_of_key.take(encoded.indices)
         found = pc.is_valid(profile_of_row)
+        rows_per_key = np.bincount(key_of_row, minlength=len(keys))
         counts.rows_applied = int(pc.sum(found).as_py() or 0)
-        counts.rows_skipped = batch.num_rows - counts.rows_applied
+        counts.identity_conflicts = int(rows_per_key[conflict_key].sum())
+        counts.rows_skipped = batch.num_rows - counts.rows_applied - counts.identity_conflicts
         counts.profiles_skipped = int(pc.sum(skipped_key).as_py() or 0)
+        if conflict_key.any():
+            self._record_conflicts(batch, key_of_row, reasons, partition)
         if not counts.rows_applied or not b.attribute_columns(batch.schema):
             return
         profiles = profile_of_row.filter(found)
         code_of_row = pc.dictionary_encode(profiles).indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self._apply_attributes(batch.filter(found), profiles, code_of_row, [], counts, _now(), partition)
+
+    def _identities_of_keys(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> list[list[Identity]]:
+        """Per distinct identity key (in key order), its identities in priority order."""
+        columns = b.identity_columns(batch.schema)
+        if not columns:
+            raise ValueError("a mapped batch needs at least one identity column")
+        types = sorted(columns, key=priority)
+        _, first_rows = np.unique(key_of_row, return_index=True)
+        first = pa.array(first_rows, pa.int64())
+        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
+        return [
+            [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
+            for key_values in zip(*values, strict=True)
+        ]
 
     def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
         """Resolve each distinct identity key of the batch, with the stamp of its newest row."""
