@@ -17,6 +17,7 @@ from wsync_dagster import batches as b
 from wsync_dagster.batches import BatchFile, remove_stale_files
 from wsync_dagster.changes import DELETE, VERSION, ChangeFeed, VersionWindow, change_feed, change_rows_sql
 from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
+from wsync_dagster.identities import priority
 from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
@@ -136,7 +137,8 @@ def _change_read(
         query, added = model, [pa.field(VERSION, pa.int64())]
         if not window.snapshot:
             events = plan.data_type == "event"
-            identities = set(plan.identities.values())
+            # In priority order: netting takes a customer to be its highest-priority identity.
+            identities = [plan.identities[kind] for kind in sorted(plan.identities, key=priority)]
             query = change_rows_sql(model, columns, identities, events=events, dialect=warehouse.dialect)
             added += [] if events else [pa.field(DELETE, pa.bool_())]
         read = pa.schema([*(schema.field(name) for name in columns), *added])

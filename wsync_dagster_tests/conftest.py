@@ -185,3 +185,16 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     yield make
     for store in opened:
         store.close()
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def cli_store(
+    request: pytest.FixtureRequest,
+    make_store: Callable[..., ProfileStore],
+    monkeypatch: pytest.MonkeyPatch,
+    wsync_env: Path,
+) -> ProfileStore:
+    """A fresh store of each backend, the one `wsync` commands use (set after wsync_env's default)."""
+    opened = make_store("cli", request.param)
+    monkeypatch.setenv("WSYNC_PROFILE_STORE", opened.url)
+    return opened

@@ -15,7 +15,7 @@ from wsync_dagster.defs import build_definitions
 from wsync_dagster.modes.ranges import range_key
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import SyncSpecError, load_sync_file
-from wsync_dagster.store import open_profile_store
+from wsync_dagster.store import ProfileStore, open_profile_store
 from wsync_dagster_tests.conftest import user_sync
 
 CDF = {"delta.enableChangeDataFeed": "true"}
@@ -283,3 +283,67 @@ def test_a_delete_of_a_customer_the_store_never_held_creates_no_profile(
     assert run(capsys)[0] == 0
     assert profile("C004") is None
     assert profile("C001")["attributes"] == {"plan": "free"}  # type: ignore[index]
+
+
+def test_a_delete_of_an_unknown_customer_sharing_an_email_leaves_the_known_customer(
+    lake: Path, cli_store: ProfileStore, write_sync: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """C009 never was in the model (plan test) and shares C001's e-mail: its delete finds no profile,
+    as its upsert would find none (customer_id decides), so C001 keeps what this sync set."""
+    write_sync(cdc_sync(lake, sql="SELECT customer_id, email, plan FROM crm.users WHERE plan <> 'test'"))
+    assert run(capsys)[0] == 0
+    write_deltalake(str(lake), users(("C009", "ada@example.com", "test")), mode="append")
+    DeltaTable(str(lake)).delete("customer_id = 'C009'")
+
+    code, out, err = run(capsys)
+
+    assert code == 0, err
+    assert "rows_skipped=1" in out and "attributes_removed=0" in out, out
+    assert cli_store.profile("customer_id", "C001")["attributes"] == {"plan": "free"}  # type: ignore[index]
+    assert cli_store.profile("customer_id", "C009") is None
+
+
+def test_an_email_change_inside_a_range_leaves_no_stale_image(
+    lake: Path, cli_store: ProfileStore, write_sync: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Inserted, its e-mail changed, deleted, all in one range: one customer, whose last change is a delete."""
+    write_sync(cdc_sync(lake))
+    assert run(capsys)[0] == 0
+    write_deltalake(str(lake), users(("C003", "cy@example.com", "team")), mode="append")
+    DeltaTable(str(lake)).update({"email": "'cy2@example.com'"}, predicate="customer_id = 'C003'")
+    DeltaTable(str(lake)).update({"plan": "'pro'"}, predicate="customer_id = 'C001'")
+    DeltaTable(str(lake)).update({"email": "'ada2@example.com'"}, predicate="customer_id = 'C001'")
+    DeltaTable(str(lake)).delete("customer_id = 'C003'")
+
+    code, _, err = run(capsys)
+
+    assert code == 0, err
+    assert cli_store.profile("customer_id", "C003") is None
+    assert cli_store.profile("email", "cy@example.com") is None
+    assert profile_in(cli_store, "C001") == {
+        "identities": {"customer_id": "C001", "email": "ada2@example.com"},
+        "attributes": {"plan": "pro"},
+    }
+
+
+def test_a_delete_and_a_re_insert_with_a_new_email_in_one_range_end_at_the_re_insert(
+    lake: Path, cli_store: ProfileStore, write_sync: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_sync(cdc_sync(lake))
+    assert run(capsys)[0] == 0
+    DeltaTable(str(lake)).delete("customer_id = 'C002'")
+    write_deltalake(str(lake), users(("C002", "bo2@example.com", "team")), mode="append")
+
+    code, _, err = run(capsys)
+
+    assert code == 0, err
+    assert profile_in(cli_store, "C002") == {
+        "identities": {"customer_id": "C002", "email": "bo2@example.com"},
+        "attributes": {"plan": "team"},
+    }
+
+
+def profile_in(store: ProfileStore, customer_id: str) -> dict | None:
+    """A customer's identities and attributes in this store."""
+    found = store.profile("customer_id", customer_id)
+    return found and {"identities": found["identities"], "attributes": found["attributes"]}

@@ -39,7 +39,7 @@ from wsync_dagster_tests.engines.databricks_sql_on_local_spark import connection
 from wsync_dagster_tests.engines.snowflake import SnowflakeEngine, start
 
 MODEL = "SELECT customer_id, email, plan FROM crm.users"
-IDENTITIES = {"customer_id", "email"}
+IDENTITIES = ["customer_id", "email"]  # in priority order
 FILTERED = "SELECT customer_id, email, plan FROM crm.users WHERE plan <> 'test'"
 CDF = {"delta.enableChangeDataFeed": "true"}
 # 2024-11-24 09:00 and 10:00 UTC in epoch µs: a Snowflake range of one hour.

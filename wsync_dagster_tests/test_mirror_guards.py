@@ -11,7 +11,6 @@ import pytest
 
 from wsync_dagster.cli import main
 from wsync_dagster.store import ProfileStore
-from wsync_dagster_tests.conftest import STORE_BACKENDS
 
 FOUR_CUSTOMERS = """
 CREATE SCHEMA crm;
@@ -28,17 +27,10 @@ HELD_BACK = (
 )
 
 
-@pytest.fixture(params=STORE_BACKENDS)
-def store(
-    request: pytest.FixtureRequest,
-    make_store: Callable[..., ProfileStore],
-    monkeypatch: pytest.MonkeyPatch,
-    wsync_env: Path,
-) -> ProfileStore:
-    """A fresh store of each backend, the one `wsync` uses (set after wsync_env's default)."""
-    opened = make_store("cli", request.param)
-    monkeypatch.setenv("WSYNC_PROFILE_STORE", opened.url)
-    return opened
+@pytest.fixture
+def store(cli_store: ProfileStore) -> ProfileStore:
+    """The store `wsync` uses, of each backend."""
+    return cli_store
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ deliveries, crash safety. Every test of the `store` fixture runs on each backend
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -29,8 +30,11 @@ SYNC = "crm_users"
 
 
 def mapped(*rows: dict[str, Any], version: int = 1, full: bool = False) -> pa.RecordBatch:
-    """A mapped batch from rows keyed by identity type, "event.*" or attribute name (None removes)."""
-    names = list(dict.fromkeys(name for row in rows for name in row if name not in (b.ROW, b.VERSION)))
+    """A mapped batch from rows keyed by identity type, "event.*" or attribute name (None removes); a row
+    with b.DELETE true is a cdc delete."""
+    names = list(
+        dict.fromkeys(name for row in rows for name in row if name not in (b.ROW, b.VERSION, b.DELETE))
+    )
     identity_types = [name for name in names if name in IDENTITY_PRIORITY]
     attributes = [name for name in names if name not in identity_types and not name.startswith("event.")]
     keys = [
@@ -59,6 +63,8 @@ def mapped(*rows: dict[str, Any], version: int = 1, full: bool = False) -> pa.Re
         timestamps = [row.get(b.EVENT_TIMESTAMP_MS, 1_700_000_000_000) for row in rows]
         columns[b.EVENT_TIMESTAMP_MS] = pa.array(timestamps, pa.int64())
         columns[b.EVENT_DATA] = pa.array([json.dumps(row.get(b.EVENT_DATA, {})) for row in rows], pa.string())
+    if any(b.DELETE in row for row in rows):
+        columns[b.DELETE] = pa.array([bool(row.get(b.DELETE)) for row in rows], pa.bool_())
     return pa.RecordBatch.from_pydict(columns)
 
 
@@ -387,7 +393,7 @@ def test_value_from_another_sync_takes_the_attribute_over(store: ProfileStore) -
     assert attributes(store, "customer_id", "A") == {"plan": "enterprise"}
 
 
-def test_newest_version_in_a_batch_wins_and_ties_go_to_the_later_row(store: ProfileStore) -> None:
+def test_newest_version_in_a_batch_wins_and_ties_go_to_the_greater_value(store: ProfileStore) -> None:
     deliver(
         store,
         mapped(
@@ -400,6 +406,29 @@ def test_newest_version_in_a_batch_wins_and_ties_go_to_the_later_row(store: Prof
 
     assert attributes(store, "customer_id", "A") == {"plan": "newest"}
     assert attributes(store, "customer_id", "B") == {"plan": "second"}
+
+
+@pytest.mark.parametrize("backend", STORE_BACKENDS)
+def test_two_values_of_one_version_settle_alike_in_either_order_and_any_batching(
+    backend: str, make_store: Callable[..., ProfileStore]
+) -> None:
+    """The greater value (JSON text, byte order) wins a tie; a removal is lowest; per attribute."""
+    first = {"customer_id": "A", "plan": "pro", "seats": 10, "note": None}
+    second = {"customer_id": "A", "plan": "free", "seats": 9, "note": "vip"}
+    expected = {"plan": "pro", "seats": 9, "note": "vip"}  # '9' > '10' as text
+    ways = {
+        "one batch": lambda s, x, y: deliver(s, mapped(x, y, version=5)),
+        "two batches": lambda s, x, y: deliver(s, mapped(x, version=5), mapped(y, version=5)),
+        "two deliveries": lambda s, x, y: (
+            deliver(s, mapped(x, version=5), partition="p1"),
+            deliver(s, mapped(y, version=5), partition="p2"),
+        ),
+    }
+    for n, (way, apply) in enumerate(ways.items()):
+        for order, (x, y) in enumerate([(first, second), (second, first)]):
+            with make_store(f"tie{n}{order}", backend) as store:
+                apply(store, x, y)
+                assert attributes(store, "customer_id", "A") == expected, f"{way}, order {order}"
 
 
 def test_rows_resolve_in_row_order_whatever_the_batch_order(store: ProfileStore) -> None:
@@ -777,7 +806,8 @@ def test_open_profile_store_names_only_the_scheme_of_an_unsupported_url() -> Non
 
 
 def _random_history(rng: random.Random) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """(sync, partition, rows) of one or two syncs; versions distinct across syncs, ascending in a partition."""
+    """(sync, partition, rows) of one or two syncs; versions distinct across syncs, ascending in a partition;
+    deletes and e-mail changes mixed in, as a cdc range of several changes per customer has them."""
     syncs = ["crm"] if rng.random() < 0.4 else ["crm", "billing"]
     history = []
     for parity, sync in enumerate(syncs):
@@ -789,11 +819,27 @@ def _random_history(rng: random.Random) -> list[tuple[str, str, list[dict[str, A
                 row: dict[str, Any] = {"customer_id": customer, b.VERSION: version + parity}
                 if rng.random() < 0.7:  # each customer changes between e-mails of its own
                     row["email"] = f"{customer.lower()}{rng.randint(1, 3)}@x.io"
-                row["plan"] = rng.choice([None, "free", "pro", "team"])
-                row["seats"] = rng.choice([None, 1, 5])
+                if rng.random() < 0.2:  # a cdc delete: this sync's attributes go, no identity moves
+                    row.update({b.DELETE: True, "plan": None, "seats": None})
+                else:
+                    row["plan"] = rng.choice([None, "free", "pro", "team"])
+                    row["seats"] = rng.choice([None, 1, 5])
                 rows.append(row)
             history.append((sync, f"p{partition}", rows))
     return history
+
+
+def _first_deliveries(
+    rng: random.Random, history: list[tuple[str, str, list[dict[str, Any]]]]
+) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """Partitions in any order; but a delete changes only a profile that exists, so where there are
+    deletes each sync's ranges are first delivered in order (as cdc runs them), syncs interleaved."""
+    if not any(b.DELETE in row for _, _, rows in history for row in rows):
+        return rng.sample(history, len(history))
+    queues = {sync: [entry for entry in history if entry[0] == sync] for sync, _, _ in history}
+    order = [sync for sync, queue in queues.items() for _ in queue]
+    rng.shuffle(order)
+    return [queues[sync].pop(0) for sync in order]
 
 
 def _customers(store: ProfileStore) -> dict[str, Any]:
@@ -814,7 +860,7 @@ def test_any_partition_order_gives_the_profiles_of_an_in_order_replay(
     in_order = sorted(
         ((sync, row) for sync, _, rows in history for row in rows), key=lambda entry: entry[1][b.VERSION]
     )
-    shuffled = rng.sample(history, len(history)) + rng.sample(history, rng.randint(0, len(history)))
+    shuffled = _first_deliveries(rng, history) + rng.sample(history, rng.randint(0, len(history)))
 
     with make_store("replay", backend) as replay, make_store("any", backend) as store:
         for n, (sync, row) in enumerate(in_order):
@@ -907,3 +953,57 @@ def test_a_delete_removes_what_this_sync_set_on_a_profile_that_exists_and_create
     assert attributes(store, "customer_id", "C1") == {"tier": "gold"}
     deliver(store, mapped({"customer_id": "C1", "plan": "team"}, version=3))
     assert attributes(store, "customer_id", "C1") == {"plan": "team", "tier": "gold"}
+
+
+def test_a_delete_of_an_unknown_customer_sharing_an_email_leaves_the_known_customer(store) -> None:
+    """The highest-priority identity decides: C9 is no one the store holds, whatever e-mail it shares."""
+    deliver(store, mapped({"customer_id": "C1", "email": "shared@x.io", "plan": "pro"}, version=1))
+
+    counts = deliver(store, deletes({"customer_id": "C9", "email": "shared@x.io", "plan": None}, version=2))
+
+    assert (counts.rows_skipped, counts.attributes_removed, counts.profiles_created) == (1, 0, 0)
+    assert attributes(store, "customer_id", "C1") == {"plan": "pro"}
+    assert store.profile("customer_id", "C9") is None
+
+
+def test_a_delete_whose_identities_belong_to_two_profiles_is_a_conflict_not_a_removal(store) -> None:
+    deliver(
+        store,
+        mapped({"customer_id": "C1", "email": "a@x.io", "plan": "pro"}, {"customer_id": "C2", "email": "b@x.io", "plan": "free"}),
+    )
+
+    counts = deliver(store, deletes({"customer_id": "C1", "email": "b@x.io", "plan": None}, version=2))
+
+    assert (counts.identity_conflicts, counts.rows_applied, counts.attributes_removed) == (1, 0, 0)
+    assert attributes(store, "customer_id", "C1") == {"plan": "pro"}
+    assert attributes(store, "customer_id", "C2") == {"plan": "free"}
+    [conflict] = store.rejects(SYNC)
+    assert conflict["kind"] == "conflict"
+    assert conflict["reason"] == (
+        "identity conflict: email=b@x.io belongs to customer_id=C2; nothing was removed from customer_id=C1"
+    )
+
+
+INSERT_DELETE_REINSERT = [
+    {"customer_id": "C1", "email": "a@x.io", "plan": "free", b.VERSION: 1},
+    {"customer_id": "C1", "email": "a@x.io", "plan": None, b.DELETE: True, b.VERSION: 2},
+    {"customer_id": "C1", "email": "b@x.io", "plan": "pro", b.VERSION: 3},
+]
+
+
+@pytest.mark.parametrize("changes", [2, 3])
+@pytest.mark.parametrize("cuts", [(), (1,), (2,), (1, 2)])
+def test_inserts_and_deletes_of_one_customer_apply_in_change_order_whatever_the_batch_boundaries(
+    store: ProfileStore, changes: int, cuts: tuple[int, ...]
+) -> None:
+    """Insert, delete (and re-insert with a new e-mail): the profile ends as the last change leaves it."""
+    rows = [dict(row, **{b.ROW: n}) for n, row in enumerate(INSERT_DELETE_REINSERT[:changes])]
+    bounds = [0, *(cut for cut in cuts if cut < changes), changes]
+    batches = [mapped(*rows[start:end]) for start, end in itertools.pairwise(bounds)]
+
+    deliver(store, *batches)
+
+    profile = store.profile("customer_id", "C1")
+    assert profile is not None
+    expected = {"plan": "pro"} if changes == 3 else {}
+    assert (profile["identities"]["email"], profile["attributes"]) == ("b@x.io" if changes == 3 else "a@x.io", expected)

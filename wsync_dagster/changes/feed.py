@@ -144,9 +144,11 @@ def column_sql(name: str, dialect: str) -> str:
 
 
 def change_rows_sql(
-    model: str, columns: list[str], identities: set[str], *, events: bool, dialect: str = "duckdb"
+    model: str, columns: list[str], identities: Sequence[str], *, events: bool, dialect: str = "duckdb"
 ) -> str:
     """Rows to map from the model over a feed: for a user sync, each customer's last change in the range.
+
+    `identities` are the identity columns in priority order: a customer is its highest-priority identity.
 
     A delete keeps only its identities and is flagged (DELETE), so that it removes what this sync set on
     a profile that exists and creates none. A row outside the model's filter is such a delete; one with no
@@ -166,12 +168,17 @@ def change_rows_sql(
         else f"CASE WHEN {removed} THEN NULL ELSE {column_sql(name, dialect)} END AS {column_sql(name, dialect)}"
         for name in columns
     )
-    keys = [column_sql(name, dialect) for name in columns if name in identities]
+    keys = [column_sql(name, dialect) for name in identities if name in columns]
     known = " OR ".join(f"{key} IS NOT NULL" for key in keys) or "FALSE"
     # Within a range only a customer's last change counts (Snowflake's CHANGES nets them the same way):
-    # a row inserted and deleted in one range leaves nothing behind.
+    # a row inserted and deleted in one range leaves nothing behind. A customer is its highest-priority
+    # identity, as resolution decides, so a changed e-mail leaves no older image of the customer behind.
+    customer = [
+        key if n == 0 else f"CASE WHEN {' AND '.join(f'{k} IS NULL' for k in keys[:n])} THEN {key} END"
+        for n, key in enumerate(keys)
+    ]
     last = (
-        f"ROW_NUMBER() OVER (PARTITION BY {', '.join(keys) or '1'} ORDER BY {ORDER} DESC, "
+        f"ROW_NUMBER() OVER (PARTITION BY {', '.join(customer) or '1'} ORDER BY {ORDER} DESC, "
         f"CASE WHEN {removed} THEN 0 ELSE 1 END DESC)"
     )
     changes = (

@@ -56,9 +56,9 @@ JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row
 WHERE f.fingerprint = s.fingerprint
 """
 
-# A staged value wins this sync's register when it is as new as the register (ties go to the later
-# delivery). What the profile shows is the newest value of any sync, so the change is worked out against
-# the newest value of the other syncs.
+# A staged value wins this sync's register when it is newer, or as new and greater (its JSON text in byte
+# order, a removal lowest), so two values of one version settle alike in any order. What the profile shows
+# is the newest value of any sync, so the change is worked out against the newest value of the other syncs.
 _WINNING_ATTRIBUTES = """
 INSERT INTO stage_attribute_win (profile_id, name, value, version, change)
 SELECT profile_id, name, value, version,
@@ -85,7 +85,8 @@ FROM (
         FROM stage_attribute AS s
         LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
         WHERE own.profile_id IS NULL
-           OR (s.version >= own.version AND NOT (s.version = own.version AND s.value IS NOT DISTINCT FROM own.value))
+           OR s.version > own.version
+           OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {binary}))
     ) AS staged
 ) AS decided
 ORDER BY profile_id, name
@@ -321,6 +322,9 @@ class Delivery:
         self._db = db
         self._mirror = mirror
         self._mirror_max_removal = mirror_max_removal
+        # Values compare byte by byte on both backends, as Arrow compares them within a batch.
+        binary = 'COLLATE "C"' if db.name == "postgresql" else "COLLATE BINARY"
+        self._winning_attributes = _WINNING_ATTRIBUTES.replace("{binary}", binary)
         self._allow_mass_removal = allow_mass_removal
         self.mirror_hold: MirrorHold | None = None  # set when a mirroring delivery held its removals back
         self._newest_version: int | None = None  # of the rows seen: a mirroring run's own version
@@ -806,11 +810,10 @@ class Delivery:
         now: str,
         partition: str,
     ) -> None:
-        # All attribute columns of a row share its version, so one row wins per profile for all of them.
+        # All attribute columns of a row share its version: the newest row of a profile wins for all of them,
+        # and rows tied on it are settled attribute by attribute, as the register settles them.
         winners = pa.array(
-            _newest_row_per_profile(
-                code_of_row, batch.column(b.ROW).to_numpy(), batch.column(b.VERSION).to_numpy()
-            )
+            _newest_rows_per_profile(code_of_row, batch.column(b.VERSION).to_numpy())
         )
         profile_ids = profile_of_row.take(winners)
         # A profile created by this batch has no stored attributes to merge with: its values go straight in,
@@ -841,7 +844,7 @@ class Delivery:
         db = self._db
         db.stage("stage_attribute", stored)
         db.execute("DELETE FROM stage_attribute_win")
-        db.execute(_WINNING_ATTRIBUTES, {"sync": self._sync})
+        db.execute(self._winning_attributes, {"sync": self._sync})
         [(set_count, removed_count)] = db.rows(
             "SELECT COUNT(CASE WHEN change = 1 THEN 1 END), COUNT(CASE WHEN change = 2 THEN 1 END)"
             " FROM stage_attribute_win"
@@ -914,7 +917,8 @@ def _identities(identities: Sequence[Identity]) -> pa.Table:
 
 
 def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array) -> pa.Table:
-    """The attributes of these batch rows (one per profile), one row per (profile, name), in that order."""
+    """The attributes of these batch rows (a profile's newest), one row per (profile, name), in that order;
+    of rows tied on a profile's version, each attribute takes the greatest value (a removal lowest)."""
     columns = b.attribute_columns(batch.schema)
     names = sorted(columns)
     by_profile = pc.sort_indices(profile_ids)
@@ -923,7 +927,7 @@ def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array
     repeated = pa.array(np.repeat(np.arange(len(rows)), len(names)))
     by_name = pa.concat_arrays([batch.column(columns[name]).take(rows).cast(pa.string()) for name in names])
     interleaved = (np.arange(len(names)) * len(rows) + np.arange(len(rows))[:, None]).ravel()
-    return pa.table(
+    table = pa.table(
         {
             "profile_id": profile_ids.take(repeated),
             "name": pa.array(names * len(rows), pa.string()),
@@ -931,6 +935,15 @@ def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array
             "version": batch.column(b.VERSION).take(rows).take(repeated),
         }
     )
+    if len(pc.unique(profile_ids)) == len(profile_ids):
+        return table
+    # Arrow's max compares strings byte by byte and skips NULLs, as the register's merge does.
+    greatest = table.group_by(["profile_id", "name"], use_threads=False).aggregate(
+        [("value", "max"), ("version", "max")]
+    )
+    columns = {"profile_id": "profile_id", "name": "name", "value": "value_max", "version": "version_max"}
+    chosen = pa.table({name: greatest.column(column) for name, column in columns.items()})
+    return chosen.sort_by([("profile_id", "ascending"), ("name", "ascending")])
 
 
 def _in_row_order(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -940,13 +953,16 @@ def _in_row_order(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch.take(pc.sort_indices(rows))
 
 
-def _newest_row_per_profile(profile_code: np.ndarray, row: np.ndarray, version: np.ndarray) -> np.ndarray:
-    """Per profile code (≥ 0), the index of its row with the highest version, ties to the later row."""
-    order = np.lexsort((row, version, profile_code))
-    codes = profile_code[order]
+def _newest_rows_per_profile(profile_code: np.ndarray, version: np.ndarray) -> np.ndarray:
+    """Per profile code (≥ 0), the indexes of its rows with the highest version (usually one)."""
+    order = np.lexsort((version, profile_code))
+    codes, versions = profile_code[order], version[order]
     last_of_profile = np.ones(len(order), dtype=bool)
     last_of_profile[:-1] = codes[1:] != codes[:-1]
-    return np.sort(order[last_of_profile & (codes >= 0)])
+    # Each row's profile's highest version, spread back over the profile's rows (sorted by code).
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    highest = np.repeat(versions[last_of_profile], np.diff(np.r_[starts, len(order)]))
+    return np.sort(order[(versions == highest) & (codes >= 0)])
 
 
 def _decode(text: str | None) -> Any:
