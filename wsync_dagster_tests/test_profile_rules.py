@@ -349,3 +349,27 @@ def test_each_partition_of_a_range_run_shows_its_own_counts(make_warehouse, writ
     assert rows("mapped_batches", "rows_read") == {"2024-01-01": 3, "2024-01-02": 3, "2024-01-03": 0}
     assert rows("delivery", "rows") == {"2024-01-01": 3, "2024-01-02": 3, "2024-01-03": 0}
     assert rows("delivery", "profiles_created") == {"2024-01-01": 3, "2024-01-02": 1, "2024-01-03": 0}
+
+
+TIED_SQL = """
+CREATE SCHEMA crm;
+CREATE TABLE crm.users (customer_id VARCHAR, email VARCHAR, plan VARCHAR, updated_at TIMESTAMP);
+INSERT INTO crm.users VALUES
+    ('C1', 'c1@example.com', 'free', TIMESTAMP '2024-01-01 10:00:00'),
+    ('C1', 'c1@example.com', 'pro', TIMESTAMP '2024-01-01 10:00:00');
+"""
+
+
+def test_two_rows_of_one_customer_and_time_settle_alike_whichever_order_the_warehouse_returns(
+    make_warehouse, write_sync, cli_store, capsys
+):
+    """Same version, different values: the greater value wins, so a re-run in the other order keeps it."""
+    sync = user_sync(make_warehouse(TIED_SQL))
+    plans = []
+    for order in ("ASC", "DESC", "ASC"):
+        sync["data_model"]["sql"] = f"SELECT customer_id, email, plan, updated_at FROM crm.users ORDER BY plan {order}"
+        write_sync(sync)
+        assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+        plans.append(cli_store.profile("customer_id", "C1")["attributes"]["plan"])
+
+    assert plans == ["pro", "pro", "pro"]

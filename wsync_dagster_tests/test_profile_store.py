@@ -431,6 +431,20 @@ def test_two_values_of_one_version_settle_alike_in_either_order_and_any_batching
                 assert attributes(store, "customer_id", "A") == expected, f"{way}, order {order}"
 
 
+def test_two_full_mode_rows_of_one_customer_keep_the_greater_value_run_after_run(store: ProfileStore) -> None:
+    """Rows of one key that differ are all applied again each run (no fingerprint holds for them), so
+    the tie rule settles them every time instead of the one row whose fingerprint was not stored."""
+    pro, free = {"customer_id": "A", "plan": "pro"}, {"customer_id": "A", "plan": "free"}
+    seen = []
+    for run, rows in enumerate([(pro, free), (free, pro), (pro, free), (free, pro)]):
+        deliver(store, mapped(*rows, version=run + 1, full=True), partition=f"run{run}")
+        seen.append(attributes(store, "customer_id", "A")["plan"])
+    deliver(store, mapped(free, version=9, full=True), mapped(pro, version=9, full=True), partition="split")
+    seen.append(attributes(store, "customer_id", "A")["plan"])
+
+    assert seen == ["pro"] * 5
+
+
 def test_rows_resolve_in_row_order_whatever_the_batch_order(store: ProfileStore) -> None:
     deliver(
         store,

@@ -112,10 +112,16 @@ WHERE newest = 1 ORDER BY name
 
 _EVENTS_ONCE = "ON CONFLICT (environment, sync, event_id) DO NOTHING"
 
-# A fingerprint says what the store holds for a row, so an older run never replaces a newer one's.
-_NEWER_FINGERPRINT = """
+# Stored for a row key whose rows of one run differ: matches no row, so they are all applied again.
+NO_FINGERPRINT = ""
+# A fingerprint says what the store holds for a row, so an older run never replaces a newer one's; two
+# different ones of one version (rows of one key in two batches of a run) leave NO_FINGERPRINT.
+_NEWER_FINGERPRINT = f"""
 ON CONFLICT (sync, environment, row_key) DO UPDATE SET
-    fingerprint = excluded.fingerprint, updated_at = excluded.updated_at, version = excluded.version
+    fingerprint = CASE WHEN excluded.version = fingerprints.version
+                        AND excluded.fingerprint <> fingerprints.fingerprint THEN '{NO_FINGERPRINT}'
+                       ELSE excluded.fingerprint END,
+    updated_at = excluded.updated_at, version = excluded.version
 WHERE excluded.version >= fingerprints.version
 """
 
@@ -889,21 +895,40 @@ class Delivery:
         )
 
     def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
-        n = batch.num_rows
+        keys = _one_fingerprint_per_row_key(batch)
+        n = keys.num_rows
         self._db.insert(
             "fingerprints",
             pa.table(
                 {
                     "sync": pa.array([self._sync] * n, pa.string()),
                     "environment": pa.array([self._environment] * n, pa.string()),
-                    "row_key": batch.column(b.ROW_KEY),
-                    "fingerprint": batch.column(b.FINGERPRINT),
+                    "row_key": keys.column("row_key"),
+                    "fingerprint": keys.column("fingerprint"),
                     "updated_at": pa.array([now] * n, pa.string()),
-                    "version": batch.column(b.VERSION),
+                    "version": keys.column("version"),
                 }
             ),
             _NEWER_FINGERPRINT,
         )
+
+
+def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
+    """Row key, fingerprint and version, once per row key. Rows of one key that differ store NO_FINGERPRINT:
+    all of them are applied again next run, where the tie rule settles them, rather than only the one
+    whose fingerprint was not stored (which would win alone, on its newer version)."""
+    rows = pa.table({"row_key": batch.column(b.ROW_KEY), "fingerprint": batch.column(b.FINGERPRINT)})
+    rows = rows.append_column("version", batch.column(b.VERSION))
+    if len(pc.unique(rows.column("row_key"))) == rows.num_rows:
+        return rows
+    per_key = rows.group_by("row_key", use_threads=False).aggregate(
+        [("fingerprint", "min"), ("fingerprint", "max"), ("version", "max")]
+    )
+    lowest, highest = per_key.column("fingerprint_min"), per_key.column("fingerprint_max")
+    fingerprint = pc.if_else(pc.equal(lowest, highest), lowest, NO_FINGERPRINT)
+    return pa.table(
+        {"row_key": per_key.column("row_key"), "fingerprint": fingerprint, "version": per_key.column("version_max")}
+    ).sort_by("row_key")
 
 
 def _identities(identities: Sequence[Identity]) -> pa.Table:
