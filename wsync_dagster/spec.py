@@ -246,6 +246,8 @@ class SyncSettings(_Strict):
             raise ValueError("lookback: must not be negative")
         if self.mirror and self.mode != "full":
             raise ValueError("mirror: only for mode full, which reads the whole model each run")
+        if "mirror_max_removal" in self.model_fields_set and not self.mirror:
+            raise ValueError("mirror_max_removal: only with mirror: true")
         if self.delay_alert is not None and self.delay_alert <= timedelta(0):
             raise ValueError("delay_alert: must be a positive duration such as 2h or 2d")
         return self

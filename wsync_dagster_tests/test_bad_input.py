@@ -383,6 +383,18 @@ CASES: list[Case] = [
         sync={"checks": {"max_reject_rate": 5}},
     ),
     Case(
+        "mirror_max_removal_above_one",
+        VALIDATE,
+        "✗ {sync_file}: sync.mirror_max_removal: Input should be less than or equal to 1",
+        sync={"sync": {"mirror_max_removal": 2}},
+    ),
+    Case(
+        "mirror_max_removal_without_mirror",
+        VALIDATE,
+        "✗ {sync_file}: sync: mirror_max_removal: only with mirror: true",
+        sync={"sync": {"mirror_max_removal": 0.3}},
+    ),
+    Case(
         "cdc_on_duckdb",
         VALIDATE,
         "✗ {sync_file}: sync.mode: cdc reads a table's change feed, and a duckdb connection has none that "
