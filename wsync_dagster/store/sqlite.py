@@ -650,9 +650,6 @@ class Delivery:
         columns = b.identity_columns(batch.schema)
         if not columns:
             raise ValueError("a mapped batch needs at least one identity column")
-        if len(self._graph.owner) + len(self._graph.looked_up) > RESOLUTION_ENTRIES_MAX:
-            self._flush_restamps()  # a fresh graph reads the stamps back from the store
-            self._graph = IdentityGraph()
         types = sorted(columns, key=priority)
         _, first_rows = np.unique(key_of_row, return_index=True)
         first = pa.array(first_rows, pa.int64())
@@ -700,6 +697,9 @@ class Delivery:
 
     def _look_up(self, identities: set[Identity]) -> None:
         """Add to the graph the stored profiles that own any of these identities it has not looked up."""
+        if len(self._graph.owner) + len(self._graph.looked_up) > RESOLUTION_ENTRIES_MAX:
+            self._flush_restamps()  # a fresh graph reads the stamps back from the store
+            self._graph = IdentityGraph()
         new = self._graph.not_looked_up(identities)
         if not new:
             return
