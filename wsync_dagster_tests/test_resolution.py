@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from wsync_dagster.store.resolution import IdentityGraph, IdentityKey, resolve, resolve_in_order
+from wsync_dagster.store.resolution import (
+    IdentityGraph,
+    IdentityKey,
+    match_existing,
+    resolve,
+    resolve_in_order,
+)
 
 TYPES = ("customer_id", "email", "mpid")
 
@@ -62,3 +68,19 @@ def test_settling_easy_keys_first_equals_resolving_every_key_in_order(seed: int,
         exact_graph.held,
         exact_graph.stamp,
     )
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_a_delete_finds_the_profile_an_upsert_of_its_identities_would_find_and_changes_nothing(seed: int) -> None:
+    """match_existing (deletes, mirror presence) is the upsert rule without creating or moving anything:
+    an upsert that creates no profile goes to the same one, and conflicts exactly when the delete does."""
+    rng = random.Random(seed)
+    graph = random_graph(rng)
+    stored = {f"p{n}" for n in range(12)}
+    for key in random_keys(rng):
+        before = copy.deepcopy(graph)
+        found, conflict = match_existing(key.identities, graph)
+        upsert = resolve_in_order([key], copy.deepcopy(graph), "production", False, stored.__contains__)
+        assert (graph.owner, graph.held, graph.stamp) == (before.owner, before.held, before.stamp)
+        assert found == upsert.profile_ids[0]
+        assert (conflict is not None) == (upsert.conflicts[0] is not None)
