@@ -244,7 +244,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
             for (identity_type, value), lifted in store.lift_erasure(identities, env).items():
                 print(
                     f"{identity_type}={value} ({env}): lifted the suppression of {_count(lifted, 'identity')};"
-                    " the next run delivers their rows again"
+                    " a run that reads their rows delivers them again (`wsync run SYNC --partition KEY`"
+                    " re-reads a partition already delivered)"
                     if lifted
                     else f"{identity_type}={value} ({env}): was not suppressed; nothing to lift"
                 )

@@ -96,6 +96,42 @@ def test_a_resync_rejects_the_erased_persons_rows_and_keeps_everyone_else(synced
     assert main(["profile", "--identity", "customer_id=C003"]) == 0
 
 
+EVENTS_SQL = """
+CREATE SCHEMA web;
+CREATE TABLE web.logins (id INTEGER, customer_id VARCHAR, seen_at TIMESTAMP);
+INSERT INTO web.logins SELECT i, CASE WHEN i <= 5 THEN 'C001' ELSE 'C002' END,
+    TIMESTAMP '2024-01-01 00:00:00' + i * INTERVAL 1 MINUTE FROM range(1, 9) AS r(i);
+"""
+
+
+def test_erase_removes_the_persons_events_and_a_resync_of_events_skips_them(
+    synced, make_warehouse, write_sync, capsys
+):
+    logins = {
+        "name": "logins",
+        "data_type": "event",
+        "connection": {"type": "duckdb", "path": str(make_warehouse(EVENTS_SQL, name="events.duckdb"))},
+        "data_model": {"sql": "SELECT id, customer_id, seen_at FROM web.logins"},
+        "mapping": [
+            {"type": "column", "column": "id", "field": "events.data.source_message_id"},
+            {"type": "static", "value": "login", "field": "events.data.event_name"},
+            {"type": "column", "column": "seen_at", "field": "events.data.timestamp_unixtime_ms"},
+        ],
+        "sync": {"mode": "incremental", "iterator": "seen_at", "iterator_type": "timestamp",
+                 "historical_start": DAY},
+    }
+    write_sync(logins)
+    assert main(["run", "logins", "--partition", DAY]) == 0
+    capsys.readouterr()
+    assert main(["erase", "--identity", "customer_id=C001"]) == 0
+    assert ", 5 events," in capsys.readouterr().out
+    assert main(["run", "logins", "--partition", DAY]) == 0
+    out = capsys.readouterr().out
+    assert "rows_suppressed=5" in out and "events_written=0" in out and "events_duplicate=3" in out
+    assert main(["profile", "--identity", "customer_id=C002", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["events"]) == 3
+
+
 def test_undo_then_resync_brings_the_person_back(synced, capsys):
     assert main(["erase", "--identity", f"email={ADA}"]) == 0
     assert main(["run", "crm_users", "--partition", DAY]) == 0
