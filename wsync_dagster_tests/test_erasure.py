@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -265,3 +266,44 @@ def test_a_store_made_before_erasure_is_upgraded_in_place(backend, make_store, t
     with open_profile_store(url) as upgraded:
         erased = upgraded.erase([("email", ADA)], "production")
         assert erased.suppressed == 1 and erased.found == {("email", ADA): 0}
+
+
+def test_an_erasure_on_postgresql_waits_for_a_running_delivery_and_removes_what_it_wrote(pg_store_database):
+    """Deliveries hold the erasure lock shared: an erasure never misses a person a delivery is writing."""
+    from wsync_dagster_tests.test_profile_store import mapped
+
+    url = pg_store_url(pg_store_database)
+    delivering, erasing = open_profile_store(url), open_profile_store(url)
+    outcome: dict = {}
+    try:
+        with delivering.delivery(
+            sync="crm_users", environment="production", partitions=[DAY], input_protection="create_and_update"
+        ) as delivery:
+            delivery.apply_batch(mapped({"customer_id": "C001", "email": ADA, "plan": "pro"}))
+            worker = threading.Thread(
+                target=lambda: outcome.update(erased=erasing.erase([("email", ADA)], "production"))
+            )
+            worker.start()
+            _wait_until_waiting_for_a_lock(pg_store_database, worker)
+            assert worker.is_alive()
+        worker.join()
+        assert outcome["erased"].profiles == 1
+        assert delivering.profile("customer_id", "C001") is None
+    finally:
+        delivering.close()
+        erasing.close()
+
+
+def _wait_until_waiting_for_a_lock(database_url: str, worker: threading.Thread) -> None:
+    """Until a wsync connection waits for an advisory lock (the erasure, behind the delivery), or the
+    worker has ended without waiting."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        while True:
+            cur.execute(
+                "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'wsync'"
+            )
+            if cur.fetchone()[0] or not worker.is_alive():
+                break
+            conn.commit()
+    conn.close()

@@ -136,7 +136,6 @@ class Suppression:
         )
         return batch.filter(pc.invert(suppressed)), n
 
-
     def redact(self, rejects: pa.Table) -> pa.Table:
         """Mapping rejects whose raw row holds an erased identity: kept by number, reason `erased on DATE`,
         without the row (a rejected row must not bring the person's values back either)."""
@@ -144,7 +143,7 @@ class Suppression:
             return rejects
         rows = rejects.column("row").to_pylist()
         # Rejects are few, and the raw row's columns are not yet identities: every value is tried as each.
-        held = [(i, value) for i, row in enumerate(rows) if row for value in _json_values(json.loads(row))]
+        held = [(i, value) for i, row in enumerate(rows) if row for value in _json_values(_parsed(row))]
         if not held:
             return rejects
         values = pa.array([value for _, value in held], pa.string())
@@ -279,7 +278,7 @@ def _mapped_rows_of(table: pa.Table, values: dict[str, set[str]]) -> pa.Array:
 def _reject_rows_of(table: pa.Table, wanted: set[str]) -> pa.Array:
     # Rejects files are small and erasure is rare: each stored row is read as JSON here.
     rows = table.column("row").to_pylist()
-    return pa.array([row is not None and bool(_json_values(json.loads(row)) & wanted) for row in rows])
+    return pa.array([row is not None and _holds(row, wanted) for row in rows])
 
 
 def _delete_rejects_holding(db: Backend, values: set[str], environment: str) -> int:
@@ -288,13 +287,26 @@ def _delete_rejects_holding(db: Backend, values: set[str], environment: str) -> 
     for sync, partition, kind, row_number, row in db.rows(
         _REJECTS_MENTIONING.format(position=_POSITION[db.name]), (environment,)
     ):
-        if _json_values(json.loads(row)) & values:
+        if _holds(row, values):
             deleted += db.execute(
                 "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = ?"
                 ' AND row_number IS NOT DISTINCT FROM ? AND "row" = ?',
                 (sync, environment, partition, kind, row_number, row),
             )
     return deleted
+
+
+def _holds(row: str, values: set[str]) -> bool:
+    """A stored row (JSON text) holds one of the values; a row that does not parse, if its text has one."""
+    parsed = _parsed(row)
+    return bool(_json_values(parsed) & values) if parsed is not None else any(v in row for v in values)
+
+
+def _parsed(row: str) -> object:
+    try:
+        return json.loads(row)
+    except ValueError:
+        return None
 
 
 def _json_values(node: object) -> set[str]:
