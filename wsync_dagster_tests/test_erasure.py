@@ -181,6 +181,16 @@ def test_erase_file_removes_several_people_and_suppresses_one_it_never_held(sync
     assert main(["profile", "--identity", "customer_id=C003"]) == 0
 
 
+def test_a_person_erased_before_the_store_held_them_is_never_delivered(backend, make_warehouse, write_sync, capsys):
+    write_sync(_sync(make_warehouse(USERS_SQL)))
+    assert main(["erase", "--identity", "customer_id=C003"]) == 0
+    assert "customer_id=C003 (production): no profile holds it; suppressed all the same" in capsys.readouterr().out
+    assert main(["run", "crm_users", "--partition", DAY]) == 0
+    assert "rows_suppressed=1" in capsys.readouterr().out
+    assert main(["profile", "--identity", "customer_id=C003"]) == 1
+    assert main(["profile", "--identity", "customer_id=C002"]) == 0
+
+
 def test_erase_file_with_a_bad_line_names_it_and_erases_nobody(synced, tmp_path, capsys):
     requests = tmp_path / "dsr.txt"
     requests.write_text(f"email={ADA}\nshoe_size=42\n")

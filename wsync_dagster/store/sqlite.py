@@ -266,7 +266,9 @@ class ProfileStore:
         """Remove the people these identities find and keep them out (store/erasure.py)."""
         return erasure.erase(self._db, identities, environment)
 
-    def lift_erasure(self, identities: Sequence[erasure.Identity], environment: str) -> dict:
+    def lift_erasure(
+        self, identities: Sequence[erasure.Identity], environment: str
+    ) -> dict[erasure.Identity, int]:
         """Lift the suppression of these identities' erasures; per identity, the identities lifted."""
         return erasure.lift(self._db, identities, environment)
 
