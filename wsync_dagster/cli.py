@@ -1,4 +1,4 @@
-"""The `wsync` command: validate, preview, run, backfill, profile, rejects, demo."""
+"""The `wsync` command: validate, preview, run, backfill, profile, rejects, erase, demo."""
 
 from __future__ import annotations
 
@@ -196,6 +196,99 @@ def cmd_rejects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _erasure_identities(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The TYPE=VALUE identities of --identity and of each line of --file, trimmed as the mapping trims."""
+    from wsync_dagster.identities import IDENTITY_PRIORITY
+    from wsync_dagster.mapping import BLANK_CHARACTERS
+
+    given = [("--identity", text) for text in args.identity]
+    if args.file is not None:
+        try:
+            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CommandError(f"--file {args.file}: cannot read: {getattr(error, 'strerror', None) or error}") from None
+        given += [(f"{args.file} line {n}", line) for n, line in enumerate(lines, 1) if line.strip()]
+    identities = []
+    for where, text in given:
+        identity_type, sep, value = text.partition("=")
+        identity_type, value = identity_type.strip(), value.strip(BLANK_CHARACTERS)
+        if not sep or not value:
+            raise CommandError(f"{where}: takes TYPE=VALUE, e.g. email=ada@example.com")
+        if identity_type not in IDENTITY_PRIORITY:
+            raise CommandError(
+                f"{where}: unknown identity type '{identity_type}'; one of {', '.join(IDENTITY_PRIORITY)}"
+            )
+        identities.append((identity_type, value))
+    return list(dict.fromkeys(identities))
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 event', '2 events', '2 identities', '3 rows of …'."""
+    if n == 1:
+        return f"1 {noun}"
+    head, _, tail = noun.partition(" of ")
+    plural = head[:-1] + "ies" if head.endswith("y") else head + "s"
+    return f"{n} {plural}" + (f" of {tail}" if tail else "")
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Remove people from the profile store and keep them out; or, with --undo, let them back in."""
+    from wsync_dagster.settings import state_dir
+    from wsync_dagster.store.erasure import remove_from_batch_files
+
+    identities = _erasure_identities(args)
+    if not identities:
+        raise CommandError("name who to erase: --identity TYPE=VALUE, or --file with one TYPE=VALUE a line")
+    env = args.environment
+    store = _open_store()
+    try:
+        if args.undo:
+            for (identity_type, value), lifted in store.lift_erasure(identities, env).items():
+                print(
+                    f"{identity_type}={value} ({env}): lifted the suppression of {_count(lifted, 'identity')};"
+                    " a run that reads their rows delivers them again (`wsync run SYNC --partition KEY`"
+                    " re-reads a partition already delivered)"
+                    if lifted
+                    else f"{identity_type}={value} ({env}): was not suppressed; nothing to lift"
+                )
+            return 0
+        done = store.erase(identities, env)
+    finally:
+        store.close()
+    batch_rows = remove_from_batch_files(state_dir() / "batches" / env, done.values)
+    for (identity_type, value), n in done.found.items():
+        print(
+            f"{identity_type}={value} ({env}): erased its profile; {_count(n, 'identity')} suppressed"
+            if n
+            else f"{identity_type}={value} ({env}): no profile holds it; suppressed all the same"
+        )
+    removed = [
+        (done.profiles, "profile"),
+        (done.identities, "identity"),
+        (done.attributes, "attribute value"),
+        (done.events, "event"),
+        (done.rejects, "stored reject"),
+        (batch_rows, "row of undelivered batch files"),
+    ]
+    print(
+        f"removed {', '.join(_count(n, noun) for n, noun in removed)};"
+        f" {_count(done.suppressed, 'identity')} suppressed: a later run rejects their rows"
+        f" as 'erased on {done.erased_on}'"
+    )
+    if done.fingerprints:
+        print(
+            f"dropped the {_count(done.fingerprints, 'row fingerprint')} of"
+            f" {', '.join(done.syncs_refingerprinted)}: their next full-mode run applies every row again"
+        )
+    if not done.wal_emptied:
+        print(
+            "wsync erase: warning: another process is reading the store, so its -wal file still holds old pages;"
+            " run `wsync erase` again when no run is going",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create the demo warehouse and its sync files."""
     from wsync_dagster.demo import build_demo
@@ -249,6 +342,14 @@ def _parser() -> argparse.ArgumentParser:
     rejects.add_argument("--limit", type=int, default=None)
     rejects.add_argument("--json", action="store_true")
     rejects.set_defaults(func=cmd_rejects)
+    erase = commands.add_parser(
+        "erase", help="remove people from the profile store and keep them out (data-subject requests)"
+    )
+    erase.add_argument("--identity", action="append", default=[], help="TYPE=VALUE; may be given again")
+    erase.add_argument("--file", help="a file of people to erase, one TYPE=VALUE a line")
+    erase.add_argument("--environment", default="production", choices=["production", "development"])
+    erase.add_argument("--undo", action="store_true", help="lift the suppression instead: rows come back")
+    erase.set_defaults(func=cmd_erase)
     demo = commands.add_parser("demo", help="create the demo warehouse and sync files")
     demo.add_argument("--dir", default=".", help="where to put data/ and syncs/")
     demo.add_argument("--users", type=int, default=100_000)

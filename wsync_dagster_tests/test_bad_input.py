@@ -580,6 +580,27 @@ CASES: list[Case] = [
         ("profile", "--identity", "email=nobody@example.com"),
         "wsync profile: no profile with email=nobody@example.com in production",
     ),
+    # --- erasure: a bad request erases nobody ---
+    Case(
+        "erase_identity_without_a_value",
+        ("erase", "--identity", "email"),
+        "wsync erase: --identity: takes TYPE=VALUE, e.g. email=ada@example.com",
+    ),
+    Case(
+        "erase_unknown_identity_type",
+        ("erase", "--identity", "email=ada@example.com", "--identity", "shoe_size=42"),
+        f"wsync erase: --identity: unknown identity type 'shoe_size'; one of {', '.join(IDENTITY_PRIORITY)}",
+    ),
+    Case(
+        "erase_file_that_does_not_exist",
+        ("erase", "--file", "no-such-requests.txt"),
+        "wsync erase: --file no-such-requests.txt: cannot read: No such file or directory",
+    ),
+    Case(
+        "erase_naming_nobody",
+        ("erase",),
+        "wsync erase: name who to erase: --identity TYPE=VALUE, or --file with one TYPE=VALUE a line",
+    ),
 ]
 
 

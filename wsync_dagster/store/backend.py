@@ -44,6 +44,14 @@ class Backend(Protocol):
         """Open the write transaction of a delivery; its sequence number (deliveries in commit order)."""
         ...
 
+    def begin_erasure(self) -> None:
+        """Open the write transaction of an erasure: alone against every delivery, deleted bytes overwritten."""
+        ...
+
+    def reclaim(self, tables: Sequence[str]) -> bool:
+        """After an erasure: leave no deleted bytes in the tables' storage; False if some may remain."""
+        ...
+
     def lock_identities(self, environment: str) -> None:
         """Lock the staged identities (stage_identity) and the profiles owning them until the delivery ends."""
         ...
@@ -112,6 +120,22 @@ class SQLiteBackend:
             self._conn.execute(f"DELETE FROM {table}")
         (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
         return seq
+
+    def begin_erasure(self) -> None:
+        """BEGIN IMMEDIATE with secure_delete on: what the erasure deletes is overwritten with zeros."""
+        if self._conn.in_transaction:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._conn.execute("PRAGMA secure_delete = ON")
+        self._conn.execute("BEGIN IMMEDIATE")
+        for statement in STAGING:
+            self._conn.execute(statement)
+
+    def reclaim(self, tables: Sequence[str]) -> bool:
+        """VACUUM rewrites the file, so no stale copy of a deleted value survives in free space (older
+        deletes ran without secure_delete); then the WAL, which holds old page images, is emptied."""
+        self._conn.execute("VACUUM")
+        (busy, _, _) = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
 
     def lock_identities(self, environment: str) -> None:
         """Nothing to do: the delivery holds the file's one write lock."""

@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass, fields
 class DeliveryCounts:
     """Counts of one batch or one delivery; batches add up to their delivery."""
 
-    # Rows: every mapped row is applied, unchanged (full mode), skipped or an identity conflict.
+    # Rows: every mapped row is applied, unchanged (full mode), skipped, an identity conflict, or suppressed.
     rows: int = 0
     rows_applied: int = 0
     rows_unchanged: int = 0
     rows_skipped: int = 0
     identity_conflicts: int = 0
+    rows_suppressed: int = 0  # rows of erased people (`wsync erase`), kept as rejects "erased on DATE"
     rejects: int = 0  # rows the mapping rejected; rows + rejects are the rows read
     # Profiles, each counted once.
     profiles_created: int = 0

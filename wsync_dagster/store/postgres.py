@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -18,12 +18,14 @@ import pyarrow as pa
 import pyarrow.csv as csv
 
 from wsync_dagster.store.backend import Params
-from wsync_dagster.store.schema import SCHEMA_VERSION, STAGING, TABLES
+from wsync_dagster.store.schema import SCHEMA_VERSION, STAGING, TABLES, UPGRADES
 
 # The SQLite DDL, in PostgreSQL's words: 64-bit integers (versions are epoch µs), no rowid tables.
 _TYPES = ((re.compile(r"\bINTEGER\b"), "BIGINT"), (re.compile(r"\)\s*WITHOUT ROWID"), ")"))
 _SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS wsync_schema (version INTEGER NOT NULL)"
 _SEQUENCE = "CREATE SEQUENCE IF NOT EXISTS delivery_seq"
+# Deliveries hold it shared, an erasure alone: no delivery reads the suppression list while one changes it.
+_ERASURE_LOCK = "hashtext('wsync erasure')"
 _NAMED = re.compile(r"(?<!:):([a-z_]+)")
 CONNECT_TIMEOUT_S = 10
 # Lock buckets per kind (identities, profiles): far below PostgreSQL's lock table of 64 per connection.
@@ -99,6 +101,11 @@ class PostgresBackend:
                         cur.execute(_ddl(statement))
                     cur.execute(_SEQUENCE)
                     cur.execute("INSERT INTO wsync_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+                elif version < SCHEMA_VERSION:  # upgraded in place, one version at a time
+                    for step in range(version, SCHEMA_VERSION):
+                        for statement in UPGRADES[step]:
+                            cur.execute(_ddl(statement))
+                    cur.execute("UPDATE wsync_schema SET version = %s", (SCHEMA_VERSION,))
             self._conn.commit()
         except psycopg2.Error as error:
             self._conn.rollback()
@@ -167,11 +174,32 @@ class PostgresBackend:
         if self._holding:
             raise RuntimeError("a delivery is already open on this profile store")
         self._holding = True
+        self.execute(f"SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK})")  # an erasure waits for us
         for statement in STAGING:
             self.execute(_ddl(statement))
         self.execute("TRUNCATE delivery_profile, mirror_row_key, mirror_profile")
         [(seq,)] = self.rows("SELECT nextval('delivery_seq')")
         return seq
+
+    def begin_erasure(self) -> None:
+        """A transaction alone against every delivery (they hold the erasure lock shared), with staging tables."""
+        if self._holding:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._holding = True
+        self.execute(f"SELECT pg_advisory_xact_lock({_ERASURE_LOCK})")
+        for statement in STAGING:
+            self.execute(_ddl(statement))
+
+    def reclaim(self, tables: Sequence[str]) -> bool:
+        """VACUUM the tables (outside a transaction), so the deleted rows' dead tuples go."""
+        self._conn.autocommit = True
+        try:
+            with self._conn.cursor() as cur:
+                for table in tables:
+                    cur.execute(f"VACUUM {table}")
+        finally:
+            self._conn.autocommit = False
+        return True
 
     def lock_identities(self, environment: str) -> None:
         """Wait for other deliveries holding these identities or their profiles; hold them until commit.

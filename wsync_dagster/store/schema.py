@@ -5,8 +5,23 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 300.0
+
+# Erasure (store/erasure.py): a per-store random salt, and the erased identities as salted one-way hashes
+# (HMAC-SHA256), so a later run can reject a person's rows without the store holding who they are.
+# `request` groups the identities of one erased person: `wsync erase --undo` lifts them together.
+ERASURE_TABLES: tuple[str, ...] = (
+    "CREATE TABLE erasure_salt (id INTEGER PRIMARY KEY CHECK (id = 1), salt TEXT NOT NULL)",
+    """CREATE TABLE suppressions (
+        environment TEXT NOT NULL,
+        identity_hash TEXT NOT NULL,
+        erased_on TEXT NOT NULL,
+        request TEXT NOT NULL,
+        PRIMARY KEY (environment, identity_hash)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX suppressions_by_request ON suppressions (request)",
+)
 
 # Every value carries `version`: the time it describes (µs), or the sync's own order for integer iterators.
 # `seq` is the delivery that wrote it, which breaks ties between syncs in favour of the later delivery.
@@ -83,9 +98,10 @@ TABLES: tuple[str, ...] = (
         seq INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sync, environment, partition_key)
     )""",
+    *ERASURE_TABLES,
 )
 
-# Version 1 stores are upgraded in place; nothing they hold is lost.
+# Older stores are upgraded in place, one version at a time; nothing they hold is lost.
 UPGRADES: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE identities ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
@@ -105,7 +121,8 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         " SELECT environment, sync, event_id, profile_id, event_type, event_name, timestamp_ms, data"
         " FROM events_v1",
         "DROP TABLE events_v1",
-    )
+    ),
+    2: ERASURE_TABLES,
 }
 
 # Staging tables live in the connection's temp schema: invisible to other connections, gone on close.

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.identities import priority
+from wsync_dagster.store import erasure
 from wsync_dagster.store.backend import Backend, SQLiteBackend
 from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
 from wsync_dagster.store.resolution import (
@@ -273,6 +274,16 @@ class ProfileStore:
             for sync_name, env, partition, row_number, kind, reason, row in self._db.rows(sql, params)
         ]
 
+    def erase(self, identities: Sequence[erasure.Identity], environment: str) -> erasure.Erasure:
+        """Remove the people these identities find and keep them out (store/erasure.py)."""
+        return erasure.erase(self._db, identities, environment)
+
+    def lift_erasure(
+        self, identities: Sequence[erasure.Identity], environment: str
+    ) -> dict[erasure.Identity, int]:
+        """Lift the suppression of these identities' erasures; per identity, the identities lifted."""
+        return erasure.lift(self._db, identities, environment)
+
     def close(self) -> None:
         """Close the connection; an open delivery is rolled back."""
         self._db.close()
@@ -352,6 +363,7 @@ class Delivery:
         self._marked = 0  # profiles marked so far: the order the preview shows them in
         # The profiles this sync had set when the run began: what a mirror's removals are a share of.
         self._mirror_before = self._profiles_set() if mirror else 0
+        self._suppression = erasure.Suppression(db, sync=sync, environment=environment, partitions=partitions)
         # Conflicts are found again by this delivery, so those of an earlier delivery of its partitions go.
         for partition in partitions:
             db.execute(
@@ -364,6 +376,7 @@ class Delivery:
         partition = self._partition(partition)
         counts = DeliveryCounts(rows=batch.num_rows)
         batch = _in_row_order(batch)
+        batch, counts.rows_suppressed = self._suppression.drop(batch, partition)
         full_mode = b.ROW_KEY in batch.schema.names and b.FINGERPRINT in batch.schema.names
         if self._mirror and full_mode and batch.num_rows:
             self._remember_present(batch)
@@ -392,6 +405,7 @@ class Delivery:
     def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
         partition = self._partition(partition)
+        rejects = self._suppression.redact(rejects)
         self._db.execute(
             "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'rejected'",
             (self._sync, self._environment, partition),
