@@ -108,7 +108,9 @@ class PostgresBackend:
 
     def _clean(self, error: Exception) -> str:
         """The driver's message on one line, the password masked wherever it might appear."""
-        message = " ".join(str(error).split())
+        # The server's own sentence, without the `LINE 1: CREATE TABLE …` excerpt that str() appends.
+        diagnostics = getattr(error, "diag", None)
+        message = " ".join(((diagnostics and diagnostics.message_primary) or str(error)).split())
         for password in self._passwords:
             message = message.replace(password, "***")
         return message
@@ -138,10 +140,23 @@ class PostgresBackend:
             detail = self._clean(error)
             if getattr(error, "pgcode", None) == "42501":  # insufficient_privilege
                 detail = f"no permission to create the store's tables ({detail}); grant CREATE on the schema"
+            elif getattr(error, "pgcode", None) == "3F000":  # invalid_schema_name: no schema to create in
+                detail = (
+                    f"no schema of its search path ({self._search_path()}) exists; create it, or name an "
+                    "existing schema in the URL (?options=-csearch_path%3DSCHEMA)"
+                )
             raise PostgresStoreError(f"profile store {self.where}: {detail}") from None
         except BaseException:
             self._conn.rollback()
             raise
+
+    def _search_path(self) -> str:
+        """The search path the connection has (after a failed statement was rolled back)."""
+        with self._conn.cursor() as cur:
+            cur.execute("SHOW search_path")
+            (path,) = cur.fetchone()
+        self._conn.rollback()
+        return path
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the rows it changed."""
