@@ -11,7 +11,13 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from wsync_dagster.model_reach import function_name, refused_column, refused_function, refused_relation
+from wsync_dagster.model_reach import (
+    function_name,
+    refused_column,
+    refused_function,
+    refused_relation,
+    unicode_unescaped,
+)
 
 # sqlglot warns with the SQL's text when it falls back to a Command; the check reports that itself.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -200,17 +206,9 @@ def redact_literals(message: str, sql: str, dialect: str = "duckdb") -> str:
     # PostgreSQL's $$…$$, E'…' (held decoded), N'…' and U&'…' (held as written, shown decoded) literals too.
     literals |= {node.this for node in statement.find_all(exp.RawString, exp.ByteString, exp.National)}
     for node in statement.find_all(exp.UnicodeString):
-        literals |= {node.this, _UNICODE_ESCAPE.sub(_unescaped, node.this)}
+        literals |= {node.this, unicode_unescaped(node.this)}
     # Short literals (codes, flags) hold no secret, and masking them would garble the message.
     for literal in sorted((text for text in literals if len(text) >= 6), key=len, reverse=True):
         message = message.replace(literal, "***")
     return message
 
-
-_UNICODE_ESCAPE = re.compile(r"\\(\+[0-9A-Fa-f]{6}|[0-9A-Fa-f]{4}|\\)")
-
-
-def _unescaped(match: re.Match) -> str:
-    """One escape of a U&'…' literal as the server decodes it."""
-    code = match.group(1)
-    return "\\" if code == "\\" else chr(int(code.lstrip("+"), 16))

@@ -70,10 +70,26 @@ RELATIONS: dict[str, tuple[tuple[str, str], ...]] = {
 _ACCOUNT_CATALOGS = {"snowflake": "snowflake", "databricks": "system"}
 
 
+_UNICODE_ESCAPE = re.compile(r"\\(\+[0-9A-Fa-f]{6}|[0-9A-Fa-f]{4}|\\)")
+
+
+def unicode_unescaped(text: str) -> str:
+    """A PostgreSQL U&'…' literal or U&"…" identifier as the server decodes it (escape character \\)."""
+
+    def one(match: re.Match) -> str:
+        code = match.group(1)
+        if code == "\\":
+            return code
+        point = int(code.lstrip("+"), 16)
+        return chr(point) if point <= 0x10FFFF else match.group(0)
+
+    return _UNICODE_ESCAPE.sub(one, text)
+
+
 def function_name(function: exp.Func) -> str:
-    """A function's name in lower case, as the SQL spells it."""
+    """A function's name in lower case, as the server reads it (U&"lo\\005funlink" is lo_unlink)."""
     if isinstance(function, exp.Anonymous | exp.AnonymousAggFunc):
-        return function.name.lower()
+        return unicode_unescaped(function.name).lower()
     return function.sql_name().lower()
 
 
@@ -97,7 +113,7 @@ def refused_relation(table: exp.Table, dialect: str) -> str | None:
         return "shows the account's usage and other sessions' queries"
     if table.db.lower() not in _SYSTEM_SCHEMAS or not isinstance(table.this, exp.Identifier):
         return None
-    return _reaching(table.name, RELATIONS.get(dialect, ()))
+    return _reaching(unicode_unescaped(table.name), RELATIONS.get(dialect, ()))
 
 
 def refused_column(column: exp.Column, dialect: str) -> bool:

@@ -43,6 +43,9 @@ ATTEMPTS = [
      f"lo_unlink() is not allowed: {LARGE_OBJECTS}"),
     ("SELECT customer_id, updated_at, pg_catalog.LO_UNLINK({lo}) AS x FROM crm.users",
      f"lo_unlink() is not allowed: {LARGE_OBJECTS}"),
+    # A Unicode-escaped name is the same function to the server.
+    (r'SELECT customer_id, updated_at, U&"lo\005funlink"({lo}) AS x FROM crm.users',
+     f"lo_unlink() is not allowed: {LARGE_OBJECTS}"),
     ("SELECT customer_id, updated_at, lo_get({lo}) AS x FROM crm.users",
      f"lo_get() is not allowed: {LARGE_OBJECTS}"),
     ("SELECT customer_id, updated_at, dblink_exec('dbname={database}', 'DROP TABLE crm.keep') AS x FROM crm.users",
