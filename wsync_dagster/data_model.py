@@ -97,7 +97,8 @@ def check_read_only_select(sql: str, dialect: str = "duckdb") -> exp.Query:
 def _check_reads_only_the_warehouse(node: exp.Expression, dialect: str) -> None:
     """Refuse table functions, file paths used as tables, and what reaches outside the warehouse's tables
     in this dialect (wsync_dagster.model_reach)."""
-    source = node.this if isinstance(node, exp.Table | exp.Lateral) else None
+    # TableFromRows: Snowflake's FROM TABLE(fn(…)).
+    source = node.this if isinstance(node, exp.Table | exp.Lateral | exp.TableFromRows) else None
     if isinstance(source, exp.Func) and function_name(source) not in _GENERATORS:
         raise DataModelError(
             f"{function_name(source)}() is not allowed: {_WAREHOUSE_ONLY} "

@@ -107,7 +107,8 @@ def refused_function(function: exp.Func, dialect: str) -> str | None:
 
 def refused_relation(table: exp.Table, dialect: str) -> str | None:
     """What a FROM item does outside the model's tables in this dialect; None if it is a table of the warehouse."""
-    if dialect == "snowflake" and isinstance(table.this, exp.Var) and table.this.name.startswith("@"):
+    stage = isinstance(table.this, exp.Var) and table.this.name.startswith("@")
+    if dialect == "snowflake" and (stage or isinstance(table.this, exp.DirectoryStage)):
         return "reads a stage's files"
     if table.catalog.lower() == _ACCOUNT_CATALOGS.get(dialect, "\0"):
         return "shows the account's usage and other sessions' queries"

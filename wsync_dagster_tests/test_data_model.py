@@ -145,6 +145,11 @@ ENGINE_WAYS_OUT = [
      f"system$wait() is not allowed: it acts on the account (system functions); {ONLY}"),
     (SNOWFLAKE, "SELECT $1 AS customer_id, $2 AS updated_at FROM @crm.exports/users.csv",
      f"FROM @crm.exports/users.csv is not allowed: it reads a stage's files; {ONLY}"),
+    (SNOWFLAKE, "SELECT relative_path AS customer_id, last_modified AS updated_at FROM DIRECTORY(@crm.exports)",
+     f"FROM @crm.exports is not allowed: it reads a stage's files; {ONLY}"),
+    (SNOWFLAKE, "SELECT * FROM TABLE(INFER_SCHEMA(LOCATION => '@crm.exports'))",
+     f"infer_schema() is not allowed: {ONLY} (table functions allowed: range, generate_series, unnest, explode, "
+     "posexplode)"),
     (SNOWFLAKE, "SELECT customer_id, updated_at, GET_PRESIGNED_URL(@crm.exports, 'users.csv') AS u FROM crm.users",
      f"get_presigned_url() is not allowed: it reaches a stage's files; {ONLY}"),
     (SNOWFLAKE, "SELECT customer_id, updated_at, crm.ids.NEXTVAL AS n FROM crm.users",
@@ -194,8 +199,11 @@ def test_each_engines_own_ways_out_are_refused_in_its_dialect(write_sync, tmp_pa
         (REDSHIFT, "SELECT customer_id, updated_at FROM crm.stl_query"),
         (SNOWFLAKE, "SELECT customer_id, updated_at FROM crm.users WHERE email LIKE '%@%'"),
         (BIGQUERY, "SELECT customer_id, updated_at FROM pg_settings"),
+        (SNOWFLAKE, "SELECT u.customer_id, u.updated_at, f.value AS tag FROM crm.users AS u, "
+                    "TABLE(FLATTEN(input => u.tags)) AS f"),
     ],
-    ids=["own_table_named_like_a_catalog", "at_sign_in_a_string", "postgres_catalog_name_on_bigquery"],
+    ids=["own_table_named_like_a_catalog", "at_sign_in_a_string", "postgres_catalog_name_on_bigquery",
+         "snowflake_flatten"],
 )  # fmt: skip
 def test_a_name_refused_in_one_dialect_or_place_stays_allowed_elsewhere(write_sync, tmp_path, connection, sql):
     assert load_sync_file(write_sync(user_sync(tmp_path / "w.duckdb", connection=connection, data_model={"sql": sql})))
