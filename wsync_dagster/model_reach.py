@@ -94,14 +94,14 @@ def function_name(function: exp.Func) -> str:
 
 
 def _reaching(name: str, groups: tuple[tuple[str, str], ...]) -> str | None:
-    return next((reaches for reaches, names in groups if re.fullmatch(names, name, re.IGNORECASE)), None)
+    return next((does for does, names in groups if re.fullmatch(names, name, re.IGNORECASE)), None)
 
 
 def refused_function(function: exp.Func, dialect: str) -> str | None:
     """What the function does outside the model's tables in this dialect ('' for any dialect); None if nothing."""
     name = function_name(function)
-    if reaches := _reaching(name, FUNCTIONS.get(dialect, ())):
-        return reaches
+    if does := _reaching(name, FUNCTIONS.get(dialect, ())):
+        return does
     return "" if EVERY_DIALECT.fullmatch(name) else None
 
 
