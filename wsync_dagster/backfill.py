@@ -121,7 +121,17 @@ class Webserver:
     """A Dagster webserver's GraphQL endpoint; every failure to reach it is one BackfillError."""
 
     def __init__(self, url: str, client: httpx.Client | None = None):
-        self.url = url.rstrip("/")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            # Never the value: a URL may carry user:password or a token.
+            raise BackfillError("--url: not the http(s) URL of a Dagster webserver, e.g. http://127.0.0.1:3000")
+        path = parsed.path.rstrip("/")
+        # Requests keep the user, password and query (a token); messages and links show none of them.
+        self._graphql = parsed.copy_with(path=f"{path}/graphql", fragment=None)
+        self.url = f"{parsed.scheme}://{parsed.netloc.decode()}{path}"
         self._client = client or httpx.Client(timeout=REQUEST_TIMEOUT_S)
 
     def close(self) -> None:
@@ -131,7 +141,7 @@ class Webserver:
     def query(self, text: str, **variables: Any) -> dict[str, Any]:
         """Post a GraphQL query; its data."""
         try:
-            response = self._client.post(f"{self.url}/graphql", json={"query": text, "variables": variables})
+            response = self._client.post(self._graphql, json={"query": text, "variables": variables})
         except httpx.TransportError as error:
             raise BackfillError(
                 f"no Dagster webserver answers at {self.url} ({type(error).__name__}): start one with "

@@ -15,12 +15,17 @@ from wsync_dagster.settings import profile_store_url, syncs_dir
 
 # Exit codes (the README lists them): argparse exits 2 on a usage error.
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
 class CommandError(Exception):
     """A failure to report in one clear line, with a non-zero exit."""
+
+
+class UsageError(CommandError):
+    """A command line that asks for something impossible: one line, exit 2 as argparse's own errors."""
 
 
 def _load_folder():
@@ -93,6 +98,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """Print sample enriched profiles or events; nothing is written."""
     from wsync_dagster.pipeline import preview_rows
 
+    if args.limit < 1:
+        raise UsageError(f"--limit takes a number of rows, 1 or more (got {args.limit})")
     for row in preview_rows(_load_spec(args.sync), args.limit):
         print(json.dumps(row, default=str))
     return 0
@@ -368,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"wsync {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UsageError as error:
+        print(f"wsync {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (CommandError, ValueError, RuntimeError, OSError) as error:
         print(f"wsync {args.command}: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -11,6 +11,14 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
+from wsync_dagster.model_reach import (
+    function_name,
+    refused_column,
+    refused_function,
+    refused_relation,
+    unicode_unescaped,
+)
+
 # sqlglot warns with the SQL's text when it falls back to a Command; the check reports that itself.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
@@ -31,12 +39,6 @@ _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 # Table functions that read nothing beyond the query's own values: they generate or unnest rows
 # (Snowflake's LATERAL FLATTEN parses as explode).
 _GENERATORS = ("range", "generate_series", "unnest", "explode", "posexplode")
-# Functions that reach files, URLs, other databases, settings or the environment, or run SQL text.
-_EXTERNAL = re.compile(
-    r"(read_|scan_|parquet_|sniff_|http|iceberg_|delta_|postgres_|mysql_|sqlite_|duckdb_|pragma_|"
-    r"query|glob|getenv|current_setting|which_secret|load_).*|.*_scan",
-    re.IGNORECASE,
-)
 # A table name that is a path, URL or glob: DuckDB reads such a name as a file ("replacement scan").
 _FILE_NAME = re.compile(r"[./\\:*?\[]")
 # sqlglot names the token it stopped at by its repr; the token's text is what the user wrote.
@@ -88,28 +90,33 @@ def check_read_only_select(sql: str, dialect: str = "duckdb") -> exp.Query:
     for node in statement.walk():
         if isinstance(node, _WRITES):
             raise DataModelError(f"the data model must be read-only, found {node.key.upper()}")
-        _check_reads_only_the_warehouse(node)
+        _check_reads_only_the_warehouse(node, dialect)
     return statement
 
 
-def _check_reads_only_the_warehouse(node: exp.Expression) -> None:
-    """Refuse table functions, file paths used as tables and functions that reach outside the warehouse."""
-    source = node.this if isinstance(node, exp.Table | exp.Lateral) else None
-    if isinstance(source, exp.Func) and _function_name(source) not in _GENERATORS:
+def _check_reads_only_the_warehouse(node: exp.Expression, dialect: str) -> None:
+    """Refuse table functions, file paths used as tables, and what reaches outside the warehouse's tables
+    in this dialect (wsync_dagster.model_reach)."""
+    # TableFromRows: Snowflake's FROM TABLE(fn(…)).
+    source = node.this if isinstance(node, exp.Table | exp.Lateral | exp.TableFromRows) else None
+    if isinstance(source, exp.Func) and function_name(source) not in _GENERATORS:
         raise DataModelError(
-            f"{_function_name(source)}() is not allowed: {_WAREHOUSE_ONLY} "
+            f"{function_name(source)}() is not allowed: {_WAREHOUSE_ONLY} "
             f"(table functions allowed: {', '.join(_GENERATORS)})"
         )
     if isinstance(source, exp.Identifier) and _FILE_NAME.search(source.name):
         raise DataModelError(f"FROM '{source.name}' reads a file or URL: {_WAREHOUSE_ONLY}")
-    if isinstance(node, exp.Func) and _EXTERNAL.fullmatch(_function_name(node)):
-        raise DataModelError(f"{_function_name(node)}() is not allowed: {_WAREHOUSE_ONLY}")
-
-
-def _function_name(function: exp.Func) -> str:
-    if isinstance(function, exp.Anonymous | exp.AnonymousAggFunc):
-        return function.name.lower()
-    return function.sql_name().lower()
+    if isinstance(node, exp.Table) and (does := refused_relation(node, dialect)):
+        name = ".".join(part.name for part in node.parts)
+        # A table of the user's own by a catalog's name is read once its schema is named.
+        unqualified = not node.db and isinstance(node.this, exp.Identifier)
+        own = " (name the schema of a table of your own by that name)" if unqualified else ""
+        raise DataModelError(f"FROM {name} is not allowed: it {does}; {_WAREHOUSE_ONLY}{own}")
+    if isinstance(node, exp.Column) and refused_column(node, dialect):
+        raise DataModelError(f"{node.sql(dialect)} is not allowed: it advances a sequence; {_WAREHOUSE_ONLY}")
+    if isinstance(node, exp.Func) and (does := refused_function(node, dialect)) is not None:
+        reason = f"it {does}; " if does else ""
+        raise DataModelError(f"{function_name(node)}() is not allowed: {reason}{_WAREHOUSE_ONLY}")
 
 
 def change_model_table(sql: str, dialect: str = "duckdb") -> SourceTable:
@@ -197,7 +204,12 @@ def redact_literals(message: str, sql: str, dialect: str = "duckdb") -> str:
     except ParseError:
         return message
     literals = {node.this for node in statement.find_all(exp.Literal) if node.is_string}
+    # PostgreSQL's $$…$$, E'…' (held decoded), N'…' and U&'…' (held as written, shown decoded) literals too.
+    literals |= {node.this for node in statement.find_all(exp.RawString, exp.ByteString, exp.National)}
+    for node in statement.find_all(exp.UnicodeString):
+        literals |= {node.this, unicode_unescaped(node.this)}
     # Short literals (codes, flags) hold no secret, and masking them would garble the message.
     for literal in sorted((text for text in literals if len(text) >= 6), key=len, reverse=True):
         message = message.replace(literal, "***")
     return message
+

@@ -121,6 +121,19 @@ class StaticMapping(_Strict):
     value: bool | int | float | str
     field: str
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        # One line instead of one per member of the union; YAML reads an unquoted 2024-01-01 as a date.
+        if isinstance(value, date | time):
+            raise ValueError(
+                f"a static value is text, a number or true/false; YAML read {value.isoformat()} as a "
+                f"{type(value).__name__}: quote it ('{value.isoformat()}')"
+            )
+        if not isinstance(value, bool | int | float | str):
+            raise ValueError(f"a static value is text, a number or true/false, not a {_yaml_kind(value)}")
+        return value
+
     @field_validator("field")
     @classmethod
     def _target(cls, target: str) -> str:
@@ -135,6 +148,11 @@ class StaticMapping(_Strict):
         if self.field == "events.data.custom_event_type" and self.value not in CUSTOM_EVENT_TYPES:
             raise ValueError(f"events.data.custom_event_type is one of {', '.join(CUSTOM_EVENT_TYPES)}")
         return self
+
+
+def _yaml_kind(value: Any) -> str:
+    """What YAML made of a value, in its own words."""
+    return {dict: "mapping", list: "list", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class IgnoreMapping(_Strict):

@@ -730,3 +730,135 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(
             {t: rows for t, rows in d.items() if t not in case.tables_changed} for d in (before, after)
         )
     assert after == before
+
+
+# --- issue 17: a model reaching outside its tables, URLs that carry secrets, cosmetic slips ---
+# Appended as one block with its own test (the same checks) so that other blocks merge beside it.
+_PG = {"type": "postgres", "path": None, "host": "127.0.0.1", "database": "test", "user": "wsync",
+       "password": {"env": "WSYNC_TEST_PG_PASSWORD"}}
+_LO_MODEL = "SELECT CAST(lo_from_bytea(0, 'x') AS VARCHAR) AS customer_id, updated_at FROM crm.users"
+_LO_REFUSED = f"data_model.sql: lo_from_bytea() is not allowed: it reaches large objects; {WAREHOUSE_ONLY}"
+_ENCODE = "a user or password holding /, ?, # or @ must be percent-encoded (%2F, %3F, %23, %40)"
+_BACKFILL = ("backfill", "crm_users", "--from", "2024-01-01", "--to", "2024-01-02", "--url")
+
+MODEL_REACH_SECRET_AND_USAGE_CASES: list[Case] = [
+    Case(
+        "postgres_model_creating_a_large_object",
+        VALIDATE,
+        f"✗ {{sync_file}}: {_LO_REFUSED}",
+        sync={"connection": _PG, **_model(_LO_MODEL)},
+    ),
+    Case(
+        "preview_of_a_postgres_model_creating_a_large_object",
+        ("preview", "crm_users"),
+        f"wsync preview: {{sync_file}}: {_LO_REFUSED}",
+        sync={"connection": _PG, **_model(_LO_MODEL)},
+    ),
+    Case(
+        "postgres_model_reading_the_server_settings",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: FROM pg_settings is not allowed: it shows the server's settings; "
+        f"{WAREHOUSE_ONLY} (name the schema of a table of your own by that name)",
+        sync={"connection": _PG, **_model("SELECT name AS customer_id, setting AS updated_at FROM pg_settings")},
+    ),
+    Case(
+        "redshift_model_dropping_a_table_through_dblink",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: dblink_exec() is not allowed: it queries other databases (dblink); "
+        f"{WAREHOUSE_ONLY}",
+        sync={
+            "connection": {**_PG, "type": "redshift"},
+            **_model("SELECT customer_id, updated_at, dblink_exec('dbname=test', 'DROP TABLE crm.users') AS x "
+                     "FROM crm.users"),
+        },
+    ),
+    Case(
+        "snowflake_model_reading_a_stage",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: FROM @crm.exports is not allowed: it reads a stage's files; {WAREHOUSE_ONLY}",
+        sync={
+            "connection": {"type": "snowflake", "path": None, "account": "xy12345", "user": "WSYNC",
+                           "password": {"env": "SF_PASSWORD"}, "warehouse": "WH", "database": "ANALYTICS"},
+            **_model("SELECT $1 AS customer_id, $2 AS updated_at FROM @crm.exports"),
+        },
+    ),
+    Case(
+        "bigquery_model_querying_another_database",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: external_query() is not allowed: it queries other databases (federated "
+        f"queries); {WAREHOUSE_ONLY}",
+        sync={
+            "connection": {"type": "bigquery", "path": None, "project": "acme"},
+            **_model("SELECT customer_id, updated_at, EXTERNAL_QUERY('eu.crm', 'SELECT 1') AS x FROM crm.users"),
+        },
+    ),
+    Case(
+        "databricks_model_reading_a_secret",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: secret() is not allowed: it reads the workspace's secrets; {WAREHOUSE_ONLY}",
+        sync={
+            "connection": {"type": "databricks", "path": None, "server_hostname": "dbc.example.com",
+                           "http_path": "/sql/1.0/warehouses/x", "access_token": {"env": "DATABRICKS_TOKEN"}},
+            **_model("SELECT customer_id, updated_at, secret('crm', 'api_key') AS s FROM crm.users"),
+        },
+    ),
+    Case(
+        "store_url_whose_password_holds_a_slash",
+        RUN,
+        f"wsync run: profile store URL: cannot be read: {_ENCODE}",
+        env={"WSYNC_PROFILE_STORE": "postgresql://wsync:PLNTa/b@127.0.0.1:5432/profiles"},
+    ),
+    Case(
+        "store_url_whose_password_holds_an_at_sign",
+        RUN,
+        f"wsync run: profile store URL: cannot be read: {_ENCODE}",
+        env={"WSYNC_PROFILE_STORE": "postgresql://wsync:PLNTa@b@127.0.0.1:5432/profiles"},
+    ),
+    Case(
+        "store_url_whose_search_path_schema_does_not_exist",
+        RUN,
+        "wsync run: profile store postgresql://postgres@127.0.0.1:5432/test: no schema of its search path "
+        "(wsync_no_such_schema) exists; create it, or name an existing schema in the URL "
+        "(?options=-csearch_path%3DSCHEMA)",
+        env={"WSYNC_PROFILE_STORE": "postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dwsync_no_such_schema"},
+    ),
+    Case(
+        "backfill_url_with_a_password_and_a_token",
+        (*_BACKFILL, "http://wsync:PLNTa@127.0.0.1:1/?token=PLNTb"),
+        "wsync backfill: no Dagster webserver answers at http://127.0.0.1:1 (ConnectError): start one with "
+        "`dagster dev` (its daemon runs the backfill) or pass --url",
+    ),
+    Case(
+        "backfill_url_that_is_malformed",
+        (*_BACKFILL, "http://wsync:PLNTa@[::1/"),
+        "wsync backfill: --url: not the http(s) URL of a Dagster webserver, e.g. http://127.0.0.1:3000",
+    ),
+    Case(
+        "preview_limit_below_one",
+        ("preview", "crm_users", "--limit", "-1"),
+        "wsync preview: --limit takes a number of rows, 1 or more (got -1)",
+        exit_code=2,
+    ),
+    Case(
+        "static_value_that_yaml_reads_as_a_date",
+        VALIDATE,
+        "✗ {sync_file}: mapping[1].value: a static value is text, a number or true/false; YAML read 2024-01-01 "
+        "as a date: quote it ('2024-01-01')",
+        sync_text=yaml.safe_dump(GOOD_SYNC, sort_keys=False)
+        + "mapping:\n  - {type: column, column: customer_id, field: user_identities.customer_id}\n"
+        "  - {type: static, value: 2024-01-01, field: user_attributes.since}\n",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case", MODEL_REACH_SECRET_AND_USAGE_CASES, ids=[case.id for case in MODEL_REACH_SECRET_AND_USAGE_CASES]
+)
+def test_a_model_reaching_out_a_url_with_secrets_or_a_usage_slip_gets_one_clear_line(
+    case: Case, good_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    # The catalogue's checks read stderr once; keep what they read, to look for the planted values in all of it.
+    read, seen = capsys.readouterr, []
+    monkeypatch.setattr(capsys, "readouterr", lambda: seen.append(read()) or seen[-1])
+    test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)
+    assert seen and not any("PLNT" in captured.out + captured.err for captured in seen)

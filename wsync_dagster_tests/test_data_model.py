@@ -129,3 +129,81 @@ def test_the_warehouse_reader_cannot_attach_a_database_or_turn_access_back_on(ma
             list(warehouse.read_batches("SET enable_external_access = true"))
     finally:
         warehouse.close()
+
+
+# Each engine's own ways out, refused in its dialect (wsync_dagster.model_reach); PostgreSQL's are tried on a
+# real server in test_postgres_model_reach.py.
+SNOWFLAKE = {"type": "snowflake", "account": "xy12345", "user": "WSYNC", "password": {"env": "SF_PASSWORD"},
+             "warehouse": "COMPUTE_WH", "database": "ANALYTICS"}
+BIGQUERY = {"type": "bigquery", "project": "acme-analytics"}
+DATABRICKS = {"type": "databricks", "server_hostname": "dbc.example.com", "http_path": "/sql/1.0/warehouses/x",
+              "access_token": {"env": "DATABRICKS_TOKEN"}}
+REDSHIFT = {"type": "redshift", "host": "cluster.example.com", "database": "dev", "user": "wsync",
+            "password": {"env": "REDSHIFT_PASSWORD"}}
+ENGINE_WAYS_OUT = [
+    (SNOWFLAKE, "SELECT customer_id, updated_at, SYSTEM$WAIT(60) AS w FROM crm.users",
+     f"system$wait() is not allowed: it acts on the account (system functions); {ONLY}"),
+    (SNOWFLAKE, "SELECT $1 AS customer_id, $2 AS updated_at FROM @crm.exports/users.csv",
+     f"FROM @crm.exports/users.csv is not allowed: it reads a stage's files; {ONLY}"),
+    (SNOWFLAKE, "SELECT relative_path AS customer_id, last_modified AS updated_at FROM DIRECTORY(@crm.exports)",
+     f"FROM @crm.exports is not allowed: it reads a stage's files; {ONLY}"),
+    (SNOWFLAKE, "SELECT * FROM TABLE(INFER_SCHEMA(LOCATION => '@crm.exports'))",
+     f"infer_schema() is not allowed: {ONLY} (table functions allowed: range, generate_series, unnest, explode, "
+     "posexplode)"),
+    (SNOWFLAKE, "SELECT customer_id, updated_at, GET_PRESIGNED_URL(@crm.exports, 'users.csv') AS u FROM crm.users",
+     f"get_presigned_url() is not allowed: it reaches a stage's files; {ONLY}"),
+    (SNOWFLAKE, "SELECT customer_id, updated_at, crm.ids.NEXTVAL AS n FROM crm.users",
+     f"crm.ids.NEXTVAL is not allowed: it advances a sequence; {ONLY}"),
+    (SNOWFLAKE, "SELECT user_name AS customer_id, start_time AS updated_at FROM SNOWFLAKE.ACCOUNT_USAGE.QUERY_HISTORY",
+     f"FROM SNOWFLAKE.ACCOUNT_USAGE.QUERY_HISTORY is not allowed: it shows the account's usage and other "
+     f"sessions' queries; {ONLY}"),
+    (BIGQUERY, "SELECT * FROM EXTERNAL_QUERY('eu.crm', 'SELECT customer_id, updated_at FROM users')",
+     f"external_query() is not allowed: {ONLY} (table functions allowed: range, generate_series, unnest, "
+     "explode, posexplode)"),
+    (BIGQUERY, "SELECT customer_id, updated_at, EXTERNAL_OBJECT_TRANSFORM('x', ['SIGNED_URL']) AS u FROM crm.users",
+     f"external_object_transform() is not allowed: it queries other databases (federated queries); {ONLY}"),
+    (DATABRICKS, "SELECT * FROM read_files('s3://bucket/users/')",
+     f"read_files() is not allowed: {ONLY} (table functions allowed: range, generate_series, unnest, explode, "
+     "posexplode)"),
+    (DATABRICKS, "SELECT customer_id, updated_at, read_kafka('broker') AS k FROM crm.users",
+     f"read_kafka() is not allowed: {ONLY}"),
+    (DATABRICKS, "SELECT customer_id, updated_at, http_request(conn => 'crm', method => 'GET') AS r FROM crm.users",
+     f"http_request() is not allowed: {ONLY}"),
+    (DATABRICKS, "SELECT customer_id, updated_at, secret('crm', 'api_key') AS s FROM crm.users",
+     f"secret() is not allowed: it reads the workspace's secrets; {ONLY}"),
+    (DATABRICKS, "SELECT customer_id, updated_at, reflect('java.lang.System', 'getenv', 'HOME') AS h FROM crm.users",
+     f"reflect() is not allowed: it runs Java code; {ONLY}"),
+    (DATABRICKS, "SELECT customer_id, updated_at, ai_query('endpoint', email) AS a FROM crm.users",
+     f"ai_query() is not allowed: it calls model-serving endpoints; {ONLY}"),
+    (DATABRICKS, "SELECT executed_by AS customer_id, start_time AS updated_at FROM system.query.history",
+     f"FROM system.query.history is not allowed: it shows the account's usage and other sessions' queries; {ONLY}"),
+    (REDSHIFT, "SELECT userid AS customer_id, starttime AS updated_at FROM stl_query",
+     f"FROM stl_query is not allowed: it shows other sessions' queries and the cluster's logs; {ONLY} "
+     "(name the schema of a table of your own by that name)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("connection", "sql", "message"), ENGINE_WAYS_OUT, ids=[message.split(" is")[0] for *_, message in ENGINE_WAYS_OUT]
+)
+def test_each_engines_own_ways_out_are_refused_in_its_dialect(write_sync, tmp_path, connection, sql, message):
+    path = write_sync(user_sync(tmp_path / "w.duckdb", connection=connection, data_model={"sql": sql}))
+    with pytest.raises(SyncSpecError) as error:
+        load_sync_file(path)
+    assert str(error.value) == f"{path}: data_model.sql: {message}"
+
+
+@pytest.mark.parametrize(
+    ("connection", "sql"),
+    [
+        (REDSHIFT, "SELECT customer_id, updated_at FROM crm.stl_query"),
+        (SNOWFLAKE, "SELECT customer_id, updated_at FROM crm.users WHERE email LIKE '%@%'"),
+        (BIGQUERY, "SELECT customer_id, updated_at FROM pg_settings"),
+        (SNOWFLAKE, "SELECT u.customer_id, u.updated_at, f.value AS tag FROM crm.users AS u, "
+                    "TABLE(FLATTEN(input => u.tags)) AS f"),
+    ],
+    ids=["own_table_named_like_a_catalog", "at_sign_in_a_string", "postgres_catalog_name_on_bigquery",
+         "snowflake_flatten"],
+)  # fmt: skip
+def test_a_name_refused_in_one_dialect_or_place_stays_allowed_elsewhere(write_sync, tmp_path, connection, sql):
+    assert load_sync_file(write_sync(user_sync(tmp_path / "w.duckdb", connection=connection, data_model={"sql": sql})))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from dagster import DagsterInstance
 from wsync_dagster.cli import main
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.spec import SyncSpecError, load_sync_file
-from wsync_dagster_tests.conftest import USERS_SQL, code_location, user_sync
+from wsync_dagster_tests.conftest import USERS_SQL, closed_port, code_location, user_sync, users_sync
+from wsync_dagster_tests.engines import start
+from wsync_dagster_tests.engines.postgres import PostgresEngine
 
 PLANTED = "planted-7f3a9c-do-not-echo"
 
@@ -111,3 +114,111 @@ def test_a_key_naming_where_a_secret_is_kept_may_hold_a_literal_path(write_sync,
         load_sync_file(path)
     # duckdb has no private key; the secret rule itself let the path through
     assert str(error.value) == f"{path}: connection.private_key_path: unknown key; allowed: type, path"
+
+
+# ---- URLs that carry secrets, and PostgreSQL's other string literals (issue 17 item 6) ----------------
+
+UNREADABLE_URL = (
+    "profile store URL: cannot be read: a user or password holding /, ?, # or @ must be percent-encoded "
+    "(%2F, %3F, %23, %40)"
+)
+
+
+@pytest.mark.parametrize("character", ["/", "?", "#", "@"])
+def test_a_store_url_whose_password_holds_a_reserved_character_shows_no_part_of_it(
+    wsync_env, monkeypatch, capsys, character
+):
+    head, tail = PLANTED[:13], PLANTED[13:]
+    monkeypatch.setenv("WSYNC_PROFILE_STORE", f"postgresql://wsync:{head}{character}{tail}@127.0.0.1:5432/profiles")
+
+    assert main(["profile", "--identity", "email=ada@example.com"]) == 1
+
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"wsync profile: {UNREADABLE_URL}"]
+    assert head not in out + err and tail not in out + err
+
+
+def test_a_store_url_with_a_port_that_is_no_number_shows_no_part_of_it(wsync_env, monkeypatch, capsys):
+    monkeypatch.setenv("WSYNC_PROFILE_STORE", f"postgresql://wsync@127.0.0.1:{PLANTED}/profiles")
+
+    assert main(["profile", "--identity", "email=ada@example.com"]) == 1
+
+    out, err = capsys.readouterr()
+    assert err.startswith("wsync profile: profile store URL: cannot be read: the host and port are not HOST[:PORT]")
+    assert len(err.splitlines()) == 1
+    assert PLANTED not in out + err
+
+
+def test_a_password_that_libpq_refuses_to_decode_is_masked_as_written(wsync_env, monkeypatch, capsys):
+    # libpq quotes the password as written (%41 not decoded) when a later escape is bad.
+    monkeypatch.setenv("WSYNC_PROFILE_STORE", f"postgresql://wsync:{PLANTED}%41%zz@127.0.0.1:5432/profiles")
+
+    assert main(["profile", "--identity", "email=ada@example.com"]) == 1
+
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "wsync profile: profile store postgresql://wsync@127.0.0.1:5432/profiles: cannot connect: invalid dsn: "
+        'invalid percent-encoded token: "***"'
+    ]
+    assert PLANTED not in out + err
+
+
+def test_backfill_never_shows_the_urls_user_password_or_token(make_warehouse, write_sync, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    port = closed_port()
+    url = f"http://wsync:{PLANTED}@127.0.0.1:{port}/dagster/?token={PLANTED}#{PLANTED}"
+
+    assert main(["backfill", "crm_users", "--from", "2024-01-01", "--to", "2024-01-02", "--url", url]) == 1
+
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"wsync backfill: no Dagster webserver answers at http://127.0.0.1:{port}/dagster (ConnectError): start "
+        "one with `dagster dev` (its daemon runs the backfill) or pass --url"
+    ]
+    assert PLANTED not in out + err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://wsync:{PLANTED}@[::1/", f"http://wsync@127.0.0.1:{PLANTED}/", f"{PLANTED}.example.com:3000",
+     f"ftp://wsync:{PLANTED}@127.0.0.1/"],
+    ids=["unclosed_ipv6_host", "port_that_is_no_number", "no_scheme", "not_http"],
+)  # fmt: skip
+def test_a_malformed_backfill_url_is_one_line_without_the_url(make_warehouse, write_sync, capsys, url):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+
+    assert main(["backfill", "crm_users", "--from", "2024-01-01", "--to", "2024-01-02", "--url", url]) == 1
+
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "wsync backfill: --url: not the http(s) URL of a Dagster webserver, e.g. http://127.0.0.1:3000"
+    ]
+    assert PLANTED not in out + err
+
+
+@pytest.fixture(params=["postgres", "redshift"])
+def pg_engine(request, tmp_path: Path) -> Iterator[PostgresEngine]:
+    """The local PostgreSQL server read through the postgres (COPY) and redshift (cursor) paths."""
+    yield from start(request.param, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [f"$${PLANTED}$$", f"$tag${PLANTED}$tag$", f"E'{PLANTED}'", f"E'{PLANTED[:5]}\\x41{PLANTED[5:]}'",
+     f"U&'{PLANTED[:5]}\\0041{PLANTED[5:]}'", f"N'{PLANTED}'"],
+    ids=["dollar_quoted", "tagged_dollar_quoted", "escape_string", "escape_string_with_an_escape",
+         "unicode_escape_string", "national_string"],
+)  # fmt: skip
+def test_a_postgres_error_never_repeats_a_literal_in_any_quoting(pg_engine, write_sync, capsys, literal):
+    pg_engine.load({})
+    sql = f"SELECT 'C1' AS customer_id, CAST({literal} AS int) AS n, CAST('2024-01-01' AS timestamp) AS updated_at"
+    write_sync(users_sync(pg_engine.connection(), sql))
+
+    assert main(["preview", "users"]) == 1
+
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"wsync preview: data_model.sql: the {pg_engine.connection_type} warehouse 127.0.0.1:5432/"
+        f'{pg_engine.database} cannot run it: invalid input syntax for type integer: "***"'
+    ]
+    assert PLANTED not in out + err and PLANTED[5:] not in out + err

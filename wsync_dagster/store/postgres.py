@@ -46,8 +46,37 @@ def _ddl(statement: str) -> str:
     return statement
 
 
+# Where a URL's user:password@host:port part ends, for Python and for libpq alike.
+_AUTHORITY_END = re.compile(r"[/?#]")
+_UNREADABLE = "profile store URL: cannot be read"
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that libpq and Python would split differently, without repeating any part of it: the
+    part that one of them takes for a host, a port or a path may be a piece of the password."""
+    rest = url.split("://", 1)[-1]
+    end = _AUTHORITY_END.search(rest)
+    authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    if authority.count("@") > 1 or "@" in tail:
+        raise PostgresStoreError(
+            f"{_UNREADABLE}: a user or password holding /, ?, # or @ must be percent-encoded "
+            "(%2F, %3F, %23, %40)"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise PostgresStoreError(
+            f"{_UNREADABLE}: the host and port are not HOST[:PORT] with a port from 1 to 65535 (a password "
+            "holding /, ?, # or @ must be percent-encoded: %2F, %3F, %23, %40)"
+        )
+
+
 def describe(url: str) -> str:
     """The store as messages name it: user, host, port and database, never the password."""
+    check_url(url)
     parts = urlsplit(url)
     user = f"{unquote(parts.username)}@" if parts.username else ""
     port = f":{parts.port}" if parts.port else ""
@@ -64,7 +93,9 @@ class PostgresBackend:
 
         self.url = url
         self.where = describe(url)
-        self._password = unquote(urlsplit(url).password or "")
+        # libpq may quote the password as written or decoded: both are masked.
+        written = urlsplit(url).password or ""
+        self._passwords = sorted({written, unquote(written)} - {""}, key=len, reverse=True)
         dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
         try:
             self._conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name="wsync")
@@ -79,8 +110,12 @@ class PostgresBackend:
 
     def _clean(self, error: Exception) -> str:
         """The driver's message on one line, the password masked wherever it might appear."""
-        message = " ".join(str(error).split())
-        return message.replace(self._password, "***") if self._password else message
+        # The server's own sentence, without the `LINE 1: CREATE TABLE …` excerpt that str() appends.
+        diagnostics = getattr(error, "diag", None)
+        message = " ".join(((diagnostics and diagnostics.message_primary) or str(error)).split())
+        for password in self._passwords:
+            message = message.replace(password, "***")
+        return message
 
     def _ensure_schema(self) -> None:
         import psycopg2
@@ -112,10 +147,23 @@ class PostgresBackend:
             detail = self._clean(error)
             if getattr(error, "pgcode", None) == "42501":  # insufficient_privilege
                 detail = f"no permission to create the store's tables ({detail}); grant CREATE on the schema"
+            elif getattr(error, "pgcode", None) == "3F000":  # invalid_schema_name: no schema to create in
+                detail = (
+                    f"no schema of its search path ({self._search_path()}) exists; create it, or name an "
+                    "existing schema in the URL (?options=-csearch_path%3DSCHEMA)"
+                )
             raise PostgresStoreError(f"profile store {self.where}: {detail}") from None
         except BaseException:
             self._conn.rollback()
             raise
+
+    def _search_path(self) -> str:
+        """The search path the connection has (after a failed statement was rolled back)."""
+        with self._conn.cursor() as cur:
+            cur.execute("SHOW search_path")
+            (path,) = cur.fetchone()
+        self._conn.rollback()
+        return path
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the rows it changed."""

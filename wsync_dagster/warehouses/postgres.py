@@ -174,7 +174,8 @@ def _name(setting: Setting | None) -> str:
 
 
 class PostgresWarehouse:
-    """Reads a PostgreSQL or Redshift database in read-only transactions, session time zone UTC."""
+    """Reads a PostgreSQL or Redshift database in read-only transactions (BEGIN READ ONLY: psycopg2's for the
+    probe and the cursor, an explicit one around the COPY), session time zone UTC."""
 
     def __init__(self, connection: PostgresConnection):
         import psycopg2
@@ -271,7 +272,7 @@ class PostgresWarehouse:
         from psycopg2.extensions import make_dsn
 
         try:
-            # Autocommit: each statement is a transaction of its own, read-only by the session's setting.
+            # Autocommit: the driver leaves transactions to the statements sent (BEGIN READ ONLY below).
             connection = adbc_driver_postgresql.dbapi.connect(make_dsn(**self._settings), autocommit=True)
         except adbc_driver_manager.Error as error:
             raise WarehouseError(
@@ -282,6 +283,9 @@ class PostgresWarehouse:
             with connection.cursor() as cursor:
                 for statement in self._session:
                     cursor.execute(statement)
+                # The COPY runs inside an explicit read-only transaction, never in one of its own; closing
+                # the connection rolls it back.
+                cursor.execute("BEGIN READ ONLY")
                 cursor.execute(query)
                 for batch in cursor.fetch_record_batch():
                     yield _conformed(batch, schema)
