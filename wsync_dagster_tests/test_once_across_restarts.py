@@ -84,10 +84,13 @@ def ticks(home: Path) -> dict[str, list[TickStatus]]:
 
 
 def ticked_since(home: Path, before: dict[str, list[TickStatus]]) -> bool | None:
-    """True once every once sensor has ticked again since `before`."""
+    """True once every once sensor has finished a tick since `before` (a tick is STARTED while it runs)."""
     now = ticks(home)
     newer = {name: now[name][len(before.get(name, [])) :] for name in now}
-    return True if all(newer.get(f"{sync}_sensor") for sync in SYNCS) else None
+    finished = (
+        newer.get(f"{sync}_sensor") and TickStatus.STARTED not in newer[f"{sync}_sensor"] for sync in SYNCS
+    )
+    return True if all(finished) else None
 
 
 def runs(home: Path) -> dict[str, list[DagsterRunStatus]]:
