@@ -200,6 +200,19 @@ class SyncSettings(_Strict):
     mirror: bool = False
     # A mirror run that would remove this sync's attributes from more of the profiles it set is held back.
     mirror_max_removal: float = Field(0.5, ge=0, le=1)
+    # Identity and attribute values in the delivery's preview, kept in Dagster's event log (no erasure reaches it).
+    preview_values: bool = False
+
+    @field_validator("preview_values", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            got = repr(value) if isinstance(value, str | int | float) else f"a {_yaml_kind(value)}"
+            raise ValueError(
+                f"true or false (got {got}); true shows identity and attribute values "
+                "in Dagster's preview of changed profiles"
+            )
+        return value
 
     @field_validator("start", "historical_start", mode="before")
     @classmethod

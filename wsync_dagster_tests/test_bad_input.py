@@ -86,7 +86,7 @@ PROFILE = ("profile", "--identity", "email=ada@example.com")
 ALLOWED_TOP = "name, description, data_type, connection, data_model, mapping, sync, destination, checks"
 ALLOWED_SYNC = (
     "mode, iterator, iterator_type, schedule, frequency, start, historical_start, lookback, environment, "
-    "input_protection, paused, delay_alert, mirror, mirror_max_removal"
+    "input_protection, paused, delay_alert, mirror, mirror_max_removal, preview_values"
 )
 WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
 TABLE_FUNCTIONS = (
@@ -109,6 +109,11 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
 
 def _model(sql: str) -> dict:
     return {"data_model": {"sql": sql}}
+
+
+def _with_sync_line(line: str) -> str:
+    """The good sync file with one line added under `sync:`, as written by hand."""
+    return yaml.safe_dump(GOOD_SYNC, sort_keys=False).replace("sync:\n", f"sync:\n  {line}\n", 1)
 
 
 def _chmod(relative: str, mode: int) -> Callable[[World], None]:
@@ -393,6 +398,34 @@ CASES: list[Case] = [
         VALIDATE,
         "✗ {sync_file}: sync: mirror_max_removal: only with mirror: true",
         sync={"sync": {"mirror_max_removal": 0.3}},
+    ),
+    Case(
+        "preview_values_as_text",
+        VALIDATE,
+        "✗ {sync_file}: sync.preview_values: true or false (got 'yes please'); true shows identity and "
+        "attribute values in Dagster's preview of changed profiles",
+        sync={"sync": {"preview_values": "yes please"}},
+    ),
+    Case(
+        "preview_values_as_a_number",
+        RUN,
+        "wsync run: {sync_file}: sync.preview_values: true or false (got 1); true shows identity and "
+        "attribute values in Dagster's preview of changed profiles",
+        sync={"sync": {"preview_values": 1}},
+    ),
+    Case(
+        "preview_values_quoted",
+        VALIDATE,
+        "✗ {sync_file}: sync.preview_values: true or false (got 'true'); true shows identity and "
+        "attribute values in Dagster's preview of changed profiles",
+        sync_text=_with_sync_line("preview_values: 'true'"),
+    ),
+    Case(
+        "preview_values_empty",
+        VALIDATE,
+        "✗ {sync_file}: sync.preview_values: true or false (got a null); true shows identity and "
+        "attribute values in Dagster's preview of changed profiles",
+        sync_text=_with_sync_line("preview_values:"),
     ),
     Case(
         "cdc_on_duckdb",

@@ -57,14 +57,24 @@ def delivery_key(spec: SyncSpec) -> AssetKey:
     return AssetKey([spec.name, "delivery"])
 
 
-def _preview_markdown(profiles: list[dict]) -> str:
+def _preview_markdown(profiles: list[dict], values: bool) -> str:
+    """A few changed profiles; identity and attribute values only when the sync opts in (sync.preview_values).
+
+    Dagster keeps metadata in its event log, which no erasure reaches: by default it gets names only.
+    """
     if not profiles:
         return "_no profiles changed_"
     lines = ["| profile_id | identities | attributes |", "|---|---|---|"]
     for profile in profiles:
-        identities = ", ".join(f"{k}={v}" for k, v in profile["identities"].items())
-        attributes = ", ".join(f"{k}={v!r}" for k, v in list(profile["attributes"].items())[:8])
-        lines.append(f"| {profile['profile_id']} | {identities} | {attributes} |".replace("\n", " "))
+        identities, attributes = profile["identities"], list(profile["attributes"].items())[:8]
+        if values:
+            shown = (
+                ", ".join(f"{k}={v}" for k, v in identities.items()),
+                ", ".join(f"{k}={v!r}" for k, v in attributes),
+            )
+        else:
+            shown = (", ".join(identities), ", ".join(name for name, _ in attributes))
+        lines.append(f"| {profile['profile_id']} | {shown[0]} | {shown[1]} |".replace("\n", " "))
     return "\n".join(lines)
 
 
@@ -246,7 +256,9 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         add_partition_metadata(
             context, {key: counts.as_dict() for key, counts in report.by_partition.items()}
         )
-        metadata: dict = {"preview": MetadataValue.md(_preview_markdown(report.preview))}
+        metadata: dict = {
+            "preview": MetadataValue.md(_preview_markdown(report.preview, spec.sync.preview_values))
+        }
         if not spec.sync.mirror:
             return MaterializeResult(metadata=metadata)
         metadata["mirror_held_back"] = report.mirror_held_back
