@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import tempfile
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from wsync_dagster.disk_space import DiskFullError, is_disk_full
 
 # A mapped batch is an Arrow record batch with these columns (all nullable unless said):
 ROW = "_row"  # int64, not null: ordinal of the row in the read, in iterator order
@@ -147,7 +150,23 @@ class BatchFileWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(commit=exc_type is None)
+        try:
+            self.close(commit=exc_type is None)
+        except OSError as error:
+            if is_disk_full(error):
+                raise self._disk_full() from None
+            raise
+        if exc is not None and is_disk_full(exc):
+            raise self._disk_full() from None
+
+    def _disk_full(self) -> DiskFullError:
+        # An earlier mapping's files of the partition go too: a delivery must not take them for this one's.
+        self._target.remove()
+        return DiskFullError(
+            f"no space left on the disk of the batch files folder {self._target.directory}: this partition's "
+            "files were removed and nothing was delivered; free space there (or set WSYNC_STATE_DIR to a "
+            "folder on a larger disk) and run again"
+        )
 
     def set_schema(self, schema: pa.Schema) -> None:
         """The mapped schema; needed when a partition has no rows at all."""
@@ -168,17 +187,26 @@ class BatchFileWriter:
             self._rejects.write(rejects)
 
     def close(self, commit: bool = True) -> None:
-        """Finish the files; on commit move them into place, else drop them."""
-        if self._mapped is None and self._schema is not None:
-            self._mapped = _StagedParquet(self._target.mapped_path, self._schema)
-        for staged, path in (
-            (self._mapped, self._target.mapped_path),
-            (self._rejects, self._target.rejects_path),
-        ):
-            if staged is not None:
-                staged.close(commit)
-            elif commit:
-                path.unlink(missing_ok=True)
+        """Finish the files; on commit move them into place, else drop them (both, if either cannot be finished)."""
+        try:
+            if self._mapped is None and self._schema is not None and commit:
+                self._mapped = _StagedParquet(self._target.mapped_path, self._schema)
+            if commit:
+                for staged in (self._mapped, self._rejects):
+                    if staged is not None:
+                        staged.finish()
+        except BaseException:
+            commit = False
+            raise
+        finally:
+            for staged, path in (
+                (self._mapped, self._target.mapped_path),
+                (self._rejects, self._target.rejects_path),
+            ):
+                if staged is not None:
+                    staged.close(commit)
+                elif commit:
+                    path.unlink(missing_ok=True)
 
 
 class _StagedParquet:
@@ -215,13 +243,19 @@ class _StagedParquet:
         """Append rows."""
         self._writer.write(data)
 
+    def finish(self) -> None:
+        """Write the file's footer; it stays under its temporary name until `close`."""
+        self._writer.close()
+
     def close(self, commit: bool) -> None:
-        """Finish the file; move it into place on commit, else remove it. The lock is held until then."""
+        """Move the finished file into place on commit, else remove it. The lock is held until then."""
         try:
-            self._writer.close()
             if commit:
                 self.path.replace(self._target)
             else:
+                # After a failed write the writer may fail to close too: the file goes either way.
+                with contextlib.suppress(Exception):
+                    self._writer.close()
                 self.path.unlink(missing_ok=True)
         finally:
             os.close(self._lock)

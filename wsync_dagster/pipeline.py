@@ -229,7 +229,10 @@ def deliver_partitions(
             index = partition_of_rows(batch.column(b.VERSION), partitions)
             for part in np.unique(index):
                 delivery.apply_batch(batch.filter(pa.array(index == part)), keys[part])
-            _report(progress, f"{spec.name}: applied {delivery.counts.rows:,} rows")
+            # Not "applied": until the commit, a failure (a full disk) rolls all of it back.
+            _report(
+                progress, f"{spec.name}: {delivery.counts.rows:,} rows staged, committed together at the end"
+            )
         rejects = batch_file.rejects()
         index = partition_of_rows(rejects.column(b.VERSION).combine_chunks(), partitions)
         for part, key in enumerate(keys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from wsync_dagster.store import ProfileStore
 
 # A failed step's stack trace stays in the run's logs; the command prints one line per failure.
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# wsync's own exceptions as Dagster records them ("wsync_dagster.module.Class: message").
+_OWN_ERROR = re.compile(r"\Awsync_dagster\.[\w.]+: ")
 # The daemon must not re-run a run behind the back of the terminal that started it (and saw it fail).
 MAX_RETRIES_TAG = "dagster/max_retries"
 
@@ -158,5 +161,6 @@ def _failure(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause
-            return error.message.strip()
+            # wsync's own errors are one line that says it all: without their module and class.
+            return _OWN_ERROR.sub("", error.message.strip(), count=1)
     return "see the run's logs"

@@ -45,6 +45,7 @@ EVENT_FIELDS = (
 )
 UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+NAME_MAX_LENGTH = 128
 _DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECRET_KEY = re.compile(
     r"password|passwd|passphrase|secret|token|api_?key|private_key|credential|access_key", re.IGNORECASE
@@ -338,6 +339,11 @@ class SyncSpec(_Strict):
     def _name(cls, name: str) -> str:
         if not _NAME.match(name):
             raise ValueError("lower-case letters, digits and _, starting with a letter ([a-z][a-z0-9_]*)")
+        if len(name) > NAME_MAX_LENGTH:
+            raise ValueError(
+                f"at most {NAME_MAX_LENGTH} characters (it names the sync's folder of batch files, and file "
+                f"systems allow 255 bytes per name); this one has {len(name)}"
+            )
         return name
 
     @model_validator(mode="after")

@@ -345,6 +345,13 @@ CASES: list[Case] = [
         sync={"name": "CRM-Users"},
     ),
     Case(
+        "name_longer_than_a_file_name_may_be",
+        VALIDATE,
+        "✗ {sync_file}: name: at most 128 characters (it names the sync's folder of batch files, and file "
+        "systems allow 255 bytes per name); this one has 300",
+        sync={"name": "crm_users_" + "x" * 290},
+    ),
+    Case(
         "two_files_with_one_name",
         VALIDATE,
         "✗ {syncs}/crm_users_copy.yaml: name: 'crm_users' is already used by {sync_file}",

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
+from wsync_dagster.disk_space import DiskFullError, is_disk_full
 from wsync_dagster.identities import priority
 from wsync_dagster.store import erasure
 from wsync_dagster.store.backend import Backend, SQLiteBackend
@@ -207,8 +208,13 @@ class ProfileStore:
                 counts = json.dumps(delivery.partition_counts[partition].as_dict())
                 self._db.execute(_UPSERT_DELIVERY, (sync, environment, partition, *window, counts, now, seq))
             self._db.commit()
-        except BaseException:
+        except BaseException as error:
             self._db.rollback()
+            if self.path is not None and is_disk_full(error):
+                raise DiskFullError(
+                    f"no space left on the disk of the profile store folder {self.path.parent}: the delivery "
+                    f"was rolled back and nothing of it is in the store; free space there and run again"
+                ) from None
             raise
 
     def delivered_partitions(self, sync: str, environment: str) -> list[str]:
