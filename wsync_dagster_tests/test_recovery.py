@@ -120,8 +120,8 @@ def test_ctrl_c_during_a_delivery_leaves_the_store_unchanged_frees_the_slot_and_
     home: Path, store: Path
 ) -> None:
     run = _run(home, store)
-    # A delivery applies its rows in batches of 65,536, in one transaction: after the first, more follow.
-    assert run.wait_for_text(": applied "), run.output
+    # A delivery stages its rows in batches of 65,536, in one transaction: after the first, more follow.
+    assert run.wait_for_text(" rows staged, committed together at the end"), run.output
     run.process.send_signal(signal.SIGINT)
     code = run.finish(RUN_TIMEOUT_S)
 
