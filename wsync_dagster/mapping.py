@@ -66,7 +66,7 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     """Resolve the mapping against the model's columns; every problem is reported, with file and field."""
     if clash := _case_clash(schema.names):
         raise MappingError(
-            f"{spec.source_file}: data_model: the columns {' and '.join(clash)} differ only in case, which "
+            f"{spec.source_file}: data_model.sql: the columns {' and '.join(clash)} differ only in case, which "
             f"wsync cannot tell apart; rename one in the data model (e.g. {_ident(clash[-1])} AS "
             f"{clash[-1].lower()}_2)"
         )
