@@ -160,14 +160,19 @@ def source_tables(sql: str, dialect: str = "duckdb") -> list[SourceTable]:
     return sorted(tables.values(), key=lambda t: t.path)
 
 
-def windowed_sql(sql: str, iterator: str, dialect: str = "duckdb", *, with_nulls: bool = False) -> str:
+def windowed_sql(
+    sql: str, iterator: str, dialect: str = "duckdb", *, with_nulls: bool = False, outside: bool = False
+) -> str:
     """The model wrapped to read one iterator window, bounds as parameters, ordered by the iterator;
-    with_nulls also reads the rows without an iterator value, so that they are rejected, not missed."""
+    with_nulls also reads the rows without an iterator value, and outside those below or above two more
+    bounds (infinity, BC years), so that they are rejected, not missed."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
     column = _column(iterator, dialect)
     condition = f"model.{column} >= ? AND model.{column} < ?"
     if with_nulls:
         condition = f"({condition}) OR model.{column} IS NULL"
+    if outside:
+        condition = f"({condition}) OR model.{column} < ? OR model.{column} > ?"
     return f"SELECT * FROM ({inner}) AS model WHERE {condition} ORDER BY model.{column}"
 
 
@@ -179,11 +184,13 @@ def _column(iterator: str, dialect: str) -> str:
     return exp.to_identifier(name, quoted=True).sql(dialect=dialect)
 
 
-def extent_sql(sql: str, iterator: str, dialect: str = "duckdb") -> str:
-    """The model wrapped to return one row: the lowest and the newest value of its iterator column."""
+def extent_sql(sql: str, iterator: str, dialect: str = "duckdb", *, within: bool = False) -> str:
+    """The model wrapped to return one row: the lowest and the newest value of its iterator column;
+    within: of the values between two bounds given as parameters."""
     inner = check_read_only_select(sql, dialect).sql(dialect=dialect)
     column = f"model.{_column(iterator, dialect)}"
-    return f"SELECT MIN({column}) AS lowest, MAX({column}) AS newest FROM ({inner}) AS model"
+    where = f" WHERE {column} >= ? AND {column} <= ?" if within else ""
+    return f"SELECT MIN({column}) AS lowest, MAX({column}) AS newest FROM ({inner}) AS model{where}"
 
 
 def limited_sql(sql: str, limit: int, dialect: str = "duckdb") -> str:

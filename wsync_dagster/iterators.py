@@ -144,3 +144,22 @@ def iterator_moment(value: Any, iterator_type: str) -> datetime | None:
 def epoch_micros(moment: datetime) -> int:
     """An aware moment in epoch microseconds: how versions and windows are stored."""
     return _epoch(moment, 1_000_000)
+
+
+# Warehouses whose times reach past years 1 to 9999 (infinity, -infinity, BC years): rows holding such a time
+# in the iterator are read with every window, to be rejected, and left out of the newest value.
+ODD_TIME_DIALECTS = ("duckdb", "postgres")
+
+
+def time_range_bounds(column_type: pa.DataType) -> tuple[Any, Any]:
+    """The first and the last time an iterator may hold (years 1 to 9999), in the column's own type."""
+    if pa.types.is_date(column_type):
+        return date.min, date.max
+    if getattr(column_type, "tz", None) is None:
+        return datetime.min, datetime.max
+    return datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+
+
+def reads_odd_times(dialect: str, iterator_type: str | None) -> bool:
+    """True when a time or date iterator of this warehouse may hold infinity or a year outside 1 to 9999."""
+    return dialect in ODD_TIME_DIALECTS and iterator_type in ("timestamp", "date")

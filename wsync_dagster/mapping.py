@@ -25,6 +25,11 @@ BLANK_CHARACTERS = (
     "\u200b\u2060\ufeff"
 )
 MAX_ATTRIBUTE_LENGTH = 4096
+# PostgreSQL text cannot hold a NUL character, and destinations cut strings at one: a row with one is rejected.
+NUL_PROBLEM = "holds a NUL character (\\0), which no profile store or destination takes"
+# The times an iterator may hold: years 1 to 9999, as Python and the destinations read them. PostgreSQL and
+# DuckDB also hold infinity, -infinity, BC years and years past 9999: such rows are read and rejected.
+TIME_RANGE_PROBLEM = "a row needs a time from year 1 to 9999 to be read in order"
 _RAW = "__row"
 
 
@@ -59,6 +64,12 @@ class MappingPlan:
 
 def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     """Resolve the mapping against the model's columns; every problem is reported, with file and field."""
+    if clash := _case_clash(schema.names):
+        raise MappingError(
+            f"{spec.source_file}: data_model.sql: the columns {' and '.join(clash)} differ only in case, which "
+            f"wsync cannot tell apart; rename one in the data model (e.g. {_ident(clash[-1])} AS "
+            f"{clash[-1].lower()}_2)"
+        )
     problems: list[str] = []
     by_name = {name: name for name in schema.names}
     by_lower = {name.lower(): name for name in schema.names}
@@ -200,6 +211,34 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     )
 
 
+def _time_range_problem(column: str) -> str:
+    """DuckDB SQL: what is wrong with a time or date outside years 1 to 9999 (infinity, BC, …), else NULL."""
+    return (
+        f"CASE WHEN NOT isfinite({column}) THEN CAST({column} AS VARCHAR) "
+        f"WHEN year({column}) < 1 THEN 'before year 1' WHEN year({column}) > 9999 THEN 'after year 9999' END"
+    )
+
+
+def _case_clash(names: list[str]) -> tuple[str, ...]:
+    """The first set of column names that differ only in case (the mapping runs in DuckDB, which folds case)."""
+    seen: dict[str, list[str]] = {}
+    for name in names:
+        seen.setdefault(name.lower(), []).append(name)
+    return next((tuple(group) for group in seen.values() if len(group) > 1), ())
+
+
+def _may_hold_text(column_type: pa.DataType) -> bool:
+    """False for types whose values hold no characters (numbers, booleans, times): no NUL to look for."""
+    return not (
+        pa.types.is_integer(column_type)
+        or pa.types.is_floating(column_type)
+        or pa.types.is_decimal(column_type)
+        or pa.types.is_boolean(column_type)
+        or pa.types.is_temporal(column_type)
+        or pa.types.is_null(column_type)
+    )
+
+
 def _is_text(column_type: pa.DataType) -> bool:
     """True for string columns, dictionary-encoded ones (DuckDB's ENUM) and all-NULL ones."""
     if pa.types.is_dictionary(column_type):
@@ -277,6 +316,8 @@ class BatchMapper:
             column_type = plan.schema.field(plan.iterator).type
             version = version_sql(plan.iterator_type, f"src.{_ident(plan.iterator)}", column_type)  # type: ignore[arg-type]
             select.append(f"CAST({version} AS BIGINT) AS {_ident(b.VERSION)}")
+            if plan.iterator_type in ("timestamp", "date"):
+                select.append(f"{_time_range_problem(f'src.{_ident(plan.iterator)}')} AS _iterator_range")
         else:
             select.append(f"CAST({int(run_version)} AS BIGINT) AS {_ident(b.VERSION)}")
         blanks = _literal(BLANK_CHARACTERS)
@@ -297,7 +338,7 @@ class BatchMapper:
         if plan.delete_column:
             select.append(f"COALESCE(src.{_ident(plan.delete_column)}, FALSE) AS {_ident(b.DELETE)}")
         select.append(f"CAST({self._row_json()} AS VARCHAR) AS _raw_json")
-        checks = self._float_checks()
+        checks = {**self._float_checks(), **self._nul_checks()}
         if plan.data_type == "event":
             select.extend(self._event_select())
         inner = ", ".join(select + [f"{expr} AS {_ident(name)}" for name, expr in checks.items()])
@@ -336,6 +377,18 @@ class BatchMapper:
                 column = f"src.{_ident(source.column)}"
                 checks[f"_nonfinite_{len(checks)}"] = (
                     f"CASE WHEN isnan({column}) OR isinf({column}) THEN {_literal(name)} END"
+                )
+        return checks
+
+    def _nul_checks(self) -> dict[str, str]:
+        """Per attribute column that may hold text, its name when the row's value holds a NUL character."""
+        checks = {}
+        sources = {**self.plan.attributes, **self.plan.custom_attributes}
+        for name, source in sources.items():
+            if source.column is not None and _may_hold_text(self.plan.schema.field(source.column).type):
+                value = f"CAST(src.{_ident(source.column)} AS VARCHAR)"
+                checks[f"_nul_{len(checks)}"] = (
+                    f"CASE WHEN contains({value}, chr(0)) THEN {_literal(name)} END"
                 )
         return checks
 
@@ -400,7 +453,16 @@ class BatchMapper:
             f"CASE {blank_count} WHEN 0 THEN '' WHEN 1 THEN ' (' || concat_ws(', ', {blank}) || ' is blank)' "
             f"ELSE ' (' || concat_ws(', ', {blank}) || ' are blank)' END"
         )
+        ranged = plan.iterator and plan.iterator_type in ("timestamp", "date")
         cases = (
+            [
+                f"WHEN _iterator_range IS NOT NULL THEN 'iterator ' || {_literal(plan.iterator)} || ' is ' || "
+                f"_iterator_range || {_literal(': ' + TIME_RANGE_PROBLEM)}"
+            ]
+            if ranged
+            else []
+        )
+        cases += (
             [
                 f"WHEN {_ident(b.VERSION)} IS NULL THEN {_literal(f'iterator {plan.iterator} is empty: a row needs one to be read in order')}"
             ]
@@ -417,8 +479,16 @@ class BatchMapper:
             for k in plan.identities
         ]
         cases += [
+            f"WHEN contains({_ident(b.IDENTITY_PREFIX + k)}, chr(0)) THEN {_literal(f'identity {k} {NUL_PROBLEM}')}"
+            for k in plan.identities
+        ]
+        cases += [
             f"WHEN {_ident(name)} IS NOT NULL THEN 'attribute ' || {_ident(name)} || "
-            "' is NaN or infinite, which is not a number in JSON'"
+            + (
+                _literal(f" {NUL_PROBLEM}")
+                if name.startswith("_nul_")
+                else "' is NaN or infinite, which is not a number in JSON'"
+            )
             for name in checks
         ]
         cases += [
@@ -434,6 +504,9 @@ class BatchMapper:
                 f"THEN 'event_type ' || COALESCE('''' || {_ident(b.EVENT_TYPE)} || '''', 'NULL') || "
                 f"' is not one of {', '.join(EVENT_TYPES)}'",
                 f"WHEN {_ident(b.EVENT_NAME)} IS NULL THEN 'event_name is empty'",
+                f"WHEN contains({_ident(b.EVENT_NAME)}, chr(0)) THEN {_literal(f'event_name {NUL_PROBLEM}')}",
+                f"WHEN contains({_ident(b.EVENT_ID)}, chr(0)) THEN "
+                f"{_literal(f'source_message_id {NUL_PROBLEM}')}",
                 f"WHEN {_ident(b.EVENT_TYPE)} = 'custom_event' AND (_custom_event_type IS NULL OR "
                 f"_custom_event_type NOT IN ({allowed_custom})) THEN 'custom_event_type ' || "
                 f"COALESCE('''' || _custom_event_type || '''', 'NULL') || ' is not one of "
@@ -443,4 +516,5 @@ class BatchMapper:
                 f"WHEN length({_ident(b.EVENT_DATA)}) > {MAX_ATTRIBUTE_LENGTH * 8} THEN "
                 f"'event data is larger than {MAX_ATTRIBUTE_LENGTH * 8} characters'",
             ]
-        return "CASE " + " ".join(cases) + " END"
+        # A reason may quote a value (an unknown event_type): a NUL in it is written out, never stored.
+        return "replace(CASE " + " ".join(cases) + " END, chr(0), '\\0')"

@@ -18,7 +18,7 @@ from wsync_dagster.batches import BatchFile, remove_stale_files
 from wsync_dagster.changes import DELETE, VERSION, ChangeFeed, VersionWindow, change_feed, change_rows_sql
 from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
 from wsync_dagster.identities import priority
-from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment
+from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment, reads_odd_times, time_range_bounds
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
@@ -120,8 +120,18 @@ def _model_read(
         return plan, spec.data_model.sql, ()
     # Integer iterators have no time to wait for: a row without a value is rejected in every range.
     with_nulls = isinstance(window, IntegerWindow)
-    query = windowed_sql(spec.data_model.sql, plan.iterator, warehouse.dialect, with_nulls=with_nulls)  # type: ignore[arg-type]
-    return plan, query, tuple(window.bounds(plan.iterator_type, columns.field(plan.iterator).type))  # type: ignore[arg-type]
+    column_type = columns.field(plan.iterator).type  # type: ignore[arg-type]
+    # Infinity or a BC time belongs to no window: read with every one, and rejected.
+    outside = reads_odd_times(warehouse.dialect, plan.iterator_type)
+    query = windowed_sql(
+        spec.data_model.sql,
+        plan.iterator,  # type: ignore[arg-type]
+        warehouse.dialect,
+        with_nulls=with_nulls,
+        outside=outside,
+    )
+    bounds = window.bounds(plan.iterator_type, column_type)  # type: ignore[arg-type]
+    return plan, query, (*bounds, *(time_range_bounds(column_type) if outside else ()))
 
 
 def _change_read(
@@ -280,11 +290,15 @@ def iterator_extent(spec: SyncSpec, open_reader: OpenReader | None = None) -> tu
     assert settings.iterator, "only an incremental sync has an iterator"
     warehouse = _open(spec, open_reader)
     try:
-        query = extent_sql(spec.data_model.sql, settings.iterator, warehouse.dialect)
+        within = reads_odd_times(warehouse.dialect, settings.iterator_type)
+        query = extent_sql(spec.data_model.sql, settings.iterator, warehouse.dialect, within=within)
+        params: tuple = ()
+        if within:  # infinity is nobody's newest time
+            params = time_range_bounds(warehouse.columns(spec.data_model.sql).field(settings.iterator).type)
         # By position: a warehouse may fold the column names (Snowflake: to upper case).
         rows = [
             (batch.column(0)[i].as_py(), batch.column(1)[i].as_py())
-            for batch in warehouse.read_batches(query)
+            for batch in warehouse.read_batches(query, params)
             for i in range(batch.num_rows)
         ]
     finally:

@@ -902,3 +902,40 @@ def test_a_model_reaching_out_a_url_with_secrets_or_a_usage_slip_gets_one_clear_
     monkeypatch.setattr(capsys, "readouterr", lambda: seen.append(read()) or seen[-1])
     test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)
     assert seen and not any("PLNT" in captured.out + captured.err for captured in seen)
+
+
+# --- issue 17: column names that differ only in case (a PostgreSQL model can return both) ---
+# Appended as one block with its own test (the same checks) so that other blocks merge beside it.
+_PG_TRUSTED = {**_PG, "user": "postgres"}
+_CASE_CLASH = (
+    "data_model.sql: the columns plan and Plan differ only in case, which wsync cannot tell apart; rename one "
+    'in the data model (e.g. "Plan" AS plan_2)'
+)
+_CASE_CLASH_MODEL = _model(
+    "SELECT * FROM (VALUES ('C9', 'pro', 'Pro', TIMESTAMP '2024-01-02 10:00')) "
+    'AS v(customer_id, plan, "Plan", updated_at)'
+)
+
+CASE_CLASH_CASES: list[Case] = [
+    Case(
+        "columns_that_differ_only_in_case",
+        VALIDATE,
+        f"✗ crm_users: {{sync_file}}: {_CASE_CLASH}",
+        sync={"connection": _PG_TRUSTED, **_CASE_CLASH_MODEL},
+        env={"WSYNC_TEST_PG_PASSWORD": "not-needed-with-trust-auth"},
+    ),
+    Case(
+        "run_of_columns_that_differ_only_in_case",
+        RUN,
+        f"wsync run: {{sync_file}}: {_CASE_CLASH}",
+        sync={"connection": _PG_TRUSTED, **_CASE_CLASH_MODEL},
+        env={"WSYNC_TEST_PG_PASSWORD": "not-needed-with-trust-auth"},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASE_CLASH_CASES, ids=[case.id for case in CASE_CLASH_CASES])
+def test_columns_that_differ_only_in_case_are_refused_naming_the_file_and_the_columns(
+    case: Case, good_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)

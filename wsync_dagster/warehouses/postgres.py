@@ -377,12 +377,41 @@ def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """An ADBC batch in the model's types: NUMERIC arrives as text (an opaque extension) to be cast to decimal."""
     arrays = []
     for array, field in zip(batch.columns, schema, strict=True):
+        array = _unwrapped_times(array)
         if array.type != field.type:
             if isinstance(array.type, pa.ExtensionType) and not isinstance(field.type, pa.ExtensionType):
                 array = array.storage
             array = array.cast(field.type)
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# ADBC moves times and dates from PostgreSQL's epoch (2000) to Unix's without checking for overflow: infinity,
+# -infinity and times past year 294246 arrive wrapped round to the far past. Put them back as DuckDB holds
+# them (infinity, -infinity, its last time), so that the mapping rejects them by what they are.
+_EPOCH_SHIFT = {pa.int64(): 946_684_800_000_000, pa.int32(): 10_957}  # µs, days
+
+
+def _unwrapped_times(array: pa.Array) -> pa.Array:
+    """A timestamp or date column with ADBC's wrapped infinities and far-future times put back."""
+    if pa.types.is_timestamp(array.type):
+        storage = pa.int64()
+    elif pa.types.is_date32(array.type):
+        storage = pa.int32()
+    else:
+        return array
+    values = array.view(storage)
+    top = 2 ** (storage.bit_width - 1) - 1
+    floor = -top - 1 + _EPOCH_SHIFT[storage]  # below the earliest time PostgreSQL holds (4714 BC)
+    lowest = pc.min(values).as_py()
+    if lowest is None or lowest >= floor:
+        return array
+    fixed = pc.if_else(
+        pc.equal(values, floor - 1),
+        top,
+        pc.if_else(pc.equal(values, floor), -top, pc.if_else(pc.less(values, floor), top - 1, values)),
+    )
+    return fixed.cast(storage).view(array.type)
 
 
 def _reason(message: str) -> str:
