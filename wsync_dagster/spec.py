@@ -45,6 +45,8 @@ EVENT_FIELDS = (
 )
 UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+# A key an error may repeat: a name. Any other key may be text pasted in the wrong place, such as SQL.
+_SHOWN_KEY = re.compile(r"[\w$*.-]{1,64}\Z")
 _DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECRET_KEY = re.compile(
     r"password|passwd|passphrase|secret|token|api_?key|private_key|credential|access_key", re.IGNORECASE
@@ -59,6 +61,9 @@ _FREQUENCY_SPAN = {
     "monthly": timedelta(days=31),
 }
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Partitions step a day or a month past either end of a sync's history: keep it far from datetime's limits.
+_EARLIEST, _LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+_DATE_RANGE = "a date from 1900-01-01 to 2999-12-31"
 
 
 class SyncSpecError(ValueError):
@@ -211,9 +216,15 @@ class SyncSettings(_Strict):
     @field_validator("start", "historical_start")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC) if value is not None else None
+        if value is None:
+            return None
+        try:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first moment datetime holds
+            raise ValueError(_DATE_RANGE) from None
+        if not _EARLIEST <= value < _LATEST:
+            raise ValueError(_DATE_RANGE)
+        return value
 
     @field_validator("lookback", "delay_alert", mode="before")
     @classmethod
@@ -222,7 +233,10 @@ class SyncSettings(_Strict):
             match = _DURATION.match(value.strip())
             if not match:
                 raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
-            return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+            try:
+                return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+            except OverflowError:
+                raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w, of at most 999999999d") from None
         return value
 
     @model_validator(mode="after")
@@ -406,11 +420,16 @@ def _literal_secrets(node: Any, where: str = "") -> Iterator[str]:
             yield from _literal_secrets(item, f"{where}[{index}]")
     elif isinstance(node, dict):
         for key, value in node.items():
-            field = f"{where}.{key}" if where else str(key)
+            field = f"{where}.{_shown_key(key)}" if where else _shown_key(key)
             if _is_secret_key(key) and not _is_env_reference(value):
                 yield field
             else:
                 yield from _literal_secrets(value, field)
+
+
+def _shown_key(key: Any) -> str:
+    """A key as an error names it: itself when it is a name, else a placeholder that repeats none of it."""
+    return str(key) if _SHOWN_KEY.match(str(key)) else "(a key that is not a name)"
 
 
 def _is_secret_key(key: Any) -> bool:
@@ -493,7 +512,9 @@ def _connection_type_message(tag: str | None) -> str:
     available = ", ".join(f"'{name}'" for name in warehouse_types())
     if tag is None:
         return f"type: required; available: {available}"
-    return f"type '{tag}' is not a connection type; available: {available}"
+    # A type that is no name at all is not repeated: it may be text pasted in the wrong place.
+    shown = f" '{tag}'" if re.fullmatch(r"[\w.-]{1,40}", tag) else ""
+    return f"type{shown} is not a connection type; available: {available}"
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -516,7 +537,7 @@ def _location(loc: tuple, raw: dict) -> str:
             continue
         if part == "source_file":
             continue
-        parts.append(str(part))
+        parts.append(_shown_key(part))
         node = node.get(part) if isinstance(node, dict) else None
     return ".".join(parts)
 

@@ -36,7 +36,15 @@ def read_yaml(path: Path) -> Any:
     except OSError as error:
         raise YamlFileError(f"{path}: cannot read: {error.strerror}") from None
     text = _decode(path, data)
-    loader = _SyncFileLoader(text)
+    try:
+        loader = _SyncFileLoader(text)
+    except yaml.reader.ReaderError as error:  # the reader checks the whole text before any parsing
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        raise YamlFileError(
+            f"{path}: line {line}, column {column}: character U+{error.character:04X} is not allowed in YAML "
+            "(control characters other than tab and line breaks are not); remove it"
+        ) from None
     node = None
     try:
         node = loader.get_single_node()
