@@ -21,7 +21,7 @@ from pydantic import (
 
 from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
-from wsync_dagster.sync_yaml import YamlFileError, read_yaml
+from wsync_dagster.sync_yaml import YamlFileError, read_yaml, shown_key
 from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
 
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
@@ -45,8 +45,6 @@ EVENT_FIELDS = (
 )
 UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
-# A key an error may repeat: a name. Any other key may be text pasted in the wrong place, such as SQL.
-_SHOWN_KEY = re.compile(r"[\w$*.-]{1,64}\Z")
 _DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECRET_KEY = re.compile(
     r"password|passwd|passphrase|secret|token|api_?key|private_key|credential|access_key", re.IGNORECASE
@@ -420,16 +418,11 @@ def _literal_secrets(node: Any, where: str = "") -> Iterator[str]:
             yield from _literal_secrets(item, f"{where}[{index}]")
     elif isinstance(node, dict):
         for key, value in node.items():
-            field = f"{where}.{_shown_key(key)}" if where else _shown_key(key)
+            field = f"{where}.{shown_key(key)}" if where else shown_key(key)
             if _is_secret_key(key) and not _is_env_reference(value):
                 yield field
             else:
                 yield from _literal_secrets(value, field)
-
-
-def _shown_key(key: Any) -> str:
-    """A key as an error names it: itself when it is a name, else a placeholder that repeats none of it."""
-    return str(key) if _SHOWN_KEY.match(str(key)) else "(a key that is not a name)"
 
 
 def _is_secret_key(key: Any) -> bool:
@@ -470,7 +463,9 @@ def load_sync_folder(directory: Path) -> SyncFolder:
         name = path.stem
         try:
             raw = _read(path)
-            name = raw["name"] if isinstance(raw.get("name"), str) else name
+            given = raw.get("name")
+            # A name that is pasted text is not shown: the file is then known by its file name.
+            name = given if isinstance(given, str) and shown_key(given) == given else name
             spec = _validate(path, raw)
         except SyncSpecError as error:
             invalid.append(InvalidSyncFile(path, name, tuple(str(error).splitlines())))
@@ -537,7 +532,7 @@ def _location(loc: tuple, raw: dict) -> str:
             continue
         if part == "source_file":
             continue
-        parts.append(_shown_key(part))
+        parts.append(shown_key(part))
         node = node.get(part) if isinstance(node, dict) else None
     return ".".join(parts)
 

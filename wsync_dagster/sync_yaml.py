@@ -12,6 +12,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 # A sync file holds tens of values, a long mapping a few thousand; aliases may share parts, not multiply them.
 MAX_VALUES = 10_000
 _KEY_ON_LINE = re.compile(r"\s*(?:-\s+)?([A-Za-z_$][\w.$-]*)\s*:(?:\s|$)")
+# A key an error may repeat: a name. Any other key may be text pasted in the wrong place, such as SQL.
+_NAME_KEY = re.compile(r"[\w$*.-]{1,64}\Z")
 # What datetime says of an impossible date or time; anything else it says may quote the value.
 _DATE_PROBLEM = re.compile(
     r"year -?\d+ is out of range|day is out of range for month|month must be in 1\.\.12"
@@ -27,6 +29,11 @@ _TAG_KINDS = {
 
 class YamlFileError(ValueError):
     """A file that is not readable, safe YAML; the message names the file, line, column and key."""
+
+
+def shown_key(key: Any) -> str:
+    """A key as an error names it: itself when it is a name, else a placeholder that repeats none of it."""
+    return str(key) if _NAME_KEY.match(str(key)) else "(a key that is not a name)"
 
 
 def read_yaml(path: Path) -> Any:
@@ -121,7 +128,7 @@ def _field_of(root: Node, target: Node) -> str | None:
             for key, value in reversed(node.value):
                 if key is target:
                     return f"a key of {where}" if where else "a top-level key"
-                name = key.value if isinstance(key, ScalarNode) else "?"
+                name = shown_key(key.value) if isinstance(key, ScalarNode) else "?"
                 stack.append((value, f"{where}.{name}" if where else name))
     return None
 
@@ -181,7 +188,7 @@ def _check_shape(path: Path, text: str, root: Node) -> None:
                     if key.value in seen:
                         raise YamlFileError(
                             f"{path}: invalid YAML at {_where(text, key.start_mark, with_key=False)}: "
-                            f"key '{key.value}' is given twice"
+                            f"key '{shown_key(key.value)}' is given twice"
                         )
                     seen.add(key.value)
                 total += size(key) + size(value)

@@ -125,17 +125,79 @@ sync:
 
 # What a person or an editor puts in by mistake, and what breaks a tokenizer, a parser or a date.
 SNIPPETS = (
-    "'", '"', "`", "$$", "$tag$", "/*", "*/", "--", "//", "(", ")", "((((((((((((((((((((((((((((((", "[", "]",
-    "{", "}", "CASE WHEN ", " END", "NOT NOT NOT ", "::INT", ";", ",", ":", ": ", "- ", "\n", "\n  ", "\t",
-    "#", "&a ", "*a", "!!int ", "!!timestamp ", "!!bool ", "!!binary ", "2024-02-30", "2023-02-29",
-    "2024-13-01", "9999-12-31", "0000-01-01", "25:61:00", "+99:00", "\\", "\x00", "\x85", "\ufeff",
-    "é", "SELECT ", " FROM ", " UNION ALL ", " WHERE ", "E'", "x'zz'", "U&'", "%", "?", "@", "~",
+    "'",
+    '"',
+    "`",
+    "$$",
+    "$tag$",
+    "/*",
+    "*/",
+    "--",
+    "//",
+    "(",
+    ")",
+    "((((((((((((((((((((((((((((((",
+    "[",
+    "]",
+    "{",
+    "}",
+    "CASE WHEN ",
+    " END",
+    "NOT NOT NOT ",
+    "::INT",
+    ";",
+    ",",
+    ":",
+    ": ",
+    "- ",
+    "\n",
+    "\n  ",
+    "\t",
+    "#",
+    "&a ",
+    "*a",
+    "!!int ",
+    "!!timestamp ",
+    "!!bool ",
+    "!!binary ",
+    "2024-02-30",
+    "2023-02-29",
+    "2024-13-01",
+    "9999-12-31",
+    "0000-01-01",
+    "25:61:00",
+    "+99:00",
+    "\\",
+    "\x00",
+    "\x85",
+    "\ufeff",
+    "é",
+    "SELECT ",
+    " FROM ",
+    " UNION ALL ",
+    " WHERE ",
+    "E'",
+    "x'zz'",
+    "U&'",
+    "%",
+    "?",
+    "@",
+    "~",
     "1" * 5000,
 )
 # Dates that do not exist, and real ones at the edges of what a sync may hold.
 DATES = (
-    "2024-02-30", "2023-02-29", "2024-13-01", "2024-00-10", "2024-04-31", "0000-01-01", "0001-01-01",
-    "1899-12-31", "1900-01-01", "2999-12-31", "9999-12-31",
+    "2024-02-30",
+    "2023-02-29",
+    "2024-13-01",
+    "2024-00-10",
+    "2024-04-31",
+    "0000-01-01",
+    "0001-01-01",
+    "1899-12-31",
+    "1900-01-01",
+    "2999-12-31",
+    "9999-12-31",
 )
 
 
@@ -193,7 +255,11 @@ def _mutate(text: str, rng: random.Random) -> tuple[str, tuple[str, ...]]:
 def _cases() -> list[Case]:
     rng = random.Random(SEED)
     cases = []
-    for base_name, base in (("duckdb", DUCKDB_USERS), ("postgres", POSTGRES_EVENTS), ("snowflake", SNOWFLAKE_USERS)):
+    for base_name, base in (
+        ("duckdb", DUCKDB_USERS),
+        ("postgres", POSTGRES_EVENTS),
+        ("snowflake", SNOWFLAKE_USERS),
+    ):
         cases += [Case(base_name, index, *_mutate(base, rng)) for index in range(CASES_PER_FILE)]
     return cases
 

@@ -100,7 +100,10 @@ _BROKEN = {
     "unterminated_string": ("sql", "SELECT customer_id, 'PLNT-secret-1 AS note FROM crm.users"),
     "unterminated_dollar_string": ("sql", "SELECT customer_id, $$PLNT-secret-1 AS note FROM crm.users"),
     "unterminated_comment": ("sql", "SELECT customer_id /* 'PLNT-secret-1' FROM crm.users"),
-    "nested_parentheses": ("sql", "SELECT " + "(" * 200 + "'PLNT-secret-1'" + ")" * 200 + " AS x FROM crm.users"),
+    "nested_parentheses": (
+        "sql",
+        "SELECT " + "(" * 200 + "'PLNT-secret-1'" + ")" * 200 + " AS x FROM crm.users",
+    ),
     "impossible_date": ("start", "2024-02-30"),
 }
 
@@ -134,6 +137,14 @@ def test_a_file_that_broke_the_loader_is_one_invalid_file_beside_a_working_sync(
     keys = {node.key for node in defs.resolve_asset_graph().asset_nodes}
     assert {AssetKey(["crm_users", "mapped_batches"]), AssetKey(["crm_users", "delivery"])} <= keys
     assert defs.resolve_job_def("crm_users_job") is not None
-    assert _invalid_file_asset(defs, "crm_leads_yaml").description.startswith("**crm_leads.yaml is not loaded**")
-    shown = [validated.out, validated.err, ran.out, ran.err, _invalid_file_asset(defs, "crm_leads_yaml").description]
+    assert _invalid_file_asset(defs, "crm_leads_yaml").description.startswith(
+        "**crm_leads.yaml is not loaded**"
+    )
+    shown = [
+        validated.out,
+        validated.err,
+        ran.out,
+        ran.err,
+        _invalid_file_asset(defs, "crm_leads_yaml").description,
+    ]
     assert not any("PLNT" in text for text in shown)
