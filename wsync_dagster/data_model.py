@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ParseError, SqlglotError, TokenError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+from sqlglot.tokens import Token, Tokenizer, TokenType
 
 from wsync_dagster.model_reach import (
     function_name,
@@ -41,9 +43,32 @@ _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 _GENERATORS = ("range", "generate_series", "unnest", "explode", "posexplode")
 # A table name that is a path, URL or glob: DuckDB reads such a name as a file ("replacement scan").
 _FILE_NAME = re.compile(r"[./\\:*?\[]")
-# sqlglot names the token it stopped at by its repr; the token's text is what the user wrote.
-_TOKEN = re.compile(r"<Token token_type: [^,]+, text: (.*?), line: \d+, col: \d+[^>]*>")
 _WAREHOUSE_ONLY = "a data model reads only the warehouse's tables and views"
+# sqlglot's parser recurses some 25 Python frames per level of parentheses or CASE: 24 levels stay well
+# inside Python's 1,000 frames under Dagster's own stack, and hand-written models nest far less.
+MAX_NESTING = 24
+_OPENERS = {TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE}
+_CLOSERS = {TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END}
+# Chains that parse flat (a::INT::INT…, a.b.c…) are still generated recursively, some 3 frames a level,
+# when the model is wrapped to run.
+MAX_EXPRESSION_DEPTH = 160
+_TOO_DEEP = (
+    f"expressions nested deeper than {MAX_EXPRESSION_DEPTH} levels (a long chain of casts, names or "
+    "unary operators such as NOT); simplify the SQL"
+)
+_STRING_TOKENS = {
+    TokenType.STRING,
+    TokenType.RAW_STRING,
+    TokenType.NATIONAL_STRING,
+    TokenType.BYTE_STRING,
+    TokenType.HEX_STRING,
+    TokenType.BIT_STRING,
+    TokenType.HEREDOC_STRING,
+    TokenType.UNICODE_STRING,
+}
+# sqlglot's tokenizer says where a quoted token opened that never closes ("Missing ' from 1:7": line, offset).
+_MISSING = re.compile(r"Missing (.+) from \d+:(\d+)\Z", re.DOTALL)
+_SHOWN_DELIMITERS = ("'", '"', "`", "'''", '"""', "$$")
 
 
 class DataModelError(ValueError):
@@ -65,19 +90,96 @@ class SourceTable:
 
 
 def _parse(sql: str, dialect: str) -> exp.Expression:
+    """The one statement of the SQL; every error says what is wrong and where, never the SQL's text."""
+    reader = Dialect.get_or_raise(dialect)
+    tokenizer = reader.tokenizer()
     try:
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+        tokens = tokenizer.tokenize(sql)
+    except TokenError as error:
+        raise DataModelError(_unreadable(sql, tokenizer, error)) from None
+    _check_nesting(sql, tokens)
+    try:
+        statements = [s for s in reader.parser().parse(tokens, sql) if s is not None]
     except ParseError as error:
         if not error.errors:
-            raise DataModelError(f"the SQL does not parse: {error}") from None
+            raise DataModelError("the SQL does not parse") from None
         first = error.errors[0]
-        description = _TOKEN.sub(r"'\1'", first["description"])
         raise DataModelError(
-            f"the SQL does not parse at line {first['line']}, column {first['col']}: {description}"
+            f"the SQL does not parse at line {first['line']}, column {first['col']}: "
+            f"{_described(first['description'], tokens)}"
         ) from None
+    except RecursionError:
+        raise DataModelError(_TOO_DEEP) from None
     if len(statements) != 1:
         raise DataModelError(f"one SELECT statement is allowed, found {len(statements)} statements")
+    if _depth(statements[0]) > MAX_EXPRESSION_DEPTH:
+        raise DataModelError(_TOO_DEEP)
     return statements[0]
+
+
+def _unreadable(sql: str, tokenizer: Tokenizer, error: TokenError) -> str:
+    """What cannot be split into tokens: an unterminated string, name or comment, and where it opens."""
+    cause = str(error.__cause__ or "")
+    if missing := _MISSING.match(cause):
+        delimiter, offset = missing[1], int(missing[2])
+        names = {quote if isinstance(quote, str) else quote[0] for quote in tokenizer.IDENTIFIERS}
+        if delimiter.startswith("$"):
+            what = "dollar-quoted string"
+        else:
+            what = "quoted name" if sql[offset : offset + 1] in names else "string"
+        closing = f" (no closing {delimiter})" if delimiter in _SHOWN_DELIMITERS else ""
+        return f"the SQL does not parse: unterminated {what} from {_position(sql, offset)}{closing}"
+    if cause.startswith("Numeric string"):
+        return "the SQL does not parse: a hex or bit string holds a character that is not a digit of its base"
+    # The token being read when it failed starts after the last whole one.
+    after = tokenizer.tokens[-1].end + 1 if tokenizer.tokens else 0
+    comment = sql.find("/*", after)
+    if comment >= 0:
+        return f"the SQL does not parse: unterminated comment from {_position(sql, comment)} (no closing */)"
+    return f"the SQL does not parse: it cannot be read from {_position(sql, after)}"
+
+
+def _check_nesting(sql: str, tokens: list[Token]) -> None:
+    """Refuse parentheses, brackets and CASE nested deeper than MAX_NESTING, before the parser recurses into them."""
+    depth = 0
+    for token in tokens:
+        if token.token_type in _OPENERS:
+            depth += 1
+            if depth > MAX_NESTING:
+                raise DataModelError(
+                    f"nesting deeper than {MAX_NESTING} levels at {_position(sql, token.start)}: parentheses, "
+                    f"brackets and CASE … END nest at most {MAX_NESTING} deep in a data model"
+                )
+        elif token.token_type in _CLOSERS:
+            depth = max(depth - 1, 0)
+
+
+def _depth(statement: exp.Expression) -> int:
+    """How deep the parsed tree is, walked without recursion."""
+    deepest, stack = 0, [(statement, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+    return deepest
+
+
+def _described(description: str, tokens: list[Token]) -> str:
+    """sqlglot's description, a token it names by repr shown by its text, and string literals masked."""
+    for token in tokens:
+        if repr(token) in description:
+            shown = "a string literal" if token.token_type in _STRING_TOKENS else f"'{token.text}'"
+            description = description.replace(repr(token), shown)
+    literals = {token.text for token in tokens if token.token_type in _STRING_TOKENS and len(token.text) >= 6}
+    for literal in sorted(literals, key=len, reverse=True):
+        description = description.replace(literal, "***")
+    return description
+
+
+def _position(sql: str, offset: int) -> str:
+    """Line and column of an offset in the SQL, both counted from 1."""
+    line_start = sql.rfind("\n", 0, offset) + 1
+    return f"line {sql.count(chr(10), 0, offset) + 1}, column {offset - line_start + 1}"
 
 
 def check_read_only_select(sql: str, dialect: str = "duckdb") -> exp.Query:
@@ -208,7 +310,7 @@ def redact_literals(message: str, sql: str, dialect: str = "duckdb") -> str:
     """A message with the SQL's string literals masked, so an error never repeats a value the model holds."""
     try:
         statement = sqlglot.parse_one(sql, read=dialect)
-    except ParseError:
+    except (SqlglotError, RecursionError):
         return message
     literals = {node.this for node in statement.find_all(exp.Literal) if node.is_string}
     # PostgreSQL's $$…$$, E'…' (held decoded), N'…' and U&'…' (held as written, shown decoded) literals too.

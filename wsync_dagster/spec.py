@@ -21,7 +21,7 @@ from pydantic import (
 
 from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
 from wsync_dagster.identities import IDENTITY_PRIORITY
-from wsync_dagster.sync_yaml import YamlFileError, read_yaml
+from wsync_dagster.sync_yaml import YamlFileError, read_yaml, shown_key
 from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
 
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
@@ -60,6 +60,9 @@ _FREQUENCY_SPAN = {
     "monthly": timedelta(days=31),
 }
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Partitions step a day or a month past either end of a sync's history: keep it far from datetime's limits.
+_EARLIEST, _LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+_DATE_RANGE = "a date from 1900-01-01 to 2999-12-31"
 
 
 class SyncSpecError(ValueError):
@@ -225,9 +228,15 @@ class SyncSettings(_Strict):
     @field_validator("start", "historical_start")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC) if value is not None else None
+        if value is None:
+            return None
+        try:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first moment datetime holds
+            raise ValueError(_DATE_RANGE) from None
+        if not _EARLIEST <= value < _LATEST:
+            raise ValueError(_DATE_RANGE)
+        return value
 
     @field_validator("lookback", "delay_alert", mode="before")
     @classmethod
@@ -236,7 +245,10 @@ class SyncSettings(_Strict):
             match = _DURATION.match(value.strip())
             if not match:
                 raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
-            return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+            try:
+                return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+            except OverflowError:
+                raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w, of at most 999999999d") from None
         return value
 
     @model_validator(mode="after")
@@ -425,7 +437,7 @@ def _literal_secrets(node: Any, where: str = "") -> Iterator[str]:
             yield from _literal_secrets(item, f"{where}[{index}]")
     elif isinstance(node, dict):
         for key, value in node.items():
-            field = f"{where}.{key}" if where else str(key)
+            field = f"{where}.{shown_key(key)}" if where else shown_key(key)
             if _is_secret_key(key) and not _is_env_reference(value):
                 yield field
             else:
@@ -470,7 +482,9 @@ def load_sync_folder(directory: Path) -> SyncFolder:
         name = path.stem
         try:
             raw = _read(path)
-            name = raw["name"] if isinstance(raw.get("name"), str) else name
+            given = raw.get("name")
+            # A name that is pasted text is not shown: the file is then known by its file name.
+            name = given if isinstance(given, str) and shown_key(given) == given else name
             spec = _validate(path, raw)
         except SyncSpecError as error:
             invalid.append(InvalidSyncFile(path, name, tuple(str(error).splitlines())))
@@ -512,7 +526,9 @@ def _connection_type_message(tag: str | None) -> str:
     available = ", ".join(f"'{name}'" for name in warehouse_types())
     if tag is None:
         return f"type: required; available: {available}"
-    return f"type '{tag}' is not a connection type; available: {available}"
+    # A type that is no name at all is not repeated: it may be text pasted in the wrong place.
+    shown = f" '{tag}'" if re.fullmatch(r"[\w.-]{1,40}", tag) else ""
+    return f"type{shown} is not a connection type; available: {available}"
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -535,7 +551,7 @@ def _location(loc: tuple, raw: dict) -> str:
             continue
         if part == "source_file":
             continue
-        parts.append(str(part))
+        parts.append(shown_key(part))
         node = node.get(part) if isinstance(node, dict) else None
     return ".".join(parts)
 

@@ -939,3 +939,130 @@ def test_columns_that_differ_only_in_case_are_refused_naming_the_file_and_the_co
     case: Case, good_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
     test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)
+
+
+# --- issue 17: a sync file that breaks the loader is that file's error, never the SQL's text ---
+# Each model holds a planted literal (PLNT…) that no line of output may repeat.
+_GOOD_TEXT = yaml.safe_dump(GOOD_SYNC, sort_keys=False)
+_START = "  start: '2024-01-01T00:00:00Z'\n"
+_START_LINE = _GOOD_TEXT.splitlines().index(_START.rstrip("\n")) + 1
+_HISTORICAL_START = "  historical_start: '2024-01-01'\n"
+_HISTORICAL_START_LINE = _GOOD_TEXT.splitlines().index(_HISTORICAL_START.rstrip("\n")) + 1
+_NESTING = (
+    "nesting deeper than 24 levels at line 1, column 45: parentheses, brackets and CASE … END nest at most 24 "
+    "deep in a data model"
+)
+_TOO_DEEP = (
+    "expressions nested deeper than 160 levels (a long chain of casts, names or unary operators such as NOT); "
+    "simplify the SQL"
+)
+
+LOADER_CASES: list[Case] = [
+    Case(
+        "sql_with_an_unterminated_string",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the SQL does not parse: unterminated string from line 1, column 21 "
+        "(no closing ')",
+        sync=_model("SELECT customer_id, 'PLNTa-unterminated AS note, updated_at FROM crm.users"),
+    ),
+    Case(
+        "sql_with_an_unterminated_dollar_string",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the SQL does not parse: unterminated dollar-quoted string from line 1, "
+        "column 21 (no closing $$)",
+        sync=_model("SELECT customer_id, $$PLNTa-unterminated AS note, updated_at FROM crm.users"),
+    ),
+    Case(
+        "sql_with_an_unterminated_comment",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the SQL does not parse: unterminated comment from line 2, column 5 "
+        "(no closing */)",
+        sync=_model("SELECT customer_id,\n    /* PLNTa-unterminated\n    updated_at FROM crm.users\n"),
+    ),
+    Case(
+        "sql_with_an_unterminated_quoted_name",
+        VALIDATE,
+        "✗ {sync_file}: data_model.sql: the SQL does not parse: unterminated quoted name from line 1, column 8 "
+        '(no closing ")',
+        sync=_model("SELECT \"customer_id, updated_at FROM crm.users WHERE plan = 'PLNTa-literal'"),
+    ),
+    Case(
+        "sql_nested_deeper_than_the_limit",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: {_NESTING}",
+        sync=_model("SELECT customer_id, " + "(" * 30 + "'PLNTa-nested'" + ")" * 30 + " AS note, updated_at FROM crm.users"),
+    ),
+    Case(
+        "sql_nested_deeper_than_the_limit_run",
+        RUN,
+        f"wsync run: {{sync_file}}: data_model.sql: {_NESTING}",
+        sync=_model("SELECT customer_id, " + "(" * 30 + "'PLNTa-nested'" + ")" * 30 + " AS note, updated_at FROM crm.users"),
+    ),
+    Case(
+        "sql_with_a_chain_of_nots_beyond_recursion",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: {_TOO_DEEP}",
+        sync=_model("SELECT customer_id, " + "NOT " * 400 + "'PLNTa-chain' = '' AS flag, updated_at FROM crm.users"),
+    ),
+    Case(
+        "sql_with_a_long_chain_of_casts",
+        VALIDATE,
+        f"✗ {{sync_file}}: data_model.sql: {_TOO_DEEP}",
+        sync=_model("SELECT customer_id, 'PLNTa-chain'" + "::VARCHAR" * 200 + " AS note, updated_at FROM crm.users"),
+    ),
+    Case(
+        "start_that_is_not_a_real_date",
+        VALIDATE,
+        f"✗ {{sync_file}}: sync.start (line {_START_LINE}): not a real date (day is out of range for month)",
+        sync_text=_GOOD_TEXT.replace(_START, "  start: 2024-02-30\n").replace("crm.users", "crm.users -- 'PLNTa'"),
+    ),
+    Case(
+        "run_of_a_sync_whose_historical_start_is_not_a_real_date",
+        RUN,
+        f"wsync run: {{sync_file}}: sync.historical_start (line {_HISTORICAL_START_LINE}): not a real date "
+        "(day is out of range for month)",
+        sync_text=_GOOD_TEXT.replace(_HISTORICAL_START, "  historical_start: 2023-02-29\n"),
+    ),
+    Case(
+        "start_time_that_is_not_a_real_time",
+        VALIDATE,
+        f"✗ {{sync_file}}: sync.start (line {_START_LINE}): not a real date and time (hour must be in 0..23)",
+        sync_text=_GOOD_TEXT.replace(_START, "  start: 2024-01-01 24:30:00\n"),
+    ),
+    Case(
+        "historical_start_before_1900",
+        VALIDATE,
+        "✗ {sync_file}: sync.historical_start: a date from 1900-01-01 to 2999-12-31",
+        sync_text=_GOOD_TEXT.replace(_HISTORICAL_START, "  historical_start: 0001-01-01\n"),
+    ),
+    Case(
+        "lookback_too_long_for_a_duration",
+        VALIDATE,
+        "✗ {sync_file}: sync.lookback: a duration such as 0s, 30m, 2h, 1d or 1w, of at most 999999999d",
+        sync={"sync": {"lookback": "99999999999999999999d"}},
+    ),
+    Case(
+        "nul_character_in_the_sync_file",
+        VALIDATE,
+        "✗ {sync_file}: line 2, column 10: character U+0000 is not allowed in YAML (control characters other "
+        "than tab and line breaks are not); remove it",
+        sync_text="name: crm_users\ndata_type\x00: user\n",
+    ),
+    Case(
+        "sql_pasted_where_a_key_belongs",
+        VALIDATE,
+        "✗ {sync_file}: data_model.(a key that is not a name): unknown key; allowed: sql",
+        sync={"data_model": {"sql": "SELECT customer_id, updated_at FROM crm.users",
+                             "WHERE plan = 'PLNTa-pasted'": "x"}},
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LOADER_CASES, ids=[case.id for case in LOADER_CASES])
+def test_a_sync_file_that_breaks_the_loader_gets_one_clear_line_without_its_sql(
+    case: Case, good_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    read, seen = capsys.readouterr, []
+    monkeypatch.setattr(capsys, "readouterr", lambda: seen.append(read()) or seen[-1])
+    test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)
+    assert seen and not any("PLNT" in captured.out + captured.err for captured in seen)

@@ -207,3 +207,24 @@ def test_each_engines_own_ways_out_are_refused_in_its_dialect(write_sync, tmp_pa
 )  # fmt: skip
 def test_a_name_refused_in_one_dialect_or_place_stays_allowed_elsewhere(write_sync, tmp_path, connection, sql):
     assert load_sync_file(write_sync(user_sync(tmp_path / "w.duckdb", connection=connection, data_model={"sql": sql})))
+
+
+def test_a_model_nested_to_the_limit_validates_runs_and_loads_in_the_code_location(make_warehouse, write_sync, capsys):
+    from dagster import AssetKey
+
+    from wsync_dagster.cli import main
+    from wsync_dagster.data_model import MAX_NESTING
+    from wsync_dagster_tests.conftest import code_location
+
+    # Function calls cost the parser the most stack per level: the deepest model allowed still runs everywhere.
+    plan = "lower(" * (MAX_NESTING - 1) + "CASE WHEN plan IS NULL THEN 'free' ELSE plan END" + ")" * (MAX_NESTING - 1)
+    sql = f"SELECT customer_id, email, first_name, {plan} AS plan, updated_at FROM crm.users"
+    write_sync(user_sync(make_warehouse(USERS_SQL), data_model={"sql": sql}))
+    assert main(["validate"]) == 0
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    assert "crm_users: partitions 2024-01-01" in capsys.readouterr().out
+    assert AssetKey(["crm_users", "delivery"]) in {node.key for node in code_location().resolve_asset_graph().asset_nodes}
+
+    write_sync(user_sync(make_warehouse(USERS_SQL, "other.duckdb"), data_model={"sql": sql.replace("lower(", "lower((", 1)}))
+    assert main(["validate"]) == 1
+    assert f"data_model.sql: nesting deeper than {MAX_NESTING} levels" in capsys.readouterr().err

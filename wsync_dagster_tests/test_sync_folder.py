@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+import yaml
 from dagster import AssetKey, Definitions
 
 from wsync_dagster.cli import main
@@ -88,3 +92,59 @@ def test_a_folder_of_only_valid_files_has_no_invalid_assets(make_warehouse, writ
     defs = code_location()
     groups = {node.group_name for node in defs.resolve_asset_graph().asset_nodes}
     assert groups == {"crm_users", "warehouse"}
+
+
+# A model or a date that used to take down the whole folder (sqlglot's TokenError and RecursionError,
+# yaml's ValueError), each with a literal that no output may repeat.
+_BROKEN = {
+    "unterminated_string": ("sql", "SELECT customer_id, 'PLNT-secret-1 AS note FROM crm.users"),
+    "unterminated_dollar_string": ("sql", "SELECT customer_id, $$PLNT-secret-1 AS note FROM crm.users"),
+    "unterminated_comment": ("sql", "SELECT customer_id /* 'PLNT-secret-1' FROM crm.users"),
+    "nested_parentheses": (
+        "sql",
+        "SELECT " + "(" * 200 + "'PLNT-secret-1'" + ")" * 200 + " AS x FROM crm.users",
+    ),
+    "impossible_date": ("start", "2024-02-30"),
+}
+
+
+@pytest.mark.parametrize("broken", list(_BROKEN))
+def test_a_file_that_broke_the_loader_is_one_invalid_file_beside_a_working_sync(
+    broken, make_warehouse, write_sync, capsys
+):
+    warehouse = make_warehouse(USERS_SQL)
+    write_sync(user_sync(warehouse))
+    field, value = _BROKEN[broken]
+    leads = yaml.safe_dump(user_sync(warehouse, name="crm_leads"), sort_keys=False)
+    if field == "sql":
+        leads = leads.replace(user_sync(warehouse)["data_model"]["sql"], json.dumps(value))
+    else:
+        leads = leads.replace("start: '2024-01-01T00:00:00Z'", f"start: {value}")
+    bad = write_sync(leads, name="crm_leads.yaml")
+
+    assert main(["validate"]) == 1
+    validated = capsys.readouterr()
+    assert "✓ crm_users: 2 identities, 2 attributes" in validated.out
+    assert validated.err.startswith(f"✗ {bad}: {'data_model.sql' if field == 'sql' else 'sync.start'}")
+
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    ran = capsys.readouterr()
+    assert "crm_users: partitions 2024-01-01" in ran.out
+    assert ran.err.startswith(f"wsync: warning: not loaded (see `wsync validate`): {bad}: ")
+    assert main(["profile", "--identity", "email=ada@example.com"]) == 0
+
+    defs = code_location()
+    keys = {node.key for node in defs.resolve_asset_graph().asset_nodes}
+    assert {AssetKey(["crm_users", "mapped_batches"]), AssetKey(["crm_users", "delivery"])} <= keys
+    assert defs.resolve_job_def("crm_users_job") is not None
+    assert _invalid_file_asset(defs, "crm_leads_yaml").description.startswith(
+        "**crm_leads.yaml is not loaded**"
+    )
+    shown = [
+        validated.out,
+        validated.err,
+        ran.out,
+        ran.err,
+        _invalid_file_asset(defs, "crm_leads_yaml").description,
+    ]
+    assert not any("PLNT" in text for text in shown)
