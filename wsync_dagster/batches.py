@@ -20,8 +20,8 @@ from wsync_dagster.disk_space import DiskFullError, is_disk_full
 ROW = "_row"  # int64, not null: ordinal of the row in the read, in iterator order
 VERSION = "_version"  # int64, not null: order-safety version (iterator in µs, change or run version)
 IDENTITY_KEY = "_identity_key"  # string, not null: canonical JSON of the row's identities
-ROW_KEY = "_row_key"  # string: full mode only, stable key of the row (hash of its identities)
-FINGERPRINT = "_fingerprint"  # string: full mode only, hash of everything the row maps to
+ROW_KEY = "_row_key"  # string: full mode, incremental users; the row's stable key (hash of its identities)
+FINGERPRINT = "_fingerprint"  # string: with ROW_KEY, hash of all the row maps to (incremental: and version)
 DELETE = "_delete"  # bool: cdc user syncs only, the row removes what the sync set and creates nothing
 IDENTITY_PREFIX = "identity."  # "identity.<type>": string, one column per identity type mapped
 ATTRIBUTE_PREFIX = "attribute."  # "attribute.<name>": JSON text; NULL removes the attribute

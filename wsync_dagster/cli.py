@@ -17,6 +17,7 @@ from wsync_dagster.settings import profile_store_url, syncs_dir
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3
+EXIT_BLOCKED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -108,7 +109,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sync through Dagster and print its counts."""
     from wsync_dagster.instance import open_instance
-    from wsync_dagster.runner import run_sync
+    from wsync_dagster.runner import DeliveryBlocked, run_sync
 
     spec = _load_spec(args.sync)
     progress = logging.StreamHandler(sys.stderr)
@@ -121,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = run_sync(
             spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
         )
+    except DeliveryBlocked as blocked:
+        print(f"wsync run: {blocked}", file=sys.stderr)
+        return EXIT_BLOCKED
     finally:
         store.close()
     if not report.partitions:

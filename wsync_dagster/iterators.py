@@ -90,10 +90,27 @@ def _epoch(moment: datetime, per_second: int) -> int:
     return (delta.days * 86_400 + delta.seconds) * per_second + delta.microseconds * per_second // 1_000_000
 
 
-def iterator_window(settings: SyncSettings, start: datetime, end: datetime) -> IteratorWindow:
-    """The window for partitions [start, end): reaches back by lookback, never before historical_start."""
-    lower = max(start - settings.lookback, settings.history_start)
+def iterator_window(
+    settings: SyncSettings, start: datetime, end: datetime, previous_start: datetime
+) -> IteratorWindow:
+    """The window for partitions [start, end): reaches back by lookback, by default to previous_start (where
+    the window before them starts), never before historical_start."""
+    lookback = settings.lookback
+    reach = previous_start if lookback is None else start - lookback  # type: ignore[operator]
+    lower = max(reach, settings.history_start)
     return IteratorWindow(lower, max(end, lower))
+
+
+def integer_window(
+    settings: SyncSettings, first: int, last: int, previous_first: int | None
+) -> IntegerWindow:
+    """The values a run of the range first..last reads: reaching back lookback ids, by default to
+    previous_first (where the range before it starts), so ids committed out of order below it arrive."""
+    if settings.lookback is None:
+        lower = first if previous_first is None else min(previous_first, first)
+    else:
+        lower = first - settings.lookback  # type: ignore[operator]
+    return IntegerWindow(lower, last + 1)
 
 
 def check_iterator_column(settings: SyncSettings, schema: pa.Schema) -> str | None:

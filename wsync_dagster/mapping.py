@@ -59,6 +59,9 @@ class MappingPlan:
     iterator: str | None = None
     iterator_type: str | None = None
     full_mode: bool = False
+    # Rows carry a row key and a fingerprint, so the store skips those it holds already: every full-mode
+    # row, and an incremental sync's user rows, which the lookback reads again.
+    fingerprinted: bool = False
     delete_column: str | None = None  # cdc: the column that flags a delete (see batches.DELETE)
 
 
@@ -208,6 +211,8 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
         iterator=iterator,
         iterator_type=spec.sync.iterator_type if iterator else None,
         full_mode=spec.sync.mode == "full",
+        fingerprinted=spec.sync.mode == "full"
+        or (spec.sync.mode == "incremental" and spec.data_type == "user"),
     )
 
 
@@ -355,11 +360,19 @@ class BatchMapper:
                 _ident(c)
                 for c in (b.EVENT_ID, b.EVENT_TYPE, b.EVENT_NAME, b.EVENT_TIMESTAMP_MS, b.EVENT_DATA)
             ]
-        if plan.full_mode:
+        if plan.fingerprinted:
             key = _ident(b.EVENT_ID) if plan.data_type == "event" else identity_json
+            # A full-mode row's version is its run's; an incremental row's is its own, part of what it says.
+            versioned = [] if plan.full_mode else [f"CAST({_ident(b.VERSION)} AS VARCHAR)"]
             content = ", ".join(
-                _ident(c)
-                for c in [*mapped[2:], *([b.EVENT_DATA, b.EVENT_TYPE] if plan.data_type == "event" else [])]
+                versioned
+                + [
+                    _ident(c)
+                    for c in [
+                        *mapped[2:],
+                        *([b.EVENT_DATA, b.EVENT_TYPE] if plan.data_type == "event" else []),
+                    ]
+                ]
             )
             outer.append(f"md5(CAST({key} AS VARCHAR)) AS {_ident(b.ROW_KEY)}")
             outer.append(f"md5(CAST(to_json(list_value({content})) AS VARCHAR)) AS {_ident(b.FINGERPRINT)}")

@@ -32,6 +32,10 @@ _OWN_ERROR = re.compile(r"\Awsync_dagster\.[\w.]+: ")
 MAX_RETRIES_TAG = "dagster/max_retries"
 
 
+class DeliveryBlocked(RunError):
+    """A blocking check (checks.block_on_reject_rate) failed: the run delivered nothing."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """The interrupt (SIGINT or SIGTERM) that stopped a run, saying what it left: a delivery is all or nothing."""
 
@@ -85,6 +89,11 @@ def run_sync(
                 delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
                 raise _interruption(
                     spec, label, result.run_id, label.split("..")[-1] in delivered - delivered_before
+                )
+            if blocked := _blocking_failures(result):
+                raise DeliveryBlocked(
+                    f"{spec.name}: {blocked}; fix the rows or the mapping (or raise checks.max_reject_rate), "
+                    f"then run again (run {result.run_id})"
                 )
             raise RunError(f"{spec.name}: run {result.run_id} failed: {_failure(result)}")
         _add_result(report, result)
@@ -153,6 +162,15 @@ def _add_result(report: RunReport, result) -> None:
             line = f"{event.asset_key.to_user_string()}:{event.check_name} {event.description or ''}"
             warned = event.severity == AssetCheckSeverity.WARN
             (report.warnings if warned else report.failed_checks).append(line)
+
+
+def _blocking_failures(result) -> str:
+    """What the run's failed blocking checks say, or "" when none failed."""
+    return "; ".join(
+        event.description or f"check {event.check_name} failed"
+        for event in result.get_asset_check_evaluations()
+        if event.blocking and not event.passed and event.severity == AssetCheckSeverity.ERROR
+    )
 
 
 def _failure(result) -> str:

@@ -196,7 +196,9 @@ class SyncSettings(_Strict):
     frequency: Literal["hourly", "daily", "weekly", "monthly"] | None = None
     start: datetime | None = None
     historical_start: datetime | None = None
-    lookback: timedelta = timedelta(0)
+    # How far before its window a run reads again, so that late rows arrive: a duration for a time iterator,
+    # a count of ids for an integer one; None (the default) is one window back, or the previous range.
+    lookback: timedelta | int | None = None
     environment: Literal["production", "development"] = "production"
     input_protection: Literal["create_and_update", "update_only", "read_only"] = "create_and_update"
     paused: bool = False
@@ -238,18 +240,34 @@ class SyncSettings(_Strict):
             raise ValueError(_DATE_RANGE)
         return value
 
-    @field_validator("lookback", "delay_alert", mode="before")
+    @field_validator("delay_alert", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            match = _DURATION.match(value.strip())
-            if not match:
-                raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
-            try:
-                return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
-            except OverflowError:
-                raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w, of at most 999999999d") from None
-        return value
+        return _parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _lookback(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        is_count = isinstance(value, int) and not isinstance(value, bool)
+        if info.data.get("iterator_type") == "integer":
+            if not is_count:
+                raise ValueError(
+                    "an integer iterator's lookback is a count of ids, such as 0 (none) or 1000; "
+                    "by default a run reads the previous range again"
+                )
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if isinstance(value, timedelta):
+            return value
+        # A bare 0 is unambiguous: no lookback. Any other bare number lacks its unit.
+        if is_count and value == 0:
+            return timedelta(0)
+        if not isinstance(value, str):
+            raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
+        return _parse_duration(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> SyncSettings:
@@ -260,8 +278,6 @@ class SyncSettings(_Strict):
                 raise ValueError("iterator_type: required when mode is incremental")
         elif self.mode == "full" and (self.iterator or self.iterator_type):
             raise ValueError("iterator/iterator_type: only for mode incremental")
-        if self.iterator_type == "integer" and self.lookback:
-            raise ValueError("lookback: only for time iterators; an integer iterator reads each value once")
         if self.schedule == "interval" and not self.frequency:
             raise ValueError("frequency: required when schedule is interval (hourly, daily, weekly, monthly)")
         if self.schedule in ("interval", "once") and not self.start:
@@ -286,7 +302,7 @@ class SyncSettings(_Strict):
             )
         if self.frequency == "monthly" and self.start and self.start.day > 28:
             raise ValueError("start: a monthly sync starts on day 1 to 28, so every month has that day")
-        if self.lookback < timedelta(0):
+        if isinstance(self.lookback, timedelta) and self.lookback < timedelta(0):
             raise ValueError("lookback: must not be negative")
         if self.mirror and self.mode != "full":
             raise ValueError("mirror: only for mode full, which reads the whole model each run")
@@ -312,6 +328,16 @@ class SyncSettings(_Strict):
         return self.historical_start or self.start  # type: ignore[return-value]
 
 
+def _parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
+    try:
+        return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w, of at most 999999999d") from None
+
+
 def _has_time_of_day(moment: datetime | None) -> bool:
     return moment is not None and moment.time() != time()
 
@@ -324,6 +350,15 @@ class Checks(_Strict):
     """Thresholds of the sync's asset checks."""
 
     max_reject_rate: float = Field(0.05, ge=0, le=1)
+    # Over max_reject_rate, a run delivers nothing (instead of delivering and failing the check).
+    block_on_reject_rate: bool = False
+
+    @field_validator("block_on_reject_rate", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError("true or false")
+        return value
 
 
 class ProfileStoreDestination(_Strict):

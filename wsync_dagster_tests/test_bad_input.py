@@ -1066,3 +1066,58 @@ def test_a_sync_file_that_breaks_the_loader_gets_one_clear_line_without_its_sql(
     monkeypatch.setattr(capsys, "readouterr", lambda: seen.append(read()) or seen[-1])
     test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)
     assert seen and not any("PLNT" in captured.out + captured.err for captured in seen)
+
+
+# --- issue 16 (items 3 and 6): the lookback of each iterator, and the reject-rate block ---
+# Appended as one block with its own test (the same checks) so that other blocks merge beside it.
+_INTEGER = {"iterator_type": "integer"}
+_COUNT_OF_IDS = (
+    "an integer iterator's lookback is a count of ids, such as 0 (none) or 1000; by default a run reads the "
+    "previous range again"
+)
+
+LOOKBACK_AND_BLOCK_CASES: list[Case] = [
+    Case(
+        "time_lookback_without_a_unit",
+        VALIDATE,
+        "✗ {sync_file}: sync.lookback: a duration such as 0s, 30m, 2h, 1d or 1w",
+        sync={"sync": {"lookback": 3}},
+    ),
+    Case(
+        "integer_lookback_that_is_a_duration",
+        VALIDATE,
+        f"✗ {{sync_file}}: sync.lookback: {_COUNT_OF_IDS}",
+        sync={"sync": {**_INTEGER, "lookback": "1h"}},
+    ),
+    Case(
+        "integer_lookback_below_zero",
+        VALIDATE,
+        "✗ {sync_file}: sync.lookback: must not be negative",
+        sync={"sync": {**_INTEGER, "lookback": -5}},
+    ),
+    Case(
+        "run_with_an_integer_lookback_that_is_a_duration",
+        RUN,
+        f"wsync run: {{sync_file}}: sync.lookback: {_COUNT_OF_IDS}",
+        sync={"sync": {**_INTEGER, "lookback": "1h"}},
+    ),
+    Case(
+        "block_on_reject_rate_that_is_not_true_or_false",
+        VALIDATE,
+        "✗ {sync_file}: checks.block_on_reject_rate: true or false",
+        sync={"checks": {"block_on_reject_rate": "sometimes"}},
+    ),
+    Case(
+        "run_with_block_on_reject_rate_that_is_a_number",
+        RUN,
+        "wsync run: {sync_file}: checks.block_on_reject_rate: true or false",
+        sync={"checks": {"block_on_reject_rate": 1}},
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LOOKBACK_AND_BLOCK_CASES, ids=[case.id for case in LOOKBACK_AND_BLOCK_CASES])
+def test_a_bad_lookback_or_reject_rate_block_gets_one_clear_line(
+    case: Case, good_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    test_bad_input_gets_one_clear_line_and_changes_nothing(case, good_world, tmp_path, monkeypatch, capsys)

@@ -72,7 +72,7 @@ def test_each_run_reads_only_the_values_above_the_last_range(
     shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     warehouse = make_warehouse(ORDERS_SQL)
-    write_sync(integer_sync(warehouse))
+    write_sync(integer_sync(warehouse, lookback=0))  # no re-read of the previous range (test_late_rows.py)
 
     assert main(["run", "crm_users"]) == 0
     first = capsys.readouterr().out
@@ -156,7 +156,7 @@ def test_a_partition_that_is_not_a_range_is_refused(
 @pytest.mark.parametrize(
     ("settings", "sql", "message"),
     [
-        ({"lookback": "1h"}, None, "lookback: only for time iterators"),
+        ({"lookback": "1h"}, None, "sync.lookback: an integer iterator's lookback is a count of ids"),
         (
             {},
             "SELECT customer_id, email, plan, CAST(seq AS VARCHAR) AS seq FROM crm.users",

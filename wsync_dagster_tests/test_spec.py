@@ -14,7 +14,7 @@ def test_valid_sync_file_loads_with_defaults(write_sync, tmp_path):
     spec = load_sync_file(write_sync(user_sync(tmp_path / "w.duckdb", sync={"schedule": "on_demand"})))
     assert spec.description == ""
     assert spec.mapping is None
-    assert spec.sync.lookback == timedelta(0)
+    assert spec.sync.lookback is None  # by default, one window back
     assert spec.sync.environment == "production"
     assert spec.sync.input_protection == "create_and_update"
     assert spec.sync.paused is False

@@ -81,7 +81,7 @@ def test_lookback_rereads_rows_that_arrived_late(make_warehouse, write_sync):
 
 def test_without_lookback_a_late_row_waits_for_its_own_window(make_warehouse, write_sync):
     warehouse = make_warehouse(USERS_SQL)
-    spec = load_sync_file(write_sync(user_sync(warehouse)))
+    spec = load_sync_file(write_sync(user_sync(warehouse, sync={"lookback": "0s"})))
     assert _materialize(spec, "2024-01-01").success
     with duckdb.connect(str(warehouse)) as connection:
         connection.execute(
@@ -275,7 +275,8 @@ def test_every_time_iterator_type_reads_its_window(make_warehouse, write_sync, i
             user_sync(
                 make_warehouse(ITERATOR_TYPES_SQL),
                 data_model={"sql": f"SELECT customer_id, {iterator} FROM crm.users"},
-                sync={"iterator": iterator, "iterator_type": iterator_type},
+                # Without lookback, so the window's own bounds are what is read.
+                sync={"iterator": iterator, "iterator_type": iterator_type, "lookback": "0s"},
             )
         )
     )

@@ -26,6 +26,7 @@ from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.pipeline import (
+    MapCounts,
     OpenReader,
     deliver_partitions,
     map_counts_by_partition,
@@ -76,6 +77,21 @@ def _preview_markdown(profiles: list[dict], values: bool) -> str:
             shown = (", ".join(identities), ", ".join(name for name, _ in attributes))
         lines.append(f"| {profile['profile_id']} | {shown[0]} | {shown[1]} |".replace("\n", " "))
     return "\n".join(lines)
+
+
+def reject_rate_failure(spec: SyncSpec, counts: MapCounts, batches: BatchFile) -> str:
+    """Why the reject-rate check failed; a blocked delivery says so, and names the most common reason, since
+    its rejects never reach the store that `wsync rejects` reads."""
+    share = f"{counts.reject_rate:.1%} of rows rejected ({counts.rows_rejected:,} of {counts.rows_read:,})"
+    if not spec.checks.block_on_reject_rate:
+        return f"{share}; see `wsync rejects {spec.name}`"
+    reasons = batches.rejects().column("reason").value_counts().to_pylist()
+    top = max(reasons, key=lambda entry: entry["counts"], default=None)
+    most = f"; most often: {top['values']} ({top['counts']:,} rows)" if top else ""
+    return (
+        f"delivery blocked: {share}, over checks.max_reject_rate {spec.checks.max_reject_rate:.1%}, and "
+        f"checks.block_on_reject_rate is true: nothing was written to the profile store{most}"
+    )
 
 
 def data_delay_result(
@@ -175,7 +191,10 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             AssetCheckSpec(
                 REJECT_RATE_CHECK,
                 asset=mapped_key(spec),
-                description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}",
+                description=f"Rejected rows stay under {spec.checks.max_reject_rate:.1%}"
+                + ("; over it, the run delivers nothing" if spec.checks.block_on_reject_rate else ""),
+                # Failing with severity ERROR, a blocking check keeps the run's delivery step from running.
+                blocking=spec.checks.block_on_reject_rate,
             ),
             *delay_check,
         ],
@@ -216,7 +235,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                     },
                     description=None
                     if passed
-                    else (f"{counts.reject_rate:.1%} of rows rejected; see `wsync rejects {spec.name}`"),
+                    else reject_rate_failure(spec, counts, batch_file(spec, scope.label)),
                 ),
                 *([data_delay_result(spec, open_reader=warehouse.open)] if delay_check else []),
             ],

@@ -57,7 +57,12 @@ class TimeWindows:
             for key, window in zip(context.partition_keys, windows, strict=True)
         ]
         span = context.partition_time_window
-        return RunScope(label, partitions, iterator_window(self.spec.sync, span.start, span.end))
+        # The window before the run's first: what the default lookback reads again.
+        before = partitions_def.get_prev_partition_window(span.start, respect_bounds=False)
+        previous_start = before.start if before is not None else span.start
+        return RunScope(
+            label, partitions, iterator_window(self.spec.sync, span.start, span.end, previous_start)
+        )
 
     def trigger(self, job: SyncJob) -> ScheduleDefinition | SensorDefinition | None:
         """`interval`: a schedule from `start`; `once`: a sensor for one run over every complete window."""

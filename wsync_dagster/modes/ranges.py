@@ -19,7 +19,7 @@ from dagster import (
     sensor,
 )
 
-from wsync_dagster.iterators import IntegerWindow
+from wsync_dagster.iterators import IntegerWindow, integer_window
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.pipeline import Partition, iterator_extent
 from wsync_dagster.spec import SyncSpec
@@ -43,8 +43,15 @@ def parse_range_key(key: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+def previous_first(keys: Iterable[str], first: int) -> int | None:
+    """Where the range just below `first` starts, among these range keys; None when there is none."""
+    below = [parsed for key in keys if (parsed := parse_range_key(key)) and parsed[1] < first]
+    return max(below, key=lambda parsed: parsed[1])[0] if below else None
+
+
 class IntegerRanges:
-    """Each run reads the values above the last range's end, up to the newest value: nothing twice."""
+    """Each run takes the values above the last range's end, up to the newest value, and reads the previous
+    range again (or `lookback` ids) for ids that committed out of order below it."""
 
     def __init__(self, spec: SyncSpec):
         self.spec = spec
@@ -58,11 +65,13 @@ class IntegerRanges:
         return None
 
     def scope(self, context: AssetExecutionContext) -> RunScope:
-        """The run's range of values; a row's version is its iterator value."""
+        """The run's range of values, and the read reaching back by lookback; a row's version is its value."""
         key = context.partition_key
         first, last = self._parse(key, "partition")
-        window = IntegerWindow(first, last + 1)
-        return RunScope(key, [Partition(key, window.micros)], window)
+        own = IntegerWindow(first, last + 1)
+        known = context.instance.get_dynamic_partitions(self.partitions().name)
+        read = integer_window(self.spec.sync, first, last, previous_first(known, first))
+        return RunScope(key, [Partition(key, own.micros)], read)
 
     def next_range(self, instance: DagsterInstance, delivered: Iterable[str] = ()) -> str | None:
         """The key of the values above every known range (the instance's, and those the store delivered),
@@ -114,16 +123,20 @@ class IntegerRanges:
     ) -> list[PlannedRun]:
         """`--partition FIRST_LAST`, or every added range not yet delivered and then the next one."""
         name = self.partitions().name
+        delivered = store.delivered_partitions(self.spec.name, self.spec.sync.environment)
         if partition:
             self._parse(partition, "--partition")
             keys = [partition]
         else:
-            delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
-            keys = [key for key in instance.get_dynamic_partitions(name) if key not in delivered]
+            keys = [key for key in instance.get_dynamic_partitions(name) if key not in set(delivered)]
             if (key := self.next_range(instance, delivered)) is not None:
                 keys.append(key)
         known = set(instance.get_dynamic_partitions(name))
-        instance.add_dynamic_partitions(name, [key for key in keys if key not in known])
+        # Ranges the store delivered are made known too: a run finds the range before its own there.
+        ranges = [key for key in delivered if parse_range_key(key)]
+        instance.add_dynamic_partitions(
+            name, [key for key in dict.fromkeys([*ranges, *keys]) if key not in known]
+        )
         return [PlannedRun(key, {"partition_key": key}) for key in keys]
 
     def _parse(self, key: str, what: str) -> tuple[int, int]:

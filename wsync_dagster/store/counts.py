@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, fields
 class DeliveryCounts:
     """Counts of one batch or one delivery; batches add up to their delivery."""
 
-    # Rows: every mapped row is applied, unchanged (full mode), skipped, an identity conflict, or suppressed.
+    # Rows: every mapped row is applied, unchanged (full mode, incremental users: fingerprinted), skipped,
+    # an identity conflict, or suppressed.
     rows: int = 0
     rows_applied: int = 0
     rows_unchanged: int = 0

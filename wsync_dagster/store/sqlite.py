@@ -51,8 +51,8 @@ WHERE held.profile_id IN (
 )
 """
 
-_UNCHANGED_ROW_KEYS = """
-SELECT s.row_key
+_UNCHANGED_ROWS = """
+SELECT s.row_key, s.fingerprint
 FROM stage_fingerprint AS s
 JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row_key
 WHERE f.fingerprint = s.fingerprint
@@ -550,15 +550,15 @@ class Delivery:
 
     def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """The rows whose fingerprint differs from the stored one, and the unchanged rest."""
-        row_keys = batch.column(b.ROW_KEY)
-        self._db.stage(
-            "stage_fingerprint",
-            pa.table({"row_key": row_keys, "fingerprint": batch.column(b.FINGERPRINT)}),
-        )
-        unchanged = [key for (key,) in self._db.rows(_UNCHANGED_ROW_KEYS, (self._sync, self._environment))]
+        row_keys, fingerprints = batch.column(b.ROW_KEY), batch.column(b.FINGERPRINT)
+        self._db.stage("stage_fingerprint", pa.table({"row_key": row_keys, "fingerprint": fingerprints}))
+        stored = self._db.rows(_UNCHANGED_ROWS, (self._sync, self._environment))
+        unchanged = [f"{key} {fingerprint}" for key, fingerprint in stored]
         if not unchanged:
             return batch, batch.slice(0, 0)
-        same = pc.is_in(row_keys, value_set=pa.array(unchanged, pa.string()))
+        # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
+        pairs = pc.binary_join_element_wise(row_keys, fingerprints, " ")
+        same = pc.is_in(pairs, value_set=pa.array(unchanged, pa.string()))
         return batch.filter(pc.invert(same)), batch.filter(same)
 
     def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
@@ -934,13 +934,17 @@ class Delivery:
 
 
 def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
-    """Row key, fingerprint and version, once per row key. Rows of one key that differ store NO_FINGERPRINT:
-    all of them are applied again next run, where the tie rule settles them, rather than only the one
-    whose fingerprint was not stored (which would win alone, on its newer version)."""
+    """Row key, fingerprint and version, once per row key: that of the key's newest rows. Newest rows of one
+    key that differ store NO_FINGERPRINT: all of them are applied again next run, where the tie rule settles
+    them, rather than only the one whose fingerprint was not stored (which would win alone). Older rows of
+    the key (an incremental read of several changes) are applied again and lose on their version."""
     rows = pa.table({"row_key": batch.column(b.ROW_KEY), "fingerprint": batch.column(b.FINGERPRINT)})
     rows = rows.append_column("version", batch.column(b.VERSION))
     if len(pc.unique(rows.column("row_key"))) == rows.num_rows:
         return rows
+    newest = rows.group_by("row_key", use_threads=False).aggregate([("version", "max")])
+    rows = rows.join(newest, "row_key", use_threads=False)
+    rows = rows.filter(pc.equal(rows.column("version"), rows.column("version_max")))
     per_key = rows.group_by("row_key", use_threads=False).aggregate(
         [("fingerprint", "min"), ("fingerprint", "max"), ("version", "max")]
     )
