@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -367,11 +366,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wsync` console script."""
+    from wsync_dagster.cancellation import stop_signals_cancel_queries
+
     args = _parser().parse_args(argv)
-    # SIGTERM stops a command as Ctrl-C does: open transactions roll back and one line says so.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM stops a command as Ctrl-C does: a warehouse query under way is cancelled on the warehouse,
+    # open transactions roll back and one line says so.
     try:
-        return args.func(args)
+        with stop_signals_cancel_queries():
+            return args.func(args)
     except KeyboardInterrupt as interrupt:
         print(f"wsync {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -381,8 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ValueError, RuntimeError, OSError) as error:
         print(f"wsync {args.command}: {error}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

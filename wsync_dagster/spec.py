@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
+from wsync_dagster.durations import parse_duration
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml
 from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
@@ -45,7 +46,6 @@ EVENT_FIELDS = (
 )
 UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
-_DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECRET_KEY = re.compile(
     r"password|passwd|passphrase|secret|token|api_?key|private_key|credential|access_key", re.IGNORECASE
 )
@@ -58,7 +58,6 @@ _FREQUENCY_SPAN = {
     "weekly": timedelta(weeks=1),
     "monthly": timedelta(days=31),
 }
-_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class SyncSpecError(ValueError):
@@ -218,12 +217,7 @@ class SyncSettings(_Strict):
     @field_validator("lookback", "delay_alert", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            match = _DURATION.match(value.strip())
-            if not match:
-                raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
-            return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
-        return value
+        return parse_duration(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> SyncSettings:
