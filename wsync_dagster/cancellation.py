@@ -98,7 +98,9 @@ def stop_signals_cancel_queries() -> Iterator[None]:
     wakeup, writer = socket.socketpair()
     writer.setblocking(False)
     previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    listener = threading.Thread(target=_cancel_queries, args=(wakeup,), name="wsync-stop-signals", daemon=True)
+    listener = threading.Thread(
+        target=_cancel_queries, args=(wakeup,), name="wsync-stop-signals", daemon=True
+    )
     listener.start()
     try:
         yield

@@ -112,16 +112,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args.sync)
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
-    logging.getLogger("wsync").addHandler(progress)
     logging.getLogger("wsync").setLevel(logging.INFO)
-    instance = open_instance()
-    store = _open_store()
+    # Progress lines for this command only: a handler left behind would write to a stream gone since.
+    logging.getLogger("wsync").addHandler(progress)
     try:
-        report = run_sync(
-            spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
-        )
+        instance = open_instance()
+        store = _open_store()
+        try:
+            report = run_sync(
+                spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
+            )
+        finally:
+            store.close()
     finally:
-        store.close()
+        logging.getLogger("wsync").removeHandler(progress)
     if not report.partitions:
         print(f"{spec.name}: up to date, no complete partition is due")
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from dagster import (
     DagsterInstance,
 )
 
+from wsync_dagster.cancellation import QueryStopped
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.pools import warehouse_pool
@@ -20,6 +22,8 @@ from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
+from wsync_dagster.run_lock import one_run_at_a_time
+from wsync_dagster.settings import lock_timeout
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
@@ -27,6 +31,8 @@ from wsync_dagster.store import ProfileStore
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # The daemon must not re-run a run behind the back of the terminal that started it (and saw it fail).
 MAX_RETRIES_TAG = "dagster/max_retries"
+# A step that failed with one of these was interrupted (a stop signal), not broken.
+_INTERRUPTS = {DagsterExecutionInterruptedError.__name__, KeyboardInterrupt.__name__, QueryStopped.__name__}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -61,7 +67,21 @@ def run_sync(
     now: datetime | None = None,
     allow_mass_removal: bool = False,
 ) -> RunReport:
-    """Check the mapping, then materialize the sync's job for one partition or all that are due."""
+    """Check the mapping, then materialize the sync's job for one partition or all that are due; a run of the
+    same sync under way (another process) is waited for first."""
+    with one_run_at_a_time(spec.name, spec.sync.environment, lock_timeout(), logger.info):
+        return _run_sync(spec, store, instance, partition, store_url, now, allow_mass_removal)
+
+
+def _run_sync(
+    spec: SyncSpec,
+    store: ProfileStore,
+    instance: DagsterInstance,
+    partition: str | None,
+    store_url: str | None,
+    now: datetime | None,
+    allow_mass_removal: bool,
+) -> RunReport:
     for abandoned in recover_abandoned_runs(instance):
         logger.info(str(abandoned))
     check_mapping(spec)
@@ -116,7 +136,7 @@ def _interrupted(result) -> bool:
     return any(
         event.is_step_failure
         and event.step_failure_data.error is not None
-        and event.step_failure_data.error.cls_name == DagsterExecutionInterruptedError.__name__
+        and event.step_failure_data.error.cls_name in _INTERRUPTS
         for event in result.all_events
     )
 
@@ -158,5 +178,7 @@ def _failure(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause
-            return error.message.strip()
+            # Dagster's message opens with the exception's dotted class name: the line says what, not which class.
+            message = error.message.strip()
+            return re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}: ", "", message)
     return "see the run's logs"
