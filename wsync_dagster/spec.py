@@ -23,7 +23,7 @@ from wsync_dagster.data_model import DataModelError, change_model_table, check_r
 from wsync_dagster.durations import parse_duration
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml
-from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
+from wsync_dagster.warehouses import CONNECTIONS, ConnectionSpec, warehouse_types
 
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 CUSTOM_EVENT_TYPES = (
@@ -536,9 +536,13 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "destination": ProfileStoreDestination,
                 "checks": Checks,
             }[part]
-    # A key that would shadow a pydantic attribute (`schema`) is a field with that alias.
+    # A key that would shadow a pydantic attribute (`schema`) is a field with that alias; the keys every
+    # connection takes (query_timeout) come after the warehouse's own.
+    shared = ConnectionSpec.model_fields if issubclass(model, ConnectionSpec) else {}
+    names = [name for name in model.model_fields if name != "source_file"]
     return ", ".join(
-        field.alias or name for name, field in model.model_fields.items() if name != "source_file"
+        model.model_fields[name].alias or name
+        for name in [*(n for n in names if n not in shared), *(n for n in names if n in shared)]
     )
 
 

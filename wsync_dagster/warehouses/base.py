@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol, get_args
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
+from wsync_dagster.cancellation import QueryStopped, QueryWatch
 from wsync_dagster.data_model import SourceTable
 from wsync_dagster.durations import describe_duration, parse_duration
 
@@ -30,6 +31,15 @@ def query_timeout_error(warehouse: str, timeout: timedelta) -> WarehouseError:
         f"connection.query_timeout: the data model's query on the {warehouse} ran longer than "
         f"{describe_duration(timeout)} and was cancelled; raise query_timeout or make the model faster"
     )
+
+
+def cancelled_error(watch: QueryWatch, warehouse: str, timeout: timedelta) -> BaseException | None:
+    """Why a cancelled query failed: a stop signal (an interrupt) or its query_timeout; None when neither."""
+    if watch.stopped:
+        return QueryStopped(f"the query on the {warehouse} was cancelled")
+    if watch.timed_out:
+        return query_timeout_error(warehouse, timeout)
+    return None
 
 
 class EnvValue(BaseModel):
