@@ -126,7 +126,7 @@ class DatabricksWarehouse:
     def _cursor(self, query: str, parameters: list):
         cursor = self._connection.cursor()
         # A stop signal or query_timeout cancels the statement on the warehouse (not tried against a real one).
-        with watched_query(cursor.cancel, self._query_timeout) as watch:
+        with watched_query(lambda: cursor.cancel(), self._query_timeout) as watch:
             try:
                 cursor.execute(query, parameters or None)
             except self._error as failure:
