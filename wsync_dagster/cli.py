@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,19 +113,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args.sync)
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
-    logging.getLogger("wsync").addHandler(progress)
     logging.getLogger("wsync").setLevel(logging.INFO)
-    instance = open_instance()
-    store = _open_store()
+    # Progress lines for this command only: a handler left behind would write to a stream gone since.
+    logging.getLogger("wsync").addHandler(progress)
     try:
-        report = run_sync(
-            spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
-        )
+        instance = open_instance()
+        store = _open_store()
+        try:
+            report = run_sync(
+                spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
+            )
+        finally:
+            store.close()
     except DeliveryBlocked as blocked:
         print(f"wsync run: {blocked}", file=sys.stderr)
         return EXIT_BLOCKED
     finally:
-        store.close()
+        logging.getLogger("wsync").removeHandler(progress)
     if not report.partitions:
         print(f"{spec.name}: up to date, no complete partition is due")
         return 0
@@ -371,11 +374,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wsync` console script."""
+    from wsync_dagster.cancellation import stop_signals_cancel_queries
+
     args = _parser().parse_args(argv)
-    # SIGTERM stops a command as Ctrl-C does: open transactions roll back and one line says so.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM stops a command as Ctrl-C does: a warehouse query under way is cancelled on the warehouse,
+    # open transactions roll back and one line says so.
     try:
-        return args.func(args)
+        with stop_signals_cancel_queries():
+            return args.func(args)
     except KeyboardInterrupt as interrupt:
         print(f"wsync {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -385,8 +391,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ValueError, RuntimeError, OSError) as error:
         print(f"wsync {args.command}: {error}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dagster import (
     DagsterInstance,
 )
 
+from wsync_dagster.cancellation import QueryStopped
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.pools import warehouse_pool
@@ -21,15 +22,17 @@ from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
+from wsync_dagster.run_lock import one_run_at_a_time
+from wsync_dagster.settings import lock_timeout
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
 # A failed step's stack trace stays in the run's logs; the command prints one line per failure.
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-# wsync's own exceptions as Dagster records them ("wsync_dagster.module.Class: message").
-_OWN_ERROR = re.compile(r"\Awsync_dagster\.[\w.]+: ")
 # The daemon must not re-run a run behind the back of the terminal that started it (and saw it fail).
 MAX_RETRIES_TAG = "dagster/max_retries"
+# A step that failed with one of these was interrupted (a stop signal), not broken.
+_INTERRUPTS = {DagsterExecutionInterruptedError.__name__, KeyboardInterrupt.__name__, QueryStopped.__name__}
 
 
 class DeliveryBlocked(RunError):
@@ -68,7 +71,21 @@ def run_sync(
     now: datetime | None = None,
     allow_mass_removal: bool = False,
 ) -> RunReport:
-    """Check the mapping, then materialize the sync's job for one partition or all that are due."""
+    """Check the mapping, then materialize the sync's job for one partition or all that are due; a run of the
+    same sync under way (another process) is waited for first."""
+    with one_run_at_a_time(spec.name, spec.sync.environment, lock_timeout(), logger.info):
+        return _run_sync(spec, store, instance, partition, store_url, now, allow_mass_removal)
+
+
+def _run_sync(
+    spec: SyncSpec,
+    store: ProfileStore,
+    instance: DagsterInstance,
+    partition: str | None,
+    store_url: str | None,
+    now: datetime | None,
+    allow_mass_removal: bool,
+) -> RunReport:
     for abandoned in recover_abandoned_runs(instance):
         logger.info(str(abandoned))
     check_mapping(spec)
@@ -128,7 +145,7 @@ def _interrupted(result) -> bool:
     return any(
         event.is_step_failure
         and event.step_failure_data.error is not None
-        and event.step_failure_data.error.cls_name == DagsterExecutionInterruptedError.__name__
+        and event.step_failure_data.error.cls_name in _INTERRUPTS
         for event in result.all_events
     )
 
@@ -179,6 +196,7 @@ def _failure(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause
-            # wsync's own errors are one line that says it all: without their module and class.
-            return _OWN_ERROR.sub("", error.message.strip(), count=1)
+            # Dagster's message opens with the exception's dotted class name: the line says what, not which class.
+            message = error.message.strip()
+            return re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}: ", "", message)
     return "see the run's logs"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
+
+from wsync_dagster.durations import parse_duration
+
+DEFAULT_LOCK_TIMEOUT = "30m"
 
 
 def syncs_dir() -> Path:
@@ -29,3 +34,19 @@ def profile_store_kind(url: str | None = None) -> str:
 def batches_dir(sync: str, environment: str) -> Path:
     """Where the mapped batch files of one sync and environment live."""
     return state_dir() / "batches" / environment / sync
+
+
+def lock_timeout() -> timedelta:
+    """How long a run waits for a lock (the same sync's run under way, a lock on a PostgreSQL store):
+    WSYNC_LOCK_TIMEOUT, else 30m."""
+    text = os.environ.get("WSYNC_LOCK_TIMEOUT", "").strip() or DEFAULT_LOCK_TIMEOUT
+    try:
+        span = parse_duration(text)
+    except ValueError:
+        span = timedelta(0)
+    if span <= timedelta(0):
+        raise ValueError(
+            f"WSYNC_LOCK_TIMEOUT: {text!r} is not a duration above 0s such as 30s, 30m or 2h "
+            f"(default {DEFAULT_LOCK_TIMEOUT})"
+        )
+    return span

@@ -20,9 +20,10 @@ from pydantic import (
 )
 
 from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
+from wsync_dagster.durations import parse_duration
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml, shown_key
-from wsync_dagster.warehouses import CONNECTIONS, warehouse_types
+from wsync_dagster.warehouses import CONNECTIONS, ConnectionSpec, warehouse_types
 
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 CUSTOM_EVENT_TYPES = (
@@ -46,7 +47,6 @@ EVENT_FIELDS = (
 UNMAPPED = "$unmapped"
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 NAME_MAX_LENGTH = 128
-_DURATION = re.compile(r"(\d+)\s*([smhdw])\Z")
 _SECRET_KEY = re.compile(
     r"password|passwd|passphrase|secret|token|api_?key|private_key|credential|access_key", re.IGNORECASE
 )
@@ -59,7 +59,6 @@ _FREQUENCY_SPAN = {
     "weekly": timedelta(weeks=1),
     "monthly": timedelta(days=31),
 }
-_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # Partitions step a day or a month past either end of a sync's history: keep it far from datetime's limits.
 _EARLIEST, _LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 _DATE_RANGE = "a date from 1900-01-01 to 2999-12-31"
@@ -243,7 +242,7 @@ class SyncSettings(_Strict):
     @field_validator("delay_alert", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
-        return _parse_duration(value) if isinstance(value, str) else value
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("lookback", mode="before")
     @classmethod
@@ -267,7 +266,7 @@ class SyncSettings(_Strict):
             return timedelta(0)
         if not isinstance(value, str):
             raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
-        return _parse_duration(value)
+        return parse_duration(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> SyncSettings:
@@ -326,16 +325,6 @@ class SyncSettings(_Strict):
     def history_start(self) -> datetime:
         """How far back history is loaded: historical_start, else start."""
         return self.historical_start or self.start  # type: ignore[return-value]
-
-
-def _parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w")
-    try:
-        return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
-    except OverflowError:
-        raise ValueError("a duration such as 0s, 30m, 2h, 1d or 1w, of at most 999999999d") from None
 
 
 def _has_time_of_day(moment: datetime | None) -> bool:
@@ -612,9 +601,13 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
                 "destination": ProfileStoreDestination,
                 "checks": Checks,
             }[part]
-    # A key that would shadow a pydantic attribute (`schema`) is a field with that alias.
+    # A key that would shadow a pydantic attribute (`schema`) is a field with that alias; the keys every
+    # connection takes (query_timeout) come after the warehouse's own.
+    shared = ConnectionSpec.model_fields if issubclass(model, ConnectionSpec) else {}
+    names = [name for name in model.model_fields if name != "source_file"]
     return ", ".join(
-        field.alias or name for name, field in model.model_fields.items() if name != "source_file"
+        model.model_fields[name].alias or name
+        for name in [*(n for n in names if n not in shared), *(n for n in names if n in shared)]
     )
 
 

@@ -388,6 +388,25 @@ CASES: list[Case] = [
         "✗ {sync_file}: sync.lookback: a duration such as 0s, 30m, 2h, 1d or 1w",
         sync={"sync": {"lookback": "a while"}},
     ),
+    *(
+        Case(
+            f"query_timeout_{name}",
+            VALIDATE,
+            "✗ {sync_file}: connection.query_timeout: a duration above 0s such as 30m, 6h or 1d (default 6h)",
+            sync={"connection": {"query_timeout": value}},
+        )
+        for name, value in (
+            ("that_is_not_a_duration", "a while"),
+            ("of_zero", "0s"),
+            ("as_a_bare_number", 30),
+        )
+    ),
+    Case(
+        "lock_timeout_that_is_not_a_duration",
+        RUN,
+        "wsync run: WSYNC_LOCK_TIMEOUT: 'soon' is not a duration above 0s such as 30s, 30m or 2h (default 30m)",
+        env={"WSYNC_LOCK_TIMEOUT": "soon"},
+    ),
     Case(
         "reject_rate_above_one",
         VALIDATE,

@@ -8,16 +8,20 @@ wait for each other. Everything a delivery writes is one transaction: a killed r
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.csv as csv
 
+from wsync_dagster.settings import lock_timeout
 from wsync_dagster.store.backend import Params
+from wsync_dagster.store.lock_waits import LOCK_NOT_AVAILABLE, LockWaitWatch
 from wsync_dagster.store.schema import SCHEMA_VERSION, STAGING, TABLES, UPGRADES
 
 # The SQLite DDL, in PostgreSQL's words: 64-bit integers (versions are epoch µs), no rowid tables.
@@ -93,6 +97,7 @@ class PostgresBackend:
 
         self.url = url
         self.where = describe(url)
+        limit = lock_timeout()
         # libpq may quote the password as written or decoded: both are masked.
         written = urlsplit(url).password or ""
         self._passwords = sorted({written, unquote(written)} - {""}, key=len, reverse=True)
@@ -106,7 +111,18 @@ class PostgresBackend:
         self._conn.autocommit = False
         # Outside a delivery or a read, each statement's implicit transaction ends with it.
         self._holding = False
-        self._ensure_schema()
+        # Every lock wait of this connection ends at the limit, and says who it waits for after a second.
+        with self._conn.cursor() as cur:
+            cur.execute("SET lock_timeout = %s", (int(limit / timedelta(milliseconds=1)),))
+        self._conn.commit()
+        self._locks = LockWaitWatch(
+            dsn, self._conn.get_backend_pid(), self.where, limit, logging.getLogger("wsync").info
+        )
+        try:
+            self._ensure_schema()
+        except BaseException:
+            self.close()
+            raise
 
     def _clean(self, error: Exception) -> str:
         """The driver's message on one line, the password masked wherever it might appear."""
@@ -121,7 +137,7 @@ class PostgresBackend:
         import psycopg2
 
         try:
-            with self._conn.cursor() as cur:
+            with self._locks.statement(), self._conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('wsync schema'))")
                 cur.execute(_SCHEMA_TABLE)
                 cur.execute("SELECT max(version) FROM wsync_schema")
@@ -145,6 +161,8 @@ class PostgresBackend:
         except psycopg2.Error as error:
             self._conn.rollback()
             detail = self._clean(error)
+            if getattr(error, "pgcode", None) == LOCK_NOT_AVAILABLE:
+                raise PostgresStoreError(self._locks.gave_up()) from None
             if getattr(error, "pgcode", None) == "42501":  # insufficient_privilege
                 detail = f"no permission to create the store's tables ({detail}); grant CREATE on the schema"
             elif getattr(error, "pgcode", None) == "3F000":  # invalid_schema_name: no schema to create in
@@ -167,7 +185,7 @@ class PostgresBackend:
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the rows it changed."""
-        with self._conn.cursor() as cur:
+        with self._waiting(), self._conn.cursor() as cur:
             cur.execute(_pg(sql), params or None)
             changed = cur.rowcount
         self._end_alone()
@@ -175,11 +193,26 @@ class PostgresBackend:
 
     def rows(self, sql: str, params: Params = ()) -> list[tuple]:
         """Run a query; its rows."""
-        with self._conn.cursor() as cur:
+        with self._waiting(), self._conn.cursor() as cur:
             cur.execute(_pg(sql), params or None)
             found = cur.fetchall()
         self._end_alone()
         return found
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Around a statement that may wait for a lock: said while it waits, one line when it gives up."""
+        import psycopg2
+
+        try:
+            with self._locks.statement():
+                yield
+        except psycopg2.Error as error:
+            if error.pgcode != LOCK_NOT_AVAILABLE:
+                raise
+            if not self._holding:
+                self._conn.rollback()
+            raise PostgresStoreError(self._locks.gave_up()) from None
 
     def _end_alone(self) -> None:
         if not self._holding:
@@ -190,7 +223,7 @@ class PostgresBackend:
         buffer = io.BytesIO()
         csv.write_csv(data, buffer, csv.WriteOptions(include_header=False))
         buffer.seek(0)
-        with self._conn.cursor() as cur:
+        with self._waiting(), self._conn.cursor() as cur:
             cur.copy_expert(
                 f"COPY {table} ({', '.join(data.schema.names)}) FROM STDIN WITH (FORMAT csv)", buffer
             )
@@ -242,7 +275,7 @@ class PostgresBackend:
         """VACUUM the tables (outside a transaction), so the deleted rows' dead tuples go."""
         self._conn.autocommit = True
         try:
-            with self._conn.cursor() as cur:
+            with self._waiting(), self._conn.cursor() as cur:
                 for table in tables:
                     cur.execute(f"VACUUM {table}")
         finally:
@@ -301,6 +334,7 @@ class PostgresBackend:
 
     def close(self) -> None:
         """Close; an open delivery is rolled back."""
+        self._locks.close()
         self._conn.close()
 
     def __getstate__(self) -> dict[str, Any]:  # a connection does not travel between processes

@@ -4,17 +4,42 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, get_args
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
+from wsync_dagster.cancellation import QueryStopped, QueryWatch
 from wsync_dagster.data_model import SourceTable
+from wsync_dagster.durations import describe_duration, parse_duration
+
+# How long one read of a data model may take before it is cancelled on the warehouse, unless the
+# connection's query_timeout says otherwise (Hightouch's default, too).
+DEFAULT_QUERY_TIMEOUT = timedelta(hours=6)
+QUERY_TIMEOUT_FORM = "a duration above 0s such as 30m, 6h or 1d (default 6h)"
 
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be reached or cannot run the data model."""
+
+
+def query_timeout_error(warehouse: str, timeout: timedelta) -> WarehouseError:
+    """The one line for a read cancelled at the connection's query_timeout."""
+    return WarehouseError(
+        f"connection.query_timeout: the data model's query on the {warehouse} ran longer than "
+        f"{describe_duration(timeout)} and was cancelled; raise query_timeout or make the model faster"
+    )
+
+
+def cancelled_error(watch: QueryWatch, warehouse: str, timeout: timedelta) -> BaseException | None:
+    """Why a cancelled query failed: a stop signal (an interrupt) or its query_timeout; None when neither."""
+    if watch.stopped:
+        return QueryStopped(f"the query on the {warehouse} was cancelled")
+    if watch.timed_out:
+        return query_timeout_error(warehouse, timeout)
+    return None
 
 
 class EnvValue(BaseModel):
@@ -63,6 +88,24 @@ class ConnectionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dialect: ClassVar[str]  # sqlglot's name for the warehouse's SQL
+
+    query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT
+
+    @field_validator("query_timeout", mode="before")
+    @classmethod
+    def _positive_duration(cls, value: Any) -> timedelta:
+        if isinstance(value, str):
+            try:
+                value = parse_duration(value)
+            except ValueError:
+                raise ValueError(QUERY_TIMEOUT_FORM) from None
+        if not isinstance(value, timedelta) or value <= timedelta(0):
+            raise ValueError(QUERY_TIMEOUT_FORM)
+        return value
+
+    @field_serializer("query_timeout", when_used="json")
+    def _written(self, value: timedelta) -> str:
+        return describe_duration(value)
 
     @classmethod
     def type_name(cls) -> str:

@@ -7,15 +7,24 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 
+from wsync_dagster.cancellation import watched_query
 from wsync_dagster.data_model import SourceTable, probe_sql
-from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+from wsync_dagster.warehouses.base import (
+    DEFAULT_QUERY_TIMEOUT,
+    ConnectionSpec,
+    EnvValue,
+    Setting,
+    WarehouseError,
+    cancelled_error,
+    resolve,
+)
 
 logger = logging.getLogger("wsync")
 
@@ -67,6 +76,7 @@ class BigQueryConnection(ConnectionSpec):
             read_client,
             name=f"BigQuery project {project}" + (f" at {endpoint}" if endpoint else ""),
             default_dataset=default_dataset,
+            query_timeout=self.query_timeout,
         )
 
     def _credentials(self, endpoint: str | None):
@@ -182,7 +192,16 @@ class BigQueryWarehouse:
 
     dialect = "bigquery"
 
-    def __init__(self, client, read_client, *, name: str, default_dataset: str | None = None):
+    def __init__(
+        self,
+        client,
+        read_client,
+        *,
+        name: str,
+        default_dataset: str | None = None,
+        query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT,
+    ):
+        self._query_timeout = query_timeout
         self._client = client
         self._read_client = read_client
         self.name = name
@@ -234,13 +253,28 @@ class BigQueryWarehouse:
             query_parameters=query_parameters(params), default_dataset=self._default_dataset
         )
 
+        jobs = []
+
         def run():
             # job_retry=None: the library's own job retry would also wait 10 minutes for an absent host.
             job = self._client.query(sql, job_config=config, retry=self._retry, job_retry=None)
+            jobs.append(job)
             return job.result(page_size=page_size, retry=self._retry)
 
-        with self._errors():
-            return self._job_retry(run)()
+        def cancel() -> None:
+            if jobs:
+                jobs[-1].cancel()
+
+        # A stop signal or query_timeout cancels the job (not tried against BigQuery itself: the emulator
+        # answers at once).
+        with watched_query(cancel, self._query_timeout) as watch:
+            try:
+                with self._errors():
+                    return self._job_retry(run)()
+            except Exception:
+                if cancelled := cancelled_error(watch, self.name, self._query_timeout):
+                    raise cancelled from None
+                raise
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

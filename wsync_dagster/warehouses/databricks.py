@@ -13,8 +13,17 @@ import sqlglot
 from pydantic import Field
 from sqlglot import exp
 
+from wsync_dagster.cancellation import watched_query
 from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
-from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+from wsync_dagster.warehouses.base import (
+    DEFAULT_QUERY_TIMEOUT,
+    ConnectionSpec,
+    EnvValue,
+    Setting,
+    WarehouseError,
+    cancelled_error,
+    resolve,
+)
 
 # The window bounds' names in the SQL sent: Databricks binds named parameter markers.
 BOUND_NAMES = ("window_start", "window_end")
@@ -55,7 +64,7 @@ class DatabricksConnection(ConnectionSpec):
             )
         except sql.Error as error:
             raise WarehouseError(f"connection: cannot connect to {where}: {_one_line(error)}") from None
-        return DatabricksWarehouse(connection, where, sql.Error)
+        return DatabricksWarehouse(connection, where, sql.Error, self.query_timeout)
 
     def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
         """catalog.schema.table, the connection's catalog and schema (or `default`) filling the gaps."""
@@ -69,7 +78,14 @@ class DatabricksWarehouse:
 
     dialect = "databricks"
 
-    def __init__(self, connection, where: str, error: type[Exception]):
+    def __init__(
+        self,
+        connection,
+        where: str,
+        error: type[Exception],
+        query_timeout: dt.timedelta = DEFAULT_QUERY_TIMEOUT,
+    ):
+        self._query_timeout = query_timeout
         self._connection = connection
         self._where = where
         self._error = error
@@ -109,11 +125,14 @@ class DatabricksWarehouse:
 
     def _cursor(self, query: str, parameters: list):
         cursor = self._connection.cursor()
-        try:
-            cursor.execute(query, parameters or None)
-        except self._error as failure:
-            cursor.close()
-            raise self._model_error(failure, query) from None
+        # A stop signal or query_timeout cancels the statement on the warehouse (not tried against a real one).
+        with watched_query(lambda: cursor.cancel(), self._query_timeout) as watch:
+            try:
+                cursor.execute(query, parameters or None)
+            except self._error as failure:
+                cursor.close()
+                cancelled = cancelled_error(watch, self._where, self._query_timeout)
+                raise cancelled or self._model_error(failure, query) from None
         return cursor
 
     def _model_error(self, failure: Exception, query: str) -> WarehouseError:

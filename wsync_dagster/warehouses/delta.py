@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -11,7 +12,14 @@ from pydantic import field_validator
 from sqlglot import exp
 
 from wsync_dagster.data_model import SourceTable, source_tables
-from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+from wsync_dagster.warehouses.base import (
+    DEFAULT_QUERY_TIMEOUT,
+    ConnectionSpec,
+    EnvValue,
+    Setting,
+    WarehouseError,
+    resolve,
+)
 from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
 
 # Storage options that are credentials under names spec.py's secret rule does not know (Azure's keys).
@@ -70,7 +78,7 @@ class DeltaConnection(ConnectionSpec):
         options = {
             key: resolve(value, f"storage_options.{key}") for key, value in self.storage_options.items()
         }
-        return DeltaWarehouse(locations, options)  # type: ignore[arg-type]
+        return DeltaWarehouse(locations, options, self.query_timeout)  # type: ignore[arg-type]
 
     def location(self, table: SourceTable, base: Path) -> tuple[str, dict[str, str]]:
         """Where the Delta table the SQL names lies, and the storage options to reach it."""
@@ -108,7 +116,15 @@ class DeltaWarehouse(DuckDBWarehouse):
     reads the named Delta tables and nothing else.
     """
 
-    def __init__(self, locations: dict[tuple[str, ...], str], storage_options: dict[str, str]):
+    where = "Delta tables"
+
+    def __init__(
+        self,
+        locations: dict[tuple[str, ...], str],
+        storage_options: dict[str, str],
+        query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT,
+    ):
+        self.query_timeout = query_timeout
         self._open({name: _dataset(name, location, storage_options) for name, location in locations.items()})
 
     @classmethod

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 
+from wsync_dagster.cancellation import QueryStopped, QueryWatch, watched_query
 from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
-from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, WarehouseError, resolve
+from wsync_dagster.warehouses.base import (
+    DEFAULT_QUERY_TIMEOUT,
+    ConnectionSpec,
+    EnvValue,
+    WarehouseError,
+    query_timeout_error,
+    resolve,
+)
 
 # No file, URL, extension or other database beyond the warehouse file itself: even a data model
 # that slipped past the SQL check cannot read the local file system or the network.
@@ -34,7 +43,7 @@ class DuckDBConnection(ConnectionSpec):
 
     def open(self, base: Path) -> DuckDBWarehouse:
         """Open the file read-only."""
-        return DuckDBWarehouse(self.file(base))
+        return DuckDBWarehouse(self.file(base), self.query_timeout)
 
     def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
         """DuckDB names a file's database after the file: catalog.schema.table."""
@@ -49,13 +58,18 @@ class DuckDBWarehouse:
     """Reads a DuckDB file; read-only, so a model can never change the warehouse or read past it."""
 
     dialect = "duckdb"
+    # DuckDB has no statement timeout of its own: a timer interrupts a read that outlives this.
+    query_timeout = DEFAULT_QUERY_TIMEOUT
+    where = "duckdb warehouse"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT):
         import duckdb
 
         if not path.exists():
             raise WarehouseError(f"connection.path: the DuckDB warehouse file {path} does not exist")
         self.path = path
+        self.query_timeout = query_timeout
+        self.where = f"duckdb warehouse {path}"
         self._error = duckdb.Error
         try:
             self._connection = duckdb.connect(str(path), read_only=True, config=_CONFIG)
@@ -70,24 +84,40 @@ class DuckDBWarehouse:
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, from a zero-row probe."""
         query = probe_sql(sql)
-        try:
-            return self._connection.sql(query).to_arrow_table().schema
-        except self._error as error:
-            raise _model_error(error, query) from None
+        with self._watched() as watch:
+            try:
+                return self._connection.sql(query).to_arrow_table().schema
+            except Exception as error:
+                raise self._query_error(error, query, watch) from None
 
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
     ) -> Iterator[pa.RecordBatch]:
         """Stream the rows; DuckDB hands Arrow batches over without a copy per row."""
-        try:
-            reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
-            yield from reader
-        except self._error as error:
-            raise _model_error(error, sql) from None
+        with self._watched() as watch:
+            try:
+                reader = self._connection.sql(sql, params=list(params)).to_arrow_reader(batch_size)
+                yield from reader
+            except Exception as error:
+                raise self._query_error(error, sql, watch) from None
 
     def close(self) -> None:
         """Close the file so other processes may write the warehouse again."""
         self._connection.close()
+
+    def _watched(self):
+        """A stop signal or the query_timeout interrupts the query (or the stream of its rows)."""
+        return watched_query(self._connection.interrupt, self.query_timeout)
+
+    def _query_error(self, error: Exception, sql: str, watch: QueryWatch) -> BaseException:
+        """Why the query failed: it was stopped, it ran out of time, or the warehouse refused it."""
+        if watch.stopped:
+            return QueryStopped(f"the query on the {self.where} was cancelled")
+        if watch.timed_out:
+            return query_timeout_error(self.where, self.query_timeout)
+        if isinstance(error, self._error):
+            return _model_error(error, sql)
+        return error
 
 
 def _model_error(error: Exception, sql: str) -> WarehouseError:

@@ -8,9 +8,11 @@ cursor, FETCH_ROWS rows at a time as text that Arrow parses. Both paths get the 
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -20,14 +22,27 @@ import sqlglot
 from pydantic import Field
 from sqlglot import exp
 
+from wsync_dagster.cancellation import QueryStopped, QueryWatch, watched_query
 from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
-from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+from wsync_dagster.warehouses.base import (
+    ConnectionSpec,
+    EnvValue,
+    Setting,
+    WarehouseError,
+    query_timeout_error,
+    resolve,
+)
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # Rows per FETCH on the cursor path: a Python object per value lives only for this many rows.
 FETCH_ROWS = 10_000
 # An unreachable host fails after this long instead of the operating system's minutes.
 CONNECT_TIMEOUT_S = 30
+# SQLSTATE query_canceled: a cancel request (ours, on a stop signal) or the statement timeout.
+_QUERY_CANCELED = "57014"
+# statement_timeout as SHOW prints it: milliseconds, or a number and a unit.
+_SETTING = re.compile(r"(\d+)\s*(ms|s|min|h|d)?\Z")
+_SETTING_MS = {None: 1, "ms": 1, "s": 1_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 _UTC = pa.timestamp("us", tz="UTC")
 # PostgreSQL type OIDs → the Arrow type every engine's reader returns for them.
@@ -184,6 +199,8 @@ class PostgresWarehouse:
         self.dialect = connection.dialect
         self._copy_out = connection.copy_out
         self._label = connection.label()
+        self._query_timeout = connection.query_timeout
+        self._timeout_is_ours = False
         self._settings = connection.libpq_settings()
         self._session = _session_sql(connection)
         self._psycopg2 = psycopg2
@@ -198,6 +215,13 @@ class PostgresWarehouse:
         as_text = psycopg2.extensions.new_type(_TEXT_OIDS, "WSYNC_TEXT", lambda text, cursor: text)
         psycopg2.extensions.register_type(as_text, self._connection)
         self._connection.set_session(readonly=True)
+        # The server cancels a statement at query_timeout even when this process is killed; a lower limit
+        # the user set already (PGOPTIONS, the role's or database's setting) stays.
+        self._timeout_is_ours = self._statement_timeout_ms() > self._query_timeout / timedelta(milliseconds=1)
+        if self._timeout_is_ours:
+            self._session.append(
+                f"SET statement_timeout = {int(self._query_timeout / timedelta(milliseconds=1))}"
+            )
         with self._reporting("; ".join(self._session)), self._connection.cursor() as cursor:
             for statement in self._session:
                 cursor.execute(statement)
@@ -225,9 +249,25 @@ class PostgresWarehouse:
         """Close the connection."""
         self._connection.close()
 
+    def _statement_timeout_ms(self) -> float:
+        """The server's statement_timeout for this session in milliseconds; no limit is infinity."""
+        with self._reporting("SHOW statement_timeout"), self._connection.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            (shown,) = cursor.fetchone()
+        self._connection.rollback()
+        match = _SETTING.match(str(shown).strip())
+        if match is None:
+            return float("inf")
+        milliseconds = int(match[1]) * _SETTING_MS[match[2]]
+        return milliseconds or float("inf")
+
     def _describe(self, sql: str) -> list[ModelColumn]:
         """The columns a query returns, without reading a row."""
-        with self._reporting(sql), self._connection.cursor() as cursor:
+        with (
+            watched_query(self._connection.cancel) as watch,
+            self._reporting(sql, watch),
+            self._connection.cursor() as cursor,
+        ):
             cursor.execute(probe_sql(sql, self.dialect))
             description = cursor.description
         self._connection.rollback()
@@ -250,7 +290,11 @@ class PostgresWarehouse:
         """A server-side cursor: the server holds the result; the client fetches FETCH_ROWS at a time as
         Python rows, turned into Arrow at once and joined into batches of batch_size."""
         try:
-            with self._reporting(query), self._connection.cursor(name="wsync_model") as cursor:
+            with (
+                watched_query(self._connection.cancel) as watch,
+                self._reporting(query, watch),
+                self._connection.cursor(name="wsync_model") as cursor,
+            ):
                 cursor.execute(query)
                 pending: list[pa.RecordBatch] = []
                 room = batch_size
@@ -279,8 +323,9 @@ class PostgresWarehouse:
                 f"connection: cannot connect to the {self._label} as {self._settings['user']}: "
                 f"{_adbc_reason(error)}"
             ) from None
+        watch = None
         try:
-            with connection.cursor() as cursor:
+            with connection.cursor() as cursor, watched_query(cursor.adbc_cancel) as watch:
                 for statement in self._session:
                     cursor.execute(statement)
                 # The COPY runs inside an explicit read-only transaction, never in one of its own; closing
@@ -290,17 +335,36 @@ class PostgresWarehouse:
                 for batch in cursor.fetch_record_batch():
                     yield _conformed(batch, schema)
         except (adbc_driver_manager.Error, pa.ArrowException, OSError) as error:  # mid-stream: Arrow's errors
-            raise self._model_error(_adbc_reason(error), query) from None
+            sqlstate = getattr(error, "sqlstate", None) or _adbc_sqlstate(error)
+            raise self._query_error(_adbc_reason(error), sqlstate, query, watch) from None
         finally:
             connection.close()
 
     @contextmanager
-    def _reporting(self, sql: str) -> Iterator[None]:
+    def _reporting(self, sql: str, watch: QueryWatch | None = None) -> Iterator[None]:
         """Turn psycopg2's errors about running `sql` into one line naming the warehouse."""
         try:
             yield
         except self._psycopg2.Error as error:
-            raise self._model_error(error.diag.message_primary or _reason(str(error)), sql) from None
+            reason = error.diag.message_primary or _reason(str(error))
+            raise self._query_error(reason, error.pgcode, sql, watch) from None
+
+    def _query_error(
+        self, reason: str, sqlstate: str | None, sql: str, watch: QueryWatch | None
+    ) -> BaseException:
+        """A query cancelled on a stop signal is an interrupt; one cancelled at query_timeout names the key."""
+        # A cancel request: ours on a stop signal, ADBC's own on SIGINT (it cancels and raises no interrupt),
+        # or another session's pg_cancel_backend. Each stops the run as Ctrl-C does.
+        requested = (
+            sqlstate in (_QUERY_CANCELED, None) and "canceling statement due to user request" in reason
+        )
+        if (watch is not None and watch.stopped) or requested:
+            return QueryStopped(f"the query on the {self._label} was cancelled")
+        # ADBC's errors from the COPY stream may come without their SQLSTATE: the server's reason says it too.
+        cancelled = sqlstate in (_QUERY_CANCELED, None)
+        if cancelled and self._timeout_is_ours and "canceling statement due to statement timeout" in reason:
+            return query_timeout_error(self._label, self._query_timeout)
+        return self._model_error(reason, sql)
 
     def _model_error(self, reason: str, sql: str) -> WarehouseError:
         """The server's reason without the SQL's string literals: run storage and logs keep every error."""
@@ -422,6 +486,13 @@ def _reason(message: str) -> str:
         if marker in line:
             return line.split(marker, 1)[1].strip()
     return line
+
+
+def _adbc_sqlstate(error: Exception) -> str | None:
+    """The SQLSTATE of an ADBC error, from its diagnostics when the error does not carry it."""
+    details = dict(getattr(error, "details", None) or [])
+    code = details.get(b"PG_DIAG_SQLSTATE") or details.get("PG_DIAG_SQLSTATE")
+    return code.decode(errors="replace") if isinstance(code, bytes) else code
 
 
 def _adbc_reason(error: Exception) -> str:

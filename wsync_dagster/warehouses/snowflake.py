@@ -5,15 +5,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from wsync_dagster.cancellation import watched_query
 from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
-from wsync_dagster.warehouses.base import ConnectionSpec, EnvValue, Setting, WarehouseError, resolve
+from wsync_dagster.warehouses.base import (
+    DEFAULT_QUERY_TIMEOUT,
+    ConnectionSpec,
+    EnvValue,
+    Setting,
+    WarehouseError,
+    cancelled_error,
+    resolve,
+)
 
 # Snowflake stores an unquoted identifier in upper case; wsync shows it in lower case, as it was written.
 _UNQUOTED = re.compile(r"[A-Z_][A-Z0-9_$]*\Z")
@@ -104,7 +113,7 @@ class SnowflakeConnection(ConnectionSpec):
         if address["host"]:
             name += f" at {address['host']}" + (f":{address['port']}" if address["port"] else "")
         key_field = "private_key_path" if key_path else "private_key" if self.private_key else None
-        return SnowflakeWarehouse(resource, name, key_field)
+        return SnowflakeWarehouse(resource, name, key_field, self.query_timeout)
 
     def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
         """database.schema.table in lower case, with the connection's database and schema (PUBLIC) filled in."""
@@ -121,10 +130,17 @@ class SnowflakeWarehouse:
 
     dialect = "snowflake"
 
-    def __init__(self, resource: Any, name: str, key_field: str | None = None):
+    def __init__(
+        self,
+        resource: Any,
+        name: str,
+        key_field: str | None = None,
+        query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT,
+    ):
         import snowflake.connector
 
         self.name = name
+        self._query_timeout = query_timeout
         self._error = snowflake.connector.Error
         self._connections = ExitStack()
         try:
@@ -148,25 +164,37 @@ class SnowflakeWarehouse:
     def columns(self, sql: str) -> pa.Schema:
         """The model's columns, described by Snowflake for a zero-row probe."""
         query = probe_sql(sql, self.dialect)
-        with self._connection.cursor() as cursor:
+        with self._connection.cursor() as cursor, self._watched(cursor) as watch:
             try:
                 cursor.execute(query)
             except self._error as error:
-                raise self._model_error(error, query) from None
+                cancelled = cancelled_error(watch, self.name, self._query_timeout)
+                raise cancelled or self._model_error(error, query) from None
             return _schema(cursor.description)
 
     def read_batches(
         self, sql: str, params: Sequence[Any] = (), batch_size: int = 100_000
     ) -> Iterator[pa.RecordBatch]:
         """Stream the result chunk by chunk as Snowflake sends it; `?` placeholders are bound server-side."""
-        with self._connection.cursor() as cursor:
+        with self._connection.cursor() as cursor, self._watched(cursor) as watch:
             try:
                 cursor.execute(sql, [_binding(value) for value in params])
                 schema = _schema(cursor.description)
                 for table in cursor.fetch_arrow_batches(force_microsecond_precision=True):
                     yield from _conform(table, schema).to_batches(batch_size)
             except self._error as error:
-                raise self._model_error(error, sql) from None
+                cancelled = cancelled_error(watch, self.name, self._query_timeout)
+                raise cancelled or self._model_error(error, sql) from None
+
+    def _watched(self, cursor):
+        """A stop signal or query_timeout aborts the cursor's query on Snowflake (not tried against the real
+        service: fakesnow answers at once)."""
+
+        def abort() -> None:
+            if cursor.sfqid:
+                cursor.abort_query(cursor.sfqid)
+
+        return watched_query(abort, self._query_timeout)
 
     def close(self) -> None:
         """Log out."""
