@@ -2,8 +2,9 @@
 
 The only module of wsync that uses Dagster internals (pinned: dagster==1.13.27, dagster-postgres); test_bookkeeping.py
 checks Dagster's own asset queries answer exactly as with the stock parts, so an upgrade that breaks
-it fails the suite. A run over N partitions writes a planned event per partition per asset and a
-materialization per partition, each with its own metadata:
+it fails the suite, and each storage refuses to load on any other Dagster (`BUILT_FOR`), saying how
+to switch dagster.yaml to the stock storage. A run over N partitions writes a planned event per
+partition per asset and a materialization per partition, each with its own metadata:
 
 - The stock SQLite event log opens new connections to the run shard and the index shard for each
   event (synchronous=FULL), 20-45 ms an event. Dagster hands such events over in batches when
@@ -27,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
+import dagster
 from dagster import AssetExecutionContext, DagsterInstance, Field, IntMetadataValue, IntSource, StringSource
 from dagster._core.events import (
     ASSET_CHECK_EVENTS,
@@ -54,10 +56,35 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+# The Dagster release whose event log internals this module copies (dagster-postgres's release is tied to it).
+BUILT_FOR = "1.13.27"
+# How to switch to Dagster's own storage, per backend: without the entry Dagster opens the same SQLite files.
+TO_STOCK_SQLITE = (
+    "delete event_log_storage from dagster.yaml to use Dagster's stock "
+    "dagster._core.storage.event_log.SqliteEventLogStorage (the same files)"
+)
+TO_STOCK_POSTGRES = (
+    "set event_log_storage in dagster.yaml to Dagster's stock storage "
+    "(module: dagster_postgres.event_log, class: PostgresEventLogStorage, the same config)"
+)
 # Dagster's switch for handing events over in batches (read at each event, so setting it here is enough).
 BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 # A run over a year of hourly partitions plans 8,760 events per asset: one batch holds them all.
 DEFAULT_BATCH_SIZE = 20_000
+
+
+class UnsupportedDagsterError(RuntimeError):
+    """The installed Dagster is not the release the batched event log storages were built for."""
+
+
+def require_built_for_dagster(storage: type, switch: str) -> None:
+    """Refuse to load `storage` on a Dagster other than BUILT_FOR; `switch` says how to use the stock one instead."""
+    installed = dagster.__version__
+    if installed != BUILT_FOR:
+        raise UnsupportedDagsterError(
+            f"{storage.__module__}.{storage.__name__} is built for Dagster {BUILT_FOR}, not the installed "
+            f"{installed}: {switch}, or install dagster=={BUILT_FOR}"
+        )
 
 
 def _index_kind(entry: EventLogEntry) -> str | None:
@@ -250,6 +277,7 @@ class BatchedSqliteEventLogStorage(_BatchedAssetEvents, SqliteEventLogStorage):
         inst_data: ConfigurableClassData | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
+        require_built_for_dagster(type(self), TO_STOCK_SQLITE)
         self._inst_data = inst_data
         if base_dir is not None:
             super().__init__(base_dir, inst_data=inst_data)
@@ -321,6 +349,7 @@ class BatchedPostgresEventLogStorage(_BatchedAssetEvents, PostgresEventLogStorag
     _creates_asset_rows = True
 
     def __init__(self, *args: Any, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs: Any):
+        require_built_for_dagster(type(self), TO_STOCK_POSTGRES)
         super().__init__(*args, **kwargs)
         # As for SQLite: every process that opens the instance batches; a value set outside wins.
         os.environ.setdefault(BATCH_SIZE_VARIABLE, str(batch_size))
