@@ -71,8 +71,8 @@ def test_wsync_run_on_another_dagster_names_the_stock_event_log_to_switch_to(
     with dagster_home(tmp_path, backend, monkeypatch) as home:
         assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.endswith(
-        f"Dagster instance {home / 'dagster.yaml'}: {BATCHED[backend]} is built for Dagster {BUILT_FOR}, "
+    assert line == (
+        f"wsync run: Dagster instance {home / 'dagster.yaml'}: {BATCHED[backend]} is built for Dagster {BUILT_FOR}, "
         f"not the installed {OTHER_DAGSTER}: {SWITCH[backend]}, or install dagster=={BUILT_FOR}"
     )
     assert profile_store_bytes(tmp_path) is None
