@@ -24,6 +24,7 @@ from wsync_dagster.durations import parse_duration
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml, shown_key
 from wsync_dagster.warehouses import CONNECTIONS, ConnectionSpec, warehouse_types
+from wsync_dagster.warehouses.identity import connection_config
 
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 CUSTOM_EVENT_TYPES = (
@@ -517,9 +518,34 @@ def load_sync_folder(directory: Path) -> SyncFolder:
             message = f"{spec.source_file}: name: '{spec.name}' is already used by {seen[spec.name]}"
             invalid.append(InvalidSyncFile(path, spec.name, (message,)))
             continue
+        if (other := _other_connection_named(spec, specs)) is not None:
+            invalid.append(InvalidSyncFile(path, spec.name, (connection_name_conflict(spec, other),)))
+            continue
         seen[spec.name] = spec.source_file
         specs.append(spec)
     return SyncFolder(specs, invalid)
+
+
+def connection_name_conflict(spec: SyncSpec, other: SyncSpec) -> str:
+    """The one line for a connection name already given to a different connection in another file."""
+    return (
+        f"{spec.source_file}: connection.name: '{spec.connection.name}' already names a different connection "
+        f"in {other.source_file}; give the same connection keys in both files, or another name"
+    )
+
+
+def _other_connection_named(spec: SyncSpec, specs: list[SyncSpec]) -> SyncSpec | None:
+    """A sync whose different connection has this sync's connection name: one name is one resource."""
+    name = spec.connection.name
+    config = connection_config(spec.connection)
+    return next(
+        (
+            other
+            for other in specs
+            if name is not None and other.connection.name == name and connection_config(other.connection) != config
+        ),
+        None,
+    )
 
 
 def load_syncs(directory: Path) -> list[SyncSpec]:

@@ -401,6 +401,39 @@ CASES: list[Case] = [
             ("as_a_bare_number", 30),
         )
     ),
+    *(
+        Case(
+            f"connection_name_{name}",
+            VALIDATE,
+            "✗ {sync_file}: connection.name: a name of letters, digits and _ that starts with a letter, up to 63 "
+            "characters, such as crm_warehouse (not profile_store or io_manager)",
+            sync={"connection": {"name": value}},
+        )
+        for name, value in (
+            ("with_a_dash", "crm-warehouse"),
+            ("that_starts_with_a_digit", "1st_warehouse"),
+            ("of_the_profile_store", "profile_store"),
+            ("as_a_number", 42),
+            ("too_long", "w" * 64),
+        )
+    ),
+    Case(
+        "connection_name_given_to_another_connection",
+        VALIDATE,
+        "✗ {sync_file}: connection.name: 'crm_warehouse' already names a different connection in "
+        "{syncs}/crm_orders.yaml; give the same connection keys in both files, or another name",
+        sync={"connection": {"name": "crm_warehouse"}},
+        files={
+            "crm_orders.yaml": yaml.safe_dump(
+                {
+                    **GOOD_SYNC,
+                    "name": "crm_orders",
+                    "connection": {"type": "duckdb", "path": "../data/orders.duckdb", "name": "crm_warehouse"},
+                },
+                sort_keys=False,
+            )
+        },
+    ),
     Case(
         "lock_timeout_that_is_not_a_duration",
         RUN,

@@ -137,21 +137,23 @@ def test_an_overwritten_table_fails_clearly_and_changes_nothing(
 def test_the_sensor_adds_and_requests_the_next_version_range(
     lake: Path, write_sync: Callable[..., Path]
 ) -> None:
-    """First tick: the snapshot; no new version: a skip; a new version: the range above the last."""
+    """First tick: the snapshot; no new version: a skip; a new version: the range above the last. The sensor
+    reads through its connection's resource, which the daemon passes from the definitions (as here)."""
     spec = load_sync_file(
         write_sync(cdc_sync(lake, schedule="interval", frequency="hourly", start="2024-01-01T00:00:00Z"))
     )
-    [sensor] = build_definitions([spec]).sensors or []
+    defs = build_definitions([spec])
+    [sensor] = defs.sensors or []
     with DagsterInstance.ephemeral() as instance:
-        first = sensor(build_sensor_context(instance=instance))
+        first = sensor(build_sensor_context(instance=instance, resources=defs.resources))
         assert [r.run_key for r in first.run_requests] == [range_key(0, 0)]
         assert [list(r.partition_keys) for r in first.dynamic_partitions_requests] == [[range_key(0, 0)]]
         instance.add_dynamic_partitions("crm_changes_versions", [range_key(0, 0)])
         assert "no table version above" in (
-            sensor(build_sensor_context(instance=instance)).skip_message or ""
+            sensor(build_sensor_context(instance=instance, resources=defs.resources)).skip_message or ""
         )
         write_deltalake(str(lake), users(("C003", "cy@example.com", "team")), mode="append")
-        later = sensor(build_sensor_context(instance=instance))
+        later = sensor(build_sensor_context(instance=instance, resources=defs.resources))
         assert [r.run_key for r in later.run_requests] == [range_key(1, 1)]
 
 

@@ -113,7 +113,8 @@ def test_the_sensor_adds_the_next_range_and_requests_it_in_one_result(
 ) -> None:
     """The range is added and requested with a run key naming it; no new values, a skip. Called directly,
     the sensor returns its SensorResult as is (evaluate_tick checks a requested key before it is added);
-    the idle tick goes through evaluate_tick."""
+    the idle tick goes through evaluate_tick. The sensor reads through its connection's resource, which the
+    daemon passes from the definitions (as `resources=` does here)."""
     warehouse = make_warehouse(ORDERS_SQL)
     spec = load_sync_file(
         write_sync(
@@ -124,7 +125,7 @@ def test_the_sensor_adds_the_next_range_and_requests_it_in_one_result(
     [sensor] = defs.sensors or []
     repository = defs.get_repository_def()
     with DagsterInstance.ephemeral() as instance:
-        first = sensor(build_sensor_context(instance=instance, repository_def=repository))
+        first = sensor(build_sensor_context(instance=instance, repository_def=repository, resources=defs.resources))
         assert [request.run_key for request in first.run_requests] == [range_key(1, 3)]
         assert [request.partition_key for request in first.run_requests] == [range_key(1, 3)]
         [added] = first.dynamic_partitions_requests
@@ -132,13 +133,13 @@ def test_the_sensor_adds_the_next_range_and_requests_it_in_one_result(
         instance.add_dynamic_partitions("crm_users_ranges", list(added.partition_keys))
 
         idle = sensor.evaluate_tick(
-            build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repository)
+            build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repository, resources=defs.resources)
         )
         assert not idle.run_requests and "no seq value above the last range" in (idle.skip_message or "")
 
         add_rows(warehouse, "('C004', 'di@example.com', 'free', 7)")
         later = sensor(
-            build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repository)
+            build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repository, resources=defs.resources)
         )
         assert [request.run_key for request in later.run_requests] == [range_key(4, 7)]
 

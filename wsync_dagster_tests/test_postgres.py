@@ -412,7 +412,7 @@ def test_an_unknown_connection_key_lists_the_keys_as_a_sync_file_spells_them(wri
 
     assert capsys.readouterr().err == (
         f"✗ {path}: connection.search_path: unknown key; "
-        "allowed: type, host, port, database, user, password, schema, sslmode, query_timeout\n"
+        "allowed: type, host, port, database, user, password, schema, sslmode, name, query_timeout\n"
     )
 
 

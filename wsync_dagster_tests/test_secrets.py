@@ -113,7 +113,7 @@ def test_a_key_naming_where_a_secret_is_kept_may_hold_a_literal_path(write_sync,
     with pytest.raises(SyncSpecError) as error:
         load_sync_file(path)
     # duckdb has no private key; the secret rule itself let the path through
-    assert str(error.value) == f"{path}: connection.private_key_path: unknown key; allowed: type, path, query_timeout"
+    assert str(error.value) == f"{path}: connection.private_key_path: unknown key; allowed: type, path, name, query_timeout"
 
 
 # ---- URLs that carry secrets, and PostgreSQL's other string literals (issue 17 item 6) ----------------

@@ -1,4 +1,4 @@
-"""Each sync's warehouse is a Dagster resource: configured from its connection, secrets as EnvVar, read by runs."""
+"""Each connection is a Dagster resource, shared by its syncs: secrets as EnvVar, opened by runs, sensors and the CLI."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from dagster import DagsterInstance, EnvVar
+from dagster import AssetKey, DagsterInstance, EnvVar, build_sensor_context
 
+from wsync_dagster.cli import main
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import mapped_key
-from wsync_dagster.defs.warehouses import warehouse_key
+from wsync_dagster.defs.warehouses import RESOURCE_CLASSES, WarehouseResource, warehouse_key
+from wsync_dagster.modes.ranges import range_key
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
+from wsync_dagster.warehouses import WarehouseError
 from wsync_dagster_tests.conftest import USERS_SQL, code_location, user_sync, users_sync
 from wsync_dagster_tests.engines import start
 from wsync_dagster_tests.engines.postgres import PASSWORD_VARIABLE, SERVER, PostgresEngine
@@ -99,7 +102,7 @@ def test_a_duckdb_run_reads_the_warehouse_its_resource_config_names(write_sync, 
     )
 
     # Run config replaces the resource's whole config, as the launchpad does.
-    config = {"sync_file": str(spec.source_file), "path": str(other)}
+    config = {"path": str(other)}
     result = _run(spec, "2024-01-01", resources={warehouse_key(spec): {"config": config}})
 
     assert result.success, _messages(result)
@@ -140,3 +143,152 @@ def test_a_run_whose_password_variable_is_unset_fails_naming_the_file_field_and_
     )
     with open_profile_store(profile_store_url()) as store:
         assert store.profile("customer_id", "P1") is None
+
+
+ORDERS_SQL = """
+CREATE SCHEMA crm;
+CREATE TABLE crm.orders (customer_id VARCHAR, email VARCHAR, seq BIGINT);
+INSERT INTO crm.orders VALUES ('C001', 'ada@example.com', 1), ('C002', 'bo@example.com', 2);
+"""
+OTHER_ORDERS_SQL = ORDERS_SQL.replace("('C002', 'bo@example.com', 2)", "('C002', 'bo@example.com', 9)")
+
+
+def _orders_sync(name: str, connection: dict) -> dict:
+    """A user sync over crm.orders in ranges of seq, its sensor looking every hour."""
+    return {
+        "name": name,
+        "data_type": "user",
+        "connection": connection,
+        "data_model": {"sql": "SELECT customer_id, email, seq FROM crm.orders"},
+        "mapping": [
+            {"type": "column", "column": "customer_id", "field": "user_identities.customer_id"},
+            {"type": "column", "column": "email", "field": "user_identities.email"},
+            {"type": "ignore", "column": "seq"},
+        ],
+        "sync": {
+            "mode": "incremental",
+            "iterator": "seq",
+            "iterator_type": "integer",
+            "schedule": "interval",
+            "frequency": "hourly",
+            "start": "2024-01-01T00:00:00Z",
+        },
+    }
+
+
+def _warehouse_keys(defs) -> set[str]:
+    return {key for key, resource in defs.resources.items() if isinstance(resource, WarehouseResource)}
+
+
+def test_syncs_on_one_connection_share_one_warehouse_resource_and_another_connection_has_its_own(
+    write_sync, make_warehouse
+):
+    """Equal connections in two sync files are one resource, which both syncs' assets and sensors require."""
+    shared = {"type": "duckdb", "path": str(make_warehouse(ORDERS_SQL))}
+    other = {"type": "duckdb", "path": str(make_warehouse(ORDERS_SQL, name="other.duckdb"))}
+    specs = [
+        load_sync_file(write_sync(_orders_sync(name, connection)))
+        for name, connection in (("crm_orders", shared), ("crm_refunds", dict(shared)), ("erp_orders", other))
+    ]
+
+    defs = code_location()
+
+    assert len(_warehouse_keys(defs)) == 2
+    crm_orders, crm_refunds, erp_orders = (
+        defs.resolve_assets_def(mapped_key(spec)).required_resource_keys & _warehouse_keys(defs) for spec in specs
+    )
+    assert crm_orders == crm_refunds != erp_orders
+    assert len(crm_orders) == len(erp_orders) == 1
+    for spec in specs:
+        sensor = defs.resolve_sensor_def(f"{spec.name}_sensor")
+        assert sensor.required_resource_keys == {warehouse_key(spec)}
+
+
+def test_a_connection_name_is_the_resource_key_of_every_sync_that_gives_it(write_sync, make_warehouse):
+    """`connection.name: crm_warehouse` in two files: one resource of that key, the UI's name for it."""
+    connection = {"type": "duckdb", "path": str(make_warehouse(ORDERS_SQL)), "name": "crm_warehouse"}
+    for name in ("crm_orders", "crm_refunds"):
+        write_sync(_orders_sync(name, connection))
+
+    defs = code_location()
+
+    assert _warehouse_keys(defs) == {"crm_warehouse"}
+    for name in ("crm_orders", "crm_refunds"):
+        assert "crm_warehouse" in defs.resolve_assets_def(AssetKey([name, "mapped_batches"])).required_resource_keys
+
+
+def test_two_connections_under_one_name_are_refused_naming_both_files(write_sync, make_warehouse, capsys):
+    """The second file is not loaded, in one line naming both files; the first sync still loads and runs."""
+    first = write_sync(
+        _orders_sync("crm_orders", {"type": "duckdb", "path": str(make_warehouse(ORDERS_SQL)), "name": "crm"})
+    )
+    other = make_warehouse(ORDERS_SQL, name="other.duckdb")
+    second = write_sync(_orders_sync("erp_orders", {"type": "duckdb", "path": str(other), "name": "crm"}))
+    line = (
+        f"{second}: connection.name: 'crm' already names a different connection in {first}; give the same "
+        "connection keys in both files, or another name"
+    )
+
+    assert main(["validate"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"✗ {line}"]
+    assert "✓ crm_orders" in out
+    defs = code_location()
+    assert _warehouse_keys(defs) == {"crm"}
+    assert defs.resolve_assets_def(AssetKey(["invalid_sync_files", "erp_orders_yaml"])) is not None
+    # Specs put together without the folder's check meet the same line.
+    with pytest.raises(ValueError) as error:
+        build_definitions([load_sync_file(first), load_sync_file(second)])
+    assert str(error.value) == line
+
+
+def test_a_failing_connection_says_the_same_line_in_a_run_its_sensor_and_wsync_preview_and_validate(
+    write_sync, make_warehouse, capsys
+):
+    """Every path opens the warehouse through the connection's resource, so a bad connection reads alike."""
+    missing = make_warehouse(ORDERS_SQL).with_name("missing.duckdb")
+    path = write_sync(_orders_sync("crm_orders", {"type": "duckdb", "path": str(missing)}))
+    line = f"{path}: connection.path: the DuckDB warehouse file {missing} does not exist"
+    spec = load_sync_file(path)
+    defs = build_definitions([spec])
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("crm_orders_ranges", [range_key(1, 2)])
+        run = defs.resolve_job_def(sync_job_name(spec)).execute_in_process(
+            partition_key=range_key(1, 2), instance=instance, raise_on_error=False
+        )
+        assert not run.success
+        assert f"WarehouseError: {line}\n" in _messages(run)
+
+        sensor = defs.resolve_sensor_def("crm_orders_sensor")
+        with pytest.raises(WarehouseError) as error:
+            sensor(build_sensor_context(instance=instance, resources=defs.resources))
+        assert str(error.value) == line
+
+    capsys.readouterr()  # the run's own log
+    assert main(["preview", "crm_orders"]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"wsync preview: {line}"]
+    assert main(["validate"]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"✗ crm_orders: {line}"]
+
+
+def test_the_sensor_reads_the_warehouse_its_resource_names(write_sync, make_warehouse):
+    """A resource pointed at another file (as a deployment's resource config may) is what the sensor reads."""
+    spec = load_sync_file(
+        write_sync(_orders_sync("crm_orders", {"type": "duckdb", "path": str(make_warehouse(ORDERS_SQL))}))
+    )
+    other = make_warehouse(OTHER_ORDERS_SQL, name="other.duckdb")
+    defs = build_definitions([spec])
+    sensor = defs.resolve_sensor_def("crm_orders_sensor")
+
+    with DagsterInstance.ephemeral() as instance:
+        own = sensor(build_sensor_context(instance=instance, resources=defs.resources))
+        elsewhere = sensor(
+            build_sensor_context(
+                instance=instance,
+                resources={warehouse_key(spec): RESOURCE_CLASSES["duckdb"](path=str(other))},
+            )
+        )
+
+    assert [request.partition_key for request in own.run_requests] == [range_key(1, 2)]
+    assert [request.partition_key for request in elsewhere.run_requests] == [range_key(1, 9)]

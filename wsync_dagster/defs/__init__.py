@@ -11,7 +11,7 @@ from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
-from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource
+from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource, warehouse_resources
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncFolder, SyncSpec
 
@@ -22,7 +22,7 @@ def sync_job_name(spec: SyncSpec) -> str:
 
 
 def build_sync_definitions(spec: SyncSpec) -> Definitions:
-    """Assets, job and trigger of one sync."""
+    """Assets, job and trigger of one sync; its warehouse resource comes with the location's (`build_definitions`)."""
     job = define_asset_job(
         sync_job_name(spec),
         selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec)),
@@ -35,7 +35,6 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         jobs=[job],
         schedules=[trigger] if trigger is not None and not is_sensor else None,
         sensors=[trigger] if is_sensor else None,
-        resources={warehouse_key(spec): warehouse_resource(spec)},
     )
 
 
@@ -48,12 +47,11 @@ def sync_resources(spec: SyncSpec, store_url: str | None = None) -> dict[str, Co
 
 
 def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> Definitions:
-    """Every sync's definitions (its warehouse resource too), the shared source assets, and the profile store."""
+    """Every sync's definitions, one warehouse resource per connection, the shared source assets, and the store."""
+    resources = {"profile_store": ProfileStoreResource(url=store_url), **warehouse_resources(specs)}
     return Definitions.merge(
         *(build_sync_definitions(spec) for spec in specs),
-        Definitions(
-            assets=source_specs(specs), resources={"profile_store": ProfileStoreResource(url=store_url)}
-        ),
+        Definitions(assets=source_specs(specs), resources=resources),
     )
 
 

@@ -2,6 +2,7 @@
 
 import warnings
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from dagster import (
     AssetCheckResult,
@@ -202,13 +203,14 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = mode.scope(context)
         warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
+        open_reader = partial(warehouse.open, spec.source_file)
         counts = map_partition(
             spec,
             scope.window,
             batch_file(spec, scope.label),
             run_version=scope.run_version,
             progress=context.log.info,
-            open_reader=warehouse.open,
+            open_reader=open_reader,
         )
         window = scope.window
         passed = counts.reject_rate <= spec.checks.max_reject_rate
@@ -237,7 +239,7 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                     if passed
                     else reject_rate_failure(spec, counts, batch_file(spec, scope.label)),
                 ),
-                *([data_delay_result(spec, open_reader=warehouse.open)] if delay_check else []),
+                *([data_delay_result(spec, open_reader=open_reader)] if delay_check else []),
             ],
         )
 

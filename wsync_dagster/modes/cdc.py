@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import partial
 
 from dagster import (
     AssetExecutionContext,
@@ -21,9 +22,10 @@ from dagster import (
 from wsync_dagster.changes import ChangeFeedError, VersionWindow, change_feed
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.modes.ranges import parse_range_key, range_key
-from wsync_dagster.pipeline import Partition
+from wsync_dagster.pipeline import OpenReader, Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
+from wsync_dagster.warehouses.resource import WarehouseResource, warehouse_key
 
 _INTERVAL_S = {"hourly": 3600, "daily": 86_400, "weekly": 604_800, "monthly": 2_678_400}
 
@@ -47,9 +49,11 @@ class ChangeCapture:
         window = self._window(context.partition_key, "partition")
         return RunScope(context.partition_key, [Partition(context.partition_key, window.micros)], window)
 
-    def next_range(self, instance: DagsterInstance, delivered: Iterable[str] = ()) -> str | None:
+    def next_range(
+        self, instance: DagsterInstance, delivered: Iterable[str] = (), open_reader: OpenReader | None = None
+    ) -> str | None:
         """The versions above every known range up to the table's newest (at first: its snapshot)."""
-        with change_feed(self.spec) as feed:
+        with change_feed(self.spec, open_reader) as feed:
             latest = feed.latest_version()
         known = [*instance.get_dynamic_partitions(self.partitions().name), *delivered]
         ends = [parsed[1] for key in known if (parsed := parse_range_key(key))]
@@ -75,14 +79,18 @@ class ChangeCapture:
             job=job,
             minimum_interval_seconds=seconds,
             default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
+            # The connection's resource, as the sync's runs open it: one way to open a warehouse.
+            required_resource_keys={warehouse_key(self.spec)},
             description=f"{self.spec.name}: the table's changes since the last version read, {settings.schedule}",
         )
-        def change_sensor(context: SensorEvaluationContext):
+        # Called directly (as tests do), Dagster passes the required resources as keywords too.
+        def change_sensor(context: SensorEvaluationContext, **_resources: object):
             if start is not None and datetime.now(UTC) < start:
                 return SkipReason(f"the first run is due at {start.isoformat()}")
             if settings.schedule == "once" and context.cursor:
                 return SkipReason(f"ran once: {context.cursor}")
-            key = self.next_range(context.instance)
+            warehouse: WarehouseResource = getattr(context.resources, warehouse_key(self.spec))
+            key = self.next_range(context.instance, open_reader=partial(warehouse.open, self.spec.source_file))
             if key is None:
                 return SkipReason("no table version above the last range")
             return SensorResult(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 
 from dagster import (
     AssetExecutionContext,
@@ -21,9 +22,10 @@ from dagster import (
 
 from wsync_dagster.iterators import IntegerWindow, integer_window
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
-from wsync_dagster.pipeline import Partition, iterator_extent
+from wsync_dagster.pipeline import OpenReader, Partition, iterator_extent
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
+from wsync_dagster.warehouses.resource import WarehouseResource, warehouse_key
 
 # FIRST_LAST, both included, zero-padded so that keys sort as numbers: 00000000000000000001_00000000000000000500.
 _WIDTH = 20
@@ -73,10 +75,12 @@ class IntegerRanges:
         read = integer_window(self.spec.sync, first, last, previous_first(known, first))
         return RunScope(key, [Partition(key, own.micros)], read)
 
-    def next_range(self, instance: DagsterInstance, delivered: Iterable[str] = ()) -> str | None:
+    def next_range(
+        self, instance: DagsterInstance, delivered: Iterable[str] = (), open_reader: OpenReader | None = None
+    ) -> str | None:
         """The key of the values above every known range (the instance's, and those the store delivered),
         up to the model's newest; None when there are none."""
-        extent = iterator_extent(self.spec)
+        extent = iterator_extent(self.spec, open_reader)
         if extent is None:
             return None
         lowest, newest = extent
@@ -99,14 +103,18 @@ class IntegerRanges:
             job=job,
             minimum_interval_seconds=seconds,
             default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
+            # The connection's resource, as the sync's runs open it: one way to open a warehouse.
+            required_resource_keys={warehouse_key(self.spec)},
             description=f"{self.spec.name}: the next range of {settings.iterator} values, {settings.schedule}",
         )
-        def range_sensor(context: SensorEvaluationContext):
+        # Called directly (as tests do), Dagster passes the required resources as keywords too.
+        def range_sensor(context: SensorEvaluationContext, **_resources: object):
             if start is not None and datetime.now(start.tzinfo) < start:
                 return SkipReason(f"the first run is due at {start.isoformat()}")
             if settings.schedule == "once" and context.cursor:
                 return SkipReason(f"ran once: {context.cursor}")
-            key = self.next_range(context.instance)
+            warehouse: WarehouseResource = getattr(context.resources, warehouse_key(self.spec))
+            key = self.next_range(context.instance, open_reader=partial(warehouse.open, self.spec.source_file))
             if key is None:
                 return SkipReason(f"no {settings.iterator} value above the last range")
             return SensorResult(

@@ -43,8 +43,11 @@ def open_connection(connection: ConnectionSpec, sync_file: Path) -> Warehouse:
 
 
 def open_warehouse(spec) -> Warehouse:
-    """The reader for a sync's connection, opened from its spec (the CLI reads outside Dagster this way)."""
-    return open_connection(spec.connection, spec.source_file)
+    """The reader for a sync's connection outside a Dagster run, opened by its resource as runs open it."""
+    # Imported here: Dagster is not imported when sync files load.
+    from wsync_dagster.warehouses.resource import open_sync_warehouse
+
+    return open_sync_warehouse(spec)
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,13 @@ from wsync_dagster.durations import describe_duration, parse_duration
 # connection's query_timeout says otherwise (Hightouch's default, too).
 DEFAULT_QUERY_TIMEOUT = timedelta(hours=6)
 QUERY_TIMEOUT_FORM = "a duration above 0s such as 30m, 6h or 1d (default 6h)"
+# A connection's name is its Dagster resource key; Dagster keeps these two keys for its own resources.
+RESERVED_NAMES = ("profile_store", "io_manager")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+NAME_FORM = (
+    "a name of letters, digits and _ that starts with a letter, up to 63 characters, such as "
+    f"crm_warehouse (not {' or '.join(RESERVED_NAMES)})"
+)
 
 
 class WarehouseError(RuntimeError):
@@ -89,7 +97,19 @@ class ConnectionSpec(BaseModel):
 
     dialect: ClassVar[str]  # sqlglot's name for the warehouse's SQL
 
+    # Syncs whose connections have one name share one warehouse resource of that key.
+    name: str | None = None
     query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _resource_name(cls, value: Any) -> str | None:
+        # The value is never repeated: it may be text pasted in the wrong place.
+        if value is not None and (
+            not isinstance(value, str) or not _NAME.fullmatch(value) or value in RESERVED_NAMES
+        ):
+            raise ValueError(NAME_FORM)
+        return value
 
     @field_validator("query_timeout", mode="before")
     @classmethod
