@@ -21,7 +21,7 @@ from dagster import (
 from wsync_dagster.changes import ChangeFeedError, VersionWindow, change_feed
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.modes.ranges import parse_range_key, range_key
-from wsync_dagster.pipeline import Partition
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 

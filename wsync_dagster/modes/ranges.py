@@ -19,9 +19,10 @@ from dagster import (
     sensor,
 )
 
+from wsync_dagster.iterator_extent import iterator_extent
 from wsync_dagster.iterators import IntegerWindow, integer_window
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
-from wsync_dagster.pipeline import Partition, iterator_extent
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
