@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
 from dagster import (
     AssetExecutionContext,
@@ -89,35 +89,58 @@ class IntegerRanges:
     def trigger(self, job: SyncJob) -> SensorDefinition | None:
         """A sensor that reads the newest value, adds the range above the last one and requests it."""
         settings = self.spec.sync
-        if settings.schedule == "on_demand":
-            return None
-        start: datetime | None = settings.start
-        interval = {"hourly": 3600, "daily": 86_400, "weekly": 604_800, "monthly": 2_678_400}
-        seconds = interval[settings.frequency] if settings.schedule == "interval" else 60  # type: ignore[index]
-
-        @sensor(
-            name=f"{self.spec.name}_sensor",
-            job=job,
-            minimum_interval_seconds=seconds,
-            default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
-            description=f"{self.spec.name}: the next range of {settings.iterator} values, {settings.schedule}",
+        return range_sensor(
+            self.spec,
+            job,
+            self.partitions(),
+            self.next_range,
+            reads=f"the next range of {settings.iterator} values",
+            unit=f"{settings.iterator} value",
         )
-        def range_sensor(context: SensorEvaluationContext):
-            if start is not None and datetime.now(start.tzinfo) < start:
-                return SkipReason(f"the first run is due at {start.isoformat()}")
-            if settings.schedule == "once" and context.cursor:
-                return SkipReason(f"ran once: {context.cursor}")
-            key = self.next_range(context.instance)
-            if key is None:
-                return SkipReason(f"no {settings.iterator} value above the last range")
-            return SensorResult(
-                # The run key holds the range: run keys are deduplicated forever.
-                run_requests=[RunRequest(run_key=key, partition_key=key)],
-                dynamic_partitions_requests=[self.partitions().build_add_request([key])],
-                cursor=key,
-            )
 
-        return range_sensor
+
+def range_sensor(
+    spec: SyncSpec,
+    job: SyncJob,
+    partitions: DynamicPartitionsDefinition,
+    next_range: Callable[[DagsterInstance], str | None],
+    *,
+    reads: str,
+    unit: str,
+) -> SensorDefinition | None:
+    """A sensor that adds the range `next_range` finds above the last one and requests it; None for on_demand.
+
+    `reads` says what each run reads, `unit` what a range holds (for the UI and the skip reasons).
+    """
+    settings = spec.sync
+    if settings.schedule == "on_demand":
+        return None
+    start: datetime | None = settings.start
+    seconds = int(settings.frequency_span.total_seconds()) if settings.schedule == "interval" else 60
+
+    @sensor(
+        name=f"{spec.name}_sensor",
+        job=job,
+        minimum_interval_seconds=seconds,
+        default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
+        description=f"{spec.name}: {reads}, {settings.schedule}",
+    )
+    def next_range_sensor(context: SensorEvaluationContext):
+        if start is not None and datetime.now(UTC) < start:
+            return SkipReason(f"the first run is due at {start.isoformat()}")
+        if settings.schedule == "once" and context.cursor:
+            return SkipReason(f"ran once: {context.cursor}")
+        key = next_range(context.instance)
+        if key is None:
+            return SkipReason(f"no {unit} above the last range")
+        return SensorResult(
+            # The run key holds the range: run keys are deduplicated forever.
+            run_requests=[RunRequest(run_key=key, partition_key=key)],
+            dynamic_partitions_requests=[partitions.build_add_request([key])],
+            cursor=key,
+        )
+
+    return next_range_sensor
 
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime

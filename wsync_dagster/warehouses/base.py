@@ -21,6 +21,11 @@ DEFAULT_QUERY_TIMEOUT = timedelta(hours=6)
 QUERY_TIMEOUT_FORM = "a duration above 0s such as 30m, 6h or 1d (default 6h)"
 
 
+def one_line(text: str, separator: str = " ") -> str:
+    """A connector's message on one line: each line stripped, blank ones left out, joined by `separator`."""
+    return separator.join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class WarehouseError(RuntimeError):
     """The warehouse cannot be reached or cannot run the data model."""
 
