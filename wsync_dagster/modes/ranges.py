@@ -98,6 +98,36 @@ class IntegerRanges:
             unit=f"{settings.iterator} value",
         )
 
+    def planned_runs(
+        self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
+    ) -> list[PlannedRun]:
+        """`--partition FIRST_LAST`, or every added range not yet delivered and then the next one."""
+        name = self.partitions().name
+        delivered = store.delivered_partitions(self.spec.name, self.spec.sync.environment)
+        if partition:
+            self._parse(partition, "--partition")
+            keys = [partition]
+        else:
+            keys = [key for key in instance.get_dynamic_partitions(name) if key not in set(delivered)]
+            if (key := self.next_range(instance, delivered)) is not None:
+                keys.append(key)
+        known = set(instance.get_dynamic_partitions(name))
+        # Ranges the store delivered are made known too: a run finds the range before its own there.
+        ranges = [key for key in delivered if parse_range_key(key)]
+        instance.add_dynamic_partitions(
+            name, [key for key in dict.fromkeys([*ranges, *keys]) if key not in known]
+        )
+        return [PlannedRun(key, {"partition_key": key}) for key in keys]
+
+    def _parse(self, key: str, what: str) -> tuple[int, int]:
+        parsed = parse_range_key(key)
+        if parsed is None:
+            raise RunError(
+                f"{self.spec.name}: {what} {key} is not a range of {self.spec.sync.iterator} values; keys are "
+                f"FIRST_LAST, both included, e.g. {range_key(1, 500)}"
+            )
+        return parsed
+
 
 def range_sensor(
     spec: SyncSpec,
@@ -141,33 +171,3 @@ def range_sensor(
         )
 
     return next_range_sensor
-
-    def planned_runs(
-        self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
-    ) -> list[PlannedRun]:
-        """`--partition FIRST_LAST`, or every added range not yet delivered and then the next one."""
-        name = self.partitions().name
-        delivered = store.delivered_partitions(self.spec.name, self.spec.sync.environment)
-        if partition:
-            self._parse(partition, "--partition")
-            keys = [partition]
-        else:
-            keys = [key for key in instance.get_dynamic_partitions(name) if key not in set(delivered)]
-            if (key := self.next_range(instance, delivered)) is not None:
-                keys.append(key)
-        known = set(instance.get_dynamic_partitions(name))
-        # Ranges the store delivered are made known too: a run finds the range before its own there.
-        ranges = [key for key in delivered if parse_range_key(key)]
-        instance.add_dynamic_partitions(
-            name, [key for key in dict.fromkeys([*ranges, *keys]) if key not in known]
-        )
-        return [PlannedRun(key, {"partition_key": key}) for key in keys]
-
-    def _parse(self, key: str, what: str) -> tuple[int, int]:
-        parsed = parse_range_key(key)
-        if parsed is None:
-            raise RunError(
-                f"{self.spec.name}: {what} {key} is not a range of {self.spec.sync.iterator} values; keys are "
-                f"FIRST_LAST, both included, e.g. {range_key(1, 500)}"
-            )
-        return parsed
