@@ -16,8 +16,10 @@ import peer
 from warehouse import BenchData
 
 from wsync_dagster.batches import BatchFile
+from wsync_dagster.delivery import deliver_partitions
 from wsync_dagster.iterators import IteratorWindow
-from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
+from wsync_dagster.mapped_batches import map_partition
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
 

@@ -70,7 +70,7 @@ def _open_store():
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate every sync file, then each mapping against the model's real columns."""
-    from wsync_dagster.pipeline import check_mapping
+    from wsync_dagster.read_plan import check_mapping
 
     folder = _load_folder()
     for file in folder.invalid:
@@ -96,7 +96,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Print sample enriched profiles or events; nothing is written."""
-    from wsync_dagster.pipeline import preview_rows
+    from wsync_dagster.preview import preview_rows
 
     if args.limit < 1:
         raise UsageError(f"--limit takes a number of rows, 1 or more (got {args.limit})")

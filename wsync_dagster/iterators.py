@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pyarrow as pa
 
 from wsync_dagster.spec import SyncSettings
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMN_TYPES = {
     "timestamp": (pa.types.is_timestamp,),
     "date": (pa.types.is_date, pa.types.is_timestamp),
@@ -38,9 +39,9 @@ class IteratorWindow:
         compares like with like (BigQuery refuses DATETIME against TIMESTAMP): a timestamp column without
         time zone gets naive UTC bounds, and a date iterator over a timestamp column gets midnights."""
         if iterator_type == "timestamp_unixtime_ms":
-            return _epoch(self.start, 1000), _epoch(self.end, 1000)
+            return epoch_micros(self.start) // 1000, epoch_micros(self.end) // 1000
         if iterator_type == "timestamp_unixtime_s":
-            return _epoch(self.start, 1), _epoch(self.end, 1)
+            return epoch_micros(self.start) // 1_000_000, epoch_micros(self.end) // 1_000_000
         is_timestamp = column_type is not None and pa.types.is_timestamp(column_type)
         if iterator_type == "date" and not is_timestamp:
             return self.start.date(), self.end.date()
@@ -83,11 +84,6 @@ class IntegerWindow:
 
 
 Window = IteratorWindow | IntegerWindow
-
-
-def _epoch(moment: datetime, per_second: int) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=moment.tzinfo)
-    return (delta.days * 86_400 + delta.seconds) * per_second + delta.microseconds * per_second // 1_000_000
 
 
 def iterator_window(
@@ -159,8 +155,14 @@ def iterator_moment(value: Any, iterator_type: str) -> datetime | None:
 
 
 def epoch_micros(moment: datetime) -> int:
-    """An aware moment in epoch microseconds: how versions and windows are stored."""
-    return _epoch(moment, 1_000_000)
+    """A moment in epoch microseconds (a naive one is UTC): how versions and windows are stored."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def micros_moment(micros: int) -> datetime:
+    """The UTC moment of a number of epoch microseconds."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 # Warehouses whose times reach past years 1 to 9999 (infinity, -infinity, BC years): rows holding such a time

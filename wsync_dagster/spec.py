@@ -53,7 +53,7 @@ _SECRET_KEY = re.compile(
 )
 # A key that names where a secret is kept (private_key_path) holds a path, not the secret.
 _PATH_KEY = re.compile(r"_path\Z", re.IGNORECASE)
-# A month is taken as 31 days: the delay check only needs an upper bound of one interval.
+# A month is taken as 31 days: the delay check and the range sensors' interval need only an upper bound.
 _FREQUENCY_SPAN = {
     "hourly": timedelta(hours=1),
     "daily": timedelta(days=1),
@@ -318,9 +318,14 @@ class SyncSettings(_Strict):
         return self.frequency or "daily"
 
     @property
+    def frequency_span(self) -> timedelta:
+        """One interval of the frequency (else daily), a month taken as 31 days."""
+        return _FREQUENCY_SPAN[self.partition_frequency]
+
+    @property
     def delay_limit(self) -> timedelta:
         """How old the newest iterator value may be before the data-delay check warns: delay_alert, else twice the frequency."""
-        return self.delay_alert or 2 * _FREQUENCY_SPAN[self.partition_frequency]
+        return self.delay_alert or 2 * self.frequency_span
 
     @property
     def history_start(self) -> datetime:

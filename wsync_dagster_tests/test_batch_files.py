@@ -17,8 +17,10 @@ from wsync_dagster.cli import main
 from wsync_dagster.defs import sync_resources
 from wsync_dagster.defs.assets import batch_file, build_sync_assets, delivery_key, mapped_key
 from wsync_dagster.defs.partitions import run_key
+from wsync_dagster.delivery import deliver_partitions
 from wsync_dagster.iterators import epoch_micros
-from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
+from wsync_dagster.mapped_batches import map_partition
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.settings import batches_dir, profile_store_url
 from wsync_dagster.spec import SyncSpec, load_sync_file
 from wsync_dagster.store import open_profile_store

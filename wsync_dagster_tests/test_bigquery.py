@@ -19,7 +19,7 @@ from dagster import AssetKey
 from wsync_dagster.cli import main
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.iterators import IteratorWindow
-from wsync_dagster.pipeline import preview_rows
+from wsync_dagster.preview import preview_rows
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store

@@ -28,6 +28,7 @@ from wsync_dagster.changes import databricks as databricks_feed
 from wsync_dagster.changes import snowflake as snowflake_feed
 from wsync_dagster.changes.delta import DeltaFeed
 from wsync_dagster.cli import main
+from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
@@ -248,25 +249,25 @@ def test_snowflake_versions_and_refusals_come_from_the_tables_metadata_mocked_sn
     created = datetime(2024, 11, 1, tzinfo=UTC)
     warehouse = MockedWarehouse({"SELECT created": _tables_row(created, now, 1)})
     with _snowflake_feed(tmp_path, warehouse) as feed:
-        assert feed.latest_version() == snowflake_feed.micros(now) + 1
+        assert feed.latest_version() == epoch_micros(now) + 1
         assert feed.newest_commit() == now
         assert (
             "FROM analytics.INFORMATION_SCHEMA.TABLES WHERE UPPER(table_schema) = UPPER('crm') "
             in warehouse.sent[0]
         )
         feed.check_history(
-            VersionWindow(snowflake_feed.micros(now - timedelta(hours=2)), feed.latest_version()), now
+            VersionWindow(epoch_micros(now - timedelta(hours=2)), feed.latest_version()), now
         )
 
         with pytest.raises(ChangeFeedError, match=r"keeps 1 days of history \(DATA_RETENTION_TIME_IN_DAYS\)"):
             feed.check_history(
-                VersionWindow(snowflake_feed.micros(now - timedelta(days=2)), feed.latest_version()), now
+                VersionWindow(epoch_micros(now - timedelta(days=2)), feed.latest_version()), now
             )
         with pytest.raises(
             ChangeFeedError, match="it was re-created, so its changes cannot be read from there"
         ):
             feed.check_history(
-                VersionWindow(snowflake_feed.micros(created - timedelta(hours=1)), feed.latest_version()), now
+                VersionWindow(epoch_micros(created - timedelta(hours=1)), feed.latest_version()), now
             )
     assert warehouse.closed
 

@@ -14,7 +14,7 @@ import pytest
 
 from wsync_dagster.batches import BatchFile
 from wsync_dagster.cli import main
-from wsync_dagster.pipeline import map_partition
+from wsync_dagster.mapped_batches import map_partition
 from wsync_dagster.settings import batches_dir, profile_store_url, syncs_dir
 from wsync_dagster.spec import load_sync_folder
 from wsync_dagster.store import open_profile_store

@@ -11,7 +11,7 @@ import pytest
 from wsync_dagster.data_model import DataModelError, source_tables, windowed_sql
 from wsync_dagster.identities import DEVICE_IDENTITIES, USER_IDENTITIES
 from wsync_dagster.mapping import BatchMapper, MappingError, build_plan
-from wsync_dagster.pipeline import check_mapping
+from wsync_dagster.read_plan import check_mapping
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster_tests.conftest import USERS_SQL, user_sync
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import pyarrow as pa
 import sqlglot
@@ -23,11 +23,11 @@ from wsync_dagster.changes.history import (
     no_feed,
 )
 from wsync_dagster.data_model import change_model_table
+from wsync_dagster.iterators import epoch_micros, micros_moment
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.warehouses.base import Warehouse
 
 _DIALECT = "databricks"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DatabricksFeed:
@@ -91,7 +91,7 @@ class DatabricksFeed:
         """When the newest version was committed."""
         commits = self._commits()
         newest = max(commits, key=lambda commit: commit.version)
-        return datetime.fromtimestamp(commit_micros(commits, newest.version, self._where) / 1e6, UTC)
+        return micros_moment(commit_micros(commits, newest.version, self._where))
 
     def reader(self, window: VersionWindow) -> tuple[Warehouse, str]:
         """The session, handed over, and the model over `table_changes` (or the snapshot `VERSION AS OF`)."""
@@ -136,7 +136,4 @@ def changes_sql(sql: str, name: str, window: VersionWindow) -> str:
 
 def _micros(value: datetime | int) -> int:
     """A history timestamp as epoch µs (a naive one is UTC: the session runs in UTC)."""
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return (moment - _EPOCH) // timedelta(microseconds=1)
-    return int(value)
+    return epoch_micros(value) if isinstance(value, datetime) else int(value)

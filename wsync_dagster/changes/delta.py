@@ -17,7 +17,7 @@ from wsync_dagster.changes.history import (
 )
 from wsync_dagster.data_model import change_model_table
 from wsync_dagster.spec import SyncSpec
-from wsync_dagster.warehouses.delta import DeltaWarehouse, _one_line, table_name
+from wsync_dagster.warehouses.delta import DeltaWarehouse, error_line, table_name
 
 
 class DeltaFeed:
@@ -49,7 +49,7 @@ class DeltaFeed:
             raise ChangeFeedError(f"{self._where}: there is no Delta table there") from None
         except (DeltaError, OSError) as error:
             raise ChangeFeedError(
-                f"{self._where}: version {version} cannot be read ({_one_line(error)}); its history may have "
+                f"{self._where}: version {version} cannot be read ({error_line(error)}); its history may have "
                 "expired: lengthen delta.logRetentionDuration, or use mode incremental"
             ) from None
 
@@ -98,7 +98,7 @@ class DeltaFeed:
         except Exception as error:  # delta-rs raises several error types for a feed it cannot read
             raise ChangeFeedError(
                 f"{self._where}: the change feed from version {window.first} to {window.last} cannot be read "
-                f"({_one_line(error)}); if its history expired, lengthen delta.logRetentionDuration and "
+                f"({error_line(error)}); if its history expired, lengthen delta.logRetentionDuration and "
                 "delta.deletedFileRetentionDuration, or use mode incremental"
             ) from None
         model = feed_model(

@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 import pyarrow as pa
 from sqlglot import exp
 
 from wsync_dagster.data_model import check_read_only_select
+from wsync_dagster.iterators import micros_moment
 from wsync_dagster.warehouses.base import Warehouse, WarehouseError
 
 CHANGE, VERSION, ORDER = "_wsync_change", "_wsync_version", "_wsync_order"
@@ -68,7 +69,7 @@ class VersionWindow:
 
 
 def _moment(micros: int) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat()
+    return micros_moment(micros).isoformat()
 
 
 class ChangeFeed(Protocol):

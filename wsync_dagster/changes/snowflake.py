@@ -17,11 +17,11 @@ from sqlglot import exp
 
 from wsync_dagster.changes.feed import CHANGE, ORDER, VERSION, ChangeFeedError, VersionWindow, feed_model
 from wsync_dagster.data_model import change_model_table
+from wsync_dagster.iterators import epoch_micros, micros_moment
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.warehouses.base import Warehouse, WarehouseError, resolve
 
 _DIALECT = "snowflake"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
 SNOWFLAKE_FEED_COLUMNS = ("METADATA$ACTION", "METADATA$ISUPDATE", "METADATA$ROW_ID")
 # An update is a DELETE and an INSERT, both with METADATA$ISUPDATE: the DELETE is its pre-image.
@@ -102,35 +102,35 @@ class SnowflakeFeed:
 
     def latest_version(self) -> int:
         """The moment the table last changed, in epoch µs, rounded up (the reader truncates to µs)."""
-        return micros(self._info()["last_altered"]) + 1
+        return epoch_micros(self._info()["last_altered"]) + 1
 
     def check_history(self, window: VersionWindow, now: datetime | None = None) -> None:
         """Refuse a range after which the table was re-created, or that starts before its retained history."""
         info = self._info()
         start = window.first - 1
-        if micros(info["created"]) > start:
+        if epoch_micros(info["created"]) > start:
             raise ChangeFeedError(
-                f"{self._where}: was created at {_moment(micros(info['created']))}, after this sync read it up to "
-                f"{_moment(start)}: it was re-created, so its changes cannot be read from there; start the sync "
+                f"{self._where}: was created at {micros_moment(epoch_micros(info['created']))}, after this sync read it up to "
+                f"{micros_moment(start)}: it was re-created, so its changes cannot be read from there; start the sync "
                 "again (a new name) or use mode incremental"
             )
-        if micros(info["last_altered"]) + 1 < window.last:
+        if epoch_micros(info["last_altered"]) + 1 < window.last:
             raise ChangeFeedError(
-                f"{self._where}: last changed at {_moment(micros(info['last_altered']))}, before {_moment(window.last)} "
+                f"{self._where}: last changed at {micros_moment(epoch_micros(info['last_altered']))}, before {micros_moment(window.last)} "
                 "that this sync has read: it was re-created; start the sync again or use mode incremental"
             )
         days = int(info["retention_time"] or 0)
         now = now or datetime.now(UTC)
-        if now - timedelta(days=days) > _moment(start):
+        if now - timedelta(days=days) > micros_moment(start):
             raise ChangeFeedError(
                 f"{self._where}: keeps {days} days of history (DATA_RETENTION_TIME_IN_DAYS), and this run reads "
-                f"changes from {_moment(start):%Y-%m-%d %H:%M:%S} UTC; raise it with ALTER TABLE {self.name} SET "
+                f"changes from {micros_moment(start):%Y-%m-%d %H:%M:%S} UTC; raise it with ALTER TABLE {self.name} SET "
                 "DATA_RETENTION_TIME_IN_DAYS = n, or use mode incremental"
             )
 
     def newest_commit(self) -> datetime:
         """When the table last changed."""
-        return _moment(micros(self._info()["last_altered"]))
+        return micros_moment(epoch_micros(self._info()["last_altered"]))
 
     def reader(self, window: VersionWindow) -> tuple[Warehouse, str]:
         """The session, handed over, and the model over the CHANGES clause (or the snapshot AT LAST)."""
@@ -172,19 +172,9 @@ def changes_sql(sql: str, name: str, window: VersionWindow) -> str:
     )
 
 
-def micros(moment: datetime) -> int:
-    """A moment as epoch µs (a naive one is UTC: the session runs in UTC)."""
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _moment(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
 def _timestamp(value: int) -> str:
     """A version as a TIMESTAMP_TZ literal in UTC, to the microsecond."""
-    return f"'{_moment(value).isoformat(sep=' ')}'::TIMESTAMP_TZ"
+    return f"'{micros_moment(value).isoformat(sep=' ')}'::TIMESTAMP_TZ"
 
 
 def _string(value: str) -> str:

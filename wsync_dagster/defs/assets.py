@@ -25,15 +25,11 @@ from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
+from wsync_dagster.delivery import deliver_partitions
+from wsync_dagster.iterator_extent import newest_iterator
+from wsync_dagster.mapped_batches import MapCounts, map_counts_by_partition, map_partition
 from wsync_dagster.modes import sync_mode
-from wsync_dagster.pipeline import (
-    MapCounts,
-    OpenReader,
-    deliver_partitions,
-    map_counts_by_partition,
-    map_partition,
-    newest_iterator,
-)
+from wsync_dagster.read_plan import OpenReader
 from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
 

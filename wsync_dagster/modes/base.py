@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from wsync_dagster.iterators import Window
-from wsync_dagster.pipeline import Partition
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.store import ProfileStore
 
 # How often a `once` sensor looks again after its run (it only skips then).

@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from functools import partial
+from datetime import datetime
 
 from dagster import (
     AssetExecutionContext,
     DagsterInstance,
-    DefaultSensorStatus,
     DynamicPartitionsDefinition,
-    RunRequest,
     SensorDefinition,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    sensor,
 )
 
 from wsync_dagster.changes import ChangeFeedError, VersionWindow, change_feed
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
-from wsync_dagster.modes.ranges import parse_range_key, range_key
-from wsync_dagster.pipeline import OpenReader, Partition
+from wsync_dagster.modes.ranges import parse_range_key, range_key, range_sensor
+from wsync_dagster.read_plan import OpenReader
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
-from wsync_dagster.warehouses.resource import WarehouseResource, warehouse_key
-
-_INTERVAL_S = {"hourly": 3600, "daily": 86_400, "weekly": 604_800, "monthly": 2_678_400}
 
 
 class ChangeCapture:
@@ -68,38 +59,14 @@ class ChangeCapture:
 
     def trigger(self, job: SyncJob) -> SensorDefinition | None:
         """A sensor that looks at the table's newest version, adds the next range and requests it."""
-        settings = self.spec.sync
-        if settings.schedule == "on_demand":
-            return None
-        start: datetime | None = settings.start
-        seconds = _INTERVAL_S[settings.frequency] if settings.schedule == "interval" else 60  # type: ignore[index]
-
-        @sensor(
-            name=f"{self.spec.name}_sensor",
-            job=job,
-            minimum_interval_seconds=seconds,
-            default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
-            # The connection's resource, as the sync's runs open it: one way to open a warehouse.
-            required_resource_keys={warehouse_key(self.spec)},
-            description=f"{self.spec.name}: the table's changes since the last version read, {settings.schedule}",
+        return range_sensor(
+            self.spec,
+            job,
+            self.partitions(),
+            self.next_range,
+            reads="the table's changes since the last version read",
+            unit="table version",
         )
-        # Called directly (as tests do), Dagster passes the required resources as keywords too.
-        def change_sensor(context: SensorEvaluationContext, **_resources: object):
-            if start is not None and datetime.now(UTC) < start:
-                return SkipReason(f"the first run is due at {start.isoformat()}")
-            if settings.schedule == "once" and context.cursor:
-                return SkipReason(f"ran once: {context.cursor}")
-            warehouse: WarehouseResource = getattr(context.resources, warehouse_key(self.spec))
-            key = self.next_range(context.instance, open_reader=partial(warehouse.open, self.spec.source_file))
-            if key is None:
-                return SkipReason("no table version above the last range")
-            return SensorResult(
-                run_requests=[RunRequest(run_key=key, partition_key=key)],
-                dynamic_partitions_requests=[self.partitions().build_add_request([key])],
-                cursor=key,
-            )
-
-        return change_sensor
 
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime

@@ -20,7 +20,7 @@ from dagster import (
 from wsync_dagster.defs.partitions import last_tick, run_key, run_key_time
 from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
-from wsync_dagster.pipeline import Partition
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 

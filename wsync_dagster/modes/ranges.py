@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from functools import partial
 
 from dagster import (
@@ -20,9 +20,11 @@ from dagster import (
     sensor,
 )
 
+from wsync_dagster.iterator_extent import iterator_extent
 from wsync_dagster.iterators import IntegerWindow, integer_window
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
-from wsync_dagster.pipeline import OpenReader, Partition, iterator_extent
+from wsync_dagster.read_plan import OpenReader
+from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 from wsync_dagster.warehouses.resource import WarehouseResource, warehouse_key
@@ -92,39 +94,14 @@ class IntegerRanges:
     def trigger(self, job: SyncJob) -> SensorDefinition | None:
         """A sensor that reads the newest value, adds the range above the last one and requests it."""
         settings = self.spec.sync
-        if settings.schedule == "on_demand":
-            return None
-        start: datetime | None = settings.start
-        interval = {"hourly": 3600, "daily": 86_400, "weekly": 604_800, "monthly": 2_678_400}
-        seconds = interval[settings.frequency] if settings.schedule == "interval" else 60  # type: ignore[index]
-
-        @sensor(
-            name=f"{self.spec.name}_sensor",
-            job=job,
-            minimum_interval_seconds=seconds,
-            default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
-            # The connection's resource, as the sync's runs open it: one way to open a warehouse.
-            required_resource_keys={warehouse_key(self.spec)},
-            description=f"{self.spec.name}: the next range of {settings.iterator} values, {settings.schedule}",
+        return range_sensor(
+            self.spec,
+            job,
+            self.partitions(),
+            self.next_range,
+            reads=f"the next range of {settings.iterator} values",
+            unit=f"{settings.iterator} value",
         )
-        # Called directly (as tests do), Dagster passes the required resources as keywords too.
-        def range_sensor(context: SensorEvaluationContext, **_resources: object):
-            if start is not None and datetime.now(start.tzinfo) < start:
-                return SkipReason(f"the first run is due at {start.isoformat()}")
-            if settings.schedule == "once" and context.cursor:
-                return SkipReason(f"ran once: {context.cursor}")
-            warehouse: WarehouseResource = getattr(context.resources, warehouse_key(self.spec))
-            key = self.next_range(context.instance, open_reader=partial(warehouse.open, self.spec.source_file))
-            if key is None:
-                return SkipReason(f"no {settings.iterator} value above the last range")
-            return SensorResult(
-                # The run key holds the range: run keys are deduplicated forever.
-                run_requests=[RunRequest(run_key=key, partition_key=key)],
-                dynamic_partitions_requests=[self.partitions().build_add_request([key])],
-                cursor=key,
-            )
-
-        return range_sensor
 
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
@@ -155,3 +132,51 @@ class IntegerRanges:
                 f"FIRST_LAST, both included, e.g. {range_key(1, 500)}"
             )
         return parsed
+
+
+def range_sensor(
+    spec: SyncSpec,
+    job: SyncJob,
+    partitions: DynamicPartitionsDefinition,
+    next_range: Callable[..., str | None],
+    *,
+    reads: str,
+    unit: str,
+) -> SensorDefinition | None:
+    """A sensor that adds the range `next_range` finds above the last one and requests it; None for on_demand.
+
+    `reads` says what each run reads, `unit` what a range holds (for the UI and the skip reasons).
+    """
+    settings = spec.sync
+    if settings.schedule == "on_demand":
+        return None
+    start: datetime | None = settings.start
+    seconds = int(settings.frequency_span.total_seconds()) if settings.schedule == "interval" else 60
+
+    @sensor(
+        name=f"{spec.name}_sensor",
+        job=job,
+        minimum_interval_seconds=seconds,
+        default_status=DefaultSensorStatus.STOPPED if settings.paused else DefaultSensorStatus.RUNNING,
+        # The connection's resource, as the sync's runs open it: one way to open a warehouse.
+        required_resource_keys={warehouse_key(spec)},
+        description=f"{spec.name}: {reads}, {settings.schedule}",
+    )
+    # Called directly (as tests do), Dagster passes the required resources as keywords too.
+    def next_range_sensor(context: SensorEvaluationContext, **_resources: object):
+        if start is not None and datetime.now(UTC) < start:
+            return SkipReason(f"the first run is due at {start.isoformat()}")
+        if settings.schedule == "once" and context.cursor:
+            return SkipReason(f"ran once: {context.cursor}")
+        warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
+        key = next_range(context.instance, open_reader=partial(warehouse.open, spec.source_file))
+        if key is None:
+            return SkipReason(f"no {unit} above the last range")
+        return SensorResult(
+            # The run key holds the range: run keys are deduplicated forever.
+            run_requests=[RunRequest(run_key=key, partition_key=key)],
+            dynamic_partitions_requests=[partitions.build_add_request([key])],
+            cursor=key,
+        )
+
+    return next_range_sensor

@@ -29,6 +29,11 @@ NAME_FORM = (
 )
 
 
+def one_line(text: str, separator: str = " ") -> str:
+    """A connector's message on one line: each line stripped, blank ones left out, joined by `separator`."""
+    return separator.join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class WarehouseError(RuntimeError):
     """The warehouse cannot be reached or cannot run the data model."""
 

@@ -22,6 +22,7 @@ from wsync_dagster.warehouses.base import (
     Setting,
     WarehouseError,
     cancelled_error,
+    one_line,
     resolve,
 )
 
@@ -63,7 +64,7 @@ class DatabricksConnection(ConnectionSpec):
                 user_agent_entry="wsync",
             )
         except sql.Error as error:
-            raise WarehouseError(f"connection: cannot connect to {where}: {_one_line(error)}") from None
+            raise WarehouseError(f"connection: cannot connect to {where}: {_message(error)}") from None
         return DatabricksWarehouse(connection, where, sql.Error, self.query_timeout)
 
     def table_path(self, table: SourceTable, base: Path) -> tuple[str, ...]:
@@ -96,7 +97,7 @@ class DatabricksWarehouse:
         except error as failure:
             connection.close()
             raise WarehouseError(
-                f"connection: {where} refused the session settings: {_one_line(failure)}"
+                f"connection: {where} refused the session settings: {_message(failure)}"
             ) from None
 
     def columns(self, sql: str) -> pa.Schema:
@@ -137,7 +138,7 @@ class DatabricksWarehouse:
 
     def _model_error(self, failure: Exception, query: str) -> WarehouseError:
         """One line without the SQL's string literals: run storage and logs keep every error message."""
-        message = redact_literals(_one_line(failure), query, self.dialect)
+        message = redact_literals(_message(failure), query, self.dialect)
         return WarehouseError(f"data_model.sql: {self._where} cannot run it: {message}")
 
 
@@ -178,9 +179,9 @@ def _literal(value: Setting | None) -> str | None:
     return f"${value.env}" if isinstance(value, EnvValue) else value
 
 
-def _one_line(error: Exception) -> str:
+def _message(error: Exception) -> str:
     """The connector's message, with the HTTP status it keeps aside (its message alone may be empty)."""
-    message = " ".join(str(error).split()) or type(error).__name__
+    message = one_line(str(error)) or type(error).__name__
     context = getattr(error, "context", None) or {}
     status = context.get("http-code")
     if status is None:

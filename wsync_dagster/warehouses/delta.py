@@ -18,6 +18,7 @@ from wsync_dagster.warehouses.base import (
     EnvValue,
     Setting,
     WarehouseError,
+    one_line,
     resolve,
 )
 from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
@@ -26,6 +27,7 @@ from wsync_dagster.warehouses.duckdb import DuckDBWarehouse
 _SECRET_OPTION = re.compile(r"account_key|sas_key|master_key", re.IGNORECASE)
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CAUSE_ARROW = re.compile(r"^\s*↳+", re.MULTILINE)
 # The model reaches the named tables only: no files, URLs, extensions or variables of this process.
 _CONFIG = {
     "enable_external_access": False,
@@ -186,14 +188,13 @@ def _dataset(name: tuple[str, ...], location: str, storage_options: dict[str, st
     except TableNotFoundError:
         raise WarehouseError(f"{where}: there is no Delta table there") from None
     except (DeltaError, OSError) as error:
-        raise WarehouseError(f"{where}: cannot be read: {_one_line(error)}") from None
+        raise WarehouseError(f"{where}: cannot be read: {error_line(error)}") from None
 
 
 def _quoted(identifier: str) -> str:
     return exp.to_identifier(identifier, quoted=True).sql(dialect="duckdb")
 
 
-def _one_line(error: Exception) -> str:
+def error_line(error: Exception) -> str:
     """delta-rs errors come as an indented, coloured chain of causes: one line of them, joined by ': '."""
-    lines = (_ANSI.sub("", line).strip().lstrip("↳").strip() for line in str(error).splitlines())
-    return ": ".join(line for line in lines if line) or type(error).__name__
+    return one_line(_CAUSE_ARROW.sub("", _ANSI.sub("", str(error))), ": ") or type(error).__name__

@@ -16,6 +16,7 @@ from wsync_dagster.warehouses.base import (
     ConnectionSpec,
     EnvValue,
     WarehouseError,
+    one_line,
     query_timeout_error,
     resolve,
 )
@@ -75,7 +76,7 @@ class DuckDBWarehouse:
             self._connection = duckdb.connect(str(path), read_only=True, config=_CONFIG)
         except duckdb.Error as error:
             raise WarehouseError(
-                f"connection.path: cannot open {path} read-only: {_one_line(error)}"
+                f"connection.path: cannot open {path} read-only: {_message(error)}"
             ) from None
         # Naive TIMESTAMP columns are UTC, as every window bound is.
         self._connection.execute("SET TimeZone = 'UTC'")
@@ -122,11 +123,10 @@ class DuckDBWarehouse:
 
 def _model_error(error: Exception, sql: str) -> WarehouseError:
     """The warehouse's error without the SQL: run storage and logs keep every error message."""
-    message = redact_literals(_one_line(error), sql, DuckDBWarehouse.dialect)
+    message = redact_literals(_message(error), sql, DuckDBWarehouse.dialect)
     return WarehouseError(f"data_model.sql: the warehouse cannot run it: {message}")
 
 
-def _one_line(error: Exception) -> str:
+def _message(error: Exception) -> str:
     """DuckDB's message on one line, without the `LINE n:` excerpt of the query that follows it."""
-    message = str(error).split("\nLINE ", 1)[0]
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return one_line(str(error).split("\nLINE ", 1)[0])

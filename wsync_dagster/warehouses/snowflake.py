@@ -21,6 +21,7 @@ from wsync_dagster.warehouses.base import (
     Setting,
     WarehouseError,
     cancelled_error,
+    one_line,
     resolve,
 )
 
@@ -216,8 +217,7 @@ def _setting_name(value: Setting | None, field: str) -> str | None:
 
 def _message(error: Exception) -> str:
     """The connector's message on one line, without its error number."""
-    text = _ERROR_NUMBER.sub("", str(getattr(error, "raw_msg", None) or error))
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return one_line(_ERROR_NUMBER.sub("", str(getattr(error, "raw_msg", None) or error)))
 
 
 def _binding(value: Any) -> Any:

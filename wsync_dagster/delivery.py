@@ -1,0 +1,94 @@
+"""A run's delivery step: its mapped batches applied to the profile store, each row counted in its partition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from wsync_dagster.batches import VERSION, BatchFile
+from wsync_dagster.progress import Progress, report
+from wsync_dagster.run_partitions import Partition, partition_of_rows
+from wsync_dagster.spec import SyncSpec
+from wsync_dagster.store import DeliveryCounts, ProfileStore
+from wsync_dagster.store.counts import MirrorHold
+
+
+@dataclass
+class DeliveryReport:
+    """What a delivery did: totals, each partition's own counts, and a few changed profiles."""
+
+    totals: DeliveryCounts
+    by_partition: dict[str, DeliveryCounts]
+    preview: list[dict]
+    mirror_hold: str | None = None  # why a mirror run removed nothing, and how to allow it
+    mirror_held_back: int = 0  # the profiles that would have lost this sync's attributes
+
+
+def deliver_partitions(
+    spec: SyncSpec,
+    batch_file: BatchFile,
+    store: ProfileStore,
+    partitions: Sequence[Partition],
+    *,
+    progress: Progress | None = None,
+    allow_mass_removal: bool = False,
+) -> DeliveryReport:
+    """Apply a run's mapped batches in one store transaction, each row counted in its partition; then remove them."""
+    settings = spec.sync
+    keys = [partition.key for partition in partitions]
+    with store.delivery(
+        sync=spec.name,
+        environment=settings.environment,
+        partitions=keys,
+        input_protection=settings.input_protection,
+        windows=[partition.window for partition in partitions],
+        mirror=settings.mirror,
+        mirror_max_removal=settings.mirror_max_removal,
+        allow_mass_removal=allow_mass_removal,
+    ) as delivery:
+        for batch in batch_file.mapped_batches():
+            index = partition_of_rows(batch.column(VERSION), partitions)
+            for part in np.unique(index):
+                delivery.apply_batch(batch.filter(pa.array(index == part)), keys[part])
+            # Not "applied": until the commit, a failure (a full disk) rolls all of it back.
+            report(
+                progress, f"{spec.name}: {delivery.counts.rows:,} rows staged, committed together at the end"
+            )
+        rejects = batch_file.rejects()
+        index = partition_of_rows(rejects.column(VERSION).combine_chunks(), partitions)
+        for part, key in enumerate(keys):
+            delivery.replace_rejects(rejects.filter(pa.array(index == part)), key)
+        touched = list(delivery.profile_ids_touched)
+    # Only after the commit: until then a retry of the delivery needs them.
+    batch_file.remove()
+    totals = delivery.counts
+    report(
+        progress,
+        f"{spec.name}: delivered {len(keys)} partition{'s' if len(keys) > 1 else ''}: "
+        + ", ".join(f"{name}={value:,}" for name, value in totals.as_dict().items()),
+    )
+    result = DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
+    if (hold := delivery.mirror_hold) is not None:
+        result.mirror_hold, result.mirror_held_back = mirror_hold_message(spec, hold), hold.profiles
+        report(progress, f"warning: {result.mirror_hold}")
+    return result
+
+
+def mirror_hold_message(spec: SyncSpec, hold: MirrorHold) -> str:
+    """One line: what a mirror run held back, why, and how to let it through."""
+    from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL  # defs imports this module
+
+    would = f"{hold.profiles:,} of the {hold.of:,} profiles it set would have lost this sync's attributes"
+    if hold.no_rows:
+        return (
+            f"{spec.name}: mirror removed nothing: the run mapped no rows (an empty model, or every row "
+            f"rejected; see `wsync rejects {spec.name}`), and {would}"
+        )
+    return (
+        f"{spec.name}: mirror removal held back: {would} ({hold.share:.0%}, over "
+        f"sync.mirror_max_removal {spec.sync.mirror_max_removal:.0%}); nothing was removed. If that is "
+        f"right, run `wsync run {spec.name} --allow-mass-removal` (in the UI: tag {ALLOW_MASS_REMOVAL}=true)"
+    )

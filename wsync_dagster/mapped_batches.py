@@ -1,0 +1,85 @@
+"""A run's mapping step: read the model (or a cdc table's changes), map it, write batch files and rejects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from wsync_dagster.batches import VERSION, BatchFile, remove_stale_files
+from wsync_dagster.changes import VersionWindow
+from wsync_dagster.iterators import Window
+from wsync_dagster.mapping import BatchMapper
+from wsync_dagster.progress import Progress, report
+from wsync_dagster.read_plan import OpenReader, change_read, model_read, open_reader_of
+from wsync_dagster.run_partitions import Partition, partition_of_rows
+from wsync_dagster.spec import SyncSpec
+
+
+@dataclass
+class MapCounts:
+    """What the mapping of one partition read, mapped and rejected."""
+
+    rows_read: int = 0
+    rows_mapped: int = 0
+    rows_rejected: int = 0
+
+    @property
+    def reject_rate(self) -> float:
+        """Rejected share of the rows read."""
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts by name."""
+        return asdict(self)
+
+
+def map_partition(
+    spec: SyncSpec,
+    window: Window | VersionWindow | None,
+    batch_file: BatchFile,
+    *,
+    run_version: int = 0,
+    progress: Progress | None = None,
+    open_reader: OpenReader | None = None,
+) -> MapCounts:
+    """Read the model (one iterator window, or all of it) and write mapped batches and rejects.
+
+    `open_reader` opens the warehouse (a run's resource); by default it is opened from the spec.
+    """
+    if removed := remove_stale_files(batch_file.directory):
+        report(progress, f"{spec.name}: removed {len(removed)} stale batch files")
+    counts = MapCounts()
+    if isinstance(window, VersionWindow):
+        warehouse, plan, query, params = change_read(spec, window, open_reader)
+    else:
+        warehouse = open_reader_of(spec, open_reader)
+    try:
+        if not isinstance(window, VersionWindow):
+            plan, query, params = model_read(spec, warehouse, window)
+        mapper = BatchMapper(plan, run_version=run_version)
+        with batch_file.writer() as writer:
+            writer.set_schema(mapper.empty().schema)
+            for batch in warehouse.read_batches(query, params):
+                mapped, rejects = mapper.map(batch)
+                writer.write(mapped, rejects)
+                counts.rows_read += batch.num_rows
+                counts.rows_mapped += mapped.num_rows
+                counts.rows_rejected += rejects.num_rows
+                report(
+                    progress,
+                    f"{spec.name}: read {counts.rows_read:,} rows, {counts.rows_rejected:,} rejected",
+                )
+    finally:
+        warehouse.close()
+    return counts
+
+
+def map_counts_by_partition(batch_file: BatchFile, partitions: Sequence[Partition]) -> dict[str, MapCounts]:
+    """Rows mapped and rejected per partition of a run, from its batch files."""
+    mapped = partition_of_rows(batch_file.column(VERSION), partitions)
+    rejected = partition_of_rows(batch_file.rejects().column(VERSION).combine_chunks(), partitions)
+    counts = {}
+    for index, partition in enumerate(partitions):
+        rows_mapped, rows_rejected = int((mapped == index).sum()), int((rejected == index).sum())
+        counts[partition.key] = MapCounts(rows_mapped + rows_rejected, rows_mapped, rows_rejected)
+    return counts

@@ -1,0 +1,16 @@
+"""A run's progress lines: to the caller (a run's log) and to the `wsync` logger, which the CLI prints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+Progress = Callable[[str], None]
+logger = logging.getLogger("wsync")
+
+
+def report(progress: Progress | None, message: str) -> None:
+    """Say one progress line to the caller, if any, and to the `wsync` logger."""
+    logger.info(message)
+    if progress is not None:
+        progress(message)
