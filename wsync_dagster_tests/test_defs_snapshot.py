@@ -36,6 +36,8 @@ DEMO_DAY = datetime(2025, 6, 15, tzinfo=UTC)
 SECTIONS = ("assets", "checks", "jobs", "schedules", "sensors", "resources")
 # A file warehouse's pool ends in a digest of its absolute path, which is this test's tmp folder.
 PATH_DIGEST = re.compile(r"(warehouse:(?:duckdb|delta):[^:\s]*)-[0-9a-f]{10}\b")
+# Its resource key too: the path's digest, then one of the path and the connection's keys.
+KEY_DIGEST = re.compile(r"\b(warehouse_(?:duckdb|delta)_\w*?)_[0-9a-f]{10}_[0-9a-f]{8}\b")
 
 
 def _partitions(partitions_def: PartitionsDefinition | None) -> Any:
@@ -162,6 +164,7 @@ def demo_definitions_snapshot(defs: Definitions, demo_root: Path) -> dict[str, A
     text = json.dumps(snapshot, sort_keys=True, default=str)
     text = text.replace(str(demo_root.resolve()), "<demo>").replace(str(demo_root), "<demo>")
     text = PATH_DIGEST.sub(r"\1-<path digest>", text)
+    text = KEY_DIGEST.sub(r"\1_<path digest>", text)
     return json.loads(text)
 
 
