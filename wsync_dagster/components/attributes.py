@@ -32,5 +32,7 @@ class SyncFileAttributes(RootModel[Any]):
         settings = handler.resolve_ref_schema(schema["properties"]["sync"])
         for field in _MOMENTS:
             # A date written in YAML arrives as a date, which a JSON "string" does not accept.
-            settings["properties"][field] = {"description": f"sync.{field}: a date or a UTC time (2024-01-01)"}
+            settings["properties"][field] = {
+                "description": f"sync.{field}: a date or a UTC time (2024-01-01)"
+            }
         return reference

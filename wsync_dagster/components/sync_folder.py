@@ -28,7 +28,8 @@ class WarehouseSyncFolder(Component, Resolvable, Model):
     @classmethod
     def get_spec(cls) -> ComponentTypeSpec:
         return ComponentTypeSpec(
-            tags=["wsync", "reverse-etl"], produces=["asset", "asset_check", "job", "schedule", "sensor", "resource"]
+            tags=["wsync", "reverse-etl"],
+            produces=["asset", "asset_check", "job", "schedule", "sensor", "resource"],
         )
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
@@ -39,4 +40,3 @@ class WarehouseSyncFolder(Component, Resolvable, Model):
     def folder(self, component_dir: Path) -> Path:
         """The sync folder this component reads."""
         return (component_dir / self.path).resolve() if self.path else syncs_dir()
-

@@ -9,7 +9,11 @@ from dagster import Component, ComponentTypeSpec, Definitions, scaffold_with
 from pydantic import BaseModel
 
 from wsync_dagster.components.attributes import SyncFileAttributes
-from wsync_dagster.components.shared import code_location_definitions, invalid_component_spec, syncs_definitions
+from wsync_dagster.components.shared import (
+    code_location_definitions,
+    invalid_component_spec,
+    syncs_definitions,
+)
 from wsync_dagster.components.sync_template import WarehouseSyncScaffolder
 from wsync_dagster.spec import InvalidSyncFile, SyncSpecError, load_sync_mapping
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml, shown_key
@@ -35,7 +39,8 @@ class WarehouseSync(Component):
     @classmethod
     def get_spec(cls) -> ComponentTypeSpec:
         return ComponentTypeSpec(
-            tags=["wsync", "reverse-etl"], produces=["asset", "asset_check", "job", "schedule", "sensor", "resource"]
+            tags=["wsync", "reverse-etl"],
+            produces=["asset", "asset_check", "job", "schedule", "sensor", "resource"],
         )
 
     @classmethod
@@ -66,7 +71,9 @@ def _attributes(path: Path) -> object:
     except YamlFileError as error:
         raise SyncSpecError(str(error)) from None
     if not isinstance(document, dict) or not isinstance(document.get("attributes"), dict):
-        raise SyncSpecError(f"{path}: attributes: required, a mapping of a sync file's keys (name, data_type, …)")
+        raise SyncSpecError(
+            f"{path}: attributes: required, a mapping of a sync file's keys (name, data_type, …)"
+        )
     return document["attributes"]
 
 
