@@ -4,6 +4,6 @@ from pathlib import Path
 
 from dagster import load_from_defs_folder
 
-from wsync_dagster.components.shared import refuse_invalid_syncs
+from wsync_dagster.components.shared import wsync_code_location
 
-defs = refuse_invalid_syncs(load_from_defs_folder(path_within_project=Path(__file__).parent))
+defs = wsync_code_location(load_from_defs_folder(path_within_project=Path(__file__).parent))

@@ -1,4 +1,4 @@
-"""What every wsync component builds on: one profile store resource and one recovery sensor per code location."""
+"""What every wsync component builds on: one profile store resource; and what a code location of them adds."""
 
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ VALIDATION_VARIABLE = "DAGSTER_IS_DEFS_VALIDATION_CLI"
 
 @cache
 def code_location_definitions() -> Definitions:
-    """The profile store and the recovery sensor, the same objects in every component, so their merge is one."""
+    """The profile store resource, the same object in every component, so that their merge holds one."""
     # Definitions.merge refuses two resources under one key unless they are the same object.
-    return Definitions(
-        resources={"profile_store": ProfileStoreResource(url=None)}, sensors=[build_recovery_sensor()]
-    )
+    return Definitions(resources={"profile_store": ProfileStoreResource(url=None)})
 
 
 def syncs_definitions(specs: list[SyncSpec], invalid: list[InvalidSyncFile]) -> Definitions:
@@ -47,8 +45,10 @@ def invalid_component_spec(file: InvalidSyncFile, component: str) -> AssetSpec:
     return spec.replace_attributes(key=AssetKey([INVALID_GROUP, name]))
 
 
-def refuse_invalid_syncs(defs: Definitions) -> Definitions:
-    """Under `dg check defs`, a sync that does not load fails the check, naming each file and its errors."""
+def wsync_code_location(defs: Definitions) -> Definitions:
+    """A defs folder's definitions as a wsync code location: with the run-recovery sensor (once: dg copies
+    each component's sensors with its own metadata), and, under `dg check defs`, refused while a sync does not load."""
+    defs = Definitions.merge(defs, Definitions(sensors=[build_recovery_sensor()]))
     if not os.environ.get(VALIDATION_VARIABLE):
         return defs
     errors = [

@@ -12,13 +12,18 @@ from dagster import Scaffolder, ScaffoldRequest
 DEMO_WAREHOUSE = Path("data/demo_warehouse.duckdb")
 
 TEMPLATE = """\
-# A wsync sync as a Dagster component. The attributes are a sync file's keys (README: "A sync file");
-# paths are relative to this file. `dg check defs` checks it; `dg list defs` shows its assets.
+# A wsync sync as a Dagster component: the attributes are a sync file's keys (README: "A sync file"),
+# and paths are relative to this file. `dg check defs` checks it; `dg list defs` shows its assets.
 type: {type_name}
 attributes:
-  name: {name}                    # lower-case letters, digits and _; names the sync's assets and job
+  # Lower-case letters, digits and _: names the sync's assets, job and batch folder.
+  name: {name}
   data_type: user                 # user | event
-  connection: {{type: duckdb, path: {warehouse}}}   # snowflake, bigquery, postgres, redshift, databricks, delta: see README
+  # duckdb here (the demo warehouse, `wsync demo`); snowflake, bigquery, postgres, redshift, databricks,
+  # delta: see the README. Secrets are always {{env: VAR}}.
+  connection:
+    type: duckdb
+    path: {warehouse}
   data_model:
     sql: SELECT customer_id, email, first_name, plan, updated_at FROM crm.users
   mapping:                        # optional for user data; required for events
