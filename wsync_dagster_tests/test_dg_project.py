@@ -79,7 +79,9 @@ def test_dg_check_defs_names_the_file_that_does_not_load_and_exits_1(syncs):
     result = dg("check", "defs", WSYNC_SYNCS_DIR=str(syncs))
     output = result.stdout + result.stderr
     assert result.returncode == 1
-    assert f"{syncs / 'broken.yaml'}:\n- data_model.sql: the data model must be a SELECT, found DELETE" in output
+    assert (
+        f"{syncs / 'broken.yaml'}:\n- data_model.sql: the data model must be a SELECT, found DELETE" in output
+    )
     assert "crm_users.yaml" not in output
 
 
@@ -117,7 +119,9 @@ def test_scaffolded_sync_is_valid_checked_listed_and_has_a_schema(project):
     # A second sync that does not validate shows as its own asset, and the first still loads.
     deleter = project / "syncproj" / "defs" / "deleter" / "defs.yaml"
     deleter.parent.mkdir()
-    deleter.write_text(text.replace("name: crm_users", "name: deleter").replace("SELECT customer_id", "DELETE --"))
+    deleter.write_text(
+        text.replace("name: crm_users", "name: deleter").replace("SELECT customer_id", "DELETE --")
+    )
     listed = json.loads(dg("list", "defs", "--json", cwd=project).stdout)
     assets = {asset["asset_key"]: asset for asset in listed["assets"]}
     assert {"crm_users/mapped_batches", "crm_users/delivery", "invalid_sync_files/deleter"} <= set(assets)
