@@ -1,7 +1,9 @@
-"""The code location: every sync file in WSYNC_SYNCS_DIR, as Dagster definitions."""
+"""The code location: the dg defs folder (wsync_dagster/defs_folder), every sync file in WSYNC_SYNCS_DIR among it."""
 
-from wsync_dagster.defs import build_folder_definitions
-from wsync_dagster.settings import syncs_dir
-from wsync_dagster.spec import SyncFolder, load_sync_folder
+from pathlib import Path
 
-defs = build_folder_definitions(load_sync_folder(syncs_dir()) if syncs_dir().is_dir() else SyncFolder([], []))
+from dagster import load_from_defs_folder
+
+from wsync_dagster.components.shared import wsync_code_location
+
+defs = wsync_code_location(load_from_defs_folder(path_within_project=Path(__file__).parent))

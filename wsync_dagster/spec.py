@@ -443,6 +443,16 @@ def _read(path: Path) -> dict:
         raw = read_yaml(path)
     except YamlFileError as error:
         raise SyncSpecError(str(error)) from None
+    return _checked(path, raw)
+
+
+def load_sync_mapping(path: Path, raw: Any) -> SyncSpec:
+    """Validate a sync given as keys read from `path` (a component's attributes), as a sync file is."""
+    return _validate(path, _checked(path, raw))
+
+
+def _checked(path: Path, raw: Any) -> dict:
+    """The keys, refused when they are no mapping or hold a literal secret."""
     if not isinstance(raw, dict):
         raise SyncSpecError(f"{path}: a sync file is a YAML mapping of keys (name, data_type, connection, …)")
     if literal := next(_literal_secrets(raw), None):
