@@ -14,7 +14,13 @@ from wsync_dagster.defs.invalid import INVALID_GROUP, invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
-from wsync_dagster.spec import InvalidSyncFile, SyncSpec, SyncSpecError
+from wsync_dagster.defs.warehouses import (
+    WarehouseResource,
+    same_connection,
+    warehouse_key,
+    warehouse_resources,
+)
+from wsync_dagster.spec import InvalidSyncFile, SyncSpec, SyncSpecError, connection_name_conflict
 
 # Set by `dg check defs` and `dagster definitions validate` while they load the code location.
 VALIDATION_VARIABLE = "DAGSTER_IS_DEFS_VALIDATION_CLI"
@@ -27,13 +33,31 @@ def code_location_definitions() -> Definitions:
     return Definitions(resources={"profile_store": ProfileStoreResource(url=None)})
 
 
+# Per connection key: the first sync that gave it, and its resource, one object for every component.
+_warehouses: dict[str, tuple[SyncSpec, WarehouseResource]] = {}
+
+
+def shared_warehouse_resources(specs: list[SyncSpec]) -> dict[str, WarehouseResource]:
+    """One warehouse resource per connection across all components (the same object, as the merge needs)."""
+    shared = {}
+    for key, resource in warehouse_resources(specs).items():
+        spec = next(spec for spec in specs if warehouse_key(spec) == key)
+        first, kept = _warehouses.setdefault(key, (spec, resource))
+        if first is not spec and not same_connection(first, spec):
+            raise SyncSpecError(connection_name_conflict(spec, first))
+        shared[key] = kept
+    return shared
+
+
 def syncs_definitions(specs: list[SyncSpec], invalid: list[InvalidSyncFile]) -> Definitions:
     """Each valid sync's definitions, the tables they read, and an asset per sync that does not load."""
     for file in invalid:
         logging.getLogger("wsync").warning(f"sync file not loaded: {file.errors[0]}")
     return Definitions.merge(
         *(build_sync_definitions(spec) for spec in specs),
-        Definitions(assets=[*source_specs(specs), *invalid_file_specs(invalid)]),
+        Definitions(
+            assets=[*source_specs(specs), *invalid_file_specs(invalid)], resources=shared_warehouse_resources(specs)
+        ),
         code_location_definitions(),
     )
 
