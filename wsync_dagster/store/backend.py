@@ -1,6 +1,6 @@
 """Where the profile store is written: the narrow interface the delivery planner talks to, and SQLite's.
 
-The planner (store/sqlite.py's ProfileStore and Delivery) decides everything and speaks portable SQL
+The planner (store/planner.py's ProfileStore and Delivery) decides everything and speaks portable SQL
 (`?` and `:name` placeholders, `INSERT … ON CONFLICT`, `IS NOT DISTINCT FROM`); a backend runs it and
 moves Arrow tables in bulk: `insert` appends rows to a table, `stage` replaces a staging table's rows.
 """

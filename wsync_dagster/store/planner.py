@@ -1,4 +1,4 @@
-"""The embedded profile store: profiles, identities, attributes and events in one SQLite file."""
+"""The delivery planner of both store backends: what a delivery does, in portable SQL over a Backend."""
 
 from __future__ import annotations
 
