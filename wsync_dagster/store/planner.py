@@ -19,7 +19,7 @@ from wsync_dagster import batches as b
 from wsync_dagster.disk_space import DiskFullError, is_disk_full
 from wsync_dagster.identities import priority
 from wsync_dagster.store import erasure
-from wsync_dagster.store.backend import Backend, SQLiteBackend
+from wsync_dagster.store.sqlite import Backend, SQLiteBackend
 from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
 from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
