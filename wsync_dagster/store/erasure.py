@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from wsync_dagster import batches as b
 from wsync_dagster.identities import IDENTITY_PRIORITY
-from wsync_dagster.store.sqlite import Backend
+from wsync_dagster.store.backend import Backend
 
 Identity = tuple[str, str]  # (identity type, value)
 

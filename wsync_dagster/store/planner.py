@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from wsync_dagster import batches as b
 from wsync_dagster.disk_space import DiskFullError, is_disk_full
 from wsync_dagster.identities import priority
 from wsync_dagster.store import erasure
-from wsync_dagster.store.sqlite import Backend, SQLiteBackend
+from wsync_dagster.store.backend import Backend
 from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
 from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
@@ -33,6 +32,7 @@ from wsync_dagster.store.resolution import (
     profile_id_for,
     resolve,
 )
+from wsync_dagster.store.sqlite import SQLiteBackend
 
 PREVIEW_PROFILES = 20
 # Past this many identities a delivery starts its graph over from the store, which holds all of it
@@ -157,11 +157,6 @@ class ProfileStore:
     def backend(self) -> str:
         """Which kind of store this is: sqlite or postgresql."""
         return self._db.name
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        """The SQLite connection (tests of SQLite's own behaviour reach for it)."""
-        return self._db._conn  # type: ignore[attr-defined]
 
     def __enter__(self) -> ProfileStore:
         return self

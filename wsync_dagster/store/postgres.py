@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as csv
 
 from wsync_dagster.settings import lock_timeout
-from wsync_dagster.store.sqlite import Params
+from wsync_dagster.store.backend import Params
 from wsync_dagster.store.lock_waits import LOCK_NOT_AVAILABLE, LockWaitWatch
 from wsync_dagster.store.schema import SCHEMA_VERSION, STAGING, TABLES, UPGRADES
 
