@@ -20,6 +20,7 @@ from wsync_dagster.data_model import extent_sql, limited_sql, windowed_sql
 from wsync_dagster.identities import priority
 from wsync_dagster.iterators import IntegerWindow, Window, iterator_moment, reads_odd_times, time_range_bounds
 from wsync_dagster.mapping import BatchMapper, MappingPlan, build_plan
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
 from wsync_dagster.store.counts import MirrorHold
@@ -265,8 +266,6 @@ def deliver_partitions(
 
 def mirror_hold_message(spec: SyncSpec, hold: MirrorHold) -> str:
     """One line: what a mirror run held back, why, and how to let it through."""
-    from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL  # defs imports this module
-
     would = f"{hold.profiles:,} of the {hold.of:,} profiles it set would have lost this sync's attributes"
     if hold.no_rows:
         return (

@@ -17,12 +17,12 @@ from wsync_dagster.cancellation import QueryStopped
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.pools import warehouse_pool
-from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.pipeline import check_mapping, logger
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.run_lock import one_run_at_a_time
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.settings import lock_timeout
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore

@@ -16,8 +16,8 @@ from wsync_dagster.batches import RETENTION
 from wsync_dagster.cli import main
 from wsync_dagster.defs import sync_resources
 from wsync_dagster.defs.assets import batch_file, build_sync_assets, delivery_key, mapped_key
-from wsync_dagster.defs.partitions import run_key
 from wsync_dagster.iterators import epoch_micros
+from wsync_dagster.modes.partitions import run_key
 from wsync_dagster.pipeline import Partition, deliver_partitions, map_partition
 from wsync_dagster.settings import batches_dir, profile_store_url
 from wsync_dagster.spec import SyncSpec, load_sync_file

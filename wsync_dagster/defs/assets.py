@@ -22,7 +22,6 @@ from wsync_dagster.changes import change_feed
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
-from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.pipeline import (
@@ -33,6 +32,7 @@ from wsync_dagster.pipeline import (
     map_partition,
     newest_iterator,
 )
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
 

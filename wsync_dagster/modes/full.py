@@ -17,9 +17,9 @@ from dagster import (
     sensor,
 )
 
-from wsync_dagster.defs.partitions import last_tick, run_key, run_key_time
 from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.modes.partitions import last_tick, run_key, run_key_time
 from wsync_dagster.pipeline import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore

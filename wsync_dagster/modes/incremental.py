@@ -22,11 +22,11 @@ from dagster import (
     sensor,
 )
 
-from wsync_dagster.defs.partitions import run_key, schedule_partitions
-from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.iterators import epoch_micros, iterator_window
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.modes.partitions import run_key, schedule_partitions
 from wsync_dagster.pipeline import Partition
+from wsync_dagster.run_tags import partition_range_tags
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
