@@ -8,9 +8,9 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, materialize
 
-from wsync_dagster.defs import build_definitions, sync_job_name, sync_resources
+from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import build_sync_assets
-from wsync_dagster.runner import RunError, partitions_due, run_sync
+from wsync_dagster.runner import RunError, run_sync
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
@@ -22,7 +22,7 @@ def _materialize(spec, partition_key: str, instance: DagsterInstance | None = No
         build_sync_assets(spec),
         partition_key=partition_key,
         instance=instance or DagsterInstance.ephemeral(),
-        resources=sync_resources(spec),
+        resources=build_definitions([spec]).resources,
         raise_on_error=False,
     )
 
@@ -225,12 +225,14 @@ def test_run_without_partition_catches_up_from_historical_start(make_warehouse, 
         )
     )
     store = open_profile_store(profile_store_url())
-    report = run_sync(spec, store, DagsterInstance.ephemeral(), now=datetime(2024, 1, 4, 6, tzinfo=UTC))
+    instance = DagsterInstance.ephemeral()
+    report = run_sync(spec, store, instance, now=datetime(2024, 1, 4, 6, tzinfo=UTC))
     assert report.partitions == "2024-01-02..2024-01-03"
     assert _profile("C001") is None  # before historical_start
     assert _profile("C003") is not None
-    assert partitions_due(spec, store, now=datetime(2024, 1, 4, 6, tzinfo=UTC)) == []
-    assert partitions_due(spec, store, now=datetime(2024, 1, 5, 6, tzinfo=UTC)) == ["2024-01-04"]
+    # Run again: nothing is due until the next window is complete, then that window alone.
+    assert run_sync(spec, store, instance, now=datetime(2024, 1, 4, 6, tzinfo=UTC)).partitions == ""
+    assert run_sync(spec, store, instance, now=datetime(2024, 1, 5, 6, tzinfo=UTC)).partitions == "2024-01-04"
     store.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetSelection, ConfigurableResource, Definitions, SensorDefinition, define_asset_job
+from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
 
 from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
 from wsync_dagster.defs.invalid import invalid_file_specs
@@ -37,14 +37,6 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         sensors=[trigger] if is_sensor else None,
         resources={warehouse_key(spec): warehouse_resource(spec)},
     )
-
-
-def sync_resources(spec: SyncSpec, store_url: str | None = None) -> dict[str, ConfigurableResource]:
-    """The resources one sync's assets need: the profile store and the sync's warehouse."""
-    return {
-        "profile_store": ProfileStoreResource(url=store_url),
-        warehouse_key(spec): warehouse_resource(spec),
-    }
 
 
 def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> Definitions:
