@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
@@ -10,6 +10,7 @@ from dagster import DagsterInstance, materialize
 
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import build_sync_assets
+from wsync_dagster.modes.partitions import run_key
 from wsync_dagster.runner import RunError, run_sync
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
@@ -197,6 +198,32 @@ def test_full_mode_rerun_of_an_unchanged_table_writes_nothing(make_warehouse, wr
     assert second.metadata["segments/delivery"]["rows_unchanged"] == 2
     assert second.metadata["segments/delivery"]["attributes_set"] == 0
     assert second.metadata["segments/delivery"]["profiles_updated"] == 0
+
+
+def test_full_mode_lists_the_newest_100_delivered_run_keys_and_every_undelivered_one(make_warehouse, write_sync):
+    spec = load_sync_file(write_sync(_full_sync(make_warehouse(FULL_SQL))))
+    store = open_profile_store(profile_store_url())
+    instance = DagsterInstance.ephemeral()
+    # 112 earlier hourly runs; the first and the sixth never delivered (failed, or still to run).
+    earlier = [run_key(datetime(2024, 4, 1, tzinfo=UTC) + timedelta(hours=n)) for n in range(112)]
+    undelivered = [earlier[0], earlier[5]]
+    delivered = [key for key in earlier if key not in undelivered]
+    with store.delivery(
+        sync="segments", environment="production", partitions=delivered, input_protection="create_and_update"
+    ):
+        pass
+    instance.add_dynamic_partitions("segments_runs", earlier)
+
+    report = run_sync(spec, store, instance, now=datetime(2024, 5, 1, tzinfo=UTC))
+    listed = instance.get_dynamic_partitions("segments_runs")
+    assert sorted(listed) == sorted([*undelivered, *earlier[-99:], report.partitions])
+    # The store's record of every delivery stays: only Dagster's partition list is pruned.
+    assert store.delivered_partitions("segments", "production") == sorted([*delivered, report.partitions])
+    again = run_sync(spec, store, instance, now=datetime(2024, 5, 2, tzinfo=UTC))
+    store.close()
+    assert sorted(instance.get_dynamic_partitions("segments_runs")) == sorted(
+        [*undelivered, *earlier[-98:], report.partitions, again.partitions]
+    )
 
 
 def test_full_mode_applies_only_changed_rows(make_warehouse, write_sync):

@@ -278,6 +278,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             report = deliver_partitions(
                 spec, batches, store, scope.partitions, progress=context.log.info, allow_mass_removal=allow
             )
+            if pruned := mode.prune_partitions(context.instance, store):
+                context.log.info(f"{spec.name}: {len(pruned)} old delivered partitions no longer listed")
         finally:
             store.close()
         # Each partition shows its own counts; the run's totals are in its log, once.

@@ -24,6 +24,9 @@ from wsync_dagster.pipeline import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
+# Delivered run keys Dagster keeps listing per full-mode sync, newest first; every undelivered one stays too.
+KEPT_RUN_KEYS = 100
+
 
 class FullMode:
     """Re-read everything; only rows whose fingerprint changed are applied."""
@@ -97,3 +100,14 @@ class FullMode:
             ) from None
         instance.add_dynamic_partitions(self.partitions().name, [key])
         return [PlannedRun(key, {"partition_key": key})]
+
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """Delivered run keys older than the newest KEPT_RUN_KEYS, deleted: a run adds one key, never removes
+        one, and Dagster's partition list would grow with every run."""
+        name = self.partitions().name
+        older = sorted(instance.get_dynamic_partitions(name))[:-KEPT_RUN_KEYS]
+        delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
+        stale = [key for key in older if key in delivered]
+        for key in stale:
+            instance.delete_dynamic_partition(name, key)
+        return stale

@@ -137,6 +137,10 @@ class TimeWindows:
         delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
         return [key for key in keys if key not in delivered]
 
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """Nothing: time windows are fixed by the schedule, not added per run."""
+        return []
+
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
     ) -> list[PlannedRun]:

@@ -118,6 +118,10 @@ class IntegerRanges:
 
         return range_sensor
 
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """Nothing: the next range is found from the ranges Dagster lists."""
+        return []
+
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
     ) -> list[PlannedRun]:
