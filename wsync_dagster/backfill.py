@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from wsync_dagster.defs.partitions import sync_partitions
+from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncSpec
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -102,7 +102,7 @@ def partition_range(spec: SyncSpec, first: str, last: str, now: datetime | None 
             f"{spec.name}: a backfill needs time partitions, and a {spec.sync.mode}-mode sync has none "
             f"(its partitions are run keys): use `wsync run {spec.name}`"
         )
-    keys = sync_partitions(spec).get_partition_keys(current_time=now or datetime.now(UTC))
+    keys = sync_mode(spec).partitions().get_partition_keys(current_time=now or datetime.now(UTC))
     if not keys:
         raise BackfillError(f"{spec.name}: no partition is complete yet, so there is nothing to backfill")
     for option, key in (("--from", first), ("--to", last)):

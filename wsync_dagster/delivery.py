@@ -11,6 +11,7 @@ import pyarrow as pa
 from wsync_dagster.batches import VERSION, BatchFile
 from wsync_dagster.progress import Progress, report
 from wsync_dagster.run_partitions import Partition, partition_of_rows
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import DeliveryCounts, ProfileStore
 from wsync_dagster.store.counts import MirrorHold
@@ -79,8 +80,6 @@ def deliver_partitions(
 
 def mirror_hold_message(spec: SyncSpec, hold: MirrorHold) -> str:
     """One line: what a mirror run held back, why, and how to let it through."""
-    from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL  # defs imports this module
-
     would = f"{hold.profiles:,} of the {hold.of:,} profiles it set would have lost this sync's attributes"
     if hold.no_rows:
         return (

@@ -17,13 +17,12 @@ from wsync_dagster.cancellation import QueryStopped
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL
 from wsync_dagster.defs.pools import warehouse_pool
-from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.modes import RunError, sync_mode
-from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.progress import logger
 from wsync_dagster.read_plan import check_mapping
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.run_lock import one_run_at_a_time
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.settings import lock_timeout
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -53,13 +52,6 @@ class RunReport:
     metadata: dict[str, dict] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # checks of severity WARN that did not pass
-
-
-def partitions_due(spec: SyncSpec, store: ProfileStore, now: datetime | None = None) -> list[str]:
-    """Every complete time partition up to now that has not been delivered, gaps included."""
-    mode = sync_mode(spec)
-    assert isinstance(mode, TimeWindows), "only time partitions fall due"
-    return mode.due(store, now or datetime.now(UTC))
 
 
 def run_sync(

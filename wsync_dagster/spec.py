@@ -563,14 +563,6 @@ def _other_connection_named(spec: SyncSpec, specs: list[SyncSpec]) -> SyncSpec |
     )
 
 
-def load_syncs(directory: Path) -> list[SyncSpec]:
-    """Every sync file of a folder, validated, with unique names; errors of all files together."""
-    folder = load_sync_folder(directory)
-    if folder.invalid:
-        raise SyncSpecError("\n".join(line for file in folder.invalid for line in file.errors))
-    return folder.specs
-
-
 def _describe(path: Path, error: ValidationError, raw: dict) -> str:
     lines = []
     for item in error.errors():

@@ -168,6 +168,32 @@ def pg_store_url(database_url: str) -> str:
     return f"{database_url}?options=-csearch_path%3D{schema}"
 
 
+def store_sql(url: str, *statements: str) -> list[tuple]:
+    """Run SQL on a store as its user would (sqlite3 on the file, psql on the database); the last one's rows."""
+    import sqlite3
+
+    import psycopg2
+
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            for statement in statements:
+                cursor = conn.execute(statement)
+            rows = cursor.fetchall()
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., ProfileStore]]:
     """Fresh profile stores of the backend the test is parametrized with (`backend`), closed afterwards."""

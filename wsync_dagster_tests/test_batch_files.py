@@ -14,12 +14,12 @@ from dagster import DagsterInstance, materialize
 
 from wsync_dagster.batches import RETENTION
 from wsync_dagster.cli import main
-from wsync_dagster.defs import sync_resources
+from wsync_dagster.defs import build_definitions
 from wsync_dagster.defs.assets import batch_file, build_sync_assets, delivery_key, mapped_key
-from wsync_dagster.defs.partitions import run_key
 from wsync_dagster.delivery import deliver_partitions
 from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.mapped_batches import map_partition
+from wsync_dagster.modes.partitions import run_key
 from wsync_dagster.run_partitions import Partition
 from wsync_dagster.settings import batches_dir, profile_store_url
 from wsync_dagster.spec import SyncSpec, load_sync_file
@@ -49,7 +49,7 @@ def _materialize(spec: SyncSpec, partition: str, *, only: str | None = None, sto
         partition_key=partition,
         selection=[keys[only]] if only else None,
         instance=DagsterInstance.ephemeral(),
-        resources=sync_resources(spec, store_url),
+        resources=build_definitions([spec], store_url).resources,
         raise_on_error=False,
     )
 

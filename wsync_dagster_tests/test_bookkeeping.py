@@ -27,8 +27,8 @@ from wsync_dagster.bookkeeping import (
 )
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import REJECT_RATE_CHECK, delivery_key, mapped_key
-from wsync_dagster.defs.partitions import sync_partitions
-from wsync_dagster.defs.tags import partition_range_tags
+from wsync_dagster.modes import sync_mode
+from wsync_dagster.run_tags import partition_range_tags
 from wsync_dagster.runner import RunError, run_sync
 from wsync_dagster.spec import SyncSpec, load_sync_file
 from wsync_dagster.store import open_profile_store
@@ -99,7 +99,7 @@ def run(spec: SyncSpec, instance: DagsterInstance, partitions: str, store_url: s
 def answers(instance: DagsterInstance, spec: SyncSpec, runs: dict[str, str]) -> dict:
     """What Dagster's own asset queries answer, with run ids and storage ids named by their role."""
     role = {run_id: name for name, run_id in runs.items()}
-    partitions_def = sync_partitions(spec)
+    partitions_def = sync_mode(spec).partitions()
     result: dict = {}
     for key in (mapped_key(spec), delivery_key(spec)):
         status = get_and_update_asset_status_cache_value(instance, key, partitions_def)

@@ -62,7 +62,7 @@ def test_the_check_is_a_warning_with_the_newest_value_and_delay_in_its_metadata(
     """What the UI shows: severity WARN, not passed, the newest value, the delay and the limit."""
     from dagster import DagsterInstance, materialize
 
-    from wsync_dagster.defs import sync_resources
+    from wsync_dagster.defs import build_definitions
     from wsync_dagster.defs.assets import DATA_DELAY_CHECK, build_sync_assets, data_delay_result
 
     spec = load_sync_file(
@@ -79,7 +79,7 @@ def test_the_check_is_a_warning_with_the_newest_value_and_delay_in_its_metadata(
         build_sync_assets(spec),
         partition_key="2024-01-01",
         instance=DagsterInstance.ephemeral(),
-        resources=sync_resources(spec),
+        resources=build_definitions([spec]).resources,
     )
     evaluations = {e.check_name: e for e in run.get_asset_check_evaluations()}
     assert not evaluations[DATA_DELAY_CHECK].passed

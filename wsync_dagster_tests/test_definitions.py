@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from dagster import (
@@ -14,7 +16,7 @@ from dagster import (
 )
 
 from wsync_dagster.defs import build_definitions
-from wsync_dagster.defs.partitions import sync_partitions
+from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster_tests.conftest import user_sync
 
@@ -63,14 +65,14 @@ def test_two_syncs_reading_one_table_share_its_source_asset(tmp_path):
 
 
 def test_hourly_partitions_start_at_historical_start_and_use_dagster_keys(tmp_path):
-    partitions = sync_partitions(_hourly(tmp_path))
+    partitions = sync_mode(_hourly(tmp_path)).partitions()
     keys = partitions.get_partition_keys(current_time=datetime(2024, 11, 15, 21, 30, tzinfo=UTC))
     assert keys[0] == "2024-11-15-00:00" and keys[-1] == "2024-11-15-20:00"
 
 
 def test_daily_partitions_are_anchored_at_the_start_time(tmp_path):
     spec = _spec(tmp_path, sync={"start": "2024-11-15T19:00:00Z", "historical_start": "2024-11-10"})
-    partitions = sync_partitions(spec)
+    partitions = sync_mode(spec).partitions()
     first = partitions.get_first_partition_key()
     assert first == "2024-11-09"  # the window that holds historical_start
     window = partitions.time_window_for_partition_key(first)
@@ -81,8 +83,8 @@ def test_daily_partitions_are_anchored_at_the_start_time(tmp_path):
 
 
 def test_weekly_and_monthly_partitions_are_keyed_by_their_first_day(tmp_path):
-    weekly = sync_partitions(_spec(tmp_path, sync={"frequency": "weekly", "start": "2024-11-15T00:00:00Z"}))
-    monthly = sync_partitions(_spec(tmp_path, sync={"frequency": "monthly", "start": "2024-11-15T00:00:00Z"}))
+    weekly = sync_mode(_spec(tmp_path, sync={"frequency": "weekly", "start": "2024-11-15T00:00:00Z"})).partitions()
+    monthly = sync_mode(_spec(tmp_path, sync={"frequency": "monthly", "start": "2024-11-15T00:00:00Z"})).partitions()
     now = datetime(2024, 3, 1, tzinfo=UTC)
     assert weekly.get_partition_keys(current_time=now)[:2] == [
         "2023-12-29",
@@ -197,3 +199,10 @@ def test_interval_schedule_never_runs_before_start_even_with_history_before_it(t
 
     [request] = tick(datetime(2030, 1, 1, 6, 0, tzinfo=UTC)).run_requests
     assert request.partition_key == "2030-01-01-05:00"
+
+
+def test_the_sync_modes_are_built_without_the_dagster_wiring_that_uses_them():
+    """defs builds on modes, never the other way round: importing the modes loads no defs module."""
+    script = "import sys, wsync_dagster.modes; print(sorted(m for m in sys.modules if m.startswith('wsync_dagster.defs')))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -202,9 +202,11 @@ def test_sync_file_paths_resolve_to_the_warehouse(built: DemoPaths) -> None:
 
 
 def test_sync_files_pass_the_sync_validator(built: DemoPaths) -> None:
-    from wsync_dagster.spec import load_syncs
+    from wsync_dagster.spec import load_sync_folder
 
-    assert sorted(spec.name for spec in load_syncs(built.syncs_dir)) == [
+    folder = load_sync_folder(built.syncs_dir)
+    assert folder.invalid == []
+    assert sorted(spec.name for spec in folder.specs) == [
         "demo_events",
         "demo_segments",
         "demo_users",

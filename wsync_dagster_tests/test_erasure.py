@@ -18,7 +18,7 @@ from wsync_dagster.mapped_batches import map_partition
 from wsync_dagster.settings import batches_dir, profile_store_url, syncs_dir
 from wsync_dagster.spec import load_sync_folder
 from wsync_dagster.store import open_profile_store
-from wsync_dagster_tests.conftest import STORE_BACKENDS, pg_store_url, user_sync
+from wsync_dagster_tests.conftest import STORE_BACKENDS, pg_store_url, store_sql, user_sync
 
 ADA = "ada@example.com"
 # Ada has a profile (C001) and a second row that is rejected (NaN score) but holds her e-mail;
@@ -264,15 +264,10 @@ def test_an_erased_person_is_in_no_table_of_the_postgresql_store(
 def test_a_store_made_before_erasure_is_upgraded_in_place(backend, make_store, tmp_path):
     store = make_store()
     url = store.url
-    # Back to the previous schema version: the erasure tables gone, the version said.
-    if backend == "sqlite":
-        for statement in ("DROP TABLE suppressions", "DROP TABLE erasure_salt", "PRAGMA user_version = 2"):
-            store._conn.execute(statement)
-    else:
-        store._db.execute("DROP TABLE suppressions")
-        store._db.execute("DROP TABLE erasure_salt")
-        store._db.execute("UPDATE wsync_schema SET version = 2")
     store.close()
+    # Back to the previous schema version: the erasure tables gone, the version said.
+    version = "PRAGMA user_version = 2" if backend == "sqlite" else "UPDATE wsync_schema SET version = 2"
+    store_sql(url, "DROP TABLE suppressions", "DROP TABLE erasure_salt", version)
     with open_profile_store(url) as upgraded:
         erased = upgraded.erase([("email", ADA)], "production")
         assert erased.suppressed == 1 and erased.found == {("email", ADA): 0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -241,8 +242,19 @@ def test_only_one_read_only_select_is_a_data_model(sql):
 
 
 def test_windowed_model_binds_bounds_as_parameters():
+    """Run as the warehouse runs it: two parameters, the window's start included and its end excluded."""
     sql = windowed_sql("SELECT a, updated_at FROM t", "updated_at")
-    assert sql.count("?") == 2 and 'updated_at" >= ?' in sql
+    start, end = datetime(2024, 1, 1), datetime(2024, 1, 2)
+    with duckdb.connect() as connection:
+        connection.execute(
+            "CREATE TABLE t AS SELECT * FROM (VALUES (3, TIMESTAMP '2024-01-02 00:00'),"
+            " (2, TIMESTAMP '2024-01-01 12:00'), (1, TIMESTAMP '2024-01-01 00:00')) AS v(a, updated_at)"
+        )
+        rows = connection.execute(sql, [start, end]).fetchall()
+        for wrong in ([start], [start, end, end]):
+            with pytest.raises(duckdb.InvalidInputException):
+                connection.execute(sql, wrong)
+    assert rows == [(1, start), (2, datetime(2024, 1, 1, 12))]
 
 
 def test_check_mapping_probes_the_real_warehouse_columns(tmp_path, make_warehouse):

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from wsync_dagster.store import ProfileStoreError, open_profile_store
-from wsync_dagster_tests.conftest import pg_store_url
+from wsync_dagster_tests.conftest import pg_store_url, store_sql
 from wsync_dagster_tests.test_profile_store import _customers, deliver, mapped
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_runs_of_two_syncs_writing_at_once_end_as_a_serial_replay(pg_store_datab
             assert done.communicate(timeout=300)[0] is not None and done.returncode == 0
     with open_profile_store(url) as together, open_profile_store(serial) as alone:
         assert _customers(together) == _customers(alone)
-        counted = together._db.rows("SELECT COUNT(*), COUNT(DISTINCT profile_id) FROM identities")
+    counted = store_sql(url, "SELECT COUNT(*), COUNT(DISTINCT profile_id) FROM identities")
     assert counted == [(80, 40)]  # one profile per customer, each with its two identities
 
 

@@ -772,8 +772,11 @@ def test_killed_writer_leaves_store_consistent(tmp_path: Path) -> None:
         import pyarrow as pa
         from wsync_dagster.store import ProfileStore
 
+        import sqlite3
+
+        # A small process-wide page cache: uncommitted pages spill into the WAL before the kill.
+        sqlite3.connect(":memory:").execute("PRAGMA soft_heap_limit = 100000")
         store = ProfileStore({str(killed)!r})
-        store._conn.execute("PRAGMA cache_size = 16")  # spill uncommitted pages into the WAL before the kill
         batch = pa.ipc.open_file({str(batch_path)!r}).get_batch(0)
         with store.delivery(sync="crm_users", environment="production", partitions=["p1"],
                             input_protection="create_and_update") as delivery:
@@ -783,6 +786,7 @@ def test_killed_writer_leaves_store_consistent(tmp_path: Path) -> None:
     """
     process = _python(writer_script)
     assert process.stdout.readline().strip() == "applied"
+    assert killed.with_name("profiles.sqlite-wal").stat().st_size > 0  # the kill lands mid-write
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
 

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 
 import pytest
 
 from wsync_dagster.store.resolution import (
     IdentityGraph,
     IdentityKey,
+    Resolution,
     match_existing,
     resolve,
-    resolve_in_order,
+    resolve_one,
 )
 
 TYPES = ("customer_id", "email", "mpid")
+
+
+def resolve_in_order(
+    keys: list[IdentityKey],
+    graph: IdentityGraph,
+    environment: str,
+    create: bool,
+    profile_exists: Callable[[str], bool],
+) -> Resolution:
+    """Every key through the exact rules, in order: what `resolve` must equal."""
+    result = Resolution(profile_ids=[None] * len(keys), conflicts=[None] * len(keys))
+    for index, key in enumerate(keys):
+        resolve_one(index, key, graph, environment, create, profile_exists, result)
+    result.updated.difference_update(result.created)
+    return result
 
 
 def random_graph(rng: random.Random) -> IdentityGraph:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from wsync_dagster.spec import SyncSpecError, load_sync_file, load_syncs
+from wsync_dagster.spec import SyncSpecError, load_sync_file, load_sync_folder
 from wsync_dagster_tests.conftest import user_sync
 
 
@@ -64,8 +65,10 @@ def test_name_must_be_lower_snake_case(write_sync, tmp_path):
 def test_names_must_be_unique_across_files(write_sync, wsync_env, tmp_path):
     write_sync(user_sync(tmp_path / "w.duckdb"), name="a.yaml")
     write_sync(user_sync(tmp_path / "w.duckdb"), name="b.yaml")
-    with pytest.raises(SyncSpecError, match=r"b.yaml: name: 'crm_users' is already used by .*a.yaml"):
-        load_syncs(wsync_env)
+    folder = load_sync_folder(wsync_env)
+    assert [spec.source_file.name for spec in folder.specs] == ["a.yaml"]
+    (invalid,) = folder.invalid
+    assert re.fullmatch(r".*b.yaml: name: 'crm_users' is already used by .*a.yaml", invalid.errors[0])
 
 
 def test_enumerations_list_what_is_allowed(write_sync, tmp_path):
@@ -154,10 +157,9 @@ def test_event_sync_requires_a_mapping(write_sync, tmp_path):
 def test_every_error_of_every_file_is_reported_together(write_sync, wsync_env, tmp_path):
     write_sync(user_sync(tmp_path / "w.duckdb", extra=1), name="a.yaml")
     write_sync(user_sync(tmp_path / "w.duckdb", name="other", sync={"mode": "x"}), name="b.yaml")
-    with pytest.raises(SyncSpecError) as error:
-        load_syncs(wsync_env)
-    assert "a.yaml: extra: unknown key" in str(error.value)
-    assert "b.yaml: sync.mode" in str(error.value)
+    errors = "\n".join(line for file in load_sync_folder(wsync_env).invalid for line in file.errors)
+    assert "a.yaml: extra: unknown key" in errors
+    assert "b.yaml: sync.mode" in errors
 
 
 def test_a_date_iterator_needs_whole_day_windows(write_sync, tmp_path):

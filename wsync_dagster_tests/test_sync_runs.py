@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
 from dagster import DagsterInstance, materialize
 
-from wsync_dagster.defs import build_definitions, sync_job_name, sync_resources
+from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import build_sync_assets
-from wsync_dagster.runner import RunError, partitions_due, run_sync
+from wsync_dagster.modes.partitions import run_key
+from wsync_dagster.runner import RunError, run_sync
 from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
@@ -22,7 +23,7 @@ def _materialize(spec, partition_key: str, instance: DagsterInstance | None = No
         build_sync_assets(spec),
         partition_key=partition_key,
         instance=instance or DagsterInstance.ephemeral(),
-        resources=sync_resources(spec),
+        resources=build_definitions([spec]).resources,
         raise_on_error=False,
     )
 
@@ -199,6 +200,32 @@ def test_full_mode_rerun_of_an_unchanged_table_writes_nothing(make_warehouse, wr
     assert second.metadata["segments/delivery"]["profiles_updated"] == 0
 
 
+def test_full_mode_lists_the_newest_100_delivered_run_keys_and_every_undelivered_one(make_warehouse, write_sync):
+    spec = load_sync_file(write_sync(_full_sync(make_warehouse(FULL_SQL))))
+    store = open_profile_store(profile_store_url())
+    instance = DagsterInstance.ephemeral()
+    # 112 earlier hourly runs; the first and the sixth never delivered (failed, or still to run).
+    earlier = [run_key(datetime(2024, 4, 1, tzinfo=UTC) + timedelta(hours=n)) for n in range(112)]
+    undelivered = [earlier[0], earlier[5]]
+    delivered = [key for key in earlier if key not in undelivered]
+    with store.delivery(
+        sync="segments", environment="production", partitions=delivered, input_protection="create_and_update"
+    ):
+        pass
+    instance.add_dynamic_partitions("segments_runs", earlier)
+
+    report = run_sync(spec, store, instance, now=datetime(2024, 5, 1, tzinfo=UTC))
+    listed = instance.get_dynamic_partitions("segments_runs")
+    assert sorted(listed) == sorted([*undelivered, *earlier[-99:], report.partitions])
+    # The store's record of every delivery stays: only Dagster's partition list is pruned.
+    assert store.delivered_partitions("segments", "production") == sorted([*delivered, report.partitions])
+    again = run_sync(spec, store, instance, now=datetime(2024, 5, 2, tzinfo=UTC))
+    store.close()
+    assert sorted(instance.get_dynamic_partitions("segments_runs")) == sorted(
+        [*undelivered, *earlier[-98:], report.partitions, again.partitions]
+    )
+
+
 def test_full_mode_applies_only_changed_rows(make_warehouse, write_sync):
     warehouse = make_warehouse(FULL_SQL)
     spec = load_sync_file(write_sync(_full_sync(warehouse)))
@@ -225,12 +252,14 @@ def test_run_without_partition_catches_up_from_historical_start(make_warehouse, 
         )
     )
     store = open_profile_store(profile_store_url())
-    report = run_sync(spec, store, DagsterInstance.ephemeral(), now=datetime(2024, 1, 4, 6, tzinfo=UTC))
+    instance = DagsterInstance.ephemeral()
+    report = run_sync(spec, store, instance, now=datetime(2024, 1, 4, 6, tzinfo=UTC))
     assert report.partitions == "2024-01-02..2024-01-03"
     assert _profile("C001") is None  # before historical_start
     assert _profile("C003") is not None
-    assert partitions_due(spec, store, now=datetime(2024, 1, 4, 6, tzinfo=UTC)) == []
-    assert partitions_due(spec, store, now=datetime(2024, 1, 5, 6, tzinfo=UTC)) == ["2024-01-04"]
+    # Run again: nothing is due until the next window is complete, then that window alone.
+    assert run_sync(spec, store, instance, now=datetime(2024, 1, 4, 6, tzinfo=UTC)).partitions == ""
+    assert run_sync(spec, store, instance, now=datetime(2024, 1, 5, 6, tzinfo=UTC)).partitions == "2024-01-04"
     store.close()
 
 

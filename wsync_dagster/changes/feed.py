@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-import pyarrow as pa
 from sqlglot import exp
 
 from wsync_dagster.data_model import check_read_only_select
@@ -51,10 +50,6 @@ class VersionWindow:
     def micros(self) -> tuple[int, int]:
         """The range as the store records windows."""
         return self.first, self.last + 1
-
-    def bounds(self, iterator_type: str, column_type: pa.DataType | None = None) -> tuple[int, int]:
-        """The range (a change feed is read by version, not by a query parameter)."""
-        return self.first, self.last
 
     def describe(self) -> str:
         """The range as the UI shows it."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetSelection, ConfigurableResource, Definitions, SensorDefinition, define_asset_job
+from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
 
 from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
 from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_specs
-from wsync_dagster.defs.warehouses import warehouse_key, warehouse_resource, warehouse_resources
+from wsync_dagster.defs.warehouses import warehouse_resources
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.spec import SyncFolder, SyncSpec
 
@@ -36,14 +36,6 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
         schedules=[trigger] if trigger is not None and not is_sensor else None,
         sensors=[trigger] if is_sensor else None,
     )
-
-
-def sync_resources(spec: SyncSpec, store_url: str | None = None) -> dict[str, ConfigurableResource]:
-    """The resources one sync's assets need: the profile store and the sync's warehouse."""
-    return {
-        "profile_store": ProfileStoreResource(url=store_url),
-        warehouse_key(spec): warehouse_resource(spec),
-    }
 
 
 def build_definitions(specs: list[SyncSpec], store_url: str | None = None) -> Definitions:

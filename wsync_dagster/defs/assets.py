@@ -23,13 +23,13 @@ from wsync_dagster.changes import change_feed
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
-from wsync_dagster.defs.tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.delivery import deliver_partitions
 from wsync_dagster.iterator_extent import newest_iterator
 from wsync_dagster.mapped_batches import MapCounts, map_counts_by_partition, map_partition
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.read_plan import OpenReader
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
 
@@ -276,6 +276,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             report = deliver_partitions(
                 spec, batches, store, scope.partitions, progress=context.log.info, allow_mass_removal=allow
             )
+            if pruned := mode.prune_partitions(context.instance, store):
+                context.log.info(f"{spec.name}: {len(pruned)} old delivered partitions no longer listed")
         finally:
             store.close()
         # Each partition shows its own counts; the run's totals are in its log, once.

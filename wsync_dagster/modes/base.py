@@ -72,3 +72,7 @@ class SyncMode(Protocol):
     ) -> list[PlannedRun]:
         """The runs `wsync run` makes: one `--partition` (key or range), or everything due."""
         ...
+
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """After a delivery: the partitions Dagster no longer needs to list, deleted; their keys."""
+        ...

@@ -17,12 +17,15 @@ from dagster import (
     sensor,
 )
 
-from wsync_dagster.defs.partitions import last_tick, run_key, run_key_time
 from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.modes.partitions import last_tick, run_key, run_key_time
 from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
+
+# Delivered run keys Dagster keeps listing per full-mode sync, newest first; every undelivered one stays too.
+KEPT_RUN_KEYS = 100
 
 
 class FullMode:
@@ -97,3 +100,14 @@ class FullMode:
             ) from None
         instance.add_dynamic_partitions(self.partitions().name, [key])
         return [PlannedRun(key, {"partition_key": key})]
+
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """Delivered run keys older than the newest KEPT_RUN_KEYS, deleted: a run adds one key, never removes
+        one, and Dagster's partition list would grow with every run."""
+        name = self.partitions().name
+        older = sorted(instance.get_dynamic_partitions(name))[:-KEPT_RUN_KEYS]
+        delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
+        stale = [key for key in older if key in delivered]
+        for key in stale:
+            instance.delete_dynamic_partition(name, key)
+        return stale

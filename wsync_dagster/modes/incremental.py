@@ -22,11 +22,11 @@ from dagster import (
     sensor,
 )
 
-from wsync_dagster.defs.partitions import run_key, schedule_partitions
-from wsync_dagster.defs.tags import partition_range_tags
 from wsync_dagster.iterators import epoch_micros, iterator_window
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
+from wsync_dagster.modes.partitions import run_key, schedule_partitions
 from wsync_dagster.run_partitions import Partition
+from wsync_dagster.run_tags import partition_range_tags
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
@@ -136,6 +136,10 @@ class TimeWindows:
         keys = self.partitions().get_partition_keys(current_time=now)
         delivered = set(store.delivered_partitions(self.spec.name, self.spec.sync.environment))
         return [key for key in keys if key not in delivered]
+
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """Nothing: time windows are fixed by the schedule, not added per run."""
+        return []
 
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime

@@ -103,6 +103,10 @@ class IntegerRanges:
             unit=f"{settings.iterator} value",
         )
 
+    def prune_partitions(self, instance: DagsterInstance, store: ProfileStore) -> list[str]:
+        """Nothing: the next range is found from the ranges Dagster lists."""
+        return []
+
     def planned_runs(
         self, store: ProfileStore, instance: DagsterInstance, partition: str | None, now: datetime
     ) -> list[PlannedRun]:

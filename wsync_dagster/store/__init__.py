@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from wsync_dagster.store.counts import DeliveryCounts
-from wsync_dagster.store.sqlite import Delivery, ProfileStore
+from wsync_dagster.store.planner import Delivery, ProfileStore
 
 __all__ = ["Delivery", "DeliveryCounts", "ProfileStore", "ProfileStoreError", "open_profile_store"]
 

@@ -97,36 +97,21 @@ def resolve(
     Most keys are easy and independent of every other key of the batch: their identities occur in no other
     key, and either no one owns them (a new profile) or one profile owns them all that no other key can
     reach (the same profile, at most a newer stamp). Those are settled directly; the rest go through the
-    exact rules in order. The outcome is the same as taking every key in order (the store's property
-    tests compare both).
+    exact rules in order (resolve_one). The outcome is the same as taking every key through resolve_one in
+    order (test_resolution.py compares both).
     """
     result = Resolution(profile_ids=[None] * len(keys), conflicts=[None] * len(keys))
     easy, hard = _split(keys, graph)
     for index in easy:
         _settle(index, keys[index], graph, environment, create, profile_exists, result)
     for index in hard:
-        _resolve_one(index, keys[index], graph, environment, create, profile_exists, result)
+        resolve_one(index, keys[index], graph, environment, create, profile_exists, result)
     # Created in key order, whichever path created them.
     first: dict[str, int] = {}
     for index, profile_id in enumerate(result.profile_ids):
         if profile_id is not None:
             first.setdefault(profile_id, index)
     result.created.sort(key=lambda profile_id: first.get(profile_id, len(keys)))
-    result.updated.difference_update(result.created)
-    return result
-
-
-def resolve_in_order(
-    keys: list[IdentityKey],
-    graph: IdentityGraph,
-    environment: str,
-    create: bool,
-    profile_exists: Callable[[str], bool],
-) -> Resolution:
-    """Every key through the exact rules, in order: what `resolve` must equal."""
-    result = Resolution(profile_ids=[None] * len(keys), conflicts=[None] * len(keys))
-    for index, key in enumerate(keys):
-        _resolve_one(index, key, graph, environment, create, profile_exists, result)
     result.updated.difference_update(result.created)
     return result
 
@@ -188,7 +173,7 @@ def _settle(
     result.profile_ids[index] = profile_id
 
 
-def _resolve_one(
+def resolve_one(
     index: int,
     key: IdentityKey,
     graph: IdentityGraph,
@@ -197,7 +182,7 @@ def _resolve_one(
     profile_exists: Callable[[str], bool],
     result: Resolution,
 ) -> None:
-    """One key through the exact rules."""
+    """One key through the exact rules, into `result` at `index` (what `resolve` does for every hard key)."""
 
     def touch(identity: Identity) -> None:
         result.touched.setdefault(identity, graph.owner.get(identity))

@@ -8,12 +8,11 @@ from dagster import (
     DailyPartitionsDefinition,
     HourlyPartitionsDefinition,
     MonthlyPartitionsDefinition,
-    PartitionsDefinition,
     TimeWindowPartitionsDefinition,
     WeeklyPartitionsDefinition,
 )
 
-from wsync_dagster.spec import SyncSettings, SyncSpec
+from wsync_dagster.spec import SyncSettings
 
 RUN_KEY_FORMAT = "%Y%m%dT%H%M%S"
 
@@ -59,13 +58,6 @@ def schedule_partitions(settings: SyncSettings, first: datetime) -> TimeWindowPa
     return MonthlyPartitionsDefinition(
         start_date=start, minute_offset=minute, hour_offset=anchor.hour, day_offset=anchor.day
     )
-
-
-def sync_partitions(spec: SyncSpec) -> PartitionsDefinition:
-    """The partitions of the sync's mode: time windows, integer ranges, or full-mode run keys."""
-    from wsync_dagster.modes import sync_mode  # the modes build on this module's helpers
-
-    return sync_mode(spec).partitions()
 
 
 def run_key(moment: datetime) -> str:

@@ -1,0 +1,1021 @@
+"""The delivery planner of both store backends: what a delivery does, in portable SQL over a Backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wsync_dagster import batches as b
+from wsync_dagster.disk_space import DiskFullError, is_disk_full
+from wsync_dagster.identities import priority
+from wsync_dagster.store import erasure
+from wsync_dagster.store.backend import Backend
+from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
+from wsync_dagster.store.resolution import (
+    CREATE_AND_UPDATE,
+    INPUT_PROTECTIONS,
+    READ_ONLY,
+    Identity,
+    IdentityGraph,
+    IdentityKey,
+    Resolution,
+    match_existing,
+    profile_id_for,
+    resolve,
+)
+from wsync_dagster.store.sqlite import SQLiteBackend
+
+PREVIEW_PROFILES = 20
+# Past this many identities a delivery starts its graph over from the store, which holds all of it
+# anyway: memory stays bounded however big the delivery.
+RESOLUTION_ENTRIES_MAX = 4_000_000
+
+# Every identity held by a profile that owns one of the staged identities.
+_REACHABLE_IDENTITIES = """
+SELECT held.profile_id, held.identity_type, held.value, held.version
+FROM identities AS held
+WHERE held.profile_id IN (
+    SELECT owned.profile_id
+    FROM stage_identity AS s
+    JOIN identities AS owned
+      ON owned.environment = ? AND owned.identity_type = s.identity_type AND owned.value = s.value
+)
+"""
+
+_UNCHANGED_ROWS = """
+SELECT s.row_key, s.fingerprint
+FROM stage_fingerprint AS s
+JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row_key
+WHERE f.fingerprint = s.fingerprint
+"""
+
+# A staged value wins this sync's register when it is newer, or as new and greater (its JSON text in byte
+# order, a removal lowest), so two values of one version settle alike in any order. What the profile shows
+# is the newest value of any sync, so the change is worked out against the newest value of the other syncs.
+_WINNING_ATTRIBUTES = """
+INSERT INTO stage_attribute_win (profile_id, name, value, version, change)
+SELECT profile_id, name, value, version,
+       CASE WHEN shown IS NOT NULL AND (was IS NULL OR was <> shown) THEN 1
+            WHEN shown IS NULL AND was IS NOT NULL THEN 2
+            ELSE 0 END
+FROM (
+    SELECT profile_id, name, value, version, was,
+           CASE WHEN value IS NOT NULL AND (other_version IS NULL OR version >= other_version) THEN value
+                ELSE other_value END AS shown
+    FROM (
+        SELECT s.profile_id, s.name, s.value, s.version,
+               (SELECT a.value FROM attributes AS a
+                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS was,
+               (SELECT a.value FROM attributes AS a
+                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
+                  AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_value,
+               (SELECT a.version FROM attributes AS a
+                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
+                  AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_version
+        FROM stage_attribute AS s
+        LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
+        WHERE own.profile_id IS NULL
+           OR s.version > own.version
+           OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {binary}))
+    ) AS staged
+) AS decided
+ORDER BY profile_id, name
+"""
+
+# The staged winners are already decided, so the update is unconditional. "WHERE true" keeps SQLite
+# from reading ON CONFLICT as a join constraint.
+_UPSERT_ATTRIBUTES = """
+INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)
+SELECT profile_id, name, :sync, value, version, :seq, :now FROM stage_attribute_win WHERE true
+ON CONFLICT (profile_id, name, sync) DO UPDATE SET
+    value = excluded.value, version = excluded.version, seq = excluded.seq, updated_at = excluded.updated_at
+"""
+
+# Per name, the newest value of any sync; ties go to the later delivery.
+_SHOWN_ATTRIBUTES = """
+SELECT name, value FROM (
+    SELECT name, value, ROW_NUMBER() OVER (PARTITION BY name ORDER BY version DESC, seq DESC) AS newest
+    FROM attributes WHERE profile_id = ? AND value IS NOT NULL
+) AS ranked
+WHERE newest = 1 ORDER BY name
+"""
+
+_EVENTS_ONCE = "ON CONFLICT (environment, sync, event_id) DO NOTHING"
+
+# Stored for a row key whose rows of one run differ: matches no row, so they are all applied again.
+NO_FINGERPRINT = ""
+# A fingerprint says what the store holds for a row, so an older run never replaces a newer one's; two
+# different ones of one version (rows of one key in two batches of a run) leave NO_FINGERPRINT.
+_NEWER_FINGERPRINT = f"""
+ON CONFLICT (sync, environment, row_key) DO UPDATE SET
+    fingerprint = CASE WHEN excluded.version = fingerprints.version
+                        AND excluded.fingerprint <> fingerprints.fingerprint THEN '{NO_FINGERPRINT}'
+                       ELSE excluded.fingerprint END,
+    updated_at = excluded.updated_at, version = excluded.version
+WHERE excluded.version >= fingerprints.version
+"""
+
+_UPSERT_DELIVERY = """
+INSERT INTO deliveries (sync, environment, partition_key, window_start, window_end, counts, delivered_at, seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (sync, environment, partition_key) DO UPDATE SET
+    window_start = excluded.window_start, window_end = excluded.window_end,
+    counts = excluded.counts, delivered_at = excluded.delivered_at, seq = excluded.seq
+"""
+
+_MARKED_ONCE = "ON CONFLICT (partition_key, profile_id) DO NOTHING"
+
+Window = tuple[int | None, int | None]
+
+
+class ProfileStore:
+    """Profiles in a store (a SQLite file, or PostgreSQL): one write transaction per delivery; readers see
+    the last commit. What a delivery does is decided here; the backend only runs it."""
+
+    def __init__(self, store: Path | str | Backend):
+        self._db: Backend = SQLiteBackend(Path(store)) if isinstance(store, Path | str) else store
+        self.path: Path | None = getattr(self._db, "path", None)
+
+    @property
+    def url(self) -> str:
+        """The URL that opens this store again."""
+        return f"sqlite:///{self.path}" if self.path is not None else self._db.url  # type: ignore[attr-defined]
+
+    @property
+    def backend(self) -> str:
+        """Which kind of store this is: sqlite or postgresql."""
+        return self._db.name
+
+    def __enter__(self) -> ProfileStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def delivery(
+        self,
+        *,
+        sync: str,
+        environment: str,
+        partitions: Sequence[str],
+        input_protection: str,
+        windows: Sequence[Window] | None = None,
+        mirror: bool = False,
+        mirror_max_removal: float = 1.0,
+        allow_mass_removal: bool = False,
+    ) -> Iterator[Delivery]:
+        """Partitions of one sync, delivered together: all of it commits on normal exit, none on error."""
+        if input_protection not in INPUT_PROTECTIONS:
+            raise ValueError(f"input_protection must be one of {', '.join(INPUT_PROTECTIONS)}")
+        if not partitions:
+            raise ValueError("a delivery covers at least one partition")
+        # Deliveries are numbered as they begin: the number breaks ties between syncs.
+        seq = self._db.begin_delivery()
+        try:
+            delivery = Delivery(
+                self._db,
+                sync=sync,
+                environment=environment,
+                partitions=list(partitions),
+                input_protection=input_protection,
+                seq=seq,
+                mirror=mirror,
+                mirror_max_removal=mirror_max_removal,
+                allow_mass_removal=allow_mass_removal,
+            )
+            yield delivery
+            delivery.finish()
+            now = _now()
+            for partition, window in zip(partitions, windows or repeat((None, None)), strict=False):
+                counts = json.dumps(delivery.partition_counts[partition].as_dict())
+                self._db.execute(_UPSERT_DELIVERY, (sync, environment, partition, *window, counts, now, seq))
+            self._db.commit()
+        except BaseException as error:
+            self._db.rollback()
+            if self.path is not None and is_disk_full(error):
+                raise DiskFullError(
+                    f"no space left on the disk of the profile store folder {self.path.parent}: the delivery "
+                    f"was rolled back and nothing of it is in the store; free space there and run again"
+                ) from None
+            raise
+
+    def delivered_partitions(self, sync: str, environment: str) -> list[str]:
+        """Every partition delivered for the sync, sorted."""
+        rows = self._db.rows(
+            "SELECT partition_key FROM deliveries WHERE sync = ? AND environment = ? ORDER BY partition_key",
+            (sync, environment),
+        )
+        return [partition for (partition,) in rows]
+
+    def partition_counts(self, sync: str, environment: str) -> dict[str, dict[str, int]]:
+        """The counts of each delivered partition of the sync."""
+        rows = self._db.rows(
+            "SELECT partition_key, counts FROM deliveries WHERE sync = ? AND environment = ?"
+            " ORDER BY partition_key",
+            (sync, environment),
+        )
+        return {partition: json.loads(counts) for partition, counts in rows}
+
+    def profile(
+        self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
+    ) -> dict[str, Any] | None:
+        """The profile owning an identity, with its identities, attributes and newest events; or None."""
+        with self._db.read():
+            rows = self._db.rows(
+                "SELECT profile_id FROM identities WHERE environment = ? AND identity_type = ? AND value = ?",
+                (environment, identity_type, value),
+            )
+            return self._profile(rows[0][0], events_limit) if rows else None
+
+    def profiles_by_id(self, profile_ids: list[str], events_limit: int = 20) -> list[dict[str, Any]]:
+        """The profiles with these ids (unknown ids left out), in the order given."""
+        with self._db.read():
+            found = (self._profile(profile_id, events_limit) for profile_id in profile_ids)
+            return [profile for profile in found if profile is not None]
+
+    def rejects(
+        self, sync: str, environment: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored rejected and conflicting rows of a sync, by environment, partition and row."""
+        sql = (
+            "SELECT sync, environment, partition_key, row_number, kind, reason, row FROM rejects"
+            " WHERE sync = ?"
+        )
+        params: list[Any] = [sync]
+        if environment is not None:
+            sql += " AND environment = ?"
+            params.append(environment)
+        sql += " ORDER BY environment, partition_key, row_number, kind"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            {
+                "sync": sync_name,
+                "environment": env,
+                "partition": partition,
+                "row_number": row_number,
+                "kind": kind,
+                "reason": reason,
+                "row": _decode(row),
+            }
+            for sync_name, env, partition, row_number, kind, reason, row in self._db.rows(sql, params)
+        ]
+
+    def erase(self, identities: Sequence[erasure.Identity], environment: str) -> erasure.Erasure:
+        """Remove the people these identities find and keep them out (store/erasure.py)."""
+        return erasure.erase(self._db, identities, environment)
+
+    def lift_erasure(
+        self, identities: Sequence[erasure.Identity], environment: str
+    ) -> dict[erasure.Identity, int]:
+        """Lift the suppression of these identities' erasures; per identity, the identities lifted."""
+        return erasure.lift(self._db, identities, environment)
+
+    def close(self) -> None:
+        """Close the connection; an open delivery is rolled back."""
+        self._db.close()
+
+    def _profile(self, profile_id: str, events_limit: int) -> dict[str, Any] | None:
+        db = self._db
+        found = db.rows("SELECT environment FROM profiles WHERE profile_id = ?", (profile_id,))
+        if not found:
+            return None
+        row = found[0]
+        identities = db.rows(
+            "SELECT identity_type, value FROM identities WHERE profile_id = ?", (profile_id,)
+        )
+        attributes = db.rows(_SHOWN_ATTRIBUTES, (profile_id,))
+        events = db.rows(
+            "SELECT event_type, event_name, timestamp_ms, data FROM events WHERE profile_id = ?"
+            " ORDER BY timestamp_ms DESC, sync, event_id DESC LIMIT ?",
+            (profile_id, events_limit),
+        )
+        return {
+            "profile_id": profile_id,
+            "environment": row[0],
+            "identities": dict(sorted(identities, key=lambda identity: priority(identity[0]))),
+            "attributes": {name: _decode(value) for name, value in attributes},
+            "events": [
+                {
+                    "event_type": event_type,
+                    "event_name": event_name,
+                    "timestamp_unixtime_ms": timestamp_ms,
+                    "data": _decode(data),
+                }
+                for event_type, event_name, timestamp_ms, data in events
+            ],
+        }
+
+
+class Delivery:
+    """The open transaction of one delivery: apply mapped batches, store rejects and conflicts."""
+
+    def __init__(
+        self,
+        db: Backend,
+        *,
+        sync: str,
+        environment: str,
+        partitions: list[str],
+        input_protection: str,
+        seq: int,
+        mirror: bool = False,
+        mirror_max_removal: float = 1.0,
+        allow_mass_removal: bool = False,
+    ):
+        self._db = db
+        self._mirror = mirror
+        self._mirror_max_removal = mirror_max_removal
+        # Values compare byte by byte on both backends, as Arrow compares them within a batch.
+        binary = 'COLLATE "C"' if db.name == "postgresql" else "COLLATE BINARY"
+        self._winning_attributes = _WINNING_ATTRIBUTES.replace("{binary}", binary)
+        self._allow_mass_removal = allow_mass_removal
+        self.mirror_hold: MirrorHold | None = None  # set when a mirroring delivery held its removals back
+        self._newest_version: int | None = None  # of the rows seen: a mirroring run's own version
+        self._sync = sync
+        self._environment = environment
+        self._partitions = partitions
+        self._input_protection = input_protection
+        self._seq = seq
+        self.counts = DeliveryCounts()
+        self.partition_counts = {partition: DeliveryCounts() for partition in partitions}
+        self.profile_ids_touched: list[str] = []
+        # Identity keys skipped, per partition: profiles_skipped counts distinct keys.
+        self._skipped_keys: dict[str, set[str]] = {partition: set() for partition in partitions}
+        # Kept across the batches: the delivery holds the write lock, so only it changes identities.
+        self._graph = IdentityGraph()
+        # Identities re-asserted by newer rows: their new stamps are written once, when the delivery ends
+        # (an events delivery re-asserts every user in every batch).
+        self._restamps: dict[Identity, int] = {}
+        self._marked = 0  # profiles marked so far: the order the preview shows them in
+        # The profiles this sync had set when the run began: what a mirror's removals are a share of.
+        self._mirror_before = self._profiles_set() if mirror else 0
+        self._suppression = erasure.Suppression(db, sync=sync, environment=environment, partitions=partitions)
+        # Conflicts are found again by this delivery, so those of an earlier delivery of its partitions go.
+        for partition in partitions:
+            db.execute(
+                "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'conflict'",
+                (sync, environment, partition),
+            )
+
+    def apply_batch(self, batch: pa.RecordBatch, partition: str | None = None) -> DeliveryCounts:
+        """Apply one mapped user or event batch of a partition (the first, if not named); returns its counts."""
+        partition = self._partition(partition)
+        counts = DeliveryCounts(rows=batch.num_rows)
+        batch = _in_row_order(batch)
+        batch, counts.rows_suppressed = self._suppression.drop(batch, partition)
+        full_mode = b.ROW_KEY in batch.schema.names and b.FINGERPRINT in batch.schema.names
+        if self._mirror and full_mode and batch.num_rows:
+            self._remember_present(batch)
+        unchanged = batch.slice(0, 0)
+        if full_mode and batch.num_rows:
+            batch, unchanged = self._drop_unchanged(batch)
+            counts.rows_unchanged = unchanged.num_rows
+        removals = batch.slice(0, 0)
+        if batch.num_rows and b.DELETE in batch.schema.names:
+            is_removal = pc.fill_null(batch.column(b.DELETE), False)
+            removals, batch = batch.filter(is_removal), batch.filter(pc.invert(is_removal))
+        if batch.num_rows:
+            self._apply(batch, counts, full_mode, partition)
+        # After the upserts: a removal then finds a profile an earlier row of the batch created, and its
+        # tombstones win or lose on their version, so the outcome is that of applying the rows in order.
+        removal_counts = DeliveryCounts()
+        if removals.num_rows:
+            self._apply_removals(removals, removal_counts, partition)
+        if self._mirror and unchanged.num_rows:
+            self._remember_profiles(self._matched_profiles(unchanged))
+        counts.add(removal_counts)
+        self.partition_counts[partition].add(counts)
+        self.counts.add(counts)
+        return counts
+
+    def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
+        """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
+        partition = self._partition(partition)
+        rejects = self._suppression.redact(rejects)
+        self._db.execute(
+            "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'rejected'",
+            (self._sync, self._environment, partition),
+        )
+        self._insert_rejects(
+            partition,
+            rejects.column(b.ROW).to_pylist(),
+            rejects.column("reason").to_pylist(),
+            rejects.column("row").to_pylist(),
+            "rejected",
+        )
+        # What is stored is what is counted, also if this is called twice.
+        self.counts.rejects += rejects.num_rows - self.partition_counts[partition].rejects
+        self.partition_counts[partition].rejects = rejects.num_rows
+
+    def finish(self) -> None:
+        """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""
+        self._flush_restamps()
+        if self._mirror:
+            self._remove_the_departed()
+        [(created, touched)] = self._db.rows(
+            "SELECT COUNT(DISTINCT CASE WHEN created = 1 THEN profile_id END), COUNT(DISTINCT profile_id)"
+            " FROM delivery_profile"
+        )
+        self.counts.profiles_created = created
+        self.counts.profiles_updated = touched - created
+        self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
+        for partition, keys in self._skipped_keys.items():
+            self.partition_counts[partition].profiles_skipped = len(keys)
+
+    def _profiles_set(self) -> int:
+        """How many profiles of the environment hold a value this sync set."""
+        [(count,)] = self._db.rows(
+            "SELECT COUNT(DISTINCT a.profile_id) FROM attributes AS a"
+            " JOIN profiles AS p ON p.profile_id = a.profile_id AND p.environment = ?"
+            " WHERE a.sync = ? AND a.value IS NOT NULL",
+            (self._environment, self._sync),
+        )
+        return count
+
+    def _remember_present(self, batch: pa.RecordBatch) -> None:
+        """Every row key of a mirroring run, whether its row changed or not, and its newest version."""
+        self._db.insert("mirror_row_key", pa.table({"row_key": batch.column(b.ROW_KEY)}))
+        newest = pc.max(batch.column(b.VERSION)).as_py()
+        self._newest_version = newest if self._newest_version is None else max(self._newest_version, newest)
+
+    def _remember_profiles(self, profile_ids: pa.Array) -> None:
+        """mirror: profiles a row of this run found (by the upsert rule), so they keep this sync's values."""
+        self._db.insert("mirror_profile", pa.table({"profile_id": profile_ids.cast(pa.string())}))
+
+    def _matched_profiles(self, batch: pa.RecordBatch) -> pa.Array:
+        """The profiles the rows' identities find by the upsert rule, creating and moving nothing."""
+        key_of_row = batch.column(b.IDENTITY_KEY).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        identities = self._identities_of_keys(batch, key_of_row)
+        self._look_up({identity for key in identities for identity in key})
+        found = (match_existing(key, self._graph)[0] for key in identities)
+        return pa.array([profile_id for profile_id in found if profile_id is not None], pa.string())
+
+    def _remove_the_departed(self) -> None:
+        """mirror: profiles no row of this run found lose the attributes this sync set on them (as
+        tombstones of this run's version), and their rows' fingerprints go, so a row that returns is applied.
+
+        Held back, removing nothing, when the run mapped no rows (an emptied table, every row rejected), or
+        when more than mirror_max_removal of the profiles this sync had set would lose them, unless allowed.
+        """
+        if self._input_protection == READ_ONLY:
+            return  # read_only writes nothing, removals included
+        env, sync, db = self._environment, self._sync, self._db
+        version = self._newest_version if self._newest_version is not None else _now_micros()
+        departed = db.rows(
+            "SELECT DISTINCT a.profile_id FROM attributes AS a"
+            " JOIN profiles AS p ON p.profile_id = a.profile_id AND p.environment = ?"
+            " WHERE a.sync = ? AND a.value IS NOT NULL AND a.version <= ? AND NOT EXISTS ("
+            "  SELECT 1 FROM mirror_profile AS m WHERE m.profile_id = a.profile_id)"
+            " ORDER BY a.profile_id",
+            (env, sync, version),
+        )
+        ids = [profile_id for (profile_id,) in departed]
+        if self._newest_version is None:
+            if ids:
+                self.mirror_hold = MirrorHold(len(ids), self._mirror_before, no_rows=True)
+            return
+        hold = MirrorHold(len(ids), self._mirror_before)
+        if ids and hold.share > self._mirror_max_removal and not self._allow_mass_removal:
+            self.mirror_hold = hold
+            return
+        if ids:
+            db.stage("stage_profile", pa.table({"profile_id": pa.array(ids, pa.string())}))
+            removed = db.execute(
+                "UPDATE attributes SET value = NULL, version = ?, seq = ?, updated_at = ?"
+                " WHERE sync = ? AND value IS NOT NULL AND version <= ?"
+                " AND profile_id IN (SELECT profile_id FROM stage_profile)",
+                (version, self._seq, _now(), sync, version),
+            )
+            first = self._partitions[0]
+            self._mark(ids, first)
+            self.counts.attributes_removed += removed
+            self.partition_counts[first].attributes_removed += removed
+        db.execute(
+            "DELETE FROM fingerprints WHERE sync = ? AND environment = ? AND NOT EXISTS ("
+            " SELECT 1 FROM mirror_row_key AS m WHERE m.row_key = fingerprints.row_key)",
+            (sync, env),
+        )
+
+    def _partition(self, partition: str | None) -> str:
+        if partition is None:
+            return self._partitions[0]
+        if partition not in self.partition_counts:
+            raise ValueError(f"partition {partition} is not part of this delivery")
+        return partition
+
+    def _insert_rejects(
+        self,
+        partition: str,
+        rows: Sequence[int],
+        reasons: Sequence[str],
+        raw: Sequence[str | None],
+        kind: str,
+    ) -> None:
+        n = len(rows)
+        self._db.insert(
+            "rejects",
+            pa.table(
+                {
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "environment": pa.array([self._environment] * n, pa.string()),
+                    "partition_key": pa.array([partition] * n, pa.string()),
+                    "row_number": pa.array(rows, pa.int64()),
+                    "reason": pa.array(reasons, pa.string()),
+                    "row": pa.array(raw, pa.string()),
+                    "created_at": pa.array([_now()] * n, pa.string()),
+                    "kind": pa.array([kind] * n, pa.string()),
+                }
+            ),
+        )
+
+    def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """The rows whose fingerprint differs from the stored one, and the unchanged rest."""
+        row_keys, fingerprints = batch.column(b.ROW_KEY), batch.column(b.FINGERPRINT)
+        self._db.stage("stage_fingerprint", pa.table({"row_key": row_keys, "fingerprint": fingerprints}))
+        stored = self._db.rows(_UNCHANGED_ROWS, (self._sync, self._environment))
+        unchanged = [f"{key} {fingerprint}" for key, fingerprint in stored]
+        if not unchanged:
+            return batch, batch.slice(0, 0)
+        # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
+        pairs = pc.binary_join_element_wise(row_keys, fingerprints, " ")
+        same = pc.is_in(pairs, value_set=pa.array(unchanged, pa.string()))
+        return batch.filter(pc.invert(same)), batch.filter(same)
+
+    def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
+        # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
+        encoded = batch.column(b.IDENTITY_KEY).dictionary_encode()
+        keys = encoded.dictionary.cast(pa.string())
+        if self._input_protection == READ_ONLY:
+            counts.rows_skipped = batch.num_rows
+            self._skipped_keys[partition].update(keys.to_pylist())
+            counts.profiles_skipped = len(keys)
+            return
+        key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
+        resolution = self._resolve(batch, key_of_row)
+        now = _now()
+        self._write_identities(resolution, now)
+        profile_of_key = pa.array(resolution.profile_ids, pa.string())
+        skipped_key = np.array([p is None for p in resolution.profile_ids], dtype=bool)
+        conflict_key = np.array([c is not None for c in resolution.conflicts], dtype=bool)
+        rows_per_key = np.bincount(key_of_row, minlength=len(keys))
+        counts.rows_skipped = int(rows_per_key[skipped_key].sum())
+        counts.profiles_skipped = int(skipped_key.sum())
+        self._skipped_keys[partition].update(keys.filter(pa.array(skipped_key)).to_pylist())
+        counts.identity_conflicts = int(rows_per_key[conflict_key].sum())
+        counts.rows_applied = batch.num_rows - counts.rows_skipped - counts.identity_conflicts
+        counts.identities_changed = resolution.identities_changed
+        counts.profiles_created = self._mark(resolution.created, partition, created=True)
+        counts.profiles_updated = self._mark(resolution.updated, partition)
+        if conflict_key.any():
+            self._record_conflicts(batch, key_of_row, resolution.conflicts, partition)
+
+        if self._mirror:
+            self._remember_profiles(profile_of_key.drop_null())
+        profile_of_row = profile_of_key.take(encoded.indices)
+        applied = pc.is_valid(profile_of_row)
+        if b.attribute_columns(batch.schema):
+            code_of_key = pc.dictionary_encode(profile_of_key).indices.fill_null(-1)
+            code_of_row = code_of_key.to_numpy(zero_copy_only=False).astype(np.int64)[key_of_row]
+            self._apply_attributes(
+                batch, profile_of_row, code_of_row, resolution.created, counts, now, partition
+            )
+        if b.is_event_schema(batch.schema):
+            events = batch.filter(applied)
+            counts.events_written = self._write_events(events, profile_of_row.filter(applied))
+            counts.events_duplicate = events.num_rows - counts.events_written
+        if full_mode:
+            # Only what the store now holds: a conflicting row lacks an identity, so it is tried again.
+            held = pc.and_(applied, pa.array(~conflict_key[key_of_row]))
+            self._write_fingerprints(batch.filter(held), now)
+        if len(self.profile_ids_touched) < PREVIEW_PROFILES:
+            rows = self._db.rows(
+                "SELECT profile_id FROM delivery_profile GROUP BY profile_id"
+                " ORDER BY MIN(COALESCE(n, 9223372036854775807)) LIMIT ?",
+                (PREVIEW_PROFILES,),
+            )
+            self.profile_ids_touched = [profile_id for (profile_id,) in rows]
+
+    def _apply_removals(self, batch: pa.RecordBatch, counts: DeliveryCounts, partition: str) -> None:
+        """Deletes: the profile a row's identities find by the upsert rule (the highest-priority identity
+        decides) loses what this sync set on it. Nothing is created and no identity moves; a row that finds
+        no profile is skipped, one whose identities also belong to another profile is a conflict."""
+        encoded = batch.column(b.IDENTITY_KEY).dictionary_encode()
+        keys = encoded.dictionary.cast(pa.string())
+        if self._input_protection == READ_ONLY:
+            counts.rows_skipped = batch.num_rows
+            self._skipped_keys[partition].update(keys.to_pylist())
+            return
+        key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
+        identities = self._identities_of_keys(batch, key_of_row)
+        self._look_up({identity for key in identities for identity in key})
+        matches = [match_existing(key, self._graph) for key in identities]
+        reasons = [reason for _, reason in matches]
+        profile_of_key = pa.array(
+            [profile_id if reason is None else None for profile_id, reason in matches], pa.string()
+        )
+        skipped_key = pa.array([profile_id is None for profile_id, _ in matches], pa.bool_())
+        conflict_key = np.array([reason is not None for reason in reasons], dtype=bool)
+        self._skipped_keys[partition].update(keys.filter(skipped_key).to_pylist())
+        profile_of_row = profile_of_key.take(encoded.indices)
+        found = pc.is_valid(profile_of_row)
+        rows_per_key = np.bincount(key_of_row, minlength=len(keys))
+        counts.rows_applied = int(pc.sum(found).as_py() or 0)
+        counts.identity_conflicts = int(rows_per_key[conflict_key].sum())
+        counts.rows_skipped = batch.num_rows - counts.rows_applied - counts.identity_conflicts
+        counts.profiles_skipped = int(pc.sum(skipped_key).as_py() or 0)
+        if conflict_key.any():
+            self._record_conflicts(batch, key_of_row, reasons, partition)
+        if not counts.rows_applied or not b.attribute_columns(batch.schema):
+            return
+        profiles = profile_of_row.filter(found)
+        code_of_row = pc.dictionary_encode(profiles).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        self._apply_attributes(batch.filter(found), profiles, code_of_row, [], counts, _now(), partition)
+
+    def _identities_of_keys(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> list[list[Identity]]:
+        """Per distinct identity key (in key order), its identities in priority order."""
+        columns = b.identity_columns(batch.schema)
+        if not columns:
+            raise ValueError("a mapped batch needs at least one identity column")
+        types = sorted(columns, key=priority)
+        _, first_rows = np.unique(key_of_row, return_index=True)
+        first = pa.array(first_rows, pa.int64())
+        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
+        return [
+            [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
+            for key_values in zip(*values, strict=True)
+        ]
+
+    def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
+        """Resolve each distinct identity key of the batch, with the stamp of its newest row."""
+        columns = b.identity_columns(batch.schema)
+        if not columns:
+            raise ValueError("a mapped batch needs at least one identity column")
+        types = sorted(columns, key=priority)
+        _, first_rows = np.unique(key_of_row, return_index=True)
+        first = pa.array(first_rows, pa.int64())
+        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
+        rows = batch.column(b.ROW).to_numpy()
+        versions = batch.column(b.VERSION).to_numpy()
+        # Per key, its newest row: the highest version, ties to the later row.
+        newest = np.lexsort((rows, versions, key_of_row))
+        last_of_key = newest[np.r_[key_of_row[newest][1:] != key_of_row[newest][:-1], True]]
+        stamps = zip(versions[last_of_key].tolist(), rows[last_of_key].tolist(), strict=True)
+        keys = [
+            IdentityKey([(t, v) for t, v in zip(types, key_values, strict=True) if v is not None], stamp)
+            for key_values, stamp in zip(zip(*values, strict=True), stamps, strict=True)
+        ]
+        self._look_up({identity for key in keys for identity in key.identities})
+        create = self._input_protection == CREATE_AND_UPDATE
+        return resolve(
+            keys,
+            self._graph,
+            self._environment,
+            create=create,
+            profile_exists=self._profile_checker(keys) if create else self._profile_exists,
+        )
+
+    def _profile_checker(self, keys: list[IdentityKey]) -> Callable[[str], bool]:
+        """Whether a profile id is taken, asked of the store once for every id the batch's new identities
+        would seed, rather than once per new profile."""
+        env, owner = self._environment, self._graph.owner
+        # A key seeds a new profile with its first identity no one owns.
+        firsts = (next((i for i in key.identities if i not in owner), None) for key in keys)
+        seeds = {profile_id_for(env, *identity) for identity in firsts if identity is not None}
+        self._db.stage("stage_profile", pa.table({"profile_id": pa.array(sorted(seeds), pa.string())}))
+        taken = {
+            profile_id
+            for (profile_id,) in self._db.rows(
+                "SELECT s.profile_id FROM stage_profile AS s JOIN profiles AS p ON p.profile_id = s.profile_id"
+            )
+        }
+        return lambda profile_id: (
+            profile_id in taken if profile_id in seeds else self._profile_exists(profile_id)
+        )
+
+    def _profile_exists(self, profile_id: str) -> bool:
+        return bool(self._db.rows("SELECT 1 FROM profiles WHERE profile_id = ?", (profile_id,)))
+
+    def _look_up(self, identities: set[Identity]) -> None:
+        """Add to the graph the stored profiles that own any of these identities it has not looked up."""
+        if len(self._graph.owner) + len(self._graph.looked_up) > RESOLUTION_ENTRIES_MAX:
+            self._flush_restamps()  # a fresh graph reads the stamps back from the store
+            self._graph = IdentityGraph()
+        new = self._graph.not_looked_up(identities)
+        if not new:
+            return
+        self._db.stage("stage_identity", _identities(sorted(new)))
+        # Another delivery may be resolving the same identities (PostgreSQL): wait for it, then look.
+        self._db.lock_identities(self._environment)
+        self._graph.add_stored(new, self._db.rows(_REACHABLE_IDENTITIES, (self._environment,)))
+
+    def _write_identities(self, resolution: Resolution, now: str) -> None:
+        """Write the profiles created and every identity whose owner or stamp the resolution changed."""
+        env, graph = self._environment, self._graph
+        created = sorted(resolution.created)  # in key order the B-tree writes stay local
+        self._db.insert(
+            "profiles",
+            pa.table(
+                {
+                    "profile_id": pa.array(created, pa.string()),
+                    "environment": pa.array([env] * len(created), pa.string()),
+                    "created_at": pa.array([now] * len(created), pa.string()),
+                }
+            ),
+        )
+        released: list[Identity] = []
+        attached: list[tuple[str, str, str, int]] = []
+        for identity, before in sorted(resolution.touched.items()):
+            after = graph.owner.get(identity)
+            if after is not None and after == before:
+                self._restamps[identity] = graph.stamp[identity][0]
+                continue
+            if before is not None:
+                released.append(identity)
+            if after is not None:
+                attached.append((*identity, after, graph.stamp[identity][0]))
+        # Released first: a profile holds one value per type, and its new value may be attached below.
+        if released:
+            self._db.stage("stage_identity", _identities(released))
+            self._db.execute(
+                "DELETE FROM identities WHERE environment = ? AND EXISTS (SELECT 1 FROM stage_identity AS s"
+                " WHERE s.identity_type = identities.identity_type AND s.value = identities.value)",
+                (env,),
+            )
+        n = len(attached)
+        self._db.insert(
+            "identities",
+            pa.table(
+                {
+                    "environment": pa.array([env] * n, pa.string()),
+                    "identity_type": pa.array([a[0] for a in attached], pa.string()),
+                    "value": pa.array([a[1] for a in attached], pa.string()),
+                    "profile_id": pa.array([a[2] for a in attached], pa.string()),
+                    "created_at": pa.array([now] * n, pa.string()),
+                    "version": pa.array([a[3] for a in attached], pa.int64()),
+                }
+            ),
+        )
+
+    def _flush_restamps(self) -> None:
+        """Write the newest stamp of each re-asserted identity; a stamp never goes back."""
+        if not self._restamps:
+            return
+        ordered = sorted(self._restamps.items())
+        staged = _identities([identity for identity, _ in ordered])
+        self._db.stage(
+            "stage_identity_version",
+            staged.append_column("version", pa.array([version for _, version in ordered], pa.int64())),
+        )
+        self._db.execute(
+            "UPDATE identities SET version = s.version FROM stage_identity_version AS s"
+            " WHERE identities.environment = ? AND identities.identity_type = s.identity_type"
+            " AND identities.value = s.value AND identities.version < s.version",
+            (self._environment,),
+        )
+        self._restamps.clear()
+
+    def _mark(self, profile_ids: Iterable[str], partition: str, created: bool = False) -> int:
+        """Record profiles as created or updated in the partition; returns how many were not yet counted."""
+        ids = list(profile_ids)
+        n = len(ids)
+        marked = self._db.insert(
+            "delivery_profile",
+            pa.table(
+                {
+                    "partition_key": pa.array([partition] * n, pa.string()),
+                    "profile_id": pa.array(ids, pa.string()),
+                    "created": pa.array([int(created)] * n, pa.int64()),
+                    "n": pa.array(range(self._marked, self._marked + n), pa.int64()),
+                }
+            ),
+            _MARKED_ONCE,
+        )
+        self._marked += n
+        return marked
+
+    def _record_conflicts(
+        self, batch: pa.RecordBatch, key_of_row: np.ndarray, reasons: list[str | None], partition: str
+    ) -> None:
+        conflicted = np.flatnonzero(np.array([r is not None for r in reasons], dtype=bool)[key_of_row])
+        picked = pa.array(conflicted, pa.int64())
+        self._insert_rejects(
+            partition,
+            batch.column(b.ROW).take(picked).to_pylist(),
+            [reasons[key] for key in key_of_row[conflicted]],
+            batch.column(b.IDENTITY_KEY).take(picked).to_pylist(),
+            "conflict",
+        )
+
+    def _apply_attributes(
+        self,
+        batch: pa.RecordBatch,
+        profile_of_row: pa.Array,
+        code_of_row: np.ndarray,
+        created: list[str],
+        counts: DeliveryCounts,
+        now: str,
+        partition: str,
+    ) -> None:
+        # All attribute columns of a row share its version: the newest row of a profile wins for all of them,
+        # and rows tied on it are settled attribute by attribute, as the register settles them.
+        winners = pa.array(
+            _newest_rows_per_profile(code_of_row, batch.column(b.VERSION).to_numpy())
+        )
+        profile_ids = profile_of_row.take(winners)
+        # A profile created by this batch has no stored attributes to merge with: its values go straight in,
+        # NULLs too, as the tombstones the merge would have stored.
+        is_new = pc.is_in(profile_ids, value_set=pa.array(created, pa.string()))
+        fresh = _attribute_rows(batch, winners.filter(is_new), profile_ids.filter(is_new))
+        n = fresh.num_rows
+        self._db.insert(
+            "attributes",
+            pa.table(
+                {
+                    "profile_id": fresh.column("profile_id"),
+                    "name": fresh.column("name"),
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "value": fresh.column("value"),
+                    "version": fresh.column("version"),
+                    "seq": pa.array([self._seq] * n, pa.int64()),
+                    "updated_at": pa.array([now] * n, pa.string()),
+                }
+            ),
+        )
+        counts.attributes_set = fresh.num_rows - fresh.column("value").null_count
+
+        is_stored = pc.invert(is_new)
+        stored = _attribute_rows(batch, winners.filter(is_stored), profile_ids.filter(is_stored))
+        if not stored.num_rows:
+            return
+        db = self._db
+        db.stage("stage_attribute", stored)
+        db.execute("DELETE FROM stage_attribute_win")
+        db.execute(self._winning_attributes, {"sync": self._sync})
+        [(set_count, removed_count)] = db.rows(
+            "SELECT COUNT(CASE WHEN change = 1 THEN 1 END), COUNT(CASE WHEN change = 2 THEN 1 END)"
+            " FROM stage_attribute_win"
+        )
+        counts.attributes_set += set_count
+        counts.attributes_removed = removed_count
+        counts.profiles_updated += db.execute(
+            "INSERT INTO delivery_profile (partition_key, profile_id, created)"
+            " SELECT DISTINCT ?, profile_id, 0 FROM stage_attribute_win WHERE change > 0"
+            " ON CONFLICT (partition_key, profile_id) DO NOTHING",
+            (partition,),
+        )
+        db.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "seq": self._seq, "now": now})
+
+    def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
+        # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.
+        # In profile order the events-by-profile index is written locally; event ids are random anyway.
+        order = pc.sort_indices(profile_ids)
+
+        n = batch.num_rows
+
+        def column(name: str, arrow_type: pa.DataType) -> pa.Array:
+            if name not in batch.schema.names:
+                return pa.nulls(n, arrow_type)
+            return batch.column(name).take(order).cast(arrow_type)
+
+        return self._db.insert(
+            "events",
+            pa.table(
+                {
+                    "environment": pa.array([self._environment] * n, pa.string()),
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "event_id": column(b.EVENT_ID, pa.string()),
+                    "profile_id": profile_ids.take(order),
+                    "event_type": column(b.EVENT_TYPE, pa.string()),
+                    "event_name": column(b.EVENT_NAME, pa.string()),
+                    "timestamp_ms": column(b.EVENT_TIMESTAMP_MS, pa.int64()),
+                    "data": column(b.EVENT_DATA, pa.string()),
+                }
+            ),
+            _EVENTS_ONCE,
+        )
+
+    def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
+        keys = _one_fingerprint_per_row_key(batch)
+        n = keys.num_rows
+        self._db.insert(
+            "fingerprints",
+            pa.table(
+                {
+                    "sync": pa.array([self._sync] * n, pa.string()),
+                    "environment": pa.array([self._environment] * n, pa.string()),
+                    "row_key": keys.column("row_key"),
+                    "fingerprint": keys.column("fingerprint"),
+                    "updated_at": pa.array([now] * n, pa.string()),
+                    "version": keys.column("version"),
+                }
+            ),
+            _NEWER_FINGERPRINT,
+        )
+
+
+def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
+    """Row key, fingerprint and version, once per row key: that of the key's newest rows. Newest rows of one
+    key that differ store NO_FINGERPRINT: all of them are applied again next run, where the tie rule settles
+    them, rather than only the one whose fingerprint was not stored (which would win alone). Older rows of
+    the key (an incremental read of several changes) are applied again and lose on their version."""
+    rows = pa.table({"row_key": batch.column(b.ROW_KEY), "fingerprint": batch.column(b.FINGERPRINT)})
+    rows = rows.append_column("version", batch.column(b.VERSION))
+    if len(pc.unique(rows.column("row_key"))) == rows.num_rows:
+        return rows
+    newest = rows.group_by("row_key", use_threads=False).aggregate([("version", "max")])
+    rows = rows.join(newest, "row_key", use_threads=False)
+    rows = rows.filter(pc.equal(rows.column("version"), rows.column("version_max")))
+    per_key = rows.group_by("row_key", use_threads=False).aggregate(
+        [("fingerprint", "min"), ("fingerprint", "max"), ("version", "max")]
+    )
+    lowest, highest = per_key.column("fingerprint_min"), per_key.column("fingerprint_max")
+    fingerprint = pc.if_else(pc.equal(lowest, highest), lowest, NO_FINGERPRINT)
+    return pa.table(
+        {"row_key": per_key.column("row_key"), "fingerprint": fingerprint, "version": per_key.column("version_max")}
+    ).sort_by("row_key")
+
+
+def _identities(identities: Sequence[Identity]) -> pa.Table:
+    """Identities as a table to stage."""
+    return pa.table(
+        {
+            "identity_type": pa.array([t for t, _ in identities], pa.string()),
+            "value": pa.array([v for _, v in identities], pa.string()),
+        }
+    )
+
+
+def _attribute_rows(batch: pa.RecordBatch, rows: pa.Array, profile_ids: pa.Array) -> pa.Table:
+    """The attributes of these batch rows (a profile's newest), one row per (profile, name), in that order;
+    of rows tied on a profile's version, each attribute takes the greatest value (a removal lowest)."""
+    columns = b.attribute_columns(batch.schema)
+    names = sorted(columns)
+    by_profile = pc.sort_indices(profile_ids)
+    rows, profile_ids = rows.take(by_profile), profile_ids.take(by_profile)
+    # Each row repeated once per name; the values taken name by name, then interleaved to match.
+    repeated = pa.array(np.repeat(np.arange(len(rows)), len(names)))
+    by_name = pa.concat_arrays([batch.column(columns[name]).take(rows).cast(pa.string()) for name in names])
+    interleaved = (np.arange(len(names)) * len(rows) + np.arange(len(rows))[:, None]).ravel()
+    table = pa.table(
+        {
+            "profile_id": profile_ids.take(repeated),
+            "name": pa.array(names * len(rows), pa.string()),
+            "value": by_name.take(pa.array(interleaved)),
+            "version": batch.column(b.VERSION).take(rows).take(repeated),
+        }
+    )
+    if len(pc.unique(profile_ids)) == len(profile_ids):
+        return table
+    # Arrow's max compares strings byte by byte and skips NULLs, as the register's merge does.
+    greatest = table.group_by(["profile_id", "name"], use_threads=False).aggregate(
+        [("value", "max"), ("version", "max")]
+    )
+    columns = {"profile_id": "profile_id", "name": "name", "value": "value_max", "version": "version_max"}
+    chosen = pa.table({name: greatest.column(column) for name, column in columns.items()})
+    return chosen.sort_by([("profile_id", "ascending"), ("name", "ascending")])
+
+
+def _in_row_order(batch: pa.RecordBatch) -> pa.RecordBatch:
+    rows = batch.column(b.ROW)
+    if len(rows) < 2 or pc.all(pc.greater_equal(rows[1:], rows[:-1])).as_py():
+        return batch
+    return batch.take(pc.sort_indices(rows))
+
+
+def _newest_rows_per_profile(profile_code: np.ndarray, version: np.ndarray) -> np.ndarray:
+    """Per profile code (≥ 0), the indexes of its rows with the highest version (usually one)."""
+    order = np.lexsort((version, profile_code))
+    codes, versions = profile_code[order], version[order]
+    last_of_profile = np.ones(len(order), dtype=bool)
+    last_of_profile[:-1] = codes[1:] != codes[:-1]
+    # Each row's profile's highest version, spread back over the profile's rows (sorted by code).
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    highest = np.repeat(versions[last_of_profile], np.diff(np.r_[starts, len(order)]))
+    return np.sort(order[(versions == highest) & (codes >= 0)])
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _now_micros() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
