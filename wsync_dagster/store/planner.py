@@ -662,23 +662,14 @@ class Delivery:
 
     def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
         """Resolve each distinct identity key of the batch, with the stamp of its newest row."""
-        columns = b.identity_columns(batch.schema)
-        if not columns:
-            raise ValueError("a mapped batch needs at least one identity column")
-        types = sorted(columns, key=priority)
-        _, first_rows = np.unique(key_of_row, return_index=True)
-        first = pa.array(first_rows, pa.int64())
-        values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
+        identities = self._identities_of_keys(batch, key_of_row)
         rows = batch.column(b.ROW).to_numpy()
         versions = batch.column(b.VERSION).to_numpy()
         # Per key, its newest row: the highest version, ties to the later row.
         newest = np.lexsort((rows, versions, key_of_row))
         last_of_key = newest[np.r_[key_of_row[newest][1:] != key_of_row[newest][:-1], True]]
         stamps = zip(versions[last_of_key].tolist(), rows[last_of_key].tolist(), strict=True)
-        keys = [
-            IdentityKey([(t, v) for t, v in zip(types, key_values, strict=True) if v is not None], stamp)
-            for key_values, stamp in zip(zip(*values, strict=True), stamps, strict=True)
-        ]
+        keys = [IdentityKey(key, stamp) for key, stamp in zip(identities, stamps, strict=True)]
         self._look_up({identity for key in keys for identity in key.identities})
         create = self._input_protection == CREATE_AND_UPDATE
         return resolve(
