@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from wsync_dagster.defs.warehouses import warehouse_key
+from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster_tests.conftest import USERS_SQL, user_sync, users_sync
 from wsync_dagster_tests.engines.postgres import PASSWORD_VARIABLE, PostgresEngine
@@ -262,10 +264,12 @@ def test_dagster_dev_delivers_one_partition_launched_through_graphql(
     Beside it, an on-demand PostgreSQL sync (never run): its warehouse resource shows the password's
     variable by name, and the secret planted in that variable appears in no GraphQL response.
     """
-    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    duckdb_sync = write_sync(user_sync(make_warehouse(USERS_SQL)))
     postgres = PostgresEngine("wsync_never_opened").connection()
-    write_sync(users_sync(postgres, "SELECT customer_id, email, updated_at FROM crm.users"))
+    postgres_sync = write_sync(users_sync(postgres, "SELECT customer_id, email, updated_at FROM crm.users"))
     monkeypatch.setenv(PASSWORD_VARIABLE, PLANTED_SECRET)
+    # Each connection's resource, under the key its syncs share.
+    postgres_key, duckdb_key = (warehouse_key(load_sync_file(path)) for path in (postgres_sync, duckdb_sync))
 
     with dagster_dev(tmp_path) as (client, process):
         wait_until_loaded(client, process, LOCATION)
@@ -275,12 +279,12 @@ def test_dagster_dev_delivers_one_partition_launched_through_graphql(
             ("warehouse", "warehouse", "crm", "users"),
         } <= asset_paths(client)
 
-        details, text = resource_details(client, "users_warehouse")
+        details, text = resource_details(client, postgres_key)
         values = {value["key"]: value for value in details["configuredValues"]}
         assert values["password"] == {"key": "password", "value": PASSWORD_VARIABLE, "type": "ENV_VAR"}
         assert values["host"]["value"] == '"127.0.0.1"'
         assert details["resourceType"].endswith("PostgresWarehouseResource")
-        duckdb_details, duckdb_text = resource_details(client, "crm_users_warehouse")
+        duckdb_details, duckdb_text = resource_details(client, duckdb_key)
         assert duckdb_details["resourceType"].endswith("DuckDBWarehouseResource")
         kinds_response = client.post("/graphql", json={"query": ASSET_KINDS_QUERY})
         kinds = {
