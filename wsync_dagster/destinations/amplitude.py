@@ -1,0 +1,169 @@
+"""Amplitude: profile changes through the Identify API, events through the HTTP V2 API."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from wsync_dagster.destinations.profile_changes import ProfileChange, Reject
+from wsync_dagster.destinations.sender import Item, Request, SendMetrics, SendPolicy, pack, send
+
+REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
+EVENTS_PATH = "/2/httpapi"
+IDENTIFY_PATH = "/identify"
+
+# HTTP V2's documented limits; identifications are kept to the same.
+MAX_ITEMS_PER_REQUEST = 2000
+MAX_REQUEST_BYTES = 1_000_000
+MIN_ID_LENGTH = 5  # Amplitude drops shorter user ids, so they are rejects here and never sent
+DEFAULT_POLICY = SendPolicy(items_per_second=1000)  # the Starter plan's events per second
+
+
+class Amplitude:
+    """One Amplitude destination: where its identifies and events go, under which user id."""
+
+    def __init__(
+        self,
+        destination: str,
+        api_key: str,
+        region: str = "us",
+        base_url: str | None = None,
+        user_id: str = "customer_id",
+        policy: SendPolicy = DEFAULT_POLICY,
+    ) -> None:
+        if region not in REGIONS:
+            raise ValueError(f"destination {destination}: region must be us or eu (got {region!r})")
+        self.destination = destination
+        self.base_url = base_url or REGIONS[region]
+        self.user_id = user_id
+        self.policy = policy
+        self._api_key = api_key
+
+    def __repr__(self) -> str:
+        return f"Amplitude({self.destination!r}, base_url={self.base_url!r})"  # never the key
+
+    def accepts_gzip(self, request: Request) -> bool:
+        """HTTP V2 takes gzip bodies (its limits count events after decompression); Identify is a form."""
+        return request.path == EVENTS_PATH
+
+    def refuses_credentials(self, response: httpx.Response) -> bool:
+        """Amplitude answers a wrong API key with a 400 saying so."""
+        if response.status_code != 400:
+            return False
+        error = str(_json_body(response).get("error", "")).lower()
+        return "api key" in error or "api_key" in error
+
+    def auth(self) -> None:
+        """The API key travels in the body."""
+        return None
+
+    def body(self, request: Request) -> tuple[bytes, str]:
+        """HTTP V2: a JSON object with the key and events; Identify: a form with the key and identifications."""
+        items = b"[" + b",".join(item.body for item in request.items) + b"]"
+        if request.path == EVENTS_PATH:
+            head = b'{"api_key":' + json.dumps(self._api_key).encode() + b',"events":'
+            return head + items + b"}", "application/json"
+        form = urllib.parse.urlencode({"api_key": self._api_key, "identification": items.decode()})
+        return form.encode(), "application/x-www-form-urlencoded"
+
+    def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
+        """The events a HTTP V2 400 names, with what was wrong with each."""
+        answer = _json_body(response)
+        reasons: dict[int, str] = {}
+        for key, what in (
+            ("events_with_invalid_fields", "invalid field"),
+            ("events_with_missing_fields", "missing field"),
+            ("events_with_invalid_id_lengths", "too short"),
+        ):
+            fields = answer.get(key)
+            if not isinstance(fields, dict):
+                continue
+            for name, indexes in fields.items():
+                for index in indexes if isinstance(indexes, list) else []:
+                    if isinstance(index, int) and 0 <= index < len(request.items):
+                        reasons[index] = f"{name} {what}" if what == "too short" else f"{what} {name}"
+        for index in answer.get("silenced_events") or []:
+            if isinstance(index, int) and 0 <= index < len(request.items):
+                reasons[index] = "the device is silenced in Amplitude"
+        return reasons
+
+    def reason(self, response: httpx.Response) -> str:
+        """Amplitude's error for a rejected request, with the key blanked should it quote it."""
+        error = str(_json_body(response).get("error") or f"Amplitude answered HTTP {response.status_code}")
+        return error.replace(self._api_key, "***") if self._api_key else error
+
+
+def forward(destination: Amplitude, changes: Iterable[ProfileChange]) -> SendMetrics:
+    """Sends the changes as identifies and events, waiting for Amplitude's acknowledgement of each request."""
+    started = time.perf_counter()
+    identifies: list[Item] = []
+    events: list[Item] = []
+    rejects: list[Reject] = []
+    for change in changes:
+        identify, change_events, change_rejects = encode_change(change, destination.user_id)
+        if identify is not None:
+            identifies.append(identify)
+        events.extend(change_events)
+        rejects.extend(change_rejects)
+    requests = [
+        *pack(IDENTIFY_PATH, identifies, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512),
+        *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
+    ]
+    encoding = time.perf_counter() - started
+    metrics = send(destination, requests, destination.policy)
+    metrics.encode_seconds += encoding
+    metrics.rejects[:0] = rejects
+    return metrics
+
+
+def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None, list[Item], list[Reject]]:
+    """A change as one identification ($set, $unset), its events, and what cannot be sent."""
+    user_id = change.identities.get(user_id_type)
+    why = None
+    if not user_id:
+        why = f"no {user_id_type} identity to send as Amplitude's user_id"
+    elif len(user_id) < MIN_ID_LENGTH:
+        why = f"user_id shorter than {MIN_ID_LENGTH} characters (Amplitude's minimum)"
+    if why is not None:
+        rejects = [Reject(change.profile_id, why)] if change.attributes or change.removed else []
+        return None, [], rejects + [Reject(event.event_id, why) for event in change.events]
+    identify = None
+    properties: dict[str, Any] = {}
+    values = {name: value for name, value in change.attributes.items() if value is not None}
+    removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
+    if values:
+        properties["$set"] = values
+    if removed:
+        properties["$unset"] = dict.fromkeys(removed, "-")
+    if properties:
+        body = _json({"user_id": user_id, "user_properties": properties})
+        identify = Item(key=change.profile_id, body=body)
+    events = []
+    for event in change.events:
+        encoded: dict[str, Any] = {
+            "user_id": user_id,
+            "event_type": event.name,
+            "time": event.timestamp_ms,
+            "insert_id": event.event_id,
+        }
+        if event.attributes:
+            encoded["event_properties"] = dict(event.attributes)
+        events.append(Item(key=event.event_id, body=_json(encoded), events=1))
+    return identify, events, []
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()

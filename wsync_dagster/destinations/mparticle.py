@@ -1,0 +1,299 @@
+"""mParticle's Events API: profile changes and events as batches for `POST /v2/bulkevents`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
+from wsync_dagster.destinations.sender import Item, Request, SendMetrics, SendPolicy, pack, send
+
+PODS: dict[str, str] = {
+    "US1": "https://s2s.us1.mparticle.com",
+    "US2": "https://s2s.us2.mparticle.com",
+    "EU1": "https://s2s.eu1.mparticle.com",
+    "AU1": "https://s2s.au1.mparticle.com",
+}
+BULK_PATH = "/v2/bulkevents"
+HISTORICAL_PATH = "/v2/bulkevents/historical"  # events older than 30 days must come this way
+HISTORICAL_AFTER = timedelta(days=30)
+
+# mParticle's documented limits (Default Service Limits).
+MAX_BATCHES_PER_REQUEST = 100
+MAX_REQUEST_BYTES = 256 * 1024
+MAX_BATCH_BYTES = 128 * 1024
+MAX_ATTRIBUTES_PER_BATCH = 100
+DEFAULT_POLICY = SendPolicy(items_per_second=270)  # the default account limit, in batches per second
+
+# wsync identity type → mParticle's `user_identities` key.
+USER_IDENTITY_NAMES: dict[str, str] = {
+    "customer_id": "customerid",
+    "email": "email",
+    "facebook": "facebook",
+    "twitter": "twitter",
+    "google": "google",
+    "microsoft": "microsoft",
+    "yahoo": "yahoo",
+    "facebook_custom_audience_id": "facebook_custom_audience_id",
+    "other": "other",
+    **{f"other_id_{n}": f"other_id_{n}" for n in range(2, 11)},
+    "mobile_number": "mobile_number",
+    "phone_number_2": "phone_number_2",
+    "phone_number_3": "phone_number_3",
+}
+# Device identities travel in `device_info` under the same names.
+DEVICE_IDENTITY_NAMES: frozenset[str] = frozenset(
+    {
+        "android_uuid",
+        "ios_advertising_id",
+        "push_token",
+        "ios_idfv",
+        "android_advertising_id",
+        "amp_id",
+        "roku_advertising_id",
+        "roku_publisher_id",
+        "microsoft_advertising_id",
+        "microsoft_publisher_id",
+        "fire_advertising_id",
+    }
+)
+EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
+_REQUEST_IDS = uuid.UUID("5b0f6f58-3d2c-4f7e-9a51-6d0c1f2e8a47")  # namespace of source_request_ids
+
+
+class MParticle:
+    """One mParticle destination: where its batches go and how they authenticate."""
+
+    def __init__(
+        self,
+        destination: str,
+        api_key: str,
+        api_secret: str,
+        pod: str = "US1",
+        base_url: str | None = None,
+        environment: str = "production",
+        policy: SendPolicy = DEFAULT_POLICY,
+        gzip: bool = False,
+    ) -> None:
+        if pod not in PODS:
+            raise ValueError(f"destination {destination}: pod must be one of {', '.join(PODS)} (got {pod!r})")
+        if environment not in ("production", "development"):
+            raise ValueError(
+                f"destination {destination}: environment must be production or development (got {environment!r})"
+            )
+        self.destination = destination
+        self.base_url = base_url or PODS[pod]
+        self.environment = environment
+        self.policy = policy
+        self.gzip = gzip
+        self._credentials = (api_key, api_secret)
+
+    def __repr__(self) -> str:
+        return f"MParticle({self.destination!r}, base_url={self.base_url!r})"  # never the key
+
+    def accepts_gzip(self, request: Request) -> bool:
+        """Only when asked: the Events API's documents we checked do not promise gzip bodies."""
+        return self.gzip
+
+    def refuses_credentials(self, response: httpx.Response) -> bool:
+        """mParticle refuses credentials with 401/403 only."""
+        return False
+
+    def auth(self) -> httpx.Auth:
+        """HTTP Basic with the API key and secret."""
+        return httpx.BasicAuth(*self._credentials)
+
+    def body(self, request: Request) -> tuple[bytes, str]:
+        """The batches as one JSON array."""
+        return b"[" + b",".join(item.body for item in request.items) + b"]", "application/json"
+
+    def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
+        """mParticle does not say which batch of a bulk request was invalid: the sender splits."""
+        return {}
+
+    def reason(self, response: httpx.Response) -> str:
+        """mParticle's error messages for a rejected request."""
+        try:
+            errors = response.json().get("errors") or []
+            messages = [str(e.get("message") or e.get("code")) for e in errors if isinstance(e, dict)]
+        except (ValueError, AttributeError):
+            messages = []
+        return "; ".join(messages) or f"mParticle answered HTTP {response.status_code}"
+
+
+def forward(
+    destination: MParticle, changes: Iterable[ProfileChange], now: datetime | None = None
+) -> SendMetrics:
+    """Sends the changes as batches, waiting for mParticle's acknowledgement of each request."""
+    started = time.perf_counter()
+    recent: list[Item] = []
+    historical: list[Item] = []
+    rejects: list[Reject] = []
+    for change in changes:
+        batches, historical_batches, change_rejects = encode_change(change, destination.environment, now)
+        recent.extend(batches)
+        historical.extend(historical_batches)
+        rejects.extend(change_rejects)
+    requests = [
+        *pack(BULK_PATH, recent, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
+        *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
+    ]
+    encoding = time.perf_counter() - started
+    metrics = send(destination, requests, destination.policy)
+    metrics.encode_seconds += encoding
+    metrics.rejects[:0] = rejects
+    return metrics
+
+
+def encode_change(
+    change: ProfileChange, environment: str, now: datetime | None = None
+) -> tuple[list[Item], list[Item], list[Reject]]:
+    """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects."""
+    identities = _identities(change.identities)
+    if not identities:
+        return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
+    cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
+    rejects: list[Reject] = []
+    recent_events: list[tuple[str, bytes]] = []
+    old_events: list[tuple[str, bytes]] = []
+    for event in change.events:
+        encoded = _event(event)
+        if isinstance(encoded, Reject):
+            rejects.append(encoded)
+            continue
+        target = old_events if event.timestamp_ms < cutoff_ms else recent_events
+        target.append((event.event_id, _json(encoded)))
+    base = {"environment": environment, **identities}
+    attributes = {name: _attribute_value(v) for name, v in change.attributes.items() if v is not None}
+    removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
+    heads: list[dict[str, Any]] = []
+    names = sorted(attributes)
+    for start in range(0, max(len(names), len(removed), 1), MAX_ATTRIBUTES_PER_BATCH):
+        head = dict(base)
+        chunk = names[start : start + MAX_ATTRIBUTES_PER_BATCH]
+        if chunk:
+            head["user_attributes"] = {name: attributes[name] for name in chunk}
+        if removed[start : start + MAX_ATTRIBUTES_PER_BATCH]:
+            head["deleted_user_attributes"] = removed[start : start + MAX_ATTRIBUTES_PER_BATCH]
+        heads.append(head)
+    recent, too_big = _batches(change.profile_id, heads, recent_events, base)
+    historical, too_big_old = _batches(change.profile_id, [], old_events, base)
+    rejects.extend(too_big + too_big_old)
+    return recent, historical, rejects
+
+
+def _batches(
+    profile_id: str, heads: list[dict[str, Any]], events: list[tuple[str, bytes]], base: dict[str, Any]
+) -> tuple[list[Item], list[Reject]]:
+    """Batches of at most MAX_BATCH_BYTES: the attribute heads, then events filling them in order."""
+    items: list[Item] = []
+    rejects: list[Reject] = []
+    heads = list(heads)
+    room = MAX_BATCH_BYTES - 96  # for `"events":[]` and the source_request_id added at the end
+    base_size = len(_json(base))
+    current: dict[str, Any] | None = None
+    current_events: list[bytes] = []
+    size = 0
+
+    def start() -> None:
+        nonlocal current, current_events, size
+        current = heads.pop(0) if heads else dict(base)
+        current_events, size = [], len(_json(current))
+
+    def close() -> None:
+        if current is not None and (current_events or len(current) > len(base)):
+            items.append(_item(profile_id, current, current_events))
+
+    for event_id, event in events:
+        if base_size + len(event) + 1 > room:
+            rejects.append(Reject(event_id, "event larger than mParticle's 128 KB batch limit"))
+            continue
+        if current is None:
+            start()
+        elif size + len(event) + 1 > room:
+            close()
+            start()
+        current_events.append(event)
+        size += len(event) + 1
+    close()
+    items.extend(_item(profile_id, head, []) for head in heads if len(head) > len(base))
+    return items, rejects
+
+
+def _item(profile_id: str, batch: dict[str, Any], events: list[bytes]) -> Item:
+    """A batch with its events and a source_request_id derived from its content."""
+    head = _json(batch)
+    if events:
+        head = head[:-1] + b',"events":[' + b",".join(events) + b"]}"
+    request_id = uuid.uuid5(_REQUEST_IDS, head.decode()).hex
+    body = head[:-1] + b',"source_request_id":"' + request_id.encode() + b'"}'
+    return Item(key=profile_id, body=body, events=len(events))
+
+
+def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
+    """The batch keys that say who the user is: user_identities, device_info, mpid, mp_deviceid."""
+    found: dict[str, Any] = {}
+    user = {
+        USER_IDENTITY_NAMES[t]: v for t, v in sorted(identities.items()) if t in USER_IDENTITY_NAMES and v
+    }
+    device = {t: v for t, v in sorted(identities.items()) if t in DEVICE_IDENTITY_NAMES and v}
+    if user:
+        found["user_identities"] = user
+    if device:
+        found["device_info"] = device
+    if identities.get("mpid"):
+        found["mpid"] = int(identities["mpid"])
+    if identities.get("mp_deviceid"):
+        found["mp_deviceid"] = identities["mp_deviceid"]
+    return found
+
+
+def _event(event: Event) -> dict[str, Any] | Reject:
+    """An event in mParticle's shape: event_type and data."""
+    if event.event_type not in EVENT_TYPES:
+        return Reject(
+            event.event_id,
+            f"event type {event.event_type!r} is not one mParticle takes ({', '.join(EVENT_TYPES)})",
+        )
+    data: dict[str, Any] = dict(event.data)
+    data["timestamp_unixtime_ms"] = event.timestamp_ms
+    data["source_message_id"] = event.event_id
+    attributes = {k: _text(v) for k, v in event.attributes.items() if v is not None}
+    if attributes:
+        data["custom_attributes"] = attributes
+    if event.event_type == "custom_event":
+        data["event_name"] = event.name
+        data["custom_event_type"] = event.custom_event_type
+    elif event.event_type == "screen_view":
+        data["screen_name"] = event.name
+    return {"event_type": event.event_type, "data": data}
+
+
+def _attribute_value(value: Any) -> Any:
+    """A user attribute as mParticle keeps it: a scalar, or a list of strings."""
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value if v is not None]
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _text(value: Any) -> str:
+    """An event attribute value: mParticle's custom attributes are strings."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

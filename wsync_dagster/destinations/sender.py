@@ -1,0 +1,266 @@
+"""Delivers a platform's requests over HTTP: concurrent up to a rate, retried, split on invalid items."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from wsync_dagster.destinations.profile_changes import Reject
+
+GZIP_FROM_BYTES = 1024  # smaller bodies gain nothing from compression
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of a request the platform may reject on its own (a batch, an event, an identify)."""
+
+    key: str  # the profile id or event id a reject names
+    body: bytes  # the item's JSON
+    events: int = 0  # events the item carries, for the metrics
+
+
+@dataclass(frozen=True)
+class Request:
+    """Items bound for one endpoint path, within the platform's per-request limits."""
+
+    path: str
+    items: tuple[Item, ...]
+
+
+class Platform(Protocol):
+    """What the sender needs from a platform: where, how to authenticate, how to read its answers."""
+
+    destination: str  # the destination's name, the only thing errors say about it
+    base_url: str
+
+    def accepts_gzip(self, request: Request) -> bool:
+        """True when the endpoint takes `Content-Encoding: gzip`."""
+        ...
+
+    def refuses_credentials(self, response: httpx.Response) -> bool:
+        """True when an answer other than 401/403 says the key is wrong (the platform's way)."""
+        ...
+
+    def auth(self) -> httpx.Auth | None:
+        """The request authentication, or None when the key travels in the body."""
+        ...
+
+    def body(self, request: Request) -> tuple[bytes, str]:
+        """The request's body and its content type."""
+        ...
+
+    def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
+        """Index → reason of the items a 400 names; empty when the platform names none."""
+        ...
+
+    def reason(self, response: httpx.Response) -> str:
+        """The platform's message for a rejected request, without anything secret."""
+        ...
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """How hard to push: a rate in items per second, concurrency, timeouts and retries."""
+
+    items_per_second: float
+    concurrency: int = 8
+    timeout_seconds: float = 30.0
+    max_attempts: int = 8
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+    max_retry_after_seconds: float = 300.0
+
+
+@dataclass
+class SendMetrics:
+    """What one send did: acknowledged items, HTTP traffic, retries, rejects, time encoding vs waiting."""
+
+    items_sent: int = 0
+    events_sent: int = 0
+    requests: int = 0  # HTTP requests made, retries included
+    bytes_sent: int = 0  # bodies as sent (compressed when gzip)
+    retries: int = 0
+    throttled_waits: int = 0  # 429s waited out
+    rejects: list[Reject] = field(default_factory=list)
+    encode_seconds: float = 0.0
+    wait_seconds: float = 0.0  # the rest of the send's wall time: responses, backoff, the rate limit
+
+    def add(self, other: SendMetrics) -> None:
+        """Adds another send's figures to these."""
+        for name in ("items_sent", "events_sent", "requests", "bytes_sent", "retries", "throttled_waits"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rejects.extend(other.rejects)
+        self.encode_seconds += other.encode_seconds
+        self.wait_seconds += other.wait_seconds
+
+
+class DestinationError(Exception):
+    """A send that cannot go on (credentials refused, retries exhausted): one line, no secret."""
+
+
+def pack(path: str, items: Iterable[Item], max_items: int, max_bytes: int, overhead: int) -> list[Request]:
+    """Items grouped in order into requests of at most max_items and max_bytes (with overhead bytes)."""
+    requests: list[Request] = []
+    current: list[Item] = []
+    size = overhead
+    for item in items:
+        item_size = len(item.body) + 1  # the separating comma
+        if current and (len(current) == max_items or size + item_size > max_bytes):
+            requests.append(Request(path, tuple(current)))
+            current, size = [], overhead
+        current.append(item)
+        size += item_size
+    if current:
+        requests.append(Request(path, tuple(current)))
+    return requests
+
+
+def send(platform: Platform, requests: Sequence[Request], policy: SendPolicy) -> SendMetrics:
+    """Sends the requests, waiting for every acknowledgement; raises DestinationError when it must stop."""
+    return asyncio.run(_Sender(platform, policy).send_all(requests))
+
+
+class _RateLimit:
+    """Spaces request starts so items flow at most at the given rate."""
+
+    def __init__(self, items_per_second: float) -> None:
+        self._seconds_per_item = 1.0 / items_per_second
+        self._next = time.monotonic()
+
+    async def wait(self, items: int) -> None:
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + items * self._seconds_per_item
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class _Sender:
+    def __init__(self, platform: Platform, policy: SendPolicy) -> None:
+        self.platform = platform
+        self.policy = policy
+        self.metrics = SendMetrics()
+        self._rate = _RateLimit(policy.items_per_second)
+        self._slots = asyncio.Semaphore(policy.concurrency)
+
+    async def send_all(self, requests: Sequence[Request]) -> SendMetrics:
+        started = time.perf_counter()
+        limits = httpx.Limits(max_connections=self.policy.concurrency)
+        async with httpx.AsyncClient(
+            base_url=self.platform.base_url,
+            auth=self.platform.auth(),
+            timeout=self.policy.timeout_seconds,
+            limits=limits,
+        ) as self.client:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for request in requests:
+                        group.create_task(self.deliver(request))
+            except* DestinationError as errors:
+                raise errors.exceptions[0] from None
+        # Encoding runs on the event loop's one thread, so the rest of the wall time was waiting.
+        self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
+        return self.metrics
+
+    async def deliver(self, request: Request) -> None:
+        """Sends one request until acknowledged, splitting it when the platform rejects items."""
+        response = await self.post(request)
+        if response.is_success:
+            self.metrics.items_sent += len(request.items)
+            self.metrics.events_sent += sum(item.events for item in request.items)
+            return
+        # A 400 or 413: keep the good items, reject only the bad ones.
+        reasons = self.platform.item_reasons(request, response) if response.status_code == 400 else {}
+        if reasons:
+            self.metrics.rejects.extend(
+                Reject(request.items[i].key, why) for i, why in sorted(reasons.items())
+            )
+            rest = tuple(item for i, item in enumerate(request.items) if i not in reasons)
+            if rest:
+                await self.deliver(Request(request.path, rest))
+        elif len(request.items) > 1:
+            half = len(request.items) // 2
+            await asyncio.gather(
+                self.deliver(Request(request.path, request.items[:half])),
+                self.deliver(Request(request.path, request.items[half:])),
+            )
+        else:
+            self.metrics.rejects.append(Reject(request.items[0].key, self.platform.reason(response)))
+
+    async def post(self, request: Request) -> httpx.Response:
+        """One request's answer other than a retried one: a success, a 400 or a 413."""
+        started = time.perf_counter()
+        content, content_type = self.platform.body(request)
+        headers = {"Content-Type": content_type}
+        if len(content) >= GZIP_FROM_BYTES and self.platform.accepts_gzip(request):
+            content = gzip.compress(content, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        self.metrics.encode_seconds += time.perf_counter() - started
+        for attempt in range(1, self.policy.max_attempts + 1):
+            failure: str
+            retry_after: float | None = None
+            try:
+                await self._rate.wait(len(request.items))
+                async with self._slots:
+                    self.metrics.requests += 1
+                    self.metrics.bytes_sent += len(content)
+                    response = await self.client.post(request.path, content=content, headers=headers)
+            except httpx.TimeoutException:
+                failure = "timed out"
+            except httpx.TransportError as error:
+                failure = (
+                    f"connection failed ({type(error).__name__})"  # never the message: it may quote the URL
+                )
+            else:
+                status = response.status_code
+                if status in (401, 403) or self.platform.refuses_credentials(response):
+                    raise DestinationError(
+                        f"destination {self.platform.destination}: the platform refused its credentials "
+                        f"(HTTP {status}); check the keys in its environment variables"
+                    )
+                if status not in RETRIED_STATUSES:
+                    return response
+                failure = f"HTTP {status}"
+                retry_after = _retry_after(response)
+                if status == 429:
+                    self.metrics.throttled_waits += 1
+            if attempt == self.policy.max_attempts:
+                break
+            self.metrics.retries += 1
+            await asyncio.sleep(self._backoff(attempt, retry_after))
+        raise DestinationError(
+            f"destination {self.platform.destination}: gave up on {request.path} after "
+            f"{self.policy.max_attempts} attempts ({failure}); nothing of that request is marked sent"
+        )
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Retry-After when the platform says; otherwise exponential backoff with full jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.policy.max_retry_after_seconds) + random.uniform(0, 0.1)
+        ceiling = min(self.policy.max_backoff_seconds, self.policy.backoff_seconds * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date), None without a usable one."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

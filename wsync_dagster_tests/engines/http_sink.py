@@ -1,0 +1,354 @@
+"""A local HTTP sink playing mParticle's Events API and Amplitude's HTTP V2 and Identify APIs, strictly.
+
+It enforces each API's contract (auth, sizes, item counts, required fields), passes every mParticle
+batch through the official `mparticle` package's models (a key they do not know is lost, and the
+batch counts as a contract violation), and answers chosen requests with 429 + Retry-After, 500, a
+slow response or a dropped connection. `violations` lists every breach of a contract it saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from mparticle import ApiClient, Configuration, models
+
+MP_MAX_REQUEST_BYTES = 256 * 1024
+MP_MAX_BATCH_BYTES = 128 * 1024
+MP_MAX_BATCHES = 100
+MP_MAX_ATTRIBUTES = 100
+AMP_MAX_EVENTS = 2000
+AMP_MAX_BYTES = 1_000_000
+THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+PLANTED_INVALID = "bad"  # a user attribute or event property of this name makes the API answer 400
+
+# mParticle's event_type → the model its `data` must survive.
+EVENT_MODELS: dict[str, Any] = {
+    "custom_event": models.AppEvent,
+    "screen_view": models.ScreenViewEvent,
+    "commerce_event": models.CommerceEvent,
+}
+_MODELS_CLIENT = ApiClient(configuration=Configuration())  # only its model reader is used, never its HTTP
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How to answer one chosen request instead of normally."""
+
+    status: int | None = None  # answer this status (nothing is ingested)
+    retry_after: str | None = None
+    delay: float = 0.0  # wait this long first (then answer as planned or normally)
+    drop: bool = False  # close the connection without answering (nothing is ingested)
+
+
+@dataclass
+class Received:
+    """One request as the sink saw it."""
+
+    path: str
+    status: int
+    gzip: bool
+    authorization: str
+    body: bytes
+
+
+@dataclass
+class HttpSink:
+    """The server's state: credentials, planned faults, what was ingested, contract violations."""
+
+    mparticle_key: str
+    mparticle_secret: str
+    amplitude_key: str
+    url: str = ""
+    faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
+    received: list[Received] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)  # accepted by /v2/bulkevents
+    historical_batches: list[dict[str, Any]] = field(default_factory=list)
+    identifies: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def plan(self, path: str, *faults: Fault) -> None:
+        """The next requests to path get these faults, one each, in order."""
+        with self.lock:
+            self.faults[path].extend(faults)
+
+    def requests_to(self, path: str) -> list[Received]:
+        """The requests made to path, in arrival order."""
+        return [r for r in self.received if r.path == path]
+
+    def mparticle_profiles(self) -> dict[str, dict[str, Any]]:
+        """customerid → user attributes after every accepted batch, in arrival order."""
+        profiles: dict[str, dict[str, Any]] = defaultdict(dict)
+        for batch in self.batches + self.historical_batches:
+            attributes = profiles[batch["user_identities"]["customerid"]]
+            attributes.update(batch.get("user_attributes", {}))
+            for name in batch.get("deleted_user_attributes", []):
+                attributes.pop(name, None)
+        return dict(profiles)
+
+    def amplitude_profiles(self) -> dict[str, dict[str, Any]]:
+        """user_id → user properties after every accepted identification, in arrival order."""
+        profiles: dict[str, dict[str, Any]] = defaultdict(dict)
+        for identify in self.identifies:
+            properties = profiles[identify["user_id"]]
+            properties.update(identify["user_properties"].get("$set", {}))
+            for name in identify["user_properties"].get("$unset", {}):
+                properties.pop(name, None)
+        return dict(profiles)
+
+
+def round_trip(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch after passing through the mparticle package's models: unknown keys are lost."""
+    deserialize = _MODELS_CLIENT._ApiClient__deserialize  # the package's own JSON → model reader
+    model = deserialize({k: v for k, v in batch.items() if k != "events"}, "Batch")
+    out = ApiClient.sanitize_for_serialization(model)
+    if "events" in batch:
+        out["events"] = [_round_trip_event(event) for event in batch["events"]]
+    return out
+
+
+def _round_trip_event(event: dict[str, Any]) -> dict[str, Any]:
+    klass = EVENT_MODELS.get(event.get("event_type"))
+    if klass is None:
+        return {}
+    prototype = klass("x") if klass is models.AppEvent else klass()
+    data = event.get("data", {})
+    deserialize = _MODELS_CLIENT._ApiClient__deserialize
+    kwargs = {
+        attr: deserialize(data[prototype.attribute_map[attr]], kind)
+        for attr, kind in prototype.swagger_types.items()
+        if prototype.attribute_map[attr] in data
+    }
+    return {"event_type": event["event_type"], "data": ApiClient.sanitize_for_serialization(klass(**kwargs))}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the platforms
+    sink: HttpSink
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = urllib.parse.urlsplit(self.path).path
+        with self.sink.lock:
+            fault = self.sink.faults[path].popleft() if self.sink.faults[path] else None
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.drop:
+            self._record(path, 0, body)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault is not None and fault.status is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            return self._answer(path, fault.status, {"errors": [{"code": "PLANNED"}]}, body, headers)
+        body_plain = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
+        try:
+            status, answer = self._serve(path, body_plain)
+        except Exception as error:  # a payload the sink cannot even read breaks the contract
+            self._violation(f"unreadable request: {error!r}")
+            status, answer = 400, {"error": "unreadable"}
+        self._answer(path, status, answer, body)
+
+    def _serve(self, path: str, body: bytes) -> tuple[int, Any]:
+        if path in ("/v2/bulkevents", "/v2/bulkevents/historical"):
+            return self._mparticle(path, body)
+        if path == "/2/httpapi":
+            return self._amplitude_events(body)
+        if path == "/identify":
+            return self._amplitude_identify(body)
+        return 404, {"error": "no such endpoint"}
+
+    def _violation(self, what: str) -> None:
+        with self.sink.lock:
+            self.sink.violations.append(f"{self.path}: {what}")
+
+    def _mparticle(self, path: str, body: bytes) -> tuple[int, Any]:
+        expected = base64.b64encode(
+            f"{self.sink.mparticle_key}:{self.sink.mparticle_secret}".encode()
+        ).decode()
+        if self.headers.get("Authorization") != f"Basic {expected}":
+            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid credentials"}]}
+        if len(body) > MP_MAX_REQUEST_BYTES:
+            self._violation(f"request of {len(body)} bytes")
+            return 413, {"errors": [{"code": "TOO_LARGE"}]}
+        batches = json.loads(body)
+        if not isinstance(batches, list) or not 1 <= len(batches) <= MP_MAX_BATCHES:
+            self._violation("not an array of 1 to 100 batches")
+            return 400, {"errors": [{"code": "BAD_REQUEST", "message": "1 to 100 batches"}]}
+        now_ms = time.time() * 1000
+        for batch in batches:
+            problem = _batch_problem(batch, path, now_ms)
+            if problem:
+                self._violation(problem)
+                return 400, {"errors": [{"code": "BAD_REQUEST", "message": problem}]}
+            if PLANTED_INVALID in batch.get("user_attributes", {}):
+                message = f'user attribute "{PLANTED_INVALID}" is not allowed'
+                return 400, {"errors": [{"code": "BAD_REQUEST", "message": message}]}
+        with self.sink.lock:
+            target = self.sink.historical_batches if path.endswith("historical") else self.sink.batches
+            target.extend(batches)
+        return 202, None
+
+    def _amplitude_events(self, body: bytes) -> tuple[int, Any]:
+        if len(body) > AMP_MAX_BYTES:
+            self._violation(f"request of {len(body)} bytes")
+            return 413, {"code": 413, "error": "Payload too large"}
+        request = json.loads(body)
+        if request.get("api_key") != self.sink.amplitude_key:
+            return 400, {"code": 400, "error": f"Invalid API key: {request.get('api_key')}"}
+        events = request.get("events")
+        if not isinstance(events, list) or not 1 <= len(events) <= AMP_MAX_EVENTS:
+            self._violation("not 1 to 2000 events")
+            return 400, {"code": 400, "error": "events"}
+        missing: dict[str, list[int]] = defaultdict(list)
+        invalid: dict[str, list[int]] = defaultdict(list)
+        short: dict[str, list[int]] = defaultdict(list)
+        for index, event in enumerate(events):
+            for name in ("event_type", "user_id", "insert_id", "time"):
+                if not event.get(name):
+                    missing[name].append(index)
+            if len(str(event.get("user_id", ""))) < 5:
+                short["user_id"].append(index)
+            if not isinstance(event.get("time"), int):
+                invalid["time"].append(index)
+            if PLANTED_INVALID in event.get("event_properties", {}):
+                invalid["event_properties"].append(index)
+        if missing or short or set(invalid) - {"event_properties"}:
+            self._violation(
+                f"events missing {dict(missing)}, short ids {dict(short)}, invalid {dict(invalid)}"
+            )
+        if missing or short or invalid:
+            return 400, {
+                "code": 400,
+                "error": "Request missing required field"
+                if missing
+                else "Invalid field values on some events",
+                "events_with_missing_fields": missing,
+                "events_with_invalid_fields": invalid,
+                "events_with_invalid_id_lengths": short,
+            }
+        with self.sink.lock:
+            self.sink.events.extend(events)
+        return 200, {"code": 200, "events_ingested": len(events), "payload_size_bytes": len(body)}
+
+    def _amplitude_identify(self, body: bytes) -> tuple[int, Any]:
+        form = urllib.parse.parse_qs(body.decode())
+        if form.get("api_key") != [self.sink.amplitude_key]:
+            return 400, {"code": 400, "error": "Invalid API key"}
+        identifications = json.loads(form["identification"][0])
+        for identify in identifications:
+            operations = set(identify.get("user_properties", {}))
+            if len(str(identify.get("user_id", ""))) < 5 or not operations or operations - {"$set", "$unset"}:
+                self._violation(f"identification {identify}")
+                return 400, {"code": 400, "error": "invalid identification"}
+        with self.sink.lock:
+            self.sink.identifies.extend(identifications)
+        return 200, "success"
+
+    def _record(self, path: str, status: int, body: bytes) -> None:
+        with self.sink.lock:
+            self.sink.received.append(
+                Received(
+                    path,
+                    status,
+                    self.headers.get("Content-Encoding") == "gzip",
+                    self.headers.get("Authorization", ""),
+                    body,
+                )
+            )
+
+    def _answer(
+        self, path: str, status: int, answer: Any, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        self._record(path, status, body)
+        payload = b"" if answer is None else json.dumps(answer).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def _batch_problem(batch: Any, path: str, now_ms: float) -> str | None:
+    """What breaks mParticle's batch contract, or None."""
+    if not isinstance(batch, dict):
+        return "a batch is not an object"
+    if len(json.dumps(batch)) > MP_MAX_BATCH_BYTES:
+        return "a batch over 128 KB"
+    if batch.get("environment") not in ("production", "development"):
+        return "environment missing or not production/development"
+    if not (batch.get("user_identities") or batch.get("mpid") or batch.get("device_info")):
+        return "a batch names no user"
+    if not batch.get("source_request_id"):
+        return "no source_request_id"
+    if len(batch.get("user_attributes", {})) > MP_MAX_ATTRIBUTES:
+        return "more than 100 user attributes"
+    for event in batch.get("events", []):
+        data = event.get("data", {})
+        if event.get("event_type") not in EVENT_MODELS or "timestamp_unixtime_ms" not in data:
+            return f"event without a known event_type or a timestamp: {event}"
+        if event["event_type"] == "custom_event" and not (
+            data.get("event_name") and data.get("custom_event_type")
+        ):
+            return "custom_event without event_name or custom_event_type"
+        old = data["timestamp_unixtime_ms"] < now_ms - THIRTY_DAYS_MS
+        if old != path.endswith("historical"):
+            return f"event of {data['timestamp_unixtime_ms']} sent to {path}"
+    if path.endswith("historical") and not batch.get("events"):
+        return "a historical batch without events"
+    survived = round_trip(batch)
+    if survived != batch:
+        return f"lost in the mparticle models: {_difference(batch, survived)}"
+    return None
+
+
+def _difference(sent: Any, survived: Any, where: str = "") -> str:
+    """The first place a batch and its round trip differ."""
+    if isinstance(sent, dict) and isinstance(survived, dict):
+        for key in sent:
+            if key not in survived:
+                return f"{where}.{key} dropped"
+            found = _difference(sent[key], survived[key], f"{where}.{key}")
+            if found:
+                return found
+        return ""
+    if isinstance(sent, list) and isinstance(survived, list) and len(sent) == len(survived):
+        for index, (a, b) in enumerate(zip(sent, survived, strict=True)):
+            found = _difference(a, b, f"{where}[{index}]")
+            if found:
+                return found
+        return ""
+    return "" if sent == survived else f"{where}: {sent!r} became {survived!r}"
+
+
+def start(mparticle_key: str, mparticle_secret: str, amplitude_key: str) -> Iterator[HttpSink]:
+    """Runs the sink on a free loopback port until the generator is closed."""
+    sink = HttpSink(mparticle_key, mparticle_secret, amplitude_key)
+    handler = type("Handler", (_Handler,), {"sink": sink})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sink.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()

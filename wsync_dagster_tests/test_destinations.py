@@ -1,0 +1,288 @@
+"""Destinations: mParticle and Amplitude encoders and the HTTP sender, against a strict local sink."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from wsync_dagster.destinations import amplitude, mparticle
+from wsync_dagster.destinations.amplitude import Amplitude
+from wsync_dagster.destinations.mparticle import MParticle
+from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
+from wsync_dagster.destinations.sender import DestinationError, SendPolicy
+from wsync_dagster_tests.engines import http_sink
+from wsync_dagster_tests.engines.http_sink import Fault, HttpSink
+
+MP_KEY = "mp-key-planted-7f3a"
+MP_SECRET = "mp-secret-planted-91c2"
+AMP_KEY = "amp-key-planted-55d0"
+FAST = SendPolicy(
+    items_per_second=100_000,
+    concurrency=4,
+    timeout_seconds=0.5,
+    max_attempts=4,
+    backoff_seconds=0.05,
+    max_backoff_seconds=0.2,
+)
+NOW = datetime.now(UTC)
+RECENT_MS = int((NOW - timedelta(days=1)).timestamp() * 1000)
+OLD_MS = int((NOW - timedelta(days=40)).timestamp() * 1000)
+IDFV = "8d4e2f6a-3b1c-4a5d-9e7f-0a1b2c3d4e5f"
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    server = http_sink.start(MP_KEY, MP_SECRET, AMP_KEY)
+    running = next(server)
+    yield running
+    server.close()
+    assert running.violations == [], "the payloads broke an API contract"
+
+
+def to_mparticle(sink: HttpSink, secret: str = MP_SECRET) -> MParticle:
+    return MParticle("mp", MP_KEY, secret, base_url=sink.url, policy=FAST)
+
+
+def to_amplitude(sink: HttpSink, key: str = AMP_KEY) -> Amplitude:
+    return Amplitude("amp", key, base_url=sink.url, policy=FAST)
+
+
+def change(n: int, **overrides: object) -> ProfileChange:
+    fields: dict[str, object] = {
+        "profile_id": f"p{n}",
+        "identities": {"customer_id": f"cust-{n:05d}", "email": f"u{n}@example.com"},
+        "attributes": {"tier": "gold", "orders": n, "vip": True, "tags": ["a", "b"]},
+        "removed": ("old_plan",),
+        "events": (
+            Event(
+                f"e{n}", "custom_event", "purchase", RECENT_MS, {"amount": 12.5, "sku": "X1"}, "transaction"
+            ),
+        ),
+    }
+    fields.update(overrides)
+    return ProfileChange(**fields)  # type: ignore[arg-type]
+
+
+def test_mparticle_batch_carries_identities_attributes_removals_and_events(sink: HttpSink) -> None:
+    metrics = mparticle.forward(to_mparticle(sink), [change(1), change(2)], now=NOW)
+
+    assert (metrics.items_sent, metrics.events_sent, metrics.rejects) == (2, 2, [])
+    first = next(b for b in sink.batches if b["user_identities"]["customerid"] == "cust-00001")
+    assert first["environment"] == "production"
+    assert first["user_identities"] == {"customerid": "cust-00001", "email": "u1@example.com"}
+    assert first["user_attributes"] == {"tier": "gold", "orders": 1, "vip": True, "tags": ["a", "b"]}
+    assert first["deleted_user_attributes"] == ["old_plan"]
+    assert first["events"] == [
+        {
+            "event_type": "custom_event",
+            "data": {
+                "event_name": "purchase",
+                "custom_event_type": "transaction",
+                "timestamp_unixtime_ms": RECENT_MS,
+                "source_message_id": "e1",
+                "custom_attributes": {"amount": "12.5", "sku": "X1"},
+            },
+        }
+    ]
+
+
+def test_mparticle_screen_views_and_device_identities_survive_the_official_models(sink: HttpSink) -> None:
+    screen = Event("s1", "screen_view", "checkout", RECENT_MS, {"step": 2})
+    person = change(
+        3, identities={"customer_id": "cust-00003", "ios_idfv": IDFV, "mpid": "42"}, events=(screen,)
+    )
+
+    mparticle.forward(to_mparticle(sink), [person], now=NOW)
+
+    (batch,) = sink.batches
+    assert batch["device_info"] == {"ios_idfv": IDFV}
+    assert batch["mpid"] == 42
+    assert batch["events"][0]["data"]["screen_name"] == "checkout"
+
+
+def test_a_key_the_mparticle_models_do_not_know_is_lost_on_the_way() -> None:
+    batch = {
+        "environment": "production",
+        "source_request_id": "r",
+        "user_identities": {"customerid": "cust-00001", "customer_id": "cust-00001"},
+    }
+
+    assert http_sink.round_trip(batch) != batch
+
+
+def test_mparticle_removals_arrive_as_deleted_user_attributes(sink: HttpSink) -> None:
+    destination = to_mparticle(sink)
+    mparticle.forward(
+        destination, [change(1, attributes={"plan": "pro", "tier": "gold"}, removed=())], now=NOW
+    )
+    mparticle.forward(destination, [change(1, attributes={}, removed=("plan",), events=())], now=NOW)
+
+    assert sink.batches[-1]["deleted_user_attributes"] == ["plan"]
+    assert sink.mparticle_profiles()["cust-00001"] == {"tier": "gold"}
+
+
+def test_mparticle_requests_hold_at_most_100_batches_and_256_kb(sink: HttpSink) -> None:
+    mparticle.forward(to_mparticle(sink), [change(n) for n in range(250)], now=NOW)
+    big = {"essay": "x" * 20_000}
+    mparticle.forward(to_mparticle(sink), [change(n, attributes=big) for n in range(300, 330)], now=NOW)
+
+    requests = sink.requests_to("/v2/bulkevents")
+    assert len(sink.batches) == 280
+    assert len(requests) >= 3 + 3  # 250 batches by count; 30 x 20 KB by size
+    assert all(r.status == 202 for r in requests)
+
+
+def test_mparticle_events_older_than_30_days_go_to_historical(sink: HttpSink) -> None:
+    old = Event("old", "custom_event", "signup", OLD_MS)
+    new = Event("new", "custom_event", "login", RECENT_MS)
+
+    mparticle.forward(to_mparticle(sink), [change(1, events=(old, new))], now=NOW)
+
+    assert [e["data"]["source_message_id"] for b in sink.batches for e in b["events"]] == ["new"]
+    (historical,) = sink.historical_batches
+    assert [e["data"]["source_message_id"] for e in historical["events"]] == ["old"]
+    assert "user_attributes" not in historical
+
+
+def test_mparticle_source_request_id_is_the_same_for_the_same_change(sink: HttpSink) -> None:
+    destination = to_mparticle(sink)
+    mparticle.forward(destination, [change(1), change(2)], now=NOW)
+    mparticle.forward(destination, [change(1)], now=NOW)
+
+    ids = [b["source_request_id"] for b in sink.batches if b["user_identities"]["customerid"] == "cust-00001"]
+    other = next(
+        b["source_request_id"] for b in sink.batches if b["user_identities"]["customerid"] == "cust-00002"
+    )
+    assert len(ids) == 2 and ids[0] == ids[1] != other
+
+
+def test_429_with_retry_after_and_500_are_retried_until_accepted(sink: HttpSink) -> None:
+    sink.plan("/v2/bulkevents", Fault(status=429, retry_after="1"), Fault(status=500))
+
+    started = time.monotonic()
+    metrics = mparticle.forward(to_mparticle(sink), [change(1)], now=NOW)
+
+    assert time.monotonic() - started >= 1.0  # Retry-After: 1 was honoured
+    assert [r.status for r in sink.requests_to("/v2/bulkevents")] == [429, 500, 202]
+    assert (metrics.retries, metrics.throttled_waits, metrics.requests, metrics.items_sent) == (2, 1, 3, 1)
+    assert len(sink.batches) == 1
+
+
+def test_a_dropped_connection_is_retried(sink: HttpSink) -> None:
+    sink.plan("/2/httpapi", Fault(drop=True))
+
+    metrics = amplitude.forward(to_amplitude(sink), [change(1)])
+
+    assert metrics.retries == 1
+    assert [e["insert_id"] for e in sink.events] == ["e1"]
+
+
+def test_a_slow_response_times_out_and_the_retry_is_absorbed_by_insert_id(sink: HttpSink) -> None:
+    sink.plan("/2/httpapi", Fault(delay=1.5))
+
+    metrics = amplitude.forward(to_amplitude(sink), [change(1)])
+    time.sleep(1.2)  # the slow answer lands after the retry
+
+    assert metrics.retries == 1
+    assert {e["insert_id"] for e in sink.events} == {"e1"}
+
+
+def test_retries_that_never_succeed_stop_with_one_line(sink: HttpSink) -> None:
+    sink.plan("/v2/bulkevents", *[Fault(status=503)] * FAST.max_attempts)
+
+    with pytest.raises(DestinationError) as raised:
+        mparticle.forward(to_mparticle(sink), [change(1)], now=NOW)
+
+    message = str(raised.value)
+    assert "\n" not in message and "destination mp" in message and "HTTP 503" in message
+    assert sink.batches == []
+
+
+def test_mparticle_400_splits_the_request_so_only_the_bad_batch_is_rejected(sink: HttpSink) -> None:
+    changes = [change(n) for n in range(10)]
+    changes[6] = change(6, attributes={"bad": "value"})
+
+    metrics = mparticle.forward(to_mparticle(sink), changes, now=NOW)
+
+    assert metrics.rejects == [Reject("p6", 'user attribute "bad" is not allowed')]
+    assert sorted(b["user_identities"]["customerid"] for b in sink.batches) == [
+        f"cust-{n:05d}" for n in range(10) if n != 6
+    ]
+    assert metrics.items_sent == 9
+
+
+def test_amplitude_400_rejects_only_the_events_it_names(sink: HttpSink) -> None:
+    events = tuple(Event(f"e{n}", "custom_event", "view", RECENT_MS, {"n": n}) for n in range(5))
+    events = (*events[:2], Event("e-bad", "custom_event", "view", RECENT_MS, {"bad": 1}), *events[2:])
+
+    metrics = amplitude.forward(to_amplitude(sink), [change(1, events=events)])
+
+    assert metrics.rejects == [Reject("e-bad", "invalid field event_properties")]
+    assert sorted(e["insert_id"] for e in sink.events) == ["e0", "e1", "e2", "e3", "e4"]
+
+
+def test_mparticle_401_stops_with_one_line_naming_the_destination_never_the_key(
+    sink: HttpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(DestinationError) as raised:
+        mparticle.forward(to_mparticle(sink, secret="wrong-secret"), [change(n) for n in range(5)], now=NOW)
+
+    message = str(raised.value)
+    assert message.startswith("destination mp: ") and "HTTP 401" in message and "\n" not in message
+    for secret in (MP_KEY, "wrong-secret"):
+        assert secret not in message and secret not in caplog.text
+        assert secret not in repr(to_mparticle(sink, secret=secret))
+    assert sink.batches == []
+
+
+def test_amplitude_refused_key_stops_without_quoting_it(sink: HttpSink) -> None:
+    with pytest.raises(DestinationError) as raised:
+        amplitude.forward(to_amplitude(sink, key="amp-wrong-key-123"), [change(1)])
+
+    assert "destination amp" in str(raised.value) and "amp-wrong-key-123" not in str(raised.value)
+    assert sink.events == [] and sink.identifies == []
+
+
+def test_amplitude_identify_sets_and_unsets_removed_properties(sink: HttpSink) -> None:
+    destination = to_amplitude(sink)
+    amplitude.forward(destination, [change(1, attributes={"plan": "pro", "tier": "gold"}, removed=())])
+    amplitude.forward(destination, [change(1, attributes={}, removed=("plan",), events=())])
+
+    assert sink.identifies[-1] == {"user_id": "cust-00001", "user_properties": {"$unset": {"plan": "-"}}}
+    assert sink.amplitude_profiles()["cust-00001"] == {"tier": "gold"}
+
+
+def test_amplitude_events_carry_insert_id_and_travel_gzipped(sink: HttpSink) -> None:
+    metrics = amplitude.forward(to_amplitude(sink), [change(n) for n in range(50)])
+
+    assert metrics.events_sent == 50 and metrics.rejects == []
+    assert sorted(e["insert_id"] for e in sink.events) == sorted(f"e{n}" for n in range(50))
+    assert sink.events[0]["event_type"] == "purchase" and sink.events[0]["time"] == RECENT_MS
+    assert all(r.gzip for r in sink.requests_to("/2/httpapi"))
+    assert metrics.bytes_sent == sum(len(r.body) for r in sink.received)
+
+
+def test_amplitude_user_id_shorter_than_5_characters_is_a_reject_never_sent(sink: HttpSink) -> None:
+    short = change(1, identities={"customer_id": "abc"})
+
+    metrics = amplitude.forward(to_amplitude(sink), [short, change(2)])
+
+    reason = "user_id shorter than 5 characters (Amplitude's minimum)"
+    assert metrics.rejects == [Reject("p1", reason), Reject("e1", reason)]
+    assert {i["user_id"] for i in sink.identifies} == {"cust-00002"}
+    assert {e["user_id"] for e in sink.events} == {"cust-00002"}
+
+
+def test_pods_and_regions_choose_the_platform_host() -> None:
+    assert MParticle("mp", "k", "s", pod="EU1").base_url == "https://s2s.eu1.mparticle.com"
+    assert Amplitude("amp", "k", region="eu").base_url == "https://api.eu.amplitude.com"
+    with pytest.raises(
+        ValueError, match=r"^destination mp: pod must be one of US1, US2, EU1, AU1 \(got 'EU2'\)$"
+    ):
+        MParticle("mp", "k", "s", pod="EU2")
