@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterator
@@ -205,10 +206,17 @@ def test_retries_that_never_succeed_stop_with_one_line(sink: HttpSink) -> None:
 def test_mparticle_400_splits_the_request_so_only_the_bad_batch_is_rejected(sink: HttpSink) -> None:
     changes = [change(n) for n in range(10)]
     changes[6] = change(6, attributes={"bad": "value"})
+    acknowledged: list[str] = []
 
-    metrics = mparticle.forward(to_mparticle(sink), changes, now=NOW)
+    metrics = mparticle.forward(
+        to_mparticle(sink),
+        changes,
+        now=NOW,
+        on_acknowledged=lambda r: acknowledged.extend(i.key for i in r.items),
+    )
 
     assert metrics.rejects == [Reject("p6", 'user attribute "bad" is not allowed')]
+    assert sorted(acknowledged) == sorted(f"p{n}" for n in range(10) if n != 6)
     assert sorted(b["user_identities"]["customerid"] for b in sink.batches) == [
         f"cust-{n:05d}" for n in range(10) if n != 6
     ]
@@ -235,10 +243,23 @@ def test_mparticle_401_stops_with_one_line_naming_the_destination_never_the_key(
 
     message = str(raised.value)
     assert message.startswith("destination mp: ") and "HTTP 401" in message and "\n" not in message
-    for secret in (MP_KEY, "wrong-secret"):
+    basic = base64.b64encode(f"{MP_KEY}:wrong-secret".encode()).decode()
+    for secret in (MP_KEY, "wrong-secret", basic):
         assert secret not in message and secret not in caplog.text
         assert secret not in repr(to_mparticle(sink, secret=secret))
     assert sink.batches == []
+
+
+def test_an_unexpected_answer_stops_with_one_line_and_rejects_nothing(sink: HttpSink) -> None:
+    nowhere = MParticle("mp", MP_KEY, MP_SECRET, base_url=f"{sink.url}/nowhere", policy=FAST)
+
+    with pytest.raises(DestinationError) as raised:
+        mparticle.forward(nowhere, [change(n) for n in range(3)], now=NOW)
+
+    assert str(raised.value) == (
+        "destination mp: the platform answered HTTP 404 at /v2/bulkevents; check its base_url"
+    )
+    assert raised.value.metrics.rejects == [] and len(sink.received) == 1
 
 
 def test_amplitude_refused_key_stops_without_quoting_it(sink: HttpSink) -> None:

@@ -11,7 +11,16 @@ from typing import Any
 import httpx
 
 from wsync_dagster.destinations.profile_changes import ProfileChange, Reject
-from wsync_dagster.destinations.sender import Item, Request, SendMetrics, SendPolicy, pack, send
+from wsync_dagster.destinations.sender import (
+    Acknowledged,
+    DestinationError,
+    Item,
+    Request,
+    SendMetrics,
+    SendPolicy,
+    pack,
+    send,
+)
 
 REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
 EVENTS_PATH = "/2/httpapi"
@@ -98,7 +107,9 @@ class Amplitude:
         return error.replace(self._api_key, "***") if self._api_key else error
 
 
-def forward(destination: Amplitude, changes: Iterable[ProfileChange]) -> SendMetrics:
+def forward(
+    destination: Amplitude, changes: Iterable[ProfileChange], on_acknowledged: Acknowledged | None = None
+) -> SendMetrics:
     """Sends the changes as identifies and events, waiting for Amplitude's acknowledgement of each request."""
     started = time.perf_counter()
     identifies: list[Item] = []
@@ -115,7 +126,11 @@ def forward(destination: Amplitude, changes: Iterable[ProfileChange]) -> SendMet
         *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
     ]
     encoding = time.perf_counter() - started
-    metrics = send(destination, requests, destination.policy)
+    try:
+        metrics = send(destination, requests, destination.policy, on_acknowledged)
+    except DestinationError as error:
+        error.metrics.rejects[:0] = rejects
+        raise
     metrics.encode_seconds += encoding
     metrics.rejects[:0] = rejects
     return metrics

@@ -12,7 +12,16 @@ from typing import Any
 import httpx
 
 from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
-from wsync_dagster.destinations.sender import Item, Request, SendMetrics, SendPolicy, pack, send
+from wsync_dagster.destinations.sender import (
+    Acknowledged,
+    DestinationError,
+    Item,
+    Request,
+    SendMetrics,
+    SendPolicy,
+    pack,
+    send,
+)
 
 PODS: dict[str, str] = {
     "US1": "https://s2s.us1.mparticle.com",
@@ -128,7 +137,10 @@ class MParticle:
 
 
 def forward(
-    destination: MParticle, changes: Iterable[ProfileChange], now: datetime | None = None
+    destination: MParticle,
+    changes: Iterable[ProfileChange],
+    now: datetime | None = None,
+    on_acknowledged: Acknowledged | None = None,
 ) -> SendMetrics:
     """Sends the changes as batches, waiting for mParticle's acknowledgement of each request."""
     started = time.perf_counter()
@@ -145,7 +157,11 @@ def forward(
         *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
     ]
     encoding = time.perf_counter() - started
-    metrics = send(destination, requests, destination.policy)
+    try:
+        metrics = send(destination, requests, destination.policy, on_acknowledged)
+    except DestinationError as error:
+        error.metrics.rejects[:0] = rejects
+        raise
     metrics.encode_seconds += encoding
     metrics.rejects[:0] = rejects
     return metrics

@@ -7,7 +7,7 @@ import email.utils
 import gzip
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +17,7 @@ from wsync_dagster.destinations.profile_changes import Reject
 
 GZIP_FROM_BYTES = 1024  # smaller bodies gain nothing from compression
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+SPLIT_STATUSES = frozenset({400, 413})  # invalid items or too large: split, keep the good items
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class SendMetrics:
 class DestinationError(Exception):
     """A send that cannot go on (credentials refused, retries exhausted): one line, no secret."""
 
+    def __init__(self, message: str, metrics: SendMetrics | None = None) -> None:
+        super().__init__(message)
+        self.metrics = metrics or SendMetrics()  # what was acknowledged and rejected before it stopped
+
 
 def pack(path: str, items: Iterable[Item], max_items: int, max_bytes: int, overhead: int) -> list[Request]:
     """Items grouped in order into requests of at most max_items and max_bytes (with overhead bytes)."""
@@ -124,9 +129,17 @@ def pack(path: str, items: Iterable[Item], max_items: int, max_bytes: int, overh
     return requests
 
 
-def send(platform: Platform, requests: Sequence[Request], policy: SendPolicy) -> SendMetrics:
+Acknowledged = Callable[[Request], None]  # called with each request's items once the platform took them
+
+
+def send(
+    platform: Platform,
+    requests: Sequence[Request],
+    policy: SendPolicy,
+    on_acknowledged: Acknowledged | None = None,
+) -> SendMetrics:
     """Sends the requests, waiting for every acknowledgement; raises DestinationError when it must stop."""
-    return asyncio.run(_Sender(platform, policy).send_all(requests))
+    return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
 
 
 class _RateLimit:
@@ -145,8 +158,9 @@ class _RateLimit:
 
 
 class _Sender:
-    def __init__(self, platform: Platform, policy: SendPolicy) -> None:
+    def __init__(self, platform: Platform, policy: SendPolicy, on_acknowledged: Acknowledged | None) -> None:
         self.platform = platform
+        self.on_acknowledged = on_acknowledged
         self.policy = policy
         self.metrics = SendMetrics()
         self._rate = _RateLimit(policy.items_per_second)
@@ -166,7 +180,8 @@ class _Sender:
                     for request in requests:
                         group.create_task(self.deliver(request))
             except* DestinationError as errors:
-                raise errors.exceptions[0] from None
+                error = errors.exceptions[0]
+                raise DestinationError(str(error), self.metrics) from None
         # Encoding runs on the event loop's one thread, so the rest of the wall time was waiting.
         self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
         return self.metrics
@@ -177,8 +192,9 @@ class _Sender:
         if response.is_success:
             self.metrics.items_sent += len(request.items)
             self.metrics.events_sent += sum(item.events for item in request.items)
+            if self.on_acknowledged is not None:
+                self.on_acknowledged(request)
             return
-        # A 400 or 413: keep the good items, reject only the bad ones.
         reasons = self.platform.item_reasons(request, response) if response.status_code == 400 else {}
         if reasons:
             self.metrics.rejects.extend(
@@ -227,8 +243,13 @@ class _Sender:
                         f"destination {self.platform.destination}: the platform refused its credentials "
                         f"(HTTP {status}); check the keys in its environment variables"
                     )
-                if status not in RETRIED_STATUSES:
+                if response.is_success or status in SPLIT_STATUSES:
                     return response
+                if status not in RETRIED_STATUSES:
+                    raise DestinationError(
+                        f"destination {self.platform.destination}: the platform answered HTTP {status} "
+                        f"at {request.path}; check its base_url"
+                    )
                 failure = f"HTTP {status}"
                 retry_after = _retry_after(response)
                 if status == 429:
@@ -243,7 +264,7 @@ class _Sender:
         )
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Retry-After when the platform says; otherwise exponential backoff with full jitter."""
+        """Retry-After when the platform says; otherwise exponential backoff with jitter."""
         if retry_after is not None:
             return min(retry_after, self.policy.max_retry_after_seconds) + random.uniform(0, 0.1)
         ceiling = min(self.policy.max_backoff_seconds, self.policy.backoff_seconds * 2 ** (attempt - 1))
