@@ -6,6 +6,7 @@ import base64
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -190,6 +191,33 @@ def test_a_slow_response_times_out_and_the_retry_is_absorbed_by_insert_id(sink: 
 
     assert metrics.retries == 1
     assert {e["insert_id"] for e in sink.events} == {"e1"}
+
+
+def test_amplitude_throttled_users_are_waited_out_then_resent(sink: HttpSink) -> None:
+    throttled = {
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "throttled_users": {"cust-00001": 31},
+    }
+    sink.plan("/2/httpapi", Fault(status=429, answer=throttled))
+    patient = Amplitude("amp", AMP_KEY, base_url=sink.url, policy=replace(FAST, max_retry_after_seconds=0.2))
+
+    started = time.monotonic()
+    metrics = amplitude.forward(patient, [change(1)])
+
+    assert time.monotonic() - started >= 0.2  # Amplitude's 30 s pause, capped by the policy
+    assert (metrics.throttled_waits, metrics.retries) == (1, 1)
+    assert [e["insert_id"] for e in sink.events] == ["e1"]
+
+
+def test_more_than_100_attributes_travel_in_several_mparticle_batches(sink: HttpSink) -> None:
+    many = {f"a{n:03d}": n for n in range(150)}
+    mparticle.forward(to_mparticle(sink), [change(1, attributes=many)], now=NOW)
+    gone = tuple(f"a{n:03d}" for n in range(120))
+    mparticle.forward(to_mparticle(sink), [change(1, attributes={}, removed=gone, events=())], now=NOW)
+
+    assert sink.mparticle_profiles()["cust-00001"] == {f"a{n:03d}": n for n in range(120, 150)}
+    assert all(len(b.get("deleted_user_attributes", [])) <= 100 for b in sink.batches)
 
 
 def test_retries_that_never_succeed_stop_with_one_line(sink: HttpSink) -> None:

@@ -29,6 +29,7 @@ IDENTIFY_PATH = "/identify"
 # HTTP V2's documented limits; identifications are kept to the same.
 MAX_ITEMS_PER_REQUEST = 2000
 MAX_REQUEST_BYTES = 1_000_000
+THROTTLED_USER_PAUSE_SECONDS = 30.0  # Amplitude asks to pause a throttled user or device this long
 MIN_ID_LENGTH = 5  # Amplitude drops shorter user ids, so they are rejects here and never sent
 DEFAULT_POLICY = SendPolicy(items_per_second=1000)  # the Starter plan's events per second
 
@@ -66,6 +67,14 @@ class Amplitude:
             return False
         error = str(_json_body(response).get("error", "")).lower()
         return "api key" in error or "api_key" in error
+
+    def throttle_seconds(self, response: httpx.Response) -> float | None:
+        """A 429 naming throttled users or devices: pause them as Amplitude asks (the retry resends all)."""
+        if response.status_code != 429:
+            return None
+        answer = _json_body(response)
+        throttled = answer.get("throttled_users") or answer.get("throttled_devices")
+        return THROTTLED_USER_PAUSE_SECONDS if throttled else None
 
     def auth(self) -> None:
         """The API key travels in the body."""

@@ -114,6 +114,10 @@ class MParticle:
         """mParticle refuses credentials with 401/403 only."""
         return False
 
+    def throttle_seconds(self, response: httpx.Response) -> float | None:
+        """mParticle says how long to wait in Retry-After only."""
+        return None
+
     def auth(self) -> httpx.Auth:
         """HTTP Basic with the API key and secret."""
         return httpx.BasicAuth(*self._credentials)
@@ -171,6 +175,9 @@ def encode_change(
     change: ProfileChange, environment: str, now: datetime | None = None
 ) -> tuple[list[Item], list[Item], list[Reject]]:
     """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects."""
+    mpid = change.identities.get("mpid")
+    if mpid and not mpid.lstrip("-").isdigit():
+        return [], [], [Reject(change.profile_id, "mpid is not a number, as mParticle's ids are")]
     identities = _identities(change.identities)
     if not identities:
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
@@ -198,6 +205,8 @@ def encode_change(
         if removed[start : start + MAX_ATTRIBUTES_PER_BATCH]:
             head["deleted_user_attributes"] = removed[start : start + MAX_ATTRIBUTES_PER_BATCH]
         heads.append(head)
+    if any(len(_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
+        return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
     recent, too_big = _batches(change.profile_id, heads, recent_events, base)
     historical, too_big_old = _batches(change.profile_id, [], old_events, base)
     rejects.extend(too_big + too_big_old)

@@ -51,6 +51,10 @@ class Platform(Protocol):
         """True when an answer other than 401/403 says the key is wrong (the platform's way)."""
         ...
 
+    def throttle_seconds(self, response: httpx.Response) -> float | None:
+        """How long the platform's own throttling answer (without Retry-After) asks to wait, if it says."""
+        ...
+
     def auth(self) -> httpx.Auth | None:
         """The request authentication, or None when the key travels in the body."""
         ...
@@ -252,6 +256,8 @@ class _Sender:
                     )
                 failure = f"HTTP {status}"
                 retry_after = _retry_after(response)
+                if retry_after is None:
+                    retry_after = self.platform.throttle_seconds(response)
                 if status == 429:
                     self.metrics.throttled_waits += 1
             if attempt == self.policy.max_attempts:

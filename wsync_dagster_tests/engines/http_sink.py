@@ -49,6 +49,7 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0  # wait this long first (then answer as planned or normally)
     drop: bool = False  # close the connection without answering (nothing is ingested)
+    answer: Any = None  # the body of a planned status (default: a generic error)
 
 
 @dataclass
@@ -155,7 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.status is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            return self._answer(path, fault.status, {"errors": [{"code": "PLANNED"}]}, body, headers)
+            answer = fault.answer if fault.answer is not None else {"errors": [{"code": "PLANNED"}]}
+            return self._answer(path, fault.status, answer, body, headers)
         body_plain = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
         try:
             status, answer = self._serve(path, body_plain)
