@@ -1,0 +1,180 @@
+"""Issue 20 item 1: `wsync status`, `wsync pause`, `wsync resume`, on a real Dagster instance on disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+from dagster._core.definitions.selector import InstigatorSelector
+from dagster._core.scheduler.instigation import InstigatorStatus
+
+from wsync_dagster.cli import main
+from wsync_dagster_tests.conftest import USERS_SQL, user_sync
+
+REPO = Path(__file__).resolve().parents[1]
+REJECTED_ROW = "INSERT INTO crm.users VALUES (NULL, NULL, 'Nobody', 'pro', TIMESTAMP '2024-01-01 12:00:00');"
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DAGSTER_HOME with the repository's dagster.yaml, as `scripts/demo` makes it."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def _status(capsys, *args: str) -> str:
+    assert main(["status", *args]) == 0
+    return capsys.readouterr().out
+
+
+def _state(home: Path, name: str) -> InstigatorStatus | None:
+    """The stored state of a schedule or sensor, read through the instance as the UI and daemon read it."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        selector = InstigatorSelector(location_name="wsync", repository_name="__repository__", name=name)
+        state = instance.get_instigator_state(selector.get_id(), selector.get_id())
+        return None if state is None else state.status
+
+
+def test_a_fresh_sync_is_active_and_never_run(make_warehouse, write_sync, dagster_home, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    out = _status(capsys)
+    assert out.splitlines()[0] == "crm_users: active (schedule crm_users_schedule)"
+    assert "  mode        incremental (timestamp updated_at), interval, daily (production)" in out
+    assert "  delivered   never run: nothing delivered yet" in out
+    assert "  last run    none recorded" in out
+    assert "  warehouse   newest 2024-01-02T09:00:00+00:00; nothing delivered yet" in out
+    assert "  missing     " in out and "partitions not delivered: 2024-01-01 … " in out
+
+
+def test_after_a_run_status_shows_the_last_partition_its_counts_and_rejects(
+    make_warehouse, write_sync, dagster_home, capsys
+):
+    write_sync(user_sync(make_warehouse(USERS_SQL + REJECTED_ROW)))
+    assert (
+        main(["run", "crm_users", "--partition", "2024-01-01"]) == 3
+    )  # delivered; the reject-rate check fails
+    capsys.readouterr()
+    out = _status(capsys, "crm_users")
+    assert "  delivered   2024-01-01 at " in out
+    assert "  counts      rows=2, rows_applied=2, rejects=1, profiles_created=2, attributes_set=4" in out
+    assert (
+        "  rejects     1 rejected rows, 0 identity conflicts in the last delivery (`wsync rejects crm_users`)"
+        in out
+    )
+    assert "  last run    success, started " in out
+    # The window 2024-01-01 is delivered; the warehouse's newest row (2024-01-02 09:00) is 9 hours past it.
+    assert (
+        "  warehouse   newest 2024-01-02T09:00:00+00:00, delivered through 2024-01-02T00:00:00+00:00: 9h behind"
+        in out
+    )
+    assert "partitions not delivered: 2024-01-02 … " in out
+
+
+def test_json_gives_the_same_fields(make_warehouse, write_sync, dagster_home, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL + REJECTED_ROW)))
+    main(["run", "crm_users", "--partition", "2024-01-01"])
+    capsys.readouterr()
+    status = json.loads(_status(capsys, "crm_users", "--json"))
+    assert status["sync"] == "crm_users"
+    assert status["state"] == "active"
+    assert status["trigger"] == "crm_users_schedule"
+    assert (status["mode"], status["schedule"], status["frequency"]) == (
+        "incremental (timestamp updated_at)",
+        "interval",
+        "daily",
+    )
+    assert status["last_delivery"]["first"] == status["last_delivery"]["last"] == "2024-01-01"
+    assert status["last_delivery"]["counts"]["rows"] == 2
+    assert status["rejects"] == {"rejected_rows": 1, "identity_conflicts": 0}
+    assert status["last_run"]["outcome"] == "SUCCESS"
+    assert status["next_run"].endswith("T00:00:00+00:00")
+    assert status["warehouse"]["behind_seconds"] == 9 * 3600
+    assert status["missing"]["first"] == "2024-01-02"
+    assert status["failed"] == []
+    # Without a sync: every sync, as a list.
+    assert [entry["sync"] for entry in json.loads(_status(capsys, "--json"))] == ["crm_users"]
+
+
+def test_pause_stops_the_schedule_in_the_instance_and_resume_starts_it(
+    make_warehouse, write_sync, dagster_home, capsys
+):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    assert main(["pause", "crm_users"]) == 0
+    assert "crm_users: paused (schedule crm_users_schedule stopped" in capsys.readouterr().out
+    assert _state(dagster_home, "crm_users_schedule") == InstigatorStatus.STOPPED
+    out = _status(capsys, "crm_users")
+    assert out.splitlines()[0] == "crm_users: paused (schedule crm_users_schedule)"
+    assert "  next run    none while paused (`wsync resume crm_users`)" in out
+
+    assert main(["pause", "crm_users"]) == 0
+    assert "already paused" in capsys.readouterr().out
+
+    assert main(["resume", "crm_users"]) == 0
+    assert capsys.readouterr().out == "crm_users: active (schedule crm_users_schedule running)\n"
+    assert _state(dagster_home, "crm_users_schedule") == InstigatorStatus.RUNNING
+    assert _status(capsys, "crm_users").splitlines()[0] == "crm_users: active (schedule crm_users_schedule)"
+
+
+def test_pause_and_resume_a_sensor(make_warehouse, write_sync, dagster_home, capsys):
+    write_sync(
+        user_sync(
+            make_warehouse(USERS_SQL),
+            sync={"mode": "full", "iterator": None, "iterator_type": None, "historical_start": None},
+        )
+    )
+    out = _status(capsys, "crm_users")
+    assert out.splitlines()[0] == "crm_users: active (sensor crm_users_sensor)"
+    assert "  warehouse   full mode reads the whole model each run" in out
+    assert main(["pause", "crm_users"]) == 0
+    assert capsys.readouterr().out.startswith("crm_users: paused (sensor crm_users_sensor stopped")
+    assert _state(dagster_home, "crm_users_sensor") == InstigatorStatus.STOPPED
+    assert json.loads(_status(capsys, "crm_users", "--json"))["state"] == "paused"
+    assert main(["resume", "crm_users"]) == 0
+    assert _state(dagster_home, "crm_users_sensor") == InstigatorStatus.RUNNING
+
+
+def test_a_sync_paused_in_its_file_shows_paused_and_resumes(make_warehouse, write_sync, dagster_home, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL), sync={"paused": True}))
+    assert _status(capsys, "crm_users").splitlines()[0] == "crm_users: paused (schedule crm_users_schedule)"
+    assert main(["resume", "crm_users"]) == 0
+    assert _state(dagster_home, "crm_users_schedule") == InstigatorStatus.RUNNING
+
+
+@pytest.mark.parametrize("command", ["status", "pause", "resume"])
+def test_an_unknown_sync_is_one_line_and_exit_1(make_warehouse, write_sync, dagster_home, capsys, command):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    assert main([command, "nosuch"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"wsync {command}: no sync named 'nosuch' in ")
+    assert "syncs: crm_users" in captured.err
+
+
+def test_an_on_demand_sync_has_nothing_to_pause(make_warehouse, write_sync, dagster_home, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL), sync={"schedule": "on_demand", "start": None}))
+    assert _status(capsys, "crm_users").splitlines()[0] == "crm_users: on demand"
+    assert main(["pause", "crm_users"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "crm_users: schedule on_demand has no schedule or sensor to pause" in err
+
+
+def test_a_warehouse_that_cannot_be_read_is_one_line_and_the_rest_still_shows(
+    make_warehouse, write_sync, dagster_home, capsys
+):
+    warehouse = make_warehouse(USERS_SQL)
+    write_sync(user_sync(warehouse))
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    capsys.readouterr()
+    warehouse.unlink()
+    out = _status(capsys, "crm_users")
+    [line] = [line for line in out.splitlines() if line.startswith("  warehouse")]
+    assert line.startswith("  warehouse   cannot read the warehouse: ") and "does not exist" in line
+    assert "  delivered   2024-01-01 at " in out
