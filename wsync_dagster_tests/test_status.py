@@ -178,3 +178,62 @@ def test_a_warehouse_that_cannot_be_read_is_one_line_and_the_rest_still_shows(
     [line] = [line for line in out.splitlines() if line.startswith("  warehouse")]
     assert line.startswith("  warehouse   cannot read the warehouse: ") and "does not exist" in line
     assert "  delivered   2024-01-01 at " in out
+
+
+SCHEDULE_STATE_QUERY = """
+query ($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    __typename
+    ... on Schedule { scheduleState { id selectorId status } }
+    ... on PythonError { message }
+  }
+}
+"""
+STOP_SCHEDULE_MUTATION = """
+mutation ($originId: String!, $selectorId: String!) {
+  stopRunningSchedule(scheduleOriginId: $originId, scheduleSelectorId: $selectorId) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_the_ui_shows_the_toggle_and_status_shows_the_uis(
+    make_warehouse, write_sync, tmp_path, monkeypatch, capsys
+):
+    """`wsync pause` is the UI's toggle: a real `dagster dev` shows the schedule stopped; its own toggle back
+    on and off again is what `wsync status` shows."""
+    from wsync_dagster_tests.test_dagster_dev import LOCATION, dagster_dev, graphql, wait_until_loaded
+
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    selector = {
+        "repositoryLocationName": LOCATION,
+        "repositoryName": "__repository__",
+        "scheduleName": "crm_users_schedule",
+    }
+
+    def ui_state() -> dict:
+        found = graphql(client, SCHEDULE_STATE_QUERY, selector=selector)["scheduleOrError"]
+        assert found["__typename"] == "Schedule", found
+        return found["scheduleState"]
+
+    with dagster_dev(tmp_path) as (client, process):
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+        wait_until_loaded(client, process, LOCATION)
+        assert ui_state()["status"] == "RUNNING"
+        assert main(["pause", "crm_users"]) == 0
+        assert ui_state()["status"] == "STOPPED"
+        assert main(["resume", "crm_users"]) == 0
+        state = ui_state()
+        assert state["status"] == "RUNNING"
+        # The UI's own toggle, off: `wsync status` reads the same state.
+        stopped = graphql(
+            client, STOP_SCHEDULE_MUTATION, originId=state["id"], selectorId=state["selectorId"]
+        )["stopRunningSchedule"]
+        assert stopped["__typename"] == "ScheduleStateResult", stopped
+        capsys.readouterr()
+        assert (
+            _status(capsys, "crm_users").splitlines()[0] == "crm_users: paused (schedule crm_users_schedule)"
+        )
