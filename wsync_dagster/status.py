@@ -274,7 +274,7 @@ def _lag(status: SyncStatus, spec: SyncSpec, deliveries: list[dict[str, Any]]) -
 def _range_lag(status: SyncStatus, newest: int | None, keys: list[str], unit: str) -> None:
     ends = [parsed[1] for key in keys if (parsed := parse_range_key(key))]
     through = max(ends) if ends else None
-    behind = None if newest is None else newest - (through if through is not None else -1)
+    behind = None if newest is None or through is None else newest - through
     status.warehouse = {
         "newest": newest,
         "delivered_through": through,
@@ -368,8 +368,8 @@ def render(status: SyncStatus) -> list[str]:
         lines.append(f"  counts      {counts or 'nothing read'}")
         rejects = status.rejects or {}
         lines.append(
-            f"  rejects     {rejects.get('rejected_rows', 0)} rejected rows, "
-            f"{rejects.get('identity_conflicts', 0)} identity conflicts in the last delivery"
+            f"  rejects     {_count(rejects.get('rejected_rows', 0), 'rejected row')}, "
+            f"{_count(rejects.get('identity_conflicts', 0), 'identity conflict')} in the last delivery"
             + (f" (`wsync rejects {status.sync}`)" if any(rejects.values()) else "")
         )
     if status.last_run is None:
@@ -388,14 +388,20 @@ def render(status: SyncStatus) -> list[str]:
     missing = status.missing
     if missing.get("count"):
         span = missing["first"] if missing["count"] == 1 else f"{missing['first']} … {missing['last']}"
-        lines.append(f"  missing     {missing['count']} partitions not delivered: {span}")
+        lines.append(f"  missing     {_count(missing['count'], 'partition')} not delivered: {span}")
     else:
         lines.append("  missing     none")
     if status.failed:
         shown = ", ".join(status.failed[:LISTED]) + (" …" if len(status.failed) > LISTED else "")
-        lines.append(f"  failed      {len(status.failed)} partitions whose last run failed: {shown}")
+        lines.append(
+            f"  failed      {_count(len(status.failed), 'partition')} whose last run failed: {shown}"
+        )
     lines.extend(f"  note        {note}" for note in status.notes)
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _render_lag(status: SyncStatus) -> str:

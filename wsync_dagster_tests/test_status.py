@@ -64,7 +64,7 @@ def test_after_a_run_status_shows_the_last_partition_its_counts_and_rejects(
     assert "  delivered   2024-01-01 at " in out
     assert "  counts      rows=2, rows_applied=2, rejects=1, profiles_created=2, attributes_set=4" in out
     assert (
-        "  rejects     1 rejected rows, 0 identity conflicts in the last delivery (`wsync rejects crm_users`)"
+        "  rejects     1 rejected row, 0 identity conflicts in the last delivery (`wsync rejects crm_users`)"
         in out
     )
     assert "  last run    success, started " in out
@@ -74,6 +74,23 @@ def test_after_a_run_status_shows_the_last_partition_its_counts_and_rejects(
         in out
     )
     assert "partitions not delivered: 2024-01-02 … " in out
+
+
+def test_a_failed_run_shows_its_outcome_and_its_partition_as_failed(
+    make_warehouse, write_sync, dagster_home, capsys
+):
+    # The model's columns check out, but reading its rows fails: the Dagster run fails.
+    sql = "SELECT customer_id, email, first_name, CAST(plan AS INTEGER)::VARCHAR AS plan, updated_at FROM crm.users"
+    write_sync(user_sync(make_warehouse(USERS_SQL), data_model={"sql": sql}))
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 1
+    capsys.readouterr()
+    out = _status(capsys, "crm_users")
+    assert "  delivered   never run: nothing delivered yet" in out
+    assert "  last run    failure, started " in out
+    assert "  failed      1 partition whose last run failed: 2024-01-01" in out
+    status = json.loads(_status(capsys, "crm_users", "--json"))
+    assert status["last_run"]["outcome"] == "FAILURE"
+    assert status["failed"] == ["2024-01-01"]
 
 
 def test_json_gives_the_same_fields(make_warehouse, write_sync, dagster_home, capsys):
@@ -237,3 +254,30 @@ def test_the_ui_shows_the_toggle_and_status_shows_the_uis(
         assert (
             _status(capsys, "crm_users").splitlines()[0] == "crm_users: paused (schedule crm_users_schedule)"
         )
+
+
+def test_an_integer_iterator_sync_shows_how_many_values_it_is_behind(
+    make_warehouse, write_sync, dagster_home, capsys
+):
+    from wsync_dagster_tests.test_integer_iterators import ORDERS_SQL, add_rows, integer_sync
+
+    warehouse = make_warehouse(ORDERS_SQL)
+    write_sync(
+        integer_sync(warehouse, lookback=0, schedule="interval", frequency="hourly", start="2024-01-01")
+    )
+    out = _status(capsys, "crm_users")
+    assert out.splitlines()[0] == "crm_users: active (sensor crm_users_sensor)"
+    assert "  warehouse   newest 3; nothing delivered yet" in out
+    assert main(["run", "crm_users"]) == 0
+    add_rows(warehouse, "('C002', 'bo@example.com', 'team', 5), ('C001', 'ada@example.com', 'enterprise', 4)")
+    capsys.readouterr()
+    out = _status(capsys, "crm_users")
+    assert "  delivered   00000000000000000001_00000000000000000003 at " in out
+    assert "  warehouse   newest 5, delivered through 3: 2 values behind" in out
+    assert "  missing     none" in out
+    assert json.loads(_status(capsys, "crm_users", "--json"))["warehouse"] == {
+        "newest": 5,
+        "delivered_through": 3,
+        "behind": 2,
+        "unit": "values",
+    }
