@@ -1,4 +1,4 @@
-"""The `wsync` command: validate, preview, run, backfill, status, pause, resume, profile, rejects, erase, demo."""
+"""The `wsync` command: validate, preview, run, backfill, profile, rejects, erase, demo."""
 
 from __future__ import annotations
 

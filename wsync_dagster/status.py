@@ -46,6 +46,7 @@ class SyncStatus:
     state: str  # active, paused, or on demand (no schedule or sensor)
     trigger: str | None  # the schedule's or sensor's name
     mode: str
+    iterator: str | None  # "updated_at (timestamp)"; None for full and cdc
     schedule: str
     frequency: str | None
     environment: str
@@ -147,8 +148,8 @@ def sync_status(
         sync=spec.name,
         state=state,
         trigger=remote.name if remote is not None else None,
-        mode=settings.mode
-        + (f" ({settings.iterator_type} {settings.iterator})" if settings.iterator else ""),
+        mode=settings.mode,
+        iterator=f"{settings.iterator} ({settings.iterator_type})" if settings.iterator else None,
         schedule=settings.schedule,
         frequency=settings.frequency,
         environment=settings.environment,
@@ -228,8 +229,8 @@ def _next_run(status: SyncStatus, spec: SyncSpec, state: str, ran: bool, now: da
         return
     if (settings.mode == "incremental" and settings.iterator_type == "integer") or settings.mode == "cdc":
         status.next_run_note = (
-            f"when new {'versions' if settings.mode == 'cdc' else 'values'} arrive, "
-            f"looked for {settings.frequency} (the sensor)"
+            f"when new {'versions' if settings.mode == 'cdc' else 'values'} arrive "
+            f"(the sensor looks {settings.frequency})"
         )
         if now < start:
             status.next_run = start.isoformat()
@@ -351,8 +352,9 @@ def render(status: SyncStatus) -> list[str]:
     trigger = f" ({'schedule' if status.trigger and status.trigger.endswith('_schedule') else 'sensor'} "
     lines = [f"{status.sync}: {status.state}" + (f"{trigger}{status.trigger})" if status.trigger else "")]
     every = f", {status.frequency}" if status.frequency else ""
+    on = f" on {status.iterator}" if status.iterator else ""
     lines.append(
-        f"  mode        {status.mode}, {status.schedule.replace('_', ' ')}{every} ({status.environment})"
+        f"  mode        {status.mode}{on}, {status.schedule.replace('_', ' ')}{every} ({status.environment})"
     )
     if status.last_delivery is None:
         lines.append("  delivered   never run: nothing delivered yet")
@@ -377,7 +379,7 @@ def render(status: SyncStatus) -> list[str]:
     else:
         run = status.last_run
         lines.append(
-            f"  last run    {run['outcome'].lower()}, started {run['started_at'] or '-'}"
+            f"  last run    {_OUTCOMES.get(run['outcome'], run['outcome'].lower())}, started {run['started_at'] or '-'}"
             + (f", ended {run['ended_at']}" if run["ended_at"] else "")
             + f" (run {run['run_id']})"
         )
@@ -398,6 +400,10 @@ def render(status: SyncStatus) -> list[str]:
         )
     lines.extend(f"  note        {note}" for note in status.notes)
     return lines
+
+
+# A Dagster run's status as the page says it.
+_OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "CANCELED": "canceled", "STARTED": "under way"}
 
 
 def _count(n: int, noun: str) -> str:

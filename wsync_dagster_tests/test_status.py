@@ -45,7 +45,7 @@ def test_a_fresh_sync_is_active_and_never_run(make_warehouse, write_sync, dagste
     write_sync(user_sync(make_warehouse(USERS_SQL)))
     out = _status(capsys)
     assert out.splitlines()[0] == "crm_users: active (schedule crm_users_schedule)"
-    assert "  mode        incremental (timestamp updated_at), interval, daily (production)" in out
+    assert "  mode        incremental on updated_at (timestamp), interval, daily (production)" in out
     assert "  delivered   never run: nothing delivered yet" in out
     assert "  last run    none recorded" in out
     assert "  warehouse   newest 2024-01-02T09:00:00+00:00; nothing delivered yet" in out
@@ -67,7 +67,7 @@ def test_after_a_run_status_shows_the_last_partition_its_counts_and_rejects(
         "  rejects     1 rejected row, 0 identity conflicts in the last delivery (`wsync rejects crm_users`)"
         in out
     )
-    assert "  last run    success, started " in out
+    assert "  last run    succeeded, started " in out
     # The window 2024-01-01 is delivered; the warehouse's newest row (2024-01-02 09:00) is 9 hours past it.
     assert (
         "  warehouse   newest 2024-01-02T09:00:00+00:00, delivered through 2024-01-02T00:00:00+00:00: 9h behind"
@@ -86,7 +86,7 @@ def test_a_failed_run_shows_its_outcome_and_its_partition_as_failed(
     capsys.readouterr()
     out = _status(capsys, "crm_users")
     assert "  delivered   never run: nothing delivered yet" in out
-    assert "  last run    failure, started " in out
+    assert "  last run    failed, started " in out
     assert "  failed      1 partition whose last run failed: 2024-01-01" in out
     status = json.loads(_status(capsys, "crm_users", "--json"))
     assert status["last_run"]["outcome"] == "FAILURE"
@@ -101,8 +101,9 @@ def test_json_gives_the_same_fields(make_warehouse, write_sync, dagster_home, ca
     assert status["sync"] == "crm_users"
     assert status["state"] == "active"
     assert status["trigger"] == "crm_users_schedule"
-    assert (status["mode"], status["schedule"], status["frequency"]) == (
-        "incremental (timestamp updated_at)",
+    assert (status["mode"], status["iterator"], status["schedule"], status["frequency"]) == (
+        "incremental",
+        "updated_at (timestamp)",
         "interval",
         "daily",
     )
@@ -281,3 +282,35 @@ def test_an_integer_iterator_sync_shows_how_many_values_it_is_behind(
         "behind": 2,
         "unit": "values",
     }
+
+
+def test_a_cdc_sync_shows_how_many_table_versions_it_is_behind(tmp_path, write_sync, dagster_home, capsys):
+    from deltalake import write_deltalake
+
+    from wsync_dagster_tests.test_cdc import CDF, cdc_sync, users
+
+    path = tmp_path / "lake" / "users"
+    write_deltalake(str(path), users(("C001", "ada@example.com", "free")), configuration=CDF)
+    write_sync(cdc_sync(path, schedule="interval", frequency="hourly", start="2024-01-01"))
+    assert main(["run", "crm_changes"]) == 0
+    for plan in ("pro", "team"):
+        write_deltalake(str(path), users(("C002", "bo@example.com", plan)), mode="append", configuration=CDF)
+    capsys.readouterr()
+    out = _status(capsys, "crm_changes")
+    assert out.splitlines()[0] == "crm_changes: active (sensor crm_changes_sensor)"
+    assert "  mode        cdc, interval, hourly (production)" in out
+    assert "  warehouse   newest 2, delivered through 0: 2 versions behind" in out
+    assert "  next run    when new versions arrive (the sensor looks hourly)" in out
+
+
+def test_without_dagster_home_status_says_nothing_is_recorded_and_pause_refuses(
+    make_warehouse, write_sync, monkeypatch, capsys
+):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    out = _status(capsys, "crm_users")
+    assert out.splitlines()[0] == "crm_users: active (schedule crm_users_schedule)"
+    assert "  note        DAGSTER_HOME is not set: no runs and no paused state are recorded" in out
+    assert main(["pause", "crm_users"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "set DAGSTER_HOME to the instance the UI and its daemon use" in err
