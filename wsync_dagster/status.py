@@ -3,7 +3,6 @@ behind the warehouse it is, and what its last run did; and the pause/resume togg
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +44,7 @@ class SyncStatus:
     sync: str
     state: str  # active, paused, or on demand (no schedule or sensor)
     trigger: str | None  # the schedule's or sensor's name
+    trigger_kind: str | None  # schedule or sensor
     mode: str
     iterator: str | None  # "updated_at (timestamp)"; None for full and cdc
     schedule: str
@@ -148,6 +148,7 @@ def sync_status(
         sync=spec.name,
         state=state,
         trigger=remote.name if remote is not None else None,
+        trigger_kind=_kind(remote) if remote is not None else None,
         mode=settings.mode,
         iterator=f"{settings.iterator} ({settings.iterator_type})" if settings.iterator else None,
         schedule=settings.schedule,
@@ -349,8 +350,8 @@ def _missing(
 
 def render(status: SyncStatus) -> list[str]:
     """The status as lines for a terminal."""
-    trigger = f" ({'schedule' if status.trigger and status.trigger.endswith('_schedule') else 'sensor'} "
-    lines = [f"{status.sync}: {status.state}" + (f"{trigger}{status.trigger})" if status.trigger else "")]
+    trigger = f" ({status.trigger_kind} {status.trigger})" if status.trigger else ""
+    lines = [f"{status.sync}: {status.state}{trigger}"]
     every = f", {status.frequency}" if status.frequency else ""
     on = f" on {status.iterator}" if status.iterator else ""
     lines.append(
@@ -431,5 +432,5 @@ def print_status(statuses: list[SyncStatus]) -> None:
     """Each sync's lines, a blank line between syncs."""
     for n, status in enumerate(statuses):
         if n:
-            print(file=sys.stdout)
+            print()
         print("\n".join(render(status)))

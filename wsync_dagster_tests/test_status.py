@@ -101,6 +101,7 @@ def test_json_gives_the_same_fields(make_warehouse, write_sync, dagster_home, ca
     assert status["sync"] == "crm_users"
     assert status["state"] == "active"
     assert status["trigger"] == "crm_users_schedule"
+    assert status["trigger_kind"] == "schedule"
     assert (status["mode"], status["iterator"], status["schedule"], status["frequency"]) == (
         "incremental",
         "updated_at (timestamp)",
@@ -314,3 +315,18 @@ def test_without_dagster_home_status_says_nothing_is_recorded_and_pause_refuses(
     assert main(["pause", "crm_users"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "set DAGSTER_HOME to the instance the UI and its daemon use" in err
+
+
+def test_status_without_a_sync_shows_every_sync_and_warns_of_files_not_loaded(
+    make_warehouse, write_sync, dagster_home, capsys
+):
+    warehouse = make_warehouse(USERS_SQL)
+    write_sync(user_sync(warehouse))
+    write_sync({**user_sync(warehouse, sync={"schedule": "on_demand", "start": None}), "name": "a_users"})
+    write_sync("name: broken\nsync: [", name="broken.yaml")
+    assert main(["status"]) == 0
+    captured = capsys.readouterr()
+    heads = [line for line in captured.out.splitlines() if line and not line.startswith(" ")]
+    assert heads == ["a_users: on demand", "crm_users: active (schedule crm_users_schedule)"]
+    assert "wsync: warning: not loaded (see `wsync validate`): " in captured.err
+    assert [entry["sync"] for entry in json.loads(_status(capsys, "--json"))] == ["a_users", "crm_users"]
