@@ -53,8 +53,9 @@ def test_a_fresh_sync_is_active_and_never_run(make_warehouse, write_sync, dagste
 
 
 def test_after_a_run_status_shows_the_last_partition_its_counts_and_rejects(
-    make_warehouse, write_sync, dagster_home, capsys
+    make_warehouse, write_sync, dagster_home, cli_store, capsys
 ):
+    """On each store backend: the deliveries are read from the store the commands use."""
     write_sync(user_sync(make_warehouse(USERS_SQL + REJECTED_ROW)))
     assert (
         main(["run", "crm_users", "--partition", "2024-01-01"]) == 3
