@@ -163,6 +163,56 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0 if progress.succeeded else EXIT_ERROR
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print each sync's page: active or paused, last delivery and run, next run, lag, missing partitions."""
+    from wsync_dagster.instance import open_instance
+    from wsync_dagster.status import print_status, sync_status
+
+    if args.sync:
+        specs = [_load_spec(args.sync)]
+    else:
+        folder = _load_folder()
+        _warn_not_loaded(folder.invalid)
+        specs = sorted(folder.specs, key=lambda spec: spec.name)
+        if not specs:
+            print(f"no syncs in {syncs_dir()}")
+            return 0
+    instance = open_instance()
+    store = _open_store()
+    try:
+        statuses = [sync_status(spec, store, instance) for spec in specs]
+    finally:
+        store.close()
+    if args.json:
+        found = [status.as_dict() for status in statuses]
+        print(json.dumps(found[0] if args.sync else found, default=str))
+        return 0
+    print_status(statuses)
+    return 0
+
+
+def _toggle(args: argparse.Namespace, paused: bool) -> int:
+    from wsync_dagster.instance import open_instance
+    from wsync_dagster.status import StatusError, set_paused
+
+    spec = _load_spec(args.sync)
+    try:
+        print(set_paused(spec, open_instance(), paused))
+    except StatusError as error:
+        raise CommandError(str(error)) from None
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Stop a sync's schedule or sensor, as the UI's toggle does."""
+    return _toggle(args, paused=True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Start a sync's schedule or sensor again, as the UI's toggle does."""
+    return _toggle(args, paused=False)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Print one profile found by an identity."""
     identity_type, sep, value = args.identity.partition("=")
@@ -344,6 +394,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--no-wait", action="store_true", help="launch it and return")
     backfill.set_defaults(func=cmd_backfill)
+    status = commands.add_parser(
+        "status", help="each sync's state: active or paused, last delivery and run, next run, lag, gaps"
+    )
+    status.add_argument("sync", nargs="?", help="one sync (default: every sync)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    pause = commands.add_parser("pause", help="stop a sync's schedule or sensor (the UI's toggle)")
+    pause.add_argument("sync")
+    pause.set_defaults(func=cmd_pause)
+    resume = commands.add_parser("resume", help="start a sync's schedule or sensor again (the UI's toggle)")
+    resume.add_argument("sync")
+    resume.set_defaults(func=cmd_resume)
     profile = commands.add_parser("profile", help="show one profile")
     profile.add_argument("--identity", required=True, help="TYPE=VALUE, e.g. email=ada@example.com")
     profile.add_argument("--environment", default="production", choices=["production", "development"])

@@ -229,6 +229,19 @@ class ProfileStore:
         )
         return {partition: json.loads(counts) for partition, counts in rows}
 
+    def deliveries(self, sync: str, environment: str) -> list[dict[str, Any]]:
+        """Each delivered partition of the sync with when it was delivered, its delivery's number and counts;
+        oldest delivery first."""
+        rows = self._db.rows(
+            "SELECT partition_key, delivered_at, seq, counts FROM deliveries WHERE sync = ? AND environment = ?"
+            " ORDER BY seq, partition_key",
+            (sync, environment),
+        )
+        return [
+            {"partition": partition, "delivered_at": delivered_at, "seq": seq, "counts": json.loads(counts)}
+            for partition, delivered_at, seq, counts in rows
+        ]
+
     def profile(
         self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
     ) -> dict[str, Any] | None:
