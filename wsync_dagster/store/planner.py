@@ -20,7 +20,7 @@ from wsync_dagster.identities import priority
 from wsync_dagster.store import erasure
 from wsync_dagster.store.backend import Backend
 from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
-from wsync_dagster.store.schema import HISTORY_PER_PROFILE
+from wsync_dagster.store.explain import explain as explained
 from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
     INPUT_PROTECTIONS,
@@ -33,6 +33,7 @@ from wsync_dagster.store.resolution import (
     profile_id_for,
     resolve,
 )
+from wsync_dagster.store.schema import HISTORY_PER_PROFILE
 from wsync_dagster.store.sqlite import SQLiteBackend
 
 PREVIEW_PROFILES = 20
@@ -264,15 +265,24 @@ class ProfileStore:
         return {partition: json.loads(counts) for partition, counts in rows}
 
     def profile(
-        self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
+        self,
+        identity_type: str,
+        value: str,
+        environment: str = "production",
+        events_limit: int = 20,
+        explain: bool = False,
     ) -> dict[str, Any] | None:
-        """The profile owning an identity, with its identities, attributes and newest events; or None."""
+        """The profile owning an identity, with its identities, attributes and newest events; or None.
+        With explain, also where each value came from and the last changes (store/explain.py)."""
         with self._db.read():
             rows = self._db.rows(
                 "SELECT profile_id FROM identities WHERE environment = ? AND identity_type = ? AND value = ?",
                 (environment, identity_type, value),
             )
-            return self._profile(rows[0][0], events_limit) if rows else None
+            profile = self._profile(rows[0][0], events_limit) if rows else None
+            if profile is not None and explain:
+                profile["explain"] = explained(self._db, profile["profile_id"])
+            return profile
 
     def profiles_by_id(self, profile_ids: list[str], events_limit: int = 20) -> list[dict[str, Any]]:
         """The profiles with these ids (unknown ids left out), in the order given."""
