@@ -154,7 +154,7 @@ def test_a_cdc_delete_shows_as_the_removal_of_the_value(
     assert (
         f'removed by crm_users (was "pro"): partition p2, version {TWO} ({NOON + HOUR}), run r-delete' in out
     )
-    assert "attribute seats = (removed)" in out
+    assert "attribute seats = (no value)" in out
     assert "removed by crm_users (was 3): partition p2" in out
     assert 'plan: "pro" -> (removed) by crm_users (partition p2' in out
 
@@ -315,3 +315,31 @@ def test_a_store_of_schema_3_is_upgraded_and_explains_what_it_held(tmp_path: Pat
         None,
     )
     assert profile["explain"]["history"] == []
+
+
+def test_a_new_profile_with_more_values_than_kept_keeps_the_newest_changes_only(
+    cli_store: ProfileStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wide = {f"attr_{n:02d}": n for n in range(HISTORY_PER_PROFILE + 3)}
+    deliver(
+        cli_store,
+        mapped({"customer_id": "C1", **wide}, {"customer_id": "C2", "plan": "pro"}, version=NOON),
+        sync="crm_users",
+        partition="p1",
+        run_id="r1",
+    )
+
+    explained = json.loads(explain(capsys, "customer_id=C1", "--json"))["explain"]
+    assert len(explained["history"]) == HISTORY_PER_PROFILE
+    # Every value is still explained by its register, whatever the history kept; the row's empty plan
+    # is this sync's removal, with nothing it removed.
+    plan = explained["attributes"].pop("plan")
+    assert (plan["set_by"], [(r["sync"], r["removed_value"]) for r in plan["removed"]]) == (
+        None,
+        [("crm_users", None)],
+    )
+    assert len(explained["attributes"]) == len(wide)
+    assert all(a["set_by"]["run_id"] == "r1" for a in explained["attributes"].values())
+    # The other profile of the delivery keeps its own change.
+    other = json.loads(explain(capsys, "customer_id=C2", "--json"))["explain"]["history"]
+    assert [(h["name"], h["value"]) for h in other] == [("plan", "pro")]

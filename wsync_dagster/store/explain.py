@@ -96,7 +96,7 @@ def describe(profile: dict[str, Any]) -> list[str]:
             f"  identity  {identity_type} = {identity['value']} (version {_when(identity)}, since {identity['since']})"
         )
     for name, attribute in explanation["attributes"].items():
-        shown = "(removed)" if attribute["set_by"] is None else json.dumps(attribute["value"])
+        shown = "(no value)" if attribute["set_by"] is None else json.dumps(attribute["value"])
         lines.append(f"  attribute {name} = {shown}")
         if attribute["set_by"] is not None:
             lines.append(f"      set by {attribute['set_by']['sync']}: {_where(attribute['set_by'])}")

@@ -123,17 +123,16 @@ FROM stage_attribute_win WHERE own_value IS DISTINCT FROM value
 {_HISTORY_ONCE}
 """
 
-# Each profile the delivery changed keeps the newest HISTORY_PER_PROFILE changes of its history.
+# Each profile the delivery changed keeps the newest HISTORY_PER_PROFILE changes of its history: what is
+# older than its HISTORY_PER_PROFILE-th newest goes (found by walking the primary key back, per profile).
 _TRIM_HISTORY = f"""
-DELETE FROM attribute_history WHERE (profile_id, seq, name, sync) IN (
-    SELECT profile_id, seq, name, sync FROM (
-        SELECT h.profile_id, h.seq, h.name, h.sync,
-               ROW_NUMBER() OVER (PARTITION BY h.profile_id ORDER BY h.seq DESC, h.name, h.sync) AS newest
-        FROM attribute_history AS h
-        WHERE h.profile_id IN (SELECT profile_id FROM history_profile)
-    ) AS ranked
-    WHERE newest > {HISTORY_PER_PROFILE}
-)
+DELETE FROM attribute_history
+WHERE profile_id IN (SELECT profile_id FROM history_profile)
+  AND (seq, name, sync) < (
+    SELECT h.seq, h.name, h.sync FROM attribute_history AS h
+    WHERE h.profile_id = attribute_history.profile_id
+    ORDER BY h.seq DESC, h.name DESC, h.sync DESC LIMIT 1 OFFSET {HISTORY_PER_PROFILE - 1}
+  )
 """
 
 # Per name, the newest value of any sync; ties go to the later delivery.
@@ -965,12 +964,17 @@ class Delivery:
                     "changed_at": pa.array([now] * n, pa.string()),
                 }
             ),
-            _HISTORY_ONCE,
         )
-        ids = pc.unique(values.column("profile_id").combine_chunks())
-        self._db.insert(
-            "history_profile", pa.table({"profile_id": ids}), "ON CONFLICT (profile_id) DO NOTHING"
-        )
+        # A profile created by this batch has no history before: only a row of more values than are kept
+        # needs trimming (its later changes in this delivery are marked where they are written).
+        per_profile = values.group_by("profile_id", use_threads=False).aggregate([("name", "count")])
+        over = per_profile.filter(pc.greater(per_profile.column("name_count"), HISTORY_PER_PROFILE))
+        if over.num_rows:
+            self._db.insert(
+                "history_profile",
+                pa.table({"profile_id": over.column("profile_id")}),
+                "ON CONFLICT (profile_id) DO NOTHING",
+            )
 
     def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
         # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.
