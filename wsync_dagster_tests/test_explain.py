@@ -97,11 +97,11 @@ def test_explain_names_the_winning_sync_and_the_value_it_outranked(
         "run-billing",
     )
     assert plan["removed"] == []
-    # The history, newest first: crm_users' value, then billing's.
+    # The history holds the change to the existing profile: billing's value came with the profile (its
+    # register explains it), crm_users' was set on it later.
     history = explained["explain"]["history"]
-    assert [(h["sync"], h["change"], h["value"]) for h in history] == [
-        ("crm_users", "set", "pro"),
-        ("billing", "set", "team"),
+    assert [(h["sync"], h["change"], h["value"], h["partition"]) for h in history] == [
+        ("crm_users", "set", "pro", "2024-11-15T13"),
     ]
 
 
@@ -252,9 +252,13 @@ def test_an_unchanged_value_adds_no_history(
     )
 
     explained = json.loads(explain(capsys, "customer_id=C1", "--json"))["explain"]
-    assert [(h["value"], h["partition"]) for h in explained["history"]] == [("pro", "p1")]
+    # The value came with the profile (p1) and p2 changed nothing: no change is recorded.
+    assert explained["history"] == []
     # The register carries the newer delivery all the same.
     assert explained["attributes"]["plan"]["set_by"]["partition"] == "p2"
+    assert "      none recorded (a value set when the profile was created is explained above)" in explain(
+        capsys, "customer_id=C1"
+    )
 
 
 USERS_SQL = """
@@ -279,8 +283,18 @@ def test_a_real_run_is_named_in_the_explanation_and_erasure_removes_the_history(
     )
     assert set_by["run_id"]  # the Dagster run that delivered it
     assert explained["explain"]["identities"]["email"]["value"] == "ada@example.com"
-    assert explained["explain"]["history"][0]["run_id"] == set_by["run_id"]
+    # The run created the profile: its register says all that, and no change is recorded yet.
+    assert explained["explain"]["history"] == []
 
+    deliver(
+        cli_store,
+        mapped({"email": "ada@example.com", "plan": "team"}, version=NOON),
+        sync="billing",
+        partition="b1",
+        run_id="run-billing",
+    )
+    [(kept,)] = store_sql(cli_store.url, "SELECT COUNT(*) FROM attribute_history")
+    assert kept == 1
     assert main(["erase", "--identity", "email=ada@example.com"]) == 0
     [(left,)] = store_sql(cli_store.url, "SELECT COUNT(*) FROM attribute_history")
     assert left == 0
@@ -317,29 +331,59 @@ def test_a_store_of_schema_3_is_upgraded_and_explains_what_it_held(tmp_path: Pat
     assert profile["explain"]["history"] == []
 
 
-def test_a_new_profile_with_more_values_than_kept_keeps_the_newest_changes_only(
+def test_a_new_profile_adds_no_history_and_its_registers_explain_its_values(
     cli_store: ProfileStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wide = {f"attr_{n:02d}": n for n in range(HISTORY_PER_PROFILE + 3)}
-    deliver(
-        cli_store,
-        mapped({"customer_id": "C1", **wide}, {"customer_id": "C2", "plan": "pro"}, version=NOON),
+    with cli_store.delivery(
         sync="crm_users",
-        partition="p1",
+        environment="production",
+        partitions=["p1"],
+        input_protection="create_and_update",
         run_id="r1",
-    )
+    ) as delivery:
+        delivery.apply_batch(
+            mapped({"customer_id": "C1", **wide}, {"customer_id": "C2", "plan": "pro"}, version=NOON)
+        )
+        # A later batch of the same delivery changes a profile it created: still no history.
+        delivery.apply_batch(mapped({"customer_id": "C1", "attr_00": 100}, version=NOON + HOUR))
 
+    [(stored,)] = store_sql(cli_store.url, "SELECT COUNT(*) FROM attribute_history")
+    assert stored == 0
     explained = json.loads(explain(capsys, "customer_id=C1", "--json"))["explain"]
-    assert len(explained["history"]) == HISTORY_PER_PROFILE
-    # Every value is still explained by its register, whatever the history kept; the row's empty plan
-    # is this sync's removal, with nothing it removed.
+    assert explained["history"] == []
+    # Every value is explained by its register; the row's empty plan is this sync's removal, with nothing
+    # it removed.
     plan = explained["attributes"].pop("plan")
     assert (plan["set_by"], [(r["sync"], r["removed_value"]) for r in plan["removed"]]) == (
         None,
         [("crm_users", None)],
     )
     assert len(explained["attributes"]) == len(wide)
-    assert all(a["set_by"]["run_id"] == "r1" for a in explained["attributes"].values())
-    # The other profile of the delivery keeps its own change.
+    assert all(
+        (a["set_by"]["sync"], a["set_by"]["partition"], a["set_by"]["run_id"]) == ("crm_users", "p1", "r1")
+        for a in explained["attributes"].values()
+    )
+    assert (
+        explained["attributes"]["attr_00"]["value"],
+        explained["attributes"]["attr_00"]["set_by"]["version"],
+    ) == (
+        100,
+        NOON + HOUR,
+    )
+    out = explain(capsys, "customer_id=C1")
+    assert f"set by crm_users: partition p1, version {TWO} ({NOON + HOUR}), run r1" in out
+
+    # A later delivery's change to the existing profile is recorded, for it alone.
+    deliver(
+        cli_store,
+        mapped({"customer_id": "C2", "plan": "team"}, version=NOON + HOUR),
+        sync="crm_users",
+        partition="p2",
+        run_id="r2",
+    )
     other = json.loads(explain(capsys, "customer_id=C2", "--json"))["explain"]["history"]
-    assert [(h["name"], h["value"]) for h in other] == [("plan", "pro")]
+    assert [(h["name"], h["change"], h["replaced"], h["value"], h["run_id"]) for h in other] == [
+        ("plan", "replaced", "pro", "team", "r2")
+    ]
+    assert json.loads(explain(capsys, "customer_id=C1", "--json"))["explain"]["history"] == []

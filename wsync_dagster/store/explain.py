@@ -115,7 +115,7 @@ def describe(profile: dict[str, Any]) -> list[str]:
             f" (partition {change['partition']}, version {_when(change)}, run {change['run_id']})"
         )
     if not history:
-        lines.append("      none recorded")
+        lines.append("      none recorded (a value set when the profile was created is explained above)")
     return lines
 
 

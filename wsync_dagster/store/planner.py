@@ -114,12 +114,18 @@ ON CONFLICT (profile_id, seq, name, sync) DO UPDATE SET
     run_id = excluded.run_id, changed_at = excluded.changed_at
 """
 
-# The staged winners whose register value changes (a version bump of the same value is no change).
+# The staged winners whose register value changes (a version bump of the same value is no change), on
+# profiles that existed before the delivery: what a profile created by it holds, its registers explain.
+_CHANGED_WINNERS = """
+FROM stage_attribute_win WHERE own_value IS DISTINCT FROM value
+  AND profile_id NOT IN (SELECT profile_id FROM delivery_profile WHERE created = 1)
+"""
+
 _HISTORY_OF_WINNERS = f"""
 INSERT INTO attribute_history
     (profile_id, seq, name, sync, value, replaced, version, partition_key, run_id, changed_at)
 SELECT profile_id, :seq, name, :sync, value, own_value, version, :partition, :run, :now
-FROM stage_attribute_win WHERE own_value IS DISTINCT FROM value
+{_CHANGED_WINNERS}
 {_HISTORY_ONCE}
 """
 
@@ -912,8 +918,8 @@ class Delivery:
                 }
             ),
         )
+        # No history rows: the registers just written say where each value of a new profile came from.
         counts.attributes_set = fresh.num_rows - fresh.column("value").null_count
-        self._record_history(fresh.filter(pc.is_valid(fresh.column("value"))), partition, now)
 
         is_stored = pc.invert(is_new)
         stored = _attribute_rows(batch, winners.filter(is_stored), profile_ids.filter(is_stored))
@@ -938,43 +944,10 @@ class Delivery:
         where = {"sync": self._sync, "seq": self._seq, "now": now, "partition": partition, "run": self._run_id}
         db.execute(_HISTORY_OF_WINNERS, where)
         db.execute(
-            "INSERT INTO history_profile (profile_id) SELECT DISTINCT profile_id FROM stage_attribute_win"
-            " WHERE own_value IS DISTINCT FROM value ON CONFLICT (profile_id) DO NOTHING"
+            f"INSERT INTO history_profile (profile_id) SELECT DISTINCT profile_id {_CHANGED_WINNERS}"
+            " ON CONFLICT (profile_id) DO NOTHING"
         )
         db.execute(_UPSERT_ATTRIBUTES, where)
-
-    def _record_history(self, values: pa.Table, partition: str, now: str) -> None:
-        """The values first set on new profiles, as changes of their history (nothing replaced)."""
-        n = values.num_rows
-        if not n:
-            return
-        self._db.insert(
-            "attribute_history",
-            pa.table(
-                {
-                    "profile_id": values.column("profile_id"),
-                    "seq": pa.array([self._seq] * n, pa.int64()),
-                    "name": values.column("name"),
-                    "sync": pa.array([self._sync] * n, pa.string()),
-                    "value": values.column("value"),
-                    "replaced": pa.nulls(n, pa.string()),
-                    "version": values.column("version"),
-                    "partition_key": pa.array([partition] * n, pa.string()),
-                    "run_id": pa.array([self._run_id] * n, pa.string()),
-                    "changed_at": pa.array([now] * n, pa.string()),
-                }
-            ),
-        )
-        # A profile created by this batch has no history before: only a row of more values than are kept
-        # needs trimming (its later changes in this delivery are marked where they are written).
-        per_profile = values.group_by("profile_id", use_threads=False).aggregate([("name", "count")])
-        over = per_profile.filter(pc.greater(per_profile.column("name_count"), HISTORY_PER_PROFILE))
-        if over.num_rows:
-            self._db.insert(
-                "history_profile",
-                pa.table({"profile_id": over.column("profile_id")}),
-                "ON CONFLICT (profile_id) DO NOTHING",
-            )
 
     def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
         # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.
