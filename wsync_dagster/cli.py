@@ -220,13 +220,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise CommandError("--identity takes TYPE=VALUE, e.g. --identity email=ada@example.com")
     store = _open_store()
     try:
-        profile = store.profile(identity_type, value, args.environment)
+        profile = store.profile(identity_type, value, args.environment, explain=args.explain)
     finally:
         store.close()
     if profile is None:
         raise CommandError(f"no profile with {identity_type}={value} in {args.environment}")
     if args.json:
         print(json.dumps(profile, default=str))
+        return 0
+    if args.explain:
+        from wsync_dagster.store.explain import describe
+
+        print("\n".join(describe(profile)))
         return 0
     print(f"profile {profile['profile_id']} ({profile['environment']})")
     for kind, ident in profile["identities"].items():
@@ -410,6 +415,12 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--identity", required=True, help="TYPE=VALUE, e.g. email=ada@example.com")
     profile.add_argument("--environment", default="production", choices=["production", "development"])
     profile.add_argument("--json", action="store_true")
+    profile.add_argument(
+        "--explain",
+        action="store_true",
+        help="per value: the sync, partition, version, run and delivery that set it, what it outranked, "
+        "what removed the rest; and the profile's last changes",
+    )
     profile.set_defaults(func=cmd_profile)
     rejects = commands.add_parser(
         "rejects", help="rejected rows and identity conflicts of a sync, with reasons"

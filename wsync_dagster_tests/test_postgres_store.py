@@ -151,7 +151,7 @@ def test_a_store_made_by_a_newer_wsync_is_refused(pg_store_database: str) -> Non
         cur.execute(f"UPDATE {schema}.wsync_schema SET version = 99")
     conn.close()
     with pytest.raises(
-        ProfileStoreError, match=r"has schema version 99, newer than this wsync \(3\); upgrade"
+        ProfileStoreError, match=r"has schema version 99, newer than this wsync \(4\); upgrade"
     ):
         open_profile_store(url)
 

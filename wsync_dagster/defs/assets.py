@@ -274,7 +274,13 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         store = profile_store.open()
         try:
             report = deliver_partitions(
-                spec, batches, store, scope.partitions, progress=context.log.info, allow_mass_removal=allow
+                spec,
+                batches,
+                store,
+                scope.partitions,
+                progress=context.log.info,
+                allow_mass_removal=allow,
+                run_id=context.run_id,
             )
             if pruned := mode.prune_partitions(context.instance, store):
                 context.log.info(f"{spec.name}: {len(pruned)} old delivered partitions no longer listed")

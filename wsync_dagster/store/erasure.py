@@ -30,7 +30,16 @@ Identity = tuple[str, str]  # (identity type, value)
 
 ERASED = "erased"  # the kind of a reject the suppression list made
 # Every table an erasure deletes from: what PostgreSQL vacuums afterwards.
-TOUCHED_TABLES = ("events", "attributes", "identities", "profiles", "fingerprints", "rejects", "suppressions")
+TOUCHED_TABLES = (
+    "events",
+    "attributes",
+    "attribute_history",
+    "identities",
+    "profiles",
+    "fingerprints",
+    "rejects",
+    "suppressions",
+)
 
 _duckdb = threading.local()
 # HMAC-SHA256 (RFC 2104) in DuckDB, vectorized over a column: sha256(K ^ opad || sha256(K ^ ipad || message)).
@@ -54,6 +63,7 @@ class Erasure:
     profiles: int = 0
     identities: int = 0
     attributes: int = 0
+    history: int = 0  # changes of the profiles' attribute history
     events: int = 0
     rejects: int = 0
     fingerprints: int = 0
@@ -214,6 +224,8 @@ def erase(db: Backend, identities: Sequence[Identity], environment: str) -> Eras
             )
         result.events = db.execute(f"DELETE FROM events WHERE {in_profiles}")
         result.attributes = db.execute(f"DELETE FROM attributes WHERE {in_profiles}")
+        # The history holds the person's past values: they go too.
+        result.history = db.execute(f"DELETE FROM attribute_history WHERE {in_profiles}")
         result.identities = db.execute(f"DELETE FROM identities WHERE {in_profiles}")
         result.profiles = db.execute(f"DELETE FROM profiles WHERE {in_profiles}")
         everyone = sorted(set(identities) | {(t, v) for _, t, v in held})

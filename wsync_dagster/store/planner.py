@@ -20,6 +20,7 @@ from wsync_dagster.identities import priority
 from wsync_dagster.store import erasure
 from wsync_dagster.store.backend import Backend
 from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
+from wsync_dagster.store.explain import explain as explained
 from wsync_dagster.store.resolution import (
     CREATE_AND_UPDATE,
     INPUT_PROTECTIONS,
@@ -32,6 +33,7 @@ from wsync_dagster.store.resolution import (
     profile_id_for,
     resolve,
 )
+from wsync_dagster.store.schema import HISTORY_PER_PROFILE
 from wsync_dagster.store.sqlite import SQLiteBackend
 
 PREVIEW_PROFILES = 20
@@ -62,17 +64,18 @@ WHERE f.fingerprint = s.fingerprint
 # order, a removal lowest), so two values of one version settle alike in any order. What the profile shows
 # is the newest value of any sync, so the change is worked out against the newest value of the other syncs.
 _WINNING_ATTRIBUTES = """
-INSERT INTO stage_attribute_win (profile_id, name, value, version, change)
+INSERT INTO stage_attribute_win (profile_id, name, value, version, change, own_value)
 SELECT profile_id, name, value, version,
        CASE WHEN shown IS NOT NULL AND (was IS NULL OR was <> shown) THEN 1
             WHEN shown IS NULL AND was IS NOT NULL THEN 2
-            ELSE 0 END
+            ELSE 0 END,
+       own_value
 FROM (
-    SELECT profile_id, name, value, version, was,
+    SELECT profile_id, name, value, version, was, own_value,
            CASE WHEN value IS NOT NULL AND (other_version IS NULL OR version >= other_version) THEN value
                 ELSE other_value END AS shown
     FROM (
-        SELECT s.profile_id, s.name, s.value, s.version,
+        SELECT s.profile_id, s.name, s.value, s.version, own.value AS own_value,
                (SELECT a.value FROM attributes AS a
                 WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.value IS NOT NULL
                 ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS was,
@@ -97,10 +100,45 @@ ORDER BY profile_id, name
 # The staged winners are already decided, so the update is unconditional. "WHERE true" keeps SQLite
 # from reading ON CONFLICT as a join constraint.
 _UPSERT_ATTRIBUTES = """
-INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)
-SELECT profile_id, name, :sync, value, version, :seq, :now FROM stage_attribute_win WHERE true
+INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at, partition_key, run_id)
+SELECT profile_id, name, :sync, value, version, :seq, :now, :partition, :run FROM stage_attribute_win WHERE true
 ON CONFLICT (profile_id, name, sync) DO UPDATE SET
-    value = excluded.value, version = excluded.version, seq = excluded.seq, updated_at = excluded.updated_at
+    value = excluded.value, version = excluded.version, seq = excluded.seq, updated_at = excluded.updated_at,
+    partition_key = excluded.partition_key, run_id = excluded.run_id
+"""
+
+# A register written twice by one delivery keeps one history row: the value before the delivery, the last after.
+_HISTORY_ONCE = """
+ON CONFLICT (profile_id, seq, name, sync) DO UPDATE SET
+    value = excluded.value, version = excluded.version, partition_key = excluded.partition_key,
+    run_id = excluded.run_id, changed_at = excluded.changed_at
+"""
+
+# The staged winners whose register value changes (a version bump of the same value is no change), on
+# profiles that existed before the delivery: what a profile created by it holds, its registers explain.
+_CHANGED_WINNERS = """
+FROM stage_attribute_win WHERE own_value IS DISTINCT FROM value
+  AND profile_id NOT IN (SELECT profile_id FROM delivery_profile WHERE created = 1)
+"""
+
+_HISTORY_OF_WINNERS = f"""
+INSERT INTO attribute_history
+    (profile_id, seq, name, sync, value, replaced, version, partition_key, run_id, changed_at)
+SELECT profile_id, :seq, name, :sync, value, own_value, version, :partition, :run, :now
+{_CHANGED_WINNERS}
+{_HISTORY_ONCE}
+"""
+
+# Each profile the delivery changed keeps the newest HISTORY_PER_PROFILE changes of its history: what is
+# older than its HISTORY_PER_PROFILE-th newest goes (found by walking the primary key back, per profile).
+_TRIM_HISTORY = f"""
+DELETE FROM attribute_history
+WHERE profile_id IN (SELECT profile_id FROM history_profile)
+  AND (seq, name, sync) < (
+    SELECT h.seq, h.name, h.sync FROM attribute_history AS h
+    WHERE h.profile_id = attribute_history.profile_id
+    ORDER BY h.seq DESC, h.name DESC, h.sync DESC LIMIT 1 OFFSET {HISTORY_PER_PROFILE - 1}
+  )
 """
 
 # Per name, the newest value of any sync; ties go to the later delivery.
@@ -176,6 +214,7 @@ class ProfileStore:
         mirror: bool = False,
         mirror_max_removal: float = 1.0,
         allow_mass_removal: bool = False,
+        run_id: str | None = None,
     ) -> Iterator[Delivery]:
         """Partitions of one sync, delivered together: all of it commits on normal exit, none on error."""
         if input_protection not in INPUT_PROTECTIONS:
@@ -195,6 +234,7 @@ class ProfileStore:
                 mirror=mirror,
                 mirror_max_removal=mirror_max_removal,
                 allow_mass_removal=allow_mass_removal,
+                run_id=run_id,
             )
             yield delivery
             delivery.finish()
@@ -243,15 +283,24 @@ class ProfileStore:
         ]
 
     def profile(
-        self, identity_type: str, value: str, environment: str = "production", events_limit: int = 20
+        self,
+        identity_type: str,
+        value: str,
+        environment: str = "production",
+        events_limit: int = 20,
+        explain: bool = False,
     ) -> dict[str, Any] | None:
-        """The profile owning an identity, with its identities, attributes and newest events; or None."""
+        """The profile owning an identity, with its identities, attributes and newest events; or None.
+        With explain, also where each value came from and the last changes (store/explain.py)."""
         with self._db.read():
             rows = self._db.rows(
                 "SELECT profile_id FROM identities WHERE environment = ? AND identity_type = ? AND value = ?",
                 (environment, identity_type, value),
             )
-            return self._profile(rows[0][0], events_limit) if rows else None
+            profile = self._profile(rows[0][0], events_limit) if rows else None
+            if profile is not None and explain:
+                profile["explain"] = explained(self._db, profile["profile_id"])
+            return profile
 
     def profiles_by_id(self, profile_ids: list[str], events_limit: int = 20) -> list[dict[str, Any]]:
         """The profiles with these ids (unknown ids left out), in the order given."""
@@ -349,8 +398,10 @@ class Delivery:
         mirror: bool = False,
         mirror_max_removal: float = 1.0,
         allow_mass_removal: bool = False,
+        run_id: str | None = None,
     ):
         self._db = db
+        self._run_id = run_id  # the Dagster run delivering, kept with each register it writes
         self._mirror = mirror
         self._mirror_max_removal = mirror_max_removal
         # Values compare byte by byte on both backends, as Arrow compares them within a batch.
@@ -440,6 +491,7 @@ class Delivery:
         self._flush_restamps()
         if self._mirror:
             self._remove_the_departed()
+        self._db.execute(_TRIM_HISTORY)
         [(created, touched)] = self._db.rows(
             "SELECT COUNT(DISTINCT CASE WHEN created = 1 THEN profile_id END), COUNT(DISTINCT profile_id)"
             " FROM delivery_profile"
@@ -508,13 +560,30 @@ class Delivery:
             return
         if ids:
             db.stage("stage_profile", pa.table({"profile_id": pa.array(ids, pa.string())}))
-            removed = db.execute(
-                "UPDATE attributes SET value = NULL, version = ?, seq = ?, updated_at = ?"
-                " WHERE sync = ? AND value IS NOT NULL AND version <= ?"
-                " AND profile_id IN (SELECT profile_id FROM stage_profile)",
-                (version, self._seq, _now(), sync, version),
+            first, now = self._partitions[0], _now()
+            departing = (
+                " FROM attributes WHERE sync = :sync AND value IS NOT NULL AND version <= :version"
+                " AND profile_id IN (SELECT profile_id FROM stage_profile)"
             )
-            first = self._partitions[0]
+            where = {"sync": sync, "version": version, "seq": self._seq, "now": now, "partition": first}
+            db.execute(
+                "INSERT INTO attribute_history"
+                " (profile_id, seq, name, sync, value, replaced, version, partition_key, run_id, changed_at)"
+                f" SELECT profile_id, :seq, name, sync, NULL, value, :version, :partition, :run, :now {departing}"
+                f" {_HISTORY_ONCE}",
+                {**where, "run": self._run_id},
+            )
+            db.execute(
+                "INSERT INTO history_profile (profile_id) SELECT profile_id FROM stage_profile WHERE true"
+                " ON CONFLICT (profile_id) DO NOTHING"
+            )
+            removed = db.execute(
+                "UPDATE attributes SET value = NULL, version = :version, seq = :seq, updated_at = :now,"
+                " partition_key = :partition, run_id = :run"
+                " WHERE sync = :sync AND value IS NOT NULL AND version <= :version"
+                " AND profile_id IN (SELECT profile_id FROM stage_profile)",
+                {**where, "run": self._run_id},
+            )
             self._mark(ids, first)
             self.counts.attributes_removed += removed
             self.partition_counts[first].attributes_removed += removed
@@ -857,9 +926,12 @@ class Delivery:
                     "version": fresh.column("version"),
                     "seq": pa.array([self._seq] * n, pa.int64()),
                     "updated_at": pa.array([now] * n, pa.string()),
+                    "partition_key": pa.array([partition] * n, pa.string()),
+                    "run_id": pa.array([self._run_id] * n, pa.string()),
                 }
             ),
         )
+        # No history rows: the registers just written say where each value of a new profile came from.
         counts.attributes_set = fresh.num_rows - fresh.column("value").null_count
 
         is_stored = pc.invert(is_new)
@@ -882,7 +954,13 @@ class Delivery:
             " ON CONFLICT (partition_key, profile_id) DO NOTHING",
             (partition,),
         )
-        db.execute(_UPSERT_ATTRIBUTES, {"sync": self._sync, "seq": self._seq, "now": now})
+        where = {"sync": self._sync, "seq": self._seq, "now": now, "partition": partition, "run": self._run_id}
+        db.execute(_HISTORY_OF_WINNERS, where)
+        db.execute(
+            f"INSERT INTO history_profile (profile_id) SELECT DISTINCT profile_id {_CHANGED_WINNERS}"
+            " ON CONFLICT (profile_id) DO NOTHING"
+        )
+        db.execute(_UPSERT_ATTRIBUTES, where)
 
     def _write_events(self, batch: pa.RecordBatch, profile_ids: pa.Array) -> int:
         # Events have no merge rule, so they go straight in and the primary key makes re-delivery a no-op.

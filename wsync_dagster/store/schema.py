@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# The history of attribute changes keeps this many per profile, the newest (wsync profile --explain).
+HISTORY_PER_PROFILE = 20
 BUSY_TIMEOUT_S = 300.0
 
 # Erasure (store/erasure.py): a per-store random salt, and the erased identities as salted one-way hashes
@@ -21,6 +23,24 @@ ERASURE_TABLES: tuple[str, ...] = (
         PRIMARY KEY (environment, identity_hash)
     ) WITHOUT ROWID""",
     "CREATE INDEX suppressions_by_request ON suppressions (request)",
+)
+
+# The last HISTORY_PER_PROFILE changes of each profile's attribute registers (a value set, replaced or
+# removed), one row per register and delivery: `replaced` is the register's value before, NULL if none.
+HISTORY_TABLES: tuple[str, ...] = (
+    """CREATE TABLE attribute_history (
+        profile_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        sync TEXT NOT NULL,
+        value TEXT,
+        replaced TEXT,
+        version INTEGER NOT NULL,
+        partition_key TEXT,
+        run_id TEXT,
+        changed_at TEXT NOT NULL,
+        PRIMARY KEY (profile_id, seq, name, sync)
+    ) WITHOUT ROWID""",
 )
 
 # Every value carries `version`: the time it describes (µs), or the sync's own order for integer iterators.
@@ -43,6 +63,7 @@ TABLES: tuple[str, ...] = (
     "CREATE UNIQUE INDEX identities_one_per_type ON identities (profile_id, identity_type)",
     # One register per sync: value is JSON text, NULL a tombstone that keeps the version of a removal.
     # The profile shows, per name, the newest value of any sync, ties to the later delivery (seq).
+    # partition_key and run_id: the delivery that wrote the register, for `wsync profile --explain`.
     """CREATE TABLE attributes (
         profile_id TEXT NOT NULL REFERENCES profiles (profile_id),
         name TEXT NOT NULL,
@@ -51,6 +72,8 @@ TABLES: tuple[str, ...] = (
         version INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         updated_at TEXT NOT NULL,
+        partition_key TEXT,
+        run_id TEXT,
         PRIMARY KEY (profile_id, name, sync)
     ) WITHOUT ROWID""",
     # An event's id is unique within its sync and environment: two syncs may both number events 1..n.
@@ -99,7 +122,20 @@ TABLES: tuple[str, ...] = (
         PRIMARY KEY (sync, environment, partition_key)
     )""",
     *ERASURE_TABLES,
+    *HISTORY_TABLES,
 )
+
+# The attributes table as schema versions 2 and 3 had it: what the upgrade from version 1 builds.
+_ATTRIBUTES_V2 = """CREATE TABLE attributes (
+    profile_id TEXT NOT NULL REFERENCES profiles (profile_id),
+    name TEXT NOT NULL,
+    sync TEXT NOT NULL,
+    value TEXT,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (profile_id, name, sync)
+) WITHOUT ROWID"""
 
 # Older stores are upgraded in place, one version at a time; nothing they hold is lost.
 UPGRADES: dict[int, tuple[str, ...]] = {
@@ -109,7 +145,7 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE rejects ADD COLUMN kind TEXT NOT NULL DEFAULT 'rejected'",
         "ALTER TABLE deliveries ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE attributes RENAME TO attributes_v1",
-        TABLES[3],
+        _ATTRIBUTES_V2,
         "INSERT INTO attributes (profile_id, name, sync, value, version, seq, updated_at)"
         " SELECT profile_id, name, sync, value, version, 0, updated_at FROM attributes_v1",
         "DROP TABLE attributes_v1",
@@ -123,6 +159,11 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         "DROP TABLE events_v1",
     ),
     2: ERASURE_TABLES,
+    3: (
+        "ALTER TABLE attributes ADD COLUMN partition_key TEXT",
+        "ALTER TABLE attributes ADD COLUMN run_id TEXT",
+        *HISTORY_TABLES,
+    ),
 }
 
 # Staging tables live in the connection's temp schema: invisible to other connections, gone on close.
@@ -141,10 +182,13 @@ STAGING: tuple[str, ...] = (
     )""",
     # The staged values that win this sync's register; change is what the profile shows:
     # 0 nothing visible changes, 1 a value is set, 2 the value is removed.
+    # own_value: the sync's register value before, for the history.
     """CREATE TEMP TABLE IF NOT EXISTS stage_attribute_win (
         profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL,
-        change INTEGER NOT NULL
+        change INTEGER NOT NULL, own_value TEXT
     )""",
+    # Profiles whose attribute history the open delivery added to: trimmed to HISTORY_PER_PROFILE at its end.
+    "CREATE TEMP TABLE IF NOT EXISTS history_profile (profile_id TEXT PRIMARY KEY)",
     # Profiles created or updated by the open delivery, per partition, so each is counted once in each.
     """CREATE TEMP TABLE IF NOT EXISTS delivery_profile (
         partition_key TEXT NOT NULL, profile_id TEXT NOT NULL, created INTEGER NOT NULL, n INTEGER,
