@@ -13,13 +13,12 @@ import httpx
 from wsync_dagster.destinations.profile_changes import ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
-    DestinationError,
     Item,
     Request,
     SendMetrics,
     SendPolicy,
     pack,
-    send,
+    send_encoded,
 )
 
 REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -134,15 +133,9 @@ def forward(
         *pack(IDENTIFY_PATH, identifies, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512),
         *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
     ]
-    encoding = time.perf_counter() - started
-    try:
-        metrics = send(destination, requests, destination.policy, on_acknowledged)
-    except DestinationError as error:
-        error.metrics.rejects[:0] = rejects
-        raise
-    metrics.encode_seconds += encoding
-    metrics.rejects[:0] = rejects
-    return metrics
+    return send_encoded(
+        destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
+    )
 
 
 def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None, list[Item], list[Reject]]:

@@ -14,14 +14,14 @@ import httpx
 from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
-    DestinationError,
     Item,
     Request,
     SendMetrics,
     SendPolicy,
     pack,
-    send,
+    send_encoded,
 )
+from wsync_dagster.identities import DEVICE_IDENTITIES
 
 PODS: dict[str, str] = {
     "US1": "https://s2s.us1.mparticle.com",
@@ -57,21 +57,8 @@ USER_IDENTITY_NAMES: dict[str, str] = {
     "phone_number_3": "phone_number_3",
 }
 # Device identities travel in `device_info` under the same names.
-DEVICE_IDENTITY_NAMES: frozenset[str] = frozenset(
-    {
-        "android_uuid",
-        "ios_advertising_id",
-        "push_token",
-        "ios_idfv",
-        "android_advertising_id",
-        "amp_id",
-        "roku_advertising_id",
-        "roku_publisher_id",
-        "microsoft_advertising_id",
-        "microsoft_publisher_id",
-        "fire_advertising_id",
-    }
-)
+# mp_deviceid is mParticle's own device id: it travels as the batch's `mp_deviceid`, not in `device_info`.
+DEVICE_IDENTITY_NAMES: frozenset[str] = frozenset(DEVICE_IDENTITIES) - {"mp_deviceid"}
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 _REQUEST_IDS = uuid.UUID("5b0f6f58-3d2c-4f7e-9a51-6d0c1f2e8a47")  # namespace of source_request_ids
 
@@ -160,15 +147,9 @@ def forward(
         *pack(BULK_PATH, recent, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
         *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
     ]
-    encoding = time.perf_counter() - started
-    try:
-        metrics = send(destination, requests, destination.policy, on_acknowledged)
-    except DestinationError as error:
-        error.metrics.rejects[:0] = rejects
-        raise
-    metrics.encode_seconds += encoding
-    metrics.rejects[:0] = rejects
-    return metrics
+    return send_encoded(
+        destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
+    )
 
 
 def encode_change(

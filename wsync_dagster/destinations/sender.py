@@ -146,6 +146,25 @@ def send(
     return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
 
 
+def send_encoded(
+    platform: Platform,
+    requests: Sequence[Request],
+    policy: SendPolicy,
+    rejects: list[Reject],
+    encode_seconds: float,
+    on_acknowledged: Acknowledged | None = None,
+) -> SendMetrics:
+    """Sends what a platform encoded; the items it refused to encode lead the rejects, also when it stops."""
+    try:
+        metrics = send(platform, requests, policy, on_acknowledged)
+    except DestinationError as error:
+        error.metrics.rejects[:0] = rejects
+        raise
+    metrics.encode_seconds += encode_seconds
+    metrics.rejects[:0] = rejects
+    return metrics
+
+
 class _RateLimit:
     """Spaces request starts so items flow at most at the given rate."""
 
