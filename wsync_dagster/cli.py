@@ -110,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wsync_dagster.instance import open_instance
     from wsync_dagster.runner import DeliveryBlocked, run_sync
 
+    if args.now and args.partition:
+        raise UsageError("--now runs everything due and the window under way; leave out --partition")
     spec = _load_spec(args.sync)
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
@@ -121,7 +123,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = _open_store()
         try:
             report = run_sync(
-                spec, store, instance, partition=args.partition, allow_mass_removal=args.allow_mass_removal
+                spec,
+                store,
+                instance,
+                partition=args.partition,
+                allow_mass_removal=args.allow_mass_removal,
+                up_to_now=args.now,
             )
         finally:
             store.close()
@@ -380,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a sync (everything due, or one --partition)")
     run.add_argument("sync")
     run.add_argument("--partition", help="a partition key, or FIRST..LAST")
+    run.add_argument(
+        "--now",
+        action="store_true",
+        help="also deliver what the warehouse holds up to now: for incremental time windows, the window under "
+        "way too (read again by its scheduled run when it completes); full, cdc and integer syncs read up to "
+        "now anyway, so for them it is a plain run",
+    )
     run.add_argument(
         "--allow-mass-removal",
         action="store_true",

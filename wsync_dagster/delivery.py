@@ -37,6 +37,7 @@ def deliver_partitions(
     progress: Progress | None = None,
     allow_mass_removal: bool = False,
     run_id: str | None = None,
+    recorded: bool = True,
 ) -> DeliveryReport:
     """Apply a run's mapped batches in one store transaction, each row counted in its partition; then remove them."""
     settings = spec.sync
@@ -51,6 +52,7 @@ def deliver_partitions(
         mirror_max_removal=settings.mirror_max_removal,
         allow_mass_removal=allow_mass_removal,
         run_id=run_id,
+        recorded=recorded,
     ) as delivery:
         for batch in batch_file.mapped_batches():
             index = partition_of_rows(batch.column(VERSION), partitions)

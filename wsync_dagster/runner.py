@@ -15,9 +15,10 @@ from dagster import (
 
 from wsync_dagster.cancellation import QueryStopped
 from wsync_dagster.defs import build_definitions, sync_job_name
-from wsync_dagster.defs.assets import PROFILE_STORE_POOL
+from wsync_dagster.defs.assets import PROFILE_STORE_POOL, delivery_key, mapped_key
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.modes import RunError, sync_mode
+from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.progress import logger
 from wsync_dagster.read_plan import check_mapping
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
@@ -26,6 +27,7 @@ from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.settings import lock_timeout
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
+from wsync_dagster.sync_now import NowBlocked, deliver_window_under_way
 
 # A failed step's stack trace stays in the run's logs; the command prints one line per failure.
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -63,11 +65,37 @@ def run_sync(
     store_url: str | None = None,
     now: datetime | None = None,
     allow_mass_removal: bool = False,
+    up_to_now: bool = False,
 ) -> RunReport:
     """Check the mapping, then materialize the sync's job for one partition or all that are due; a run of the
-    same sync under way (another process) is waited for first."""
+    same sync under way (another process) is waited for first. `up_to_now`: then also deliver a time-window
+    sync's window under way, read up to now (other modes read up to now anyway)."""
     with one_run_at_a_time(spec.name, spec.sync.environment, lock_timeout(), logger.info):
-        return _run_sync(spec, store, instance, partition, store_url, now, allow_mass_removal)
+        report = _run_sync(spec, store, instance, partition, store_url, now, allow_mass_removal)
+        mode = sync_mode(spec)
+        if up_to_now and isinstance(mode, TimeWindows):
+            _add_window_under_way(report, spec, store, mode.current_window(now or datetime.now(UTC)))
+        return report
+
+
+def _add_window_under_way(report: RunReport, spec: SyncSpec, store: ProfileStore, scope) -> None:
+    """Deliver the window under way and add it, its counts and a failed check to the report."""
+    try:
+        done = deliver_window_under_way(spec, store, scope)
+    except NowBlocked as blocked:
+        raise DeliveryBlocked(f"{blocked}; the window under way delivered nothing") from None
+    report.partitions = ", ".join(part for part in (report.partitions, done.label) if part)
+    report.run_id = done.run_id if report.run_id is None else f"{report.run_id}, {done.run_id}"
+    counts = {
+        mapped_key(spec).to_user_string(): done.mapped.as_dict(),
+        delivery_key(spec).to_user_string(): done.delivered.totals.as_dict(),
+    }
+    for asset_key, found in counts.items():
+        totals = report.metadata.setdefault(asset_key, {})
+        for name, value in found.items():
+            totals[name] = totals.get(name, 0) + value
+    if done.failed_check:
+        report.failed_checks.append(f"{mapped_key(spec).to_user_string()}:reject_rate {done.failed_check}")
 
 
 def _run_sync(

@@ -165,6 +165,8 @@ class TimeWindows:
         partitions = self.partitions()
         for key in (first, last):
             if not partitions.has_partition_key(key):
+                if (not_over := self._not_over(key)) is not None:
+                    raise RunError(not_over)
                 example = partitions.get_first_partition_key()
                 raise RunError(
                     f"{self.spec.name}: --partition {key} is not a partition of this sync (keys look like {example})"
@@ -175,6 +177,43 @@ class TimeWindows:
                 f"({last}..{first})"
             )
         return first, last
+
+    def current_window(self, now: datetime) -> RunScope:
+        """The window under way at `now`, read up to now: [its start, now), reaching back by lookback."""
+        partitions = self.partitions()
+        key = partitions.get_partition_key_for_timestamp(now.timestamp())
+        window = partitions.time_window_for_partition_key(key)
+        before = partitions.get_prev_partition_window(window.start, respect_bounds=False)
+        previous_start = before.start if before is not None else window.start
+        return RunScope(
+            f"{key} (up to {now.isoformat(timespec='seconds')})",
+            [Partition(key, (epoch_micros(window.start), epoch_micros(now)))],
+            iterator_window(self.spec.sync, window.start, now, previous_start),
+        )
+
+    def _not_over(self, key: str) -> str | None:
+        """Why a well-formed key that is no partition yet cannot run: its window is not over; else None."""
+        partitions = self.partitions()
+        try:
+            window = partitions.time_window_for_partition_key(key)
+        except ValueError:
+            return None
+        now = datetime.now(UTC)
+        if window.end <= now:
+            return None
+        current = partitions.time_window_for_partition_key(
+            partitions.get_partition_key_for_timestamp(now.timestamp())
+        )
+        name, end = self.spec.name, current.end.isoformat()
+        when = (
+            f"is not over: it completes at {end}"
+            if window.start <= now
+            else f"has not begun: the next window completes at {end}"
+        )
+        return (
+            f"{name}: --partition {key} {when}; to deliver what the warehouse holds up to now, "
+            f"run `wsync run {name} --now`"
+        )
 
 
 def _stretches(keys: list[str], due: set[str]) -> list[tuple[str, str]]:

@@ -215,8 +215,12 @@ class ProfileStore:
         mirror_max_removal: float = 1.0,
         allow_mass_removal: bool = False,
         run_id: str | None = None,
+        recorded: bool = True,
     ) -> Iterator[Delivery]:
-        """Partitions of one sync, delivered together: all of it commits on normal exit, none on error."""
+        """Partitions of one sync, delivered together: all of it commits on normal exit, none on error.
+
+        `recorded=False` (an incomplete window, `wsync run --now`): its rows are applied, but the partition is
+        not listed as delivered, so it is read again when it completes."""
         if input_protection not in INPUT_PROTECTIONS:
             raise ValueError(f"input_protection must be one of {', '.join(INPUT_PROTECTIONS)}")
         if not partitions:
@@ -239,7 +243,8 @@ class ProfileStore:
             yield delivery
             delivery.finish()
             now = _now()
-            for partition, window in zip(partitions, windows or repeat((None, None)), strict=False):
+            listed = zip(partitions, windows or repeat((None, None)), strict=False) if recorded else ()
+            for partition, window in listed:
                 counts = json.dumps(delivery.partition_counts[partition].as_dict())
                 self._db.execute(_UPSERT_DELIVERY, (sync, environment, partition, *window, counts, now, seq))
             self._db.commit()
