@@ -129,3 +129,12 @@ def test_partition_of_the_hour_under_way_says_it_is_not_over(hourly, cli_store, 
 def test_now_with_partition_is_a_usage_error(hourly, capsys):
     assert main(["run", "crm_users", "--now", "--partition", "2024-01-01-00:00"]) == 2
     assert "leave out --partition" in capsys.readouterr().err
+
+
+def test_now_on_a_full_sync_is_a_plain_run(make_warehouse, write_sync, cli_store, capsys):
+    warehouse = make_warehouse(TABLE_SQL)
+    _add_row(warehouse, "C001", "free", datetime.now(UTC) - timedelta(minutes=1))
+    write_sync(user_sync(warehouse, sync={"mode": "full", "iterator": None, "iterator_type": None}))
+    assert main(["run", "crm_users", "--now"]) == 0
+    assert "(up to " not in capsys.readouterr().out
+    assert _plan(cli_store, "C001") == "free"
