@@ -43,10 +43,11 @@ def build_demo(
     """Create `root/data/demo_warehouse.duckdb` and the demo sync files in `root/syncs/`."""
     if users < 1 or events < 0:
         raise ValueError(f"the demo needs users >= 1 and events >= 0 (got users={users}, events={events})")
-    as_of = demo_as_of(now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    as_of = demo_as_of(now)
     root = Path(root)
     warehouse = root / "data" / WAREHOUSE_FILE
-    build_demo_warehouse(warehouse, users=users, events=events, as_of=as_of)
+    build_demo_warehouse(warehouse, users=users, events=events, as_of=demo_data_end(now))
     syncs_dir = root / "syncs"
     sync_files = write_demo_sync_files(syncs_dir, warehouse, as_of=as_of)
     return DemoPaths(warehouse=warehouse, syncs_dir=syncs_dir, sync_files=sync_files)
@@ -56,6 +57,14 @@ def demo_as_of(now: datetime) -> datetime:
     """The UTC midnight that starts `now`'s day (a naive `now` is read as UTC): the demo data ends there."""
     now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def demo_data_end(now: datetime) -> datetime:
+    """The UTC hour that starts `now`'s hour: the demo data ends there, so its newest rows are recent."""
+    # Recent enough for the data-delay checks (an hourly sync warns at 2 hours) on the day of the build;
+    # a whole hour, so that builds within one hour give identical data.
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return now.replace(minute=0, second=0, microsecond=0)
 
 
 def build_demo_warehouse(path: Path, *, users: int, events: int, as_of: datetime) -> None:
