@@ -360,12 +360,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create the demo warehouse and its sync files."""
-    from wsync_dagster.demo import build_demo
+    from wsync_dagster.demo import SHARED_EMAILS_NOTE, build_demo
 
     paths = build_demo(Path(args.dir).resolve(), users=args.users, events=args.events)
     print(f"demo warehouse: {paths.warehouse}")
     for path in paths.sync_files:
         print(f"sync file: {path}")
+    print(SHARED_EMAILS_NOTE)
     return 0
 
 

@@ -21,6 +21,13 @@ USER_HISTORY_DAYS = 7
 MAX_SHORT_IDS = 300
 FIRST_NAMES = ("Ana", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gia", "Hugo", "Ines", "Jon", "Kai", "Lea", "Mia")
 LAST_NAMES = ("Smith", "Garcia", "Muller", "Rossi", "Silva", "Okafor", "Patel", "Kim", "Berg", "Novak", "Roy")
+# Shared on purpose, to show identity conflicts: this share of customers carries the e-mail of the customer
+# before them, so each pair's second row is an identity_conflict, listed by `wsync rejects demo_users`.
+SHARED_EMAIL_SHARE = 0.005
+SHARED_EMAILS_NOTE = (
+    f"{SHARED_EMAIL_SHARE:.1%} of the demo customers share an e-mail with another customer on purpose: "
+    "their rows are the demo's identity conflicts (`wsync rejects demo_users`)"
+)
 # RFC 2606 domains: the demo never holds a deliverable address.
 EMAIL_DOMAINS = ("example.com", "example.org", "example.net", "mail.example.com")
 # Repeats weight the draw towards the larger markets.
@@ -135,7 +142,8 @@ def _warehouse_sql(*, users: int, events: int, as_of: datetime) -> list[str]:
             lower(first_name_of(i) || '.' || last_name_of(i) || i) || '@'
             || {_pick("i", 3, EMAIL_DOMAINS)}""",
         # A customer sharing its predecessor's e-mail; never two in a row, so a shared e-mail has two owners.
-        "CREATE TEMP MACRO shares_email(i) AS i > 1 AND unit(i, 4) < 0.005 AND unit(i - 1, 4) >= 0.005",
+        f"""CREATE TEMP MACRO shares_email(i) AS
+            i > 1 AND unit(i, 4) < {SHARED_EMAIL_SHARE} AND unit(i - 1, 4) >= {SHARED_EMAIL_SHARE}""",
         "CREATE SCHEMA crm",
         f"""CREATE TABLE crm.users AS
             WITH base AS (

@@ -144,6 +144,8 @@ def test_demo_creates_a_warehouse_and_sync_files_that_validate(tmp_path, wsync_e
     assert (tmp_path / "data" / "demo_warehouse.duckdb").exists()
     names = sorted(yaml.safe_load(p.read_text())["name"] for p in wsync_env.glob("*.yaml"))
     assert names == ["demo_events", "demo_segments", "demo_users"]
+    # The demo's identity conflicts are deliberate, and its output says where to see them.
+    assert "share an e-mail with another customer on purpose" in capsys.readouterr().out
     assert main(["validate"]) == 0
 
 
