@@ -108,11 +108,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sync through Dagster and print its counts."""
     from wsync_dagster.instance import open_instance
+    from wsync_dagster.progress import TOTALS
     from wsync_dagster.runner import DeliveryBlocked, run_sync
 
     spec = _load_spec(args.sync)
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
+    # The delivery's totals line would repeat the counts printed below, once the run ends.
+    progress.addFilter(lambda record: not getattr(record, TOTALS, False))
     logging.getLogger("wsync").setLevel(logging.INFO)
     # Progress lines for this command only: a handler left behind would write to a stream gone since.
     logging.getLogger("wsync").addHandler(progress)

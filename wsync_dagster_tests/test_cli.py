@@ -84,6 +84,14 @@ def test_run_prints_counts_and_profile_json_has_the_documented_shape(make_wareho
     assert profile["attributes"] == {"first_name": "Ada", "plan": "pro"}
 
 
+def test_run_shows_its_progress_and_its_totals_once(make_warehouse, write_sync, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    captured = capsys.readouterr()
+    assert "crm_users: read 2 rows, 0 rejected" in captured.err
+    assert (captured.out + captured.err).count("profiles_created=") == 1
+
+
 def test_profile_that_does_not_exist_exits_non_zero(make_warehouse, write_sync, capsys):
     write_sync(user_sync(make_warehouse(USERS_SQL)))
     assert main(["profile", "--identity", "email=nobody@example.com"]) == 1
