@@ -108,6 +108,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sync through Dagster and print its counts."""
     from wsync_dagster.instance import open_instance
+    from wsync_dagster.progress import TOTALS
     from wsync_dagster.runner import DeliveryBlocked, run_sync
 
     if args.now and args.partition:
@@ -115,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args.sync)
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
+    # The delivery's totals line would repeat the counts printed below, once the run ends.
+    progress.addFilter(lambda record: not getattr(record, TOTALS, False))
     logging.getLogger("wsync").setLevel(logging.INFO)
     # Progress lines for this command only: a handler left behind would write to a stream gone since.
     logging.getLogger("wsync").addHandler(progress)
@@ -367,12 +370,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create the demo warehouse and its sync files."""
-    from wsync_dagster.demo import build_demo
+    from wsync_dagster.demo import SHARED_EMAILS_NOTE, build_demo
 
     paths = build_demo(Path(args.dir).resolve(), users=args.users, events=args.events)
     print(f"demo warehouse: {paths.warehouse}")
     for path in paths.sync_files:
         print(f"sync file: {path}")
+    print(SHARED_EMAILS_NOTE)
     return 0
 
 

@@ -74,6 +74,7 @@ def deliver_partitions(
         progress,
         f"{spec.name}: delivered {len(keys)} partition{'s' if len(keys) > 1 else ''}: "
         + ", ".join(f"{name}={value:,}" for name, value in totals.as_dict().items()),
+        totals=True,
     )
     result = DeliveryReport(totals, delivery.partition_counts, store.profiles_by_id(touched[:3]))
     if (hold := delivery.mirror_hold) is not None:

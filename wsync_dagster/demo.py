@@ -21,6 +21,13 @@ USER_HISTORY_DAYS = 7
 MAX_SHORT_IDS = 300
 FIRST_NAMES = ("Ana", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gia", "Hugo", "Ines", "Jon", "Kai", "Lea", "Mia")
 LAST_NAMES = ("Smith", "Garcia", "Muller", "Rossi", "Silva", "Okafor", "Patel", "Kim", "Berg", "Novak", "Roy")
+# Shared on purpose, to show identity conflicts: this share of customers carries the e-mail of the customer
+# before them, so each pair's second row is an identity_conflict, listed by `wsync rejects demo_users`.
+SHARED_EMAIL_SHARE = 0.005
+SHARED_EMAILS_NOTE = (
+    f"{SHARED_EMAIL_SHARE:.1%} of the demo customers share an e-mail with another customer on purpose: "
+    "their rows are the demo's identity conflicts (`wsync rejects demo_users`)"
+)
 # RFC 2606 domains: the demo never holds a deliverable address.
 EMAIL_DOMAINS = ("example.com", "example.org", "example.net", "mail.example.com")
 # Repeats weight the draw towards the larger markets.
@@ -43,10 +50,11 @@ def build_demo(
     """Create `root/data/demo_warehouse.duckdb` and the demo sync files in `root/syncs/`."""
     if users < 1 or events < 0:
         raise ValueError(f"the demo needs users >= 1 and events >= 0 (got users={users}, events={events})")
-    as_of = demo_as_of(now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    as_of = demo_as_of(now)
     root = Path(root)
     warehouse = root / "data" / WAREHOUSE_FILE
-    build_demo_warehouse(warehouse, users=users, events=events, as_of=as_of)
+    build_demo_warehouse(warehouse, users=users, events=events, as_of=demo_data_end(now))
     syncs_dir = root / "syncs"
     sync_files = write_demo_sync_files(syncs_dir, warehouse, as_of=as_of)
     return DemoPaths(warehouse=warehouse, syncs_dir=syncs_dir, sync_files=sync_files)
@@ -56,6 +64,14 @@ def demo_as_of(now: datetime) -> datetime:
     """The UTC midnight that starts `now`'s day (a naive `now` is read as UTC): the demo data ends there."""
     now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def demo_data_end(now: datetime) -> datetime:
+    """The UTC hour that starts `now`'s hour: the demo data ends there, so its newest rows are recent."""
+    # Recent enough for the data-delay checks (an hourly sync warns at 2 hours) on the day of the build;
+    # a whole hour, so that builds within one hour give identical data.
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return now.replace(minute=0, second=0, microsecond=0)
 
 
 def build_demo_warehouse(path: Path, *, users: int, events: int, as_of: datetime) -> None:
@@ -126,7 +142,8 @@ def _warehouse_sql(*, users: int, events: int, as_of: datetime) -> list[str]:
             lower(first_name_of(i) || '.' || last_name_of(i) || i) || '@'
             || {_pick("i", 3, EMAIL_DOMAINS)}""",
         # A customer sharing its predecessor's e-mail; never two in a row, so a shared e-mail has two owners.
-        "CREATE TEMP MACRO shares_email(i) AS i > 1 AND unit(i, 4) < 0.005 AND unit(i - 1, 4) >= 0.005",
+        f"""CREATE TEMP MACRO shares_email(i) AS
+            i > 1 AND unit(i, 4) < {SHARED_EMAIL_SHARE} AND unit(i - 1, 4) >= {SHARED_EMAIL_SHARE}""",
         "CREATE SCHEMA crm",
         f"""CREATE TABLE crm.users AS
             WITH base AS (

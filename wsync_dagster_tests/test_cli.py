@@ -84,6 +84,14 @@ def test_run_prints_counts_and_profile_json_has_the_documented_shape(make_wareho
     assert profile["attributes"] == {"first_name": "Ada", "plan": "pro"}
 
 
+def test_run_shows_its_progress_and_its_totals_once(make_warehouse, write_sync, capsys):
+    write_sync(user_sync(make_warehouse(USERS_SQL)))
+    assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
+    captured = capsys.readouterr()
+    assert "crm_users: read 2 rows, 0 rejected" in captured.err
+    assert (captured.out + captured.err).count("profiles_created=") == 1
+
+
 def test_profile_that_does_not_exist_exits_non_zero(make_warehouse, write_sync, capsys):
     write_sync(user_sync(make_warehouse(USERS_SQL)))
     assert main(["profile", "--identity", "email=nobody@example.com"]) == 1
@@ -144,6 +152,8 @@ def test_demo_creates_a_warehouse_and_sync_files_that_validate(tmp_path, wsync_e
     assert (tmp_path / "data" / "demo_warehouse.duckdb").exists()
     names = sorted(yaml.safe_load(p.read_text())["name"] for p in wsync_env.glob("*.yaml"))
     assert names == ["demo_events", "demo_segments", "demo_users"]
+    # The demo's identity conflicts are deliberate, and its output says where to see them.
+    assert "share an e-mail with another customer on purpose" in capsys.readouterr().out
     assert main(["validate"]) == 0
 
 

@@ -17,7 +17,9 @@ USERS = 2_000
 EVENTS = 20_000
 NOW = datetime(2025, 6, 15, 13, 45, 12, tzinfo=UTC)
 MIDNIGHT = datetime(2025, 6, 15)
-YEAR_BEFORE = datetime(2024, 6, 15)
+# The demo data ends at the start of the build's hour, so its newest rows are recent.
+HOUR = datetime(2025, 6, 15, 13)
+YEAR_BEFORE = datetime(2024, 6, 15, 13)
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +103,36 @@ def test_event_columns_are_filled_by_event_kind(built: DemoPaths) -> None:
     assert kinds["purchase"] == (False, True, True)
 
 
-def test_events_lie_in_the_year_and_user_updates_in_the_week_before_midnight(built: DemoPaths) -> None:
+def test_events_lie_in_the_year_and_user_updates_in_the_week_before_the_hour(built: DemoPaths) -> None:
     [(first_update, last_update, first_event, last_event)] = rows(
         built.warehouse,
         "SELECT (SELECT min(updated_at) FROM crm.users), (SELECT max(updated_at) FROM crm.users),"
         " (SELECT min(event_ts) FROM analytics.events), (SELECT max(event_ts) FROM analytics.events)",
     )
-    assert YEAR_BEFORE <= first_event < last_event < MIDNIGHT
+    assert YEAR_BEFORE <= first_event < last_event < HOUR
     # Spread over the year, not bunched at one end.
     assert first_event < datetime(2024, 7, 15) and last_event > datetime(2025, 5, 15)
-    week_before = MIDNIGHT - timedelta(days=7)
+    week_before = HOUR - timedelta(days=7)
     assert week_before <= first_update < week_before + timedelta(days=1)
-    assert MIDNIGHT - timedelta(days=1) < last_update < MIDNIGHT
+    # Within the hour before the build's hour: an hourly sync's data-delay check (2 hours) passes.
+    assert HOUR - timedelta(hours=1) <= last_update < HOUR
+    assert HOUR - timedelta(hours=1) <= last_event < HOUR
+
+
+def test_a_fresh_demo_passes_its_data_delay_checks(built: DemoPaths) -> None:
+    from wsync_dagster.defs.assets import data_delay_result
+    from wsync_dagster.spec import load_sync_folder
+
+    folder = load_sync_folder(built.syncs_dir)
+    incremental = [spec for spec in folder.specs if spec.sync.mode == "incremental"]
+    assert sorted(spec.name for spec in incremental) == ["demo_events", "demo_users"]
+    for spec in incremental:
+        result = data_delay_result(spec, now=NOW)
+        assert result.passed, (spec.name, result.description)
 
 
 def test_the_same_now_gives_identical_data(built: DemoPaths, tmp_path: Path) -> None:
-    again = build_demo(tmp_path, users=USERS, events=EVENTS, now=NOW.replace(hour=2))
+    again = build_demo(tmp_path, users=USERS, events=EVENTS, now=NOW.replace(minute=0))
     for sql in (
         "SELECT * FROM crm.users ORDER BY customer_id",
         "SELECT * FROM analytics.events ORDER BY event_id",
@@ -146,7 +162,7 @@ def test_segment_figures_match_the_last_90_days_of_purchases(built: DemoPaths) -
         LEFT JOIN (
             SELECT customer_id, count(*) AS orders, sum(amount) AS revenue
             FROM analytics.events
-            WHERE event_name = 'purchase' AND event_ts >= TIMESTAMP '2025-06-15' - INTERVAL 90 DAY
+            WHERE event_name = 'purchase' AND event_ts >= TIMESTAMP '2025-06-15 13:00' - INTERVAL 90 DAY
             GROUP BY customer_id
         ) AS p USING (customer_id)
         WHERE s.orders_90d <> coalesce(p.orders, 0) OR abs(s.revenue_90d - coalesce(p.revenue, 0)) > 1e-6
