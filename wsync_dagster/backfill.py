@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from wsync_dagster.modes import sync_mode
+from wsync_dagster.progress import pace
 from wsync_dagster.spec import SyncSpec
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -93,6 +94,15 @@ class Progress:
             for asset, c in self.assets.items()
         ]
         return f"{self.status.lower()}; " + "; ".join(parts) if parts else self.status.lower()
+
+    def estimate(self, elapsed_s: float) -> str:
+        """`2.0 partitions/min, about 15 min left`: from the delivered (or failed) partitions so far."""
+        if not self.assets:
+            return ""
+        # The delivery ends a partition; counting both assets' partitions would double the rate.
+        name = next((asset for asset in self.assets if asset.endswith("/delivery")), list(self.assets)[-1])
+        counts = self.assets[name]
+        return pace(counts["materialized"] + counts["failed"], counts["targeted"], elapsed_s, "partitions")
 
 
 def partition_range(spec: SyncSpec, first: str, last: str, now: datetime | None = None) -> list[str]:
@@ -244,12 +254,14 @@ def run_backfill(
         backfill_id = webserver.launch(asset_keys, partitions, title)
         link = f"{webserver.url}/runs/b/{backfill_id}"
         report(f"{spec.name}: backfill {backfill_id} of {len(partitions)} partitions launched ({link})")
+        started = time.monotonic()
         progress = webserver.progress(backfill_id)
         shown = ""
         while wait and not progress.ended:
             line = progress.describe()
             if line != shown:
-                report(f"  {line}")
+                estimate = progress.estimate(time.monotonic() - started)
+                report(f"  {line}" + (f" ({estimate})" if estimate else ""))
                 shown = line
             time.sleep(poll_s)
             progress = webserver.progress(backfill_id)

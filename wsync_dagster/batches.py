@@ -77,6 +77,10 @@ class BatchFile:
         """Stream the mapped rows."""
         yield from pq.ParquetFile(self.mapped_path).iter_batches(batch_size=batch_size)
 
+    def mapped_rows(self) -> int:
+        """How many mapped rows the file holds, from its footer."""
+        return pq.ParquetFile(self.mapped_path).metadata.num_rows
+
     def column(self, name: str) -> pa.Array:
         """One column of the mapped rows, read alone."""
         return pq.read_table(self.mapped_path, columns=[name]).column(name).combine_chunks()

@@ -374,8 +374,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     paths = build_demo(Path(args.dir).resolve(), users=args.users, events=args.events)
     print(f"demo warehouse: {paths.warehouse}")
-    for path in paths.sync_files:
-        print(f"sync file: {path}")
+    print(f"sync files in {paths.syncs_dir}: {', '.join(path.name for path in paths.sync_files)}")
     print(SHARED_EMAILS_NOTE)
     return 0
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from wsync_dagster.batches import VERSION, BatchFile
-from wsync_dagster.progress import Progress, report
+from wsync_dagster.progress import Meter, Progress, report
 from wsync_dagster.run_partitions import Partition, partition_of_rows
 from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
 from wsync_dagster.spec import SyncSpec
@@ -54,14 +54,15 @@ def deliver_partitions(
         run_id=run_id,
         recorded=recorded,
     ) as delivery:
+        meter = Meter(progress, total=batch_file.mapped_rows())
         for batch in batch_file.mapped_batches():
             index = partition_of_rows(batch.column(VERSION), partitions)
             for part in np.unique(index):
                 delivery.apply_batch(batch.filter(pa.array(index == part)), keys[part])
             # Not "applied": until the commit, a failure (a full disk) rolls all of it back.
-            report(
-                progress, f"{spec.name}: {delivery.counts.rows:,} rows staged, committed together at the end"
-            )
+            staged = delivery.counts.rows
+            meter.update(staged, lambda pace, staged=staged: _staged_line(spec, staged, meter.total, pace))
+        meter.finish()
         rejects = batch_file.rejects()
         index = partition_of_rows(rejects.column(VERSION).combine_chunks(), partitions)
         for part, key in enumerate(keys):
@@ -81,6 +82,12 @@ def deliver_partitions(
         result.mirror_hold, result.mirror_held_back = mirror_hold_message(spec, hold), hold.profiles
         report(progress, f"warning: {result.mirror_hold}")
     return result
+
+
+def _staged_line(spec: SyncSpec, staged: int, total: int | None, pace: str) -> str:
+    """`crm_users: 65,536 of 100,000 rows staged (…), committed together at the end`."""
+    of = f" of {total:,}" if total else ""
+    return f"{spec.name}: {staged:,}{of} rows staged{pace}, committed together at the end"
 
 
 def mirror_hold_message(spec: SyncSpec, hold: MirrorHold) -> str:

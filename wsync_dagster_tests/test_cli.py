@@ -89,6 +89,8 @@ def test_run_shows_its_progress_and_its_totals_once(make_warehouse, write_sync, 
     assert main(["run", "crm_users", "--partition", "2024-01-01"]) == 0
     captured = capsys.readouterr()
     assert "crm_users: read 2 rows, 0 rejected" in captured.err
+    # The delivery knows how many rows it has to stage: the line says where it is of them.
+    assert "crm_users: 2 of 2 rows staged, committed together at the end" in captured.err
     assert (captured.out + captured.err).count("profiles_created=") == 1
 
 

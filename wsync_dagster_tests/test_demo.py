@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,12 @@ import yaml
 
 from wsync_dagster import demo
 from wsync_dagster.demo import DemoPaths, build_demo
+from wsync_dagster_tests.test_dagster_dev import free_port, stop_process_group
+
+REPO = Path(__file__).resolve().parents[1]
+# From `scripts/demo` to "UI ready at …": what a terminal shows without scrolling.
+SCREEN_LINES = 40
+DEMO_TIMEOUT_S = 1800
 
 USERS = 2_000
 EVENTS = 20_000
@@ -250,3 +261,49 @@ def test_failed_build_leaves_the_previous_warehouse_intact(
         build_demo(tmp_path, users=60, events=100, now=NOW)
     assert rows(first.warehouse, "SELECT count(*) FROM crm.users") == [(50,)]
     assert sorted(p.name for p in first.warehouse.parent.iterdir()) == ["demo_warehouse.duckdb"]
+
+
+def test_scripts_demo_fits_one_screen_and_ctrl_c_stops_the_ui(tmp_path: Path) -> None:
+    # A checkout of its own, so the demo's data/, syncs/ and .wsync/ land in tmp_path: links to this one's
+    # code and virtual environment, and a scripts/setup that does nothing (scripts/test has installed it).
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    for name in ("wsync_dagster", "workspace.yaml", "dagster.yaml", "pyproject.toml", "scripts/demo"):
+        (checkout / name).symlink_to(REPO / name)
+    (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    setup = checkout / "scripts" / "setup"
+    setup.write_text("#!/bin/sh\nexit 0\n")
+    setup.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("WSYNC_", "DAGSTER_"))}
+    demo_run = subprocess.Popen(
+        [str(checkout / "scripts" / "demo")],
+        cwd=checkout,
+        env={**env, "PORT": str(free_port())},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    # A demo that hangs must not hang the suite: its process group is ended after the timeout.
+    watchdog = threading.Timer(DEMO_TIMEOUT_S, stop_process_group, [demo_run])
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        assert demo_run.stdout is not None
+        for line in demo_run.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("UI ready at http://127.0.0.1:"):
+                break
+        shown = "\n".join(lines)
+        assert lines and lines[-1].startswith("UI ready at"), shown
+        assert "; Ctrl-C to stop" in lines[-1], shown
+        assert len(lines) <= SCREEN_LINES, f"{len(lines)} lines:\n{shown}"
+        # What Ctrl-C in the terminal does: SIGINT to the script's process group.
+        os.killpg(demo_run.pid, signal.SIGINT)
+        rest, _ = demo_run.communicate(timeout=120)
+        assert demo_run.returncode == 0, rest
+        assert "stopping the UI" in rest
+    finally:
+        watchdog.cancel()
+        stop_process_group(demo_run)
