@@ -38,14 +38,12 @@ def deliver_window_under_way(spec: SyncSpec, store: ProfileStore, scope: RunScop
     # Its own files: a scheduled run of the same partition may be writing the partition's.
     batches = batch_file(spec, f"{scope.partitions[0].key}.now")
     logger.info(f"{spec.name}: reading the window under way, {scope.label}")
-    counts = map_partition(spec, scope.window, batches, progress=logger.info)
+    counts = map_partition(spec, scope.window, batches)
     failed = None
     if counts.reject_rate > spec.checks.max_reject_rate:
         failed = reject_rate_failure(spec, counts, batches)
         if spec.checks.block_on_reject_rate:
             batches.remove()
             raise NowBlocked(f"{spec.name}: {failed}")
-    report = deliver_partitions(
-        spec, batches, store, scope.partitions, progress=logger.info, run_id=run_id, recorded=False
-    )
+    report = deliver_partitions(spec, batches, store, scope.partitions, run_id=run_id, recorded=False)
     return NowDelivery(scope.label, run_id, counts, report, failed)

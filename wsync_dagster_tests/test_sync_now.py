@@ -72,9 +72,16 @@ def test_now_delivers_the_hour_under_way_without_materializing_it(hourly, cli_st
     _add_row(warehouse, "C001", "free", hour - timedelta(minutes=30))
     _add_row(warehouse, "C002", "pro", min(now - timedelta(seconds=1), hour + (now - hour) / 2))
     assert main(["run", "crm_users", "--now"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     key = hour.strftime("%Y-%m-%d-%H:%M")
     assert f"{key} (up to " in out
+    # The totals once, at the end; each progress line of the window under way once.
+    assert (out + captured.err).count("profiles_created=") == 1, captured
+    assert captured.err.count("reading the window under way") == 1, captured.err
+    under_way = captured.err[captured.err.index("reading the window under way") :]
+    assert under_way.count(" rejected") == 1, captured.err
+    assert under_way.count("rows staged, committed together at the end") == 1, captured.err
     assert (_plan(cli_store, "C001"), _plan(cli_store, "C002")) == ("free", "pro")
     # The hour under way is neither listed as delivered nor materialized: its scheduled run still reads it.
     assert key not in cli_store.delivered_partitions("crm_users", "production")
