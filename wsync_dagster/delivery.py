@@ -85,9 +85,9 @@ def deliver_partitions(
 
 
 def _staged_line(spec: SyncSpec, staged: int, total: int | None, pace: str) -> str:
-    """`crm_users: 65,536 of 100,000 rows staged (…), committed together at the end`."""
+    """`crm_users: 65,536 of 100,000 rows staged, committed together at the end (…)`."""
     of = f" of {total:,}" if total else ""
-    return f"{spec.name}: {staged:,}{of} rows staged{pace}, committed together at the end"
+    return f"{spec.name}: {staged:,}{of} rows staged, committed together at the end{pace}"
 
 
 def mirror_hold_message(spec: SyncSpec, hold: MirrorHold) -> str:

@@ -12,8 +12,11 @@ logger = logging.getLogger("wsync")
 
 # Set on a record that repeats a delivery's totals: `wsync run` prints them once when the run ends.
 TOTALS = "wsync_totals"
-# A long step says where it is this often: every batch would be a line per 65,536 rows.
+# A long step says where it is this often at first: every batch would be a line per 65,536 rows. Then
+# less often, a third of the time it has taken so far (a six-hour read: a few dozen lines, not 2,000),
+# but at least every ten minutes.
 EVERY_S = 10.0
+AT_LEAST_EVERY_S = 600.0
 
 
 def report(progress: Progress | None, message: str, *, totals: bool = False) -> None:
@@ -46,9 +49,9 @@ def pace(done: float, total: float | None, elapsed_s: float, unit: str) -> str:
 
 
 class Meter:
-    """Where a long step stands: its first batch (the step has begun), then at most one line every
-    `every_s` (a batch is often a fraction of a second), and its last; each with the rate so far and,
-    with a total, the time left."""
+    """Where a long step stands: its first batch (the step has begun), then a line every `every_s` or a
+    third of the time so far, whichever is longer (at most ten minutes), and its last; each with the rate
+    so far and, with a total, the time left."""
 
     def __init__(
         self,
@@ -69,7 +72,8 @@ class Meter:
         """`done` units so far; `line` makes the line from the pace (` (…/s, about … left)` or empty)."""
         self.done, self.unsaid = done, line
         now = self.clock()
-        if self.said is None or now - self.said >= self.every_s:
+        wait = min(AT_LEAST_EVERY_S, max(self.every_s, (now - self.started) / 3))
+        if self.said is None or now - self.said >= wait:
             self._say(now)
 
     def finish(self) -> None:

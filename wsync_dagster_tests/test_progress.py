@@ -5,6 +5,7 @@ The clock is a list of readings, so what a line says follows from the rows and t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 
 from wsync_dagster.backfill import Progress as BackfillProgress
 from wsync_dagster.progress import Meter
@@ -30,6 +31,21 @@ def test_a_step_with_a_known_total_says_its_rate_and_the_time_left_every_ten_sec
         "staged 70,000 of 200,000 (5,000 rows/s, about 26 s left)",
         "staged 200,000 of 200,000 (9,091 rows/s)",
     ]
+
+
+def test_a_long_step_says_less_and_less_often_but_at_least_every_ten_minutes():
+    lines: list[str] = []
+    hours = 6
+    # A batch every second for six hours.
+    seconds = list(range(hours * 3600 + 1))
+    meter = Meter(lines.append, clock=clock(0, *seconds[1:]))
+    for second in seconds[1:]:
+        meter.update(second * 1_000, lambda pace, second=second: f"{second}")
+    said = [int(line) for line in lines]
+    # Every ten seconds at first, then a third of the time so far: 32 s is 11 s after 21 s.
+    assert said[:8] == [1, 11, 21, 32, 48, 72, 108, 162]
+    assert len(said) == 46
+    assert max(later - earlier for earlier, later in pairwise(said)) == 600
 
 
 def test_a_step_without_a_total_says_its_rate_only():
