@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from wsync_dagster.defs.assets import PROFILE_STORE_POOL, delivery_key, mapped_k
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
-from wsync_dagster.progress import logger
+from wsync_dagster.progress import logger, pace
 from wsync_dagster.read_plan import check_mapping
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.run_lock import one_run_at_a_time
@@ -98,6 +99,14 @@ def _add_window_under_way(report: RunReport, spec: SyncSpec, store: ProfileStore
         report.failed_checks.append(f"{mapped_key(spec).to_user_string()}:reject_rate {done.failed_check}")
 
 
+def _runs_done(number: int, runs: list, done: int, total: int, started: float) -> str:
+    """` (run 2 of 3: 40 of 100 partitions done, …)` when `wsync run` makes several runs; else nothing."""
+    if len(runs) == 1:
+        return ""
+    said = pace(done, total, time.monotonic() - started, "partitions")
+    return f" (run {number} of {len(runs)}: {done} of {total} partitions done{', ' + said if said else ''})"
+
+
 def _run_sync(
     spec: SyncSpec,
     store: ProfileStore,
@@ -116,9 +125,11 @@ def _run_sync(
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
     report = RunReport(partitions=", ".join(run.label for run in runs))
     delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
-    for run in runs:
+    started, done, total = time.monotonic(), 0, sum(run.partitions for run in runs)
+    for number, run in enumerate(runs, 1):
         label, options = run.label, dict(run.options)
-        logger.info(f"{spec.name}: one Dagster run for partitions {label}")
+        logger.info(f"{spec.name}: one Dagster run for partitions {label}{_runs_done(number, runs, done, total, started)}")
+        done += run.partitions
         if allow_mass_removal:
             options["tags"] = {**options.get("tags", {}), ALLOW_MASS_REMOVAL: "true"}
         result = _execute(job, instance, options, warehouse_pool(spec))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import yaml
 
@@ -92,6 +93,22 @@ def test_run_shows_its_progress_and_its_totals_once(make_warehouse, write_sync, 
     # The delivery knows how many rows it has to stage: the line says where it is of them.
     assert "crm_users: 2 of 2 rows staged, committed together at the end" in captured.err
     assert (captured.out + captured.err).count("profiles_created=") == 1
+
+
+def test_run_over_several_stretches_says_how_many_partitions_are_done(make_warehouse, write_sync, capsys):
+    # Daily windows are UTC days.
+    days = [(datetime.now(UTC).date() - timedelta(days=back)).isoformat() for back in (4, 3, 2, 1)]
+    write_sync(user_sync(make_warehouse(USERS_SQL), sync={"start": days[0], "historical_start": days[0]}))
+    assert main(["run", "crm_users", "--partition", days[2]]) == 0
+    capsys.readouterr()
+    # Two stretches are due around the delivered day: two Dagster runs, three partitions in all.
+    assert main(["run", "crm_users"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"crm_users: one Dagster run for partitions {days[0]}..{days[1]} (run 1 of 2: 0 of 3 partitions done)"
+        in err
+    )
+    assert f"crm_users: one Dagster run for partitions {days[3]} (run 2 of 2: 2 of 3 partitions done" in err
 
 
 def test_profile_that_does_not_exist_exits_non_zero(make_warehouse, write_sync, capsys):

@@ -46,6 +46,7 @@ class PlannedRun:
 
     label: str
     options: dict = field(default_factory=dict)
+    partitions: int = 1  # how many it covers: `wsync run` says how far it is through several runs
 
 
 class SyncMode(Protocol):

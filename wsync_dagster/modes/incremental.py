@@ -146,16 +146,13 @@ class TimeWindows:
     ) -> list[PlannedRun]:
         """`--partition KEY` or `FIRST..LAST` as one run; else one run per stretch of undelivered windows."""
         if partition:
-            spans = [self._range(partition)]
-        else:
-            spans = _stretches(
-                self.partitions().get_partition_keys(current_time=now), set(self.due(store, now))
-            )
+            first, last = self._range(partition)
+            return [PlannedRun(_label(first, last), {"tags": partition_range_tags(first, last)})]
+        keys = self.partitions().get_partition_keys(current_time=now)
+        place = {key: index for index, key in enumerate(keys)}
         return [
-            PlannedRun(
-                first if first == last else f"{first}..{last}", {"tags": partition_range_tags(first, last)}
-            )
-            for first, last in spans
+            PlannedRun(_label(first, last), {"tags": partition_range_tags(first, last)}, place[last] - place[first] + 1)
+            for first, last in _stretches(keys, set(self.due(store, now)))
         ]
 
     def _range(self, partition: str) -> tuple[str, str]:
@@ -214,6 +211,11 @@ class TimeWindows:
             f"{name}: --partition {key} {when}; to deliver what the warehouse holds up to now, "
             f"run `wsync run {name} --now`"
         )
+
+
+def _label(first: str, last: str) -> str:
+    """A run's partitions as `wsync run` prints them: `KEY` or `FIRST..LAST`."""
+    return first if first == last else f"{first}..{last}"
 
 
 def _stretches(keys: list[str], due: set[str]) -> list[tuple[str, str]]:
