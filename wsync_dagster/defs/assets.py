@@ -27,9 +27,9 @@ from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.delivery import deliver_partitions
 from wsync_dagster.iterator_extent import newest_iterator
 from wsync_dagster.mapped_batches import MapCounts, map_counts_by_partition, map_partition
-from wsync_dagster.modes import sync_mode
+from wsync_dagster.modes import RunScope, sync_mode
 from wsync_dagster.read_plan import OpenReader
-from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL, PARTITIONS, count_tags
 from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
 
@@ -38,6 +38,8 @@ DATA_DELAY_CHECK = "data_delay"
 MIRROR_REMOVAL_CHECK = "mirror_removal"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
+# Metadata of a range run's last partition that holds the whole run's totals (run_partitions, run_rows_read, …).
+RUN_TOTALS_PREFIX = "run_"
 
 
 def batch_file(spec: SyncSpec, label: str) -> BatchFile:
@@ -74,6 +76,27 @@ def _preview_markdown(profiles: list[dict], values: bool) -> str:
             shown = (", ".join(identities), ", ".join(name for name, _ in attributes))
         lines.append(f"| {profile['profile_id']} | {shown[0]} | {shown[1]} |".replace("\n", " "))
     return "\n".join(lines)
+
+
+def with_run_totals(
+    by_partition: dict[str, dict], totals: dict[str, int], scope: RunScope
+) -> dict[str, dict]:
+    """Each partition's own counts; a range run's last partition also carries the run's totals.
+
+    Dagster stores a materialization per partition, the last partition's last: that is the asset's latest
+    materialization, which the UI shows first, and it then says what the whole run did, not only that window.
+    """
+    if len(scope.partitions) < 2:
+        return by_partition
+    last = scope.partitions[-1].key
+    run = {f"{RUN_TOTALS_PREFIX}partitions": scope.label}
+    run.update({f"{RUN_TOTALS_PREFIX}{name}": value for name, value in totals.items()})
+    return {**by_partition, last: {**by_partition.get(last, {}), **run}}
+
+
+def tag_run(context: AssetExecutionContext, tags: dict[str, str]) -> None:
+    """Add tags to the run, shown in the UI's run lists: its range, its counts."""
+    context.instance.add_run_tags(context.run_id, tags)
 
 
 def reject_rate_failure(spec: SyncSpec, counts: MapCounts, batches: BatchFile) -> str:
@@ -198,6 +221,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = mode.scope(context)
+        if len(scope.partitions) > 1:
+            tag_run(context, {PARTITIONS: scope.label})
         warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
         open_reader = partial(warehouse.open, spec.source_file)
         counts = map_partition(
@@ -216,7 +241,13 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             if len(scope.partitions) > 1
             else {scope.label: counts}
         )
-        add_partition_metadata(context, {key: counts.as_dict() for key, counts in by_partition.items()})
+        add_partition_metadata(
+            context,
+            with_run_totals(
+                {key: found.as_dict() for key, found in by_partition.items()}, counts.as_dict(), scope
+            ),
+        )
+        tag_run(context, count_tags(counts.as_dict()))
         return MaterializeResult(
             metadata={
                 "iterator_window": window.describe() if window else "all rows",
@@ -286,10 +317,17 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                 context.log.info(f"{spec.name}: {len(pruned)} old delivered partitions no longer listed")
         finally:
             store.close()
-        # Each partition shows its own counts; the run's totals are in its log, once.
+        # Each partition shows its own counts; the run's totals are on its last partition, its tags and its log.
+        totals = report.totals.as_dict()
         add_partition_metadata(
-            context, {key: counts.as_dict() for key, counts in report.by_partition.items()}
+            context,
+            with_run_totals(
+                {key: counts.as_dict() for key, counts in report.by_partition.items()}, totals, scope
+            ),
         )
+        if spec.data_type != "event":
+            totals.pop("events_written")
+        tag_run(context, count_tags(totals))
         metadata: dict = {
             "preview": MetadataValue.md(_preview_markdown(report.preview, spec.sync.preview_values))
         }
