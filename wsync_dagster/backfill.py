@@ -18,6 +18,7 @@ import httpx
 from wsync_dagster.defs import sync_job_name
 from wsync_dagster.defs.assets import RUN_TOTALS_PREFIX, delivery_key, mapped_key
 from wsync_dagster.modes import sync_mode
+from wsync_dagster.run_environment import CANNOT_RUN
 from wsync_dagster.run_tags import PARTITION_RANGE_END, PARTITION_RANGE_START, PARTITION_TAG
 from wsync_dagster.spec import SyncSpec
 
@@ -31,7 +32,11 @@ ENDED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCEL
 _WORKSPACE = """
 query { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus } } } }
 """
-_ASSETS = "query Assets($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path } } }"
+_ASSETS = """
+query Assets($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) { assetKey { path } metadataEntries { label ... on TextMetadataEntry { text } } }
+}
+"""
 _JOB_LOCATIONS = """
 query {
   repositoriesOrError {
@@ -72,6 +77,20 @@ query Materializations($runId: ID!) {
   }
 }
 """
+_FAILURES = """
+query Failures($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection {
+        events {
+          __typename
+          ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { description } }
+        }
+      }
+    }
+  }
+}
+"""
 # Run statuses after which a run's materializations change no more.
 RUN_ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -88,6 +107,8 @@ class Progress:
     assets: dict[str, dict[str, int]] = field(default_factory=dict)
     # Per asset, the counts of its partitions' materializations added up, as `wsync run` reports them.
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per failed run, what its first failed step said.
+    failures: dict[str, str] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
@@ -197,6 +218,11 @@ class Webserver:
                 f"the Dagster webserver at {self.url} has no asset {', '.join(missing)}: is it serving "
                 f"wsync's code location with the sync file of {spec.name}?"
             )
+        # Its runs would start where the code location loaded, whose environment may lack a variable ours has.
+        for node in nodes:
+            said = {entry["label"]: entry.get("text") for entry in node["metadataEntries"]}
+            if said.get(CANNOT_RUN):
+                raise BackfillError(f"{said[CANNOT_RUN]} (at {self.url}: no backfill launched)")
 
     def job_location(self, spec: SyncSpec, job: str) -> tuple[str, str]:
         """The code location and repository that serve the sync's job."""
@@ -235,6 +261,7 @@ class BackfillWatch:
         self._webserver, self._id = webserver, backfill_id
         self._partitions, self._asset_keys = partitions, asset_keys
         self._ended: dict[str, list[dict[str, Any]]] = {}
+        self._failures: dict[str, str] = {}
 
     def progress(self) -> Progress:
         """The backfill's status, its partitions per asset (done, running, failed), and its runs' counts."""
@@ -245,6 +272,7 @@ class BackfillWatch:
         running: set[str] = set()
         failed: set[str] = set()
         totals: dict[str, dict[str, int]] = {asset: {} for asset in self._asset_keys}
+        failures: dict[str, str] = {}
         for run in backfill["runs"]:
             covered = self._covered(run["tags"])
             if run["status"] not in RUN_ENDED:
@@ -252,6 +280,7 @@ class BackfillWatch:
                 continue
             if run["status"] != "SUCCESS":
                 failed.update(covered)
+                failures[run["runId"]] = self._failure(run["runId"])
             for materialization in self._materializations(run["runId"]):
                 asset = "/".join(materialization["assetKey"]["path"])
                 if asset not in done:
@@ -274,6 +303,7 @@ class BackfillWatch:
                 for asset in self._asset_keys
             },
             {asset: counts for asset, counts in totals.items() if counts},
+            failures,
         )
 
     def _covered(self, tags: list[dict[str, str]]) -> list[str]:
@@ -285,6 +315,19 @@ class BackfillWatch:
         if first in self._partitions and last in self._partitions:
             return self._partitions[self._partitions.index(first) : self._partitions.index(last) + 1]
         return []
+
+    def _failure(self, run_id: str) -> str:
+        """What the run's first failed step said (a wsync failure says which partitions stay delivered)."""
+        if run_id not in self._failures:
+            run = self._webserver.query(_FAILURES, runId=run_id)["runOrError"]
+            events = (run.get("eventConnection") or {}).get("events", [])
+            said = [
+                (event.get("failureMetadata") or {}).get("description") or event["error"]["message"]
+                for event in events
+                if event["__typename"] == "ExecutionStepFailureEvent" and event.get("error")
+            ]
+            self._failures[run_id] = " ".join(said[0].split()) if said else "see the run's logs"
+        return self._failures[run_id]
 
     def _materializations(self, run_id: str) -> list[dict[str, Any]]:
         if run_id not in self._ended:

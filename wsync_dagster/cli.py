@@ -174,6 +174,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if not progress.ended:
         print(f"{spec.name}: backfill {result.backfill_id} launched; follow it at {result.url}")
         return 0
+    for run_id, failure in progress.failures.items():
+        print(f"  run {run_id} failed: {failure}", file=sys.stderr)
     print(f"{spec.name}: backfill {result.backfill_id} {progress.describe()} ({result.url})")
     _print_totals(progress.totals)
     return 0 if progress.succeeded else EXIT_ERROR

@@ -1,6 +1,8 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -12,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BetaWarning,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -29,6 +32,7 @@ from wsync_dagster.iterator_extent import newest_iterator
 from wsync_dagster.mapped_batches import MapCounts, map_counts_by_partition, map_partition
 from wsync_dagster.modes import RunScope, sync_mode
 from wsync_dagster.read_plan import OpenReader
+from wsync_dagster.run_environment import CANNOT_RUN, UNSET_VARIABLES, cannot_run, unset_variables
 from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL, PARTITIONS, count_tags
 from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
@@ -92,6 +96,49 @@ def with_run_totals(
     run = {f"{RUN_TOTALS_PREFIX}partitions": scope.label}
     run.update({f"{RUN_TOTALS_PREFIX}{name}": value for name, value in totals.items()})
     return {**by_partition, last: {**by_partition.get(last, {}), **run}}
+
+
+def _spans(kept: list[str], keys: list[str]) -> str:
+    """Keys as runs of consecutive ones in `keys`' order: "A..C, E"."""
+    spans: list[list[str]] = []
+    for index, key in enumerate(keys):
+        if key not in kept:
+            continue
+        if spans and keys[index - 1] == spans[-1][-1]:
+            spans[-1].append(key)
+        else:
+            spans.append([key])
+    return ", ".join(span[0] if len(span) == 1 else f"{span[0]}..{span[-1]}" for span in spans)
+
+
+def still_delivered(context: AssetExecutionContext, spec: SyncSpec, scope: RunScope) -> str | None:
+    """Which of a failing run's partitions an earlier run delivered, which its failure does not undo; None if none.
+
+    Dagster marks every partition of a failed run failed (red), delivered or not: the failure says which stay.
+    """
+    keys = [partition.key for partition in scope.partitions]
+    delivered = context.instance.get_materialized_partitions(delivery_key(spec))
+    kept = [key for key in keys if key in delivered]
+    if not kept:
+        return None
+    if len(kept) == 1:
+        return f"partition {kept[0]} is still delivered: the profile store keeps its last delivery"
+    return f"partitions {_spans(kept, keys)} are still delivered: the profile store keeps their last delivery"
+
+
+@contextmanager
+def failures_say_what_stays_delivered(
+    context: AssetExecutionContext, spec: SyncSpec, scope: RunScope
+) -> Iterator[None]:
+    """A failure of the step says which of its partitions stay delivered; an interrupt passes as it is."""
+    try:
+        yield
+    except Exception as error:
+        kept = still_delivered(context, spec, scope)
+        if kept is None:
+            raise
+        said = error.description if isinstance(error, Failure) else str(error)
+        raise Failure(description=f"{said}; {kept}", metadata={"still_delivered": kept}) from error
 
 
 def tag_run(context: AssetExecutionContext, tags: dict[str, str]) -> None:
@@ -182,6 +229,10 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     partitions = mode.partitions()
     backfill_policy = mode.backfill_policy()
     kinds = {spec.connection.type, "arrow"}
+    # A variable unset where the definitions load fails every run the UI starts: the assets say so first.
+    blocked = cannot_run(spec)
+    marked = {UNSET_VARIABLES: ", ".join(unset_variables(spec)), CANNOT_RUN: blocked} if blocked else None
+    note = f"**Cannot run here**: {blocked}\n\n" if blocked else ""
     # mParticle's Data Warehouse Delay Alerting: has new data reached the warehouse lately?
     delay_check = (
         [
@@ -206,7 +257,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         required_resource_keys={warehouse_key(spec)},
         # Reads take a slot of their connection's pool: backfills queue instead of piling onto one warehouse.
         pool=warehouse_pool(spec),
-        description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
+        description=f"{note}{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
+        metadata=marked,
         check_specs=[
             AssetCheckSpec(
                 REJECT_RATE_CHECK,
@@ -221,6 +273,12 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = mode.scope(context)
+        with failures_say_what_stays_delivered(context, spec, scope):
+            return map_scope(context, scope)
+
+    def map_scope(context: AssetExecutionContext, scope: RunScope) -> MaterializeResult:
+        if line := cannot_run(spec):
+            raise Failure(description=line, allow_retries=False)
         if len(scope.partitions) > 1:
             tag_run(context, {PARTITIONS: scope.label})
         warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
@@ -278,7 +336,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         group_name=spec.name,
         kinds={profile_store_kind()},
         pool=PROFILE_STORE_POOL,
-        description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
+        description=f"{note}{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
+        metadata=marked,
         check_specs=[
             AssetCheckSpec(
                 MIRROR_REMOVAL_CHECK,
@@ -295,6 +354,12 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
         scope = mode.scope(context)
+        with failures_say_what_stays_delivered(context, spec, scope):
+            return deliver_scope(context, scope, profile_store)
+
+    def deliver_scope(
+        context: AssetExecutionContext, scope: RunScope, profile_store: ProfileStoreResource
+    ) -> MaterializeResult:
         batches = batch_file(spec, scope.label)
         if not batches.exists():
             raise FileNotFoundError(
