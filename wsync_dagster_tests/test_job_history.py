@@ -13,7 +13,7 @@ from dagster import DagsterInstance
 from wsync_dagster.cli import main
 from wsync_dagster.recovery import PID_TAG
 from wsync_dagster.run_tags import PARTITION_RANGE_START
-from wsync_dagster_tests.conftest import user_sync
+from wsync_dagster_tests.conftest import USERS_SQL, user_sync
 from wsync_dagster_tests.test_backfill import BACKFILL_TIMEOUT_S, HISTORY_SQL
 from wsync_dagster_tests.test_dagster_dev import JOB, LOCATION, dagster_dev, graphql, wait_until_loaded
 
@@ -114,3 +114,30 @@ def test_cli_runs_and_backfills_are_listed_on_the_syncs_job_page_with_their_rang
     assert lines[-1].startswith("  crm_users/delivery: rows=4, rows_applied=3, rows_unchanged=1")
     run_lines = run_out.splitlines()
     assert run_lines[-1].startswith("  crm_users/delivery: rows=1, rows_applied=1, rows_unchanged=0")
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_a_re_read_that_changes_nothing_counts_its_rows_unchanged_not_applied(
+    mode: str,
+    make_warehouse: Callable[[str], Path],
+    write_sync: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same rows delivered again: rows_applied=0 and every row rows_unchanged, and no profile changed."""
+    warehouse = make_warehouse(USERS_SQL)
+    sync = user_sync(warehouse)
+    partition = ["--partition", FIRST]
+    if mode == "full":
+        sync = user_sync(warehouse, sync={"mode": "full", "schedule": "on_demand"})
+        for key in ("iterator", "iterator_type", "frequency", "start", "historical_start"):
+            sync["sync"].pop(key)
+        partition = []
+    write_sync(sync)
+    assert main(["run", "crm_users", *partition]) == 0
+    first = capsys.readouterr().out.splitlines()[-1]
+    assert main(["run", "crm_users", *partition]) == 0
+    again = capsys.readouterr().out.splitlines()[-1]
+    rows = 2 if mode == "incremental" else 3
+    assert first.startswith(f"  crm_users/delivery: rows={rows}, rows_applied={rows}, rows_unchanged=0"), first
+    assert again.startswith(f"  crm_users/delivery: rows={rows}, rows_applied=0, rows_unchanged={rows}"), again
+    assert "profiles_created=0, profiles_updated=0" in again and "attributes_set=0" in again
