@@ -7,14 +7,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pytest
+from dagster import build_schedule_context
 
 from wsync_dagster.cli import main
 from wsync_dagster.store import open_profile_store
-from wsync_dagster_tests.conftest import user_sync, users_sync
+from wsync_dagster_tests.conftest import code_location, user_sync, users_sync
 from wsync_dagster_tests.engines.postgres import PASSWORD_VARIABLE, PostgresEngine
 from wsync_dagster_tests.test_backfill import BACKFILL_TIMEOUT_S, HISTORY_SQL
 from wsync_dagster_tests.test_dagster_dev import (
@@ -152,3 +154,29 @@ def test_a_failed_backfill_says_which_of_its_partitions_stay_delivered(
     assert failures and all(found and found[0].endswith(kept) for found in failures), failures
     with open_profile_store(os.environ["WSYNC_PROFILE_STORE"]) as store:
         assert store.profile("customer_id", "C001")["attributes"]["plan"] == "free"
+
+
+def test_a_schedule_tick_skips_saying_which_variable_is_unset(
+    write_sync: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schedule starts no run that would fail: its tick skips with the line naming the variable."""
+    connection = PostgresEngine("wsync_never_opened").connection()
+    sync = users_sync(connection, "SELECT customer_id, updated_at FROM crm.users", schedule="interval")
+    write_sync({**sync, "sync": {**sync["sync"], "frequency": "daily", "start": "2024-01-02T00:00:00Z"}})
+    monkeypatch.delenv(PASSWORD_VARIABLE, raising=False)
+    defs = code_location()
+    schedule = defs.get_schedule_def("users_schedule")
+    repository = defs.get_repository_def()
+    with build_schedule_context(
+        scheduled_execution_time=datetime(2024, 1, 5, tzinfo=UTC), repository_def=repository
+    ) as context:
+        result = schedule.evaluate_tick(context)
+    assert not result.run_requests
+    assert result.skip_message.startswith(UNSET_LINE), result.skip_message
+    monkeypatch.setenv(PASSWORD_VARIABLE, "set")
+    with build_schedule_context(
+        scheduled_execution_time=datetime(2024, 1, 5, tzinfo=UTC), repository_def=repository
+    ) as context:
+        assert [request.partition_key for request in schedule.evaluate_tick(context).run_requests] == [
+            "2024-01-04"
+        ]
