@@ -56,12 +56,14 @@ def job_origins(spec: SyncSpec, instance: DagsterInstance) -> tuple[RemoteJobOri
 
 
 @contextmanager
-def runs_on_the_jobs_page(instance: DagsterInstance, spec: SyncSpec) -> Iterator[None]:
-    """Runs created in here (by `execute_in_process`) carry the sync job's origins, as the UI's own do.
+def runs_on_the_jobs_page(
+    instance: DagsterInstance, origins: tuple[RemoteJobOrigin, JobPythonOrigin]
+) -> Iterator[None]:
+    """Runs created in here (by `execute_in_process`) carry the job's origins (`job_origins`), as the UI's own do.
 
     `execute_in_process` takes no origin, and the job page lists a job's runs by its code location's label.
     """
-    remote_origin, code_origin = job_origins(spec, instance)
+    remote_origin, code_origin = origins
     instance.create_run_for_job = partial(  # type: ignore[method-assign]
         type(instance).create_run_for_job.__get__(instance),
         remote_job_origin=remote_origin,

@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from wsync_dagster.cancellation import QueryStopped
-from wsync_dagster.code_location import runs_on_the_jobs_page
+from wsync_dagster.code_location import job_origins, runs_on_the_jobs_page
 from wsync_dagster.defs import build_definitions, sync_job_name
 from wsync_dagster.defs.assets import PROFILE_STORE_POOL, RUN_TOTALS_PREFIX, delivery_key, mapped_key
 from wsync_dagster.defs.pools import warehouse_pool
@@ -117,12 +117,13 @@ def _run_sync(
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
     report = RunReport(partitions=", ".join(run.label for run in runs))
     delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
+    origins = job_origins(spec, instance)
     for run in runs:
         label, options = run.label, dict(run.options)
         logger.info(f"{spec.name}: one Dagster run for partitions {label}")
         if allow_mass_removal:
             options["tags"] = {**options.get("tags", {}), ALLOW_MASS_REMOVAL: "true"}
-        with runs_on_the_jobs_page(instance, spec):
+        with runs_on_the_jobs_page(instance, origins):
             result = _execute(job, instance, options, warehouse_pool(spec))
         if not result.success:
             if _interrupted(result):

@@ -137,8 +137,12 @@ def failures_say_what_stays_delivered(
         kept = still_delivered(context, spec, scope)
         if kept is None:
             raise
-        said = error.description if isinstance(error, Failure) else str(error)
-        raise Failure(description=f"{said}; {kept}", metadata={"still_delivered": kept}) from error
+        said, retry = (
+            (error.description, error.allow_retries) if isinstance(error, Failure) else (str(error), True)
+        )
+        raise Failure(
+            description=f"{said}; {kept}", metadata={"still_delivered": kept}, allow_retries=retry
+        ) from error
 
 
 def tag_run(context: AssetExecutionContext, tags: dict[str, str]) -> None:
