@@ -1,7 +1,8 @@
-"""`wsync backfill`: a Dagster partition backfill launched through the webserver's GraphQL API, followed to its end.
+"""`wsync backfill`: a Dagster backfill of the sync's job launched through the webserver's GraphQL API, followed to its end.
 
-Dagster has no CLI or Python API that launches an asset backfill; the UI's own mutation does, and the
-daemon then runs it. So this talks to a running webserver (`dagster dev`, or a deployment's).
+Dagster has no CLI or Python API that launches a backfill; the UI's own mutation does, and the daemon then
+runs it. So this talks to a running webserver (`dagster dev`, or a deployment's). A backfill of the job (not
+of its assets, whose runs Dagster files under its implicit `__ASSET_JOB`) lists its runs on the job's page.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from typing import Any
 
 import httpx
 
+from wsync_dagster.defs import sync_job_name
+from wsync_dagster.defs.assets import RUN_TOTALS_PREFIX, delivery_key, mapped_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.progress import pace
+from wsync_dagster.run_environment import CANNOT_RUN
+from wsync_dagster.run_tags import PARTITION_RANGE_END, PARTITION_RANGE_START, PARTITION_TAG
 from wsync_dagster.spec import SyncSpec
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -28,7 +33,18 @@ ENDED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCEL
 _WORKSPACE = """
 query { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus } } } }
 """
-_ASSETS = "query Assets($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path } } }"
+_ASSETS = """
+query Assets($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) { assetKey { path } metadataEntries { label ... on TextMetadataEntry { text } } }
+}
+"""
+_JOB_LOCATIONS = """
+query {
+  repositoriesOrError {
+    ... on RepositoryConnection { nodes { name location { name } pipelines { name } } }
+  }
+}
+"""
 _LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
@@ -43,21 +59,41 @@ _STATUS = """
 query Backfill($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
     __typename
-    ... on PartitionBackfill {
-      status
-      assetBackfillData {
-        assetBackfillStatuses {
-          ... on AssetPartitionsStatusCounts {
-            assetKey { path }
-            numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
-          }
-        }
-      }
-    }
+    ... on PartitionBackfill { status runs { runId status tags { key value } } }
     ... on Error { message }
   }
 }
 """
+_MATERIALIZATIONS = """
+query Materializations($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      assetMaterializations {
+        assetKey { path }
+        partition
+        metadataEntries { label __typename ... on IntMetadataEntry { intValue } }
+      }
+    }
+  }
+}
+"""
+_FAILURES = """
+query Failures($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection {
+        events {
+          __typename
+          ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { description } }
+        }
+      }
+    }
+  }
+}
+"""
+# Run statuses after which a run's materializations change no more.
+RUN_ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 class BackfillError(RuntimeError):
@@ -70,6 +106,10 @@ class Progress:
 
     status: str
     assets: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per asset, the counts of its partitions' materializations added up, as `wsync run` reports them.
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per failed run, what its first failed step said.
+    failures: dict[str, str] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
@@ -137,7 +177,9 @@ class Webserver:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             # Never the value: a URL may carry user:password or a token.
-            raise BackfillError("--url: not the http(s) URL of a Dagster webserver, e.g. http://127.0.0.1:3000")
+            raise BackfillError(
+                "--url: not the http(s) URL of a Dagster webserver, e.g. http://127.0.0.1:3000"
+            )
         path = parsed.path.rstrip("/")
         # Requests keep the user, password and query (a token); messages and links show none of them.
         self._graphql = parsed.copy_with(path=f"{path}/graphql", fragment=None)
@@ -186,11 +228,30 @@ class Webserver:
                 f"the Dagster webserver at {self.url} has no asset {', '.join(missing)}: is it serving "
                 f"wsync's code location with the sync file of {spec.name}?"
             )
+        # Its runs would start where the code location loaded, whose environment may lack a variable ours has.
+        for node in nodes:
+            said = {entry["label"]: entry.get("text") for entry in node["metadataEntries"]}
+            if said.get(CANNOT_RUN):
+                raise BackfillError(f"{said[CANNOT_RUN]} (at {self.url}: no backfill launched)")
 
-    def launch(self, asset_keys: list[list[str]], partitions: list[str], title: str) -> str:
-        """Launch an asset backfill of these partitions; its id."""
+    def job_location(self, spec: SyncSpec, job: str) -> tuple[str, str]:
+        """The code location and repository that serve the sync's job."""
+        found = self.query(_JOB_LOCATIONS)["repositoriesOrError"].get("nodes", [])
+        for repository in found:
+            if any(pipeline["name"] == job for pipeline in repository["pipelines"]):
+                return repository["location"]["name"], repository["name"]
+        raise BackfillError(
+            f"the Dagster webserver at {self.url} has no job {job}: is it serving wsync's code location with "
+            f"the sync file of {spec.name}?"
+        )
+
+    def launch(self, location: tuple[str, str], job: str, partitions: list[str], title: str) -> str:
+        """Launch a backfill of the job's partitions, so its runs are the job's (on its page); its id."""
         params = {
-            "assetSelection": [{"path": key} for key in asset_keys],
+            "selector": {
+                "partitionSetName": f"{job}_partition_set",
+                "repositorySelector": {"repositoryLocationName": location[0], "repositoryName": location[1]},
+            },
             "partitionNames": partitions,
             "fromFailure": False,
             "title": title,
@@ -202,25 +263,87 @@ class Webserver:
             )
         return result["backfillId"]
 
-    def progress(self, backfill_id: str) -> Progress:
-        """Where the backfill stands."""
-        backfill = self.query(_STATUS, id=backfill_id)["partitionBackfillOrError"]
+
+class BackfillWatch:
+    """Where a job backfill stands, per asset: read from its runs, each ended run's materializations read once."""
+
+    def __init__(self, webserver: Webserver, backfill_id: str, partitions: list[str], asset_keys: list[str]):
+        self._webserver, self._id = webserver, backfill_id
+        self._partitions, self._asset_keys = partitions, asset_keys
+        self._ended: dict[str, list[dict[str, Any]]] = {}
+        self._failures: dict[str, str] = {}
+
+    def progress(self) -> Progress:
+        """The backfill's status, its partitions per asset (done, running, failed), and its runs' counts."""
+        backfill = self._webserver.query(_STATUS, id=self._id)["partitionBackfillOrError"]
         if backfill["__typename"] != "PartitionBackfill":
-            raise BackfillError(f"backfill {backfill_id}: {backfill.get('message', backfill['__typename'])}")
-        statuses = (backfill.get("assetBackfillData") or {}).get("assetBackfillStatuses", [])
+            raise BackfillError(f"backfill {self._id}: {backfill.get('message', backfill['__typename'])}")
+        done = {asset: set() for asset in self._asset_keys}
+        running: set[str] = set()
+        failed: set[str] = set()
+        totals: dict[str, dict[str, int]] = {asset: {} for asset in self._asset_keys}
+        failures: dict[str, str] = {}
+        for run in backfill["runs"]:
+            covered = self._covered(run["tags"])
+            if run["status"] not in RUN_ENDED:
+                running.update(covered)
+                continue
+            if run["status"] != "SUCCESS":
+                failed.update(covered)
+                failures[run["runId"]] = self._failure(run["runId"])
+            for materialization in self._materializations(run["runId"]):
+                asset = "/".join(materialization["assetKey"]["path"])
+                if asset not in done:
+                    continue
+                done[asset].add(materialization["partition"])
+                for entry in materialization["metadataEntries"]:
+                    if "intValue" in entry and not entry["label"].startswith(RUN_TOTALS_PREFIX):
+                        counts = totals[asset]
+                        counts[entry["label"]] = counts.get(entry["label"], 0) + entry["intValue"]
+        targeted = set(self._partitions)
         return Progress(
             backfill["status"],
             {
-                "/".join(s["assetKey"]["path"]): {
-                    "targeted": s["numPartitionsTargeted"],
-                    "materialized": s["numPartitionsMaterialized"],
-                    "in_progress": s["numPartitionsInProgress"],
-                    "failed": s["numPartitionsFailed"],
+                asset: {
+                    "targeted": len(targeted),
+                    "materialized": len(done[asset] & targeted),
+                    "in_progress": len((running - done[asset]) & targeted),
+                    "failed": len((failed - done[asset]) & targeted),
                 }
-                for s in statuses
-                if "assetKey" in s
+                for asset in self._asset_keys
             },
+            {asset: counts for asset, counts in totals.items() if counts},
+            failures,
         )
+
+    def _covered(self, tags: list[dict[str, str]]) -> list[str]:
+        """The partitions a run covers: its partition, or its range."""
+        by_key = {tag["key"]: tag["value"] for tag in tags}
+        if PARTITION_TAG in by_key:
+            return [by_key[PARTITION_TAG]]
+        first, last = by_key.get(PARTITION_RANGE_START), by_key.get(PARTITION_RANGE_END)
+        if first in self._partitions and last in self._partitions:
+            return self._partitions[self._partitions.index(first) : self._partitions.index(last) + 1]
+        return []
+
+    def _failure(self, run_id: str) -> str:
+        """What the run's first failed step said (a wsync failure says which partitions stay delivered)."""
+        if run_id not in self._failures:
+            run = self._webserver.query(_FAILURES, runId=run_id)["runOrError"]
+            events = (run.get("eventConnection") or {}).get("events", [])
+            said = [
+                (event.get("failureMetadata") or {}).get("description") or event["error"]["message"]
+                for event in events
+                if event["__typename"] == "ExecutionStepFailureEvent" and event.get("error")
+            ]
+            self._failures[run_id] = " ".join(said[0].split()) if said else "see the run's logs"
+        return self._failures[run_id]
+
+    def _materializations(self, run_id: str) -> list[dict[str, Any]]:
+        if run_id not in self._ended:
+            run = self._webserver.query(_MATERIALIZATIONS, runId=run_id)["runOrError"]
+            self._ended[run_id] = run.get("assetMaterializations", [])
+        return self._ended[run_id]
 
 
 @dataclass(frozen=True)
@@ -245,17 +368,20 @@ def run_backfill(
 ) -> BackfillResult:
     """Launch a backfill of the sync's partitions first..last through the webserver and follow it to its end."""
     partitions = partition_range(spec, first, last)
-    asset_keys = [[spec.name, "mapped_batches"], [spec.name, "delivery"]]
+    asset_keys = [mapped_key(spec).path, delivery_key(spec).path]
+    job = sync_job_name(spec)
     webserver = Webserver(url)
     try:
         webserver.wait_until_loaded()
         webserver.check_assets(spec, asset_keys)
+        location = webserver.job_location(spec, job)
         title = f"wsync backfill {spec.name} {partitions[0]}..{partitions[-1]}"
-        backfill_id = webserver.launch(asset_keys, partitions, title)
+        backfill_id = webserver.launch(location, job, partitions, title)
         link = f"{webserver.url}/runs/b/{backfill_id}"
         report(f"{spec.name}: backfill {backfill_id} of {len(partitions)} partitions launched ({link})")
         started = time.monotonic()
-        progress = webserver.progress(backfill_id)
+        watch = BackfillWatch(webserver, backfill_id, partitions, ["/".join(key) for key in asset_keys])
+        progress = watch.progress()
         shown = ""
         while wait and not progress.ended:
             line = progress.describe()
@@ -264,7 +390,7 @@ def run_backfill(
                 report(f"  {line}" + (f" ({estimate})" if estimate else ""))
                 shown = line
             time.sleep(poll_s)
-            progress = webserver.progress(backfill_id)
+            progress = watch.progress()
         return BackfillResult(backfill_id, partitions, progress, link)
     finally:
         webserver.close()

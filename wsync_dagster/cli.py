@@ -144,16 +144,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{spec.name}: up to date, no complete partition is due")
         return 0
     print(f"{spec.name}: partitions {report.partitions} (run {report.run_id})")
-    for asset_key, metadata in report.metadata.items():
-        counts = ", ".join(
-            f"{k}={v}" for k, v in metadata.items() if isinstance(v, int | float | str) and k != "preview"
-        )
-        print(f"  {asset_key}: {counts}")
+    _print_totals(report.metadata)
     for warning in report.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
     for failed in report.failed_checks:
         print(f"  check failed: {failed}", file=sys.stderr)
     return EXIT_CHECK_FAILED if report.failed_checks else 0
+
+
+def _print_totals(metadata: dict[str, dict]) -> None:
+    """Per asset, the counts of what the runs did: the last lines of `wsync run` and `wsync backfill`."""
+    for asset_key, found in metadata.items():
+        counts = ", ".join(
+            f"{k}={v}" for k, v in found.items() if isinstance(v, int | float | str) and k != "preview"
+        )
+        print(f"  {asset_key}: {counts}")
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -169,7 +174,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if not progress.ended:
         print(f"{spec.name}: backfill {result.backfill_id} launched; follow it at {result.url}")
         return 0
+    for run_id, failure in progress.failures.items():
+        print(f"  run {run_id} failed: {failure}", file=sys.stderr)
     print(f"{spec.name}: backfill {result.backfill_id} {progress.describe()} ({result.url})")
+    _print_totals(progress.totals)
     return 0 if progress.succeeded else EXIT_ERROR
 
 
@@ -285,7 +293,9 @@ def _erasure_identities(args: argparse.Namespace) -> list[tuple[str, str]]:
         try:
             lines = Path(args.file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as error:
-            raise CommandError(f"--file {args.file}: cannot read: {getattr(error, 'strerror', None) or error}") from None
+            raise CommandError(
+                f"--file {args.file}: cannot read: {getattr(error, 'strerror', None) or error}"
+            ) from None
         given += [(f"{args.file} line {n}", line) for n, line in enumerate(lines, 1) if line.strip()]
     identities = []
     for where, text in given:

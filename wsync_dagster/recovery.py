@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 import psutil
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.storage.tags import HIDDEN_TAG_PREFIX
 
-HOST_TAG = "wsync/host"
-PID_TAG = "wsync/pid"
-PROCESS_STARTED_TAG = "wsync/process_started"
+# Hidden tags (Dagster's prefix): kept with the run for recovery, left out of the UI's tag lists, where a
+# run shows what it delivered instead.
+HOST_TAG = f"{HIDDEN_TAG_PREFIX}wsync/host"
+PID_TAG = f"{HIDDEN_TAG_PREFIX}wsync/pid"
+PROCESS_STARTED_TAG = f"{HIDDEN_TAG_PREFIX}wsync/process_started"
 POLL_SECONDS = 1.0
 
 # A run killed before Dagster marked it started is left NOT_STARTED or STARTING; either may hold a claim.

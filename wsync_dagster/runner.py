@@ -15,8 +15,9 @@ from dagster import (
 )
 
 from wsync_dagster.cancellation import QueryStopped
+from wsync_dagster.code_location import job_origins, runs_on_the_jobs_page
 from wsync_dagster.defs import build_definitions, sync_job_name
-from wsync_dagster.defs.assets import PROFILE_STORE_POOL, delivery_key, mapped_key
+from wsync_dagster.defs.assets import PROFILE_STORE_POOL, RUN_TOTALS_PREFIX, delivery_key, mapped_key
 from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
@@ -126,13 +127,15 @@ def _run_sync(
     report = RunReport(partitions=", ".join(run.label for run in runs))
     delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
     started, done, total = time.monotonic(), 0, sum(run.partitions for run in runs)
+    origins = job_origins(spec, instance)
     for number, run in enumerate(runs, 1):
         label, options = run.label, dict(run.options)
         logger.info(f"{spec.name}: one Dagster run for partitions {label}{_runs_done(number, runs, done, total, started)}")
         done += run.partitions
         if allow_mass_removal:
             options["tags"] = {**options.get("tags", {}), ALLOW_MASS_REMOVAL: "true"}
-        result = _execute(job, instance, options, warehouse_pool(spec))
+        with runs_on_the_jobs_page(instance, origins):
+            result = _execute(job, instance, options, warehouse_pool(spec))
         if not result.success:
             if _interrupted(result):
                 delivered = set(store.delivered_partitions(spec.name, spec.sync.environment))
@@ -204,6 +207,8 @@ def _add_result(report: RunReport, result) -> None:
         materialization = event.step_materialization_data.materialization
         totals = report.metadata.setdefault(materialization.asset_key.to_user_string(), {})
         for name, entry in materialization.metadata.items():
+            if name.startswith(RUN_TOTALS_PREFIX):  # the run's totals, which the partitions add up to
+                continue
             value = entry.value
             totals[name] = totals.get(name, 0) + value if isinstance(value, int) else value
     for event in result.get_asset_check_evaluations():

@@ -9,14 +9,12 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.definitions.partitions.definition import DynamicPartitionsDefinition
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin
-from dagster._core.remote_representation.external import RemoteRepository, RemoteSchedule, RemoteSensor
-from dagster._core.remote_representation.external_data import RepositorySnap
-from dagster._core.remote_representation.handle import RepositoryHandle
+from dagster._core.remote_representation.external import RemoteSchedule, RemoteSensor
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from dagster._utils.schedules import cron_string_iterator
 
-from wsync_dagster.defs import build_definitions, sync_job_name
+from wsync_dagster.code_location import remote_repository
+from wsync_dagster.defs import sync_job_name
 from wsync_dagster.defs.assets import delivery_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
@@ -25,10 +23,6 @@ from wsync_dagster.modes.ranges import parse_range_key
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
-# Where `dagster dev` and the daemon find the syncs (workspace.yaml, pyproject's [tool.dg]): the state of a
-# schedule or sensor is kept per location, repository and name, so the toggle here is the UI's toggle.
-LOCATION_NAME = "wsync"
-REPOSITORY_NAME = "__repository__"
 # Partitions listed by key in the status; beyond, only their number and the first and last.
 LISTED = 20
 
@@ -70,18 +64,7 @@ def _remote_trigger(spec: SyncSpec, instance: DagsterInstance) -> RemoteSchedule
     """The sync's schedule or sensor as the UI sees it (same location, repository and name); None for on_demand."""
     if spec.sync.schedule == "on_demand":
         return None
-    repository = build_definitions([spec]).get_repository_def()
-    handle = RepositoryHandle(
-        repository_name=REPOSITORY_NAME,
-        code_location_origin=RegisteredCodeLocationOrigin(location_name=LOCATION_NAME),
-        repository_python_origin=None,
-        display_metadata={},
-    )
-    remote = RemoteRepository(
-        RepositorySnap.from_def(repository),
-        handle,
-        auto_materialize_use_sensors=instance.auto_materialize_use_sensors,
-    )
+    remote = remote_repository(spec, instance)
     if remote.has_schedule(f"{spec.name}_schedule"):
         return remote.get_schedule(f"{spec.name}_schedule")
     return remote.get_sensor(f"{spec.name}_sensor")

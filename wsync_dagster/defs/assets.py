@@ -1,6 +1,8 @@
 """Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -12,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BetaWarning,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -27,9 +30,10 @@ from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.delivery import deliver_partitions
 from wsync_dagster.iterator_extent import newest_iterator
 from wsync_dagster.mapped_batches import MapCounts, map_counts_by_partition, map_partition
-from wsync_dagster.modes import sync_mode
+from wsync_dagster.modes import RunScope, sync_mode
 from wsync_dagster.read_plan import OpenReader
-from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
+from wsync_dagster.run_environment import CANNOT_RUN, UNSET_VARIABLES, cannot_run, unset_variables
+from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL, PARTITIONS, count_tags
 from wsync_dagster.settings import batches_dir, profile_store_kind
 from wsync_dagster.spec import SyncSpec
 
@@ -38,6 +42,8 @@ DATA_DELAY_CHECK = "data_delay"
 MIRROR_REMOVAL_CHECK = "mirror_removal"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
+# Metadata of a range run's last partition that holds the whole run's totals (run_partitions, run_rows_read, …).
+RUN_TOTALS_PREFIX = "run_"
 
 
 def batch_file(spec: SyncSpec, label: str) -> BatchFile:
@@ -74,6 +80,74 @@ def _preview_markdown(profiles: list[dict], values: bool) -> str:
             shown = (", ".join(identities), ", ".join(name for name, _ in attributes))
         lines.append(f"| {profile['profile_id']} | {shown[0]} | {shown[1]} |".replace("\n", " "))
     return "\n".join(lines)
+
+
+def with_run_totals(
+    by_partition: dict[str, dict], totals: dict[str, int], scope: RunScope
+) -> dict[str, dict]:
+    """Each partition's own counts; a range run's last partition also carries the run's totals.
+
+    Dagster stores a materialization per partition, the last partition's last: that is the asset's latest
+    materialization, which the UI shows first, and it then says what the whole run did, not only that window.
+    """
+    if len(scope.partitions) < 2:
+        return by_partition
+    last = scope.partitions[-1].key
+    run = {f"{RUN_TOTALS_PREFIX}partitions": scope.label}
+    run.update({f"{RUN_TOTALS_PREFIX}{name}": value for name, value in totals.items()})
+    return {**by_partition, last: {**by_partition.get(last, {}), **run}}
+
+
+def _spans(kept: list[str], keys: list[str]) -> str:
+    """Keys as runs of consecutive ones in `keys`' order: "A..C, E"."""
+    spans: list[list[str]] = []
+    for index, key in enumerate(keys):
+        if key not in kept:
+            continue
+        if spans and keys[index - 1] == spans[-1][-1]:
+            spans[-1].append(key)
+        else:
+            spans.append([key])
+    return ", ".join(span[0] if len(span) == 1 else f"{span[0]}..{span[-1]}" for span in spans)
+
+
+def still_delivered(context: AssetExecutionContext, spec: SyncSpec, scope: RunScope) -> str | None:
+    """Which of a failing run's partitions an earlier run delivered, which its failure does not undo; None if none.
+
+    Dagster marks every partition of a failed run failed (red), delivered or not: the failure says which stay.
+    """
+    keys = [partition.key for partition in scope.partitions]
+    delivered = context.instance.get_materialized_partitions(delivery_key(spec))
+    kept = [key for key in keys if key in delivered]
+    if not kept:
+        return None
+    if len(kept) == 1:
+        return f"partition {kept[0]} is still delivered: the profile store keeps its last delivery"
+    return f"partitions {_spans(kept, keys)} are still delivered: the profile store keeps their last delivery"
+
+
+@contextmanager
+def failures_say_what_stays_delivered(
+    context: AssetExecutionContext, spec: SyncSpec, scope: RunScope
+) -> Iterator[None]:
+    """A failure of the step says which of its partitions stay delivered; an interrupt passes as it is."""
+    try:
+        yield
+    except Exception as error:
+        kept = still_delivered(context, spec, scope)
+        if kept is None:
+            raise
+        said, retry = (
+            (error.description, error.allow_retries) if isinstance(error, Failure) else (str(error), True)
+        )
+        raise Failure(
+            description=f"{said}; {kept}", metadata={"still_delivered": kept}, allow_retries=retry
+        ) from error
+
+
+def tag_run(context: AssetExecutionContext, tags: dict[str, str]) -> None:
+    """Add tags to the run, shown in the UI's run lists: its range, its counts."""
+    context.instance.add_run_tags(context.run_id, tags)
 
 
 def reject_rate_failure(spec: SyncSpec, counts: MapCounts, batches: BatchFile) -> str:
@@ -159,6 +233,10 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     partitions = mode.partitions()
     backfill_policy = mode.backfill_policy()
     kinds = {spec.connection.type, "arrow"}
+    # A variable unset where the definitions load fails every run the UI starts: the assets say so first.
+    blocked = cannot_run(spec)
+    marked = {UNSET_VARIABLES: ", ".join(unset_variables(spec)), CANNOT_RUN: blocked} if blocked else None
+    note = f"**Cannot run here**: {blocked}\n\n" if blocked else ""
     # mParticle's Data Warehouse Delay Alerting: has new data reached the warehouse lately?
     delay_check = (
         [
@@ -183,7 +261,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         required_resource_keys={warehouse_key(spec)},
         # Reads take a slot of their connection's pool: backfills queue instead of piling onto one warehouse.
         pool=warehouse_pool(spec),
-        description=f"{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
+        description=f"{note}{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
+        metadata=marked,
         check_specs=[
             AssetCheckSpec(
                 REJECT_RATE_CHECK,
@@ -198,6 +277,14 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def mapped_batches(context: AssetExecutionContext) -> MaterializeResult:
         scope = mode.scope(context)
+        with failures_say_what_stays_delivered(context, spec, scope):
+            return map_scope(context, scope)
+
+    def map_scope(context: AssetExecutionContext, scope: RunScope) -> MaterializeResult:
+        if line := cannot_run(spec):
+            raise Failure(description=line, allow_retries=False)
+        if len(scope.partitions) > 1:
+            tag_run(context, {PARTITIONS: scope.label})
         warehouse: WarehouseResource = getattr(context.resources, warehouse_key(spec))
         open_reader = partial(warehouse.open, spec.source_file)
         counts = map_partition(
@@ -216,7 +303,13 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             if len(scope.partitions) > 1
             else {scope.label: counts}
         )
-        add_partition_metadata(context, {key: counts.as_dict() for key, counts in by_partition.items()})
+        add_partition_metadata(
+            context,
+            with_run_totals(
+                {key: found.as_dict() for key, found in by_partition.items()}, counts.as_dict(), scope
+            ),
+        )
+        tag_run(context, count_tags(counts.as_dict()))
         return MaterializeResult(
             metadata={
                 "iterator_window": window.describe() if window else "all rows",
@@ -247,7 +340,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         group_name=spec.name,
         kinds={profile_store_kind()},
         pool=PROFILE_STORE_POOL,
-        description=f"{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
+        description=f"{note}{spec.name}: mapped batches applied to the profile store ({spec.sync.environment})",
+        metadata=marked,
         check_specs=[
             AssetCheckSpec(
                 MIRROR_REMOVAL_CHECK,
@@ -264,6 +358,12 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     )
     def delivery(context: AssetExecutionContext, profile_store: ProfileStoreResource) -> MaterializeResult:
         scope = mode.scope(context)
+        with failures_say_what_stays_delivered(context, spec, scope):
+            return deliver_scope(context, scope, profile_store)
+
+    def deliver_scope(
+        context: AssetExecutionContext, scope: RunScope, profile_store: ProfileStoreResource
+    ) -> MaterializeResult:
         batches = batch_file(spec, scope.label)
         if not batches.exists():
             raise FileNotFoundError(
@@ -286,10 +386,17 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
                 context.log.info(f"{spec.name}: {len(pruned)} old delivered partitions no longer listed")
         finally:
             store.close()
-        # Each partition shows its own counts; the run's totals are in its log, once.
+        # Each partition shows its own counts; the run's totals are on its last partition, its tags and its log.
+        totals = report.totals.as_dict()
         add_partition_metadata(
-            context, {key: counts.as_dict() for key, counts in report.by_partition.items()}
+            context,
+            with_run_totals(
+                {key: counts.as_dict() for key, counts in report.by_partition.items()}, totals, scope
+            ),
         )
+        if spec.data_type != "event":
+            totals.pop("events_written")
+        tag_run(context, count_tags(totals))
         metadata: dict = {
             "preview": MetadataValue.md(_preview_markdown(report.preview, spec.sync.preview_values))
         }

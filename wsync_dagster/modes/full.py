@@ -20,6 +20,7 @@ from dagster import (
 from wsync_dagster.iterators import epoch_micros
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.modes.partitions import last_tick, run_key, run_key_time
+from wsync_dagster.run_environment import cannot_run
 from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -70,6 +71,9 @@ class FullMode:
             description=f"{self.spec.name}: {settings.schedule} run from {start.isoformat()}",
         )
         def run_sensor(context: SensorEvaluationContext):
+            # Every run would fail on it: the tick says so instead (in the UI's tick history).
+            if unrunnable := cannot_run(self.spec):
+                return SkipReason(unrunnable)
             now = datetime.now(UTC)
             if now < start:
                 return SkipReason(f"the first run is due at {start.isoformat()}")

@@ -25,6 +25,7 @@ from dagster import (
 from wsync_dagster.iterators import epoch_micros, iterator_window
 from wsync_dagster.modes.base import ONCE_INTERVAL_S, PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.modes.partitions import run_key, schedule_partitions
+from wsync_dagster.run_environment import cannot_run
 from wsync_dagster.run_partitions import Partition
 from wsync_dagster.run_tags import partition_range_tags
 from wsync_dagster.spec import SyncSpec
@@ -89,6 +90,9 @@ class TimeWindows:
             description=f"{spec.name} every {spec.sync.frequency} from {start.isoformat()}",
         )
         def interval_schedule(context: ScheduleEvaluationContext):
+            # Every run would fail on it: the tick says so instead (in the UI's tick history).
+            if unrunnable := cannot_run(self.spec):
+                return SkipReason(unrunnable)
             tick = context.scheduled_execution_time
             if tick is None or tick < start:
                 return SkipReason(
@@ -115,6 +119,9 @@ class TimeWindows:
             description=f"{spec.name}: once run from {start.isoformat()}",
         )
         def once_sensor(context: SensorEvaluationContext):
+            # Every run would fail on it: the tick says so instead (in the UI's tick history).
+            if unrunnable := cannot_run(self.spec):
+                return SkipReason(unrunnable)
             now = datetime.now(UTC)
             if now < start:
                 return SkipReason(f"the first run is due at {start.isoformat()}")

@@ -24,6 +24,7 @@ from wsync_dagster.iterator_extent import iterator_extent
 from wsync_dagster.iterators import IntegerWindow, integer_window
 from wsync_dagster.modes.base import PlannedRun, RunError, RunScope, SyncJob
 from wsync_dagster.read_plan import OpenReader
+from wsync_dagster.run_environment import cannot_run
 from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
@@ -168,6 +169,9 @@ def range_sensor(
     )
     # Called directly (as tests do), Dagster passes the required resources as keywords too.
     def next_range_sensor(context: SensorEvaluationContext, **_resources: object):
+        # Every run would fail on it: the tick says so instead (in the UI's tick history).
+        if unrunnable := cannot_run(spec):
+            return SkipReason(unrunnable)
         if start is not None and datetime.now(UTC) < start:
             return SkipReason(f"the first run is due at {start.isoformat()}")
         if settings.schedule == "once" and context.cursor:
