@@ -5,23 +5,32 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.profile_changes import ProfileChange, Reject
+from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
+    DestinationError,
     Item,
+    JsonRequests,
     Request,
     SendMetrics,
     SendPolicy,
+    exchange,
     pack,
     send_encoded,
 )
 
 REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
+# The User Privacy API (v1) lives on other hosts than ingestion.
+PRIVACY_REGIONS: dict[str, str] = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.com"}
+DELETIONS_PATH = "/api/2/deletions/users"
+MAX_DELETIONS_PER_REQUEST = 100  # user ids per deletion request, as the User Privacy API allows
+DELETION_POLICY = SendPolicy(items_per_second=100, concurrency=1)  # about one request a second
 EVENTS_PATH = "/2/httpapi"
 IDENTIFY_PATH = "/identify"
 
@@ -44,6 +53,7 @@ class Amplitude:
         base_url: str | None = None,
         user_id: str = "customer_id",
         policy: SendPolicy = DEFAULT_POLICY,
+        secret_key: str | None = None,
     ) -> None:
         if region not in REGIONS:
             raise ValueError(f"destination {destination}: region must be us or eu (got {region!r})")
@@ -52,6 +62,8 @@ class Amplitude:
         self.user_id = user_id
         self.policy = policy
         self._api_key = api_key
+        self.privacy_url = base_url or PRIVACY_REGIONS[region]
+        self._secret_key = secret_key  # only deletions need it
 
     def __repr__(self) -> str:
         return f"Amplitude({self.destination!r}, base_url={self.base_url!r})"  # never the key
@@ -138,6 +150,81 @@ def forward(
     )
 
 
+@dataclass(frozen=True)
+class DeletionRequest:
+    """The User Privacy API deletion of some people, by Amplitude user id; who cannot be deleted that way."""
+
+    requester: str
+    user_ids: tuple[str, ...]
+    profile_ids: tuple[str, ...]  # the profile each user id belongs to, in the same order
+    rejects: list[Reject] = field(default_factory=list)
+
+
+@dataclass
+class DeletionAcknowledgement:
+    """What Amplitude took: the profiles whose deletion it scheduled and the jobs it answered with."""
+
+    profile_ids: list[str] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def deletion_request(
+    erasures: Iterable[Erasure], requester: str, user_id_type: str = "customer_id"
+) -> DeletionRequest:
+    """A deletion request for the people's user ids; those without one Amplitude took are rejects."""
+    user_ids: list[str] = []
+    profile_ids: list[str] = []
+    rejects: list[Reject] = []
+    for erasure in erasures:
+        user_id = erasure.identities.get(user_id_type)
+        if not user_id:
+            rejects.append(
+                Reject(erasure.profile_id, f"no {user_id_type} identity to delete by in Amplitude")
+            )
+        elif len(user_id) < MIN_ID_LENGTH:
+            rejects.append(
+                Reject(erasure.profile_id, "user_id shorter than 5 characters: never sent to Amplitude")
+            )
+        else:
+            user_ids.append(user_id)
+            profile_ids.append(erasure.profile_id)
+    return DeletionRequest(requester, tuple(user_ids), tuple(profile_ids), rejects)
+
+
+def send_deletion(
+    destination: Amplitude,
+    request: DeletionRequest,
+    policy: SendPolicy = DELETION_POLICY,
+    on_acknowledged: Callable[[tuple[str, ...]], None] | None = None,
+) -> DeletionAcknowledgement:
+    """Sends the deletion 100 user ids a request, each retried like any send; on_acknowledged gets profile ids."""
+    if destination._secret_key is None:
+        raise DestinationError(f"destination {destination.destination}: deletions need its secret_key")
+    credentials = (destination._api_key, destination._secret_key)
+    platform = JsonRequests(destination.destination, destination.privacy_url, credentials, destination.reason)
+    done = DeletionAcknowledgement(rejects=list(request.rejects))
+    for start in range(0, len(request.user_ids), MAX_DELETIONS_PER_REQUEST):
+        chunk = slice(start, start + MAX_DELETIONS_PER_REQUEST)
+        body = _json(
+            {"user_ids": request.user_ids[chunk], "requester": request.requester, "ignore_invalid_id": True}
+        )
+        response, _ = exchange(
+            platform, Request(DELETIONS_PATH, (Item("deletion", body),)), policy, frozenset({400})
+        )
+        if not response.is_success:
+            raise DestinationError(
+                f"destination {destination.destination}: Amplitude refused a deletion request: "
+                f"{destination.reason(response)}"
+            )
+        answer = _json_answer(response)
+        done.jobs.extend(answer if isinstance(answer, list) else [answer] if answer is not None else [])
+        done.profile_ids.extend(request.profile_ids[chunk])
+        if on_acknowledged is not None:
+            on_acknowledged(request.profile_ids[chunk])
+    return done
+
+
 def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None, list[Item], list[Reject]]:
     """A change as one identification ($set, $unset), its events, and what cannot be sent."""
     user_id = change.identities.get(user_id_type)
@@ -175,11 +262,15 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except ValueError:
-        return {}
+    answer = _json_answer(response)
     return answer if isinstance(answer, dict) else {}
+
+
+def _json_answer(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _json(value: Any) -> bytes:

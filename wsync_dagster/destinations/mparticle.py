@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
+from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
+    DestinationError,
     Item,
+    JsonRequests,
     Request,
     SendMetrics,
     SendPolicy,
+    exchange,
     pack,
     send_encoded,
 )
@@ -39,6 +44,35 @@ MAX_REQUEST_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 128 * 1024
 MAX_ATTRIBUTES_PER_BATCH = 100
 DEFAULT_POLICY = SendPolicy(items_per_second=270)  # the default account limit, in batches per second
+
+# The Data Subject Request API (v3, mParticle's OpenDSR): one host for every pod, the workspace's credentials.
+DSR_URL = "https://opendsr.mparticle.com"
+DSR_PATH = "/v3/requests"
+DSR_API_VERSION = "3.0"
+DSR_POLICY = SendPolicy(items_per_second=5, concurrency=2)
+REGULATIONS = ("gdpr", "ccpa")
+# wsync identity type → OpenDSR identity type in `subject_identities` (mParticle's supported list).
+OPENDSR_IDENTITIES: dict[str, str] = {
+    "customer_id": "controller_customer_id",
+    "email": "email",
+    "android_advertising_id": "android_advertising_id",
+    "android_uuid": "android_id",
+    "fire_advertising_id": "fire_advertising_id",
+    "ios_advertising_id": "ios_advertising_id",
+    "ios_idfv": "ios_vendor_id",
+    "microsoft_advertising_id": "microsoft_advertising_id",
+    "microsoft_publisher_id": "microsoft_publisher_id",
+    "roku_advertising_id": "roku_advertising_id",
+    "roku_publisher_id": "roku_publisher_id",
+}
+# The identities mParticle takes only in its `opendsr.mparticle.com` extension; an mpid must stand alone.
+OPENDSR_EXTENSION_IDENTITIES: dict[str, str] = {
+    "other": "other",
+    **{f"other_id_{n}": f"other{n}" for n in range(2, 11)},
+    "mobile_number": "mobile_number",
+    "phone_number_2": "phone_number_2",
+    "phone_number_3": "phone_number_3",
+}
 
 # wsync identity type → mParticle's `user_identities` key.
 USER_IDENTITY_NAMES: dict[str, str] = {
@@ -76,6 +110,9 @@ class MParticle:
         environment: str = "production",
         policy: SendPolicy = DEFAULT_POLICY,
         gzip: bool = False,
+        dsr_api_key: str | None = None,
+        dsr_api_secret: str | None = None,
+        dsr_base_url: str | None = None,
     ) -> None:
         if pod not in PODS:
             raise ValueError(f"destination {destination}: pod must be one of {', '.join(PODS)} (got {pod!r})")
@@ -89,6 +126,9 @@ class MParticle:
         self.policy = policy
         self.gzip = gzip
         self._credentials = (api_key, api_secret)
+        # Erasures authenticate as the workspace; without its own key the feed's is tried.
+        self.dsr_base_url = dsr_base_url or base_url or DSR_URL
+        self._dsr_credentials = (dsr_api_key or api_key, dsr_api_secret or api_secret)
 
     def __repr__(self) -> str:
         return f"MParticle({self.destination!r}, base_url={self.base_url!r})"  # never the key
@@ -125,6 +165,105 @@ class MParticle:
         except (ValueError, AttributeError):
             messages = []
         return "; ".join(messages) or f"mParticle answered HTTP {response.status_code}"
+
+
+@dataclass(frozen=True)
+class ErasureRequest:
+    """One OpenDSR erasure request for mParticle's Data Subject Request API, ready to send."""
+
+    profile_id: str
+    subject_request_id: str  # derived from the erasure: a resend after a crash is the same request
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ErasureAcknowledgement:
+    """mParticle took an erasure request: when it expects to be done, or that it had it already."""
+
+    profile_id: str
+    subject_request_id: str
+    expected_completion_time: str | None
+    already_requested: bool = False  # a resend mParticle answered with "already exists" or 409
+
+
+def erasure_request(erasure: Erasure, regulation: str = "gdpr") -> ErasureRequest | Reject:
+    """The person's OpenDSR erasure request, or a reject when no identity of theirs is one mParticle takes."""
+    if regulation not in REGULATIONS:
+        raise ValueError(f"regulation must be gdpr or ccpa (got {regulation!r})")
+    values = {t: v for t, v in erasure.identities.items() if v}
+    subject: dict[str, dict[str, str]] = {}
+    extension: dict[str, dict[str, str]] = {}
+    if values.get("mpid"):
+        extension["mpid"] = {"value": values["mpid"], "encoding": "raw"}  # the one user, nothing else allowed
+    else:
+        for kind, value in sorted(values.items()):
+            if kind in OPENDSR_IDENTITIES:
+                subject[OPENDSR_IDENTITIES[kind]] = {"value": value, "encoding": "raw"}
+            elif kind in OPENDSR_EXTENSION_IDENTITIES:
+                extension[OPENDSR_EXTENSION_IDENTITIES[kind]] = {"value": value, "encoding": "raw"}
+    if not subject and not extension:
+        return Reject(erasure.profile_id, "no identity mParticle's Data Subject Request API can erase by")
+    submitted = erasure.requested_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    request_id = _uuid4_from(f"{erasure.profile_id}\x00{erasure.requested_at.isoformat()}")
+    body: dict[str, Any] = {
+        "regulation": regulation,
+        "subject_request_id": request_id,
+        "subject_request_type": "erasure",
+        "submitted_time": submitted,
+        "api_version": DSR_API_VERSION,
+    }
+    if subject:
+        body["subject_identities"] = subject
+    if extension:
+        body["extensions"] = {"opendsr.mparticle.com": {"subject_identities": extension}}
+    return ErasureRequest(erasure.profile_id, request_id, _json(body))
+
+
+def send_erasure(
+    destination: MParticle, request: ErasureRequest, policy: SendPolicy = DSR_POLICY
+) -> ErasureAcknowledgement:
+    """Submits the erasure request, retried like any send; raises DestinationError when mParticle refuses it."""
+    platform = JsonRequests(
+        destination.destination, destination.dsr_base_url, destination._dsr_credentials, _dsr_reason
+    )
+    response, _ = exchange(
+        platform, Request(DSR_PATH, (Item(request.profile_id, request.body),)), policy, frozenset({400, 409})
+    )
+    if response.is_success:
+        answer = _answer(response)
+        when = answer.get("expected_completion_time")
+        return ErasureAcknowledgement(request.profile_id, request.subject_request_id, when)
+    reason = platform.reason(response)
+    if response.status_code == 409 or "already exists" in reason.lower():
+        return ErasureAcknowledgement(
+            request.profile_id, request.subject_request_id, None, already_requested=True
+        )
+    raise DestinationError(
+        f"destination {destination.destination}: mParticle refused the erasure of {request.profile_id}: {reason}"
+    )
+
+
+def _dsr_reason(response: httpx.Response) -> str:
+    """The Data Subject Request API's messages for a refused request."""
+    answer = _answer(response)
+    errors = answer.get("errors") or []
+    messages = [str(e.get("message") or e.get("reason")) for e in errors if isinstance(e, dict)]
+    return "; ".join(messages) or str(
+        answer.get("message") or f"mParticle answered HTTP {response.status_code}"
+    )
+
+
+def _uuid4_from(text: str) -> str:
+    """A UUID in version 4's format (what OpenDSR asks for) that the same text always gives."""
+    return str(uuid.UUID(bytes=hashlib.sha256(text.encode()).digest()[:16], version=4))
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def forward(

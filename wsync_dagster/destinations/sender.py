@@ -72,6 +72,53 @@ class Platform(Protocol):
         ...
 
 
+class JsonRequests:
+    """A platform API taking one JSON object a request under HTTP Basic auth: the privacy APIs."""
+
+    def __init__(
+        self,
+        destination: str,
+        base_url: str,
+        credentials: tuple[str, str],
+        reason: Callable[[httpx.Response], str],
+    ) -> None:
+        self.destination = destination
+        self.base_url = base_url
+        self._credentials = credentials
+        self._reason = reason
+
+    def __repr__(self) -> str:
+        return f"JsonRequests({self.destination!r}, base_url={self.base_url!r})"  # never the key
+
+    def accepts_gzip(self, request: Request) -> bool:
+        """Not promised by the privacy APIs."""
+        return False
+
+    def refuses_credentials(self, response: httpx.Response) -> bool:
+        """401/403 only."""
+        return False
+
+    def throttle_seconds(self, response: httpx.Response) -> float | None:
+        """Retry-After only."""
+        return None
+
+    def auth(self) -> httpx.Auth:
+        """HTTP Basic with the platform's key pair."""
+        return httpx.BasicAuth(*self._credentials)
+
+    def body(self, request: Request) -> tuple[bytes, str]:
+        """The request's one item as is."""
+        return request.items[0].body, "application/json"
+
+    def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
+        """One item a request: nothing to split."""
+        return {}
+
+    def reason(self, response: httpx.Response) -> str:
+        """The platform's message, read the platform's way."""
+        return self._reason(response)
+
+
 @dataclass(frozen=True)
 class SendPolicy:
     """How hard to push: a rate in items per second, concurrency, timeouts and retries."""
@@ -146,6 +193,13 @@ def send(
     return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
 
 
+def exchange(
+    platform: Platform, request: Request, policy: SendPolicy, answers: frozenset[int] = SPLIT_STATUSES
+) -> tuple[httpx.Response, SendMetrics]:
+    """One request, retried as any send, until a success or one of the statuses in answers comes back."""
+    return asyncio.run(_Sender(platform, policy, None, answers).exchange(request))
+
+
 def send_encoded(
     platform: Platform,
     requests: Sequence[Request],
@@ -181,23 +235,42 @@ class _RateLimit:
 
 
 class _Sender:
-    def __init__(self, platform: Platform, policy: SendPolicy, on_acknowledged: Acknowledged | None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        policy: SendPolicy,
+        on_acknowledged: Acknowledged | None,
+        answers: frozenset[int] = SPLIT_STATUSES,
+    ) -> None:
         self.platform = platform
+        self.answers = answers
         self.on_acknowledged = on_acknowledged
         self.policy = policy
         self.metrics = SendMetrics()
         self._rate = _RateLimit(policy.items_per_second)
         self._slots = asyncio.Semaphore(policy.concurrency)
 
-    async def send_all(self, requests: Sequence[Request]) -> SendMetrics:
-        started = time.perf_counter()
-        limits = httpx.Limits(max_connections=self.policy.concurrency)
-        async with httpx.AsyncClient(
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             base_url=self.platform.base_url,
             auth=self.platform.auth(),
             timeout=self.policy.timeout_seconds,
-            limits=limits,
-        ) as self.client:
+            limits=httpx.Limits(max_connections=self.policy.concurrency),
+        )
+
+    async def exchange(self, request: Request) -> tuple[httpx.Response, SendMetrics]:
+        started = time.perf_counter()
+        async with self._client() as self.client:
+            try:
+                response = await self.post(request)
+            except DestinationError as error:
+                raise DestinationError(str(error), self.metrics) from None
+        self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
+        return response, self.metrics
+
+    async def send_all(self, requests: Sequence[Request]) -> SendMetrics:
+        started = time.perf_counter()
+        async with self._client() as self.client:
             try:
                 async with asyncio.TaskGroup() as group:
                     for request in requests:
@@ -236,7 +309,7 @@ class _Sender:
             self.metrics.rejects.append(Reject(request.items[0].key, self.platform.reason(response)))
 
     async def post(self, request: Request) -> httpx.Response:
-        """One request's answer other than a retried one: a success, a 400 or a 413."""
+        """One request's answer other than a retried one: a success or one of the answers (400, 413)."""
         started = time.perf_counter()
         content, content_type = self.platform.body(request)
         headers = {"Content-Type": content_type}
@@ -266,7 +339,7 @@ class _Sender:
                         f"destination {self.platform.destination}: the platform refused its credentials "
                         f"(HTTP {status}); check the keys in its environment variables"
                     )
-                if response.is_success or status in SPLIT_STATUSES:
+                if response.is_success or status in self.answers:
                     return response
                 if status not in RETRIED_STATUSES:
                     raise DestinationError(

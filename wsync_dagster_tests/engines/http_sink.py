@@ -1,4 +1,5 @@
-"""A local HTTP sink playing mParticle's Events API and Amplitude's HTTP V2 and Identify APIs, strictly.
+"""A local HTTP sink playing mParticle's Events and Data Subject Request APIs and Amplitude's HTTP V2,
+Identify and User Privacy APIs, strictly.
 
 It enforces each API's contract (auth, sizes, item counts, required fields), passes every mParticle
 batch through the official `mparticle` package's models (a key they do not know is lost, and the
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,32 @@ MP_MAX_ATTRIBUTES = 100
 AMP_MAX_EVENTS = 2000
 AMP_MAX_BYTES = 1_000_000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+DSR_IDENTITIES = frozenset(
+    {
+        "controller_customer_id",
+        "email",
+        "android_advertising_id",
+        "android_id",
+        "fire_advertising_id",
+        "ios_advertising_id",
+        "ios_vendor_id",
+        "microsoft_advertising_id",
+        "microsoft_publisher_id",
+        "roku_advertising_id",
+        "roku_publisher_id",
+    }
+)
+DSR_EXTENSION_IDENTITIES = frozenset(
+    {
+        "mpid",
+        "other",
+        *(f"other{n}" for n in range(2, 11)),
+        "mobile_number",
+        "phone_number_2",
+        "phone_number_3",
+    }
+)
+AMP_MAX_DELETIONS = 100
 PLANTED_INVALID = "bad"  # a user attribute or event property of this name makes the API answer 400
 
 # mParticle's event_type → the model its `data` must survive.
@@ -70,6 +98,9 @@ class HttpSink:
     mparticle_key: str
     mparticle_secret: str
     amplitude_key: str
+    dsr_key: str = ""  # the mParticle workspace's credentials (the Events API key's when empty)
+    dsr_secret: str = ""
+    amplitude_secret: str = ""
     url: str = ""
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     received: list[Received] = field(default_factory=list)
@@ -77,6 +108,8 @@ class HttpSink:
     historical_batches: list[dict[str, Any]] = field(default_factory=list)
     identifies: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    erasures: list[dict[str, Any]] = field(default_factory=list)  # accepted OpenDSR erasure requests
+    deletions: list[dict[str, Any]] = field(default_factory=list)  # accepted Amplitude deletion requests
     violations: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -173,6 +206,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._amplitude_events(body)
         if path == "/identify":
             return self._amplitude_identify(body)
+        if path == "/v3/requests":
+            return self._mparticle_dsr(body)
+        if path == "/api/2/deletions/users":
+            return self._amplitude_deletion(body)
         return 404, {"error": "no such endpoint"}
 
     def _violation(self, what: str) -> None:
@@ -205,6 +242,64 @@ class _Handler(BaseHTTPRequestHandler):
             target = self.sink.historical_batches if path.endswith("historical") else self.sink.batches
             target.extend(batches)
         return 202, None
+
+    def _basic(self, key: str, secret: str) -> bool:
+        expected = base64.b64encode(f"{key}:{secret}".encode()).decode()
+        return self.headers.get("Authorization") == f"Basic {expected}"
+
+    def _mparticle_dsr(self, body: bytes) -> tuple[int, Any]:
+        if not self._basic(
+            self.sink.dsr_key or self.sink.mparticle_key, self.sink.dsr_secret or self.sink.mparticle_secret
+        ):
+            return 401, {"code": 401, "message": "The credentials provided in the request are not valid."}
+        if self.headers.get("Content-Type") != "application/json":
+            self._violation("a DSR without Content-Type: application/json")
+        request = json.loads(body)
+        problem = _dsr_problem(request)
+        if problem:
+            self._violation(problem)
+            return 400, {
+                "code": 400,
+                "message": "Invalid data was detected",
+                "errors": [{"message": problem}],
+            }
+        with self.sink.lock:
+            if any(r["subject_request_id"] == request["subject_request_id"] for r in self.sink.erasures):
+                message = "Subject request already exists."
+                return 400, {
+                    "code": 400,
+                    "message": message,
+                    "errors": [{"domain": "Validation", "message": message}],
+                }
+            self.sink.erasures.append(request)
+        return 201, {
+            "expected_completion_time": "2026-12-20T00:00:00Z",
+            "received_time": "2026-12-06T00:00:00Z",
+            "encoded_request": base64.b64encode(body).decode(),
+            "subject_request_id": request["subject_request_id"],
+            "controller_id": "3622",
+        }
+
+    def _amplitude_deletion(self, body: bytes) -> tuple[int, Any]:
+        if not self._basic(self.sink.amplitude_key, self.sink.amplitude_secret):
+            return 401, {"error": "Invalid credentials"}
+        request = json.loads(body)
+        ids = request.get("user_ids", []) + request.get("amplitude_ids", [])
+        if not isinstance(request, dict) or not 1 <= len(ids) <= AMP_MAX_DELETIONS:
+            self._violation(f"a deletion of {len(ids)} ids (1 to {AMP_MAX_DELETIONS})")
+            return 400, {"error": "between 1 and 100 ids"}
+        if not all(isinstance(i, str) and len(i) >= 5 for i in request.get("user_ids", [])):
+            self._violation(f"a deletion with user ids that are not strings of 5 characters or more: {ids}")
+            return 400, {"error": "invalid user ids"}
+        if not isinstance(request.get("requester"), str) or not request["requester"]:
+            self._violation("a deletion without requester")
+        with self.sink.lock:
+            self.sink.deletions.append(request)
+        requested = [
+            {"user_id": i, "requested_on_day": "2026-12-06", "requester": request.get("requester")}
+            for i in ids
+        ]
+        return 200, [{"day": "2026-12-20", "amplitude_ids": requested, "status": "staging"}]
 
     def _amplitude_events(self, body: bytes) -> tuple[int, Any]:
         if len(body) > AMP_MAX_BYTES:
@@ -321,6 +416,38 @@ def _batch_problem(batch: Any, path: str, now_ms: float) -> str | None:
     return None
 
 
+def _dsr_problem(request: Any) -> str | None:
+    """What breaks mParticle's OpenDSR v3 request contract, or None."""
+    if not isinstance(request, dict):
+        return "a DSR is not an object"
+    if request.get("regulation") not in ("gdpr", "ccpa"):
+        return "regulation missing or not gdpr/ccpa"
+    try:
+        if uuid.UUID(str(request.get("subject_request_id"))).version != 4:
+            return "subject_request_id is not a UUID v4"
+    except ValueError:
+        return "subject_request_id is not a UUID"
+    if request.get("subject_request_type") not in ("access", "portability", "erasure"):
+        return "subject_request_type missing or unknown"
+    try:
+        time.strptime(str(request.get("submitted_time")), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return "submitted_time is not an ISO 8601 UTC time"
+    if request.get("api_version", "3.0") != "3.0":
+        return "api_version is not 3.0"
+    subject = request.get("subject_identities", {})
+    extension = request.get("extensions", {}).get("opendsr.mparticle.com", {}).get("subject_identities", {})
+    for identities, allowed in ((subject, DSR_IDENTITIES), (extension, DSR_EXTENSION_IDENTITIES)):
+        for kind, identity in identities.items():
+            if kind not in allowed or set(identity) != {"value", "encoding"} or identity["encoding"] != "raw":
+                return f"identity {kind}: {identity}"
+    if not subject and not extension:
+        return "a DSR names no identity"
+    if "mpid" in extension and (subject or len(extension) > 1):
+        return "If an mpid is provided, it must be the only identity in the request."
+    return None
+
+
 def _difference(sent: Any, survived: Any, where: str = "") -> str:
     """The first place a batch and its round trip differ."""
     if isinstance(sent, dict) and isinstance(survived, dict):
@@ -340,9 +467,16 @@ def _difference(sent: Any, survived: Any, where: str = "") -> str:
     return "" if sent == survived else f"{where}: {sent!r} became {survived!r}"
 
 
-def start(mparticle_key: str, mparticle_secret: str, amplitude_key: str) -> Iterator[HttpSink]:
+def start(
+    mparticle_key: str,
+    mparticle_secret: str,
+    amplitude_key: str,
+    dsr_key: str = "",
+    dsr_secret: str = "",
+    amplitude_secret: str = "",
+) -> Iterator[HttpSink]:
     """Runs the sink on a free loopback port until the generator is closed."""
-    sink = HttpSink(mparticle_key, mparticle_secret, amplitude_key)
+    sink = HttpSink(mparticle_key, mparticle_secret, amplitude_key, dsr_key, dsr_secret, amplitude_secret)
     handler = type("Handler", (_Handler,), {"sink": sink})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
