@@ -213,6 +213,50 @@ def test_amplitude_throttled_users_are_waited_out_then_resent(sink: HttpSink) ->
     assert [e["insert_id"] for e in sink.events] == ["e1"]
 
 
+def test_amplitude_users_over_their_daily_quota_become_rejects_and_the_rest_is_resent(sink: HttpSink) -> None:
+    over_quota = {
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "exceeded_daily_quota_users": {"cust-00001": 500001},
+    }
+    sink.plan("/2/httpapi", Fault(status=429, answer=over_quota))
+
+    metrics = amplitude.forward(to_amplitude(sink), [change(n) for n in range(3)])
+
+    assert metrics.rejects == [Reject("e1", "user_id over Amplitude's daily quota (500001 events today)")]
+    assert sorted(e["insert_id"] for e in sink.events) == ["e0", "e2"]
+    assert [r.status for r in sink.requests_to("/2/httpapi")] == [429, 200]
+
+
+def test_a_request_that_is_never_acknowledged_marks_none_of_its_items_sent(sink: HttpSink) -> None:
+    sink.plan("/v2/bulkevents/historical", *[Fault(status=503)] * FAST.max_attempts)
+    old = Event("old", "custom_event", "signup", OLD_MS)
+    acknowledged: list[str] = []
+
+    with pytest.raises(DestinationError) as raised:
+        mparticle.forward(
+            to_mparticle(sink),
+            [change(1), change(2, events=(old,))],
+            now=NOW,
+            on_acknowledged=lambda r: acknowledged.extend(f"{r.path} {i.key}" for i in r.items),
+        )
+
+    assert sorted(acknowledged) == ["/v2/bulkevents p1", "/v2/bulkevents p2"]
+    assert raised.value.metrics.items_sent == 2 and sink.historical_batches == []
+
+
+def test_requests_run_concurrently_up_to_the_policy(sink: HttpSink) -> None:
+    sink.plan("/v2/bulkevents", *[Fault(delay=0.3)] * 6)
+    three = MParticle("mp", MP_KEY, MP_SECRET, base_url=sink.url, policy=replace(FAST, concurrency=3))
+
+    metrics = mparticle.forward(
+        three, [change(n, attributes={"essay": "x" * 40_000}) for n in range(40)], now=NOW
+    )
+
+    assert metrics.requests >= 6 and len(sink.batches) == 40
+    assert sink.max_in_flight == 3
+
+
 def test_more_than_100_attributes_travel_in_several_mparticle_batches(sink: HttpSink) -> None:
     many = {f"a{n:03d}": n for n in range(150)}
     mparticle.forward(to_mparticle(sink), [change(1, attributes=many)], now=NOW)
@@ -264,7 +308,7 @@ def test_amplitude_400_rejects_only_the_events_it_names(sink: HttpSink) -> None:
     assert sorted(e["insert_id"] for e in sink.events) == ["e0", "e1", "e2", "e3", "e4"]
 
 
-def test_mparticle_401_stops_with_one_line_naming_the_destination_never_the_key(
+def test_mparticle_403_stops_with_one_line_naming_the_destination_never_the_key(
     sink: HttpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -273,7 +317,7 @@ def test_mparticle_401_stops_with_one_line_naming_the_destination_never_the_key(
         mparticle.forward(to_mparticle(sink, secret="wrong-secret"), [change(n) for n in range(5)], now=NOW)
 
     message = str(raised.value)
-    assert message.startswith("destination mp: ") and "HTTP 401" in message and "\n" not in message
+    assert message.startswith("destination mp: ") and "HTTP 403" in message and "\n" not in message
     basic = base64.b64encode(f"{MP_KEY}:wrong-secret".encode()).decode()
     for secret in (MP_KEY, "wrong-secret", basic):
         assert secret not in message and secret not in caplog.text

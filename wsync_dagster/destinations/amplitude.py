@@ -101,8 +101,10 @@ class Amplitude:
         return form.encode(), "application/x-www-form-urlencoded"
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
-        """The events a HTTP V2 400 names, with what was wrong with each."""
+        """The events a 400 names, with what was wrong with each; a 429's users over their daily quota."""
         answer = _json_body(response)
+        if response.status_code == 429:
+            return _over_daily_quota(request, answer)
         reasons: dict[int, str] = {}
         for key, what in (
             ("events_with_invalid_fields", "invalid field"),
@@ -259,6 +261,23 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
             encoded["event_properties"] = dict(event.attributes)
         events.append(Item(key=event.event_id, body=_json(encoded), events=1))
     return identify, events, []
+
+
+def _over_daily_quota(request: Request, answer: dict[str, Any]) -> dict[int, str]:
+    """The items of users or devices a 429 says are over their daily quota: a retry today cannot help."""
+    over = {
+        key: answer.get(f"exceeded_daily_quota_{kind}s") or {}
+        for key, kind in (("user_id", "user"), ("device_id", "device"))
+    }
+    if not any(over.values()):
+        return {}
+    reasons: dict[int, str] = {}
+    for index, item in enumerate(request.items):
+        sent = json.loads(item.body)  # only on this rare answer
+        for key, counts in over.items():
+            if isinstance(counts, dict) and sent.get(key) in counts:
+                reasons[index] = f"{key} over Amplitude's daily quota ({counts[sent[key]]} events today)"
+    return reasons
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class Platform(Protocol):
         ...
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
-        """Index → reason of the items a 400 names; empty when the platform names none."""
+        """Index → reason of the items a 400 (or a 429) names as refused; empty when it names none."""
         ...
 
     def reason(self, response: httpx.Response) -> str:
@@ -291,7 +291,7 @@ class _Sender:
             if self.on_acknowledged is not None:
                 self.on_acknowledged(request)
             return
-        reasons = self.platform.item_reasons(request, response) if response.status_code == 400 else {}
+        reasons = self.platform.item_reasons(request, response) if response.status_code in (400, 429) else {}
         if reasons:
             self.metrics.rejects.extend(
                 Reject(request.items[i].key, why) for i, why in sorted(reasons.items())
@@ -341,6 +341,8 @@ class _Sender:
                     )
                 if response.is_success or status in self.answers:
                     return response
+                if status == 429 and self.platform.item_reasons(request, response):
+                    return response  # items the platform will not take today: split them off, resend the rest
                 if status not in RETRIED_STATUSES:
                     raise DestinationError(
                         f"destination {self.platform.destination}: the platform answered HTTP {status} "

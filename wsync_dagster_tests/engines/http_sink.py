@@ -111,6 +111,8 @@ class HttpSink:
     erasures: list[dict[str, Any]] = field(default_factory=list)  # accepted OpenDSR erasure requests
     deletions: list[dict[str, Any]] = field(default_factory=list)  # accepted Amplitude deletion requests
     violations: list[str] = field(default_factory=list)
+    in_flight: int = 0  # requests being answered now
+    max_in_flight: int = 0  # the most requests answered at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def plan(self, path: str, *faults: Fault) -> None:
@@ -176,6 +178,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
+        with self.sink.lock:
+            self.sink.in_flight += 1
+            self.sink.max_in_flight = max(self.sink.max_in_flight, self.sink.in_flight)
+        try:
+            self._post()
+        finally:
+            with self.sink.lock:
+                self.sink.in_flight -= 1
+
+    def _post(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         path = urllib.parse.urlsplit(self.path).path
         with self.sink.lock:
@@ -217,11 +229,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.sink.violations.append(f"{self.path}: {what}")
 
     def _mparticle(self, path: str, body: bytes) -> tuple[int, Any]:
-        expected = base64.b64encode(
-            f"{self.sink.mparticle_key}:{self.sink.mparticle_secret}".encode()
-        ).decode()
-        if self.headers.get("Authorization") != f"Basic {expected}":
-            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid credentials"}]}
+        if "Authorization" not in self.headers:  # mParticle: 401 without the header, 403 with a wrong one
+            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "missing credentials"}]}
+        if not self._basic(self.sink.mparticle_key, self.sink.mparticle_secret):
+            return 403, {"errors": [{"code": "FORBIDDEN", "message": "invalid credentials"}]}
         if len(body) > MP_MAX_REQUEST_BYTES:
             self._violation(f"request of {len(body)} bytes")
             return 413, {"errors": [{"code": "TOO_LARGE"}]}
