@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from wsync_dagster.destinations.json_encoding import compact_json, without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -95,10 +96,17 @@ class Amplitude:
         """HTTP V2: a JSON object with the key and events; Identify: a form with the key and identifications."""
         items = b"[" + b",".join(item.body for item in request.items) + b"]"
         if request.path == EVENTS_PATH:
-            head = b'{"api_key":' + json.dumps(self._api_key).encode() + b',"events":'
+            head = b'{"api_key":' + compact_json(self._api_key) + b',"events":'
             return head + items + b"}", "application/json"
-        form = urllib.parse.urlencode({"api_key": self._api_key, "identification": items.decode()})
-        return form.encode(), "application/x-www-form-urlencoded"
+        # multipart/form-data, which the Identify API takes beside urlencoded: no percent-encoding of the JSON
+        boundary = _boundary(items)
+        parts = [
+            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, name, value)
+            for name, value in ((b"api_key", self._api_key.encode()), (b"identification", items))
+        ]
+        return b"".join(
+            parts
+        ) + b"--%s--\r\n" % boundary, f"multipart/form-data; boundary={boundary.decode()}"
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
         """The events a 400 names, with what was wrong with each; a 429's users over their daily quota."""
@@ -137,16 +145,17 @@ def forward(
     identifies: list[Item] = []
     events: list[Item] = []
     rejects: list[Reject] = []
-    for change in changes:
-        identify, change_events, change_rejects = encode_change(change, destination.user_id)
-        if identify is not None:
-            identifies.append(identify)
-        events.extend(change_events)
-        rejects.extend(change_rejects)
-    requests = [
-        *pack(IDENTIFY_PATH, identifies, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512),
-        *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
-    ]
+    with without_gc_pauses():
+        for change in changes:
+            identify, change_events, change_rejects = encode_change(change, destination.user_id)
+            if identify is not None:
+                identifies.append(identify)
+            events.extend(change_events)
+            rejects.extend(change_rejects)
+        requests = [
+            *pack(IDENTIFY_PATH, identifies, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512),
+            *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
+        ]
     return send_encoded(
         destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
     )
@@ -208,7 +217,7 @@ def send_deletion(
     done = DeletionAcknowledgement(rejects=list(request.rejects))
     for start in range(0, len(request.user_ids), MAX_DELETIONS_PER_REQUEST):
         chunk = slice(start, start + MAX_DELETIONS_PER_REQUEST)
-        body = _json(
+        body = compact_json(
             {"user_ids": request.user_ids[chunk], "requester": request.requester, "ignore_invalid_id": True}
         )
         response, _ = exchange(
@@ -247,7 +256,7 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
     if removed:
         properties["$unset"] = dict.fromkeys(removed, "-")
     if properties:
-        body = _json({"user_id": user_id, "user_properties": properties})
+        body = compact_json({"user_id": user_id, "user_properties": properties})
         identify = Item(key=change.profile_id, body=body)
     events = []
     for event in change.events:
@@ -258,9 +267,18 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
             "insert_id": event.event_id,
         }
         if event.attributes:
-            encoded["event_properties"] = dict(event.attributes)
-        events.append(Item(key=event.event_id, body=_json(encoded), events=1))
+            attributes = event.attributes
+            encoded["event_properties"] = attributes if type(attributes) is dict else dict(attributes)
+        events.append(Item(event.event_id, compact_json(encoded), 1))
     return identify, events, []
+
+
+def _boundary(content: bytes) -> bytes:
+    """A multipart boundary the content does not hold."""
+    while True:
+        boundary = b"wsync-" + uuid.uuid4().hex.encode()
+        if boundary not in content:
+            return boundary
 
 
 def _over_daily_quota(request: Request, answer: dict[str, Any]) -> dict[int, str]:
@@ -290,7 +308,3 @@ def _json_answer(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from wsync_dagster.destinations.json_encoding import compact_json, without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -95,6 +96,7 @@ USER_IDENTITY_NAMES: dict[str, str] = {
 DEVICE_IDENTITY_NAMES: frozenset[str] = frozenset(DEVICE_IDENTITIES) - {"mp_deviceid"}
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 _REQUEST_IDS = uuid.UUID("5b0f6f58-3d2c-4f7e-9a51-6d0c1f2e8a47")  # namespace of source_request_ids
+_REQUEST_ID_HASH = hashlib.sha1(_REQUEST_IDS.bytes)  # uuid5's hash, its namespace hashed once
 
 
 class MParticle:
@@ -216,7 +218,7 @@ def erasure_request(erasure: Erasure, regulation: str = "gdpr") -> ErasureReques
         body["subject_identities"] = subject
     if extension:
         body["extensions"] = {"opendsr.mparticle.com": {"subject_identities": extension}}
-    return ErasureRequest(erasure.profile_id, request_id, _json(body))
+    return ErasureRequest(erasure.profile_id, request_id, compact_json(body))
 
 
 def send_erasure(
@@ -277,15 +279,16 @@ def forward(
     recent: list[Item] = []
     historical: list[Item] = []
     rejects: list[Reject] = []
-    for change in changes:
-        batches, historical_batches, change_rejects = encode_change(change, destination.environment, now)
-        recent.extend(batches)
-        historical.extend(historical_batches)
-        rejects.extend(change_rejects)
-    requests = [
-        *pack(BULK_PATH, recent, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
-        *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
-    ]
+    with without_gc_pauses():
+        for change in changes:
+            batches, historical_batches, change_rejects = encode_change(change, destination.environment, now)
+            recent.extend(batches)
+            historical.extend(historical_batches)
+            rejects.extend(change_rejects)
+        requests = [
+            *pack(BULK_PATH, recent, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
+            *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
+        ]
     return send_encoded(
         destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
     )
@@ -303,18 +306,24 @@ def encode_change(
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
     cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
     rejects: list[Reject] = []
-    recent_events: list[tuple[str, bytes]] = []
-    old_events: list[tuple[str, bytes]] = []
+    recent_events: list[tuple[str, dict[str, Any]]] = []
+    old_events: list[tuple[str, dict[str, Any]]] = []
     for event in change.events:
         encoded = _event(event)
         if isinstance(encoded, Reject):
             rejects.append(encoded)
             continue
         target = old_events if event.timestamp_ms < cutoff_ms else recent_events
-        target.append((event.event_id, _json(encoded)))
+        target.append((event.event_id, encoded))
     base = {"environment": environment, **identities}
     attributes = {name: _attribute_value(v) for name, v in change.attributes.items() if v is not None}
     removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
+    if not old_events and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
+        single = _single_batch(change.profile_id, base, attributes, removed, recent_events)
+        if single is not None:
+            return single, [], rejects
+    recent_bytes = [(event_id, compact_json(event)) for event_id, event in recent_events]
+    old_bytes = [(event_id, compact_json(event)) for event_id, event in old_events]
     heads: list[dict[str, Any]] = []
     names = sorted(attributes)
     for start in range(0, max(len(names), len(removed), 1), MAX_ATTRIBUTES_PER_BATCH):
@@ -325,12 +334,35 @@ def encode_change(
         if removed[start : start + MAX_ATTRIBUTES_PER_BATCH]:
             head["deleted_user_attributes"] = removed[start : start + MAX_ATTRIBUTES_PER_BATCH]
         heads.append(head)
-    if any(len(_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
+    if any(len(compact_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
         return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
-    recent, too_big = _batches(change.profile_id, heads, recent_events, base)
-    historical, too_big_old = _batches(change.profile_id, [], old_events, base)
+    recent, too_big = _batches(change.profile_id, heads, recent_bytes, base)
+    historical, too_big_old = _batches(change.profile_id, [], old_bytes, base)
     rejects.extend(too_big + too_big_old)
     return recent, historical, rejects
+
+
+def _single_batch(
+    profile_id: str,
+    base: dict[str, Any],
+    attributes: dict[str, Any],
+    removed: list[str],
+    events: list[tuple[str, dict[str, Any]]],
+) -> list[Item] | None:
+    """The usual change, one batch encoded at once: None when it needs the batch limit's splitting."""
+    batch = dict(base)
+    if attributes:
+        batch["user_attributes"] = dict(sorted(attributes.items()))
+    if removed:
+        batch["deleted_user_attributes"] = removed
+    if events:
+        batch["events"] = [event for _, event in events]
+    elif len(batch) == len(base):
+        return []  # nothing to send
+    head = compact_json(batch)
+    if len(head) > MAX_BATCH_BYTES - 96:
+        return None
+    return [_identified(profile_id, head, len(events))]
 
 
 def _batches(
@@ -341,7 +373,7 @@ def _batches(
     rejects: list[Reject] = []
     heads = list(heads)
     room = MAX_BATCH_BYTES - 96  # for `"events":[]` and the source_request_id added at the end
-    base_size = len(_json(base))
+    base_size = len(compact_json(base))
     current: dict[str, Any] | None = None
     current_events: list[bytes] = []
     size = 0
@@ -349,7 +381,7 @@ def _batches(
     def start() -> None:
         nonlocal current, current_events, size
         current = heads.pop(0) if heads else dict(base)
-        current_events, size = [], len(_json(current))
+        current_events, size = [], len(compact_json(current))
 
     def close() -> None:
         if current is not None and (current_events or len(current) > len(base)):
@@ -373,12 +405,21 @@ def _batches(
 
 def _item(profile_id: str, batch: dict[str, Any], events: list[bytes]) -> Item:
     """A batch with its events and a source_request_id derived from its content."""
-    head = _json(batch)
+    head = compact_json(batch)
     if events:
         head = head[:-1] + b',"events":[' + b",".join(events) + b"]}"
-    request_id = uuid.uuid5(_REQUEST_IDS, head.decode()).hex
-    body = head[:-1] + b',"source_request_id":"' + request_id.encode() + b'"}'
-    return Item(key=profile_id, body=body, events=len(events))
+    return _identified(profile_id, head, len(events))
+
+
+def _identified(profile_id: str, head: bytes, events: int) -> Item:
+    """The batch with its source_request_id: uuid5 of its content, so a resend is the same request."""
+    digest = _REQUEST_ID_HASH.copy()
+    digest.update(head)
+    request_id = bytearray(digest.digest()[:16])
+    request_id[6] = (request_id[6] & 0x0F) | 0x50  # uuid5's version and variant bits, as uuid.uuid5 sets them
+    request_id[8] = (request_id[8] & 0x3F) | 0x80
+    body = head[:-1] + b',"source_request_id":"' + request_id.hex().encode() + b'"}'
+    return Item(key=profile_id, body=body, events=events)
 
 
 def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
@@ -438,7 +479,3 @@ def _text(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -10,6 +10,8 @@ slow response or a dropped connection. `violations` lists every breach of a cont
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import gzip
 import json
 import socket
@@ -355,7 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"code": 200, "events_ingested": len(events), "payload_size_bytes": len(body)}
 
     def _amplitude_identify(self, body: bytes) -> tuple[int, Any]:
-        form = urllib.parse.parse_qs(body.decode())
+        form = self._form(body)
         if form.get("api_key") != [self.sink.amplitude_key]:
             return 400, {"code": 400, "error": "Invalid API key"}
         identifications = json.loads(form["identification"][0])
@@ -367,6 +369,22 @@ class _Handler(BaseHTTPRequestHandler):
         with self.sink.lock:
             self.sink.identifies.extend(identifications)
         return 200, "success"
+
+    def _form(self, body: bytes) -> dict[str, list[str]]:
+        """A form body, x-www-form-urlencoded or multipart/form-data (the two the Identify API takes)."""
+        content_type = self.headers.get("Content-Type", "")
+        if content_type == "application/x-www-form-urlencoded":
+            return urllib.parse.parse_qs(body.decode())
+        if not content_type.startswith("multipart/form-data; boundary="):
+            self._violation(f"a form of Content-Type {content_type!r}")
+            return {}
+        head = f"Content-Type: {content_type}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        form: dict[str, list[str]] = defaultdict(list)
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            form[str(name)].append(part.get_payload(decode=True).decode())
+        return dict(form)
 
     def _record(self, path: str, status: int, body: bytes) -> None:
         with self.sink.lock:
