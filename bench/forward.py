@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -127,7 +126,12 @@ def build_rows(kind: str, profiles: int, events_per_profile: int) -> Rows:
     for n in range(profiles):
         identities = {"customer_id": f"cust-{n:07d}", "email": f"user{n}@example.com"}
         if kind == "profiles":
-            attributes = {"plan": "pro" if n % 3 else "free", "seats": n % 50, "score": n / 7, "vip": n % 2 == 0}
+            attributes = {
+                "plan": "pro" if n % 3 else "free",
+                "seats": n % 50,
+                "score": n / 7,
+                "vip": n % 2 == 0,
+            }
             attributes["city"] = f"city-{n % 1000}"
             changes.append(ProfileChange(f"p{n}", identities, attributes, ("trial_ends",)))
             flat.append({**identities, **attributes, "removed": ["trial_ends"]})
@@ -161,7 +165,7 @@ class Result:
     wait_seconds: float | None = None
 
 
-def wsync_destination(platform_name: str, url: str):  # noqa: ANN201 — MParticle | Amplitude
+def wsync_destination(platform_name: str, url: str):
     """wsync's destination for the platform, pointed at the server, its rate limit lifted (loopback)."""
     from wsync_dagster.destinations import amplitude, mparticle
 
@@ -196,7 +200,9 @@ def prebuilt_requests(platform_name: str, rows: Rows, url: str) -> list[tuple[st
     destination = wsync_destination(platform_name, url)
     if platform_name == "mparticle":
         items = [b for change in rows.changes for b in mparticle.encode_change(change, "production", NOW)[0]]
-        requests = pack(mparticle.BULK_PATH, items, mparticle.MAX_BATCHES_PER_REQUEST, mparticle.MAX_REQUEST_BYTES, 2)
+        requests = pack(
+            mparticle.BULK_PATH, items, mparticle.MAX_BATCHES_PER_REQUEST, mparticle.MAX_REQUEST_BYTES, 2
+        )
     else:
         identifies, events = [], []
         for change in rows.changes:
@@ -285,7 +291,9 @@ def drt_config(platform_name: str, kind: str, url: str) -> dict:
         }
     if kind == "profiles":
         template = (
-            f"api_key={AMP_KEY}&identification={{% filter urlencode %}}[" + _each(_AMP_IDENTIFY) + "]{% endfilter %}"
+            f"api_key={AMP_KEY}&identification={{% filter urlencode %}}["
+            + _each(_AMP_IDENTIFY)
+            + "]{% endfilter %}"
         )
         path, content_type = "/identify", "application/x-www-form-urlencoded"
     else:
@@ -303,13 +311,15 @@ def drt_config(platform_name: str, kind: str, url: str) -> dict:
 
 def run_drt(platform_name: str, rows: Rows, url: str) -> float:
     """drt-core's RestApiDestination.load over the flat rows, its rate limit lifted; wall seconds."""
-    from drt.config.models import SyncOptions
     from drt.config.destinations_saas import RestApiDestinationConfig
+    from drt.config.models import SyncOptions
     from drt.destinations.rest_api import RestApiDestination
 
     os.environ["BENCH_MP_KEY"], os.environ["BENCH_MP_SECRET"] = MP_KEY, MP_SECRET
     config = RestApiDestinationConfig.model_validate(drt_config(platform_name, rows.kind, url))
-    options = SyncOptions.model_validate({"batch_size": len(rows.flat), "rate_limit": {"requests_per_second": 1e9}})
+    options = SyncOptions.model_validate(
+        {"batch_size": len(rows.flat), "rate_limit": {"requests_per_second": 1e9}}
+    )
     started = time.perf_counter()
     result = RestApiDestination().load(rows.flat, config, options)
     wall = time.perf_counter() - started
@@ -344,10 +354,16 @@ def fetch_stats(url: str) -> dict[str, int]:
     return httpx.get(f"{url}/stats", timeout=30).json()
 
 
-def measure(contender: str, platform_name: str, rows: Rows, url: str, work: Callable[[], object]) -> Result:
+def run_line(contender: str, platform_name: str, rows: Rows, url: str) -> Result:
     """Runs one line and reads what the server got."""
+    built = prebuilt_requests(platform_name, rows, url) if contender == "floor" else []
     fetch_stats(url)
-    outcome = work()
+    if contender == "wsync":
+        outcome: object = run_wsync(platform_name, rows, url)
+    elif contender == "drt-core":
+        outcome = run_drt(platform_name, rows, url)
+    else:
+        outcome = run_floor(built, url, basic=platform_name == "mparticle")
     arrived = fetch_stats(url)
     if isinstance(outcome, tuple):
         wall, encode, wait = outcome
@@ -379,18 +395,18 @@ def report(results: list[Result], args: argparse.Namespace, load: tuple[float, f
     ]
     by = {(r.contender, r.platform, r.kind): r for r in results}
     for r in results:
-        encode = f"{r.encode_seconds:.2f}" if r.encode_seconds is not None else "–"
-        wait = f"{r.wait_seconds:.2f}" if r.wait_seconds is not None else "–"
+        encode = f"{r.encode_seconds:.2f}" if r.encode_seconds is not None else "-"
+        wait = f"{r.wait_seconds:.2f}" if r.wait_seconds is not None else "-"
         lines.append(
             f"| {r.platform} | {r.kind} | {r.contender} | {r.rows:,} | {arrived_items(r):,} | {r.seconds:.2f} | "
             f"{r.rows / r.seconds:,.0f} | {encode} | {wait} |"
         )
-    lines += ["", "Ratios (this run's figures; goals: ≥ 3× drt-core, ≥ 50% of the floor):", ""]
+    lines += ["", "Ratios (this run's figures; goals: >= 3x drt-core, >= 50% of the floor):", ""]
     for (contender, platform_name, kind), r in by.items():
         if contender != "wsync":
             continue
         parts = []
-        for other, label in (("drt-core", "× drt-core"), ("floor", "of the floor")):
+        for other, label in (("drt-core", "x drt-core"), ("floor", "of the floor")):
             o = by.get((other, platform_name, kind))
             if o is None:
                 continue
@@ -413,7 +429,9 @@ def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=100_000, help="profile changes (default 100,000)")
-    parser.add_argument("--events-per-profile", type=int, default=10, help="events a profile (default 10: 1M)")
+    parser.add_argument(
+        "--events-per-profile", type=int, default=10, help="events a profile (default 10: 1M)"
+    )
     parser.add_argument("--platforms", default="mparticle,amplitude")
     parser.add_argument("--kinds", default="profiles,events")
     parser.add_argument("--contenders", default="wsync,drt-core,floor")
@@ -443,14 +461,7 @@ def main() -> None:
             rows = build_rows(kind, args.profiles, args.events_per_profile)
             for platform_name in args.platforms.split(","):
                 for contender in contenders:
-                    if contender == "wsync":
-                        work: Callable[[], object] = lambda: run_wsync(platform_name, rows, url)  # noqa: E731
-                    elif contender == "drt-core":
-                        work = lambda: run_drt(platform_name, rows, url)  # noqa: E731
-                    else:
-                        built = prebuilt_requests(platform_name, rows, url)
-                        work = lambda: run_floor(built, url, platform_name == "mparticle")  # noqa: E731
-                    result = measure(contender, platform_name, rows, url, work)
+                    result = run_line(contender, platform_name, rows, url)
                     results.append(result)
                     print(
                         f"{platform_name:9} {kind:8} {contender:8} {result.rows:>9,} rows "
@@ -458,7 +469,6 @@ def main() -> None:
                         f"arrived {arrived_items(result):,}",
                         flush=True,
                     )
-            del rows
         text = report(results, args, (load_start, os.getloadavg()[0]), time.perf_counter() - started)
         print("\n" + text)
         if not args.no_results:

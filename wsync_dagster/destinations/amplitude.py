@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.json_encoding import compact_json, without_gc_pauses
+from wsync_dagster.destinations.json_encoding import compact_json
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
     DestinationError,
     Item,
     JsonRequests,
+    Packing,
     Request,
     SendMetrics,
     SendPolicy,
     exchange,
-    pack,
     send_encoded,
 )
 
@@ -141,24 +140,28 @@ def forward(
     destination: Amplitude, changes: Iterable[ProfileChange], on_acknowledged: Acknowledged | None = None
 ) -> SendMetrics:
     """Sends the changes as identifies and events, waiting for Amplitude's acknowledgement of each request."""
-    started = time.perf_counter()
-    identifies: list[Item] = []
-    events: list[Item] = []
     rejects: list[Reject] = []
-    with without_gc_pauses():
-        for change in changes:
-            identify, change_events, change_rejects = encode_change(change, destination.user_id)
-            if identify is not None:
-                identifies.append(identify)
-            events.extend(change_events)
-            rejects.extend(change_rejects)
-        requests = [
-            *pack(IDENTIFY_PATH, identifies, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512),
-            *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
-        ]
-    return send_encoded(
-        destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
-    )
+    requests = _requests(changes, destination.user_id, rejects)
+    return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
+
+
+def _requests(
+    changes: Iterable[ProfileChange], user_id_type: str, rejects: list[Reject]
+) -> Iterator[Request]:
+    """The changes' identifies and events packed into requests as they are encoded; rejects gets the rest."""
+    identifies = Packing(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
+    events = Packing(EVENTS_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
+    for change in changes:
+        identify, change_events, change_rejects = encode_change(change, user_id_type)
+        rejects.extend(change_rejects)
+        if identify is not None and (closed := identifies.add(identify)) is not None:
+            yield closed
+        for event in change_events:
+            if (closed := events.add(event)) is not None:
+                yield closed
+    for packing in (identifies, events):
+        if (rest := packing.rest()) is not None:
+            yield rest
 
 
 @dataclass(frozen=True)

@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.json_encoding import compact_json, without_gc_pauses
+from wsync_dagster.destinations.json_encoding import compact_json
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
     DestinationError,
     Item,
     JsonRequests,
+    Packing,
     Request,
     SendMetrics,
     SendPolicy,
     exchange,
-    pack,
     send_encoded,
 )
 from wsync_dagster.identities import DEVICE_IDENTITIES
@@ -94,6 +93,7 @@ USER_IDENTITY_NAMES: dict[str, str] = {
 # Device identities travel in `device_info` under the same names.
 # mp_deviceid is mParticle's own device id: it travels as the batch's `mp_deviceid`, not in `device_info`.
 DEVICE_IDENTITY_NAMES: frozenset[str] = frozenset(DEVICE_IDENTITIES) - {"mp_deviceid"}
+_SCALARS = (str, bool, int, float)  # what mParticle keeps as is
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 _REQUEST_IDS = uuid.UUID("5b0f6f58-3d2c-4f7e-9a51-6d0c1f2e8a47")  # namespace of source_request_ids
 _REQUEST_ID_HASH = hashlib.sha1(_REQUEST_IDS.bytes)  # uuid5's hash, its namespace hashed once
@@ -275,23 +275,27 @@ def forward(
     on_acknowledged: Acknowledged | None = None,
 ) -> SendMetrics:
     """Sends the changes as batches, waiting for mParticle's acknowledgement of each request."""
-    started = time.perf_counter()
-    recent: list[Item] = []
-    historical: list[Item] = []
     rejects: list[Reject] = []
-    with without_gc_pauses():
-        for change in changes:
-            batches, historical_batches, change_rejects = encode_change(change, destination.environment, now)
-            recent.extend(batches)
-            historical.extend(historical_batches)
-            rejects.extend(change_rejects)
-        requests = [
-            *pack(BULK_PATH, recent, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
-            *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
-        ]
-    return send_encoded(
-        destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
-    )
+    requests = _requests(changes, destination.environment, now, rejects)
+    return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
+
+
+def _requests(
+    changes: Iterable[ProfileChange], environment: str, now: datetime | None, rejects: list[Reject]
+) -> Iterator[Request]:
+    """The changes' batches packed into requests as they are encoded; what cannot go lands in rejects."""
+    bulk = Packing(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
+    historical = Packing(HISTORICAL_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
+    for change in changes:
+        batches, old_batches, change_rejects = encode_change(change, environment, now)
+        rejects.extend(change_rejects)
+        for packing, items in ((bulk, batches), (historical, old_batches)):
+            for item in items:
+                if (closed := packing.add(item)) is not None:
+                    yield closed
+    for packing in (bulk, historical):
+        if (rest := packing.rest()) is not None:
+            yield rest
 
 
 def encode_change(
@@ -316,8 +320,14 @@ def encode_change(
         target = old_events if event.timestamp_ms < cutoff_ms else recent_events
         target.append((event.event_id, encoded))
     base = {"environment": environment, **identities}
-    attributes = {name: _attribute_value(v) for name, v in change.attributes.items() if v is not None}
-    removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
+    attributes: dict[str, Any] = {}
+    nulls: list[str] = []  # an attribute set to null is a removal too
+    for name, value in sorted(change.attributes.items()):
+        if value is None:
+            nulls.append(name)
+        else:
+            attributes[name] = value if type(value) in _SCALARS else _attribute_value(value)
+    removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
     if not old_events and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
         single = _single_batch(change.profile_id, base, attributes, removed, recent_events)
         if single is not None:
@@ -352,7 +362,7 @@ def _single_batch(
     """The usual change, one batch encoded at once: None when it needs the batch limit's splitting."""
     batch = dict(base)
     if attributes:
-        batch["user_attributes"] = dict(sorted(attributes.items()))
+        batch["user_attributes"] = attributes  # sorted by name: the same change is the same batch
     if removed:
         batch["deleted_user_attributes"] = removed
     if events:
@@ -425,10 +435,15 @@ def _identified(profile_id: str, head: bytes, events: int) -> Item:
 def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
     """The batch keys that say who the user is: user_identities, device_info, mpid, mp_deviceid."""
     found: dict[str, Any] = {}
-    user = {
-        USER_IDENTITY_NAMES[t]: v for t, v in sorted(identities.items()) if t in USER_IDENTITY_NAMES and v
-    }
-    device = {t: v for t, v in sorted(identities.items()) if t in DEVICE_IDENTITY_NAMES and v}
+    user: dict[str, str] = {}
+    device: dict[str, str] = {}
+    for kind, value in sorted(identities.items()):
+        if not value:
+            continue
+        if kind in USER_IDENTITY_NAMES:
+            user[USER_IDENTITY_NAMES[kind]] = value
+        elif kind in DEVICE_IDENTITY_NAMES:
+            device[kind] = value
     if user:
         found["user_identities"] = user
     if device:
@@ -463,7 +478,7 @@ def _event(event: Event) -> dict[str, Any] | Reject:
 
 def _attribute_value(value: Any) -> Any:
     """A user attribute as mParticle keeps it: a scalar, or a list of strings."""
-    if isinstance(value, str | bool | int | float):
+    if isinstance(value, _SCALARS):
         return value
     if isinstance(value, list | tuple):
         return [_text(v) for v in value if v is not None]

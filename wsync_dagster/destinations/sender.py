@@ -7,12 +7,13 @@ import email.utils
 import gzip
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
 
+from wsync_dagster.destinations.json_encoding import without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Reject
 
 GZIP_FROM_BYTES = 1024  # smaller bodies gain nothing from compression
@@ -166,21 +167,42 @@ class DestinationError(Exception):
         self.metrics = metrics or SendMetrics()  # what was acknowledged and rejected before it stopped
 
 
+class Packing:
+    """Items bound for one path, gathered in order into requests within the platform's limits."""
+
+    def __init__(self, path: str, max_items: int, max_bytes: int, overhead: int) -> None:
+        self.path = path
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.overhead = overhead  # the request's bytes besides its items
+        self._items: list[Item] = []
+        self._size = overhead
+
+    def add(self, item: Item) -> Request | None:
+        """Adds the item; returns the request it closed when it did not fit in it."""
+        item_size = len(item.body) + 1  # the separating comma
+        closed = None
+        if self._items and (len(self._items) == self.max_items or self._size + item_size > self.max_bytes):
+            closed = self.rest()
+        self._items.append(item)
+        self._size += item_size
+        return closed
+
+    def rest(self) -> Request | None:
+        """The request of the items gathered so far, if any; starts a new one."""
+        if not self._items:
+            return None
+        request = Request(self.path, tuple(self._items))
+        self._items, self._size = [], self.overhead
+        return request
+
+
 def pack(path: str, items: Iterable[Item], max_items: int, max_bytes: int, overhead: int) -> list[Request]:
     """Items grouped in order into requests of at most max_items and max_bytes (with overhead bytes)."""
-    requests: list[Request] = []
-    current: list[Item] = []
-    size = overhead
-    for item in items:
-        item_size = len(item.body) + 1  # the separating comma
-        if current and (len(current) == max_items or size + item_size > max_bytes):
-            requests.append(Request(path, tuple(current)))
-            current, size = [], overhead
-        current.append(item)
-        size += item_size
-    if current:
-        requests.append(Request(path, tuple(current)))
-    return requests
+    packing = Packing(path, max_items, max_bytes, overhead)
+    requests = [closed for item in items if (closed := packing.add(item)) is not None]
+    rest = packing.rest()
+    return [*requests, rest] if rest is not None else requests
 
 
 Acknowledged = Callable[[Request], None]  # called with each request's items once the platform took them
@@ -188,12 +210,17 @@ Acknowledged = Callable[[Request], None]  # called with each request's items onc
 
 def send(
     platform: Platform,
-    requests: Sequence[Request],
+    requests: Iterable[Request],
     policy: SendPolicy,
     on_acknowledged: Acknowledged | None = None,
 ) -> SendMetrics:
-    """Sends the requests, waiting for every acknowledgement; raises DestinationError when it must stop."""
-    return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
+    """Sends the requests, waiting for every acknowledgement; raises DestinationError when it must stop.
+
+    A lazy iterable is drawn as requests go out, so encoding the next overlaps the platform's work on the
+    last; the time spent drawing counts as encoding.
+    """
+    with without_gc_pauses():
+        return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
 
 
 def exchange(
@@ -205,7 +232,7 @@ def exchange(
 
 def send_encoded(
     platform: Platform,
-    requests: Sequence[Request],
+    requests: Iterable[Request],
     policy: SendPolicy,
     rejects: list[Reject],
     encode_seconds: float,
@@ -271,20 +298,20 @@ class _Sender:
         self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
         return response, self.metrics
 
-    async def send_all(self, requests: Sequence[Request]) -> SendMetrics:
+    async def send_all(self, requests: Iterable[Request]) -> SendMetrics:
         started = time.perf_counter()
         async with self._client() as self.client:
             try:
-                # As many workers as requests may be in flight, each taking the next request when done: a
+                # As many workers as requests may be in flight, each drawing the next request when done: a
                 # task per request would build every body up front and wait on the slots in a crowd.
                 pending = iter(requests)
 
                 async def work() -> None:
-                    for request in pending:
+                    while (request := self._draw(pending)) is not None:
                         await self.deliver(request)
 
                 async with asyncio.TaskGroup() as group:
-                    for _ in range(min(self.policy.concurrency, len(requests))):
+                    for _ in range(self.policy.concurrency):
                         group.create_task(work())
             except* DestinationError as errors:
                 error = errors.exceptions[0]
@@ -292,6 +319,13 @@ class _Sender:
         # Encoding runs on the event loop's one thread, so the rest of the wall time was waiting.
         self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
         return self.metrics
+
+    def _draw(self, pending: Iterator[Request]) -> Request | None:
+        """The next request, its encoding timed; None when there are no more."""
+        started = time.perf_counter()
+        request = next(pending, None)
+        self.metrics.encode_seconds += time.perf_counter() - started
+        return request
 
     async def deliver(self, request: Request) -> None:
         """Sends one request until acknowledged, splitting it when the platform rejects items."""
