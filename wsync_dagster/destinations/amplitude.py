@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.json_encoding import compact_json
+from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -261,18 +261,18 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
     if properties:
         body = compact_json({"user_id": user_id, "user_properties": properties})
         identify = Item(key=change.profile_id, body=body)
+    # Events are many and alike: their known keys are written around json's escaping of the values.
+    head = '{"user_id":' + json_string(user_id) + ',"event_type":'
     events = []
     for event in change.events:
-        encoded: dict[str, Any] = {
-            "user_id": user_id,
-            "event_type": event.name,
-            "time": event.timestamp_ms,
-            "insert_id": event.event_id,
-        }
-        if event.attributes:
-            attributes = event.attributes
-            encoded["event_properties"] = attributes if type(attributes) is dict else dict(attributes)
-        events.append(Item(event.event_id, compact_json(encoded), 1))
+        attributes = event.attributes
+        if attributes:
+            plain = attributes if type(attributes) is dict else dict(attributes)  # json's encoder takes dicts
+            tail = ',"event_properties":' + json_text(plain) + "}"
+        else:
+            tail = "}"
+        body = f'{head}{json_string(event.name)},"time":{int(event.timestamp_ms)},"insert_id":{json_string(event.event_id)}{tail}'
+        events.append(Item(event.event_id, body.encode(), 1))
     return identify, events, []
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 # json.dumps builds a new encoder on every call with non-default separators, about half the cost of
 # encoding a small item; the C encoder it builds can be kept and reused.
+_CONTAINERS = frozenset({dict, list, tuple})
 _STDLIB = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str, check_circular=False)
 _C_ENCODE: Callable[[Any, int], list[str]] | None = (
     encoder.c_make_encoder(None, str, encoder.encode_basestring, None, ":", ",", False, False, True)
@@ -21,9 +22,7 @@ _C_ENCODE: Callable[[Any, int], list[str]] | None = (
 
 def compact_json(value: Any) -> bytes:
     """The value as compact UTF-8 JSON; what JSON does not know travels as its str()."""
-    if _C_ENCODE is None or isinstance(value, str | int | float | bool) or value is None:
-        return _STDLIB.encode(value).encode()
-    return "".join(_C_ENCODE(value, 0)).encode()
+    return json_text(value).encode()
 
 
 @contextmanager
@@ -37,3 +36,15 @@ def without_gc_pauses() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def json_string(text: str) -> str:
+    """A str as a JSON string literal, quotes included (json's own C escaping)."""
+    return encoder.encode_basestring(text)
+
+
+def json_text(value: Any) -> str:
+    """The value as compact JSON text, for a body assembled around it."""
+    if _C_ENCODE is not None and type(value) in _CONTAINERS:  # the C encoder takes containers only
+        return "".join(_C_ENCODE(value, 0))
+    return _STDLIB.encode(value)

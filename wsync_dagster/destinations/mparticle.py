@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.json_encoding import compact_json
+from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -310,10 +310,10 @@ def encode_change(
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
     cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
     rejects: list[Reject] = []
-    recent_events: list[tuple[str, dict[str, Any]]] = []
-    old_events: list[tuple[str, dict[str, Any]]] = []
+    recent_events: list[tuple[str, bytes]] = []
+    old_events: list[tuple[str, bytes]] = []
     for event in change.events:
-        encoded = _event(event)
+        encoded = _event_json(event)
         if isinstance(encoded, Reject):
             rejects.append(encoded)
             continue
@@ -332,8 +332,6 @@ def encode_change(
         single = _single_batch(change.profile_id, base, attributes, removed, recent_events)
         if single is not None:
             return single, [], rejects
-    recent_bytes = [(event_id, compact_json(event)) for event_id, event in recent_events]
-    old_bytes = [(event_id, compact_json(event)) for event_id, event in old_events]
     heads: list[dict[str, Any]] = []
     names = sorted(attributes)
     for start in range(0, max(len(names), len(removed), 1), MAX_ATTRIBUTES_PER_BATCH):
@@ -346,8 +344,8 @@ def encode_change(
         heads.append(head)
     if any(len(compact_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
         return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
-    recent, too_big = _batches(change.profile_id, heads, recent_bytes, base)
-    historical, too_big_old = _batches(change.profile_id, [], old_bytes, base)
+    recent, too_big = _batches(change.profile_id, heads, recent_events, base)
+    historical, too_big_old = _batches(change.profile_id, [], old_events, base)
     rejects.extend(too_big + too_big_old)
     return recent, historical, rejects
 
@@ -357,7 +355,7 @@ def _single_batch(
     base: dict[str, Any],
     attributes: dict[str, Any],
     removed: list[str],
-    events: list[tuple[str, dict[str, Any]]],
+    events: list[tuple[str, bytes]],
 ) -> list[Item] | None:
     """The usual change, one batch encoded at once: None when it needs the batch limit's splitting."""
     batch = dict(base)
@@ -365,11 +363,11 @@ def _single_batch(
         batch["user_attributes"] = attributes  # sorted by name: the same change is the same batch
     if removed:
         batch["deleted_user_attributes"] = removed
-    if events:
-        batch["events"] = [event for _, event in events]
-    elif len(batch) == len(base):
+    if not events and len(batch) == len(base):
         return []  # nothing to send
     head = compact_json(batch)
+    if events:
+        head = head[:-1] + b',"events":[' + b",".join(event for _, event in events) + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
         return None
     return [_identified(profile_id, head, len(events))]
@@ -455,6 +453,21 @@ def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
+def _event_json(event: Event) -> bytes | Reject:
+    """An event's JSON in mParticle's shape; a custom event without further data keys written directly."""
+    if event.event_type != "custom_event" or event.data:
+        encoded = _event(event)
+        return encoded if isinstance(encoded, Reject) else compact_json(encoded)
+    # The keys in _event's order, around json's escaping of the values: events are many and alike.
+    attributes = {k: v if type(v) is str else _text(v) for k, v in event.attributes.items() if v is not None}
+    custom = ',"custom_attributes":' + json_text(attributes) if attributes else ""
+    return (
+        f'{{"event_type":"custom_event","data":{{"timestamp_unixtime_ms":{int(event.timestamp_ms)},'
+        f'"source_message_id":{json_string(event.event_id)}{custom},"event_name":{json_string(event.name)},'
+        f'"custom_event_type":{json_string(event.custom_event_type)}}}}}'
+    ).encode()
+
+
 def _event(event: Event) -> dict[str, Any] | Reject:
     """An event in mParticle's shape: event_type and data."""
     if event.event_type not in EVENT_TYPES:
@@ -465,7 +478,7 @@ def _event(event: Event) -> dict[str, Any] | Reject:
     data: dict[str, Any] = dict(event.data)
     data["timestamp_unixtime_ms"] = event.timestamp_ms
     data["source_message_id"] = event.event_id
-    attributes = {k: _text(v) for k, v in event.attributes.items() if v is not None}
+    attributes = {k: v if type(v) is str else _text(v) for k, v in event.attributes.items() if v is not None}
     if attributes:
         data["custom_attributes"] = attributes
     if event.event_type == "custom_event":
@@ -491,6 +504,6 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return str(value)
     return json.dumps(value, sort_keys=True, default=str)
