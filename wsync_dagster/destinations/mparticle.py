@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
+from wsync_dagster.destinations.json_encoding import compact_json, json_string
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -459,8 +459,12 @@ def _event_json(event: Event) -> bytes | Reject:
         encoded = _event(event)
         return encoded if isinstance(encoded, Reject) else compact_json(encoded)
     # The keys in _event's order, around json's escaping of the values: events are many and alike.
-    attributes = {k: v if type(v) is str else _text(v) for k, v in event.attributes.items() if v is not None}
-    custom = ',"custom_attributes":' + json_text(attributes) if attributes else ""
+    pairs = [
+        f"{json_string(str(k))}:{json_string(v if type(v) is str else _text(v))}"
+        for k, v in event.attributes.items()
+        if v is not None
+    ]
+    custom = ',"custom_attributes":{' + ",".join(pairs) + "}" if pairs else ""
     return (
         f'{{"event_type":"custom_event","data":{{"timestamp_unixtime_ms":{int(event.timestamp_ms)},'
         f'"source_message_id":{json_string(event.event_id)}{custom},"event_name":{json_string(event.name)},'
