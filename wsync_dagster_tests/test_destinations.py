@@ -213,6 +213,18 @@ def test_amplitude_throttled_users_are_waited_out_then_resent(sink: HttpSink) ->
     assert [e["insert_id"] for e in sink.events] == ["e1"]
 
 
+def test_a_throttled_amplitude_identify_pauses_as_the_identify_api_asks(sink: HttpSink) -> None:
+    sink.plan("/identify", Fault(status=429))
+    patient = Amplitude("amp", AMP_KEY, base_url=sink.url, policy=replace(FAST, max_retry_after_seconds=0.3))
+
+    started = time.monotonic()
+    metrics = amplitude.forward(patient, [change(1, events=())])
+
+    assert time.monotonic() - started >= 0.3  # its 15 s pause, capped by the policy; not a 50 ms backoff
+    assert (metrics.throttled_waits, metrics.items_sent) == (1, 1)
+    assert [i["user_id"] for i in sink.identifies] == ["cust-00001"]
+
+
 def test_amplitude_users_over_their_daily_quota_become_rejects_and_the_rest_is_resent(sink: HttpSink) -> None:
     over_quota = {
         "code": 429,

@@ -38,6 +38,7 @@ IDENTIFY_PATH = "/identify"
 MAX_ITEMS_PER_REQUEST = 2000
 MAX_REQUEST_BYTES = 1_000_000
 THROTTLED_USER_PAUSE_SECONDS = 30.0  # Amplitude asks to pause a throttled user or device this long
+THROTTLED_IDENTIFY_PAUSE_SECONDS = 15.0  # and this long after a 429 from the Identify API
 MIN_ID_LENGTH = 5  # Amplitude drops shorter user ids, so they are rejects here and never sent
 DEFAULT_POLICY = SendPolicy(items_per_second=1000)  # the Starter plan's events per second
 
@@ -83,6 +84,8 @@ class Amplitude:
         """A 429 naming throttled users or devices: pause them as Amplitude asks (the retry resends all)."""
         if response.status_code != 429:
             return None
+        if response.request.url.path.endswith(IDENTIFY_PATH):
+            return THROTTLED_IDENTIFY_PAUSE_SECONDS
         answer = _json_body(response)
         throttled = answer.get("throttled_users") or answer.get("throttled_devices")
         return THROTTLED_USER_PAUSE_SECONDS if throttled else None
