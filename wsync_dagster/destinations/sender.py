@@ -306,8 +306,16 @@ class _Sender:
                 # task per request would build every body up front and wait on the slots in a crowd.
                 pending = iter(requests)
 
+                # Encoding runs in a thread, one draw at a time, so the event loop keeps answering the
+                # requests in flight meanwhile (it waits on sockets, which lets the thread run).
+                drawing = asyncio.Lock()
+
                 async def work() -> None:
-                    while (request := self._draw(pending)) is not None:
+                    while True:
+                        async with drawing:
+                            request = await asyncio.to_thread(self._draw, pending)
+                        if request is None:
+                            return
                         await self.deliver(request)
 
                 async with asyncio.TaskGroup() as group:
