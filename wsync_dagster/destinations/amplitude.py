@@ -253,19 +253,24 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
     if why is not None:
         rejects = [Reject(change.profile_id, why)] if change.attributes or change.removed else []
         return None, [], rejects + [Reject(event.event_id, why) for event in change.events]
+    # Identifications and events are many and alike: their known keys are written around json's escaping.
+    user = json_string(user_id)
     identify = None
-    properties: dict[str, Any] = {}
-    values = {name: value for name, value in change.attributes.items() if value is not None}
-    removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
-    if values:
-        properties["$set"] = values
-    if removed:
-        properties["$unset"] = dict.fromkeys(removed, "-")
-    if properties:
-        body = compact_json({"user_id": user_id, "user_properties": properties})
-        identify = Item(key=change.profile_id, body=body)
-    # Events are many and alike: their known keys are written around json's escaping of the values.
-    head = '{"user_id":' + json_string(user_id) + ',"event_type":'
+    values: dict[str, Any] = {}
+    nulls: list[str] = []  # an attribute set to null is a removal too
+    for name, value in change.attributes.items():
+        if value is None:
+            nulls.append(name)
+        else:
+            values[name] = value
+    removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
+    if values or removed:
+        operations = [f'"$set":{json_text(values)}'] if values else []
+        if removed:
+            operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
+        body = f'{{"user_id":{user},"user_properties":{{{",".join(operations)}}}}}'
+        identify = Item(change.profile_id, body.encode())
+    head = '{"user_id":' + user + ',"event_type":'
     events = []
     for event in change.events:
         attributes = event.attributes

@@ -308,7 +308,9 @@ def encode_change(
     identities = _identities(change.identities)
     if not identities:
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
-    cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
+    cutoff_ms = (
+        int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000) if change.events else 0
+    )
     rejects: list[Reject] = []
     recent_events: list[tuple[str, bytes]] = []
     old_events: list[tuple[str, bytes]] = []
