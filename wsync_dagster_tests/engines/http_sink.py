@@ -15,6 +15,7 @@ import email.policy
 import gzip
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -496,6 +497,13 @@ def _difference(sent: Any, survived: Any, where: str = "") -> str:
     return "" if sent == survived else f"{where}: {sent!r} became {survived!r}"
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up before its slow answer is what those faults are for: no traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def start(
     mparticle_key: str,
     mparticle_secret: str,
@@ -507,7 +515,7 @@ def start(
     """Runs the sink on a free loopback port until the generator is closed."""
     sink = HttpSink(mparticle_key, mparticle_secret, amplitude_key, dsr_key, dsr_secret, amplitude_secret)
     handler = type("Handler", (_Handler,), {"sink": sink})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
