@@ -14,7 +14,7 @@ import pytest
 from wsync_dagster.destinations import amplitude, mparticle
 from wsync_dagster.destinations.amplitude import Amplitude
 from wsync_dagster.destinations.mparticle import MParticle
-from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
+from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import DestinationError, SendPolicy
 from wsync_dagster_tests.engines import http_sink
 from wsync_dagster_tests.engines.http_sink import Fault, HttpSink
@@ -22,6 +22,9 @@ from wsync_dagster_tests.engines.http_sink import Fault, HttpSink
 MP_KEY = "mp-key-planted-7f3a"
 MP_SECRET = "mp-secret-planted-91c2"
 AMP_KEY = "amp-key-planted-55d0"
+AMP_SECRET = "amp-secret-planted-2b8e"
+DSR_KEY = "mp-workspace-key-planted-c41d"
+DSR_SECRET = "mp-workspace-secret-planted-e07a"
 FAST = SendPolicy(
     items_per_second=100_000,
     concurrency=4,
@@ -38,7 +41,7 @@ IDFV = "8d4e2f6a-3b1c-4a5d-9e7f-0a1b2c3d4e5f"
 
 @pytest.fixture
 def sink() -> Iterator[HttpSink]:
-    server = http_sink.start(MP_KEY, MP_SECRET, AMP_KEY)
+    server = http_sink.start(MP_KEY, MP_SECRET, AMP_KEY, DSR_KEY, DSR_SECRET, AMP_SECRET)
     running = next(server)
     yield running
     server.close()
@@ -210,6 +213,62 @@ def test_amplitude_throttled_users_are_waited_out_then_resent(sink: HttpSink) ->
     assert [e["insert_id"] for e in sink.events] == ["e1"]
 
 
+def test_a_throttled_amplitude_identify_pauses_as_the_identify_api_asks(sink: HttpSink) -> None:
+    sink.plan("/identify", Fault(status=429))
+    patient = Amplitude("amp", AMP_KEY, base_url=sink.url, policy=replace(FAST, max_retry_after_seconds=0.3))
+
+    started = time.monotonic()
+    metrics = amplitude.forward(patient, [change(1, events=())])
+
+    assert time.monotonic() - started >= 0.3  # its 15 s pause, capped by the policy; not a 50 ms backoff
+    assert (metrics.throttled_waits, metrics.items_sent) == (1, 1)
+    assert [i["user_id"] for i in sink.identifies] == ["cust-00001"]
+
+
+def test_amplitude_users_over_their_daily_quota_become_rejects_and_the_rest_is_resent(sink: HttpSink) -> None:
+    over_quota = {
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "exceeded_daily_quota_users": {"cust-00001": 500001},
+    }
+    sink.plan("/2/httpapi", Fault(status=429, answer=over_quota))
+
+    metrics = amplitude.forward(to_amplitude(sink), [change(n) for n in range(3)])
+
+    assert metrics.rejects == [Reject("e1", "user_id over Amplitude's daily quota (500001 events today)")]
+    assert sorted(e["insert_id"] for e in sink.events) == ["e0", "e2"]
+    assert [r.status for r in sink.requests_to("/2/httpapi")] == [429, 200]
+
+
+def test_a_request_that_is_never_acknowledged_marks_none_of_its_items_sent(sink: HttpSink) -> None:
+    sink.plan("/v2/bulkevents/historical", *[Fault(status=503)] * FAST.max_attempts)
+    old = Event("old", "custom_event", "signup", OLD_MS)
+    acknowledged: list[str] = []
+
+    with pytest.raises(DestinationError) as raised:
+        mparticle.forward(
+            to_mparticle(sink),
+            [change(1), change(2, events=(old,))],
+            now=NOW,
+            on_acknowledged=lambda r: acknowledged.extend(f"{r.path} {i.key}" for i in r.items),
+        )
+
+    assert sorted(acknowledged) == ["/v2/bulkevents p1", "/v2/bulkevents p2"]
+    assert raised.value.metrics.items_sent == 2 and sink.historical_batches == []
+
+
+def test_requests_run_concurrently_up_to_the_policy(sink: HttpSink) -> None:
+    sink.plan("/v2/bulkevents", *[Fault(delay=0.3)] * 6)
+    three = MParticle("mp", MP_KEY, MP_SECRET, base_url=sink.url, policy=replace(FAST, concurrency=3))
+
+    metrics = mparticle.forward(
+        three, [change(n, attributes={"essay": "x" * 40_000}) for n in range(40)], now=NOW
+    )
+
+    assert metrics.requests >= 6 and len(sink.batches) == 40
+    assert sink.max_in_flight == 3
+
+
 def test_more_than_100_attributes_travel_in_several_mparticle_batches(sink: HttpSink) -> None:
     many = {f"a{n:03d}": n for n in range(150)}
     mparticle.forward(to_mparticle(sink), [change(1, attributes=many)], now=NOW)
@@ -261,7 +320,7 @@ def test_amplitude_400_rejects_only_the_events_it_names(sink: HttpSink) -> None:
     assert sorted(e["insert_id"] for e in sink.events) == ["e0", "e1", "e2", "e3", "e4"]
 
 
-def test_mparticle_401_stops_with_one_line_naming_the_destination_never_the_key(
+def test_mparticle_403_stops_with_one_line_naming_the_destination_never_the_key(
     sink: HttpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -270,7 +329,7 @@ def test_mparticle_401_stops_with_one_line_naming_the_destination_never_the_key(
         mparticle.forward(to_mparticle(sink, secret="wrong-secret"), [change(n) for n in range(5)], now=NOW)
 
     message = str(raised.value)
-    assert message.startswith("destination mp: ") and "HTTP 401" in message and "\n" not in message
+    assert message.startswith("destination mp: ") and "HTTP 403" in message and "\n" not in message
     basic = base64.b64encode(f"{MP_KEY}:wrong-secret".encode()).decode()
     for secret in (MP_KEY, "wrong-secret", basic):
         assert secret not in message and secret not in caplog.text
@@ -335,3 +394,152 @@ def test_pods_and_regions_choose_the_platform_host() -> None:
         ValueError, match=r"^destination mp: pod must be one of US1, US2, EU1, AU1 \(got 'EU2'\)$"
     ):
         MParticle("mp", "k", "s", pod="EU2")
+
+
+ERASED_AT = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+
+
+def to_mparticle_workspace(sink: HttpSink, secret: str = DSR_SECRET) -> MParticle:
+    return MParticle(
+        "mp", MP_KEY, MP_SECRET, base_url=sink.url, policy=FAST, dsr_api_key=DSR_KEY, dsr_api_secret=secret
+    )
+
+
+def to_amplitude_privacy(sink: HttpSink, secret: str | None = AMP_SECRET) -> Amplitude:
+    return Amplitude("amp", AMP_KEY, base_url=sink.url, policy=FAST, secret_key=secret)
+
+
+def erasure(n: int, **identities: str) -> Erasure:
+    return Erasure(
+        f"p{n}", identities or {"customer_id": f"cust-{n:05d}", "email": f"u{n}@example.com"}, ERASED_AT
+    )
+
+
+def test_mparticle_erasure_is_an_opendsr_request_naming_the_person(sink: HttpSink) -> None:
+    request = mparticle.erasure_request(
+        erasure(1, customer_id="cust-00001", email="u1@example.com", ios_idfv=IDFV)
+    )
+    assert not isinstance(request, Reject)
+
+    acknowledged = mparticle.send_erasure(to_mparticle_workspace(sink), request, policy=FAST)
+
+    (received,) = sink.erasures
+    assert received["subject_request_type"] == "erasure" and received["regulation"] == "gdpr"
+    assert received["submitted_time"] == "2026-12-01T09:30:00Z" and received["api_version"] == "3.0"
+    assert received["subject_identities"] == {
+        "controller_customer_id": {"value": "cust-00001", "encoding": "raw"},
+        "email": {"value": "u1@example.com", "encoding": "raw"},
+        "ios_vendor_id": {"value": IDFV, "encoding": "raw"},
+    }
+    assert acknowledged.subject_request_id == received["subject_request_id"]
+    assert acknowledged.expected_completion_time and not acknowledged.already_requested
+
+
+def test_a_resent_mparticle_erasure_is_the_same_request_and_counts_as_acknowledged(sink: HttpSink) -> None:
+    destination = to_mparticle_workspace(sink)
+    first = mparticle.erasure_request(erasure(1))
+    again = mparticle.erasure_request(erasure(1))  # after a crash between the send and its record
+    assert not isinstance(first, Reject) and not isinstance(again, Reject)
+
+    mparticle.send_erasure(destination, first, policy=FAST)
+    acknowledged = mparticle.send_erasure(destination, again, policy=FAST)
+
+    assert acknowledged.already_requested and acknowledged.subject_request_id == first.subject_request_id
+    assert len(sink.erasures) == 1
+
+
+def test_an_mparticle_erasure_by_mpid_names_only_the_mpid(sink: HttpSink) -> None:
+    request = mparticle.erasure_request(erasure(2, mpid="8675309", email="u2@example.com", other_id_3="x-2"))
+    assert not isinstance(request, Reject)
+
+    mparticle.send_erasure(to_mparticle_workspace(sink), request, policy=FAST)
+
+    (received,) = sink.erasures
+    assert "subject_identities" not in received
+    assert received["extensions"] == {
+        "opendsr.mparticle.com": {"subject_identities": {"mpid": {"value": "8675309", "encoding": "raw"}}}
+    }
+
+
+def test_an_mparticle_erasure_without_an_erasable_identity_is_a_reject() -> None:
+    assert mparticle.erasure_request(erasure(3, push_token="tok-3")) == Reject(
+        "p3", "no identity mParticle's Data Subject Request API can erase by"
+    )
+
+
+def test_a_throttled_mparticle_erasure_waits_and_is_retried(sink: HttpSink) -> None:
+    sink.plan("/v3/requests", Fault(status=429, retry_after="0"), Fault(drop=True))
+    request = mparticle.erasure_request(erasure(4))
+    assert not isinstance(request, Reject)
+
+    mparticle.send_erasure(to_mparticle_workspace(sink), request, policy=FAST)
+
+    assert [r.status for r in sink.requests_to("/v3/requests")] == [429, 0, 201]
+    assert len(sink.erasures) == 1
+
+
+def test_a_refused_mparticle_workspace_key_stops_with_one_line_never_the_key(sink: HttpSink) -> None:
+    request = mparticle.erasure_request(erasure(5))
+    assert not isinstance(request, Reject)
+
+    with pytest.raises(DestinationError) as raised:
+        mparticle.send_erasure(to_mparticle_workspace(sink, secret="wrong-dsr-secret"), request, policy=FAST)
+
+    message = str(raised.value)
+    assert message.startswith("destination mp: ") and "HTTP 401" in message and "\n" not in message
+    assert all(secret not in message for secret in (DSR_KEY, "wrong-dsr-secret", MP_KEY))
+    assert sink.erasures == []
+
+
+def test_amplitude_deletion_sends_user_ids_100_a_request_with_basic_auth(sink: HttpSink) -> None:
+    people = [erasure(n) for n in range(250)]
+    acknowledged_batches: list[tuple[str, ...]] = []
+
+    request = amplitude.deletion_request(people, requester="wsync")
+    done = amplitude.send_deletion(
+        to_amplitude_privacy(sink), request, policy=FAST, on_acknowledged=acknowledged_batches.append
+    )
+
+    assert [len(d["user_ids"]) for d in sink.deletions] == [100, 100, 50]
+    assert {d["requester"] for d in sink.deletions} == {"wsync"}
+    assert [u for d in sink.deletions for u in d["user_ids"]] == [f"cust-{n:05d}" for n in range(250)]
+    assert done.profile_ids == [f"p{n}" for n in range(250)] and len(done.jobs) == 3
+    assert [len(batch) for batch in acknowledged_batches] == [100, 100, 50]
+    basic = base64.b64encode(f"{AMP_KEY}:{AMP_SECRET}".encode()).decode()
+    assert {r.authorization for r in sink.requests_to("/api/2/deletions/users")} == {f"Basic {basic}"}
+
+
+def test_amplitude_deletion_of_short_or_missing_user_ids_is_a_reject_never_sent(sink: HttpSink) -> None:
+    people = [erasure(1), erasure(2, customer_id="abc"), erasure(3, email="u3@example.com")]
+
+    done = amplitude.send_deletion(
+        to_amplitude_privacy(sink), amplitude.deletion_request(people, requester="wsync"), policy=FAST
+    )
+
+    assert done.rejects == [
+        Reject("p2", "user_id shorter than 5 characters: never sent to Amplitude"),
+        Reject("p3", "no customer_id identity to delete by in Amplitude"),
+    ]
+    assert [d["user_ids"] for d in sink.deletions] == [["cust-00001"]] and done.profile_ids == ["p1"]
+
+
+def test_amplitude_deletion_without_a_secret_key_or_with_a_wrong_one_stops_with_one_line(
+    sink: HttpSink,
+) -> None:
+    request = amplitude.deletion_request([erasure(1)], requester="wsync")
+
+    with pytest.raises(DestinationError, match=r"^destination amp: deletions need its secret_key$"):
+        amplitude.send_deletion(to_amplitude_privacy(sink, secret=None), request, policy=FAST)
+    with pytest.raises(DestinationError) as raised:
+        amplitude.send_deletion(to_amplitude_privacy(sink, secret="amp-wrong-secret"), request, policy=FAST)
+
+    message = str(raised.value)
+    assert message.startswith("destination amp: ") and "HTTP 401" in message
+    assert "amp-wrong-secret" not in message and AMP_KEY not in message
+    assert sink.deletions == []
+
+
+def test_privacy_hosts_follow_the_region_and_the_dsr_host_is_mparticles_one() -> None:
+    assert Amplitude("amp", "k", region="eu").privacy_url == "https://analytics.eu.amplitude.com"
+    assert Amplitude("amp", "k").privacy_url == "https://amplitude.com"
+    assert MParticle("mp", "k", "s", pod="EU1").dsr_base_url == "https://opendsr.mparticle.com"

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
-import time
-import urllib.parse
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.profile_changes import ProfileChange, Reject
+from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
+from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
+    DestinationError,
     Item,
+    JsonRequests,
+    Packing,
     Request,
     SendMetrics,
     SendPolicy,
-    pack,
+    exchange,
     send_encoded,
 )
 
 REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
+# The User Privacy API (v1) lives on other hosts than ingestion.
+PRIVACY_REGIONS: dict[str, str] = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.com"}
+DELETIONS_PATH = "/api/2/deletions/users"
+MAX_DELETIONS_PER_REQUEST = 100  # user ids per deletion request, as the User Privacy API allows
+DELETION_POLICY = SendPolicy(items_per_second=100, concurrency=1)  # about one request a second
 EVENTS_PATH = "/2/httpapi"
 IDENTIFY_PATH = "/identify"
 
@@ -29,6 +38,7 @@ IDENTIFY_PATH = "/identify"
 MAX_ITEMS_PER_REQUEST = 2000
 MAX_REQUEST_BYTES = 1_000_000
 THROTTLED_USER_PAUSE_SECONDS = 30.0  # Amplitude asks to pause a throttled user or device this long
+THROTTLED_IDENTIFY_PAUSE_SECONDS = 15.0  # and this long after a 429 from the Identify API
 MIN_ID_LENGTH = 5  # Amplitude drops shorter user ids, so they are rejects here and never sent
 DEFAULT_POLICY = SendPolicy(items_per_second=1000)  # the Starter plan's events per second
 
@@ -44,6 +54,7 @@ class Amplitude:
         base_url: str | None = None,
         user_id: str = "customer_id",
         policy: SendPolicy = DEFAULT_POLICY,
+        secret_key: str | None = None,
     ) -> None:
         if region not in REGIONS:
             raise ValueError(f"destination {destination}: region must be us or eu (got {region!r})")
@@ -52,6 +63,8 @@ class Amplitude:
         self.user_id = user_id
         self.policy = policy
         self._api_key = api_key
+        self.privacy_url = base_url or PRIVACY_REGIONS[region]
+        self._secret_key = secret_key  # only deletions need it
 
     def __repr__(self) -> str:
         return f"Amplitude({self.destination!r}, base_url={self.base_url!r})"  # never the key
@@ -71,6 +84,8 @@ class Amplitude:
         """A 429 naming throttled users or devices: pause them as Amplitude asks (the retry resends all)."""
         if response.status_code != 429:
             return None
+        if response.request.url.path.endswith(IDENTIFY_PATH):
+            return THROTTLED_IDENTIFY_PAUSE_SECONDS
         answer = _json_body(response)
         throttled = answer.get("throttled_users") or answer.get("throttled_devices")
         return THROTTLED_USER_PAUSE_SECONDS if throttled else None
@@ -83,14 +98,23 @@ class Amplitude:
         """HTTP V2: a JSON object with the key and events; Identify: a form with the key and identifications."""
         items = b"[" + b",".join(item.body for item in request.items) + b"]"
         if request.path == EVENTS_PATH:
-            head = b'{"api_key":' + json.dumps(self._api_key).encode() + b',"events":'
+            head = b'{"api_key":' + compact_json(self._api_key) + b',"events":'
             return head + items + b"}", "application/json"
-        form = urllib.parse.urlencode({"api_key": self._api_key, "identification": items.decode()})
-        return form.encode(), "application/x-www-form-urlencoded"
+        # multipart/form-data, which the Identify API takes beside urlencoded: no percent-encoding of the JSON
+        boundary = _boundary(items)
+        parts = [
+            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, name, value)
+            for name, value in ((b"api_key", self._api_key.encode()), (b"identification", items))
+        ]
+        return b"".join(
+            parts
+        ) + b"--%s--\r\n" % boundary, f"multipart/form-data; boundary={boundary.decode()}"
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
-        """The events a HTTP V2 400 names, with what was wrong with each."""
+        """The events a 400 names, with what was wrong with each; a 429's users over their daily quota."""
         answer = _json_body(response)
+        if response.status_code == 429:
+            return _over_daily_quota(request, answer)
         reasons: dict[int, str] = {}
         for key, what in (
             ("events_with_invalid_fields", "invalid field"),
@@ -119,23 +143,103 @@ def forward(
     destination: Amplitude, changes: Iterable[ProfileChange], on_acknowledged: Acknowledged | None = None
 ) -> SendMetrics:
     """Sends the changes as identifies and events, waiting for Amplitude's acknowledgement of each request."""
-    started = time.perf_counter()
-    identifies: list[Item] = []
-    events: list[Item] = []
     rejects: list[Reject] = []
+    requests = _requests(changes, destination.user_id, rejects)
+    return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
+
+
+def _requests(
+    changes: Iterable[ProfileChange], user_id_type: str, rejects: list[Reject]
+) -> Iterator[Request]:
+    """The changes' identifies and events packed into requests as they are encoded; rejects gets the rest."""
+    identifies = Packing(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
+    events = Packing(EVENTS_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
     for change in changes:
-        identify, change_events, change_rejects = encode_change(change, destination.user_id)
-        if identify is not None:
-            identifies.append(identify)
-        events.extend(change_events)
+        identify, change_events, change_rejects = encode_change(change, user_id_type)
         rejects.extend(change_rejects)
-    requests = [
-        *pack(IDENTIFY_PATH, identifies, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512),
-        *pack(EVENTS_PATH, events, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128),
-    ]
-    return send_encoded(
-        destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
-    )
+        if identify is not None and (closed := identifies.add(identify)) is not None:
+            yield closed
+        for event in change_events:
+            if (closed := events.add(event)) is not None:
+                yield closed
+    for packing in (identifies, events):
+        if (rest := packing.rest()) is not None:
+            yield rest
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """The User Privacy API deletion of some people, by Amplitude user id; who cannot be deleted that way."""
+
+    requester: str
+    user_ids: tuple[str, ...]
+    profile_ids: tuple[str, ...]  # the profile each user id belongs to, in the same order
+    rejects: list[Reject] = field(default_factory=list)
+
+
+@dataclass
+class DeletionAcknowledgement:
+    """What Amplitude took: the profiles whose deletion it scheduled and the jobs it answered with."""
+
+    profile_ids: list[str] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def deletion_request(
+    erasures: Iterable[Erasure], requester: str, user_id_type: str = "customer_id"
+) -> DeletionRequest:
+    """A deletion request for the people's user ids; those without one Amplitude took are rejects."""
+    user_ids: list[str] = []
+    profile_ids: list[str] = []
+    rejects: list[Reject] = []
+    for erasure in erasures:
+        user_id = erasure.identities.get(user_id_type)
+        if not user_id:
+            rejects.append(
+                Reject(erasure.profile_id, f"no {user_id_type} identity to delete by in Amplitude")
+            )
+        elif len(user_id) < MIN_ID_LENGTH:
+            rejects.append(
+                Reject(erasure.profile_id, "user_id shorter than 5 characters: never sent to Amplitude")
+            )
+        else:
+            user_ids.append(user_id)
+            profile_ids.append(erasure.profile_id)
+    return DeletionRequest(requester, tuple(user_ids), tuple(profile_ids), rejects)
+
+
+def send_deletion(
+    destination: Amplitude,
+    request: DeletionRequest,
+    policy: SendPolicy = DELETION_POLICY,
+    on_acknowledged: Callable[[tuple[str, ...]], None] | None = None,
+) -> DeletionAcknowledgement:
+    """Sends the deletion 100 user ids a request, each retried like any send; on_acknowledged gets profile ids."""
+    if destination._secret_key is None:
+        raise DestinationError(f"destination {destination.destination}: deletions need its secret_key")
+    credentials = (destination._api_key, destination._secret_key)
+    platform = JsonRequests(destination.destination, destination.privacy_url, credentials, destination.reason)
+    done = DeletionAcknowledgement(rejects=list(request.rejects))
+    for start in range(0, len(request.user_ids), MAX_DELETIONS_PER_REQUEST):
+        chunk = slice(start, start + MAX_DELETIONS_PER_REQUEST)
+        body = compact_json(
+            {"user_ids": request.user_ids[chunk], "requester": request.requester, "ignore_invalid_id": True}
+        )
+        response, _ = exchange(
+            platform, Request(DELETIONS_PATH, (Item("deletion", body),)), policy, frozenset({400})
+        )
+        if not response.is_success:
+            raise DestinationError(
+                f"destination {destination.destination}: Amplitude refused a deletion request: "
+                f"{destination.reason(response)}"
+            )
+        answer = _json_answer(response)
+        done.jobs.extend(answer if isinstance(answer, list) else [answer] if answer is not None else [])
+        done.profile_ids.extend(request.profile_ids[chunk])
+        if on_acknowledged is not None:
+            on_acknowledged(request.profile_ids[chunk])
+    return done
 
 
 def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None, list[Item], list[Reject]]:
@@ -149,38 +253,69 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
     if why is not None:
         rejects = [Reject(change.profile_id, why)] if change.attributes or change.removed else []
         return None, [], rejects + [Reject(event.event_id, why) for event in change.events]
+    # Identifications and events are many and alike: their known keys are written around json's escaping.
+    user = json_string(user_id)
     identify = None
-    properties: dict[str, Any] = {}
-    values = {name: value for name, value in change.attributes.items() if value is not None}
-    removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
-    if values:
-        properties["$set"] = values
-    if removed:
-        properties["$unset"] = dict.fromkeys(removed, "-")
-    if properties:
-        body = _json({"user_id": user_id, "user_properties": properties})
-        identify = Item(key=change.profile_id, body=body)
+    values: dict[str, Any] = {}
+    nulls: list[str] = []  # an attribute set to null is a removal too
+    for name, value in change.attributes.items():
+        if value is None:
+            nulls.append(name)
+        else:
+            values[name] = value
+    removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
+    if values or removed:
+        operations = [f'"$set":{json_text(values)}'] if values else []
+        if removed:
+            operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
+        body = f'{{"user_id":{user},"user_properties":{{{",".join(operations)}}}}}'
+        identify = Item(change.profile_id, body.encode())
+    head = '{"user_id":' + user + ',"event_type":'
     events = []
     for event in change.events:
-        encoded: dict[str, Any] = {
-            "user_id": user_id,
-            "event_type": event.name,
-            "time": event.timestamp_ms,
-            "insert_id": event.event_id,
-        }
-        if event.attributes:
-            encoded["event_properties"] = dict(event.attributes)
-        events.append(Item(key=event.event_id, body=_json(encoded), events=1))
+        attributes = event.attributes
+        if attributes:
+            plain = attributes if type(attributes) is dict else dict(attributes)  # json's encoder takes dicts
+            tail = ',"event_properties":' + json_text(plain) + "}"
+        else:
+            tail = "}"
+        body = f'{head}{json_string(event.name)},"time":{int(event.timestamp_ms)},"insert_id":{json_string(event.event_id)}{tail}'
+        events.append(Item(event.event_id, body.encode(), 1))
     return identify, events, []
 
 
-def _json_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except ValueError:
+def _boundary(content: bytes) -> bytes:
+    """A multipart boundary the content does not hold."""
+    while True:
+        boundary = b"wsync-" + uuid.uuid4().hex.encode()
+        if boundary not in content:
+            return boundary
+
+
+def _over_daily_quota(request: Request, answer: dict[str, Any]) -> dict[int, str]:
+    """The items of users or devices a 429 says are over their daily quota: a retry today cannot help."""
+    over = {
+        key: answer.get(f"exceeded_daily_quota_{kind}s") or {}
+        for key, kind in (("user_id", "user"), ("device_id", "device"))
+    }
+    if not any(over.values()):
         return {}
+    reasons: dict[int, str] = {}
+    for index, item in enumerate(request.items):
+        sent = json.loads(item.body)  # only on this rare answer
+        for key, counts in over.items():
+            if isinstance(counts, dict) and sent.get(key) in counts:
+                reasons[index] = f"{key} over Amplitude's daily quota ({counts[sent[key]]} events today)"
+    return reasons
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    answer = _json_answer(response)
     return answer if isinstance(answer, dict) else {}
 
 
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+def _json_answer(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

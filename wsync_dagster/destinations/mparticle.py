@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
+from wsync_dagster.destinations.json_encoding import compact_json, json_string
+from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
+    DestinationError,
     Item,
+    JsonRequests,
+    Packing,
     Request,
     SendMetrics,
     SendPolicy,
-    pack,
+    exchange,
     send_encoded,
 )
 from wsync_dagster.identities import DEVICE_IDENTITIES
@@ -40,6 +45,35 @@ MAX_BATCH_BYTES = 128 * 1024
 MAX_ATTRIBUTES_PER_BATCH = 100
 DEFAULT_POLICY = SendPolicy(items_per_second=270)  # the default account limit, in batches per second
 
+# The Data Subject Request API (v3, mParticle's OpenDSR): one host for every pod, the workspace's credentials.
+DSR_URL = "https://opendsr.mparticle.com"
+DSR_PATH = "/v3/requests"
+DSR_API_VERSION = "3.0"
+DSR_POLICY = SendPolicy(items_per_second=5, concurrency=2)
+REGULATIONS = ("gdpr", "ccpa")
+# wsync identity type → OpenDSR identity type in `subject_identities` (mParticle's supported list).
+OPENDSR_IDENTITIES: dict[str, str] = {
+    "customer_id": "controller_customer_id",
+    "email": "email",
+    "android_advertising_id": "android_advertising_id",
+    "android_uuid": "android_id",
+    "fire_advertising_id": "fire_advertising_id",
+    "ios_advertising_id": "ios_advertising_id",
+    "ios_idfv": "ios_vendor_id",
+    "microsoft_advertising_id": "microsoft_advertising_id",
+    "microsoft_publisher_id": "microsoft_publisher_id",
+    "roku_advertising_id": "roku_advertising_id",
+    "roku_publisher_id": "roku_publisher_id",
+}
+# The identities mParticle takes only in its `opendsr.mparticle.com` extension; an mpid must stand alone.
+OPENDSR_EXTENSION_IDENTITIES: dict[str, str] = {
+    "other": "other",
+    **{f"other_id_{n}": f"other{n}" for n in range(2, 11)},
+    "mobile_number": "mobile_number",
+    "phone_number_2": "phone_number_2",
+    "phone_number_3": "phone_number_3",
+}
+
 # wsync identity type → mParticle's `user_identities` key.
 USER_IDENTITY_NAMES: dict[str, str] = {
     "customer_id": "customerid",
@@ -59,8 +93,10 @@ USER_IDENTITY_NAMES: dict[str, str] = {
 # Device identities travel in `device_info` under the same names.
 # mp_deviceid is mParticle's own device id: it travels as the batch's `mp_deviceid`, not in `device_info`.
 DEVICE_IDENTITY_NAMES: frozenset[str] = frozenset(DEVICE_IDENTITIES) - {"mp_deviceid"}
+_SCALARS = (str, bool, int, float)  # what mParticle keeps as is
 EVENT_TYPES = ("custom_event", "screen_view", "commerce_event")
 _REQUEST_IDS = uuid.UUID("5b0f6f58-3d2c-4f7e-9a51-6d0c1f2e8a47")  # namespace of source_request_ids
+_REQUEST_ID_HASH = hashlib.sha1(_REQUEST_IDS.bytes)  # uuid5's hash, its namespace hashed once
 
 
 class MParticle:
@@ -76,6 +112,9 @@ class MParticle:
         environment: str = "production",
         policy: SendPolicy = DEFAULT_POLICY,
         gzip: bool = False,
+        dsr_api_key: str | None = None,
+        dsr_api_secret: str | None = None,
+        dsr_base_url: str | None = None,
     ) -> None:
         if pod not in PODS:
             raise ValueError(f"destination {destination}: pod must be one of {', '.join(PODS)} (got {pod!r})")
@@ -89,6 +128,9 @@ class MParticle:
         self.policy = policy
         self.gzip = gzip
         self._credentials = (api_key, api_secret)
+        # Erasures authenticate as the workspace; without its own key the feed's is tried.
+        self.dsr_base_url = dsr_base_url or base_url or DSR_URL
+        self._dsr_credentials = (dsr_api_key or api_key, dsr_api_secret or api_secret)
 
     def __repr__(self) -> str:
         return f"MParticle({self.destination!r}, base_url={self.base_url!r})"  # never the key
@@ -127,6 +169,105 @@ class MParticle:
         return "; ".join(messages) or f"mParticle answered HTTP {response.status_code}"
 
 
+@dataclass(frozen=True)
+class ErasureRequest:
+    """One OpenDSR erasure request for mParticle's Data Subject Request API, ready to send."""
+
+    profile_id: str
+    subject_request_id: str  # derived from the erasure: a resend after a crash is the same request
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ErasureAcknowledgement:
+    """mParticle took an erasure request: when it expects to be done, or that it had it already."""
+
+    profile_id: str
+    subject_request_id: str
+    expected_completion_time: str | None
+    already_requested: bool = False  # a resend mParticle answered with "already exists" or 409
+
+
+def erasure_request(erasure: Erasure, regulation: str = "gdpr") -> ErasureRequest | Reject:
+    """The person's OpenDSR erasure request, or a reject when no identity of theirs is one mParticle takes."""
+    if regulation not in REGULATIONS:
+        raise ValueError(f"regulation must be gdpr or ccpa (got {regulation!r})")
+    values = {t: v for t, v in erasure.identities.items() if v}
+    subject: dict[str, dict[str, str]] = {}
+    extension: dict[str, dict[str, str]] = {}
+    if values.get("mpid"):
+        extension["mpid"] = {"value": values["mpid"], "encoding": "raw"}  # the one user, nothing else allowed
+    else:
+        for kind, value in sorted(values.items()):
+            if kind in OPENDSR_IDENTITIES:
+                subject[OPENDSR_IDENTITIES[kind]] = {"value": value, "encoding": "raw"}
+            elif kind in OPENDSR_EXTENSION_IDENTITIES:
+                extension[OPENDSR_EXTENSION_IDENTITIES[kind]] = {"value": value, "encoding": "raw"}
+    if not subject and not extension:
+        return Reject(erasure.profile_id, "no identity mParticle's Data Subject Request API can erase by")
+    submitted = erasure.requested_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    request_id = _uuid4_from(f"{erasure.profile_id}\x00{erasure.requested_at.isoformat()}")
+    body: dict[str, Any] = {
+        "regulation": regulation,
+        "subject_request_id": request_id,
+        "subject_request_type": "erasure",
+        "submitted_time": submitted,
+        "api_version": DSR_API_VERSION,
+    }
+    if subject:
+        body["subject_identities"] = subject
+    if extension:
+        body["extensions"] = {"opendsr.mparticle.com": {"subject_identities": extension}}
+    return ErasureRequest(erasure.profile_id, request_id, compact_json(body))
+
+
+def send_erasure(
+    destination: MParticle, request: ErasureRequest, policy: SendPolicy = DSR_POLICY
+) -> ErasureAcknowledgement:
+    """Submits the erasure request, retried like any send; raises DestinationError when mParticle refuses it."""
+    platform = JsonRequests(
+        destination.destination, destination.dsr_base_url, destination._dsr_credentials, _dsr_reason
+    )
+    response, _ = exchange(
+        platform, Request(DSR_PATH, (Item(request.profile_id, request.body),)), policy, frozenset({400, 409})
+    )
+    if response.is_success:
+        answer = _answer(response)
+        when = answer.get("expected_completion_time")
+        return ErasureAcknowledgement(request.profile_id, request.subject_request_id, when)
+    reason = platform.reason(response)
+    if response.status_code == 409 or "already exists" in reason.lower():
+        return ErasureAcknowledgement(
+            request.profile_id, request.subject_request_id, None, already_requested=True
+        )
+    raise DestinationError(
+        f"destination {destination.destination}: mParticle refused the erasure of {request.profile_id}: {reason}"
+    )
+
+
+def _dsr_reason(response: httpx.Response) -> str:
+    """The Data Subject Request API's messages for a refused request."""
+    answer = _answer(response)
+    errors = answer.get("errors") or []
+    messages = [str(e.get("message") or e.get("reason")) for e in errors if isinstance(e, dict)]
+    return "; ".join(messages) or str(
+        answer.get("message") or f"mParticle answered HTTP {response.status_code}"
+    )
+
+
+def _uuid4_from(text: str) -> str:
+    """A UUID in version 4's format (what OpenDSR asks for) that the same text always gives."""
+    return str(uuid.UUID(bytes=hashlib.sha256(text.encode()).digest()[:16], version=4))
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
 def forward(
     destination: MParticle,
     changes: Iterable[ProfileChange],
@@ -134,22 +275,27 @@ def forward(
     on_acknowledged: Acknowledged | None = None,
 ) -> SendMetrics:
     """Sends the changes as batches, waiting for mParticle's acknowledgement of each request."""
-    started = time.perf_counter()
-    recent: list[Item] = []
-    historical: list[Item] = []
     rejects: list[Reject] = []
+    requests = _requests(changes, destination.environment, now, rejects)
+    return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
+
+
+def _requests(
+    changes: Iterable[ProfileChange], environment: str, now: datetime | None, rejects: list[Reject]
+) -> Iterator[Request]:
+    """The changes' batches packed into requests as they are encoded; what cannot go lands in rejects."""
+    bulk = Packing(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
+    historical = Packing(HISTORICAL_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
     for change in changes:
-        batches, historical_batches, change_rejects = encode_change(change, destination.environment, now)
-        recent.extend(batches)
-        historical.extend(historical_batches)
+        batches, old_batches, change_rejects = encode_change(change, environment, now)
         rejects.extend(change_rejects)
-    requests = [
-        *pack(BULK_PATH, recent, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
-        *pack(HISTORICAL_PATH, historical, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2),
-    ]
-    return send_encoded(
-        destination, requests, destination.policy, rejects, time.perf_counter() - started, on_acknowledged
-    )
+        for packing, items in ((bulk, batches), (historical, old_batches)):
+            for item in items:
+                if (closed := packing.add(item)) is not None:
+                    yield closed
+    for packing in (bulk, historical):
+        if (rest := packing.rest()) is not None:
+            yield rest
 
 
 def encode_change(
@@ -162,20 +308,32 @@ def encode_change(
     identities = _identities(change.identities)
     if not identities:
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
-    cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
+    cutoff_ms = (
+        int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000) if change.events else 0
+    )
     rejects: list[Reject] = []
     recent_events: list[tuple[str, bytes]] = []
     old_events: list[tuple[str, bytes]] = []
     for event in change.events:
-        encoded = _event(event)
+        encoded = _event_json(event)
         if isinstance(encoded, Reject):
             rejects.append(encoded)
             continue
         target = old_events if event.timestamp_ms < cutoff_ms else recent_events
-        target.append((event.event_id, _json(encoded)))
+        target.append((event.event_id, encoded))
     base = {"environment": environment, **identities}
-    attributes = {name: _attribute_value(v) for name, v in change.attributes.items() if v is not None}
-    removed = sorted({*change.removed, *(name for name, v in change.attributes.items() if v is None)})
+    attributes: dict[str, Any] = {}
+    nulls: list[str] = []  # an attribute set to null is a removal too
+    for name, value in sorted(change.attributes.items()):
+        if value is None:
+            nulls.append(name)
+        else:
+            attributes[name] = value if type(value) in _SCALARS else _attribute_value(value)
+    removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
+    if not old_events and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
+        single = _single_batch(change.profile_id, base, attributes, removed, recent_events)
+        if single is not None:
+            return single, [], rejects
     heads: list[dict[str, Any]] = []
     names = sorted(attributes)
     for start in range(0, max(len(names), len(removed), 1), MAX_ATTRIBUTES_PER_BATCH):
@@ -186,12 +344,35 @@ def encode_change(
         if removed[start : start + MAX_ATTRIBUTES_PER_BATCH]:
             head["deleted_user_attributes"] = removed[start : start + MAX_ATTRIBUTES_PER_BATCH]
         heads.append(head)
-    if any(len(_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
+    if any(len(compact_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
         return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
     recent, too_big = _batches(change.profile_id, heads, recent_events, base)
     historical, too_big_old = _batches(change.profile_id, [], old_events, base)
     rejects.extend(too_big + too_big_old)
     return recent, historical, rejects
+
+
+def _single_batch(
+    profile_id: str,
+    base: dict[str, Any],
+    attributes: dict[str, Any],
+    removed: list[str],
+    events: list[tuple[str, bytes]],
+) -> list[Item] | None:
+    """The usual change, one batch encoded at once: None when it needs the batch limit's splitting."""
+    batch = dict(base)
+    if attributes:
+        batch["user_attributes"] = attributes  # sorted by name: the same change is the same batch
+    if removed:
+        batch["deleted_user_attributes"] = removed
+    if not events and len(batch) == len(base):
+        return []  # nothing to send
+    head = compact_json(batch)
+    if events:
+        head = head[:-1] + b',"events":[' + b",".join(event for _, event in events) + b"]}"
+    if len(head) > MAX_BATCH_BYTES - 96:
+        return None
+    return [_identified(profile_id, head, len(events))]
 
 
 def _batches(
@@ -202,7 +383,7 @@ def _batches(
     rejects: list[Reject] = []
     heads = list(heads)
     room = MAX_BATCH_BYTES - 96  # for `"events":[]` and the source_request_id added at the end
-    base_size = len(_json(base))
+    base_size = len(compact_json(base))
     current: dict[str, Any] | None = None
     current_events: list[bytes] = []
     size = 0
@@ -210,7 +391,7 @@ def _batches(
     def start() -> None:
         nonlocal current, current_events, size
         current = heads.pop(0) if heads else dict(base)
-        current_events, size = [], len(_json(current))
+        current_events, size = [], len(compact_json(current))
 
     def close() -> None:
         if current is not None and (current_events or len(current) > len(base)):
@@ -234,21 +415,35 @@ def _batches(
 
 def _item(profile_id: str, batch: dict[str, Any], events: list[bytes]) -> Item:
     """A batch with its events and a source_request_id derived from its content."""
-    head = _json(batch)
+    head = compact_json(batch)
     if events:
         head = head[:-1] + b',"events":[' + b",".join(events) + b"]}"
-    request_id = uuid.uuid5(_REQUEST_IDS, head.decode()).hex
-    body = head[:-1] + b',"source_request_id":"' + request_id.encode() + b'"}'
-    return Item(key=profile_id, body=body, events=len(events))
+    return _identified(profile_id, head, len(events))
+
+
+def _identified(profile_id: str, head: bytes, events: int) -> Item:
+    """The batch with its source_request_id: uuid5 of its content, so a resend is the same request."""
+    digest = _REQUEST_ID_HASH.copy()
+    digest.update(head)
+    request_id = bytearray(digest.digest()[:16])
+    request_id[6] = (request_id[6] & 0x0F) | 0x50  # uuid5's version and variant bits, as uuid.uuid5 sets them
+    request_id[8] = (request_id[8] & 0x3F) | 0x80
+    body = head[:-1] + b',"source_request_id":"' + request_id.hex().encode() + b'"}'
+    return Item(key=profile_id, body=body, events=events)
 
 
 def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
     """The batch keys that say who the user is: user_identities, device_info, mpid, mp_deviceid."""
     found: dict[str, Any] = {}
-    user = {
-        USER_IDENTITY_NAMES[t]: v for t, v in sorted(identities.items()) if t in USER_IDENTITY_NAMES and v
-    }
-    device = {t: v for t, v in sorted(identities.items()) if t in DEVICE_IDENTITY_NAMES and v}
+    user: dict[str, str] = {}
+    device: dict[str, str] = {}
+    for kind, value in sorted(identities.items()):
+        if not value:
+            continue
+        if kind in USER_IDENTITY_NAMES:
+            user[USER_IDENTITY_NAMES[kind]] = value
+        elif kind in DEVICE_IDENTITY_NAMES:
+            device[kind] = value
     if user:
         found["user_identities"] = user
     if device:
@@ -258,6 +453,25 @@ def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
     if identities.get("mp_deviceid"):
         found["mp_deviceid"] = identities["mp_deviceid"]
     return found
+
+
+def _event_json(event: Event) -> bytes | Reject:
+    """An event's JSON in mParticle's shape; a custom event without further data keys written directly."""
+    if event.event_type != "custom_event" or event.data:
+        encoded = _event(event)
+        return encoded if isinstance(encoded, Reject) else compact_json(encoded)
+    # The keys in _event's order, around json's escaping of the values: events are many and alike.
+    pairs = [
+        f"{json_string(str(k))}:{json_string(v if type(v) is str else _text(v))}"
+        for k, v in event.attributes.items()
+        if v is not None
+    ]
+    custom = ',"custom_attributes":{' + ",".join(pairs) + "}" if pairs else ""
+    return (
+        f'{{"event_type":"custom_event","data":{{"timestamp_unixtime_ms":{int(event.timestamp_ms)},'
+        f'"source_message_id":{json_string(event.event_id)}{custom},"event_name":{json_string(event.name)},'
+        f'"custom_event_type":{json_string(event.custom_event_type)}}}}}'
+    ).encode()
 
 
 def _event(event: Event) -> dict[str, Any] | Reject:
@@ -270,7 +484,7 @@ def _event(event: Event) -> dict[str, Any] | Reject:
     data: dict[str, Any] = dict(event.data)
     data["timestamp_unixtime_ms"] = event.timestamp_ms
     data["source_message_id"] = event.event_id
-    attributes = {k: _text(v) for k, v in event.attributes.items() if v is not None}
+    attributes = {k: v if type(v) is str else _text(v) for k, v in event.attributes.items() if v is not None}
     if attributes:
         data["custom_attributes"] = attributes
     if event.event_type == "custom_event":
@@ -283,7 +497,7 @@ def _event(event: Event) -> dict[str, Any] | Reject:
 
 def _attribute_value(value: Any) -> Any:
     """A user attribute as mParticle keeps it: a scalar, or a list of strings."""
-    if isinstance(value, str | bool | int | float):
+    if isinstance(value, _SCALARS):
         return value
     if isinstance(value, list | tuple):
         return [_text(v) for v in value if v is not None]
@@ -296,10 +510,6 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return str(value)
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -37,3 +38,12 @@ class Reject:
 
     item: str  # the profile id or event id
     reason: str
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """A person to erase at the platform: their profile id and the identities they were forwarded under."""
+
+    profile_id: str
+    identities: Mapping[str, str]  # wsync identity type → value, as in ProfileChange
+    requested_at: datetime  # when wsync recorded the erasure: part of the request's dedup key

@@ -7,20 +7,23 @@ import email.utils
 import gzip
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
 
+from wsync_dagster.destinations.json_encoding import without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Reject
 
 GZIP_FROM_BYTES = 1024  # smaller bodies gain nothing from compression
+GZIP_LEVEL = 1  # JSON of many alike items: level 1 compresses about as well as 5, twice as fast
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 SPLIT_STATUSES = frozenset({400, 413})  # invalid items or too large: split, keep the good items
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ costs a microsecond, and one is built per event.
+@dataclass(slots=True)
 class Item:
     """One unit of a request the platform may reject on its own (a batch, an event, an identify)."""
 
@@ -64,12 +67,59 @@ class Platform(Protocol):
         ...
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
-        """Index → reason of the items a 400 names; empty when the platform names none."""
+        """Index → reason of the items a 400 (or a 429) names as refused; empty when it names none."""
         ...
 
     def reason(self, response: httpx.Response) -> str:
         """The platform's message for a rejected request, without anything secret."""
         ...
+
+
+class JsonRequests:
+    """A platform API taking one JSON object a request under HTTP Basic auth: the privacy APIs."""
+
+    def __init__(
+        self,
+        destination: str,
+        base_url: str,
+        credentials: tuple[str, str],
+        reason: Callable[[httpx.Response], str],
+    ) -> None:
+        self.destination = destination
+        self.base_url = base_url
+        self._credentials = credentials
+        self._reason = reason
+
+    def __repr__(self) -> str:
+        return f"JsonRequests({self.destination!r}, base_url={self.base_url!r})"  # never the key
+
+    def accepts_gzip(self, request: Request) -> bool:
+        """Not promised by the privacy APIs."""
+        return False
+
+    def refuses_credentials(self, response: httpx.Response) -> bool:
+        """401/403 only."""
+        return False
+
+    def throttle_seconds(self, response: httpx.Response) -> float | None:
+        """Retry-After only."""
+        return None
+
+    def auth(self) -> httpx.Auth:
+        """HTTP Basic with the platform's key pair."""
+        return httpx.BasicAuth(*self._credentials)
+
+    def body(self, request: Request) -> tuple[bytes, str]:
+        """The request's one item as is."""
+        return request.items[0].body, "application/json"
+
+    def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
+        """One item a request: nothing to split."""
+        return {}
+
+    def reason(self, response: httpx.Response) -> str:
+        """The platform's message, read the platform's way."""
+        return self._reason(response)
 
 
 @dataclass(frozen=True)
@@ -116,21 +166,42 @@ class DestinationError(Exception):
         self.metrics = metrics or SendMetrics()  # what was acknowledged and rejected before it stopped
 
 
+class Packing:
+    """Items bound for one path, gathered in order into requests within the platform's limits."""
+
+    def __init__(self, path: str, max_items: int, max_bytes: int, overhead: int) -> None:
+        self.path = path
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.overhead = overhead  # the request's bytes besides its items
+        self._items: list[Item] = []
+        self._size = overhead
+
+    def add(self, item: Item) -> Request | None:
+        """Adds the item; returns the request it closed when it did not fit in it."""
+        item_size = len(item.body) + 1  # the separating comma
+        closed = None
+        if self._items and (len(self._items) == self.max_items or self._size + item_size > self.max_bytes):
+            closed = self.rest()
+        self._items.append(item)
+        self._size += item_size
+        return closed
+
+    def rest(self) -> Request | None:
+        """The request of the items gathered so far, if any; starts a new one."""
+        if not self._items:
+            return None
+        request = Request(self.path, tuple(self._items))
+        self._items, self._size = [], self.overhead
+        return request
+
+
 def pack(path: str, items: Iterable[Item], max_items: int, max_bytes: int, overhead: int) -> list[Request]:
     """Items grouped in order into requests of at most max_items and max_bytes (with overhead bytes)."""
-    requests: list[Request] = []
-    current: list[Item] = []
-    size = overhead
-    for item in items:
-        item_size = len(item.body) + 1  # the separating comma
-        if current and (len(current) == max_items or size + item_size > max_bytes):
-            requests.append(Request(path, tuple(current)))
-            current, size = [], overhead
-        current.append(item)
-        size += item_size
-    if current:
-        requests.append(Request(path, tuple(current)))
-    return requests
+    packing = Packing(path, max_items, max_bytes, overhead)
+    requests = [closed for item in items if (closed := packing.add(item)) is not None]
+    rest = packing.rest()
+    return [*requests, rest] if rest is not None else requests
 
 
 Acknowledged = Callable[[Request], None]  # called with each request's items once the platform took them
@@ -138,17 +209,29 @@ Acknowledged = Callable[[Request], None]  # called with each request's items onc
 
 def send(
     platform: Platform,
-    requests: Sequence[Request],
+    requests: Iterable[Request],
     policy: SendPolicy,
     on_acknowledged: Acknowledged | None = None,
 ) -> SendMetrics:
-    """Sends the requests, waiting for every acknowledgement; raises DestinationError when it must stop."""
-    return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
+    """Sends the requests, waiting for every acknowledgement; raises DestinationError when it must stop.
+
+    A lazy iterable is drawn as requests go out, so encoding the next overlaps the platform's work on the
+    last; the time spent drawing counts as encoding.
+    """
+    with without_gc_pauses():
+        return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
+
+
+def exchange(
+    platform: Platform, request: Request, policy: SendPolicy, answers: frozenset[int] = SPLIT_STATUSES
+) -> tuple[httpx.Response, SendMetrics]:
+    """One request, retried as any send, until a success or one of the statuses in answers comes back."""
+    return asyncio.run(_Sender(platform, policy, None, answers).exchange(request))
 
 
 def send_encoded(
     platform: Platform,
-    requests: Sequence[Request],
+    requests: Iterable[Request],
     policy: SendPolicy,
     rejects: list[Reject],
     encode_seconds: float,
@@ -181,33 +264,77 @@ class _RateLimit:
 
 
 class _Sender:
-    def __init__(self, platform: Platform, policy: SendPolicy, on_acknowledged: Acknowledged | None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        policy: SendPolicy,
+        on_acknowledged: Acknowledged | None,
+        answers: frozenset[int] = SPLIT_STATUSES,
+    ) -> None:
         self.platform = platform
+        self.answers = answers
         self.on_acknowledged = on_acknowledged
         self.policy = policy
         self.metrics = SendMetrics()
         self._rate = _RateLimit(policy.items_per_second)
         self._slots = asyncio.Semaphore(policy.concurrency)
+        self._drawn_seconds = 0.0
 
-    async def send_all(self, requests: Sequence[Request]) -> SendMetrics:
-        started = time.perf_counter()
-        limits = httpx.Limits(max_connections=self.policy.concurrency)
-        async with httpx.AsyncClient(
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             base_url=self.platform.base_url,
             auth=self.platform.auth(),
             timeout=self.policy.timeout_seconds,
-            limits=limits,
-        ) as self.client:
+            limits=httpx.Limits(max_connections=self.policy.concurrency),
+        )
+
+    async def exchange(self, request: Request) -> tuple[httpx.Response, SendMetrics]:
+        started = time.perf_counter()
+        async with self._client() as self.client:
             try:
+                response = await self.post(request)
+            except DestinationError as error:
+                raise DestinationError(str(error), self.metrics) from None
+        self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
+        return response, self.metrics
+
+    async def send_all(self, requests: Iterable[Request]) -> SendMetrics:
+        started = time.perf_counter()
+        async with self._client() as self.client:
+            try:
+                # As many workers as requests may be in flight, each drawing the next request when done: a
+                # task per request would build every body up front and wait on the slots in a crowd.
+                pending = iter(requests)
+
+                # Encoding runs in a thread, one draw at a time, so the event loop keeps answering the
+                # requests in flight meanwhile (it waits on sockets, which lets the thread run).
+                drawing = asyncio.Lock()
+
+                async def work() -> None:
+                    while True:
+                        async with drawing:
+                            request = await asyncio.to_thread(self._draw, pending)
+                        if request is None:
+                            return
+                        await self.deliver(request)
+
                 async with asyncio.TaskGroup() as group:
-                    for request in requests:
-                        group.create_task(self.deliver(request))
+                    for _ in range(self.policy.concurrency):
+                        group.create_task(work())
             except* DestinationError as errors:
                 error = errors.exceptions[0]
                 raise DestinationError(str(error), self.metrics) from None
-        # Encoding runs on the event loop's one thread, so the rest of the wall time was waiting.
+        # Draws are one at a time, so the encoding they timed is part of the wall time; the rest was waiting.
+        self.metrics.encode_seconds += self._drawn_seconds
         self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
         return self.metrics
+
+    def _draw(self, pending: Iterator[Request]) -> Request | None:
+        """The next request, its encoding timed; None when there are no more."""
+        started = time.perf_counter()
+        request = next(pending, None)
+        self._drawn_seconds += time.perf_counter() - started  # its own sum: this runs in another thread
+        return request
 
     async def deliver(self, request: Request) -> None:
         """Sends one request until acknowledged, splitting it when the platform rejects items."""
@@ -218,7 +345,7 @@ class _Sender:
             if self.on_acknowledged is not None:
                 self.on_acknowledged(request)
             return
-        reasons = self.platform.item_reasons(request, response) if response.status_code == 400 else {}
+        reasons = self.platform.item_reasons(request, response) if response.status_code in (400, 429) else {}
         if reasons:
             self.metrics.rejects.extend(
                 Reject(request.items[i].key, why) for i, why in sorted(reasons.items())
@@ -236,12 +363,12 @@ class _Sender:
             self.metrics.rejects.append(Reject(request.items[0].key, self.platform.reason(response)))
 
     async def post(self, request: Request) -> httpx.Response:
-        """One request's answer other than a retried one: a success, a 400 or a 413."""
+        """One request's answer other than a retried one: a success or one of the answers (400, 413)."""
         started = time.perf_counter()
         content, content_type = self.platform.body(request)
         headers = {"Content-Type": content_type}
         if len(content) >= GZIP_FROM_BYTES and self.platform.accepts_gzip(request):
-            content = gzip.compress(content, compresslevel=5)
+            content = gzip.compress(content, compresslevel=GZIP_LEVEL)
             headers["Content-Encoding"] = "gzip"
         self.metrics.encode_seconds += time.perf_counter() - started
         for attempt in range(1, self.policy.max_attempts + 1):
@@ -266,8 +393,10 @@ class _Sender:
                         f"destination {self.platform.destination}: the platform refused its credentials "
                         f"(HTTP {status}); check the keys in its environment variables"
                     )
-                if response.is_success or status in SPLIT_STATUSES:
+                if response.is_success or status in self.answers:
                     return response
+                if status == 429 and self.platform.item_reasons(request, response):
+                    return response  # items the platform will not take today: split them off, resend the rest
                 if status not in RETRIED_STATUSES:
                     raise DestinationError(
                         f"destination {self.platform.destination}: the platform answered HTTP {status} "

@@ -1,4 +1,5 @@
-"""A local HTTP sink playing mParticle's Events API and Amplitude's HTTP V2 and Identify APIs, strictly.
+"""A local HTTP sink playing mParticle's Events and Data Subject Request APIs and Amplitude's HTTP V2,
+Identify and User Privacy APIs, strictly.
 
 It enforces each API's contract (auth, sizes, item counts, required fields), passes every mParticle
 batch through the official `mparticle` package's models (a key they do not know is lost, and the
@@ -9,12 +10,16 @@ slow response or a dropped connection. `violations` lists every breach of a cont
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import gzip
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +35,32 @@ MP_MAX_ATTRIBUTES = 100
 AMP_MAX_EVENTS = 2000
 AMP_MAX_BYTES = 1_000_000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+DSR_IDENTITIES = frozenset(
+    {
+        "controller_customer_id",
+        "email",
+        "android_advertising_id",
+        "android_id",
+        "fire_advertising_id",
+        "ios_advertising_id",
+        "ios_vendor_id",
+        "microsoft_advertising_id",
+        "microsoft_publisher_id",
+        "roku_advertising_id",
+        "roku_publisher_id",
+    }
+)
+DSR_EXTENSION_IDENTITIES = frozenset(
+    {
+        "mpid",
+        "other",
+        *(f"other{n}" for n in range(2, 11)),
+        "mobile_number",
+        "phone_number_2",
+        "phone_number_3",
+    }
+)
+AMP_MAX_DELETIONS = 100
 PLANTED_INVALID = "bad"  # a user attribute or event property of this name makes the API answer 400
 
 # mParticle's event_type → the model its `data` must survive.
@@ -70,6 +101,9 @@ class HttpSink:
     mparticle_key: str
     mparticle_secret: str
     amplitude_key: str
+    dsr_key: str = ""  # the mParticle workspace's credentials (the Events API key's when empty)
+    dsr_secret: str = ""
+    amplitude_secret: str = ""
     url: str = ""
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     received: list[Received] = field(default_factory=list)
@@ -77,7 +111,11 @@ class HttpSink:
     historical_batches: list[dict[str, Any]] = field(default_factory=list)
     identifies: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    erasures: list[dict[str, Any]] = field(default_factory=list)  # accepted OpenDSR erasure requests
+    deletions: list[dict[str, Any]] = field(default_factory=list)  # accepted Amplitude deletion requests
     violations: list[str] = field(default_factory=list)
+    in_flight: int = 0  # requests being answered now
+    max_in_flight: int = 0  # the most requests answered at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def plan(self, path: str, *faults: Fault) -> None:
@@ -143,6 +181,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
+        with self.sink.lock:
+            self.sink.in_flight += 1
+            self.sink.max_in_flight = max(self.sink.max_in_flight, self.sink.in_flight)
+        try:
+            self._post()
+        finally:
+            with self.sink.lock:
+                self.sink.in_flight -= 1
+
+    def _post(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         path = urllib.parse.urlsplit(self.path).path
         with self.sink.lock:
@@ -173,6 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._amplitude_events(body)
         if path == "/identify":
             return self._amplitude_identify(body)
+        if path == "/v3/requests":
+            return self._mparticle_dsr(body)
+        if path == "/api/2/deletions/users":
+            return self._amplitude_deletion(body)
         return 404, {"error": "no such endpoint"}
 
     def _violation(self, what: str) -> None:
@@ -180,11 +232,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.sink.violations.append(f"{self.path}: {what}")
 
     def _mparticle(self, path: str, body: bytes) -> tuple[int, Any]:
-        expected = base64.b64encode(
-            f"{self.sink.mparticle_key}:{self.sink.mparticle_secret}".encode()
-        ).decode()
-        if self.headers.get("Authorization") != f"Basic {expected}":
-            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid credentials"}]}
+        if "Authorization" not in self.headers:  # mParticle: 401 without the header, 403 with a wrong one
+            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "missing credentials"}]}
+        if not self._basic(self.sink.mparticle_key, self.sink.mparticle_secret):
+            return 403, {"errors": [{"code": "FORBIDDEN", "message": "invalid credentials"}]}
         if len(body) > MP_MAX_REQUEST_BYTES:
             self._violation(f"request of {len(body)} bytes")
             return 413, {"errors": [{"code": "TOO_LARGE"}]}
@@ -205,6 +256,64 @@ class _Handler(BaseHTTPRequestHandler):
             target = self.sink.historical_batches if path.endswith("historical") else self.sink.batches
             target.extend(batches)
         return 202, None
+
+    def _basic(self, key: str, secret: str) -> bool:
+        expected = base64.b64encode(f"{key}:{secret}".encode()).decode()
+        return self.headers.get("Authorization") == f"Basic {expected}"
+
+    def _mparticle_dsr(self, body: bytes) -> tuple[int, Any]:
+        if not self._basic(
+            self.sink.dsr_key or self.sink.mparticle_key, self.sink.dsr_secret or self.sink.mparticle_secret
+        ):
+            return 401, {"code": 401, "message": "The credentials provided in the request are not valid."}
+        if self.headers.get("Content-Type") != "application/json":
+            self._violation("a DSR without Content-Type: application/json")
+        request = json.loads(body)
+        problem = _dsr_problem(request)
+        if problem:
+            self._violation(problem)
+            return 400, {
+                "code": 400,
+                "message": "Invalid data was detected",
+                "errors": [{"message": problem}],
+            }
+        with self.sink.lock:
+            if any(r["subject_request_id"] == request["subject_request_id"] for r in self.sink.erasures):
+                message = "Subject request already exists."
+                return 400, {
+                    "code": 400,
+                    "message": message,
+                    "errors": [{"domain": "Validation", "message": message}],
+                }
+            self.sink.erasures.append(request)
+        return 201, {
+            "expected_completion_time": "2026-12-20T00:00:00Z",
+            "received_time": "2026-12-06T00:00:00Z",
+            "encoded_request": base64.b64encode(body).decode(),
+            "subject_request_id": request["subject_request_id"],
+            "controller_id": "3622",
+        }
+
+    def _amplitude_deletion(self, body: bytes) -> tuple[int, Any]:
+        if not self._basic(self.sink.amplitude_key, self.sink.amplitude_secret):
+            return 401, {"error": "Invalid credentials"}
+        request = json.loads(body)
+        ids = request.get("user_ids", []) + request.get("amplitude_ids", [])
+        if not isinstance(request, dict) or not 1 <= len(ids) <= AMP_MAX_DELETIONS:
+            self._violation(f"a deletion of {len(ids)} ids (1 to {AMP_MAX_DELETIONS})")
+            return 400, {"error": "between 1 and 100 ids"}
+        if not all(isinstance(i, str) and len(i) >= 5 for i in request.get("user_ids", [])):
+            self._violation(f"a deletion with user ids that are not strings of 5 characters or more: {ids}")
+            return 400, {"error": "invalid user ids"}
+        if not isinstance(request.get("requester"), str) or not request["requester"]:
+            self._violation("a deletion without requester")
+        with self.sink.lock:
+            self.sink.deletions.append(request)
+        requested = [
+            {"user_id": i, "requested_on_day": "2026-12-06", "requester": request.get("requester")}
+            for i in ids
+        ]
+        return 200, [{"day": "2026-12-20", "amplitude_ids": requested, "status": "staging"}]
 
     def _amplitude_events(self, body: bytes) -> tuple[int, Any]:
         if len(body) > AMP_MAX_BYTES:
@@ -249,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"code": 200, "events_ingested": len(events), "payload_size_bytes": len(body)}
 
     def _amplitude_identify(self, body: bytes) -> tuple[int, Any]:
-        form = urllib.parse.parse_qs(body.decode())
+        form = self._form(body)
         if form.get("api_key") != [self.sink.amplitude_key]:
             return 400, {"code": 400, "error": "Invalid API key"}
         identifications = json.loads(form["identification"][0])
@@ -261,6 +370,22 @@ class _Handler(BaseHTTPRequestHandler):
         with self.sink.lock:
             self.sink.identifies.extend(identifications)
         return 200, "success"
+
+    def _form(self, body: bytes) -> dict[str, list[str]]:
+        """A form body, x-www-form-urlencoded or multipart/form-data (the two the Identify API takes)."""
+        content_type = self.headers.get("Content-Type", "")
+        if content_type == "application/x-www-form-urlencoded":
+            return urllib.parse.parse_qs(body.decode())
+        if not content_type.startswith("multipart/form-data; boundary="):
+            self._violation(f"a form of Content-Type {content_type!r}")
+            return {}
+        head = f"Content-Type: {content_type}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        form: dict[str, list[str]] = defaultdict(list)
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            form[str(name)].append(part.get_payload(decode=True).decode())
+        return dict(form)
 
     def _record(self, path: str, status: int, body: bytes) -> None:
         with self.sink.lock:
@@ -321,6 +446,38 @@ def _batch_problem(batch: Any, path: str, now_ms: float) -> str | None:
     return None
 
 
+def _dsr_problem(request: Any) -> str | None:
+    """What breaks mParticle's OpenDSR v3 request contract, or None."""
+    if not isinstance(request, dict):
+        return "a DSR is not an object"
+    if request.get("regulation") not in ("gdpr", "ccpa"):
+        return "regulation missing or not gdpr/ccpa"
+    try:
+        if uuid.UUID(str(request.get("subject_request_id"))).version != 4:
+            return "subject_request_id is not a UUID v4"
+    except ValueError:
+        return "subject_request_id is not a UUID"
+    if request.get("subject_request_type") not in ("access", "portability", "erasure"):
+        return "subject_request_type missing or unknown"
+    try:
+        time.strptime(str(request.get("submitted_time")), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return "submitted_time is not an ISO 8601 UTC time"
+    if request.get("api_version", "3.0") != "3.0":
+        return "api_version is not 3.0"
+    subject = request.get("subject_identities", {})
+    extension = request.get("extensions", {}).get("opendsr.mparticle.com", {}).get("subject_identities", {})
+    for identities, allowed in ((subject, DSR_IDENTITIES), (extension, DSR_EXTENSION_IDENTITIES)):
+        for kind, identity in identities.items():
+            if kind not in allowed or set(identity) != {"value", "encoding"} or identity["encoding"] != "raw":
+                return f"identity {kind}: {identity}"
+    if not subject and not extension:
+        return "a DSR names no identity"
+    if "mpid" in extension and (subject or len(extension) > 1):
+        return "If an mpid is provided, it must be the only identity in the request."
+    return None
+
+
 def _difference(sent: Any, survived: Any, where: str = "") -> str:
     """The first place a batch and its round trip differ."""
     if isinstance(sent, dict) and isinstance(survived, dict):
@@ -340,11 +497,25 @@ def _difference(sent: Any, survived: Any, where: str = "") -> str:
     return "" if sent == survived else f"{where}: {sent!r} became {survived!r}"
 
 
-def start(mparticle_key: str, mparticle_secret: str, amplitude_key: str) -> Iterator[HttpSink]:
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up before its slow answer is what those faults are for: no traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def start(
+    mparticle_key: str,
+    mparticle_secret: str,
+    amplitude_key: str,
+    dsr_key: str = "",
+    dsr_secret: str = "",
+    amplitude_secret: str = "",
+) -> Iterator[HttpSink]:
     """Runs the sink on a free loopback port until the generator is closed."""
-    sink = HttpSink(mparticle_key, mparticle_secret, amplitude_key)
+    sink = HttpSink(mparticle_key, mparticle_secret, amplitude_key, dsr_key, dsr_secret, amplitude_secret)
     handler = type("Handler", (_Handler,), {"sink": sink})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
