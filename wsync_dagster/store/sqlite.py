@@ -56,6 +56,14 @@ class SQLiteBackend:
         (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
         return seq
 
+    def begin_write(self) -> None:
+        """BEGIN IMMEDIATE: the one write lock, for a short write outside a delivery."""
+        if self._conn.in_transaction:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._conn.execute("BEGIN IMMEDIATE")
+        for statement in STAGING:
+            self._conn.execute(statement)
+
     def begin_erasure(self) -> None:
         """BEGIN IMMEDIATE with secure_delete on: what the erasure deletes is overwritten with zeros."""
         if self._conn.in_transaction:
