@@ -33,6 +33,11 @@ INSERT INTO users VALUES
 @pytest.fixture
 def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     """The loopback sink, and the destinations' secrets in the environment."""
+    yield from serve_sink(monkeypatch)
+
+
+def serve_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
+    """Runs the sink with the destinations' secrets set; after the test, no contract may have been broken."""
     server = http_sink.start(MP_KEY, MP_SECRET, AMP_KEY)
     running = next(server)
     monkeypatch.setenv("MP_API_KEY", MP_KEY)
@@ -438,3 +443,27 @@ def test_a_sink_that_throttles_and_fails_still_gets_everything_once_acknowledged
     for customer in ("cust-00001", "cust-00002", "cust-00003"):
         assert sink.mparticle_profiles()[customer] == store_view(cli_store, customer)
         assert sink.amplitude_profiles()[customer] == store_view(cli_store, customer)
+
+
+def test_opening_the_store_again_in_one_process_keeps_the_wal_another_process_writes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from wsync_dagster.store import open_profile_store
+
+    path = tmp_path / "profiles.sqlite"
+    url = f"sqlite:///{path}"
+    held = open_profile_store(url)
+    writer = (
+        "import sys; from wsync_dagster.store import open_profile_store; "
+        "s = open_profile_store(sys.argv[1]); s.seed_destination('crm', 'amp', 'production'); s.close()"
+    )
+    try:
+        assert held.pending_profiles("crm", "amp") == 0
+        open_profile_store(url).close()  # a second open and close here, as dagster dev's asset runs do
+        # Another process writes and closes: it must not take our connection for gone and drop the WAL.
+        subprocess.run([sys.executable, "-c", writer, url], check=True)
+        assert path.with_name("profiles.sqlite-wal").exists()
+        assert held.pending_profiles("crm", "amp") == 0
+    finally:
+        held.close()

@@ -18,10 +18,9 @@ from wsync_dagster.destinations.config import AmplitudeDestination, MParticleDes
 from wsync_dagster.destinations.profile_changes import ProfileChange
 from wsync_dagster.destinations.sender import SendMetrics
 from wsync_dagster.progress import Progress, report
+from wsync_dagster.settings import forward_slice
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
-
-SLICE_PROFILES = 5000  # per read and acknowledgement: what a crash may send twice
 
 
 @dataclass
@@ -75,12 +74,13 @@ def forward(
     seed: bool = False,
     seed_partitions: list[str] | None = None,
     progress: Progress | None = None,
-    slice_profiles: int = SLICE_PROFILES,
+    slice_profiles: int | None = None,
 ) -> ForwardReport:
     """Send what is pending for the destination (after seeding it, if asked); raises DestinationError on a
     refusal the run cannot go past (credentials, retries exhausted), with what was acknowledged kept."""
     started = time.perf_counter()
     environment = spec.sync.environment
+    slice_profiles = slice_profiles or forward_slice()
     result = ForwardReport(destination.name)
     platform = destination.platform(environment)  # secrets read now: an unset variable stops here
     if seed or seed_partitions is not None:
