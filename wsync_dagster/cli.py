@@ -176,6 +176,13 @@ def cmd_forward(args: argparse.Namespace) -> int:
                 raise CommandError(str(error)) from None
             seeded = f" (seeded {report.seeded:,} pending)" if args.seed else ""
             print(f"{spec.name}: forwarded to {report.line()}{seeded}")
+            if report.erasures_pending:
+                print(
+                    f"wsync forward: warning: {spec.name}/{destination.name}: "
+                    f"{_count(report.erasures_pending, 'deletion request')} of erased people pending; this "
+                    "wsync does not send erasure requests to the platforms yet",
+                    file=sys.stderr,
+                )
     finally:
         store.close()
     return 0
@@ -383,6 +390,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(
             f"dropped the {_count(done.fingerprints, 'row fingerprint')} of"
             f" {', '.join(done.syncs_refingerprinted)}: their next full-mode run applies every row again"
+        )
+    if done.deletions_queued:
+        print(
+            f"queued {_count(done.deletions_queued, 'deletion request')} for the destinations that received"
+            " them (`wsync forward SYNC` reports them; the identities they delete by are kept until sent)"
         )
     if not done.wal_emptied:
         print(

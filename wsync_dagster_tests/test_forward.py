@@ -467,3 +467,40 @@ def test_opening_the_store_again_in_one_process_keeps_the_wal_another_process_wr
         assert held.pending_profiles("crm", "amp") == 0
     finally:
         held.close()
+
+
+def test_erasing_a_forwarded_person_queues_the_platforms_deletion_until_it_can_be_sent(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    sink: HttpSink,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    warehouse = make_warehouse(USERS)
+    write_sync(full_sync(warehouse, destinations=destinations(sink)))
+    assert main(["run", "crm"]) == 0
+    capsys.readouterr()
+    assert main(["erase", "--identity", "customer_id=cust-00001"]) == 0
+    assert "queued 2 deletion requests for the destinations that received them" in capsys.readouterr().out
+    assert cli_store.pending_erasures("crm", "mp") == cli_store.pending_erasures("crm", "amp") == 1
+    assert main(["forward", "crm"]) == 0
+    err = capsys.readouterr().err
+    assert "crm/amp: 1 deletion request of erased people pending" in err
+
+
+def test_a_person_erased_while_a_forward_sends_them_gets_the_deletion_queued(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    write_sync(full_sync(make_warehouse(USERS)))
+    assert main(["run", "crm"]) == 0
+    cli_store.seed_destination("crm", "amp", "production")
+    read = cli_store.pending_forward("crm", "amp", "production", None, 100)
+    cli_store.erase([("customer_id", "cust-00002")], "production")
+    # The slice read before the erasure went out: the platform holds the person now.
+    cli_store.acknowledge_forward("crm", "amp", "production", read.rows, [], read.changes)
+    assert cli_store.pending_erasures("crm", "amp") == 1
+    assert cli_store.pending_profiles("crm", "amp") == 0
+    # amp received cust-00003 in that slice; mp, which was never forwarded to, needs no deletion.
+    cli_store.erase([("customer_id", "cust-00003")], "production")
+    assert cli_store.pending_erasures("crm", "amp") == 2
+    assert cli_store.pending_erasures("crm", "mp") == 0

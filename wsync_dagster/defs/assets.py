@@ -370,6 +370,13 @@ def _forward_asset(spec: SyncSpec, destination: MParticleDestination | Amplitude
         add_partition_metadata(
             context, {key: figures if key == keys[-1] else dict.fromkeys(figures, 0) for key in keys}
         )
-        return MaterializeResult(metadata={"seeded": report.seeded})
+        if report.erasures_pending:
+            context.log.warning(
+                f"{spec.name}: {report.erasures_pending} deletion requests of erased people pending for "
+                f"{destination.name}; this wsync does not send erasure requests to the platforms yet"
+            )
+        return MaterializeResult(
+            metadata={"seeded": report.seeded, "erasures_pending": report.erasures_pending}
+        )
 
     return forward_to_destination

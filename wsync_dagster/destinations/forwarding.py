@@ -30,6 +30,7 @@ class ForwardReport:
     destination: str
     profiles: int = 0  # profiles whose change was sent (or rejected)
     seeded: int = 0  # outbox rows a seed marked
+    erasures_pending: int = 0  # deletion requests of erased people the destination has yet to receive
     metrics: SendMetrics = field(default_factory=SendMetrics)
     seconds: float = 0.0
 
@@ -92,10 +93,13 @@ def forward(
             break
         after = pending.last_profile_id
         metrics = _send(platform, pending.changes)
-        store.acknowledge_forward(spec.name, destination.name, environment, pending.rows, metrics.rejects)
+        store.acknowledge_forward(
+            spec.name, destination.name, environment, pending.rows, metrics.rejects, pending.changes
+        )
         result.profiles += len(pending.changes)
         result.metrics.add(metrics)
         report(progress, f"{spec.name}: forwarded {result.profiles:,} profiles to {destination.name}")
+    result.erasures_pending = store.pending_erasures(spec.name, destination.name)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -39,6 +39,8 @@ TOUCHED_TABLES = (
     "fingerprints",
     "rejects",
     "suppressions",
+    "forward_pending",
+    "forwarded",
 )
 
 _duckdb = threading.local()
@@ -69,6 +71,7 @@ class Erasure:
     fingerprints: int = 0
     syncs_refingerprinted: list[str] = field(default_factory=list)
     suppressed: int = 0
+    deletions_queued: int = 0  # the platforms' deletion requests queued for destinations that had the person
     erased_on: str = ""
     wal_emptied: bool = True
     values: dict[str, set[str]] = field(default_factory=dict, repr=False)
@@ -110,7 +113,9 @@ class Suppression:
                     (sync, environment, partition, ERASED),
                 )
         salt = db.rows("SELECT salt FROM erasure_salt")
-        listed = db.rows("SELECT identity_hash, erased_on FROM suppressions WHERE environment = ?", (environment,))
+        listed = db.rows(
+            "SELECT identity_hash, erased_on FROM suppressions WHERE environment = ?", (environment,)
+        )
         self._salt = salt[0][0] if salt else ""
         self._hashes = pa.array([h for h, _ in listed], pa.string())
         self._erased_on = pa.array([on for _, on in listed], pa.string())
@@ -222,6 +227,8 @@ def erase(db: Backend, identities: Sequence[Identity], environment: str) -> Eras
             result.fingerprints += db.execute(
                 "DELETE FROM fingerprints WHERE sync = ? AND environment = ?", (sync, environment)
             )
+        result.deletions_queued = _queue_deletions(db, environment, of_profile)
+        db.execute(f"DELETE FROM forward_pending WHERE {in_profiles}")
         result.events = db.execute(f"DELETE FROM events WHERE {in_profiles}")
         result.attributes = db.execute(f"DELETE FROM attributes WHERE {in_profiles}")
         # The history holds the person's past values: they go too.
@@ -344,10 +351,39 @@ def _rewrite(path: Path, rows_of_person) -> int:
     return n
 
 
+def _queue_deletions(db: Backend, environment: str, of_profile: dict[str, list[Identity]]) -> int:
+    """Each destination that received an erased profile gets the platform's deletion request, queued in this
+    transaction with the identities it deletes by (store/outbox.py sends and then forgets them)."""
+    received = db.rows(
+        "SELECT sync, destination, profile_id FROM forwarded"
+        " WHERE profile_id IN (SELECT profile_id FROM stage_profile) ORDER BY 1, 2, 3"
+    )
+    db.execute("DELETE FROM forwarded WHERE profile_id IN (SELECT profile_id FROM stage_profile)")
+    if not received:
+        return 0
+    n = len(received)
+    identities = [json.dumps(dict(sorted(of_profile.get(p, [])))) for _, _, p in received]
+    return db.insert(
+        "erasure_pending",
+        pa.table(
+            {
+                "sync": pa.array([r[0] for r in received], pa.string()),
+                "destination": pa.array([r[1] for r in received], pa.string()),
+                "environment": pa.array([environment] * n, pa.string()),
+                "profile_id": pa.array([r[2] for r in received], pa.string()),
+                "identities": pa.array(identities, pa.string()),
+                "requested_at": pa.array([datetime.now(UTC).isoformat(timespec="seconds")] * n, pa.string()),
+            }
+        ),
+        "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
+    )
+
+
 def _salt(db: Backend) -> str:
     """The store's salt, made (32 random bytes) on the first erasure."""
     db.execute(
-        "INSERT INTO erasure_salt (id, salt) VALUES (1, ?) ON CONFLICT (id) DO NOTHING", (secrets.token_hex(32),)
+        "INSERT INTO erasure_salt (id, salt) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+        (secrets.token_hex(32),),
     )
     return db.rows("SELECT salt FROM erasure_salt")[0][0]
 

@@ -214,12 +214,21 @@ def read_pending(
 
 
 def acknowledge(
-    db: Backend, sync: str, destination: str, environment: str, read: pa.Table, rejects: Sequence[Reject]
+    db: Backend,
+    sync: str,
+    destination: str,
+    environment: str,
+    read: pa.Table,
+    rejects: Sequence[Reject],
+    sent: Sequence[ProfileChange] = (),
 ) -> int:
     """The platform took (or rejected) everything of a slice: its outbox rows go, unless marked again since,
-    and its rejects are stored with the platform's reasons, in one transaction; the rows removed."""
+    its rejects are stored with the platform's reasons, and the profiles sent are listed as received there
+    (or, erased since the slice was read, queued for the platform's deletion), in one transaction; the rows
+    removed."""
     db.begin_write()
     try:
+        _received(db, sync, destination, environment, sent)
         db.execute(_READ_TABLE)
         db.stage("forward_read", read)
         removed = db.execute(
@@ -259,6 +268,60 @@ def acknowledge(
         db.rollback()
         raise
     return removed
+
+
+def _received(
+    db: Backend, sync: str, destination: str, environment: str, sent: Sequence[ProfileChange]
+) -> None:
+    """List the profiles the destination now holds; one erased while it was sent gets its deletion queued."""
+    if not sent:
+        return
+    ids = pa.array([change.profile_id for change in sent], pa.string())
+    db.stage("stage_profile", pa.table({"profile_id": ids}))
+    gone = {
+        profile_id
+        for (profile_id,) in db.rows(
+            "SELECT s.profile_id FROM stage_profile AS s"
+            " WHERE NOT EXISTS (SELECT 1 FROM profiles AS p WHERE p.profile_id = s.profile_id)"
+        )
+    }
+    n = len(sent)
+    db.insert(
+        "forwarded",
+        pa.table(
+            {
+                "sync": pa.array([sync] * n, pa.string()),
+                "destination": pa.array([destination] * n, pa.string()),
+                "profile_id": ids,
+            }
+        ).filter(pa.array([change.profile_id not in gone for change in sent])),
+        "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
+    )
+    erased = [change for change in sent if change.profile_id in gone]
+    if erased:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        db.insert(
+            "erasure_pending",
+            pa.table(
+                {
+                    "sync": pa.array([sync] * len(erased), pa.string()),
+                    "destination": pa.array([destination] * len(erased), pa.string()),
+                    "environment": pa.array([environment] * len(erased), pa.string()),
+                    "profile_id": pa.array([change.profile_id for change in erased], pa.string()),
+                    "identities": pa.array([json.dumps(dict(c.identities)) for c in erased], pa.string()),
+                    "requested_at": pa.array([now] * len(erased), pa.string()),
+                }
+            ),
+            "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
+        )
+
+
+def pending_erasures(db: Backend, sync: str, destination: str) -> int:
+    """How many deletion requests the destination has yet to receive."""
+    [(count,)] = db.rows(
+        "SELECT COUNT(*) FROM erasure_pending WHERE sync = ? AND destination = ?", (sync, destination)
+    )
+    return count
 
 
 def _reject_row(item: str) -> str:

@@ -358,10 +358,21 @@ class ProfileStore:
         return outbox.read_pending(self._db, sync, destination, environment, after, limit)
 
     def acknowledge_forward(
-        self, sync: str, destination: str, environment: str, read: pa.Table, rejects: Sequence[Any]
+        self,
+        sync: str,
+        destination: str,
+        environment: str,
+        read: pa.Table,
+        rejects: Sequence[Any],
+        sent: Sequence[Any] = (),
     ) -> int:
-        """A slice the platform took: its outbox rows go (unless marked again), its rejects are kept."""
-        return outbox.acknowledge(self._db, sync, destination, environment, read, rejects)
+        """A slice the platform took: its outbox rows go (unless marked again), its rejects are kept, the
+        profiles sent are listed as received."""
+        return outbox.acknowledge(self._db, sync, destination, environment, read, rejects, sent)
+
+    def pending_erasures(self, sync: str, destination: str) -> int:
+        """How many deletion requests a destination has yet to receive."""
+        return outbox.pending_erasures(self._db, sync, destination)
 
     def pending_profiles(self, sync: str, destination: str) -> int:
         """How many profiles a destination has yet to receive."""

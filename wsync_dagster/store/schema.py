@@ -48,6 +48,8 @@ HISTORY_TABLES: tuple[str, ...] = (
 # number; events carry the delivery that wrote them, so the pending (profile, seq) rows say which events go.
 # `marks` counts the deliveries that marked a row: a forward removes a row only if nobody marked it since it
 # read it. No value and no secret is kept here: the forward reads the profile as it is when it sends.
+# `forwarded` lists who each destination received (by profile id): an erasure of one of them queues the
+# platform's deletion in `erasure_pending`, which holds the identities to delete by only until it is sent.
 FORWARDING_TABLES: tuple[str, ...] = (
     "ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
     """CREATE TABLE forward_pending (
@@ -58,6 +60,22 @@ FORWARDING_TABLES: tuple[str, ...] = (
         seq INTEGER NOT NULL,
         marks INTEGER NOT NULL DEFAULT 1,
         PRIMARY KEY (sync, destination, profile_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE forwarded (
+        sync TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        PRIMARY KEY (sync, destination, profile_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX forwarded_by_profile ON forwarded (profile_id)",
+    """CREATE TABLE erasure_pending (
+        sync TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        identities TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        PRIMARY KEY (sync, destination, profile_id)
     ) WITHOUT ROWID""",
 )
 
