@@ -504,3 +504,41 @@ def test_a_person_erased_while_a_forward_sends_them_gets_the_deletion_queued(
     cli_store.erase([("customer_id", "cust-00003")], "production")
     assert cli_store.pending_erasures("crm", "amp") == 2
     assert cli_store.pending_erasures("crm", "mp") == 0
+
+
+def test_the_forward_asset_shows_its_figures_per_partition_and_alone_forwards_its_partitions_again(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    from dagster import AssetKey, DagsterInstance
+
+    from wsync_dagster.defs import build_definitions, sync_job_name
+    from wsync_dagster.runner import run_sync
+
+    spec = load_sync_file(write_sync(full_sync(make_warehouse(USERS), destinations=destinations(sink))))
+    instance = DagsterInstance.ephemeral()
+    report = run_sync(spec, cli_store, instance)
+    amp = AssetKey(["crm", "forward", "amp"])
+    [record] = instance.fetch_materializations(amp, limit=5).records
+    materialization = record.asset_materialization
+    assert materialization is not None and materialization.partition == report.partitions
+    figures = {name: entry.value for name, entry in materialization.metadata.items()}
+    assert {
+        k: figures[k] for k in ("profiles", "events", "requests", "retries", "throttled_waits", "rejects")
+    } == {
+        "profiles": 3,
+        "events": 0,
+        "requests": 1,
+        "retries": 0,
+        "throttled_waits": 0,
+        "rejects": 0,
+    }
+    assert figures["bytes"] > 0 and figures["encode_seconds"] >= 0 and figures["wait_seconds"] > 0
+    assert MP_KEY not in repr(figures) and AMP_KEY not in repr(figures)
+
+    # The forward asset alone (a backfill of it): its partition's profiles go out again.
+    job = build_definitions([spec]).resolve_job_def(sync_job_name(spec))
+    result = job.execute_in_process(instance=instance, partition_key=report.partitions, asset_selection=[amp])
+    assert result.success
+    assert len(sink.identifies) == 6
+    assert sink.amplitude_profiles()["cust-00001"] == {"plan": "pro", "city": "Paris"}
+    assert len(sink.batches) == 3  # mParticle's forward was not part of that run
