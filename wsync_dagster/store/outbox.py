@@ -28,7 +28,7 @@ _MARKED_AGAIN = (
 # The pending rows a forward read: what it removes once the platform acknowledged them.
 _READ_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS forward_read"
-    " (profile_id TEXT NOT NULL, seq BIGINT NOT NULL, marks BIGINT NOT NULL)"
+    " (profile_id TEXT NOT NULL, seq BIGINT NOT NULL, marks BIGINT NOT NULL, PRIMARY KEY (profile_id, seq))"
 )
 # The keys of an event's stored `data` that Event carries in its own fields.
 _EVENT_FIELDS = frozenset(
