@@ -542,3 +542,31 @@ def test_the_forward_asset_shows_its_figures_per_partition_and_alone_forwards_it
     assert len(sink.identifies) == 6
     assert sink.amplitude_profiles()["cust-00001"] == {"plan": "pro", "city": "Paris"}
     assert len(sink.batches) == 3  # mParticle's forward was not part of that run
+
+
+def test_wsync_run_now_forwards_the_window_under_way(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    warehouse = make_warehouse(
+        USERS.replace("city VARCHAR", "city VARCHAR, updated_at TIMESTAMP")
+        .replace("'Paris')", "'Paris', now())")
+        .replace("'Oslo')", "'Oslo', now())")
+        .replace("NULL)", "NULL, now())")
+    )
+    sync = full_sync(warehouse, destinations=destinations(sink)[1:])
+    sync["data_model"]["sql"] = "SELECT customer_id, email, plan, city, updated_at FROM users"
+    sync["sync"] = {
+        "mode": "incremental",
+        "iterator": "updated_at",
+        "iterator_type": "timestamp",
+        "schedule": "interval",
+        "frequency": "daily",
+        "start": f"{today}T00:00:00Z",
+    }
+    write_sync(sync)
+    assert main(["run", "crm", "--now"]) == 0
+    assert sink.amplitude_profiles()["cust-00001"] == {"plan": "pro", "city": "Paris"}
+    assert cli_store.pending_profiles("crm", "amp") == 0
