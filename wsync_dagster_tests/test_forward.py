@@ -570,3 +570,22 @@ def test_wsync_run_now_forwards_the_window_under_way(
     assert main(["run", "crm", "--now"]) == 0
     assert sink.amplitude_profiles()["cust-00001"] == {"plan": "pro", "city": "Paris"}
     assert cli_store.pending_profiles("crm", "amp") == 0
+
+
+def test_no_destination_secret_lands_in_the_store_the_state_folder_or_the_output(
+    wsync_env: Path,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    sink: HttpSink,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+) -> None:
+    write_sync(full_sync(make_warehouse(USERS), destinations=destinations(sink)))
+    assert main(["run", "crm"]) == 0
+    assert main(["forward", "crm", "--destination", "mp", "--seed"]) == 0
+    printed = "".join(capsys.readouterr())
+    state = [path for path in (tmp_path / "state").rglob("*") if path.is_file()]
+    assert any(path.name == "profiles.sqlite" for path in state)
+    for secret in (MP_KEY, MP_SECRET, AMP_KEY):
+        assert secret not in printed
+        assert not [path for path in state if secret.encode() in path.read_bytes()]
