@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import pytest
 
 from wsync_dagster.cli import main
 from wsync_dagster.spec import SyncSpecError, load_sync_file
-from wsync_dagster.store import ProfileStore
+from wsync_dagster.store import ProfileStore, open_profile_store
 from wsync_dagster.store.schema import SCHEMA_VERSION
+from wsync_dagster_tests.conftest import STORE_BACKENDS, store_sql
 from wsync_dagster_tests.engines import http_sink
 from wsync_dagster_tests.engines.http_sink import Fault, HttpSink
 
@@ -404,32 +404,33 @@ def test_events_are_forwarded_once_with_their_dedup_keys(
     assert sorted(e["insert_id"] for e in sink.events) == sorted([f"o{i}" for i in range(1, 7)] + ["o9"])
 
 
-def test_a_version_4_store_is_upgraded_in_place_and_keeps_its_events(tmp_path: Path) -> None:
-    path = tmp_path / "profiles.sqlite"
-    ProfileStore(path).close()
-    old = sqlite3.connect(path)
-    old.executescript(
-        "DROP TABLE forward_pending;"
-        "CREATE TABLE events_v4 AS SELECT environment, sync, event_id, profile_id, event_type, event_name,"
-        " timestamp_ms, data FROM events;"
-        "DROP TABLE events;"
-        "CREATE TABLE events (environment TEXT NOT NULL, sync TEXT NOT NULL, event_id TEXT NOT NULL,"
-        " profile_id TEXT NOT NULL, event_type TEXT, event_name TEXT, timestamp_ms INTEGER, data TEXT,"
-        " PRIMARY KEY (environment, sync, event_id));"
-        "INSERT INTO profiles VALUES ('p1', 'production', '2024-01-01');"
-        "INSERT INTO identities VALUES ('production', 'customer_id', 'cust-00001', 'p1', '2024-01-01', 1);"
-        "INSERT INTO events VALUES ('production', 'orders', 'o1', 'p1', 'custom_event', 'purchase', 1, '{}');"
-        "PRAGMA user_version = 4;"
+@pytest.mark.parametrize("backend", STORE_BACKENDS)
+def test_a_version_4_store_is_upgraded_in_place_and_keeps_its_events(
+    backend: str, make_store: Callable
+) -> None:
+    store = make_store()
+    url = store.url
+    store.close()
+    # Back to version 4: without the outbox tables and the events' delivery numbers, holding an event.
+    version = "PRAGMA user_version" if backend == "sqlite" else "SELECT version FROM wsync_schema"
+    to_4 = "PRAGMA user_version = 4" if backend == "sqlite" else "UPDATE wsync_schema SET version = 4"
+    store_sql(
+        url,
+        "DROP TABLE forward_pending",
+        "DROP TABLE forwarded",
+        "DROP TABLE erasure_pending",
+        "ALTER TABLE events DROP COLUMN seq",
+        "INSERT INTO profiles VALUES ('p1', 'production', '2024-01-01')",
+        "INSERT INTO identities VALUES ('production', 'customer_id', 'cust-00001', 'p1', '2024-01-01', 1)",
+        "INSERT INTO events VALUES ('production', 'orders', 'o1', 'p1', 'custom_event', 'purchase', 1, '{}')",
+        to_4,
     )
-    old.close()
-    store = ProfileStore(path)
-    try:
-        assert store.seed_destination("orders", "amp", "production") == 1
-        [change] = store.pending_forward("orders", "amp", "production", None, 10).changes
-        assert [event.event_id for event in change.events] == ["o1"]
-    finally:
-        store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with open_profile_store(url) as upgraded:
+        assert upgraded.seed_destination("orders", "amp", "production") == 1
+        [change] = upgraded.pending_forward("orders", "amp", "production", None, 10).changes
+    assert [event.event_id for event in change.events] == ["o1"]
+    assert change.identities == {"customer_id": "cust-00001"}
+    assert store_sql(url, version) == [(SCHEMA_VERSION,)]
 
 
 def test_a_sink_that_throttles_and_fails_still_gets_everything_once_acknowledged(

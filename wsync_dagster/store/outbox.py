@@ -114,29 +114,34 @@ def seed(
     its events of the sync; how many outbox rows were marked. Reads the store only, never the warehouse."""
     db.begin_write()
     try:
-        where = ""
+        params: dict[str, str] = {"sync": sync, "destination": destination, "environment": environment}
+        where = events_where = ""
         if partitions is not None:
-            db.stage("stage_profile", pa.table({"profile_id": pa.array(list(partitions), pa.string())}))
-            where = " AND a.partition_key IN (SELECT profile_id FROM stage_profile)"
+            # Placeholder names are letters only (the PostgreSQL backend's :name form): 12 → partition_bc.
+            named = {
+                "partition_" + "".join(chr(97 + int(d)) for d in str(n)): partition
+                for n, partition in enumerate(partitions)
+            }
+            params.update(named)
+            listed = ", ".join(f":{name}" for name in named) or "NULL"
+            where = f" AND a.partition_key IN ({listed})"
+            # Events keep the delivery that wrote them: the partition's last, which its deliveries row names.
+            events_where = (
+                " AND e.seq IN (SELECT d.seq FROM deliveries AS d WHERE d.sync = :sync"
+                f" AND d.environment = :environment AND d.partition_key IN ({listed}))"
+            )
         marked = db.execute(
             "INSERT INTO forward_pending (sync, destination, environment, profile_id, seq)"
             " SELECT DISTINCT :sync, :destination, :environment, a.profile_id, 0 FROM attributes AS a"
             " JOIN profiles AS p ON p.profile_id = a.profile_id AND p.environment = :environment"
             f" WHERE a.sync = :sync AND a.value IS NOT NULL{where} {_MARKED_AGAIN}",
-            {"sync": sync, "destination": destination, "environment": environment},
+            params,
         )
-        events_where = ""
-        if partitions is not None:
-            # Events keep the delivery that wrote them; a partition's is the one its deliveries row names.
-            events_where = (
-                " AND e.seq IN (SELECT d.seq FROM deliveries AS d WHERE d.sync = :sync"
-                " AND d.environment = :environment AND d.partition_key IN (SELECT profile_id FROM stage_profile))"
-            )
         marked += db.execute(
             "INSERT INTO forward_pending (sync, destination, environment, profile_id, seq)"
             " SELECT DISTINCT :sync, :destination, :environment, e.profile_id, e.seq FROM events AS e"
             f" WHERE e.sync = :sync AND e.environment = :environment{events_where} {_MARKED_AGAIN}",
-            {"sync": sync, "destination": destination, "environment": environment},
+            params,
         )
         db.commit()
     except BaseException:
