@@ -235,7 +235,12 @@ def run_backfill(
 ) -> BackfillResult:
     """Launch a backfill of the sync's partitions first..last through the webserver and follow it to its end."""
     partitions = partition_range(spec, first, last)
-    asset_keys = [[spec.name, "mapped_batches"], [spec.name, "delivery"]]
+    # The sync's job: mapped batches, the delivery and its forward to each destination.
+    asset_keys = [
+        [spec.name, "mapped_batches"],
+        [spec.name, "delivery"],
+        *([spec.name, "forward", destination.name] for destination in spec.destinations),
+    ]
     webserver = Webserver(url)
     try:
         webserver.wait_until_loaded()

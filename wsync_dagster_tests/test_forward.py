@@ -288,6 +288,9 @@ def test_a_short_amplitude_user_id_is_a_reject_shown_by_wsync_rejects(
     # Rejected is final: it is not pending any more.
     assert main(["forward", "crm", "--destination", "amp"]) == 0
     assert len(sink.identifies) == 3
+    # Amplitude never took the person: erasing them queues mParticle's deletion only.
+    assert main(["erase", "--identity", "customer_id=c4"]) == 0
+    assert (cli_store.pending_erasures("crm", "amp"), cli_store.pending_erasures("crm", "mp")) == (0, 1)
 
 
 def test_refused_credentials_stop_with_one_line_naming_the_destination_never_the_key(
@@ -590,3 +593,40 @@ def test_no_destination_secret_lands_in_the_store_the_state_folder_or_the_output
     for secret in (MP_KEY, MP_SECRET, AMP_KEY):
         assert secret not in printed
         assert not [path for path in state if secret.encode() in path.read_bytes()]
+
+
+def test_a_backfill_through_dagster_dev_forwards_every_partition(
+    tmp_path: Path, make_warehouse: Callable, write_sync: Callable, sink: HttpSink
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from dagster import AssetKey, DagsterInstance
+
+    from wsync_dagster.store import open_profile_store
+    from wsync_dagster_tests.conftest import user_sync
+    from wsync_dagster_tests.test_backfill import BACKFILL_TIMEOUT_S, HISTORY_SQL, PARTITIONS
+    from wsync_dagster_tests.test_dagster_dev import LOCATION, dagster_dev, wait_until_loaded
+
+    write_sync(user_sync(make_warehouse(HISTORY_SQL), destinations=destinations(sink)[:1]))
+    with dagster_dev(tmp_path) as (client, process):
+        wait_until_loaded(client, process, LOCATION)
+        done = subprocess.run(
+            [sys.executable, "-m", "wsync_dagster.cli", "backfill", "crm_users",
+             "--from", PARTITIONS[0], "--to", PARTITIONS[-1], "--url", str(client.base_url)],
+            capture_output=True, text=True, timeout=BACKFILL_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    instance = DagsterInstance.from_config(str(tmp_path / "dagster_home"))
+    try:
+        forwarded = instance.get_materialized_partitions(AssetKey(["crm_users", "forward", "mp"]))
+    finally:
+        instance.dispose()
+    assert forwarded == set(PARTITIONS)
+    with open_profile_store(os.environ["WSYNC_PROFILE_STORE"]) as store:
+        for customer in ("C001", "C002"):
+            profile = store.profile("customer_id", customer)
+            assert profile is not None
+            assert sink.mparticle_profiles()[customer] == profile["attributes"]
+        assert store.pending_profiles("crm_users", "mp") == 0

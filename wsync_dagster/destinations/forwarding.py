@@ -93,8 +93,10 @@ def forward(
             break
         after = pending.last_profile_id
         metrics = _send(platform, pending.changes)
+        refused = {reject.item for reject in metrics.rejects}
+        received = [change for change in pending.changes if change.profile_id not in refused]
         store.acknowledge_forward(
-            spec.name, destination.name, environment, pending.rows, metrics.rejects, pending.changes
+            spec.name, destination.name, environment, pending.rows, metrics.rejects, received
         )
         result.profiles += len(pending.changes)
         result.metrics.add(metrics)

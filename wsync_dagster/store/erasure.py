@@ -352,10 +352,13 @@ def _rewrite(path: Path, rows_of_person) -> int:
 
 
 def _queue_deletions(db: Backend, environment: str, of_profile: dict[str, list[Identity]]) -> int:
-    """Each destination that received an erased profile gets the platform's deletion request, queued in this
-    transaction with the identities it deletes by (store/outbox.py sends and then forgets them)."""
+    """Each destination that received an erased profile, or may have (it was pending there), gets the
+    platform's deletion request, queued in this transaction with the identities it deletes by."""
+    # Pending too: a send of them may have been under way (killed, or stopped before its acknowledgement).
     received = db.rows(
         "SELECT sync, destination, profile_id FROM forwarded"
+        " WHERE profile_id IN (SELECT profile_id FROM stage_profile)"
+        " UNION SELECT sync, destination, profile_id FROM forward_pending"
         " WHERE profile_id IN (SELECT profile_id FROM stage_profile) ORDER BY 1, 2, 3"
     )
     db.execute("DELETE FROM forwarded WHERE profile_id IN (SELECT profile_id FROM stage_profile)")
