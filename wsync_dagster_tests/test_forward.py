@@ -630,3 +630,24 @@ def test_a_backfill_through_dagster_dev_forwards_every_partition(
             assert profile is not None
             assert sink.mparticle_profiles()[customer] == profile["attributes"]
         assert store.pending_profiles("crm_users", "mp") == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "with_destinations", "code", "message"),
+    [
+        (["forward", "crm", "--seed"], True, 2, "wsync forward: --seed marks every profile for one destination: name it with --destination"),
+        (["forward", "crm", "--destination", "braze"], True, 1, "wsync forward: crm: no destination named 'braze'; its destinations: mp, amp"),
+        (["forward", "crm"], False, 1, "wsync forward: crm: has no destinations (the sync file's `destinations` section)"),
+    ],
+)  # fmt: skip
+def test_forward_usage_mistakes_get_one_line(
+    argv: list[str], with_destinations: bool, code: int, message: str,
+    write_sync: Callable, make_warehouse: Callable, sink: HttpSink, capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    sync = full_sync(
+        make_warehouse(USERS), **({"destinations": destinations(sink)} if with_destinations else {})
+    )
+    write_sync(sync)
+    assert main(argv) == code
+    assert capsys.readouterr().err.strip() == message
+    assert sink.received == []
