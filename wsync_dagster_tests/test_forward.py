@@ -372,7 +372,8 @@ FROM range(1, 7) AS t(i);
 """
 
 
-def events_sync(warehouse: Path, sink: HttpSink) -> dict:
+def events_sync(warehouse: Path, sink: HttpSink, rate: int = 100_000) -> dict:
+    """A full-mode event sync over `orders`, forwarding to both destinations."""
     return {
         "name": "orders",
         "data_type": "event",
@@ -387,7 +388,7 @@ def events_sync(warehouse: Path, sink: HttpSink) -> dict:
             {"type": "column", "column": "amount", "field": "events.data.custom_attributes.amount"},
         ],
         "sync": {"mode": "full"},
-        "destinations": destinations(sink),
+        "destinations": destinations(sink, rate),
     }
 
 

@@ -28,6 +28,7 @@ from wsync_dagster_tests.test_forward import (
     MP_KEY,
     MP_SECRET,
     destinations,
+    events_sync,
     full_sync,
     serve_sink,
     warehouse_sql,
@@ -69,25 +70,6 @@ INSERT INTO orders SELECT 'o' || lpad(i::VARCHAR, 6, '0'), 'cust-' || lpad((1 + 
 def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     """The loopback sink the killed forwarders send to."""
     yield from serve_sink(monkeypatch)
-
-
-def orders_sync(warehouse: Path, sink: HttpSink) -> dict:
-    return {
-        "name": "orders",
-        "data_type": "event",
-        "connection": {"type": "duckdb", "path": str(warehouse)},
-        "data_model": {"sql": "SELECT order_id, customer_id, amount, ordered_at FROM orders"},
-        "mapping": [
-            {"type": "static", "value": "custom_event", "field": "events.event_type"},
-            {"type": "static", "value": "purchase", "field": "events.data.event_name"},
-            {"type": "static", "value": "transaction", "field": "events.data.custom_event_type"},
-            {"type": "column", "column": "ordered_at", "field": "events.data.timestamp_unixtime_ms"},
-            {"type": "column", "column": "order_id", "field": "events.data.source_message_id"},
-            {"type": "column", "column": "amount", "field": "events.data.custom_attributes.amount"},
-        ],
-        "sync": {"mode": "full"},
-        "destinations": destinations(sink, rate=600),
-    }
 
 
 def deliver_without_forwarding(sync: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,7 +159,7 @@ def test_a_forward_killed_at_random_moments_then_run_again_delivers_everything_o
     rng = random.Random(os.environ.get("WSYNC_KILL_SEED") or random.SystemRandom().randrange(1_000_000))
     warehouse = make_warehouse(WAREHOUSE)
     write_sync(full_sync(warehouse, destinations=destinations(sink, rate=600)))
-    write_sync(orders_sync(warehouse, sink))
+    write_sync(events_sync(warehouse, sink, rate=600))
     landed: list[str] = []
     for round_ in (1, 2):
         if round_ == 2:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from wsync_dagster import batches as b
 from wsync_dagster.identities import IDENTITY_PRIORITY
+from wsync_dagster.store import outbox
 from wsync_dagster.store.backend import Backend
 
 Identity = tuple[str, str]  # (identity type, value)
@@ -362,24 +363,8 @@ def _queue_deletions(db: Backend, environment: str, of_profile: dict[str, list[I
         " WHERE profile_id IN (SELECT profile_id FROM stage_profile) ORDER BY 1, 2, 3"
     )
     db.execute("DELETE FROM forwarded WHERE profile_id IN (SELECT profile_id FROM stage_profile)")
-    if not received:
-        return 0
-    n = len(received)
-    identities = [json.dumps(dict(sorted(of_profile.get(p, [])))) for _, _, p in received]
-    return db.insert(
-        "erasure_pending",
-        pa.table(
-            {
-                "sync": pa.array([r[0] for r in received], pa.string()),
-                "destination": pa.array([r[1] for r in received], pa.string()),
-                "environment": pa.array([environment] * n, pa.string()),
-                "profile_id": pa.array([r[2] for r in received], pa.string()),
-                "identities": pa.array(identities, pa.string()),
-                "requested_at": pa.array([datetime.now(UTC).isoformat(timespec="seconds")] * n, pa.string()),
-            }
-        ),
-        "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
-    )
+    people = [(sync, destination, p, dict(of_profile.get(p, []))) for sync, destination, p in received]
+    return outbox.queue_deletions(db, environment, people)
 
 
 def _salt(db: Backend) -> str:

@@ -302,23 +302,36 @@ def _received(
         ).filter(pa.array([change.profile_id not in gone for change in sent])),
         "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
     )
-    erased = [change for change in sent if change.profile_id in gone]
-    if erased:
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        db.insert(
-            "erasure_pending",
-            pa.table(
-                {
-                    "sync": pa.array([sync] * len(erased), pa.string()),
-                    "destination": pa.array([destination] * len(erased), pa.string()),
-                    "environment": pa.array([environment] * len(erased), pa.string()),
-                    "profile_id": pa.array([change.profile_id for change in erased], pa.string()),
-                    "identities": pa.array([json.dumps(dict(c.identities)) for c in erased], pa.string()),
-                    "requested_at": pa.array([now] * len(erased), pa.string()),
-                }
-            ),
-            "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
-        )
+    queue_deletions(
+        db,
+        environment,
+        [(sync, destination, c.profile_id, dict(c.identities)) for c in sent if c.profile_id in gone],
+    )
+
+
+def queue_deletions(
+    db: Backend, environment: str, people: Sequence[tuple[str, str, str, dict[str, str]]]
+) -> int:
+    """Queue the platform's deletion of each (sync, destination, profile id, identities): what an erasure
+    leaves for the destinations that held the person; the identities are kept until it is sent."""
+    if not people:
+        return 0
+    n = len(people)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return db.insert(
+        "erasure_pending",
+        pa.table(
+            {
+                "sync": pa.array([p[0] for p in people], pa.string()),
+                "destination": pa.array([p[1] for p in people], pa.string()),
+                "environment": pa.array([environment] * n, pa.string()),
+                "profile_id": pa.array([p[2] for p in people], pa.string()),
+                "identities": pa.array([json.dumps(p[3], sort_keys=True) for p in people], pa.string()),
+                "requested_at": pa.array([now] * n, pa.string()),
+            }
+        ),
+        "ON CONFLICT (sync, destination, profile_id) DO NOTHING",
+    )
 
 
 def pending_erasures(db: Backend, sync: str, destination: str) -> int:
