@@ -303,7 +303,12 @@ def cmd_rejects(args: argparse.Namespace) -> int:
         where = reject["partition"] if reject["kind"] == "forward" else f"{reject['partition']} row {reject['row_number']}"
         print(f"{where}: {reject['reason']}: {json.dumps(reject['row'], default=str)}")
     conflicts = sum(reject["kind"] == "conflict" for reject in rejects)
-    print(f"{len(rejects) - conflicts} rejected rows, {conflicts} identity conflicts", file=sys.stderr)
+    refused = sum(reject["kind"] == "forward" for reject in rejects)
+    print(
+        f"{len(rejects) - conflicts - refused} rejected rows, {conflicts} identity conflicts"
+        + (f", {_count(refused, 'item')} refused by destinations" if refused else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -285,6 +285,10 @@ def test_a_short_amplitude_user_id_is_a_reject_shown_by_wsync_rejects(
     assert reject["partition"] == "amp"
     assert reject["kind"] == "forward"
     assert reject["reason"] == "user_id shorter than 5 characters (Amplitude's minimum)"
+    assert main(["rejects", "crm"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.startswith('amp: user_id shorter than 5 characters (Amplitude\'s minimum): {"item": ')
+    assert shown.err.strip() == "0 rejected rows, 0 identity conflicts, 1 item refused by destinations"
     # Rejected is final: it is not pending any more.
     assert main(["forward", "crm", "--destination", "amp"]) == 0
     assert len(sink.identifies) == 3
