@@ -347,6 +347,7 @@ def test_what_a_failed_forward_or_a_later_delivery_left_stays_pending_until_sent
     make_warehouse: Callable,
     sink: HttpSink,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     warehouse = make_warehouse(USERS)
     write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
@@ -364,9 +365,16 @@ def test_what_a_failed_forward_or_a_later_delivery_left_stays_pending_until_sent
     assert cli_store.acknowledge_forward("crm", "amp", "production", read.rows, []) == 0
     assert cli_store.pending_profiles("crm", "amp") == 3
     monkeypatch.setenv("AMP_API_KEY", AMP_KEY)
+    capsys.readouterr()
+    assert main(["status", "crm"]) == 0
+    assert (
+        "  forward     amp (amplitude): 3 profiles pending (`wsync forward crm`)" in capsys.readouterr().out
+    )
     assert main(["forward", "crm"]) == 0
     assert sink.amplitude_profiles()["cust-00002"] == {"plan": "free", "city": "Lima"}
     assert cli_store.pending_profiles("crm", "amp") == 0
+    assert main(["status", "crm"]) == 0
+    assert "  forward     amp (amplitude): up to date" in capsys.readouterr().out
 
 
 EVENTS = """
