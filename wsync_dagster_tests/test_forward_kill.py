@@ -80,7 +80,8 @@ def deliver_without_forwarding(sync: str, monkeypatch: pytest.MonkeyPatch) -> No
         assert main(["run", sync]) == 1
 
 
-def forward_process(sync: str) -> subprocess.Popen:
+def wsync_process(command: str, sync: str) -> subprocess.Popen:
+    """`wsync COMMAND SYNC` (forward, or run: a delivery then its forwards) with the destinations' keys."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -90,7 +91,7 @@ def forward_process(sync: str) -> subprocess.Popen:
         "WSYNC_FORWARD_SLICE": str(SLICE),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "wsync_dagster.cli", "forward", sync],
+        [sys.executable, "-m", "wsync_dagster.cli", command, sync],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -101,15 +102,18 @@ def forward_process(sync: str) -> subprocess.Popen:
     )
 
 
-def kill_at_random_then_finish(sync: str, sink: HttpSink, rng: random.Random) -> list[str]:
-    """Kill `wsync forward SYNC` KILLS_PER_FORWARD times at random moments, then let it finish; where each landed."""
+def kill_at_random_then_finish(
+    sync: str, sink: HttpSink, rng: random.Random, command: str = "forward"
+) -> list[str]:
+    """Kill `wsync COMMAND SYNC` KILLS_PER_FORWARD times at random moments, then let it finish; where each
+    landed. `wsync run` is killed while it forwards (after some requests reached the sink)."""
     landed = []
     for _ in range(KILLS_PER_FORWARD):
         before = len(sink.received)
-        process = forward_process(sync)
-        # Half the kills after a random number of requests reached the sink, half after a random time
-        # (which may land while it starts, reads the outbox or acknowledges).
-        if rng.random() < 0.5:
+        process = wsync_process(command, sync)
+        # Half the kills of a forward after a random number of requests reached the sink, half after a
+        # random time (which may land while it starts, reads the outbox or acknowledges).
+        if command == "run" or rng.random() < 0.5:
             target = before + rng.randint(1, 12)
             deadline = time.monotonic() + FORWARD_TIMEOUT_S
             while len(sink.received) < target and process.poll() is None and time.monotonic() < deadline:
@@ -123,7 +127,7 @@ def kill_at_random_then_finish(sync: str, sink: HttpSink, rng: random.Random) ->
         landed.append("finished" if finished else f"after {len(sink.received) - before} requests")
         if finished:
             assert process.returncode == 0, output
-    process = forward_process(sync)
+    process = wsync_process(command, sync)
     output, _ = process.communicate(timeout=FORWARD_TIMEOUT_S)
     assert process.returncode == 0, output
     return landed
@@ -138,6 +142,17 @@ def assert_only_dedup_absorbs_repeats(sink: HttpSink) -> None:
     for event in sink.events:
         seen = first.setdefault("amp/" + event["insert_id"], event)
         assert seen == event, "one insert_id, two different events"
+
+
+def assert_the_sink_shows_the_store(store: ProfileStore, sink: HttpSink, landed: list[str]) -> None:
+    """Every customer's attributes at both platforms are the store's."""
+    mparticle_view, amplitude_view = sink.mparticle_profiles(), sink.amplitude_profiles()
+    for n in range(1, USERS + 1):
+        customer = f"cust-{n:05d}"
+        profile = store.profile("customer_id", customer)
+        assert profile is not None
+        assert mparticle_view[customer] == profile["attributes"], (customer, landed)
+        assert amplitude_view[customer] == profile["attributes"], (customer, landed)
 
 
 def sink_events(sink: HttpSink) -> tuple[set[str], set[str]]:
@@ -176,16 +191,26 @@ def test_a_forward_killed_at_random_moments_then_run_again_delivers_everything_o
     expected_events = {f"o{i:06d}" for i in range(EVENTS + 300)}
     assert mparticle_events == expected_events
     assert amplitude_events == expected_events
+    assert_the_sink_shows_the_store(cli_store, sink, landed)
     mparticle_view, amplitude_view = sink.mparticle_profiles(), sink.amplitude_profiles()
-    for n in range(1, USERS + 1):
-        customer = f"cust-{n:05d}"
-        profile = cli_store.profile("customer_id", customer)
-        assert profile is not None
-        assert mparticle_view[customer] == profile["attributes"], (customer, landed)
-        assert amplitude_view[customer] == profile["attributes"], (customer, landed)
     # Removals arrived as removals: a NULL city, and a customer who left the mirror.
     assert mparticle_view["cust-00015"] == {"plan": "free"} == amplitude_view["cust-00015"]
     assert mparticle_view["cust-00010"] == {} == amplitude_view["cust-00010"]
     assert any("city" in b.get("deleted_user_attributes", []) for b in sink.batches)
     assert any("city" in i["user_properties"].get("$unset", {}) for i in sink.identifies)
     print(json.dumps(landed))
+
+
+def test_a_wsync_run_killed_while_it_forwards_then_run_again_forwards_the_rest(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    rng = random.Random(os.environ.get("WSYNC_KILL_SEED") or random.SystemRandom().randrange(1_000_000))
+    warehouse = make_warehouse(WAREHOUSE)
+    write_sync(full_sync(warehouse, destinations=destinations(sink, rate=600)))
+    landed = kill_at_random_then_finish("crm", sink, rng, command="run")
+    warehouse_sql(warehouse, CHANGES)
+    landed += kill_at_random_then_finish("crm", sink, rng, command="run")
+    assert cli_store.pending_profiles("crm", "mp") == cli_store.pending_profiles("crm", "amp") == 0
+    assert_only_dedup_absorbs_repeats(sink)
+    assert_the_sink_shows_the_store(cli_store, sink, landed)
+    assert sink.mparticle_profiles()["cust-00010"] == {} == sink.amplitude_profiles()["cust-00010"]
