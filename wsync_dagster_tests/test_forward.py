@@ -664,3 +664,26 @@ def test_forward_usage_mistakes_get_one_line(
     assert main(argv) == code
     assert capsys.readouterr().err.strip() == message
     assert sink.received == []
+
+
+def test_an_item_the_platform_refuses_is_a_reject_with_its_reason_and_the_rest_goes_through(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    sink: HttpSink,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    warehouse = make_warehouse(USERS + "ALTER TABLE users ADD COLUMN bad VARCHAR;"
+                               "UPDATE users SET bad = 'x' WHERE customer_id = 'cust-00002';")  # fmt: skip
+    sync = full_sync(warehouse, destinations=destinations(sink)[:1])
+    sync["data_model"]["sql"] = "SELECT customer_id, email, plan, city, bad FROM users"
+    write_sync(sync)
+    assert main(["run", "crm"]) == 0
+    assert set(sink.mparticle_profiles()) == {"cust-00001", "cust-00003"}
+    capsys.readouterr()
+    assert main(["rejects", "crm", "--json"]) == 0
+    [reject] = json.loads(capsys.readouterr().out)
+    assert (reject["partition"], reject["kind"]) == ("mp", "forward")
+    assert reject["reason"] == 'user attribute "bad" is not allowed'
+    profile = cli_store.profile("customer_id", "cust-00002")
+    assert profile is not None and reject["row"] == {"item": profile["profile_id"]}
