@@ -687,3 +687,23 @@ def test_an_item_the_platform_refuses_is_a_reject_with_its_reason_and_the_rest_g
     assert reject["reason"] == 'user attribute "bad" is not allowed'
     profile = cli_store.profile("customer_id", "cust-00002")
     assert profile is not None and reject["row"] == {"item": profile["profile_id"]}
+
+
+def test_a_queued_deletion_holds_the_identities_until_the_platform_took_it(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    from wsync_dagster.destinations.profile_changes import Reject
+
+    write_sync(full_sync(make_warehouse(USERS), destinations=destinations(sink)))
+    assert main(["run", "crm"]) == 0
+    cli_store.erase([("customer_id", "cust-00001"), ("customer_id", "cust-00002")], "production")
+    requests = cli_store.erasure_requests("crm", "mp", 10)
+    assert sorted(request.identities["customer_id"] for request in requests) == ["cust-00001", "cust-00002"]
+    assert requests[0].identities.keys() == {"customer_id", "email"}
+    done, refused = requests[0].profile_id, requests[1].profile_id
+    removed = cli_store.erasures_sent("crm", "mp", "production", [done], [Reject(refused, "planted refusal")])
+    assert removed == 2
+    assert cli_store.erasure_requests("crm", "mp", 10) == []
+    assert cli_store.pending_erasures("crm", "amp") == 2  # each destination's own queue
+    [reject] = cli_store.rejects("crm")
+    assert (reject["kind"], reject["partition"], reject["reason"]) == ("forward", "mp", "planted refusal")

@@ -250,24 +250,7 @@ def acknowledge(
             ' AND "row" IN (SELECT profile_id FROM stage_profile)',
             (sync, environment, destination, FORWARD_REJECT),
         )
-        if rejects:
-            now = datetime.now(UTC).isoformat(timespec="microseconds")
-            n = len(rejects)
-            db.insert(
-                "rejects",
-                pa.table(
-                    {
-                        "sync": pa.array([sync] * n, pa.string()),
-                        "environment": pa.array([environment] * n, pa.string()),
-                        "partition_key": pa.array([destination] * n, pa.string()),
-                        "row_number": pa.nulls(n, pa.int64()),
-                        "reason": pa.array([r.reason for r in rejects], pa.string()),
-                        "row": pa.array([_reject_row(r.item) for r in rejects], pa.string()),
-                        "created_at": pa.array([now] * n, pa.string()),
-                        "kind": pa.array([FORWARD_REJECT] * n, pa.string()),
-                    }
-                ),
-            )
+        _insert_rejects(db, sync, environment, destination, rejects)
         db.commit()
     except BaseException:
         db.rollback()
@@ -340,6 +323,77 @@ def pending_erasures(db: Backend, sync: str, destination: str) -> int:
         "SELECT COUNT(*) FROM erasure_pending WHERE sync = ? AND destination = ?", (sync, destination)
     )
     return count
+
+
+@dataclass(frozen=True)
+class PendingErasure:
+    """A deletion a destination has yet to receive: who, by which identities, since when (ISO UTC)."""
+
+    profile_id: str
+    identities: dict[str, str]
+    requested_at: str
+
+
+def read_erasures(db: Backend, sync: str, destination: str, limit: int) -> list[PendingErasure]:
+    """The oldest `limit` deletion requests the destination has yet to receive."""
+    rows = db.rows(
+        "SELECT profile_id, identities, requested_at FROM erasure_pending WHERE sync = ? AND destination = ?"
+        " ORDER BY requested_at, profile_id LIMIT ?",
+        (sync, destination, limit),
+    )
+    return [PendingErasure(p, json.loads(identities), at) for p, identities, at in rows]
+
+
+def erasures_done(
+    db: Backend,
+    sync: str,
+    destination: str,
+    environment: str,
+    profile_ids: Sequence[str],
+    rejects: Sequence[Reject],
+) -> int:
+    """The platform took these deletions (or refused them, with its reasons kept as rejects): the queued
+    requests go, and with them the identities they held, in one transaction; the requests removed."""
+    db.begin_write()
+    try:
+        done = pa.array(sorted({*profile_ids, *(r.item for r in rejects)}), pa.string())
+        db.stage("stage_profile", pa.table({"profile_id": done}))
+        removed = db.execute(
+            "DELETE FROM erasure_pending WHERE sync = ? AND destination = ?"
+            " AND profile_id IN (SELECT profile_id FROM stage_profile)",
+            (sync, destination),
+        )
+        _insert_rejects(db, sync, environment, destination, rejects)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return removed
+
+
+def _insert_rejects(
+    db: Backend, sync: str, environment: str, destination: str, rejects: Sequence[Reject]
+) -> None:
+    """A destination's rejects, kept with the platform's reasons (`wsync rejects`)."""
+    if not rejects:
+        return
+    now = datetime.now(UTC).isoformat(timespec="microseconds")
+    n = len(rejects)
+    db.insert(
+        "rejects",
+        pa.table(
+            {
+                "sync": pa.array([sync] * n, pa.string()),
+                "environment": pa.array([environment] * n, pa.string()),
+                "partition_key": pa.array([destination] * n, pa.string()),
+                "row_number": pa.nulls(n, pa.int64()),
+                "reason": pa.array([r.reason for r in rejects], pa.string()),
+                "row": pa.array([_reject_row(r.item) for r in rejects], pa.string()),
+                "created_at": pa.array([now] * n, pa.string()),
+                "kind": pa.array([FORWARD_REJECT] * n, pa.string()),
+            }
+        ),
+    )
 
 
 def _reject_row(item: str) -> str:

@@ -370,6 +370,21 @@ class ProfileStore:
         profiles sent are listed as received."""
         return outbox.acknowledge(self._db, sync, destination, environment, read, rejects, sent)
 
+    def erasure_requests(self, sync: str, destination: str, limit: int) -> list[outbox.PendingErasure]:
+        """The oldest deletion requests a destination has yet to receive, with the identities to delete by."""
+        return outbox.read_erasures(self._db, sync, destination, limit)
+
+    def erasures_sent(
+        self,
+        sync: str,
+        destination: str,
+        environment: str,
+        profile_ids: Sequence[str],
+        rejects: Sequence[Any],
+    ) -> int:
+        """Deletions the platform took or refused: the requests and their identities go, refusals are kept."""
+        return outbox.erasures_done(self._db, sync, destination, environment, profile_ids, rejects)
+
     def pending_erasures(self, sync: str, destination: str) -> int:
         """How many deletion requests a destination has yet to receive."""
         return outbox.pending_erasures(self._db, sync, destination)
