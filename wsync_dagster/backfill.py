@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from wsync_dagster.defs import sync_job_name
-from wsync_dagster.defs.assets import RUN_TOTALS_PREFIX, delivery_key, mapped_key
+from wsync_dagster.defs.assets import RUN_TOTALS_PREFIX, delivery_key, forward_keys, mapped_key
 from wsync_dagster.modes import sync_mode
 from wsync_dagster.progress import pace
 from wsync_dagster.run_environment import CANNOT_RUN
@@ -368,7 +368,12 @@ def run_backfill(
 ) -> BackfillResult:
     """Launch a backfill of the sync's partitions first..last through the webserver and follow it to its end."""
     partitions = partition_range(spec, first, last)
-    asset_keys = [mapped_key(spec).path, delivery_key(spec).path]
+    # The sync's job: mapped batches, the delivery and its forward to each destination.
+    asset_keys = [
+        mapped_key(spec).path,
+        delivery_key(spec).path,
+        *(key.path for key in forward_keys(spec)),
+    ]
     job = sync_job_name(spec)
     webserver = Webserver(url)
     try:

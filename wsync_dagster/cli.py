@@ -1,4 +1,4 @@
-"""The `wsync` command: validate, preview, run, backfill, profile, rejects, erase, demo."""
+"""The `wsync` command: validate, preview, run, backfill, forward, profile, rejects, erase, demo."""
 
 from __future__ import annotations
 
@@ -161,6 +161,38 @@ def _print_totals(metadata: dict[str, dict]) -> None:
         print(f"  {asset_key}: {counts}")
 
 
+def cmd_forward(args: argparse.Namespace) -> int:
+    """Send what a sync's destinations have pending (after --seed: every profile holding its data)."""
+    from wsync_dagster.destinations.forwarding import destination_of, forward
+    from wsync_dagster.destinations.sender import DestinationError
+
+    spec = _load_spec(args.sync)
+    if args.seed and not args.destination:
+        raise UsageError("--seed marks every profile for one destination: name it with --destination")
+    if not spec.destinations:
+        raise CommandError(f"{spec.name}: has no destinations (the sync file's `destinations` section)")
+    destinations = [destination_of(spec, args.destination)] if args.destination else spec.destinations
+    store = _open_store()
+    try:
+        for destination in destinations:
+            try:
+                report = forward(spec, destination, store, seed=args.seed)
+            except DestinationError as error:
+                raise CommandError(str(error)) from None
+            seeded = f" (seeded {report.seeded:,} pending)" if args.seed else ""
+            print(f"{spec.name}: forwarded to {report.line()}{seeded}")
+            if report.erasures_pending:
+                print(
+                    f"wsync forward: warning: {spec.name}/{destination.name}: "
+                    f"{_count(report.erasures_pending, 'deletion request')} of erased people pending; this "
+                    "wsync does not send erasure requests to the platforms yet",
+                    file=sys.stderr,
+                )
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Launch a Dagster backfill of a sync's partitions through the webserver and follow it to its end."""
     from wsync_dagster.backfill import BackfillError, run_backfill
@@ -275,11 +307,16 @@ def cmd_rejects(args: argparse.Namespace) -> int:
         print(json.dumps(rejects, default=str))
         return 0
     for reject in rejects:
-        print(
-            f"{reject['partition']} row {reject['row_number']}: {reject['reason']}: {json.dumps(reject['row'], default=str)}"
-        )
+        # A destination's reject names the destination (its partition) and the item it refused.
+        where = reject["partition"] if reject["kind"] == "forward" else f"{reject['partition']} row {reject['row_number']}"
+        print(f"{where}: {reject['reason']}: {json.dumps(reject['row'], default=str)}")
     conflicts = sum(reject["kind"] == "conflict" for reject in rejects)
-    print(f"{len(rejects) - conflicts} rejected rows, {conflicts} identity conflicts", file=sys.stderr)
+    refused = sum(reject["kind"] == "forward" for reject in rejects)
+    print(
+        f"{len(rejects) - conflicts - refused} rejected rows, {conflicts} identity conflicts"
+        + (f", {_count(refused, 'item')} refused by destinations" if refused else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -369,6 +406,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
             f"dropped the {_count(done.fingerprints, 'row fingerprint')} of"
             f" {', '.join(done.syncs_refingerprinted)}: their next full-mode run applies every row again"
         )
+    if done.deletions_queued:
+        print(
+            f"queued {_count(done.deletions_queued, 'deletion request')} for the destinations that received"
+            " them (`wsync forward SYNC` reports them; the identities they delete by are kept until sent)"
+        )
     if not done.wal_emptied:
         print(
             "wsync erase: warning: another process is reading the store, so its -wal file still holds old pages;"
@@ -426,6 +468,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--no-wait", action="store_true", help="launch it and return")
     backfill.set_defaults(func=cmd_backfill)
+    forward = commands.add_parser(
+        "forward", help="send what a sync's destinations have pending (mParticle, Amplitude)"
+    )
+    forward.add_argument("sync")
+    forward.add_argument("--destination", help="one destination of the sync (default: each)")
+    forward.add_argument(
+        "--seed",
+        action="store_true",
+        help="first mark every profile holding the sync's data as pending for --destination "
+        "(a new destination); reads the profile store, not the warehouse",
+    )
+    forward.set_defaults(func=cmd_forward)
     status = commands.add_parser(
         "status", help="each sync's state: active or paused, last delivery and run, next run, lag, gaps"
     )

@@ -53,6 +53,7 @@ def deliver_partitions(
         allow_mass_removal=allow_mass_removal,
         run_id=run_id,
         recorded=recorded,
+        destinations=[destination.name for destination in spec.destinations],
     ) as delivery:
         meter = Meter(progress, total=batch_file.mapped_rows())
         for batch in batch_file.mapped_batches():

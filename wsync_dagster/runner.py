@@ -17,8 +17,15 @@ from dagster import (
 from wsync_dagster.cancellation import QueryStopped
 from wsync_dagster.code_location import job_origins, runs_on_the_jobs_page
 from wsync_dagster.defs import build_definitions, sync_job_name
-from wsync_dagster.defs.assets import PROFILE_STORE_POOL, RUN_TOTALS_PREFIX, delivery_key, mapped_key
+from wsync_dagster.defs.assets import (
+    PROFILE_STORE_POOL,
+    RUN_TOTALS_PREFIX,
+    delivery_key,
+    forward_key,
+    mapped_key,
+)
 from wsync_dagster.defs.pools import warehouse_pool
+from wsync_dagster.destinations.forwarding import forward
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
 from wsync_dagster.progress import logger, pace
@@ -92,6 +99,10 @@ def _add_window_under_way(report: RunReport, spec: SyncSpec, store: ProfileStore
         mapped_key(spec).to_user_string(): done.mapped.as_dict(),
         delivery_key(spec).to_user_string(): done.delivered.totals.as_dict(),
     }
+    # No Dagster run, so no forward asset: the window's changes are forwarded here, as a run's would be.
+    for destination in spec.destinations:
+        sent = forward(spec, destination, store, progress=logger.info)
+        counts[forward_key(spec, destination.name).to_user_string()] = sent.as_metadata()
     for asset_key, found in counts.items():
         totals = report.metadata.setdefault(asset_key, {})
         for name, value in found.items():

@@ -50,3 +50,15 @@ def lock_timeout() -> timedelta:
             f"(default {DEFAULT_LOCK_TIMEOUT})"
         )
     return span
+
+
+DEFAULT_FORWARD_SLICE = 5000
+
+
+def forward_slice() -> int:
+    """Profiles a forward reads, sends and acknowledges at a time (what a crash may send again):
+    WSYNC_FORWARD_SLICE, else 5000."""
+    text = os.environ.get("WSYNC_FORWARD_SLICE", "").strip() or str(DEFAULT_FORWARD_SLICE)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"WSYNC_FORWARD_SLICE: {text!r} is not a whole number of profiles above 0")
+    return int(text)

@@ -20,6 +20,13 @@ from pydantic import (
 )
 
 from wsync_dagster.data_model import DataModelError, change_model_table, check_read_only_select
+from wsync_dagster.destinations.config import (
+    DESTINATION_TYPES,
+    AmplitudeDestination,
+    Destination,
+    MParticleDestination,
+    check_unique_names,
+)
 from wsync_dagster.durations import parse_duration
 from wsync_dagster.identities import IDENTITY_PRIORITY
 from wsync_dagster.sync_yaml import YamlFileError, read_yaml, shown_key
@@ -373,6 +380,8 @@ class SyncSpec(_Strict):
     mapping: list[MappingEntry] | None = None
     sync: SyncSettings
     destination: ProfileStoreDestination = ProfileStoreDestination()
+    # Besides the profile store: platforms that receive what changed (destinations/).
+    destinations: list[Destination] = []
     checks: Checks = Checks()
     source_file: Path = Field(Path("."), exclude=True)
 
@@ -414,6 +423,11 @@ class SyncSpec(_Strict):
             change_model_table(self.data_model.sql, self.connection.dialect)
         except DataModelError as error:
             raise ValueError(f"data_model.sql: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _destination_names(self) -> SyncSpec:
+        check_unique_names(self.destinations)
         return self
 
     @model_validator(mode="after")
@@ -575,6 +589,11 @@ def _describe(path: Path, error: ValidationError, raw: dict) -> str:
             message = "required"
         elif item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"] == ("connection",):
             message = _connection_type_message(item.get("ctx", {}).get("tag"))
+        elif item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"][0] == "destinations":
+            tag = item.get("ctx", {}).get("tag")
+            shown = f" '{tag}'" if tag and re.fullmatch(r"[\w.-]{1,40}", tag) else ""
+            message = f"type{shown} is not a destination type; available: {', '.join(DESTINATION_TYPES)}"
+            message = message if tag else f"type: required; available: {', '.join(DESTINATION_TYPES)}"
         lines.append(f"{path}: {where}: {message}" if where else f"{path}: {message}")
     return "\n".join(lines)
 
@@ -616,12 +635,14 @@ def _location(loc: tuple, raw: dict) -> str:
 def _allowed_keys(loc: tuple, raw: dict) -> str:
     model: type[BaseModel] = SyncSpec
     node: Any = raw
+    previous: Any = None
     for part in loc[:-1]:
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) else None
             if model is SyncSpec and isinstance(node, dict):
-                model = _mapping_model(node)
+                model = _destination_model(node) if previous == "destinations" else _mapping_model(node)
             continue
+        previous = part
         node = node.get(part) if isinstance(node, dict) else None
         if part == "connection":
             model = _connection_model(node)
@@ -647,6 +668,12 @@ def _allowed_keys(loc: tuple, raw: dict) -> str:
 def _connection_model(connection: Any) -> type[BaseModel]:
     kind = connection.get("type") if isinstance(connection, dict) else None
     return next((model for model in CONNECTIONS if model.type_name() == kind), BaseModel)
+
+
+def _destination_model(entry: dict) -> type[BaseModel]:
+    return {"mparticle": MParticleDestination, "amplitude": AmplitudeDestination}.get(
+        entry.get("type", ""), BaseModel
+    )
 
 
 def _mapping_model(entry: dict) -> type[BaseModel]:

@@ -53,6 +53,8 @@ class SyncStatus:
     warehouse_error: str | None = None
     missing: dict[str, Any] = field(default_factory=dict)  # count, first, last, keys (up to LISTED)
     failed: list[str] = field(default_factory=list)
+    # Per destination: its type, the profiles it has yet to receive, and pending deletions of erased people.
+    destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,6 +149,12 @@ def sync_status(
     _next_run(status, spec, state, bool(deliveries), now)
     _lag(status, spec, deliveries)
     _missing(status, spec, store, instance, delivered, now)
+    for destination in spec.destinations:
+        status.destinations[destination.name] = {
+            "type": destination.type,
+            "pending_profiles": store.pending_profiles(spec.name, destination.name),
+            "pending_erasures": store.pending_erasures(spec.name, destination.name),
+        }
     return status
 
 
@@ -381,6 +389,18 @@ def render(status: SyncStatus) -> list[str]:
         shown = ", ".join(status.failed[:LISTED]) + (" …" if len(status.failed) > LISTED else "")
         lines.append(
             f"  failed      {_count(len(status.failed), 'partition')} whose last run failed: {shown}"
+        )
+    for name, outbox in status.destinations.items():
+        pending = outbox["pending_profiles"]
+        erasures = outbox["pending_erasures"]
+        lines.append(
+            f"  forward     {name} ({outbox['type']}): "
+            + (
+                f"{_count(pending, 'profile')} pending (`wsync forward {status.sync}`)"
+                if pending
+                else "up to date"
+            )
+            + (f"; {_count(erasures, 'deletion request')} of erased people not sent" if erasures else "")
         )
     lines.extend(f"  note        {note}" for note in status.notes)
     return lines

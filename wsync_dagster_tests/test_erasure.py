@@ -268,6 +268,9 @@ def test_a_store_made_before_erasure_is_upgraded_in_place(backend, make_store, t
     # Back to schema version 2: the erasure tables and what version 3 added (explain) gone, the version said.
     version = "PRAGMA user_version = 2" if backend == "sqlite" else "UPDATE wsync_schema SET version = 2"
     later = [f"ALTER TABLE attributes DROP COLUMN {column}" for column in ("partition_key", "run_id")]
+    later += ["ALTER TABLE events DROP COLUMN seq"] + [
+        f"DROP TABLE {table}" for table in ("forward_pending", "forwarded", "erasure_pending")  # version 5
+    ]
     store_sql(url, "DROP TABLE suppressions", "DROP TABLE erasure_salt", "DROP TABLE attribute_history", *later, version)
     with open_profile_store(url) as upgraded:
         erased = upgraded.erase([("email", ADA)], "production")

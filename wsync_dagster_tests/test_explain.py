@@ -308,7 +308,7 @@ def test_a_store_of_schema_3_is_upgraded_and_explains_what_it_held(tmp_path: Pat
     path = tmp_path / "old.sqlite"
     old = sqlite3.connect(path)
     for statement in schema.TABLES:
-        if "attribute_history" in statement:
+        if "attribute_history" in statement or statement in schema.FORWARDING_TABLES:  # versions 4 and 5
             continue
         old.execute(statement.replace("        partition_key TEXT,\n        run_id TEXT,\n", ""))
     old.execute("INSERT INTO profiles VALUES ('p1', 'production', '2024-01-01')")

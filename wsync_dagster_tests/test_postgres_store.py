@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 
 from wsync_dagster.store import ProfileStoreError, open_profile_store
+from wsync_dagster.store.schema import SCHEMA_VERSION
 from wsync_dagster_tests.conftest import pg_store_url, store_sql
 from wsync_dagster_tests.test_profile_store import _customers, deliver, mapped
 
@@ -151,7 +152,7 @@ def test_a_store_made_by_a_newer_wsync_is_refused(pg_store_database: str) -> Non
         cur.execute(f"UPDATE {schema}.wsync_schema SET version = 99")
     conn.close()
     with pytest.raises(
-        ProfileStoreError, match=r"has schema version 99, newer than this wsync \(4\); upgrade"
+        ProfileStoreError, match=rf"has schema version 99, newer than this wsync \({SCHEMA_VERSION}\); upgrade"
     ):
         open_profile_store(url)
 

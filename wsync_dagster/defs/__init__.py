@@ -6,7 +6,7 @@ import logging
 
 from dagster import AssetSelection, Definitions, SensorDefinition, define_asset_job
 
-from wsync_dagster.defs.assets import build_sync_assets, delivery_key, mapped_key
+from wsync_dagster.defs.assets import build_sync_assets, delivery_key, forward_keys, mapped_key
 from wsync_dagster.defs.invalid import invalid_file_specs
 from wsync_dagster.defs.recovery import build_recovery_sensor
 from wsync_dagster.defs.resources import ProfileStoreResource
@@ -25,7 +25,7 @@ def build_sync_definitions(spec: SyncSpec) -> Definitions:
     """Assets, job and trigger of one sync; its warehouse resource comes with the location's (`build_definitions`)."""
     job = define_asset_job(
         sync_job_name(spec),
-        selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec)),
+        selection=AssetSelection.assets(mapped_key(spec), delivery_key(spec), *forward_keys(spec)),
         description=spec.description or None,
     )
     trigger = sync_mode(spec).trigger(job)

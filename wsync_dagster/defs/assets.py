@@ -1,4 +1,5 @@
-"""Per sync: a partitioned asset of mapped batches and a partitioned delivery into the profile store."""
+"""Per sync: a partitioned asset of mapped batches, a partitioned delivery into the profile store, and a
+forward to each of its destinations, partitioned like the delivery."""
 
 import warnings
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from wsync_dagster.defs.resources import ProfileStoreResource
 from wsync_dagster.defs.sources import source_keys
 from wsync_dagster.defs.warehouses import WarehouseResource, warehouse_key
 from wsync_dagster.delivery import deliver_partitions
+from wsync_dagster.destinations.config import AmplitudeDestination, MParticleDestination
+from wsync_dagster.destinations.forwarding import forward
 from wsync_dagster.iterator_extent import newest_iterator
 from wsync_dagster.mapped_batches import MapCounts, map_counts_by_partition, map_partition
 from wsync_dagster.modes import RunScope, sync_mode
@@ -59,6 +62,16 @@ def mapped_key(spec: SyncSpec) -> AssetKey:
 def delivery_key(spec: SyncSpec) -> AssetKey:
     """Key of the sync's delivery asset."""
     return AssetKey([spec.name, "delivery"])
+
+
+def forward_key(spec: SyncSpec, destination: str) -> AssetKey:
+    """Key of the asset that forwards the sync's changes to one destination."""
+    return AssetKey([spec.name, "forward", destination])
+
+
+def forward_keys(spec: SyncSpec) -> list[AssetKey]:
+    """Keys of the sync's forward assets, one per destination."""
+    return [forward_key(spec, destination.name) for destination in spec.destinations]
 
 
 def _preview_markdown(profiles: list[dict], values: bool) -> str:
@@ -422,4 +435,55 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             ],
         )
 
-    return [mapped_batches, delivery]
+    forwards = [_forward_asset(spec, destination) for destination in spec.destinations]
+    return [mapped_batches, delivery, *forwards]
+
+
+def _forward_asset(spec: SyncSpec, destination: MParticleDestination | AmplitudeDestination) -> AssetsDefinition:
+    """What the sync's deliveries changed, sent to one destination; alone (a backfill of this asset), each
+    partition first marks the profiles it delivered as pending again, so history is forwarded anew."""
+    mode = sync_mode(spec)
+
+    @asset(
+        key=forward_key(spec, destination.name),
+        deps=[delivery_key(spec)],
+        partitions_def=mode.partitions(),
+        backfill_policy=mode.backfill_policy(),
+        group_name=spec.name,
+        kinds={destination.type},
+        description=f"{spec.name}: what changed, forwarded to {destination.type} ({destination.name})",
+    )
+    def forward_to_destination(
+        context: AssetExecutionContext, profile_store: ProfileStoreResource
+    ) -> MaterializeResult:
+        scope = mode.scope(context)
+        selection = context.run.asset_selection
+        with_delivery = not selection or delivery_key(spec) in selection  # empty: the whole job
+        store = profile_store.open()
+        try:
+            report = forward(
+                spec,
+                destination,
+                store,
+                seed_partitions=None if with_delivery else [p.key for p in scope.partitions],
+                progress=context.log.info,
+            )
+        finally:
+            store.close()
+        context.log.info(f"{spec.name}: forwarded to {report.line()}")
+        # One send serves the run's partitions: its figures go on the last, the others show none sent.
+        keys = [partition.key for partition in scope.partitions]
+        figures = report.as_metadata()
+        add_partition_metadata(
+            context, {key: figures if key == keys[-1] else dict.fromkeys(figures, 0) for key in keys}
+        )
+        if report.erasures_pending:
+            context.log.warning(
+                f"{spec.name}: {report.erasures_pending} deletion requests of erased people pending for "
+                f"{destination.name}; this wsync does not send erasure requests to the platforms yet"
+            )
+        return MaterializeResult(
+            metadata={"seeded": report.seeded, "erasures_pending": report.erasures_pending}
+        )
+
+    return forward_to_destination

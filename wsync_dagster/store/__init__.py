@@ -61,6 +61,10 @@ def _sqlite_path(url: str) -> Path:
 
 def _check_intact(path: Path) -> None:
     """Find a truncated or overwritten store before a delivery trips on it, without reading it all."""
+    from wsync_dagster.store.sqlite import open_in_this_process
+
+    if open_in_this_process(path):
+        return  # open here already; and reading its header would drop this process's locks on it (sqlite.py)
     with path.open("rb") as file:
         header = file.read(100)
     if len(header) == 100 and header.startswith(_SQLITE_MAGIC) and _truncated(path, header):

@@ -41,6 +41,10 @@ class Backend(Protocol):
         """Open the write transaction of a delivery; its sequence number (deliveries in commit order)."""
         ...
 
+    def begin_write(self) -> None:
+        """Open a short write transaction (the destinations' outbox), with the staging tables."""
+        ...
+
     def begin_erasure(self) -> None:
         """Open the write transaction of an erasure: alone against every delivery, deleted bytes overwritten."""
         ...

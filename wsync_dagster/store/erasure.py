@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from wsync_dagster import batches as b
 from wsync_dagster.identities import IDENTITY_PRIORITY
+from wsync_dagster.store import outbox
 from wsync_dagster.store.backend import Backend
 
 Identity = tuple[str, str]  # (identity type, value)
@@ -39,6 +40,8 @@ TOUCHED_TABLES = (
     "fingerprints",
     "rejects",
     "suppressions",
+    "forward_pending",
+    "forwarded",
 )
 
 _duckdb = threading.local()
@@ -69,6 +72,7 @@ class Erasure:
     fingerprints: int = 0
     syncs_refingerprinted: list[str] = field(default_factory=list)
     suppressed: int = 0
+    deletions_queued: int = 0  # the platforms' deletion requests queued for destinations that had the person
     erased_on: str = ""
     wal_emptied: bool = True
     values: dict[str, set[str]] = field(default_factory=dict, repr=False)
@@ -222,6 +226,8 @@ def erase(db: Backend, identities: Sequence[Identity], environment: str) -> Eras
             result.fingerprints += db.execute(
                 "DELETE FROM fingerprints WHERE sync = ? AND environment = ?", (sync, environment)
             )
+        result.deletions_queued = _queue_deletions(db, environment, of_profile)
+        db.execute(f"DELETE FROM forward_pending WHERE {in_profiles}")
         result.events = db.execute(f"DELETE FROM events WHERE {in_profiles}")
         result.attributes = db.execute(f"DELETE FROM attributes WHERE {in_profiles}")
         # The history holds the person's past values: they go too.
@@ -342,6 +348,21 @@ def _rewrite(path: Path, rows_of_person) -> int:
     os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))  # the retention sweep goes by age
     staged.replace(path)
     return n
+
+
+def _queue_deletions(db: Backend, environment: str, of_profile: dict[str, list[Identity]]) -> int:
+    """Each destination that received an erased profile, or may have (it was pending there), gets the
+    platform's deletion request, queued in this transaction with the identities it deletes by."""
+    # Pending too: a send of them may have been under way (killed, or stopped before its acknowledgement).
+    received = db.rows(
+        "SELECT sync, destination, profile_id FROM forwarded"
+        " WHERE profile_id IN (SELECT profile_id FROM stage_profile)"
+        " UNION SELECT sync, destination, profile_id FROM forward_pending"
+        " WHERE profile_id IN (SELECT profile_id FROM stage_profile) ORDER BY 1, 2, 3"
+    )
+    db.execute("DELETE FROM forwarded WHERE profile_id IN (SELECT profile_id FROM stage_profile)")
+    people = [(sync, destination, p, dict(of_profile.get(p, []))) for sync, destination, p in received]
+    return outbox.queue_deletions(db, environment, people)
 
 
 def _salt(db: Backend) -> str:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from wsync_dagster import batches as b
 from wsync_dagster.disk_space import DiskFullError, is_disk_full
 from wsync_dagster.identities import priority
-from wsync_dagster.store import erasure
+from wsync_dagster.store import erasure, outbox
 from wsync_dagster.store.backend import Backend
 from wsync_dagster.store.counts import DeliveryCounts, MirrorHold
 from wsync_dagster.store.explain import explain as explained
@@ -216,11 +216,13 @@ class ProfileStore:
         allow_mass_removal: bool = False,
         run_id: str | None = None,
         recorded: bool = True,
+        destinations: Sequence[str] = (),
     ) -> Iterator[Delivery]:
         """Partitions of one sync, delivered together: all of it commits on normal exit, none on error.
 
         `recorded=False` (an incomplete window, `wsync run --now`): its rows are applied, but the partition is
-        not listed as delivered, so it is read again when it completes."""
+        not listed as delivered, so it is read again when it completes. `destinations`: the sync's destinations,
+        whose outbox the delivery fills with what it changed, in its own transaction (store/outbox.py)."""
         if input_protection not in INPUT_PROTECTIONS:
             raise ValueError(f"input_protection must be one of {', '.join(INPUT_PROTECTIONS)}")
         if not partitions:
@@ -239,6 +241,7 @@ class ProfileStore:
                 mirror_max_removal=mirror_max_removal,
                 allow_mass_removal=allow_mass_removal,
                 run_id=run_id,
+                destinations=destinations,
             )
             yield delivery
             delivery.finish()
@@ -342,6 +345,54 @@ class ProfileStore:
             for sync_name, env, partition, row_number, kind, reason, row in self._db.rows(sql, params)
         ]
 
+    def seed_destination(
+        self, sync: str, destination: str, environment: str, partitions: Sequence[str] | None = None
+    ) -> int:
+        """Mark the profiles holding the sync's data (of these partitions) as pending for a destination."""
+        return outbox.seed(self._db, sync, destination, environment, partitions)
+
+    def pending_forward(
+        self, sync: str, destination: str, environment: str, after: str | None, limit: int
+    ) -> outbox.PendingSlice:
+        """The next pending profiles of a destination, each one change with its newest values."""
+        return outbox.read_pending(self._db, sync, destination, environment, after, limit)
+
+    def acknowledge_forward(
+        self,
+        sync: str,
+        destination: str,
+        environment: str,
+        read: pa.Table,
+        rejects: Sequence[Any],
+        sent: Sequence[Any] = (),
+    ) -> int:
+        """A slice the platform took: its outbox rows go (unless marked again), its rejects are kept, the
+        profiles sent are listed as received."""
+        return outbox.acknowledge(self._db, sync, destination, environment, read, rejects, sent)
+
+    def erasure_requests(self, sync: str, destination: str, limit: int) -> list[outbox.PendingErasure]:
+        """The oldest deletion requests a destination has yet to receive, with the identities to delete by."""
+        return outbox.read_erasures(self._db, sync, destination, limit)
+
+    def erasures_sent(
+        self,
+        sync: str,
+        destination: str,
+        environment: str,
+        profile_ids: Sequence[str],
+        rejects: Sequence[Any],
+    ) -> int:
+        """Deletions the platform took or refused: the requests and their identities go, refusals are kept."""
+        return outbox.erasures_done(self._db, sync, destination, environment, profile_ids, rejects)
+
+    def pending_erasures(self, sync: str, destination: str) -> int:
+        """How many deletion requests a destination has yet to receive."""
+        return outbox.pending_erasures(self._db, sync, destination)
+
+    def pending_profiles(self, sync: str, destination: str) -> int:
+        """How many profiles a destination has yet to receive."""
+        return outbox.pending_profiles(self._db, sync, destination)
+
     def erase(self, identities: Sequence[erasure.Identity], environment: str) -> erasure.Erasure:
         """Remove the people these identities find and keep them out (store/erasure.py)."""
         return erasure.erase(self._db, identities, environment)
@@ -404,8 +455,10 @@ class Delivery:
         mirror_max_removal: float = 1.0,
         allow_mass_removal: bool = False,
         run_id: str | None = None,
+        destinations: Sequence[str] = (),
     ):
         self._db = db
+        self._destinations = tuple(destinations)
         self._run_id = run_id  # the Dagster run delivering, kept with each register it writes
         self._mirror = mirror
         self._mirror_max_removal = mirror_max_removal
@@ -506,6 +559,8 @@ class Delivery:
         self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
         for partition, keys in self._skipped_keys.items():
             self.partition_counts[partition].profiles_skipped = len(keys)
+        # Last: a mirror's removals are marked above only when not held back, so nothing held is forwarded.
+        outbox.mark_delivery(self._db, self._sync, self._environment, self._seq, self._destinations)
 
     def _profiles_set(self) -> int:
         """How many profiles of the environment hold a value this sync set."""
@@ -684,6 +739,15 @@ class Delivery:
         if b.is_event_schema(batch.schema):
             events = batch.filter(applied)
             counts.events_written = self._write_events(events, profile_of_row.filter(applied))
+            if self._destinations and counts.events_written:
+                outbox.mark_profiles(
+                    self._db,
+                    self._sync,
+                    self._environment,
+                    self._seq,
+                    self._destinations,
+                    profile_of_row.filter(applied),
+                )
             counts.events_duplicate = events.num_rows - counts.events_written
         if full_mode:
             # Only what the store now holds: a conflicting row lacks an identity, so it is tried again.
@@ -991,6 +1055,7 @@ class Delivery:
                     "event_name": column(b.EVENT_NAME, pa.string()),
                     "timestamp_ms": column(b.EVENT_TIMESTAMP_MS, pa.int64()),
                     "data": column(b.EVENT_DATA, pa.string()),
+                    "seq": pa.array([self._seq] * n, pa.int64()),
                 }
             ),
             _EVENTS_ONCE,

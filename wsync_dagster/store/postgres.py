@@ -262,6 +262,15 @@ class PostgresBackend:
         [(seq,)] = self.rows("SELECT nextval('delivery_seq')")
         return seq
 
+    def begin_write(self) -> None:
+        """A transaction holding the erasure lock shared (as a delivery does), with the staging tables."""
+        if self._holding:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._holding = True
+        self.execute(f"SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK})")
+        for statement in STAGING:
+            self.execute(_ddl(statement))
+
     def begin_erasure(self) -> None:
         """A transaction alone against every delivery (they hold the erasure lock shared), with staging tables."""
         if self._holding:

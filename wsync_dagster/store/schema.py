@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The history of attribute changes keeps this many per profile, the newest (wsync profile --explain).
 HISTORY_PER_PROFILE = 20
 BUSY_TIMEOUT_S = 300.0
@@ -40,6 +40,42 @@ HISTORY_TABLES: tuple[str, ...] = (
         run_id TEXT,
         changed_at TEXT NOT NULL,
         PRIMARY KEY (profile_id, seq, name, sync)
+    ) WITHOUT ROWID""",
+)
+
+# The outbox of the sync files' destinations (destinations/forwarding.py): a delivery marks, in its own
+# transaction, each profile it changed as pending for each destination of its sync, under its sequence
+# number; events carry the delivery that wrote them, so the pending (profile, seq) rows say which events go.
+# `marks` counts the deliveries that marked a row: a forward removes a row only if nobody marked it since it
+# read it. No value and no secret is kept here: the forward reads the profile as it is when it sends.
+# `forwarded` lists who each destination received (by profile id): an erasure of one of them queues the
+# platform's deletion in `erasure_pending`, which holds the identities to delete by only until it is sent.
+FORWARDING_TABLES: tuple[str, ...] = (
+    "ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE forward_pending (
+        sync TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        marks INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (sync, destination, profile_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE forwarded (
+        sync TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        PRIMARY KEY (sync, destination, profile_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX forwarded_by_profile ON forwarded (profile_id)",
+    """CREATE TABLE erasure_pending (
+        sync TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        identities TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        PRIMARY KEY (sync, destination, profile_id)
     ) WITHOUT ROWID""",
 )
 
@@ -123,6 +159,7 @@ TABLES: tuple[str, ...] = (
     )""",
     *ERASURE_TABLES,
     *HISTORY_TABLES,
+    *FORWARDING_TABLES,
 )
 
 # The attributes table as schema versions 2 and 3 had it: what the upgrade from version 1 builds.
@@ -164,6 +201,7 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE attributes ADD COLUMN run_id TEXT",
         *HISTORY_TABLES,
     ),
+    4: FORWARDING_TABLES,
 }
 
 # Staging tables live in the connection's temp schema: invisible to other connections, gone on close.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,16 @@ import pyarrow as pa
 
 from wsync_dagster.store.backend import Params
 from wsync_dagster.store.schema import STAGING, connect
+
+# Store files this process has a connection to. Closing any other descriptor of such a file (a plain
+# open() to read its header) drops every POSIX lock the process holds on it, WAL locks included, and then
+# another process closing its last connection deletes the -wal and -shm files under ours (disk I/O error).
+_OPEN_HERE: Counter[Path] = Counter()
+
+
+def open_in_this_process(path: Path) -> bool:
+    """A connection of this process has the store file open."""
+    return _OPEN_HERE[Path(path).resolve()] > 0
 
 
 class SQLiteBackend:
@@ -20,6 +31,8 @@ class SQLiteBackend:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._conn = connect(self.path)
+        self._registered = self.path.resolve()
+        _OPEN_HERE[self._registered] += 1
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the rows it changed."""
@@ -55,6 +68,14 @@ class SQLiteBackend:
             self._conn.execute(f"DELETE FROM {table}")
         (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
         return seq
+
+    def begin_write(self) -> None:
+        """BEGIN IMMEDIATE: the one write lock, for a short write outside a delivery."""
+        if self._conn.in_transaction:
+            raise RuntimeError("a delivery is already open on this profile store")
+        self._conn.execute("BEGIN IMMEDIATE")
+        for statement in STAGING:
+            self._conn.execute(statement)
 
     def begin_erasure(self) -> None:
         """BEGIN IMMEDIATE with secure_delete on: what the erasure deletes is overwritten with zeros."""
@@ -103,3 +124,5 @@ class SQLiteBackend:
     def close(self) -> None:
         """Close; an open delivery is rolled back."""
         self._conn.close()
+        if _OPEN_HERE[self._registered] > 0:
+            _OPEN_HERE[self._registered] -= 1
