@@ -314,7 +314,7 @@ def test_refused_credentials_stop_with_one_line_naming_the_destination_never_the
     assert main(["forward", "crm", "--destination", "mp", "--seed"]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        "wsync forward: destination mp: the platform refused its credentials (HTTP 401); "
+        "wsync forward: destination mp: the platform refused its credentials (HTTP 403); "
         "check the keys in its environment variables"
     ]
     assert MP_KEY not in err and "wrong-secret-planted-77" not in err
