@@ -170,22 +170,24 @@ def _brief_line(spec: SyncSpec, report: RunReport) -> str:
     delivered = report.metadata.get(delivery_key(spec).to_user_string(), {})
     if spec.data_type == "event":
         changed = [
-            (delivered.get("events_written", 0), "events written"),
-            (delivered.get("events_duplicate", 0), "duplicate"),
+            (delivered.get("events_written", 0), "event written", "events written"),
+            (delivered.get("events_duplicate", 0), "duplicate", "duplicates"),
         ]
     else:
         changed = [
-            (delivered.get("rows_applied", 0), "applied"),
-            (delivered.get("rows_unchanged", 0), "unchanged"),
+            (delivered.get("rows_applied", 0), "applied", "applied"),
+            (delivered.get("rows_unchanged", 0), "unchanged", "unchanged"),
         ]
     counts = [
-        (mapped.get("rows_read", 0), "rows read"),
+        (mapped.get("rows_read", 0), "row read", "rows read"),
         *changed,
-        (mapped.get("rows_rejected", 0), "rejected"),
-        (delivered.get("identity_conflicts", 0), "identity conflicts"),
+        (mapped.get("rows_rejected", 0), "rejected", "rejected"),
+        (delivered.get("identity_conflicts", 0), "identity conflict", "identity conflicts"),
     ]
     # The first two always (what was read, what it changed); the others when there are any.
-    said = ", ".join(f"{n:,} {what}" for index, (n, what) in enumerate(counts) if n or index < 2)
+    said = ", ".join(
+        f"{n:,} {one if n == 1 else many}" for index, (n, one, many) in enumerate(counts) if n or index < 2
+    )
     where = report.partitions if report.partition_count == 1 else f"{report.partition_count:,} partitions"
     return f"{spec.name}: {where} delivered: {said}"
 
