@@ -199,7 +199,9 @@ def test_run_brief_prints_one_line_per_run_and_keeps_failed_checks(make_warehous
     )
     # No progress lines: only the checks that did not pass, as without --brief (2024's rows are old: a delay).
     warning, failed = captured.err.splitlines()
-    assert warning.startswith("  warning: crm_users/mapped_batches:data_delay data delay: the newest updated_at")
+    assert warning.startswith(
+        "  warning: crm_users/mapped_batches:data_delay data delay: the newest updated_at"
+    )
     assert failed == (
         "  check failed: crm_users/mapped_batches:reject_rate 20.0% of rows rejected (1 of 5); "
         "see `wsync rejects crm_users`"
