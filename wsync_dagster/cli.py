@@ -9,8 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsync_dagster.settings import profile_store_url, syncs_dir
+
+if TYPE_CHECKING:
+    from wsync_dagster.runner import RunReport
+    from wsync_dagster.spec import SyncSpec
 
 # Exit codes (the README lists them): argparse exits 2 on a usage error.
 EXIT_ERROR = 1
@@ -108,7 +113,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sync through Dagster and print its counts."""
     from wsync_dagster.instance import open_instance
-    from wsync_dagster.progress import TOTALS
+    from wsync_dagster.progress import PROGRESS, TOTALS
     from wsync_dagster.runner import DeliveryBlocked, run_sync
 
     if args.now and args.partition:
@@ -118,6 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.setFormatter(logging.Formatter("  %(message)s"))
     # The delivery's totals line would repeat the counts printed below, once the run ends.
     progress.addFilter(lambda record: not getattr(record, TOTALS, False))
+    if args.brief:  # how far the run has got stays in the Dagster run's log; waits are still said
+        progress.addFilter(lambda record: not getattr(record, PROGRESS, False))
     logging.getLogger("wsync").setLevel(logging.INFO)
     # Progress lines for this command only: a handler left behind would write to a stream gone since.
     logging.getLogger("wsync").addHandler(progress)
@@ -143,13 +150,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not report.partitions:
         print(f"{spec.name}: up to date, no complete partition is due")
         return 0
-    print(f"{spec.name}: partitions {report.partitions} (run {report.run_id})")
-    _print_totals(report.metadata)
+    if args.brief:
+        print(_brief_line(spec, report))
+    else:
+        print(f"{spec.name}: partitions {report.partitions} (run {report.run_id})")
+        _print_totals(report.metadata)
     for warning in report.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
     for failed in report.failed_checks:
         print(f"  check failed: {failed}", file=sys.stderr)
     return EXIT_CHECK_FAILED if report.failed_checks else 0
+
+
+def _brief_line(spec: SyncSpec, report: RunReport) -> str:
+    """`crm_users: 24 partitions delivered: 5,000 rows read, 4,990 applied, 10 rejected`: what a user checks."""
+    from wsync_dagster.defs.assets import delivery_key, mapped_key
+
+    mapped = report.metadata.get(mapped_key(spec).to_user_string(), {})
+    delivered = report.metadata.get(delivery_key(spec).to_user_string(), {})
+    if spec.data_type == "event":
+        changed = [
+            (delivered.get("events_written", 0), "event written", "events written"),
+            (delivered.get("events_duplicate", 0), "duplicate", "duplicates"),
+        ]
+    else:
+        changed = [
+            (delivered.get("rows_applied", 0), "applied", "applied"),
+            (delivered.get("rows_unchanged", 0), "unchanged", "unchanged"),
+        ]
+    counts = [
+        (mapped.get("rows_read", 0), "row read", "rows read"),
+        *changed,
+        (mapped.get("rows_rejected", 0), "rejected", "rejected"),
+        (delivered.get("identity_conflicts", 0), "identity conflict", "identity conflicts"),
+    ]
+    # The first two always (what was read, what it changed); the others when there are any.
+    said = ", ".join(
+        f"{n:,} {one if n == 1 else many}" for index, (n, one, many) in enumerate(counts) if n or index < 2
+    )
+    where = report.partitions if report.partition_count == 1 else f"{report.partition_count:,} partitions"
+    return f"{spec.name}: {where} delivered: {said}"
 
 
 def _print_totals(metadata: dict[str, dict]) -> None:
@@ -420,13 +460,18 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the working folder when it lies in it (a short line), else as it is."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create the demo warehouse and its sync files."""
     from wsync_dagster.demo import SHARED_EMAILS_NOTE, build_demo
 
     paths = build_demo(Path(args.dir).resolve(), users=args.users, events=args.events)
-    print(f"demo warehouse: {paths.warehouse}")
-    print(f"sync files in {paths.syncs_dir}: {', '.join(path.name for path in paths.sync_files)}")
+    print(f"demo warehouse: {_shown(paths.warehouse)}")
+    print(f"sync files in {_shown(paths.syncs_dir)}/: {', '.join(path.name for path in paths.sync_files)}")
     print(SHARED_EMAILS_NOTE)
     return 0
 
@@ -448,6 +493,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also deliver what the warehouse holds up to now: for incremental time windows, the window under "
         "way too (read again by its scheduled run when it completes); full, cdc and integer syncs read up to "
         "now anyway, so for them it is a plain run",
+    )
+    run.add_argument(
+        "--brief",
+        action="store_true",
+        help="print one line (partitions delivered, rows read, applied, rejected, identity conflicts) instead "
+        "of every count per asset, and no progress lines (they stay in the Dagster run's log)",
     )
     run.add_argument(
         "--allow-mass-removal",

@@ -24,8 +24,9 @@ LAST_NAMES = ("Smith", "Garcia", "Muller", "Rossi", "Silva", "Okafor", "Patel", 
 # Shared on purpose, to show identity conflicts: this share of customers carries the e-mail of the customer
 # before them, so each pair's second row is an identity_conflict, listed by `wsync rejects demo_users`.
 SHARED_EMAIL_SHARE = 0.005
+# Two lines, each short enough for an 80-column terminal.
 SHARED_EMAILS_NOTE = (
-    f"{SHARED_EMAIL_SHARE:.1%} of the demo customers share an e-mail with another customer on purpose: "
+    f"{SHARED_EMAIL_SHARE:.1%} of the demo customers share an e-mail with another customer on purpose:\n"
     "their rows are the demo's identity conflicts (`wsync rejects demo_users`)"
 )
 # RFC 2606 domains: the demo never holds a deliverable address.

@@ -12,6 +12,9 @@ logger = logging.getLogger("wsync")
 
 # Set on a record that repeats a delivery's totals: `wsync run` prints them once when the run ends.
 TOTALS = "wsync_totals"
+# Set on a record that says how far a run has got (a step's pace, which run of several): `wsync run --brief`
+# leaves them out; lines saying why nothing moves (a wait for a lock or a pool) have no such flag.
+PROGRESS = "wsync_progress"
 # A long step says where it is this often at first: every batch would be a line per 65,536 rows. Then
 # less often, a third of the time it has taken so far (a six-hour read: a few dozen lines, not 2,000),
 # but at least every ten minutes.
@@ -21,7 +24,7 @@ AT_LEAST_EVERY_S = 600.0
 
 def report(progress: Progress | None, message: str, *, totals: bool = False) -> None:
     """Say one progress line to the caller, if any, and to the `wsync` logger."""
-    logger.info(message, extra={TOTALS: totals})
+    logger.info(message, extra={TOTALS: totals, PROGRESS: True})
     if progress is not None:
         progress(message)
 

@@ -28,7 +28,7 @@ from wsync_dagster.defs.pools import warehouse_pool
 from wsync_dagster.destinations.forwarding import forward
 from wsync_dagster.modes import RunError, sync_mode
 from wsync_dagster.modes.incremental import TimeWindows
-from wsync_dagster.progress import logger, pace
+from wsync_dagster.progress import PROGRESS, logger, pace
 from wsync_dagster.read_plan import check_mapping
 from wsync_dagster.recovery import process_tags, recover_abandoned_runs, wait_for_pool, watch_pool
 from wsync_dagster.run_lock import one_run_at_a_time
@@ -59,6 +59,7 @@ class RunReport:
     """What one `wsync run` did."""
 
     partitions: str
+    partition_count: int = 0
     run_id: str | None = None
     metadata: dict[str, dict] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)
@@ -94,6 +95,7 @@ def _add_window_under_way(report: RunReport, spec: SyncSpec, store: ProfileStore
     except NowBlocked as blocked:
         raise DeliveryBlocked(f"{blocked}; the window under way delivered nothing") from None
     report.partitions = ", ".join(part for part in (report.partitions, done.label) if part)
+    report.partition_count += 1
     report.run_id = done.run_id if report.run_id is None else f"{report.run_id}, {done.run_id}"
     counts = {
         mapped_key(spec).to_user_string(): done.mapped.as_dict(),
@@ -135,13 +137,16 @@ def _run_sync(
     if not runs:
         return RunReport(partitions="")
     job = build_definitions([spec], store_url=store_url).resolve_job_def(sync_job_name(spec))
-    report = RunReport(partitions=", ".join(run.label for run in runs))
-    delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
     started, done, total = time.monotonic(), 0, sum(run.partitions for run in runs)
+    report = RunReport(partitions=", ".join(run.label for run in runs), partition_count=total)
+    delivered_before = set(store.delivered_partitions(spec.name, spec.sync.environment))
     origins = job_origins(spec, instance)
     for number, run in enumerate(runs, 1):
         label, options = run.label, dict(run.options)
-        logger.info(f"{spec.name}: one Dagster run for partitions {label}{_runs_done(number, runs, done, total, started)}")
+        logger.info(
+            f"{spec.name}: one Dagster run for partitions {label}{_runs_done(number, runs, done, total, started)}",
+            extra={PROGRESS: True},
+        )
         done += run.partitions
         if allow_mass_removal:
             options["tags"] = {**options.get("tags", {}), ALLOW_MASS_REMOVAL: "true"}

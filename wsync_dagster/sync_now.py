@@ -9,7 +9,7 @@ from wsync_dagster.defs.assets import batch_file, reject_rate_failure
 from wsync_dagster.delivery import DeliveryReport, deliver_partitions
 from wsync_dagster.mapped_batches import MapCounts, map_partition
 from wsync_dagster.modes.base import RunScope
-from wsync_dagster.progress import logger
+from wsync_dagster.progress import PROGRESS, logger
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
@@ -37,7 +37,7 @@ def deliver_window_under_way(spec: SyncSpec, store: ProfileStore, scope: RunScop
     run_id = f"now-{uuid.uuid4()}"
     # Its own files: a scheduled run of the same partition may be writing the partition's.
     batches = batch_file(spec, f"{scope.partitions[0].key}.now")
-    logger.info(f"{spec.name}: reading the window under way, {scope.label}")
+    logger.info(f"{spec.name}: reading the window under way, {scope.label}", extra={PROGRESS: True})
     counts = map_partition(spec, scope.window, batches)
     failed = None
     if counts.reject_rate > spec.checks.max_reject_rate:

@@ -183,3 +183,29 @@ def test_console_script_runs_as_a_separate_process(make_warehouse, write_sync):
     )
     assert result.returncode == 0, result.stderr
     assert "✓ crm_users" in result.stdout
+
+
+def test_run_brief_prints_one_line_per_run_and_keeps_failed_checks(make_warehouse, write_sync, capsys):
+    warehouse = make_warehouse(
+        USERS_SQL + "INSERT INTO crm.users VALUES ('C004', 'ada@example.com', 'Ann', 'pro', "
+        "TIMESTAMP '2024-01-02 10:00:00'), (NULL, NULL, 'Nobody', 'pro', TIMESTAMP '2024-01-02 11:00:00');"
+    )
+    write_sync(user_sync(warehouse))
+    # 1 of 5 rows rejected: the reject-rate check fails, and --brief still says so.
+    assert main(["run", "crm_users", "--partition", "2024-01-01..2024-01-02", "--brief"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == (
+        "crm_users: 2 partitions delivered: 5 rows read, 3 applied, 1 rejected, 1 identity conflict\n"
+    )
+    # No progress lines: only the checks that did not pass, as without --brief (2024's rows are old: a delay).
+    warning, failed = captured.err.splitlines()
+    assert warning.startswith(
+        "  warning: crm_users/mapped_batches:data_delay data delay: the newest updated_at"
+    )
+    assert failed == (
+        "  check failed: crm_users/mapped_batches:reject_rate 20.0% of rows rejected (1 of 5); "
+        "see `wsync rejects crm_users`"
+    )
+    # One partition is named; what was read again and changed nothing is said as unchanged.
+    assert main(["run", "crm_users", "--partition", "2024-01-01", "--brief"]) == 0
+    assert capsys.readouterr().out == "crm_users: 2024-01-01 delivered: 2 rows read, 0 applied, 2 unchanged\n"

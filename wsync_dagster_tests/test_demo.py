@@ -22,6 +22,8 @@ from wsync_dagster_tests.test_dagster_dev import free_port, stop_process_group
 REPO = Path(__file__).resolve().parents[1]
 # From `scripts/demo` to "UI ready at …": what a terminal shows without scrolling.
 SCREEN_LINES = 40
+# No line longer: on an 80-column terminal none wraps into more than two.
+SCREEN_COLUMNS = 100
 DEMO_TIMEOUT_S = 1800
 
 USERS = 2_000
@@ -299,6 +301,7 @@ def test_scripts_demo_fits_one_screen_and_ctrl_c_stops_the_ui(tmp_path: Path) ->
         assert lines and lines[-1].startswith("UI ready at"), shown
         assert "; Ctrl-C to stop" in lines[-1], shown
         assert len(lines) <= SCREEN_LINES, f"{len(lines)} lines:\n{shown}"
+        assert [line for line in lines if len(line) > SCREEN_COLUMNS] == [], shown
         # What Ctrl-C in the terminal does: SIGINT to the script's process group.
         os.killpg(demo_run.pid, signal.SIGINT)
         rest, _ = demo_run.communicate(timeout=120)

@@ -10,6 +10,7 @@ from dagster import (
     DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    PartitionKeyRange,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
@@ -154,11 +155,16 @@ class TimeWindows:
         """`--partition KEY` or `FIRST..LAST` as one run; else one run per stretch of undelivered windows."""
         if partition:
             first, last = self._range(partition)
-            return [PlannedRun(_label(first, last), {"tags": partition_range_tags(first, last)})]
+            covered = len(self.partitions().get_partition_keys_in_range(PartitionKeyRange(first, last)))
+            return [PlannedRun(_label(first, last), {"tags": partition_range_tags(first, last)}, covered)]
         keys = self.partitions().get_partition_keys(current_time=now)
         place = {key: index for index, key in enumerate(keys)}
         return [
-            PlannedRun(_label(first, last), {"tags": partition_range_tags(first, last)}, place[last] - place[first] + 1)
+            PlannedRun(
+                _label(first, last),
+                {"tags": partition_range_tags(first, last)},
+                place[last] - place[first] + 1,
+            )
             for first, last in _stretches(keys, set(self.due(store, now)))
         ]
 
