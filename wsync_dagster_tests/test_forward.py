@@ -631,6 +631,49 @@ def test_without_amplitudes_secret_key_its_deletions_wait_with_one_warning_and_t
     assert AMP_SECRET not in "".join(capsys.readouterr())
 
 
+def test_mparticle_erasures_use_the_workspaces_dsr_credentials_when_given(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = http_sink.start(
+        MP_KEY, MP_SECRET, AMP_KEY, dsr_key="dsr-key-planted", dsr_secret="dsr-secret-planted"
+    )
+    sink = next(server)
+    try:
+        monkeypatch.setenv("MP_API_KEY", MP_KEY)
+        monkeypatch.setenv("MP_API_SECRET", MP_SECRET)
+        monkeypatch.setenv("MP_DSR_KEY", "dsr-key-planted")
+        monkeypatch.setenv("MP_DSR_SECRET", "dsr-secret-planted")
+        warehouse = make_warehouse(USERS)
+        write_sync(full_sync(warehouse, destinations=destinations(sink)[:1]))
+        assert main(["run", "crm"]) == 0
+        assert main(["erase", "--identity", "email=bob@example.com"]) == 0
+        capsys.readouterr()
+        # The Events API's key is not the workspace's: refused, one line, the deletion kept.
+        assert main(["forward", "crm"]) == 1
+        assert capsys.readouterr().err.strip() == (
+            "wsync forward: destination mp: the platform refused its credentials (HTTP 401); "
+            "check the keys in its environment variables"
+        )
+        assert cli_store.pending_erasures("crm", "mp") == 1
+        mp = {
+            **destinations(sink)[0],
+            "dsr_api_key": {"env": "MP_DSR_KEY"},
+            "dsr_api_secret": {"env": "MP_DSR_SECRET"},
+        }
+        write_sync(full_sync(warehouse, destinations=[mp]))
+        assert main(["forward", "crm"]) == 0
+        assert [e["subject_identities"]["email"]["value"] for e in sink.erasures] == ["bob@example.com"]
+        assert cli_store.pending_erasures("crm", "mp") == 0
+        assert "dsr-secret-planted" not in "".join(capsys.readouterr())
+    finally:
+        server.close()
+    assert sink.violations == []
+
+
 def test_a_deletion_sent_but_not_acknowledged_before_a_crash_is_sent_again_as_the_same_request(
     cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
 ) -> None:
