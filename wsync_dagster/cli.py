@@ -221,13 +221,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
                 raise CommandError(str(error)) from None
             seeded = f" (seeded {report.seeded:,} pending)" if args.seed else ""
             print(f"{spec.name}: forwarded to {report.line()}{seeded}")
-            if report.erasures_pending:
-                print(
-                    f"wsync forward: warning: {spec.name}/{destination.name}: "
-                    f"{_count(report.erasures_pending, 'deletion request')} of erased people pending; this "
-                    "wsync does not send erasure requests to the platforms yet",
-                    file=sys.stderr,
-                )
+            for warning in report.warnings:
+                print(f"wsync forward: warning: {warning}", file=sys.stderr)
     finally:
         store.close()
     return 0

@@ -400,7 +400,11 @@ def render(status: SyncStatus) -> list[str]:
                 if pending
                 else "up to date"
             )
-            + (f"; {_count(erasures, 'deletion request')} of erased people not sent" if erasures else "")
+            + (
+                f"; {_count(erasures, 'deletion request')} of erased people pending (`wsync forward {status.sync}`)"
+                if erasures
+                else ""
+            )
         )
     lines.extend(f"  note        {note}" for note in status.notes)
     return lines

@@ -20,6 +20,7 @@ from wsync_dagster_tests.engines.http_sink import Fault, HttpSink
 MP_KEY = "mp-key-planted-1b7e"
 MP_SECRET = "mp-secret-planted-c4d2"
 AMP_KEY = "amp-key-planted-9a0f"
+AMP_SECRET = "amp-secret-planted-5e31"
 
 USERS = """
 CREATE TABLE users (customer_id VARCHAR, email VARCHAR, plan VARCHAR, city VARCHAR);
@@ -38,11 +39,12 @@ def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
 
 def serve_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     """Runs the sink with the destinations' secrets set; after the test, no contract may have been broken."""
-    server = http_sink.start(MP_KEY, MP_SECRET, AMP_KEY)
+    server = http_sink.start(MP_KEY, MP_SECRET, AMP_KEY, amplitude_secret=AMP_SECRET)
     running = next(server)
     monkeypatch.setenv("MP_API_KEY", MP_KEY)
     monkeypatch.setenv("MP_API_SECRET", MP_SECRET)
     monkeypatch.setenv("AMP_API_KEY", AMP_KEY)
+    monkeypatch.setenv("AMP_SECRET_KEY", AMP_SECRET)
     yield running
     server.close()
     assert running.violations == [], "the payloads broke an API contract"
@@ -63,6 +65,7 @@ def destinations(sink: HttpSink, rate: int = 100_000) -> list[dict]:
             "name": "amp",
             "type": "amplitude",
             "api_key": {"env": "AMP_API_KEY"},
+            "secret_key": {"env": "AMP_SECRET_KEY"},
             "base_url": sink.url,
             "rate": rate,
         },
@@ -486,7 +489,19 @@ def test_opening_the_store_again_in_one_process_keeps_the_wal_another_process_wr
         held.close()
 
 
-def test_erasing_a_forwarded_person_queues_the_platforms_deletion_until_it_can_be_sent(
+def store_text(url: str) -> bytes:
+    """Everything the store holds, as its user could read it: the SQLite file and its WAL, or every table."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        wal = path.with_name(f"{path.name}-wal")
+        return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    tables = store_sql(url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+    return "\n".join(
+        str(row) for (table,) in tables for row in store_sql(url, f"SELECT t::text FROM {table} AS t")
+    ).encode()
+
+
+def test_forward_sends_each_platforms_deletion_of_an_erased_person_once_and_the_queue_forgets_them(
     cli_store: ProfileStore,
     write_sync: Callable,
     make_warehouse: Callable,
@@ -500,9 +515,189 @@ def test_erasing_a_forwarded_person_queues_the_platforms_deletion_until_it_can_b
     assert main(["erase", "--identity", "customer_id=cust-00001"]) == 0
     assert "queued 2 deletion requests for the destinations that received them" in capsys.readouterr().out
     assert cli_store.pending_erasures("crm", "mp") == cli_store.pending_erasures("crm", "amp") == 1
+    # Until the platforms took the deletions, the queue holds who to delete.
+    assert b"ada@example.com" in store_text(cli_store.url)
+
+    assert main(["forward", "crm"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "crm: forwarded to mp: profiles=0," in out and "crm: forwarded to amp: profiles=0," in out
+    assert out.count("deletions_sent=1") == 2
+    [erasure] = sink.erasures
+    assert erasure["subject_request_type"] == "erasure" and erasure["regulation"] == "gdpr"
+    assert erasure["subject_identities"] == {
+        "controller_customer_id": {"value": "cust-00001", "encoding": "raw"},
+        "email": {"value": "ada@example.com", "encoding": "raw"},
+    }
+    [deletion] = sink.deletions
+    assert deletion["user_ids"] == ["cust-00001"]
+    assert deletion["requester"] == "wsync crm"
+    assert cli_store.pending_erasures("crm", "mp") == cli_store.pending_erasures("crm", "amp") == 0
+    assert b"ada@example.com" not in store_text(cli_store.url)
+    assert b"cust-00001" not in store_text(cli_store.url)
+    # Sent is done: a second forward sends nothing.
+    requests = len(sink.received)
+    assert main(["forward", "crm"]) == 0
+    assert len(sink.received) == requests
+    assert (len(sink.erasures), len(sink.deletions)) == (1, 1)
+    assert main(["status", "crm"]) == 0
+    assert "  forward     amp (amplitude): up to date\n" in capsys.readouterr().out
+
+
+def test_a_person_a_destination_never_received_gets_no_deletion_there(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    warehouse = make_warehouse(USERS)
+    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
+    assert main(["run", "crm"]) == 0
+    write_sync(full_sync(warehouse, destinations=destinations(sink)))  # mp is added, not seeded
+    assert main(["erase", "--identity", "customer_id=cust-00002"]) == 0
+    assert main(["forward", "crm"]) == 0
+    assert sink.erasures == []
+    assert [d["user_ids"] for d in sink.deletions] == [["cust-00002"]]
+
+
+def test_a_failed_erasure_request_is_retried_and_a_refused_one_is_a_reject_with_mparticles_reason(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    sink: HttpSink,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    write_sync(full_sync(make_warehouse(USERS), destinations=destinations(sink)[:1]))
+    assert main(["run", "crm"]) == 0
+    assert (
+        main(["erase", "--identity", "customer_id=cust-00001", "--identity", "customer_id=cust-00002"]) == 0
+    )
+    refusal = {"code": 400, "message": "Invalid", "errors": [{"message": "planted: identity not valid"}]}
+    sink.plan("/v3/requests", Fault(status=500), Fault(), Fault(status=400, answer=refusal))
+    capsys.readouterr()
+    assert main(["forward", "crm"]) == 0
+    assert "deletions_sent=1" in capsys.readouterr().out
+    # The 500 was retried and taken; the 400 is final, kept with mParticle's reason.
+    [erasure] = sink.erasures
+    assert [r.status for r in sink.requests_to("/v3/requests")] == [500, 201, 400]
+    assert cli_store.pending_erasures("crm", "mp") == 0
+    assert main(["rejects", "crm", "--json"]) == 0
+    [reject] = json.loads(capsys.readouterr().out)
+    assert (reject["partition"], reject["kind"], reject["reason"]) == (
+        "mp",
+        "forward",
+        "planted: identity not valid",
+    )
+    erased_first = erasure["subject_identities"]["controller_customer_id"]["value"]
+    assert erased_first in ("cust-00001", "cust-00002")
+
+
+def test_without_amplitudes_secret_key_its_deletions_wait_with_one_warning_and_the_rest_goes(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    sink: HttpSink,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    warehouse = make_warehouse(USERS)
+    no_secret = destinations(sink)
+    del no_secret[1]["secret_key"]
+    write_sync(full_sync(warehouse, destinations=no_secret))
+    assert main(["run", "crm"]) == 0
+    assert main(["erase", "--identity", "customer_id=cust-00001"]) == 0
+    warehouse_sql(warehouse, "UPDATE users SET city = 'Lima' WHERE customer_id = 'cust-00002'")
+    assert main(["run", "crm"]) == 0
+    assert sink.amplitude_profiles()["cust-00002"]["city"] == "Lima"
+    assert len(sink.erasures) == 1 and sink.deletions == []
+    capsys.readouterr()
+    assert main(["forward", "crm"]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "wsync forward: warning: destination amp: 1 deletion request of erased people stays queued: "
+        "secret_key is not set in its sync file entry"
+    ]
+    assert cli_store.pending_erasures("crm", "amp") == 1
+    # Named but unset: the warning names the variable; set, the deletion goes.
+    write_sync(full_sync(warehouse, destinations=destinations(sink)))
+    monkeypatch.delenv("AMP_SECRET_KEY")
     assert main(["forward", "crm"]) == 0
     err = capsys.readouterr().err
-    assert "crm/amp: 1 deletion request of erased people pending" in err
+    assert err.strip().splitlines() == [
+        "wsync forward: warning: destination amp: 1 deletion request of erased people stays queued: "
+        "secret_key: environment variable AMP_SECRET_KEY is not set"
+    ]
+    assert cli_store.pending_erasures("crm", "amp") == 1
+    monkeypatch.setenv("AMP_SECRET_KEY", AMP_SECRET)
+    assert main(["forward", "crm"]) == 0
+    assert [d["user_ids"] for d in sink.deletions] == [["cust-00001"]]
+    assert cli_store.pending_erasures("crm", "amp") == 0
+    assert AMP_SECRET not in "".join(capsys.readouterr())
+
+
+def test_mparticle_erasures_use_the_workspaces_dsr_credentials_when_given(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = http_sink.start(
+        MP_KEY, MP_SECRET, AMP_KEY, dsr_key="dsr-key-planted", dsr_secret="dsr-secret-planted"
+    )
+    sink = next(server)
+    try:
+        monkeypatch.setenv("MP_API_KEY", MP_KEY)
+        monkeypatch.setenv("MP_API_SECRET", MP_SECRET)
+        monkeypatch.setenv("MP_DSR_KEY", "dsr-key-planted")
+        monkeypatch.setenv("MP_DSR_SECRET", "dsr-secret-planted")
+        warehouse = make_warehouse(USERS)
+        write_sync(full_sync(warehouse, destinations=destinations(sink)[:1]))
+        assert main(["run", "crm"]) == 0
+        assert main(["erase", "--identity", "email=bob@example.com"]) == 0
+        capsys.readouterr()
+        # The Events API's key is not the workspace's: refused, one line, the deletion kept.
+        assert main(["forward", "crm"]) == 1
+        assert capsys.readouterr().err.strip() == (
+            "wsync forward: destination mp: the platform refused its credentials (HTTP 401); "
+            "check the keys in its environment variables"
+        )
+        assert cli_store.pending_erasures("crm", "mp") == 1
+        mp = {
+            **destinations(sink)[0],
+            "dsr_api_key": {"env": "MP_DSR_KEY"},
+            "dsr_api_secret": {"env": "MP_DSR_SECRET"},
+        }
+        write_sync(full_sync(warehouse, destinations=[mp]))
+        assert main(["forward", "crm"]) == 0
+        assert [e["subject_identities"]["email"]["value"] for e in sink.erasures] == ["bob@example.com"]
+        assert cli_store.pending_erasures("crm", "mp") == 0
+        assert "dsr-secret-planted" not in "".join(capsys.readouterr())
+    finally:
+        server.close()
+    assert sink.violations == []
+
+
+def test_a_deletion_sent_but_not_acknowledged_before_a_crash_is_sent_again_as_the_same_request(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    from datetime import datetime
+
+    from wsync_dagster.destinations import mparticle
+    from wsync_dagster.destinations.profile_changes import Erasure
+
+    spec = load_sync_file(write_sync(full_sync(make_warehouse(USERS), destinations=destinations(sink)[:1])))
+    assert main(["run", "crm"]) == 0
+    assert main(["erase", "--identity", "customer_id=cust-00003"]) == 0
+    # The send reached mParticle, then the process died before the queue was told.
+    [queued] = cli_store.erasure_requests("crm", "mp", 10)
+    erasure = Erasure(queued.profile_id, queued.identities, datetime.fromisoformat(queued.requested_at))
+    request = mparticle.erasure_request(erasure)
+    assert not isinstance(request, mparticle.Reject)
+    mparticle.send_erasure(spec.destinations[0].platform("production"), request)
+    assert cli_store.pending_erasures("crm", "mp") == 1
+
+    assert main(["forward", "crm"]) == 0
+    sent = [json.loads(r.body) for r in sink.requests_to("/v3/requests")]
+    assert [r["subject_request_id"] for r in sent] == [request.subject_request_id] * 2
+    assert len(sink.erasures) == 1  # mParticle answered "already exists": acknowledged, not lost
+    assert cli_store.pending_erasures("crm", "mp") == 0
 
 
 def test_a_person_erased_while_a_forward_sends_them_gets_the_deletion_queued(

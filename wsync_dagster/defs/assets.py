@@ -477,11 +477,8 @@ def _forward_asset(spec: SyncSpec, destination: MParticleDestination | Amplitude
         add_partition_metadata(
             context, {key: figures if key == keys[-1] else dict.fromkeys(figures, 0) for key in keys}
         )
-        if report.erasures_pending:
-            context.log.warning(
-                f"{spec.name}: {report.erasures_pending} deletion requests of erased people pending for "
-                f"{destination.name}; this wsync does not send erasure requests to the platforms yet"
-            )
+        for warning in report.warnings:
+            context.log.warning(f"{spec.name}: {warning}")
         return MaterializeResult(
             metadata={"seeded": report.seeded, "erasures_pending": report.erasures_pending}
         )

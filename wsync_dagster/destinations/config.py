@@ -59,6 +59,9 @@ class MParticleDestination(_Destination):
     api_secret: EnvValue
     # The batches' environment; the sync's environment when left out.
     environment: Literal["development", "production"] | None = None
+    # The workspace's credentials for erasures (Data Subject Request API); the feed's key and secret if left out.
+    dsr_api_key: EnvValue | None = None
+    dsr_api_secret: EnvValue | None = None
 
     def platform(self, sync_environment: str) -> MParticle:
         """The platform client, with its secrets read from the environment now."""
@@ -70,6 +73,10 @@ class MParticleDestination(_Destination):
             base_url=self.base_url,
             environment=self.environment or sync_environment,
             policy=self._policy(mparticle.DEFAULT_POLICY),
+            dsr_api_key=_secret(self, "dsr_api_key", self.dsr_api_key) if self.dsr_api_key else None,
+            dsr_api_secret=_secret(self, "dsr_api_secret", self.dsr_api_secret)
+            if self.dsr_api_secret
+            else None,
         )
 
 
@@ -91,7 +98,8 @@ class AmplitudeDestination(_Destination):
         return identity
 
     def platform(self, sync_environment: str) -> Amplitude:
-        """The platform client, with its key read from the environment now."""
+        """The platform client, with its keys read from the environment now (the secret key if set: only
+        deletions need it, and without it they wait while profiles and events still go)."""
         return Amplitude(
             self.name,
             _secret(self, "api_key", self.api_key),
@@ -99,7 +107,14 @@ class AmplitudeDestination(_Destination):
             base_url=self.base_url,
             user_id=self.user_id,
             policy=self._policy(amplitude.DEFAULT_POLICY),
+            secret_key=os.environ.get(self.secret_key.env) or None if self.secret_key else None,
         )
+
+    def missing_secret_key(self) -> str:
+        """Why deletions cannot go: the field, and its variable when one is named (never a value)."""
+        if self.secret_key is None:
+            return "secret_key is not set in its sync file entry"
+        return f"secret_key: environment variable {self.secret_key.env} is not set"
 
 
 Destination = Annotated[MParticleDestination | AmplitudeDestination, Field(discriminator="type")]

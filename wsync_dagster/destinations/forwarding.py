@@ -4,7 +4,8 @@ Slice by slice: the pending profiles are read as they are now (one change each, 
 `removed`), sent, and only once the platform took every request of the slice are their outbox rows removed,
 with the platform's rejects stored, in one store transaction. A crash before that sends the slice again:
 events carry the platforms' dedup keys (source_message_id, insert_id), batches a content-derived
-source_request_id, and identifications set the same values again.
+source_request_id, and identifications set the same values again. Then the deletions of erased people
+the destination received go out (destinations/erasures.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from wsync_dagster.destinations import amplitude, mparticle
 from wsync_dagster.destinations.amplitude import Amplitude
 from wsync_dagster.destinations.config import AmplitudeDestination, MParticleDestination
+from wsync_dagster.destinations.erasures import send_erasures
 from wsync_dagster.destinations.profile_changes import ProfileChange
 from wsync_dagster.destinations.sender import SendMetrics
 from wsync_dagster.progress import Progress, report
@@ -30,9 +32,12 @@ class ForwardReport:
     destination: str
     profiles: int = 0  # profiles whose change was sent (or rejected)
     seeded: int = 0  # outbox rows a seed marked
+    deletions_sent: int = 0  # deletions of erased people the platform acknowledged
+    deletion_rejects: int = 0  # deletions it refused or that could not be sent (kept as rejects)
     erasures_pending: int = 0  # deletion requests of erased people the destination has yet to receive
     metrics: SendMetrics = field(default_factory=SendMetrics)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # one line each, never a value
 
     def as_metadata(self) -> dict[str, int | float]:
         """The figures as Dagster metadata and the CLI's totals show them: counts and seconds, no value."""
@@ -44,7 +49,8 @@ class ForwardReport:
             "bytes": m.bytes_sent,
             "retries": m.retries,
             "throttled_waits": m.throttled_waits,
-            "rejects": len(m.rejects),
+            "rejects": len(m.rejects) + self.deletion_rejects,
+            "deletions_sent": self.deletions_sent,
             "encode_seconds": round(m.encode_seconds, 3),
             "wait_seconds": round(m.wait_seconds, 3),
         }
@@ -101,6 +107,19 @@ def forward(
         result.profiles += len(pending.changes)
         result.metrics.add(metrics)
         report(progress, f"{spec.name}: forwarded {result.profiles:,} profiles to {destination.name}")
+    erasures = send_erasures(spec.name, environment, platform, store, requester=f"wsync {spec.name}")
+    result.deletions_sent = erasures.sent
+    result.deletion_rejects = len(erasures.rejects)
+    if erasures.waiting and isinstance(destination, AmplitudeDestination):
+        n = erasures.waiting
+        requests = (
+            f"{n:,} deletion request of erased people stays"
+            if n == 1
+            else (f"{n:,} deletion requests of erased people stay")
+        )
+        result.warnings.append(
+            f"destination {destination.name}: {requests} queued: {destination.missing_secret_key()}"
+        )
     result.erasures_pending = store.pending_erasures(spec.name, destination.name)
     result.seconds = time.perf_counter() - started
     return result

@@ -169,6 +169,14 @@ class MParticle:
         return "; ".join(messages) or f"mParticle answered HTTP {response.status_code}"
 
 
+class ErasureRefused(DestinationError):
+    """mParticle refused one erasure request as invalid (400): that person's reject, the others still go."""
+
+    def __init__(self, message: str, profile_id: str, reason: str) -> None:
+        super().__init__(message)
+        self.reject = Reject(profile_id, reason)
+
+
 @dataclass(frozen=True)
 class ErasureRequest:
     """One OpenDSR erasure request for mParticle's Data Subject Request API, ready to send."""
@@ -224,7 +232,8 @@ def erasure_request(erasure: Erasure, regulation: str = "gdpr") -> ErasureReques
 def send_erasure(
     destination: MParticle, request: ErasureRequest, policy: SendPolicy = DSR_POLICY
 ) -> ErasureAcknowledgement:
-    """Submits the erasure request, retried like any send; raises DestinationError when mParticle refuses it."""
+    """Submits the erasure request, retried like any send; raises ErasureRefused when mParticle finds it
+    invalid, DestinationError when the send cannot go on (credentials, retries exhausted)."""
     platform = JsonRequests(
         destination.destination, destination.dsr_base_url, destination._dsr_credentials, _dsr_reason
     )
@@ -240,8 +249,10 @@ def send_erasure(
         return ErasureAcknowledgement(
             request.profile_id, request.subject_request_id, None, already_requested=True
         )
-    raise DestinationError(
-        f"destination {destination.destination}: mParticle refused the erasure of {request.profile_id}: {reason}"
+    raise ErasureRefused(
+        f"destination {destination.destination}: mParticle refused the erasure of {request.profile_id}: {reason}",
+        request.profile_id,
+        reason,
     )
 
 

@@ -353,8 +353,11 @@ def erasures_done(
     rejects: Sequence[Reject],
 ) -> int:
     """The platform took these deletions (or refused them, with its reasons kept as rejects): the queued
-    requests go, and with them the identities they held, in one transaction; the requests removed."""
-    db.begin_write()
+    requests go, and with them the identities they held, in one transaction; the requests removed. Like an
+    erasure, the delete overwrites and the store is reclaimed, so the identities leave the file too."""
+    if not profile_ids and not rejects:
+        return 0
+    db.begin_erasure()
     try:
         done = pa.array(sorted({*profile_ids, *(r.item for r in rejects)}), pa.string())
         db.stage("stage_profile", pa.table({"profile_id": done}))
@@ -368,6 +371,8 @@ def erasures_done(
     except BaseException:
         db.rollback()
         raise
+    if removed:
+        db.reclaim(("erasure_pending",))
     return removed
 
 
