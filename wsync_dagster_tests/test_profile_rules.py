@@ -15,6 +15,7 @@ from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster_tests.conftest import user_sync
+from wsync_dagster_tests.test_backfill import HISTORY_SQL
 
 CRM_SQL = """
 CREATE SCHEMA crm;
@@ -373,3 +374,28 @@ def test_two_rows_of_one_customer_and_time_settle_alike_whichever_order_the_ware
         plans.append(cli_store.profile("customer_id", "C1")["attributes"]["plan"])
 
     assert plans == ["pro", "pro", "pro"]
+
+
+def test_a_full_mode_re_run_over_several_rows_of_a_customer_changes_nothing(
+    make_warehouse, write_sync, cli_store, capsys
+):
+    """Rows of one customer under two e-mails, all of one run's time: an identical second run keeps the
+    profile the first left (the later row's e-mail, the greater value per attribute) and counts no change."""
+    sync = user_sync(make_warehouse(HISTORY_SQL))
+    sync["sync"] = {"mode": "full"}
+    write_sync(sync)
+    profiles = []
+    for key in ("20240105T000000", "20240106T000000"):
+        assert main(["run", "crm_users", "--partition", key]) == 0
+        profile = cli_store.profile("customer_id", "C001")
+        profiles.append({"identities": profile["identities"], "attributes": profile["attributes"]})
+
+    assert profiles[0] == {
+        "identities": {"customer_id": "C001", "email": "ada@new.example.com"},
+        "attributes": {"first_name": "Ada", "plan": "pro", "updated_at": "2024-01-03 10:00:00"},
+    }
+    assert profiles[1] == profiles[0]
+    second = cli_store.partition_counts("crm_users", "production")["20240106T000000"]
+    assert (second["rows_applied"], second["rows_unchanged"]) == (0, 4)
+    changed = ("identities_changed", "attributes_set", "attributes_removed", "profiles_created", "profiles_updated")
+    assert {name: second[name] for name in changed} == dict.fromkeys(changed, 0)
