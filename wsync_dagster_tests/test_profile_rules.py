@@ -399,3 +399,27 @@ def test_a_full_mode_re_run_over_several_rows_of_a_customer_changes_nothing(
     assert (second["rows_applied"], second["rows_unchanged"]) == (0, 4)
     changed = ("identities_changed", "attributes_set", "attributes_removed", "profiles_created", "profiles_updated")
     assert {name: second[name] for name in changed} == dict.fromkeys(changed, 0)
+
+
+def test_a_changed_row_of_a_customer_is_applied_with_the_customers_other_rows_of_the_run(
+    make_warehouse, write_sync, cli_store
+):
+    """One of a customer's rows changes: its other rows (another e-mail, unchanged) are applied with it, so
+    the profile is what a first run over the new table gives, not the changed row's values winning alone."""
+    warehouse = make_warehouse(HISTORY_SQL)
+    sync = user_sync(warehouse)
+    sync["sync"] = {"mode": "full"}
+    write_sync(sync)
+    assert main(["run", "crm_users", "--partition", "20240105T000000"]) == 0
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute("UPDATE crm.users SET plan = 'basic' WHERE plan = 'free' AND customer_id = 'C001'")
+
+    assert main(["run", "crm_users", "--partition", "20240106T000000"]) == 0
+
+    profile = cli_store.profile("customer_id", "C001")
+    assert {"identities": profile["identities"], "attributes": profile["attributes"]} == {
+        "identities": {"customer_id": "C001", "email": "ada@new.example.com"},
+        "attributes": {"first_name": "Ada", "plan": "pro", "updated_at": "2024-01-03 10:00:00"},
+    }
+    second = cli_store.partition_counts("crm_users", "production")["20240106T000000"]
+    assert (second["rows_applied"], second["rows_unchanged"]) == (3, 1)
