@@ -423,3 +423,22 @@ def test_a_changed_row_of_a_customer_is_applied_with_the_customers_other_rows_of
     }
     second = cli_store.partition_counts("crm_users", "production")["20240106T000000"]
     assert (second["rows_applied"], second["rows_unchanged"]) == (3, 1)
+
+
+def test_a_new_event_of_a_full_mode_event_sync_leaves_the_customers_other_events_unchanged(
+    make_warehouse, write_sync, capsys
+):
+    """Events have no values to settle: a customer's new event is written alone, the others are unchanged."""
+    warehouse = make_warehouse(EVENTS_SQL.format(table="clicks"))
+    sync = _event_sync(warehouse, "clicks")
+    sync["sync"] = {"mode": "full"}
+    write_sync(sync)
+    assert main(["run", "clicks", "--partition", "20240105T000000"]) == 0
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute("INSERT INTO web.clicks VALUES (51, 'C1', 'clicks', TIMESTAMP '2024-01-02 00:00:00')")
+    capsys.readouterr()
+
+    assert main(["run", "clicks", "--partition", "20240106T000000"]) == 0
+
+    out = capsys.readouterr().out
+    assert "rows_applied=1, rows_unchanged=50" in out and "events_written=1, events_duplicate=0" in out, out
