@@ -397,7 +397,13 @@ def test_a_full_mode_re_run_over_several_rows_of_a_customer_changes_nothing(
     assert profiles[1] == profiles[0]
     second = cli_store.partition_counts("crm_users", "production")["20240106T000000"]
     assert (second["rows_applied"], second["rows_unchanged"]) == (0, 4)
-    changed = ("identities_changed", "attributes_set", "attributes_removed", "profiles_created", "profiles_updated")
+    changed = (
+        "identities_changed",
+        "attributes_set",
+        "attributes_removed",
+        "profiles_created",
+        "profiles_updated",
+    )
     assert {name: second[name] for name in changed} == dict.fromkeys(changed, 0)
 
 
@@ -435,7 +441,9 @@ def test_a_new_event_of_a_full_mode_event_sync_leaves_the_customers_other_events
     write_sync(sync)
     assert main(["run", "clicks", "--partition", "20240105T000000"]) == 0
     with duckdb.connect(str(warehouse)) as connection:
-        connection.execute("INSERT INTO web.clicks VALUES (51, 'C1', 'clicks', TIMESTAMP '2024-01-02 00:00:00')")
+        connection.execute(
+            "INSERT INTO web.clicks VALUES (51, 'C1', 'clicks', TIMESTAMP '2024-01-02 00:00:00')"
+        )
     capsys.readouterr()
 
     assert main(["run", "clicks", "--partition", "20240106T000000"]) == 0

@@ -1030,7 +1030,9 @@ def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
     newest = rows.group_by("row_key", use_threads=False).aggregate([("version", "max")])
     rows = rows.join(newest, "row_key", use_threads=False)
     rows = rows.filter(pc.equal(rows.column("version"), rows.column("version_max")))
-    per_key = rows.group_by("row_key", use_threads=False).aggregate([("fingerprint", "min"), ("version", "max")])
+    per_key = rows.group_by("row_key", use_threads=False).aggregate(
+        [("fingerprint", "min"), ("version", "max")]
+    )
     return pa.table(
         {
             "row_key": per_key.column("row_key"),
