@@ -1067,17 +1067,21 @@ def _fingerprints_of_ties(batch: pa.RecordBatch) -> pa.Array:
 
 
 def _sharing_an_identity(batch: pa.RecordBatch, changed: np.ndarray) -> np.ndarray:
-    """The changed rows and every row linked to one by a shared identity value (one customer's rows under two
-    e-mails): applied together, as their first run applied them, since a customer's rows of one version are
-    settled together; applied alone, under a newer run's version, a changed row would beat the others."""
+    """The changed rows and every row of their version linked to one by a shared identity value (one
+    customer's rows under two e-mails in a full-mode run): applied together, as their first run applied them,
+    since a customer's rows of one version are settled together; applied alone, under a newer run's version,
+    a changed row would beat the others. Rows of other versions settle on their version: they stay out."""
     if changed.all() or not changed.any():
         return changed
-    columns = list(b.identity_columns(batch.schema).values())
+    version = pc.cast(batch.column(b.VERSION), pa.string())
+    columns = [
+        pc.binary_join_element_wise(batch.column(column), version, " ")
+        for column in b.identity_columns(batch.schema).values()
+    ]
     linked = changed
     while True:
         grown = linked.copy()
-        for column in columns:
-            values = batch.column(column)
+        for values in columns:
             held = pc.unique(values.filter(pa.array(linked)).drop_null())
             grown |= pc.fill_null(pc.is_in(values, value_set=held), False).to_numpy(zero_copy_only=False)
         if (grown == linked).all():
