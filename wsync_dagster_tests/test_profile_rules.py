@@ -15,6 +15,7 @@ from wsync_dagster.settings import profile_store_url
 from wsync_dagster.spec import load_sync_file
 from wsync_dagster.store import open_profile_store
 from wsync_dagster_tests.conftest import user_sync
+from wsync_dagster_tests.test_backfill import HISTORY_SQL
 
 CRM_SQL = """
 CREATE SCHEMA crm;
@@ -373,3 +374,79 @@ def test_two_rows_of_one_customer_and_time_settle_alike_whichever_order_the_ware
         plans.append(cli_store.profile("customer_id", "C1")["attributes"]["plan"])
 
     assert plans == ["pro", "pro", "pro"]
+
+
+def test_a_full_mode_re_run_over_several_rows_of_a_customer_changes_nothing(
+    make_warehouse, write_sync, cli_store, capsys
+):
+    """Rows of one customer under two e-mails, all of one run's time: an identical second run keeps the
+    profile the first left (the later row's e-mail, the greater value per attribute) and counts no change."""
+    sync = user_sync(make_warehouse(HISTORY_SQL))
+    sync["sync"] = {"mode": "full"}
+    write_sync(sync)
+    profiles = []
+    for key in ("20240105T000000", "20240106T000000"):
+        assert main(["run", "crm_users", "--partition", key]) == 0
+        profile = cli_store.profile("customer_id", "C001")
+        profiles.append({"identities": profile["identities"], "attributes": profile["attributes"]})
+
+    assert profiles[0] == {
+        "identities": {"customer_id": "C001", "email": "ada@new.example.com"},
+        "attributes": {"first_name": "Ada", "plan": "pro", "updated_at": "2024-01-03 10:00:00"},
+    }
+    assert profiles[1] == profiles[0]
+    second = cli_store.partition_counts("crm_users", "production")["20240106T000000"]
+    assert (second["rows_applied"], second["rows_unchanged"]) == (0, 4)
+    changed = (
+        "identities_changed",
+        "attributes_set",
+        "attributes_removed",
+        "profiles_created",
+        "profiles_updated",
+    )
+    assert {name: second[name] for name in changed} == dict.fromkeys(changed, 0)
+
+
+def test_a_changed_row_of_a_customer_is_applied_with_the_customers_other_rows_of_the_run(
+    make_warehouse, write_sync, cli_store
+):
+    """One of a customer's rows changes: its other rows (another e-mail, unchanged) are applied with it, so
+    the profile is what a first run over the new table gives, not the changed row's values winning alone."""
+    warehouse = make_warehouse(HISTORY_SQL)
+    sync = user_sync(warehouse)
+    sync["sync"] = {"mode": "full"}
+    write_sync(sync)
+    assert main(["run", "crm_users", "--partition", "20240105T000000"]) == 0
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute("UPDATE crm.users SET plan = 'basic' WHERE plan = 'free' AND customer_id = 'C001'")
+
+    assert main(["run", "crm_users", "--partition", "20240106T000000"]) == 0
+
+    profile = cli_store.profile("customer_id", "C001")
+    assert {"identities": profile["identities"], "attributes": profile["attributes"]} == {
+        "identities": {"customer_id": "C001", "email": "ada@new.example.com"},
+        "attributes": {"first_name": "Ada", "plan": "pro", "updated_at": "2024-01-03 10:00:00"},
+    }
+    second = cli_store.partition_counts("crm_users", "production")["20240106T000000"]
+    assert (second["rows_applied"], second["rows_unchanged"]) == (3, 1)
+
+
+def test_a_new_event_of_a_full_mode_event_sync_leaves_the_customers_other_events_unchanged(
+    make_warehouse, write_sync, capsys
+):
+    """Events have no values to settle: a customer's new event is written alone, the others are unchanged."""
+    warehouse = make_warehouse(EVENTS_SQL.format(table="clicks"))
+    sync = _event_sync(warehouse, "clicks")
+    sync["sync"] = {"mode": "full"}
+    write_sync(sync)
+    assert main(["run", "clicks", "--partition", "20240105T000000"]) == 0
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute(
+            "INSERT INTO web.clicks VALUES (51, 'C1', 'clicks', TIMESTAMP '2024-01-02 00:00:00')"
+        )
+    capsys.readouterr()
+
+    assert main(["run", "clicks", "--partition", "20240106T000000"]) == 0
+
+    out = capsys.readouterr().out
+    assert "rows_applied=1, rows_unchanged=50" in out and "events_written=1, events_duplicate=0" in out, out

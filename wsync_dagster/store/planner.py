@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -152,7 +153,8 @@ WHERE newest = 1 ORDER BY name
 
 _EVENTS_ONCE = "ON CONFLICT (environment, sync, event_id) DO NOTHING"
 
-# Stored for a row key whose rows of one run differ: matches no row, so they are all applied again.
+# Stored for a row key whose differing rows of one run came in two batches: matches no row, so they are all
+# applied again (within a batch they share one fingerprint, _fingerprints_of_ties).
 NO_FINGERPRINT = ""
 # A fingerprint says what the store holds for a row, so an older run never replaces a newer one's; two
 # different ones of one version (rows of one key in two batches of a run) leave NO_FINGERPRINT.
@@ -687,7 +689,7 @@ class Delivery:
 
     def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """The rows whose fingerprint differs from the stored one, and the unchanged rest."""
-        row_keys, fingerprints = batch.column(b.ROW_KEY), batch.column(b.FINGERPRINT)
+        row_keys, fingerprints = batch.column(b.ROW_KEY), _fingerprints_of_ties(batch)
         self._db.stage("stage_fingerprint", pa.table({"row_key": row_keys, "fingerprint": fingerprints}))
         stored = self._db.rows(_UNCHANGED_ROWS, (self._sync, self._environment))
         unchanged = [f"{key} {fingerprint}" for key, fingerprint in stored]
@@ -695,8 +697,10 @@ class Delivery:
             return batch, batch.slice(0, 0)
         # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
         pairs = pc.binary_join_element_wise(row_keys, fingerprints, " ")
-        same = pc.is_in(pairs, value_set=pa.array(unchanged, pa.string()))
-        return batch.filter(pc.invert(same)), batch.filter(same)
+        same = pc.is_in(pairs, value_set=pa.array(unchanged, pa.string())).to_numpy(zero_copy_only=False)
+        if not b.is_event_schema(batch.schema):  # events have no values to settle, and are written once
+            same &= ~_sharing_an_identity(batch, ~same)
+        return batch.filter(pa.array(~same)), batch.filter(pa.array(same))
 
     def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
         # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
@@ -1081,11 +1085,10 @@ class Delivery:
 
 
 def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
-    """Row key, fingerprint and version, once per row key: that of the key's newest rows. Newest rows of one
-    key that differ store NO_FINGERPRINT: all of them are applied again next run, where the tie rule settles
-    them, rather than only the one whose fingerprint was not stored (which would win alone). Older rows of
-    the key (an incremental read of several changes) are applied again and lose on their version."""
-    rows = pa.table({"row_key": batch.column(b.ROW_KEY), "fingerprint": batch.column(b.FINGERPRINT)})
+    """Row key, fingerprint and version, once per row key: that of the key's newest rows, one for all of
+    them (_fingerprints_of_ties). Older rows of the key (an incremental read of several changes) are applied
+    again and lose on their version."""
+    rows = pa.table({"row_key": batch.column(b.ROW_KEY), "fingerprint": _fingerprints_of_ties(batch)})
     rows = rows.append_column("version", batch.column(b.VERSION))
     if len(pc.unique(rows.column("row_key"))) == rows.num_rows:
         return rows
@@ -1093,13 +1096,62 @@ def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
     rows = rows.join(newest, "row_key", use_threads=False)
     rows = rows.filter(pc.equal(rows.column("version"), rows.column("version_max")))
     per_key = rows.group_by("row_key", use_threads=False).aggregate(
-        [("fingerprint", "min"), ("fingerprint", "max"), ("version", "max")]
+        [("fingerprint", "min"), ("version", "max")]
     )
-    lowest, highest = per_key.column("fingerprint_min"), per_key.column("fingerprint_max")
-    fingerprint = pc.if_else(pc.equal(lowest, highest), lowest, NO_FINGERPRINT)
     return pa.table(
-        {"row_key": per_key.column("row_key"), "fingerprint": fingerprint, "version": per_key.column("version_max")}
+        {
+            "row_key": per_key.column("row_key"),
+            "fingerprint": per_key.column("fingerprint_min"),
+            "version": per_key.column("version_max"),
+        }
     ).sort_by("row_key")
+
+
+def _fingerprints_of_ties(batch: pa.RecordBatch) -> pa.Array:
+    """Each row's fingerprint; rows of one key and version that differ (tied rows, settled together by the
+    tie rule) all get one fingerprint of the lot, so they are stored, found unchanged and applied again
+    together: re-applied alone, under a newer run's version, some of them would beat what the others set."""
+    keys, fingerprints = batch.column(b.ROW_KEY), batch.column(b.FINGERPRINT)
+    if len(pc.unique(keys)) == len(keys):
+        return fingerprints
+    rows = pa.table({"row_key": keys, "version": batch.column(b.VERSION), "fingerprint": fingerprints})
+    groups = rows.group_by(["row_key", "version"], use_threads=False).aggregate([("fingerprint", "distinct")])
+    tied = groups.filter(pc.greater(pc.list_value_length(groups.column("fingerprint_distinct")), 1))
+    if not tied.num_rows:
+        return fingerprints
+    combined = [
+        hashlib.md5(" ".join(sorted(distinct)).encode()).hexdigest()
+        for distinct in tied.column("fingerprint_distinct").to_pylist()
+    ]
+    tied = tied.drop_columns(["fingerprint_distinct"]).append_column("tied", pa.array(combined, pa.string()))
+    rows = rows.append_column("n", pa.array(np.arange(len(keys)))).join(
+        tied, ["row_key", "version"], use_threads=False
+    )
+    rows = rows.sort_by("n")
+    return pc.coalesce(rows.column("tied"), rows.column("fingerprint")).combine_chunks()
+
+
+def _sharing_an_identity(batch: pa.RecordBatch, changed: np.ndarray) -> np.ndarray:
+    """The changed rows and every row of their version linked to one by a shared identity value (one
+    customer's rows under two e-mails in a full-mode run): applied together, as their first run applied them,
+    since a customer's rows of one version are settled together; applied alone, under a newer run's version,
+    a changed row would beat the others. Rows of other versions settle on their version: they stay out."""
+    if changed.all() or not changed.any():
+        return changed
+    version = pc.cast(batch.column(b.VERSION), pa.string())
+    columns = [
+        pc.binary_join_element_wise(batch.column(column), version, " ")
+        for column in b.identity_columns(batch.schema).values()
+    ]
+    linked = changed
+    while True:
+        grown = linked.copy()
+        for values in columns:
+            held = pc.unique(values.filter(pa.array(linked)).drop_null())
+            grown |= pc.fill_null(pc.is_in(values, value_set=held), False).to_numpy(zero_copy_only=False)
+        if (grown == linked).all():
+            return linked
+        linked = grown
 
 
 def _identities(identities: Sequence[Identity]) -> pa.Table:
