@@ -83,7 +83,7 @@ GOOD_SYNC = user_sync(Path("../data/warehouse.duckdb"))
 VALIDATE = ("validate",)
 RUN = ("run", "crm_users", "--partition", "2024-01-02")
 PROFILE = ("profile", "--identity", "email=ada@example.com")
-ALLOWED_TOP = "name, description, data_type, connection, data_model, mapping, sync, destination, checks"
+ALLOWED_TOP = "name, description, data_type, connection, data_model, mapping, sync, destination, destinations, checks"
 ALLOWED_SYNC = (
     "mode, iterator, iterator_type, schedule, frequency, start, historical_start, lookback, environment, "
     "input_protection, paused, delay_alert, mirror, mirror_max_removal, preview_values"
