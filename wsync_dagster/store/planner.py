@@ -37,9 +37,11 @@ from wsync_dagster.store.schema import HISTORY_PER_PROFILE
 from wsync_dagster.store.sqlite import SQLiteBackend
 
 PREVIEW_PROFILES = 20
-# Past this many identities a delivery starts its graph over from the store, which holds all of it
-# anyway: memory stays bounded however big the delivery.
-RESOLUTION_ENTRIES_MAX = 4_000_000
+# Past this many identities (about 500 bytes each in Python) a delivery starts its graph over from the
+# store, which holds all of it anyway: memory stays bounded by the batch however big the delivery.
+RESOLUTION_ENTRIES_MAX = 250_000
+# Re-asserted identities whose newer stamps wait to be written: past this many they are written at once.
+RESTAMPS_MAX = 100_000
 
 # Every identity held by a profile that owns one of the staged identities.
 _REACHABLE_IDENTITIES = """
@@ -53,11 +55,14 @@ WHERE held.profile_id IN (
 )
 """
 
-_UNCHANGED_ROWS = """
-SELECT s.row_key, s.fingerprint
-FROM stage_fingerprint AS s
-JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row_key
-WHERE f.fingerprint = s.fingerprint
+# The staged rows whose fingerprint is not the stored one of their row key: an anti-join, so only the
+# changed rows (few, on a re-sync) come back, by their place in the batch.
+_CHANGED_ROWS = """
+SELECT s.n FROM stage_fingerprint AS s
+WHERE NOT EXISTS (
+    SELECT 1 FROM fingerprints AS f
+    WHERE f.sync = ? AND f.environment = ? AND f.row_key = s.row_key AND f.fingerprint = s.fingerprint
+)
 """
 
 # A staged value wins this sync's register when it is newer, or as new and greater (its JSON text in byte
@@ -423,8 +428,6 @@ class Delivery:
         self.counts = DeliveryCounts()
         self.partition_counts = {partition: DeliveryCounts() for partition in partitions}
         self.profile_ids_touched: list[str] = []
-        # Identity keys skipped, per partition: profiles_skipped counts distinct keys.
-        self._skipped_keys: dict[str, set[str]] = {partition: set() for partition in partitions}
         # Kept across the batches: the delivery holds the write lock, so only it changes identities.
         self._graph = IdentityGraph()
         # Identities re-asserted by newer rows: their new stamps are written once, when the delivery ends
@@ -503,9 +506,11 @@ class Delivery:
         )
         self.counts.profiles_created = created
         self.counts.profiles_updated = touched - created
-        self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
-        for partition, keys in self._skipped_keys.items():
-            self.partition_counts[partition].profiles_skipped = len(keys)
+        [(self.counts.profiles_skipped,)] = self._db.rows("SELECT COUNT(DISTINCT identity_key) FROM delivery_skipped")
+        for partition, skipped in self._db.rows(
+            "SELECT partition_key, COUNT(*) FROM delivery_skipped GROUP BY partition_key"
+        ):
+            self.partition_counts[partition].profiles_skipped = skipped
 
     def _profiles_set(self) -> int:
         """How many profiles of the environment hold a value this sync set."""
@@ -632,16 +637,20 @@ class Delivery:
 
     def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """The rows whose fingerprint differs from the stored one, and the unchanged rest."""
-        row_keys, fingerprints = batch.column(b.ROW_KEY), batch.column(b.FINGERPRINT)
-        self._db.stage("stage_fingerprint", pa.table({"row_key": row_keys, "fingerprint": fingerprints}))
-        stored = self._db.rows(_UNCHANGED_ROWS, (self._sync, self._environment))
-        unchanged = [f"{key} {fingerprint}" for key, fingerprint in stored]
-        if not unchanged:
-            return batch, batch.slice(0, 0)
+        staged = pa.table(
+            {
+                "row_key": batch.column(b.ROW_KEY),
+                "fingerprint": batch.column(b.FINGERPRINT),
+                "n": pa.array(np.arange(batch.num_rows), pa.int64()),
+            }
+        )
+        self._db.stage("stage_fingerprint", staged)
         # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
-        pairs = pc.binary_join_element_wise(row_keys, fingerprints, " ")
-        same = pc.is_in(pairs, value_set=pa.array(unchanged, pa.string()))
-        return batch.filter(pc.invert(same)), batch.filter(same)
+        changed = np.zeros(batch.num_rows, dtype=bool)
+        changed[[n for (n,) in self._db.rows(_CHANGED_ROWS, (self._sync, self._environment))]] = True
+        if changed.all():
+            return batch, batch.slice(0, 0)
+        return batch.filter(pa.array(changed)), batch.filter(pa.array(~changed))
 
     def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
         # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
@@ -649,20 +658,22 @@ class Delivery:
         keys = encoded.dictionary.cast(pa.string())
         if self._input_protection == READ_ONLY:
             counts.rows_skipped = batch.num_rows
-            self._skipped_keys[partition].update(keys.to_pylist())
+            self._skip(keys, partition)
             counts.profiles_skipped = len(keys)
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
         resolution = self._resolve(batch, key_of_row)
         now = _now()
         self._write_identities(resolution, now)
+        if len(self._restamps) > RESTAMPS_MAX:
+            self._flush_restamps()
         profile_of_key = pa.array(resolution.profile_ids, pa.string())
         skipped_key = np.array([p is None for p in resolution.profile_ids], dtype=bool)
         conflict_key = np.array([c is not None for c in resolution.conflicts], dtype=bool)
         rows_per_key = np.bincount(key_of_row, minlength=len(keys))
         counts.rows_skipped = int(rows_per_key[skipped_key].sum())
         counts.profiles_skipped = int(skipped_key.sum())
-        self._skipped_keys[partition].update(keys.filter(pa.array(skipped_key)).to_pylist())
+        self._skip(keys.filter(pa.array(skipped_key)), partition)
         counts.identity_conflicts = int(rows_per_key[conflict_key].sum())
         counts.rows_applied = batch.num_rows - counts.rows_skipped - counts.identity_conflicts
         counts.identities_changed = resolution.identities_changed
@@ -705,7 +716,7 @@ class Delivery:
         keys = encoded.dictionary.cast(pa.string())
         if self._input_protection == READ_ONLY:
             counts.rows_skipped = batch.num_rows
-            self._skipped_keys[partition].update(keys.to_pylist())
+            self._skip(keys, partition)
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
         identities = self._identities_of_keys(batch, key_of_row)
@@ -717,7 +728,7 @@ class Delivery:
         )
         skipped_key = pa.array([profile_id is None for profile_id, _ in matches], pa.bool_())
         conflict_key = np.array([reason is not None for reason in reasons], dtype=bool)
-        self._skipped_keys[partition].update(keys.filter(skipped_key).to_pylist())
+        self._skip(keys.filter(skipped_key), partition)
         profile_of_row = profile_of_key.take(encoded.indices)
         found = pc.is_valid(profile_of_row)
         rows_per_key = np.bincount(key_of_row, minlength=len(keys))
@@ -885,6 +896,15 @@ class Delivery:
         )
         self._marked += n
         return marked
+
+    def _skip(self, identity_keys: pa.Array, partition: str) -> None:
+        """Record identity keys skipped in the partition (in the store: profiles_skipped counts distinct keys)."""
+        n = len(identity_keys)
+        self._db.insert(
+            "delivery_skipped",
+            pa.table({"partition_key": pa.array([partition] * n, pa.string()), "identity_key": identity_keys}),
+            "ON CONFLICT (partition_key, identity_key) DO NOTHING",
+        )
 
     def _record_conflicts(
         self, batch: pa.RecordBatch, key_of_row: np.ndarray, reasons: list[str | None], partition: str
