@@ -78,9 +78,12 @@ class BatchFile:
     def mapped_batches(self, batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
         """Stream the mapped rows, one row group at a time: what `iter_batches` had read stayed allocated
         until its end (10M events held 500 MB), while a row group read alone is freed when done with."""
-        reader = pq.ParquetFile(self.mapped_path)
-        for group in range(reader.num_row_groups):
-            yield from reader.read_row_group(group).to_batches(batch_size)
+        yield from _row_groups(self.mapped_path, batch_size)
+
+    def reject_batches(self) -> Iterator[pa.RecordBatch]:
+        """Stream the rejected rows, a row group at a time."""
+        if self.rejects_path.exists():
+            yield from _row_groups(self.rejects_path, ROW_GROUP_ROWS)
 
     def column(self, name: str) -> pa.Array:
         """One column of the mapped rows, read alone."""
@@ -96,6 +99,12 @@ class BatchFile:
         """Remove the partition's files: done once the store holds what they carry."""
         for path in (self.mapped_path, self.rejects_path):
             path.unlink(missing_ok=True)
+
+
+def _row_groups(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+    reader = pq.ParquetFile(path)
+    for group in range(reader.num_row_groups):
+        yield from reader.read_row_group(group).to_batches(batch_size)
 
 
 def remove_stale_files(directory: Path, retention: timedelta = RETENTION) -> list[Path]:

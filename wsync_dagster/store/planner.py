@@ -478,11 +478,20 @@ class Delivery:
     def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
         partition = self._partition(partition)
-        rejects = self._suppression.redact(rejects)
         self._db.execute(
             "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'rejected'",
             (self._sync, self._environment, partition),
         )
+        # What is stored is what is counted, also if this is called twice.
+        self.counts.rejects -= self.partition_counts[partition].rejects
+        self.partition_counts[partition].rejects = 0
+        self.add_rejects(rejects, partition)
+
+    def add_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
+        """Add rows of batches.REJECT_SCHEMA to the partition's stored rejects: a big partition's rejects
+        arrive a batch at a time, after replace_rejects emptied them."""
+        partition = self._partition(partition)
+        rejects = self._suppression.redact(rejects)
         self._insert_rejects(
             partition,
             rejects.column(b.ROW).to_pylist(),
@@ -490,9 +499,8 @@ class Delivery:
             rejects.column("row").to_pylist(),
             "rejected",
         )
-        # What is stored is what is counted, also if this is called twice.
-        self.counts.rejects += rejects.num_rows - self.partition_counts[partition].rejects
-        self.partition_counts[partition].rejects = rejects.num_rows
+        self.counts.rejects += rejects.num_rows
+        self.partition_counts[partition].rejects += rejects.num_rows
 
     def finish(self) -> None:
         """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""

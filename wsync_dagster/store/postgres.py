@@ -258,7 +258,9 @@ class PostgresBackend:
         self.execute(f"SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK})")  # an erasure waits for us
         for statement in STAGING:
             self.execute(_ddl(statement))
-        self.execute("TRUNCATE delivery_profile, delivery_skipped, mirror_row_key, mirror_profile, history_profile")
+        self.execute(
+            "TRUNCATE delivery_profile, delivery_skipped, mirror_row_key, mirror_profile, history_profile"
+        )
         [(seq,)] = self.rows("SELECT nextval('delivery_seq')")
         return seq
 

@@ -57,7 +57,13 @@ class SQLiteBackend:
         self._conn.execute("BEGIN IMMEDIATE")
         for statement in STAGING:
             self._conn.execute(statement)
-        for table in ("delivery_profile", "delivery_skipped", "mirror_row_key", "mirror_profile", "history_profile"):
+        for table in (
+            "delivery_profile",
+            "delivery_skipped",
+            "mirror_row_key",
+            "mirror_profile",
+            "history_profile",
+        ):
             self._conn.execute(f"DELETE FROM {table}")
         (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
         return seq
