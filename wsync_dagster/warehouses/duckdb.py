@@ -67,6 +67,7 @@ class DuckDBWarehouse:
     # DuckDB has no statement timeout of its own: a timer interrupts a read that outlives this.
     query_timeout = DEFAULT_QUERY_TIMEOUT
     where = "duckdb warehouse"
+    _spill: str | None = None  # the folder a big sort spills to, removed on close
 
     def __init__(self, path: Path, query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT):
         import duckdb
@@ -113,7 +114,8 @@ class DuckDBWarehouse:
     def close(self) -> None:
         """Close the file so other processes may write the warehouse again."""
         self._connection.close()
-        shutil.rmtree(self._spill, ignore_errors=True)
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def _watched(self):
         """A stop signal or the query_timeout interrupts the query (or the stream of its rows)."""
