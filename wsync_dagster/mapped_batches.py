@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import pyarrow as pa
+
 from wsync_dagster.batches import VERSION, BatchFile, remove_stale_files
 from wsync_dagster.changes import VersionWindow
 from wsync_dagster.iterators import Window
@@ -69,8 +71,11 @@ def map_partition(
                     progress,
                     f"{spec.name}: read {counts.rows_read:,} rows, {counts.rows_rejected:,} rejected",
                 )
+        mapper.close()
     finally:
         warehouse.close()
+    # Arrow's allocator keeps freed pages for reuse: the delivery that may follow in this process starts low.
+    pa.default_memory_pool().release_unused()
     return counts
 
 

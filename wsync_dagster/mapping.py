@@ -305,6 +305,10 @@ class BatchMapper:
         )
         return mapped, rejects.cast(b.REJECT_SCHEMA)
 
+    def close(self) -> None:
+        """Close its DuckDB, so what it cached is freed before a delivery in the same process."""
+        self._connection.close()
+
     def empty(self) -> pa.Table:
         """A mapped table with no rows, for the schema."""
         return self.map(pa.RecordBatch.from_pylist([], schema=self.plan.schema))[0]

@@ -39,7 +39,7 @@ from wsync_dagster.store.sqlite import SQLiteBackend
 PREVIEW_PROFILES = 20
 # Past this many identities (about 500 bytes each in Python) a delivery starts its graph over from the
 # store, which holds all of it anyway: memory stays bounded by the batch however big the delivery.
-RESOLUTION_ENTRIES_MAX = 250_000
+RESOLUTION_ENTRIES_MAX = 100_000
 # Re-asserted identities whose newer stamps wait to be written: past this many they are written at once.
 RESTAMPS_MAX = 100_000
 
