@@ -41,7 +41,7 @@ REJECT_SCHEMA = pa.schema(
 RETENTION = timedelta(days=7)
 TEMPORARY_SUFFIX = ".tmp"
 # The most rows of a row group in a batch file: the delivery holds one row group at a time.
-ROW_GROUP_ROWS = 100_000
+ROW_GROUP_ROWS = 50_000
 
 
 def identity_columns(schema: pa.Schema) -> dict[str, str]:
