@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -47,31 +46,24 @@ class Line:
 
 
 def run_line(key: str, label: str, job: dict, timeout_s: float) -> Line:
-    """Run one job in a fresh interpreter; its wall time, rows and peak RSS (from the kernel's rusage)."""
+    """Run one job in a fresh interpreter; its wall time, rows and peak RSS (the worker's own VmHWM)."""
     process = subprocess.Popen(
         [sys.executable, str(HERE / "run.py"), "--worker", json.dumps(job)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + timeout_s
-    # wait4 gives this child's own rusage; communicate() would reap it first, so read the pipes after.
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            _, status, usage = os.wait4(process.pid, 0)
-            return Line(key, label, failure=f"failed: no result within {timeout_s:.0f} s")
-        time.sleep(0.05)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return Line(key, label, failure=f"failed: no result within {timeout_s:.0f} s")
     if process.returncode != 0:
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
         return Line(key, label, failure=f"failed: exit {process.returncode}: {tail}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    return Line(key, label, result["rows"], result["seconds"], usage.ru_maxrss / 1024, result.get("note", ""))
+    return Line(key, label, result["rows"], result["seconds"], result["peak_mb"], result.get("note", ""))
 
 
 def work(job: dict) -> dict:
@@ -89,7 +81,14 @@ def work(job: dict) -> dict:
         note = f"drt-core, sync.batch_size {job['batch_size']:,}"
     else:
         rows, note = _sync(job, data)
-    return {"rows": rows, "seconds": time.perf_counter() - start, "note": note}
+    return {"rows": rows, "seconds": time.perf_counter() - start, "note": note, "peak_mb": _peak_mb()}
+
+
+def _peak_mb() -> float:
+    """This process's own peak resident memory (VmHWM): getrusage's peak starts at the parent's, which
+    is inherited through fork and exec, so a line would never show less than the bench process holds."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def _floor(job: dict, data: BenchData) -> int:

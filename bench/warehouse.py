@@ -108,7 +108,7 @@ def build(folder: Path, users: int, events: int) -> BenchData:
                    ['DE', 'US', 'FR', 'JP', 'BR', 'IN'][1 + (hash(i * 8 + 3) % 6)::INTEGER] AS country,
                    round((hash(i * 8 + 4) % 1000000) / 100.0, 2)::DOUBLE AS lifetime_value,
                    hash(i * 8 + 5) % 2 = 0 AS marketing_opt_in,
-                   {ts} + to_microseconds((i * {span_us} // {users})::BIGINT) AS updated_at
+                   {ts} + to_microseconds((i::HUGEINT * {span_us} // {users})::BIGINT) AS updated_at
             FROM range({users}) AS t(i)"""
         )
         # Ids rise with time, so the table lies in iterator order (as a warehouse clustered on it would).
@@ -118,7 +118,7 @@ def build(folder: Path, users: int, events: int) -> BenchData:
                    'C' || lpad((hash(j * 8 + 6) % {users})::VARCHAR, 9, '0') AS customer_id,
                    ['page_view', 'search', 'add_to_cart', 'login', 'purchase'][1 + (hash(j * 8 + 7) % 5)::INTEGER]
                        AS event_name,
-                   {ts} + to_microseconds((j * {span_us} // {max(events, 1)})::BIGINT) AS event_ts,
+                   {ts} + to_microseconds((j::HUGEINT * {span_us} // {max(events, 1)})::BIGINT) AS event_ts,
                    round((hash(j * 8 + 8) % 10000) / 100.0, 2)::DOUBLE AS amount
             FROM range({events}) AS t(j)"""
         )

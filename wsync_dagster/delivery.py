@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from wsync_dagster.batches import VERSION, BatchFile
+from wsync_dagster.batches import REJECT_SCHEMA, VERSION, BatchFile
 from wsync_dagster.progress import Meter, Progress, report
 from wsync_dagster.run_partitions import Partition, partition_of_rows
 from wsync_dagster.run_tags import ALLOW_MASS_REMOVAL
@@ -64,10 +64,14 @@ def deliver_partitions(
             staged = delivery.counts.rows
             meter.update(staged, lambda pace, staged=staged: _staged_line(spec, staged, meter.total, pace))
         meter.finish()
-        rejects = batch_file.rejects()
-        index = partition_of_rows(rejects.column(VERSION).combine_chunks(), partitions)
-        for part, key in enumerate(keys):
-            delivery.replace_rejects(rejects.filter(pa.array(index == part)), key)
+        for key in keys:
+            delivery.replace_rejects(REJECT_SCHEMA.empty_table(), key)
+        for rejects in batch_file.reject_batches():
+            index = partition_of_rows(rejects.column(VERSION), partitions)
+            for part in np.unique(index):
+                delivery.add_rejects(
+                    pa.Table.from_batches([rejects.filter(pa.array(index == part))]), keys[part]
+                )
         touched = list(delivery.profile_ids_touched)
     # Only after the commit: until then a retry of the delivery needs them.
     batch_file.remove()

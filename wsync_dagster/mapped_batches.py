@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import pyarrow as pa
+
 from wsync_dagster.batches import VERSION, BatchFile, remove_stale_files
 from wsync_dagster.changes import VersionWindow
 from wsync_dagster.iterators import Window
@@ -69,8 +71,11 @@ def map_partition(
                 counts.rows_rejected += rejects.num_rows
                 meter.update(counts.rows_read, lambda pace: _read_line(spec, counts, pace))
         meter.finish()
+        mapper.close()
     finally:
         warehouse.close()
+    # Arrow's allocator keeps freed pages for reuse: the delivery that may follow in this process starts low.
+    pa.default_memory_pool().release_unused()
     return counts
 
 

@@ -31,6 +31,7 @@ NUL_PROBLEM = "holds a NUL character (\\0), which no profile store or destinatio
 # DuckDB also hold infinity, -infinity, BC years and years past 9999: such rows are read and rejected.
 TIME_RANGE_PROBLEM = "a row needs a time from year 1 to 9999 to be read in order"
 _RAW = "__row"
+MAPPER_MEMORY_LIMIT = "128MB"
 
 
 class MappingError(ValueError):
@@ -280,7 +281,8 @@ class BatchMapper:
 
     def __init__(self, plan: MappingPlan, *, run_version: int = 0):
         self.plan = plan
-        self._connection = duckdb.connect()
+        # One batch at a time: what it holds beyond that would be the buffer cache it keeps.
+        self._connection = duckdb.connect(config={"memory_limit": MAPPER_MEMORY_LIMIT})
         self._connection.execute("SET TimeZone = 'UTC'")
         self._sql = self._build_sql(run_version)
         self._next_row = 0
@@ -302,6 +304,10 @@ class BatchMapper:
             .rename_columns([b.ROW, b.VERSION, "reason", "row"])
         )
         return mapped, rejects.cast(b.REJECT_SCHEMA)
+
+    def close(self) -> None:
+        """Close its DuckDB, so what it cached is freed before a delivery in the same process."""
+        self._connection.close()
 
     def empty(self) -> pa.Table:
         """A mapped table with no rows, for the schema."""

@@ -38,9 +38,11 @@ from wsync_dagster.store.schema import HISTORY_PER_PROFILE
 from wsync_dagster.store.sqlite import SQLiteBackend
 
 PREVIEW_PROFILES = 20
-# Past this many identities a delivery starts its graph over from the store, which holds all of it
-# anyway: memory stays bounded however big the delivery.
-RESOLUTION_ENTRIES_MAX = 4_000_000
+# Past this many identities (about 500 bytes each in Python) a delivery starts its graph over from the
+# store, which holds all of it anyway: memory stays bounded by the batch however big the delivery.
+RESOLUTION_ENTRIES_MAX = 100_000
+# Re-asserted identities whose newer stamps wait to be written: past this many they are written at once.
+RESTAMPS_MAX = 100_000
 
 # Every identity held by a profile that owns one of the staged identities.
 _REACHABLE_IDENTITIES = """
@@ -54,11 +56,14 @@ WHERE held.profile_id IN (
 )
 """
 
-_UNCHANGED_ROWS = """
-SELECT s.row_key, s.fingerprint
-FROM stage_fingerprint AS s
-JOIN fingerprints AS f ON f.sync = ? AND f.environment = ? AND f.row_key = s.row_key
-WHERE f.fingerprint = s.fingerprint
+# The staged rows whose fingerprint is not the stored one of their row key: an anti-join, so only the
+# changed rows (few, on a re-sync) come back, by their place in the batch.
+_CHANGED_ROWS = """
+SELECT s.n FROM stage_fingerprint AS s
+WHERE NOT EXISTS (
+    SELECT 1 FROM fingerprints AS f
+    WHERE f.sync = ? AND f.environment = ? AND f.row_key = s.row_key AND f.fingerprint = s.fingerprint
+)
 """
 
 # A staged value wins this sync's register when it is newer, or as new and greater (its JSON text in byte
@@ -478,8 +483,6 @@ class Delivery:
         self.counts = DeliveryCounts()
         self.partition_counts = {partition: DeliveryCounts() for partition in partitions}
         self.profile_ids_touched: list[str] = []
-        # Identity keys skipped, per partition: profiles_skipped counts distinct keys.
-        self._skipped_keys: dict[str, set[str]] = {partition: set() for partition in partitions}
         # Kept across the batches: the delivery holds the write lock, so only it changes identities.
         self._graph = IdentityGraph()
         # Identities re-asserted by newer rows: their new stamps are written once, when the delivery ends
@@ -530,11 +533,20 @@ class Delivery:
     def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
         partition = self._partition(partition)
-        rejects = self._suppression.redact(rejects)
         self._db.execute(
             "DELETE FROM rejects WHERE sync = ? AND environment = ? AND partition_key = ? AND kind = 'rejected'",
             (self._sync, self._environment, partition),
         )
+        # What is stored is what is counted, also if this is called twice.
+        self.counts.rejects -= self.partition_counts[partition].rejects
+        self.partition_counts[partition].rejects = 0
+        self.add_rejects(rejects, partition)
+
+    def add_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
+        """Add rows of batches.REJECT_SCHEMA to the partition's stored rejects: a big partition's rejects
+        arrive a batch at a time, after replace_rejects emptied them."""
+        partition = self._partition(partition)
+        rejects = self._suppression.redact(rejects)
         self._insert_rejects(
             partition,
             rejects.column(b.ROW).to_pylist(),
@@ -542,9 +554,8 @@ class Delivery:
             rejects.column("row").to_pylist(),
             "rejected",
         )
-        # What is stored is what is counted, also if this is called twice.
-        self.counts.rejects += rejects.num_rows - self.partition_counts[partition].rejects
-        self.partition_counts[partition].rejects = rejects.num_rows
+        self.counts.rejects += rejects.num_rows
+        self.partition_counts[partition].rejects += rejects.num_rows
 
     def finish(self) -> None:
         """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""
@@ -558,9 +569,11 @@ class Delivery:
         )
         self.counts.profiles_created = created
         self.counts.profiles_updated = touched - created
-        self.counts.profiles_skipped = len(set().union(*self._skipped_keys.values()))
-        for partition, keys in self._skipped_keys.items():
-            self.partition_counts[partition].profiles_skipped = len(keys)
+        [(self.counts.profiles_skipped,)] = self._db.rows("SELECT COUNT(DISTINCT identity_key) FROM delivery_skipped")
+        for partition, skipped in self._db.rows(
+            "SELECT partition_key, COUNT(*) FROM delivery_skipped GROUP BY partition_key"
+        ):
+            self.partition_counts[partition].profiles_skipped = skipped
         # Last: a mirror's removals are marked above only when not held back, so nothing held is forwarded.
         outbox.mark_delivery(self._db, self._sync, self._environment, self._seq, self._destinations)
 
@@ -689,18 +702,22 @@ class Delivery:
 
     def _drop_unchanged(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """The rows whose fingerprint differs from the stored one, and the unchanged rest."""
-        row_keys, fingerprints = batch.column(b.ROW_KEY), _fingerprints_of_ties(batch)
-        self._db.stage("stage_fingerprint", pa.table({"row_key": row_keys, "fingerprint": fingerprints}))
-        stored = self._db.rows(_UNCHANGED_ROWS, (self._sync, self._environment))
-        unchanged = [f"{key} {fingerprint}" for key, fingerprint in stored]
-        if not unchanged:
-            return batch, batch.slice(0, 0)
+        staged = pa.table(
+            {
+                "row_key": batch.column(b.ROW_KEY),
+                "fingerprint": _fingerprints_of_ties(batch),
+                "n": pa.array(np.arange(batch.num_rows), pa.int64()),
+            }
+        )
+        self._db.stage("stage_fingerprint", staged)
         # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
-        pairs = pc.binary_join_element_wise(row_keys, fingerprints, " ")
-        same = pc.is_in(pairs, value_set=pa.array(unchanged, pa.string())).to_numpy(zero_copy_only=False)
+        changed = np.zeros(batch.num_rows, dtype=bool)
+        changed[[n for (n,) in self._db.rows(_CHANGED_ROWS, (self._sync, self._environment))]] = True
         if not b.is_event_schema(batch.schema):  # events have no values to settle, and are written once
-            same &= ~_sharing_an_identity(batch, ~same)
-        return batch.filter(pa.array(~same)), batch.filter(pa.array(same))
+            changed = _sharing_an_identity(batch, changed)
+        if changed.all():
+            return batch, batch.slice(0, 0)
+        return batch.filter(pa.array(changed)), batch.filter(pa.array(~changed))
 
     def _apply(self, batch: pa.RecordBatch, counts: DeliveryCounts, full_mode: bool, partition: str) -> None:
         # Resolution runs once per distinct identity key, in first-occurrence (= _row) order.
@@ -708,20 +725,22 @@ class Delivery:
         keys = encoded.dictionary.cast(pa.string())
         if self._input_protection == READ_ONLY:
             counts.rows_skipped = batch.num_rows
-            self._skipped_keys[partition].update(keys.to_pylist())
+            self._skip(keys, partition)
             counts.profiles_skipped = len(keys)
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
         resolution = self._resolve(batch, key_of_row)
         now = _now()
         self._write_identities(resolution, now)
+        if len(self._restamps) > RESTAMPS_MAX:
+            self._flush_restamps()
         profile_of_key = pa.array(resolution.profile_ids, pa.string())
         skipped_key = np.array([p is None for p in resolution.profile_ids], dtype=bool)
         conflict_key = np.array([c is not None for c in resolution.conflicts], dtype=bool)
         rows_per_key = np.bincount(key_of_row, minlength=len(keys))
         counts.rows_skipped = int(rows_per_key[skipped_key].sum())
         counts.profiles_skipped = int(skipped_key.sum())
-        self._skipped_keys[partition].update(keys.filter(pa.array(skipped_key)).to_pylist())
+        self._skip(keys.filter(pa.array(skipped_key)), partition)
         counts.identity_conflicts = int(rows_per_key[conflict_key].sum())
         counts.rows_applied = batch.num_rows - counts.rows_skipped - counts.identity_conflicts
         counts.identities_changed = resolution.identities_changed
@@ -773,7 +792,7 @@ class Delivery:
         keys = encoded.dictionary.cast(pa.string())
         if self._input_protection == READ_ONLY:
             counts.rows_skipped = batch.num_rows
-            self._skipped_keys[partition].update(keys.to_pylist())
+            self._skip(keys, partition)
             return
         key_of_row = encoded.indices.to_numpy(zero_copy_only=False)
         identities = self._identities_of_keys(batch, key_of_row)
@@ -785,7 +804,7 @@ class Delivery:
         )
         skipped_key = pa.array([profile_id is None for profile_id, _ in matches], pa.bool_())
         conflict_key = np.array([reason is not None for reason in reasons], dtype=bool)
-        self._skipped_keys[partition].update(keys.filter(skipped_key).to_pylist())
+        self._skip(keys.filter(skipped_key), partition)
         profile_of_row = profile_of_key.take(encoded.indices)
         found = pc.is_valid(profile_of_row)
         rows_per_key = np.bincount(key_of_row, minlength=len(keys))
@@ -953,6 +972,15 @@ class Delivery:
         )
         self._marked += n
         return marked
+
+    def _skip(self, identity_keys: pa.Array, partition: str) -> None:
+        """Record identity keys skipped in the partition (in the store: profiles_skipped counts distinct keys)."""
+        n = len(identity_keys)
+        self._db.insert(
+            "delivery_skipped",
+            pa.table({"partition_key": pa.array([partition] * n, pa.string()), "identity_key": identity_keys}),
+            "ON CONFLICT (partition_key, identity_key) DO NOTHING",
+        )
 
     def _record_conflicts(
         self, batch: pa.RecordBatch, key_of_row: np.ndarray, reasons: list[str | None], partition: str

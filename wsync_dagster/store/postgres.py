@@ -34,6 +34,8 @@ _NAMED = re.compile(r"(?<!:):([a-z_]+)")
 CONNECT_TIMEOUT_S = 10
 # Lock buckets per kind (identities, profiles): far below PostgreSQL's lock table of 64 per connection.
 LOCK_BUCKETS = 256
+# Rows written as CSV text at a time by a COPY.
+COPY_ROWS = 65_536
 
 
 class PostgresStoreError(RuntimeError):
@@ -219,14 +221,15 @@ class PostgresBackend:
             self._conn.commit()
 
     def _copy(self, table: str, data: pa.Table) -> None:
-        """COPY the rows in (CSV: an empty unquoted field is NULL, a quoted one an empty string)."""
-        buffer = io.BytesIO()
-        csv.write_csv(data, buffer, csv.WriteOptions(include_header=False))
-        buffer.seek(0)
-        with self._waiting(), self._conn.cursor() as cur:
-            cur.copy_expert(
-                f"COPY {table} ({', '.join(data.schema.names)}) FROM STDIN WITH (FORMAT csv)", buffer
-            )
+        """COPY the rows in (CSV: an empty unquoted field is NULL, a quoted one an empty string), a slice
+        at a time: the CSV text of a slice, not of the whole table, is what is held."""
+        sql = f"COPY {table} ({', '.join(data.schema.names)}) FROM STDIN WITH (FORMAT csv)"
+        for chunk in data.to_batches(max_chunksize=COPY_ROWS):
+            buffer = io.BytesIO()
+            csv.write_csv(chunk, buffer, csv.WriteOptions(include_header=False))
+            buffer.seek(0)
+            with self._waiting(), self._conn.cursor() as cur:
+                cur.copy_expert(sql, buffer)
 
     def insert(self, table: str, data: pa.Table, conflict: str = "") -> int:
         """COPY straight in; with a conflict clause, COPY to a temp table and merge from it in one statement."""
@@ -258,7 +261,9 @@ class PostgresBackend:
         self.execute(f"SELECT pg_advisory_xact_lock_shared({_ERASURE_LOCK})")  # an erasure waits for us
         for statement in STAGING:
             self.execute(_ddl(statement))
-        self.execute("TRUNCATE delivery_profile, mirror_row_key, mirror_profile, history_profile")
+        self.execute(
+            "TRUNCATE delivery_profile, delivery_skipped, mirror_row_key, mirror_profile, history_profile"
+        )
         [(seq,)] = self.rows("SELECT nextval('delivery_seq')")
         return seq
 

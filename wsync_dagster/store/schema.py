@@ -214,7 +214,7 @@ STAGING: tuple[str, ...] = (
     """CREATE TEMP TABLE IF NOT EXISTS stage_identity_version (
         identity_type TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL
     )""",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_fingerprint (row_key TEXT, fingerprint TEXT, version INTEGER)",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_fingerprint (row_key TEXT, fingerprint TEXT, n INTEGER)",
     """CREATE TEMP TABLE IF NOT EXISTS stage_attribute (
         profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL
     )""",
@@ -231,6 +231,10 @@ STAGING: tuple[str, ...] = (
     """CREATE TEMP TABLE IF NOT EXISTS delivery_profile (
         partition_key TEXT NOT NULL, profile_id TEXT NOT NULL, created INTEGER NOT NULL, n INTEGER,
         PRIMARY KEY (partition_key, profile_id)
+    )""",
+    # Identity keys the open delivery skipped, per partition: profiles_skipped counts them once.
+    """CREATE TEMP TABLE IF NOT EXISTS delivery_skipped (
+        partition_key TEXT NOT NULL, identity_key TEXT NOT NULL, PRIMARY KEY (partition_key, identity_key)
     )""",
 )
 

@@ -22,6 +22,9 @@ def open_in_this_process(path: Path) -> bool:
     """A connection of this process has the store file open."""
     return _OPEN_HERE[Path(path).resolve()] > 0
 
+# Rows turned into Python values at a time by an insert.
+INSERT_ROWS = 8_192
+
 
 class SQLiteBackend:
     """One SQLite file in WAL mode: one writer at a time (BEGIN IMMEDIATE), readers never wait."""
@@ -47,10 +50,13 @@ class SQLiteBackend:
         if not data.num_rows:
             return 0
         names = data.schema.names
-        return self._conn.executemany(
-            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) {conflict}",
-            zip(*(column.to_pylist() for column in data.columns), strict=True),
-        ).rowcount
+        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) {conflict}"
+        changed = 0
+        # A slice at a time: its Python values, not the whole table's, are what the insert holds.
+        for chunk in data.to_batches(max_chunksize=INSERT_ROWS):
+            values = zip(*(column.to_pylist() for column in chunk.columns), strict=True)
+            changed += self._conn.executemany(sql, values).rowcount
+        return changed
 
     def stage(self, table: str, data: pa.Table) -> None:
         """Empty the temp table, then insert."""
@@ -64,7 +70,13 @@ class SQLiteBackend:
         self._conn.execute("BEGIN IMMEDIATE")
         for statement in STAGING:
             self._conn.execute(statement)
-        for table in ("delivery_profile", "mirror_row_key", "mirror_profile", "history_profile"):
+        for table in (
+            "delivery_profile",
+            "delivery_skipped",
+            "mirror_row_key",
+            "mirror_profile",
+            "history_profile",
+        ):
             self._conn.execute(f"DELETE FROM {table}")
         (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
         return seq

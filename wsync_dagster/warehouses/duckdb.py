@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +30,9 @@ _CONFIG = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
 }
+# DuckDB runs in our process: a read that sorts (a window is read in iterator order) spills to a temp
+# folder past this, so memory stays bounded however big the model.
+MEMORY_LIMIT = "128MB"
 
 
 class DuckDBConnection(ConnectionSpec):
@@ -62,6 +67,7 @@ class DuckDBWarehouse:
     # DuckDB has no statement timeout of its own: a timer interrupts a read that outlives this.
     query_timeout = DEFAULT_QUERY_TIMEOUT
     where = "duckdb warehouse"
+    _spill: str | None = None  # the folder a big sort spills to, removed on close
 
     def __init__(self, path: Path, query_timeout: timedelta = DEFAULT_QUERY_TIMEOUT):
         import duckdb
@@ -72,9 +78,12 @@ class DuckDBWarehouse:
         self.query_timeout = query_timeout
         self.where = f"duckdb warehouse {path}"
         self._error = duckdb.Error
+        self._spill = tempfile.mkdtemp(prefix="wsync-duckdb-")
+        config = {**_CONFIG, "memory_limit": MEMORY_LIMIT, "temp_directory": self._spill}
         try:
-            self._connection = duckdb.connect(str(path), read_only=True, config=_CONFIG)
+            self._connection = duckdb.connect(str(path), read_only=True, config=config)
         except duckdb.Error as error:
+            shutil.rmtree(self._spill, ignore_errors=True)
             raise WarehouseError(
                 f"connection.path: cannot open {path} read-only: {_message(error)}"
             ) from None
@@ -105,6 +114,8 @@ class DuckDBWarehouse:
     def close(self) -> None:
         """Close the file so other processes may write the warehouse again."""
         self._connection.close()
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def _watched(self):
         """A stop signal or the query_timeout interrupts the query (or the stream of its rows)."""
