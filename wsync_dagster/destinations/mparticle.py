@@ -11,7 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from wsync_dagster.destinations import event_columns as ec
+from wsync_dagster.destinations.event_columns import events_table
 from wsync_dagster.destinations.json_encoding import compact_json, json_string
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
@@ -24,6 +29,7 @@ from wsync_dagster.destinations.sender import (
     SendMetrics,
     SendPolicy,
     exchange,
+    joined_bodies,
     send_encoded,
 )
 from wsync_dagster.identities import DEVICE_IDENTITIES
@@ -153,7 +159,7 @@ class MParticle:
 
     def body(self, request: Request) -> tuple[bytes, str]:
         """The batches as one JSON array."""
-        return b"[" + b",".join(item.body for item in request.items) + b"]", "application/json"
+        return b"[" + joined_bodies(request.items) + b"]", "application/json"
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
         """mParticle does not say which batch of a bulk request was invalid: the sender splits."""
@@ -284,21 +290,32 @@ def forward(
     changes: Iterable[ProfileChange],
     now: datetime | None = None,
     on_acknowledged: Acknowledged | None = None,
+    events: pa.Table | None = None,
 ) -> SendMetrics:
-    """Sends the changes as batches, waiting for mParticle's acknowledgement of each request."""
+    """Sends the changes as batches, waiting for mParticle's acknowledgement of each request; their events
+    come from `events` (event_columns.EVENT_SCHEMA, each profile's together) or else from the changes."""
     rejects: list[Reject] = []
-    requests = _requests(changes, destination.environment, now, rejects)
+    requests = encode_requests(changes, destination.environment, now, rejects, events)
     return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
 
 
-def _requests(
-    changes: Iterable[ProfileChange], environment: str, now: datetime | None, rejects: list[Reject]
+def encode_requests(
+    changes: Iterable[ProfileChange],
+    environment: str,
+    now: datetime | None,
+    rejects: list[Reject],
+    events: pa.Table | None = None,
 ) -> Iterator[Request]:
     """The changes' batches packed into requests as they are encoded; what cannot go lands in rejects."""
+    changes = list(changes)
+    table = events_table(changes) if events is None else events
+    encoded = profile_events(table, now, rejects)
     bulk = Packing(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
     historical = Packing(HISTORICAL_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
     for change in changes:
-        batches, old_batches, change_rejects = encode_change(change, environment, now)
+        batches, old_batches, change_rejects = encode_change(
+            change, environment, now, encoded.get(change.profile_id, _NO_EVENTS)
+        )
         rejects.extend(change_rejects)
         for packing, items in ((bulk, batches), (historical, old_batches)):
             for item in items:
@@ -309,29 +326,107 @@ def _requests(
             yield rest
 
 
+@dataclass(frozen=True)
+class EventRun:
+    """One profile's events bound for one path, already JSON: joined for a batch, or one by one to split."""
+
+    joined: bytes  # the events' JSON separated by commas
+    count: int
+    ids: pa.Array
+    bodies: pa.Array  # string
+
+    def pairs(self) -> list[tuple[str, bytes]]:
+        """(event id, JSON) of each event, for the rare profile whose events exceed a batch."""
+        return list(zip(self.ids.to_pylist(), self.bodies.cast(pa.binary()).to_pylist(), strict=True))
+
+
+_NO_EVENTS: tuple[EventRun | None, EventRun | None] = (None, None)
+
+
+def profile_events(
+    events: pa.Table, now: datetime | None, rejects: list[Reject]
+) -> dict[str, tuple[EventRun | None, EventRun | None]]:
+    """Profile id → its recent and its historical (older than 30 days) events, encoded for the whole table
+    at once; events of a type mParticle does not take land in rejects."""
+    if events.num_rows == 0:
+        return {}
+    bodies, kept = _event_bodies(events, rejects)
+    cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
+    old = pc.less(kept.column("timestamp_ms"), cutoff_ms).combine_chunks()
+    found: dict[str, tuple[EventRun | None, EventRun | None]] = {}
+    for position, mask in ((0, pc.invert(old)), (1, old)):
+        part = bodies.filter(mask)
+        ids = kept.column("event_id").filter(mask).combine_chunks()
+        profiles, offsets = ec.runs(kept.column("profile_id").filter(mask).combine_chunks())
+        texts = ec.grouped_join(part, offsets, ",").cast(pa.binary()).to_pylist()
+        for n, profile_id in enumerate(profiles):
+            start, stop = int(offsets[n]), int(offsets[n + 1])
+            run = EventRun(texts[n], stop - start, ids[start:stop], part[start:stop])
+            pair = found.get(profile_id, _NO_EVENTS)
+            found[profile_id] = (run, pair[1]) if position == 0 else (pair[0], run)
+    return found
+
+
+def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa.Table]:
+    """Each event's JSON in mParticle's shape and the events kept; a custom event without further
+    data keys is written by Arrow, any other by _event_json."""
+    known = pc.is_in(events.column("event_type"), pa.array(EVENT_TYPES)).combine_chunks()
+    if not pc.all(known).as_py():
+        for i in np.flatnonzero(~known.to_numpy(zero_copy_only=False)):
+            refused = _event(ec.row_event(events, int(i)))
+            rejects.append(refused if isinstance(refused, Reject) else Reject(str(i), "unknown event type"))
+        events = events.filter(known)
+    custom = ec.string_valued(events.column("attributes"), _custom_attributes_text)
+    omit = pc.fill_null(pc.equal(custom, "{}"), True)
+    bodies = ec.joined(
+        [
+            '{"event_type":"custom_event","data":{"timestamp_unixtime_ms":',
+            ec.numbers(events.column("timestamp_ms")),
+            ',"source_message_id":',
+            ec.quoted(events.column("event_id")),
+            ec.optional(',"custom_attributes":', custom, omit),
+            ',"event_name":',
+            ec.quoted(events.column("name")),
+            ',"custom_event_type":',
+            ec.quoted(pc.fill_null(events.column("custom_event_type"), "other")),
+            "}}",
+        ]
+    )
+    written = pc.and_(
+        pc.equal(events.column("event_type"), "custom_event"), pc.is_null(events.column("data"))
+    ).combine_chunks()
+    if not pc.all(written).as_py():
+        other = pc.invert(written)
+        indexes = np.flatnonzero(other.to_numpy(zero_copy_only=False))
+        texts = [_event_json(ec.row_event(events, int(i))).decode() for i in indexes]  # type: ignore[union-attr]
+        bodies = pc.replace_with_mask(bodies, other, pa.array(texts, pa.string()))
+    return bodies, events
+
+
+def _custom_attributes_text(text: str) -> str:
+    """Custom attributes as mParticle keeps them (strings, no nulls), for what Arrow cannot rewrite."""
+    values = json.loads(text)
+    return compact_json({k: v if type(v) is str else _text(v) for k, v in values.items() if v is not None}).decode()
+
+
 def encode_change(
-    change: ProfileChange, environment: str, now: datetime | None = None
+    change: ProfileChange,
+    environment: str,
+    now: datetime | None = None,
+    events: tuple[EventRun | None, EventRun | None] | None = None,
 ) -> tuple[list[Item], list[Item], list[Reject]]:
-    """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects."""
+    """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects; its
+    events encoded already (profile_events) or else from the change."""
     mpid = change.identities.get("mpid")
     if mpid and not mpid.lstrip("-").isdigit():
         return [], [], [Reject(change.profile_id, "mpid is not a number, as mParticle's ids are")]
     identities = _identities(change.identities)
     if not identities:
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
-    cutoff_ms = (
-        int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000) if change.events else 0
-    )
     rejects: list[Reject] = []
-    recent_events: list[tuple[str, bytes]] = []
-    old_events: list[tuple[str, bytes]] = []
-    for event in change.events:
-        encoded = _event_json(event)
-        if isinstance(encoded, Reject):
-            rejects.append(encoded)
-            continue
-        target = old_events if event.timestamp_ms < cutoff_ms else recent_events
-        target.append((event.event_id, encoded))
+    if events is None:
+        events = profile_events(events_table([change]), now, rejects).get(change.profile_id, _NO_EVENTS)
+    recent_events, old_events = events
     base = {"environment": environment, **identities}
     attributes: dict[str, Any] = {}
     nulls: list[str] = []  # an attribute set to null is a removal too
@@ -341,7 +436,7 @@ def encode_change(
         else:
             attributes[name] = value if type(value) in _SCALARS else _attribute_value(value)
     removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
-    if not old_events and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
+    if old_events is None and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
         single = _single_batch(change.profile_id, base, attributes, removed, recent_events)
         if single is not None:
             return single, [], rejects
@@ -357,8 +452,10 @@ def encode_change(
         heads.append(head)
     if any(len(compact_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
         return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
-    recent, too_big = _batches(change.profile_id, heads, recent_events, base)
-    historical, too_big_old = _batches(change.profile_id, [], old_events, base)
+    recent_pairs = recent_events.pairs() if recent_events is not None else []
+    old_pairs = old_events.pairs() if old_events is not None else []
+    recent, too_big = _batches(change.profile_id, heads, recent_pairs, base)
+    historical, too_big_old = _batches(change.profile_id, [], old_pairs, base)
     rejects.extend(too_big + too_big_old)
     return recent, historical, rejects
 
@@ -368,7 +465,7 @@ def _single_batch(
     base: dict[str, Any],
     attributes: dict[str, Any],
     removed: list[str],
-    events: list[tuple[str, bytes]],
+    events: EventRun | None,
 ) -> list[Item] | None:
     """The usual change, one batch encoded at once: None when it needs the batch limit's splitting."""
     batch = dict(base)
@@ -380,10 +477,10 @@ def _single_batch(
         return []  # nothing to send
     head = compact_json(batch)
     if events:
-        head = head[:-1] + b',"events":[' + b",".join(event for _, event in events) + b"]}"
+        head = head[:-1] + b',"events":[' + events.joined + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
         return None
-    return [_identified(profile_id, head, len(events))]
+    return [_identified(profile_id, head, events.count if events else 0)]
 
 
 def _batches(

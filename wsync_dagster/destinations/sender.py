@@ -7,11 +7,13 @@ import email.utils
 import gzip
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, overload
 
 import httpx
+import numpy as np
+import pyarrow as pa
 
 from wsync_dagster.destinations.json_encoding import without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Reject
@@ -32,12 +34,96 @@ class Item:
     events: int = 0  # events the item carries, for the metrics
 
 
+class ItemColumns(Sequence[Item]):
+    """Items held as Arrow columns (keys, bodies each followed by a comma), read as Items only when one is
+    asked for: a request's body is one slice of the bodies' buffer, however many items it has."""
+
+    def __init__(self, keys: pa.Array, bodies: pa.Array, events: int, start: int = 0, stop: int | None = None):
+        self._keys = keys
+        self._bodies = bodies  # binary, each body with a trailing comma
+        self._events = events  # events an item carries
+        self._offsets: np.ndarray | None = None
+        self._start = start
+        self._stop = len(bodies) if stop is None else stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @overload
+    def __getitem__(self, index: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ItemColumns: ...
+
+    def __getitem__(self, index: int | slice) -> Item | ItemColumns:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("item columns slice in steps of 1")
+            part = ItemColumns(self._keys, self._bodies, self._events, self._start + start, self._start + stop)
+            part._offsets = self.offsets()
+            return part
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        i = self._start + (index % len(self))
+        return Item(self._keys[i].as_py(), self._bodies[i].as_py()[:-1], self._events)
+
+    def offsets(self) -> np.ndarray:
+        """Where each body starts in the bodies' buffer (and where the last ends)."""
+        if self._offsets is None:
+            bodies = self._bodies
+            every = np.frombuffer(bodies.buffers()[1], dtype=np.int32)
+            self._offsets = every[bodies.offset : bodies.offset + len(bodies) + 1]
+        return self._offsets
+
+    def sizes(self) -> np.ndarray:
+        """Each item's bytes with its separating comma."""
+        return np.diff(self.offsets()[self._start : self._stop + 1])
+
+    @property
+    def events(self) -> int:
+        """Events the items carry."""
+        return self._events * len(self)
+
+    def joined(self) -> bytes:
+        """The bodies separated by commas, as one slice of the buffer."""
+        offsets = self.offsets()
+        data = self._bodies.buffers()[2]
+        return data[int(offsets[self._start]) : int(offsets[self._stop]) - 1].to_pybytes()
+
+
+def joined_bodies(items: Sequence[Item]) -> bytes:
+    """The items' bodies separated by commas (a JSON array's inside)."""
+    if isinstance(items, ItemColumns):
+        return items.joined()
+    return b",".join(item.body for item in items)
+
+
+def events_of(items: Sequence[Item]) -> int:
+    """Events the items carry."""
+    if isinstance(items, ItemColumns):
+        return items.events
+    return sum(item.events for item in items)
+
+
 @dataclass(frozen=True)
 class Request:
     """Items bound for one endpoint path, within the platform's per-request limits."""
 
     path: str
-    items: tuple[Item, ...]
+    items: Sequence[Item]  # a tuple, or ItemColumns for many alike items
+
+
+def column_requests(path: str, items: ItemColumns, max_items: int, max_bytes: int, overhead: int) -> Iterator[Request]:
+    """The items in order, cut into requests of at most max_items and max_bytes (with overhead bytes)."""
+    ends = np.cumsum(items.sizes())  # bytes up to and including each item
+    n, start, taken = len(items), 0, 0
+    while start < n:
+        fit = int(np.searchsorted(ends, taken + max_bytes - overhead, side="right"))
+        stop = min(n, start + max_items, max(fit, start + 1))
+        yield Request(path, items[start:stop])
+        taken = int(ends[stop - 1])
+        start = stop
 
 
 class Platform(Protocol):
@@ -341,7 +427,7 @@ class _Sender:
         response = await self.post(request)
         if response.is_success:
             self.metrics.items_sent += len(request.items)
-            self.metrics.events_sent += sum(item.events for item in request.items)
+            self.metrics.events_sent += events_of(request.items)
             if self.on_acknowledged is not None:
                 self.on_acknowledged(request)
             return
