@@ -8,8 +8,8 @@ written by the platform's own Python encoder instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
 import json
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ _PLAIN = r'"[^"\\:\x00-\x1f]*"'
 _SCALAR = r"(?:" + _PLAIN + r"|-?[0-9][0-9.eE+-]*|true|false)"
 # A flat object of plain strings, numbers and booleans: its values become strings by quoting the others.
 _FLAT_OBJECT = r"^\{(?:" + _PLAIN + ":" + _SCALAR + "(?:," + _PLAIN + ":" + _SCALAR + r")*)?\}$"
-_UNQUOTED_VALUE = r':(-?[0-9][0-9.eE+-]*|true|false)([,}])'
+_UNQUOTED_VALUE = r":(-?[0-9][0-9.eE+-]*|true|false)([,}])"
 _TO_ESCAPE = r'[\x00-\x1f"\\]'
 
 
@@ -53,7 +53,9 @@ def events_table(changes: Iterable[ProfileChange]) -> pa.Table:
             "name": [e.name for _, e in rows],
             "timestamp_ms": [int(e.timestamp_ms) for _, e in rows],
             "custom_event_type": [e.custom_event_type for _, e in rows],
-            "attributes": [compact_json(dict(e.attributes)).decode() if e.attributes else None for _, e in rows],
+            "attributes": [
+                compact_json(dict(e.attributes)).decode() if e.attributes else None for _, e in rows
+            ],
             "data": [compact_json(dict(e.data)).decode() if e.data else None for _, e in rows],
         },
         schema=EVENT_SCHEMA,
@@ -123,17 +125,19 @@ def optional(prefix: str, column: pa.Array | pa.ChunkedArray, omit: pa.Array) ->
     return pc.fill_null(pc.if_else(omit, pa.scalar("", pa.string()), piece), "")
 
 
-def runs(keys: pa.Array) -> tuple[list[str], np.ndarray]:
-    """The distinct keys of a column whose equal keys stand together, and the offsets of their runs."""
-    n = len(keys)
-    if n == 0:
-        return [], np.zeros(1, np.int64)
-    encoded = pc.run_end_encode(keys)
-    ends = encoded.run_ends.to_numpy().astype(np.int64)
-    values = encoded.values.to_pylist()
-    if len(set(values)) != len(values):
-        raise ValueError("events must come grouped by profile_id (each profile's events together)")
-    return values, np.concatenate(([0], ends))
+def by_profile(events: pa.Table, profile_ids: Sequence[str]) -> tuple[pa.Table, np.ndarray]:
+    """The events of these profiles in the profiles' order (each profile's in their own order), and for
+    each row the index of its profile; events of other profiles (erased since) are left out."""
+    where = pc.index_in(events.column("profile_id"), value_set=pa.array(profile_ids, pa.string()))
+    where = _combined(where)
+    if where.null_count:
+        events = events.filter(pc.is_valid(where))
+        where = pc.drop_null(where)
+    positions = where.to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(positions) > 1 and bool(np.any(positions[1:] < positions[:-1])):
+        order = np.argsort(positions, kind="stable")
+        events, positions = events.take(pa.array(order)), positions[order]
+    return events, positions
 
 
 def grouped_join(bodies: pa.Array, offsets: np.ndarray, separator: str) -> pa.Array:

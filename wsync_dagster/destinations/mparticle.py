@@ -43,6 +43,7 @@ PODS: dict[str, str] = {
 BULK_PATH = "/v2/bulkevents"
 HISTORICAL_PATH = "/v2/bulkevents/historical"  # events older than 30 days must come this way
 HISTORICAL_AFTER = timedelta(days=30)
+CHUNK_PROFILES = 4096  # profiles whose events Arrow encodes at once, while the last chunk's requests go out
 
 # mParticle's documented limits (Default Service Limits).
 MAX_BATCHES_PER_REQUEST = 100
@@ -309,24 +310,27 @@ def encode_requests(
     """The changes' batches packed into requests as they are encoded; what cannot go lands in rejects."""
     changes = list(changes)
     table = events_table(changes) if events is None else events
-    encoded = profile_events(table, now, rejects)
+    table, positions = ec.by_profile(table, [change.profile_id for change in changes])
+    starts = np.searchsorted(positions, np.arange(len(changes) + 1))
     bulk = Packing(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
     historical = Packing(HISTORICAL_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
-    for change in changes:
-        batches, old_batches, change_rejects = encode_change(
-            change, environment, now, encoded.get(change.profile_id, _NO_EVENTS)
-        )
-        rejects.extend(change_rejects)
-        for packing, items in ((bulk, batches), (historical, old_batches)):
-            for item in items:
-                if (closed := packing.add(item)) is not None:
-                    yield closed
+    for first in range(0, len(changes), CHUNK_PROFILES):
+        chunk = changes[first : first + CHUNK_PROFILES]
+        low, high = int(starts[first]), int(starts[first + len(chunk)])
+        runs = EventRuns(table.slice(low, high - low), positions[low:high] - first, len(chunk), now, rejects)
+        for n, change in enumerate(chunk):
+            batches, old_batches, change_rejects = encode_change(change, environment, now, runs.of(n))
+            rejects.extend(change_rejects)
+            for packing, items in ((bulk, batches), (historical, old_batches)):
+                for item in items:
+                    if (closed := packing.add(item)) is not None:
+                        yield closed
     for packing in (bulk, historical):
         if (rest := packing.rest()) is not None:
             yield rest
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EventRun:
     """One profile's events bound for one path, already JSON: joined for a batch, or one by one to split."""
 
@@ -340,36 +344,48 @@ class EventRun:
         return list(zip(self.ids.to_pylist(), self.bodies.cast(pa.binary()).to_pylist(), strict=True))
 
 
-_NO_EVENTS: tuple[EventRun | None, EventRun | None] = (None, None)
+class EventRuns:
+    """The events of some profiles encoded at once, by profile: recent ones and historical ones (older than
+    30 days); events of a type mParticle does not take land in rejects."""
+
+    def __init__(
+        self,
+        events: pa.Table,
+        positions: np.ndarray,  # each row's profile: 0 … profiles - 1, ascending
+        profiles: int,
+        now: datetime | None,
+        rejects: list[Reject],
+    ) -> None:
+        self._paths: list[tuple[list[bytes], list[int], np.ndarray, pa.Array, pa.Array]] = []
+        bodies, known = _event_bodies(events, rejects)
+        events, positions = events.filter(known), positions[known.to_numpy(zero_copy_only=False)]
+        cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
+        old = pc.less(events.column("timestamp_ms"), cutoff_ms).combine_chunks()
+        for mask in (pc.invert(old), old):
+            part = bodies.filter(mask)
+            offsets = np.searchsorted(positions[mask.to_numpy(zero_copy_only=False)], np.arange(profiles + 1))
+            texts = ec.grouped_join(part, offsets, ",").cast(pa.binary()).to_pylist()
+            ids = events.column("event_id").filter(mask).combine_chunks()
+            self._paths.append((texts, np.diff(offsets).tolist(), offsets, ids, part))
+
+    def of(self, profile: int) -> tuple[EventRun | None, EventRun | None]:
+        """The profile's recent and historical events, None where it has none."""
+        recent, old = (self._run(path, profile) for path in self._paths)
+        return recent, old
+
+    def _run(
+        self, path: tuple[list[bytes], list[int], np.ndarray, pa.Array, pa.Array], profile: int
+    ) -> EventRun | None:
+        texts, counts, offsets, ids, bodies = path
+        if not counts[profile]:
+            return None
+        start, count = int(offsets[profile]), counts[profile]
+        return EventRun(texts[profile], count, ids.slice(start, count), bodies.slice(start, count))
 
 
-def profile_events(
-    events: pa.Table, now: datetime | None, rejects: list[Reject]
-) -> dict[str, tuple[EventRun | None, EventRun | None]]:
-    """Profile id → its recent and its historical (older than 30 days) events, encoded for the whole table
-    at once; events of a type mParticle does not take land in rejects."""
-    if events.num_rows == 0:
-        return {}
-    bodies, kept = _event_bodies(events, rejects)
-    cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
-    old = pc.less(kept.column("timestamp_ms"), cutoff_ms).combine_chunks()
-    found: dict[str, tuple[EventRun | None, EventRun | None]] = {}
-    for position, mask in ((0, pc.invert(old)), (1, old)):
-        part = bodies.filter(mask)
-        ids = kept.column("event_id").filter(mask).combine_chunks()
-        profiles, offsets = ec.runs(kept.column("profile_id").filter(mask).combine_chunks())
-        texts = ec.grouped_join(part, offsets, ",").cast(pa.binary()).to_pylist()
-        for n, profile_id in enumerate(profiles):
-            start, stop = int(offsets[n]), int(offsets[n + 1])
-            run = EventRun(texts[n], stop - start, ids[start:stop], part[start:stop])
-            pair = found.get(profile_id, _NO_EVENTS)
-            found[profile_id] = (run, pair[1]) if position == 0 else (pair[0], run)
-    return found
-
-
-def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa.Table]:
-    """Each event's JSON in mParticle's shape and the events kept; a custom event without further
-    data keys is written by Arrow, any other by _event_json."""
+def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa.Array]:
+    """The JSON in mParticle's shape of each event of a type it takes, and which those are (the others land
+    in rejects); a custom event without further data keys is written by Arrow, any other by _event_json."""
     known = pc.is_in(events.column("event_type"), pa.array(EVENT_TYPES)).combine_chunks()
     if not pc.all(known).as_py():
         for i in np.flatnonzero(~known.to_numpy(zero_copy_only=False)):
@@ -400,13 +416,15 @@ def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa
         indexes = np.flatnonzero(other.to_numpy(zero_copy_only=False))
         texts = [_event_json(ec.row_event(events, int(i))).decode() for i in indexes]  # type: ignore[union-attr]
         bodies = pc.replace_with_mask(bodies, other, pa.array(texts, pa.string()))
-    return bodies, events
+    return bodies, known
 
 
 def _custom_attributes_text(text: str) -> str:
     """Custom attributes as mParticle keeps them (strings, no nulls), for what Arrow cannot rewrite."""
     values = json.loads(text)
-    return compact_json({k: v if type(v) is str else _text(v) for k, v in values.items() if v is not None}).decode()
+    return compact_json(
+        {k: v if type(v) is str else _text(v) for k, v in values.items() if v is not None}
+    ).decode()
 
 
 def encode_change(
@@ -425,7 +443,8 @@ def encode_change(
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
     rejects: list[Reject] = []
     if events is None:
-        events = profile_events(events_table([change]), now, rejects).get(change.profile_id, _NO_EVENTS)
+        table = events_table([change])
+        events = EventRuns(table, np.zeros(table.num_rows, np.int64), 1, now, rejects).of(0)
     recent_events, old_events = events
     base = {"environment": environment, **identities}
     attributes: dict[str, Any] = {}

@@ -38,7 +38,9 @@ class ItemColumns(Sequence[Item]):
     """Items held as Arrow columns (keys, bodies each followed by a comma), read as Items only when one is
     asked for: a request's body is one slice of the bodies' buffer, however many items it has."""
 
-    def __init__(self, keys: pa.Array, bodies: pa.Array, events: int, start: int = 0, stop: int | None = None):
+    def __init__(
+        self, keys: pa.Array, bodies: pa.Array, events: int, start: int = 0, stop: int | None = None
+    ):
         self._keys = keys
         self._bodies = bodies  # binary, each body with a trailing comma
         self._events = events  # events an item carries
@@ -60,7 +62,9 @@ class ItemColumns(Sequence[Item]):
             start, stop, step = index.indices(len(self))
             if step != 1:
                 raise ValueError("item columns slice in steps of 1")
-            part = ItemColumns(self._keys, self._bodies, self._events, self._start + start, self._start + stop)
+            part = ItemColumns(
+                self._keys, self._bodies, self._events, self._start + start, self._start + stop
+            )
             part._offsets = self.offsets()
             return part
         if not -len(self) <= index < len(self):
@@ -114,7 +118,9 @@ class Request:
     items: Sequence[Item]  # a tuple, or ItemColumns for many alike items
 
 
-def column_requests(path: str, items: ItemColumns, max_items: int, max_bytes: int, overhead: int) -> Iterator[Request]:
+def column_requests(
+    path: str, items: ItemColumns, max_items: int, max_bytes: int, overhead: int
+) -> Iterator[Request]:
     """The items in order, cut into requests of at most max_items and max_bytes (with overhead bytes)."""
     ends = np.cumsum(items.sizes())  # bytes up to and including each item
     n, start, taken = len(items), 0, 0
