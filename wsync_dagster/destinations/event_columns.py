@@ -140,10 +140,17 @@ def by_profile(events: pa.Table, profile_ids: Sequence[str]) -> tuple[pa.Table, 
     return events, positions
 
 
-def grouped_join(bodies: pa.Array, offsets: np.ndarray, separator: str) -> pa.Array:
-    """Each run's bodies joined with the separator: one text per run."""
-    lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), bodies)
-    return pc.binary_join(lists, separator)
+def offsets(values: pa.Array) -> np.ndarray:
+    """Where each value of a string or binary array starts in its data (and where the last ends)."""
+    every = np.frombuffer(values.buffers()[1], dtype=np.int32)
+    return every[values.offset : values.offset + len(values) + 1] - every[values.offset]
+
+
+def concatenated(values: pa.Array) -> bytes:
+    """The values of a string or binary array back to back, as its data holds them."""
+    start = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset]
+    size = int(offsets(values)[-1])
+    return values.buffers()[2][int(start) : int(start) + size].to_pybytes()
 
 
 def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -336,12 +336,13 @@ class EventRun:
 
     joined: bytes  # the events' JSON separated by commas
     count: int
-    ids: pa.Array
-    bodies: pa.Array  # string
+    source: EventRuns
+    path: int
+    profile: int
 
     def pairs(self) -> list[tuple[str, bytes]]:
         """(event id, JSON) of each event, for the rare profile whose events exceed a batch."""
-        return list(zip(self.ids.to_pylist(), self.bodies.cast(pa.binary()).to_pylist(), strict=True))
+        return self.source.pairs(self.path, self.profile)
 
 
 class EventRuns:
@@ -356,31 +357,43 @@ class EventRuns:
         now: datetime | None,
         rejects: list[Reject],
     ) -> None:
-        self._paths: list[tuple[list[bytes], list[int], np.ndarray, pa.Array, pa.Array]] = []
+        # Per path: the events' JSON, each followed by a comma, as one buffer; each profile's offsets in it;
+        # each profile's first event and event count; the event ids and JSON by event, to split.
+        self._paths: list[tuple[bytes, list[int], list[int], list[int], pa.Array, pa.Array]] = []
         bodies, known = _event_bodies(events, rejects)
-        events, positions = events.filter(known), positions[known.to_numpy(zero_copy_only=False)]
+        if known.false_count:
+            events, positions = events.filter(known), positions[known.to_numpy(zero_copy_only=False)]
         cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
         old = pc.less(events.column("timestamp_ms"), cutoff_ms).combine_chunks()
+        ids = events.column("event_id").combine_chunks()
         for mask in (pc.invert(old), old):
-            part = bodies.filter(mask)
-            offsets = np.searchsorted(positions[mask.to_numpy(zero_copy_only=False)], np.arange(profiles + 1))
-            texts = ec.grouped_join(part, offsets, ",").cast(pa.binary()).to_pylist()
-            ids = events.column("event_id").filter(mask).combine_chunks()
-            self._paths.append((texts, np.diff(offsets).tolist(), offsets, ids, part))
+            if mask.true_count == len(mask):
+                part, part_ids, part_positions = bodies, ids, positions
+            else:
+                part, part_ids = bodies.filter(mask), ids.filter(mask)
+                part_positions = positions[mask.to_numpy(zero_copy_only=False)]
+            firsts = np.searchsorted(part_positions, np.arange(profiles + 1))
+            text = ec.concatenated(part)
+            offsets = ec.offsets(part)[firsts]
+            self._paths.append(
+                (text, offsets.tolist(), firsts.tolist(), np.diff(firsts).tolist(), part_ids, part)
+            )
 
     def of(self, profile: int) -> tuple[EventRun | None, EventRun | None]:
         """The profile's recent and historical events, None where it has none."""
-        recent, old = (self._run(path, profile) for path in self._paths)
-        return recent, old
+        runs: list[EventRun | None] = []
+        for path, (text, offsets, _, counts, _, _) in enumerate(self._paths):
+            count = counts[profile]
+            joined = text[offsets[profile] : offsets[profile + 1] - 1] if count else b""  # no last comma
+            runs.append(EventRun(joined, count, self, path, profile) if count else None)
+        return runs[0], runs[1]
 
-    def _run(
-        self, path: tuple[list[bytes], list[int], np.ndarray, pa.Array, pa.Array], profile: int
-    ) -> EventRun | None:
-        texts, counts, offsets, ids, bodies = path
-        if not counts[profile]:
-            return None
-        start, count = int(offsets[profile]), counts[profile]
-        return EventRun(texts[profile], count, ids.slice(start, count), bodies.slice(start, count))
+    def pairs(self, path: int, profile: int) -> list[tuple[str, bytes]]:
+        """(event id, JSON) of the profile's events bound for the path."""
+        _, _, firsts, counts, ids, bodies = self._paths[path]
+        start, count = firsts[profile], counts[profile]
+        texts = bodies.slice(start, count).cast(pa.binary()).to_pylist()
+        return list(zip(ids.slice(start, count).to_pylist(), [t[:-1] for t in texts], strict=True))
 
 
 def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa.Array]:
@@ -405,7 +418,7 @@ def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa
             ec.quoted(events.column("name")),
             ',"custom_event_type":',
             ec.quoted(pc.fill_null(events.column("custom_event_type"), "other")),
-            "}}",
+            "}},",  # the separator: a profile's events are one slice of the buffer
         ]
     )
     written = pc.and_(
@@ -414,7 +427,7 @@ def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa
     if not pc.all(written).as_py():
         other = pc.invert(written)
         indexes = np.flatnonzero(other.to_numpy(zero_copy_only=False))
-        texts = [_event_json(ec.row_event(events, int(i))).decode() for i in indexes]  # type: ignore[union-attr]
+        texts = [_event_json(ec.row_event(events, int(i))).decode() + "," for i in indexes]  # type: ignore[union-attr]
         bodies = pc.replace_with_mask(bodies, other, pa.array(texts, pa.string()))
     return bodies, known
 
