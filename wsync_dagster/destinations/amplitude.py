@@ -49,6 +49,8 @@ THROTTLED_USER_PAUSE_SECONDS = 30.0  # Amplitude asks to pause a throttled user 
 THROTTLED_IDENTIFY_PAUSE_SECONDS = 15.0  # and this long after a 429 from the Identify API
 MIN_ID_LENGTH = 5  # Amplitude drops shorter user ids, so they are rejects here and never sent
 DEFAULT_POLICY = SendPolicy(items_per_second=1000)  # the Starter plan's events per second
+# Events Arrow encodes at once, while the last chunk's requests go out (whole requests of 2,000 events).
+CHUNK_EVENTS = 16 * MAX_ITEMS_PER_REQUEST
 
 
 class Amplitude:
@@ -181,26 +183,29 @@ def encode_requests(
             yield closed
     if (rest := identifies.rest()) is not None:
         yield rest
-    items = event_items(events_table(changes) if events is None else events, users, refused, rejects)
-    yield from column_requests(EVENTS_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
+    table = events_table(changes) if events is None else events
+    profiles = list(users)
+    where = pc.index_in(table.column("profile_id"), value_set=pa.array(profiles, pa.string()))
+    where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
+    user_ids = ec.quoted(pa.array([users[p] for p in profiles], pa.string()))
+    for start in range(0, table.num_rows, CHUNK_EVENTS):
+        chunk = table.slice(start, CHUNK_EVENTS)
+        items = event_items(chunk, where.slice(start, CHUNK_EVENTS), user_ids, refused, rejects)
+        yield from column_requests(EVENTS_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
 
 
 def event_items(
-    events: pa.Table, users: dict[str, str], refused: dict[str, str], rejects: list[Reject]
+    events: pa.Table, where: pa.Array, user_ids: pa.Array, refused: dict[str, str], rejects: list[Reject]
 ) -> ItemColumns:
-    """HTTP V2 events of the profiles with a user id, as items; those of refused profiles land in rejects
-    (events of profiles in neither, erased since, are left out)."""
-    profiles = list(users)
-    where = pc.index_in(events.column("profile_id"), value_set=pa.array(profiles, pa.string()))
-    sendable = pc.is_valid(where).combine_chunks()
-    if not pc.all(sendable).as_py():
-        for i in np.flatnonzero(~sendable.to_numpy(zero_copy_only=False)):
+    """HTTP V2 events as items, where[i] the index of event i's user id in user_ids (JSON strings); events
+    of a refused profile land in rejects, those of other profiles without one (erased since) are left out."""
+    if where.null_count:
+        for i in np.flatnonzero(pc.is_null(where).to_numpy(zero_copy_only=False)):
             why = refused.get(events.column("profile_id")[int(i)].as_py())
             if why is not None:
                 rejects.append(Reject(events.column("event_id")[int(i)].as_py(), why))
-        events = events.filter(sendable)
+        events = events.filter(pc.is_valid(where))
         where = pc.drop_null(where)
-    user_ids = ec.quoted(pa.array([users[p] for p in profiles], pa.string()))
     attributes = events.column("attributes").combine_chunks()
     bodies = ec.joined(
         [
