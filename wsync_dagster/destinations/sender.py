@@ -405,10 +405,10 @@ class _Sender:
                 async def work() -> None:
                     while True:
                         async with drawing:
-                            request = await asyncio.to_thread(self._draw, pending)
-                        if request is None:
+                            drawn = await asyncio.to_thread(self._draw, pending)
+                        if drawn is None:
                             return
-                        await self.deliver(request)
+                        await self.deliver(*drawn)
 
                 async with asyncio.TaskGroup() as group:
                     for _ in range(self.policy.concurrency):
@@ -421,16 +421,27 @@ class _Sender:
         self.metrics.wait_seconds = time.perf_counter() - started - self.metrics.encode_seconds
         return self.metrics
 
-    def _draw(self, pending: Iterator[Request]) -> Request | None:
-        """The next request, its encoding timed; None when there are no more."""
+    def _draw(self, pending: Iterator[Request]) -> tuple[Request, tuple[bytes, dict[str, str]]] | None:
+        """The next request and its body (compressed here too: zlib lets the event loop run meanwhile), the
+        encoding timed; None when there are no more."""
         started = time.perf_counter()
         request = next(pending, None)
+        content = self._content(request) if request is not None else None
         self._drawn_seconds += time.perf_counter() - started  # its own sum: this runs in another thread
-        return request
+        return (request, content) if request is not None and content is not None else None
 
-    async def deliver(self, request: Request) -> None:
+    def _content(self, request: Request) -> tuple[bytes, dict[str, str]]:
+        """The request's body as sent, gzipped where the platform takes it, and its headers."""
+        content, content_type = self.platform.body(request)
+        headers = {"Content-Type": content_type}
+        if len(content) >= GZIP_FROM_BYTES and self.platform.accepts_gzip(request):
+            content = gzip.compress(content, compresslevel=GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+        return content, headers
+
+    async def deliver(self, request: Request, content: tuple[bytes, dict[str, str]] | None = None) -> None:
         """Sends one request until acknowledged, splitting it when the platform rejects items."""
-        response = await self.post(request)
+        response = await self.post(request, content)
         if response.is_success:
             self.metrics.items_sent += len(request.items)
             self.metrics.events_sent += events_of(request.items)
@@ -454,15 +465,15 @@ class _Sender:
         else:
             self.metrics.rejects.append(Reject(request.items[0].key, self.platform.reason(response)))
 
-    async def post(self, request: Request) -> httpx.Response:
+    async def post(
+        self, request: Request, prepared: tuple[bytes, dict[str, str]] | None = None
+    ) -> httpx.Response:
         """One request's answer other than a retried one: a success or one of the answers (400, 413)."""
-        started = time.perf_counter()
-        content, content_type = self.platform.body(request)
-        headers = {"Content-Type": content_type}
-        if len(content) >= GZIP_FROM_BYTES and self.platform.accepts_gzip(request):
-            content = gzip.compress(content, compresslevel=GZIP_LEVEL)
-            headers["Content-Encoding"] = "gzip"
-        self.metrics.encode_seconds += time.perf_counter() - started
+        if prepared is None:
+            started = time.perf_counter()
+            prepared = self._content(request)
+            self.metrics.encode_seconds += time.perf_counter() - started
+        content, headers = prepared
         for attempt in range(1, self.policy.max_attempts + 1):
             failure: str
             retry_after: float | None = None
