@@ -381,12 +381,16 @@ class EventRuns:
 
     def of(self, profile: int) -> tuple[EventRun | None, EventRun | None]:
         """The profile's recent and historical events, None where it has none."""
-        runs: list[EventRun | None] = []
-        for path, (text, offsets, _, counts, _, _) in enumerate(self._paths):
-            count = counts[profile]
-            joined = text[offsets[profile] : offsets[profile + 1] - 1] if count else b""  # no last comma
-            runs.append(EventRun(joined, count, self, path, profile) if count else None)
-        return runs[0], runs[1]
+        return self._run(0, profile), self._run(1, profile)
+
+    def _run(self, path: int, profile: int) -> EventRun | None:
+        text, offsets, _, counts, _, _ = self._paths[path]
+        count = counts[profile]
+        if not count:
+            return None
+        return EventRun(
+            text[offsets[profile] : offsets[profile + 1] - 1], count, self, path, profile
+        )  # no last comma
 
     def pairs(self, path: int, profile: int) -> list[tuple[str, bytes]]:
         """(event id, JSON) of the profile's events bound for the path."""
@@ -460,6 +464,11 @@ def encode_change(
         events = EventRuns(table, np.zeros(table.num_rows, np.int64), 1, now, rejects).of(0)
     recent_events, old_events = events
     base = {"environment": environment, **identities}
+    if recent_events is not None and old_events is None and not change.attributes and not change.removed:
+        # The usual change of events only: one batch, written at once.
+        head = compact_json(base)[:-1] + b',"events":[' + recent_events.joined + b"]}"
+        if len(head) <= MAX_BATCH_BYTES - 96:
+            return [_identified(change.profile_id, head, recent_events.count)], [], rejects
     attributes: dict[str, Any] = {}
     nulls: list[str] = []  # an attribute set to null is a removal too
     for name, value in sorted(change.attributes.items()):
