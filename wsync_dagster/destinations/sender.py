@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
+from wsync_dagster.destinations.event_columns import concatenated, offsets
 from wsync_dagster.destinations.json_encoding import without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Reject
 
@@ -45,6 +46,7 @@ class ItemColumns(Sequence[Item]):
         self._bodies = bodies  # binary, each body with a trailing comma
         self._events = events  # events an item carries
         self._offsets: np.ndarray | None = None
+        self._text: bytes | None = None
         self._start = start
         self._stop = len(bodies) if stop is None else stop
 
@@ -65,7 +67,7 @@ class ItemColumns(Sequence[Item]):
             part = ItemColumns(
                 self._keys, self._bodies, self._events, self._start + start, self._start + stop
             )
-            part._offsets = self.offsets()
+            part._offsets, part._text = self.offsets(), self.text()
             return part
         if not -len(self) <= index < len(self):
             raise IndexError(index)
@@ -73,11 +75,9 @@ class ItemColumns(Sequence[Item]):
         return Item(self._keys[i].as_py(), self._bodies[i].as_py()[:-1], self._events)
 
     def offsets(self) -> np.ndarray:
-        """Where each body starts in the bodies' buffer (and where the last ends)."""
+        """Where each body starts in the bodies back to back (and where the last ends)."""
         if self._offsets is None:
-            bodies = self._bodies
-            every = np.frombuffer(bodies.buffers()[1], dtype=np.int32)
-            self._offsets = every[bodies.offset : bodies.offset + len(bodies) + 1]
+            self._offsets = offsets(self._bodies)
         return self._offsets
 
     def sizes(self) -> np.ndarray:
@@ -89,11 +89,16 @@ class ItemColumns(Sequence[Item]):
         """Events the items carry."""
         return self._events * len(self)
 
+    def text(self) -> bytes:
+        """All the bodies back to back, each with its comma."""
+        if self._text is None:
+            self._text = concatenated(self._bodies)
+        return self._text
+
     def joined(self) -> bytes:
-        """The bodies separated by commas, as one slice of the buffer."""
-        offsets = self.offsets()
-        data = self._bodies.buffers()[2]
-        return data[int(offsets[self._start]) : int(offsets[self._stop]) - 1].to_pybytes()
+        """The bodies separated by commas: one slice of them back to back, without the last comma."""
+        at = self.offsets()
+        return self.text()[int(at[self._start]) : int(at[self._stop]) - 1]
 
 
 def joined_bodies(items: Sequence[Item]) -> bytes:
