@@ -451,7 +451,7 @@ def encode_change(
     events: tuple[EventRun | None, EventRun | None] | None = None,
 ) -> tuple[list[Item], list[Item], list[Reject]]:
     """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects; its
-    events encoded already (profile_events) or else from the change."""
+    events encoded already (EventRuns) or else from the change."""
     mpid = change.identities.get("mpid")
     if mpid and not mpid.lstrip("-").isdigit():
         return [], [], [Reject(change.profile_id, "mpid is not a number, as mParticle's ids are")]

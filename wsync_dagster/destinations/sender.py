@@ -293,14 +293,6 @@ class Packing:
         return request
 
 
-def pack(path: str, items: Iterable[Item], max_items: int, max_bytes: int, overhead: int) -> list[Request]:
-    """Items grouped in order into requests of at most max_items and max_bytes (with overhead bytes)."""
-    packing = Packing(path, max_items, max_bytes, overhead)
-    requests = [closed for item in items if (closed := packing.add(item)) is not None]
-    rest = packing.rest()
-    return [*requests, rest] if rest is not None else requests
-
-
 Acknowledged = Callable[[Request], None]  # called with each request's items once the platform took them
 
 
