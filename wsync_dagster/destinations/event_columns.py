@@ -9,6 +9,7 @@ written by the platform's own Python encoder instead.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ _SCALAR = r"(?:" + _PLAIN + r"|-?[0-9][0-9.eE+-]*|true|false)"
 _FLAT_OBJECT = r"^\{(?:" + _PLAIN + ":" + _SCALAR + "(?:," + _PLAIN + ":" + _SCALAR + r")*)?\}$"
 _UNQUOTED_VALUE = r":(-?[0-9][0-9.eE+-]*|true|false)([,}])"
 _TO_ESCAPE = r'[\x00-\x1f"\\]'
+_TO_ESCAPE_BYTES = re.compile(_TO_ESCAPE.encode())
 
 
 def events_table(changes: Iterable[ProfileChange]) -> pa.Table:
@@ -85,6 +87,8 @@ def quoted(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """A string column as JSON string literals; rows with characters to escape go through json's escaping."""
     column = _combined(column)
     text = pc.binary_join_element_wise('"', column, '"', "")
+    if _TO_ESCAPE_BYTES.search(concatenated(column)) is None:  # one scan of the column's text, the usual
+        return text
     needs = pc.fill_null(pc.match_substring_regex(column, _TO_ESCAPE), False)
     if not pc.any(needs).as_py():
         return text
@@ -142,15 +146,19 @@ def by_profile(events: pa.Table, profile_ids: Sequence[str]) -> tuple[pa.Table, 
 
 def offsets(values: pa.Array) -> np.ndarray:
     """Where each value of a string or binary array starts in its data (and where the last ends)."""
+    if len(values) == 0:
+        return np.zeros(1, np.int32)
     every = np.frombuffer(values.buffers()[1], dtype=np.int32)
     return every[values.offset : values.offset + len(values) + 1] - every[values.offset]
 
 
 def concatenated(values: pa.Array) -> bytes:
     """The values of a string or binary array back to back, as its data holds them."""
-    start = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset]
-    size = int(offsets(values)[-1])
-    return values.buffers()[2][int(start) : int(start) + size].to_pybytes()
+    data = values.buffers()[2] if len(values) else None
+    if data is None:
+        return b""
+    start = int(np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset])
+    return data[start : start + int(offsets(values)[-1])].to_pybytes()
 
 
 def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
