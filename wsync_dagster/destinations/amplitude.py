@@ -172,18 +172,22 @@ def encode_requests(
     users: dict[str, str] = {}  # profile id → its user id
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
     for change in changes:
-        identify, change_rejects = encode_change(change, user_id_type)
-        rejects.extend(change_rejects)
         why = _user_id_problem(change, user_id_type)
         if why is None:
             users[change.profile_id] = change.identities[user_id_type]
+            identify = _identification(change, user_id_type)
         else:
             refused[change.profile_id] = why
+            identify = None
+            if change.attributes or change.removed:
+                rejects.append(Reject(change.profile_id, why))
         if identify is not None and (closed := identifies.add(identify)) is not None:
             yield closed
     if (rest := identifies.rest()) is not None:
         yield rest
     table = events_table(changes) if events is None else events
+    if table.num_rows == 0:
+        return
     profiles = list(users)
     where = pc.index_in(table.column("profile_id"), value_set=pa.array(profiles, pa.string()))
     where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
@@ -309,11 +313,8 @@ def send_deletion(
     return done
 
 
-def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None, list[Reject]]:
-    """A change's attributes as one identification ($set, $unset), or the reject saying why it cannot be."""
-    why = _user_id_problem(change, user_id_type)
-    if why is not None:
-        return None, [Reject(change.profile_id, why)] if change.attributes or change.removed else []
+def _identification(change: ProfileChange, user_id_type: str) -> Item | None:
+    """The change's identification, its user id valid; None when it sets and removes nothing."""
     # Identifications are many and alike: their known keys are written around json's escaping.
     user = json_string(change.identities[user_id_type])
     values: dict[str, Any] = {}
@@ -325,12 +326,12 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
             values[name] = value
     removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
     if not values and not removed:
-        return None, []
+        return None
     operations = [f'"$set":{json_text(values)}'] if values else []
     if removed:
         operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
     body = f'{{"user_id":{user},"user_properties":{{{",".join(operations)}}}}}'
-    return Item(change.profile_id, body.encode()), []
+    return Item(change.profile_id, body.encode())
 
 
 def _boundary(content: bytes) -> bytes:
