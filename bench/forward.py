@@ -112,12 +112,14 @@ class Rows:
 
     kind: str  # profiles | events
     count: int  # profile changes or events
-    changes: list  # wsync ProfileChange
+    changes: list  # wsync ProfileChange, without their events
+    events: object  # wsync's events as the outbox reads them: a pyarrow Table (event_columns.EVENT_SCHEMA)
     flat: list[dict]  # drt-core rows: one per profile, or one per event
 
 
 def build_rows(kind: str, profiles: int, events_per_profile: int) -> Rows:
     """100k-style profile changes (5 attributes set, 1 removed), or events (10 a profile), in both shapes."""
+    from wsync_dagster.destinations.event_columns import events_table
     from wsync_dagster.destinations.profile_changes import Event, ProfileChange
 
     recent_ms = int((NOW - timedelta(days=1)).timestamp() * 1000)
@@ -145,7 +147,9 @@ def build_rows(kind: str, profiles: int, events_per_profile: int) -> Rows:
             flat.append({**identities, "event_id": event_id, "name": "purchase", "time": ts, **properties})
         changes.append(ProfileChange(f"p{n}", identities, events=tuple(events)))
     count = profiles if kind == "profiles" else profiles * events_per_profile
-    return Rows(kind, count, changes, flat)
+    table = events_table(changes)
+    changes = [replace(change, events=()) for change in changes]
+    return Rows(kind, count, changes, table, flat)
 
 
 # --- the contenders ----------------------------------------------------------------------------------------------
@@ -183,9 +187,9 @@ def run_wsync(platform_name: str, rows: Rows, url: str) -> tuple[float, float, f
     destination = wsync_destination(platform_name, url)
     started = time.perf_counter()
     if platform_name == "mparticle":
-        metrics = mparticle.forward(destination, rows.changes, now=NOW)
+        metrics = mparticle.forward(destination, rows.changes, now=NOW, events=rows.events)
     else:
-        metrics = amplitude.forward(destination, rows.changes)
+        metrics = amplitude.forward(destination, rows.changes, events=rows.events)
     wall = time.perf_counter() - started
     if metrics.rejects:
         raise RuntimeError(f"wsync rejected {len(metrics.rejects)} items: {metrics.rejects[:3]}")
@@ -195,25 +199,14 @@ def run_wsync(platform_name: str, rows: Rows, url: str) -> tuple[float, float, f
 def prebuilt_requests(platform_name: str, rows: Rows, url: str) -> list[tuple[str, bytes, dict[str, str]]]:
     """The requests wsync sends for these rows, as bytes on the wire (gzip where wsync gzips): the floor's input."""
     from wsync_dagster.destinations import amplitude, mparticle
-    from wsync_dagster.destinations.sender import GZIP_FROM_BYTES, GZIP_LEVEL, pack
+    from wsync_dagster.destinations.sender import GZIP_FROM_BYTES, GZIP_LEVEL
 
     destination = wsync_destination(platform_name, url)
+    rejects: list = []
     if platform_name == "mparticle":
-        items = [b for change in rows.changes for b in mparticle.encode_change(change, "production", NOW)[0]]
-        requests = pack(
-            mparticle.BULK_PATH, items, mparticle.MAX_BATCHES_PER_REQUEST, mparticle.MAX_REQUEST_BYTES, 2
-        )
+        requests = list(mparticle.encode_requests(rows.changes, "production", NOW, rejects, rows.events))
     else:
-        identifies, events = [], []
-        for change in rows.changes:
-            identify, change_events, _ = amplitude.encode_change(change, "customer_id")
-            identifies += [identify] if identify is not None else []
-            events += change_events
-        limits = (amplitude.MAX_ITEMS_PER_REQUEST, amplitude.MAX_REQUEST_BYTES)
-        requests = [
-            *pack(amplitude.IDENTIFY_PATH, identifies, *limits, overhead=512),
-            *pack(amplitude.EVENTS_PATH, events, *limits, overhead=128),
-        ]
+        requests = list(amplitude.encode_requests(rows.changes, "customer_id", rejects, rows.events))
     built = []
     for request in requests:
         content, content_type = destination.body(request)

@@ -13,6 +13,7 @@ import pytest
 
 from wsync_dagster.destinations import amplitude, mparticle
 from wsync_dagster.destinations.amplitude import Amplitude
+from wsync_dagster.destinations.event_columns import events_table
 from wsync_dagster.destinations.mparticle import MParticle
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import DestinationError, SendPolicy
@@ -543,3 +544,62 @@ def test_privacy_hosts_follow_the_region_and_the_dsr_host_is_mparticles_one() ->
     assert Amplitude("amp", "k", region="eu").privacy_url == "https://analytics.eu.amplitude.com"
     assert Amplitude("amp", "k").privacy_url == "https://amplitude.com"
     assert MParticle("mp", "k", "s", pod="EU1").dsr_base_url == "https://opendsr.mparticle.com"
+
+
+# Attribute values and texts the column encoders write themselves, and ones they hand to json's escaping.
+ODD_ATTRIBUTES = {
+    "plain": "x",
+    "count": -3,
+    "ratio": 0.25,
+    "big": 1e20,
+    "flag": False,
+    "colon": 'a:1,"b":2',
+    "nested": {"k": [1, "two"]},
+    "nothing": None,
+}
+ODD_EVENTS = (
+    Event('say "hi"\n', "custom_event", "naïve \\ name", RECENT_MS, ODD_ATTRIBUTES, "other"),
+    Event("plain-1", "custom_event", "view", RECENT_MS, {"n": 1, "s": "ok"}, "navigation"),
+    Event("screen-1", "screen_view", "home", RECENT_MS, {"n": 2}),
+    Event("old-1", "custom_event", "signup", OLD_MS, {"n": 3}),
+)
+
+
+def test_mparticle_events_from_columns_arrive_as_the_official_models_read_them(sink: HttpSink) -> None:
+    odd = change(1, attributes={}, removed=(), events=ODD_EVENTS)
+    plain = change(2, attributes={}, removed=(), events=ODD_EVENTS[1:2])
+    table = events_table([odd, plain])
+    changes = [replace(odd, events=()), replace(plain, events=())]
+
+    metrics = mparticle.forward(to_mparticle(sink), changes, now=NOW, events=table)
+
+    assert metrics.rejects == [] and metrics.events_sent == 5
+    recent = {e["data"]["source_message_id"]: e for b in sink.batches for e in b["events"]}
+    assert recent['say "hi"\n']["data"]["event_name"] == "naïve \\ name"
+    assert recent['say "hi"\n']["data"]["custom_attributes"] == {
+        "plain": "x",
+        "count": "-3",
+        "ratio": "0.25",
+        "big": "1e+20",
+        "flag": "false",
+        "colon": 'a:1,"b":2',
+        "nested": '{"k": [1, "two"]}',
+    }
+    assert recent["plain-1"]["data"]["custom_attributes"] == {"n": "1", "s": "ok"}
+    assert recent["screen-1"]["event_type"] == "screen_view"
+    assert recent["screen-1"]["data"]["screen_name"] == "home"
+    [historical] = sink.historical_batches
+    assert [e["data"]["source_message_id"] for e in historical["events"]] == ["old-1"]
+    assert historical["user_identities"]["customerid"] == "cust-00001"
+
+
+def test_amplitude_events_from_columns_keep_their_properties_and_texts(sink: HttpSink) -> None:
+    odd = change(1, attributes={}, removed=(), events=ODD_EVENTS)
+    metrics = amplitude.forward(to_amplitude(sink), [replace(odd, events=())], events=events_table([odd]))
+
+    assert metrics.rejects == [] and metrics.events_sent == 4
+    sent = {e["insert_id"]: e for e in sink.events}
+    assert sent['say "hi"\n']["event_type"] == "naïve \\ name"
+    assert sent['say "hi"\n']["event_properties"] == ODD_ATTRIBUTES
+    assert sent['say "hi"\n']["user_id"] == "cust-00001"
+    assert sent["old-1"]["event_properties"] == {"n": 3}

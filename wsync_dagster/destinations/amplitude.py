@@ -9,19 +9,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from wsync_dagster.destinations import event_columns as ec
+from wsync_dagster.destinations.event_columns import events_table
 from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
     DestinationError,
     Item,
+    ItemColumns,
     JsonRequests,
     Packing,
     Request,
     SendMetrics,
     SendPolicy,
+    column_requests,
     exchange,
+    joined_bodies,
     send_encoded,
 )
 
@@ -41,6 +49,8 @@ THROTTLED_USER_PAUSE_SECONDS = 30.0  # Amplitude asks to pause a throttled user 
 THROTTLED_IDENTIFY_PAUSE_SECONDS = 15.0  # and this long after a 429 from the Identify API
 MIN_ID_LENGTH = 5  # Amplitude drops shorter user ids, so they are rejects here and never sent
 DEFAULT_POLICY = SendPolicy(items_per_second=1000)  # the Starter plan's events per second
+# Events Arrow encodes at once, while the last chunk's requests go out (whole requests of 2,000 events).
+CHUNK_EVENTS = 16 * MAX_ITEMS_PER_REQUEST
 
 
 class Amplitude:
@@ -96,7 +106,7 @@ class Amplitude:
 
     def body(self, request: Request) -> tuple[bytes, str]:
         """HTTP V2: a JSON object with the key and events; Identify: a form with the key and identifications."""
-        items = b"[" + b",".join(item.body for item in request.items) + b"]"
+        items = b"[" + joined_bodies(request.items) + b"]"
         if request.path == EVENTS_PATH:
             head = b'{"api_key":' + compact_json(self._api_key) + b',"events":'
             return head + items + b"}", "application/json"
@@ -140,31 +150,92 @@ class Amplitude:
 
 
 def forward(
-    destination: Amplitude, changes: Iterable[ProfileChange], on_acknowledged: Acknowledged | None = None
+    destination: Amplitude,
+    changes: Iterable[ProfileChange],
+    on_acknowledged: Acknowledged | None = None,
+    events: pa.Table | None = None,
 ) -> SendMetrics:
-    """Sends the changes as identifies and events, waiting for Amplitude's acknowledgement of each request."""
+    """Sends the changes as identifies and events, waiting for Amplitude's acknowledgement of each request;
+    their events come from `events` (event_columns.EVENT_SCHEMA) or else from the changes."""
     rejects: list[Reject] = []
-    requests = _requests(changes, destination.user_id, rejects)
+    requests = encode_requests(changes, destination.user_id, rejects, events)
     return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
 
 
-def _requests(
-    changes: Iterable[ProfileChange], user_id_type: str, rejects: list[Reject]
+def encode_requests(
+    changes: Iterable[ProfileChange], user_id_type: str, rejects: list[Reject], events: pa.Table | None = None
 ) -> Iterator[Request]:
-    """The changes' identifies and events packed into requests as they are encoded; rejects gets the rest."""
+    """The changes' identifies packed into requests as they are encoded, then their events, encoded for the
+    whole table at once; rejects gets what cannot be sent."""
+    changes = list(changes)
     identifies = Packing(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
-    events = Packing(EVENTS_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
+    users: dict[str, str] = {}  # profile id → its user id
+    refused: dict[str, str] = {}  # profile id → why its events cannot be sent
     for change in changes:
-        identify, change_events, change_rejects = encode_change(change, user_id_type)
-        rejects.extend(change_rejects)
+        why = _user_id_problem(change, user_id_type)
+        if why is None:
+            users[change.profile_id] = change.identities[user_id_type]
+            identify = _identification(change, user_id_type)
+        else:
+            refused[change.profile_id] = why
+            identify = None
+            if change.attributes or change.removed:
+                rejects.append(Reject(change.profile_id, why))
         if identify is not None and (closed := identifies.add(identify)) is not None:
             yield closed
-        for event in change_events:
-            if (closed := events.add(event)) is not None:
-                yield closed
-    for packing in (identifies, events):
-        if (rest := packing.rest()) is not None:
-            yield rest
+    if (rest := identifies.rest()) is not None:
+        yield rest
+    table = events_table(changes) if events is None else events
+    if table.num_rows == 0:
+        return
+    profiles = list(users)
+    where = pc.index_in(table.column("profile_id"), value_set=pa.array(profiles, pa.string()))
+    where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
+    user_ids = ec.quoted(pa.array([users[p] for p in profiles], pa.string()))
+    for start in range(0, table.num_rows, CHUNK_EVENTS):
+        chunk = table.slice(start, CHUNK_EVENTS)
+        items = event_items(chunk, where.slice(start, CHUNK_EVENTS), user_ids, refused, rejects)
+        yield from column_requests(EVENTS_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
+
+
+def event_items(
+    events: pa.Table, where: pa.Array, user_ids: pa.Array, refused: dict[str, str], rejects: list[Reject]
+) -> ItemColumns:
+    """HTTP V2 events as items, where[i] the index of event i's user id in user_ids (JSON strings); events
+    of a refused profile land in rejects, those of other profiles without one (erased since) are left out."""
+    if where.null_count:
+        for i in np.flatnonzero(pc.is_null(where).to_numpy(zero_copy_only=False)):
+            why = refused.get(events.column("profile_id")[int(i)].as_py())
+            if why is not None:
+                rejects.append(Reject(events.column("event_id")[int(i)].as_py(), why))
+        events = events.filter(pc.is_valid(where))
+        where = pc.drop_null(where)
+    attributes = events.column("attributes").combine_chunks()
+    bodies = ec.joined(
+        [
+            '{"user_id":',
+            pc.take(user_ids, where),
+            ',"event_type":',
+            ec.quoted(events.column("name")),
+            ',"time":',
+            ec.numbers(events.column("timestamp_ms")),
+            ',"insert_id":',
+            ec.quoted(events.column("event_id")),
+            ec.optional(',"event_properties":', attributes, pc.fill_null(pc.equal(attributes, "{}"), True)),
+            "},",
+        ]
+    )
+    return ItemColumns(events.column("event_id").combine_chunks(), bodies.cast(pa.binary()), 1)
+
+
+def _user_id_problem(change: ProfileChange, user_id_type: str) -> str | None:
+    """Why the change's user id cannot be Amplitude's, or None."""
+    user_id = change.identities.get(user_id_type)
+    if not user_id:
+        return f"no {user_id_type} identity to send as Amplitude's user_id"
+    if len(user_id) < MIN_ID_LENGTH:
+        return f"user_id shorter than {MIN_ID_LENGTH} characters (Amplitude's minimum)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -242,20 +313,10 @@ def send_deletion(
     return done
 
 
-def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None, list[Item], list[Reject]]:
-    """A change as one identification ($set, $unset), its events, and what cannot be sent."""
-    user_id = change.identities.get(user_id_type)
-    why = None
-    if not user_id:
-        why = f"no {user_id_type} identity to send as Amplitude's user_id"
-    elif len(user_id) < MIN_ID_LENGTH:
-        why = f"user_id shorter than {MIN_ID_LENGTH} characters (Amplitude's minimum)"
-    if why is not None:
-        rejects = [Reject(change.profile_id, why)] if change.attributes or change.removed else []
-        return None, [], rejects + [Reject(event.event_id, why) for event in change.events]
-    # Identifications and events are many and alike: their known keys are written around json's escaping.
-    user = json_string(user_id)
-    identify = None
+def _identification(change: ProfileChange, user_id_type: str) -> Item | None:
+    """The change's identification, its user id valid; None when it sets and removes nothing."""
+    # Identifications are many and alike: their known keys are written around json's escaping.
+    user = json_string(change.identities[user_id_type])
     values: dict[str, Any] = {}
     nulls: list[str] = []  # an attribute set to null is a removal too
     for name, value in change.attributes.items():
@@ -264,24 +325,13 @@ def encode_change(change: ProfileChange, user_id_type: str) -> tuple[Item | None
         else:
             values[name] = value
     removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
-    if values or removed:
-        operations = [f'"$set":{json_text(values)}'] if values else []
-        if removed:
-            operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
-        body = f'{{"user_id":{user},"user_properties":{{{",".join(operations)}}}}}'
-        identify = Item(change.profile_id, body.encode())
-    head = '{"user_id":' + user + ',"event_type":'
-    events = []
-    for event in change.events:
-        attributes = event.attributes
-        if attributes:
-            plain = attributes if type(attributes) is dict else dict(attributes)  # json's encoder takes dicts
-            tail = ',"event_properties":' + json_text(plain) + "}"
-        else:
-            tail = "}"
-        body = f'{head}{json_string(event.name)},"time":{int(event.timestamp_ms)},"insert_id":{json_string(event.event_id)}{tail}'
-        events.append(Item(event.event_id, body.encode(), 1))
-    return identify, events, []
+    if not values and not removed:
+        return None
+    operations = [f'"$set":{json_text(values)}'] if values else []
+    if removed:
+        operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
+    body = f'{{"user_id":{user},"user_properties":{{{",".join(operations)}}}}}'
+    return Item(change.profile_id, body.encode())
 
 
 def _boundary(content: bytes) -> bytes:

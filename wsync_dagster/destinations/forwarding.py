@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from wsync_dagster.destinations import amplitude, mparticle
 from wsync_dagster.destinations.amplitude import Amplitude
 from wsync_dagster.destinations.config import AmplitudeDestination, MParticleDestination
@@ -98,7 +100,7 @@ def forward(
         if pending.last_profile_id is None:
             break
         after = pending.last_profile_id
-        metrics = _send(platform, pending.changes)
+        metrics = _send(platform, pending.changes, pending.event_table)
         refused = {reject.item for reject in metrics.rejects}
         received = [change for change in pending.changes if change.profile_id not in refused]
         store.acknowledge_forward(
@@ -125,9 +127,11 @@ def forward(
     return result
 
 
-def _send(platform: mparticle.MParticle | Amplitude, changes: list[ProfileChange]) -> SendMetrics:
+def _send(
+    platform: mparticle.MParticle | Amplitude, changes: list[ProfileChange], events: pa.Table
+) -> SendMetrics:
     if not changes:
         return SendMetrics()
     if isinstance(platform, Amplitude):
-        return amplitude.forward(platform, changes)
-    return mparticle.forward(platform, changes)
+        return amplitude.forward(platform, changes, events=events)
+    return mparticle.forward(platform, changes, events=events)

@@ -11,7 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from wsync_dagster.destinations import event_columns as ec
+from wsync_dagster.destinations.event_columns import events_table
 from wsync_dagster.destinations.json_encoding import compact_json, json_string
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
@@ -24,6 +29,7 @@ from wsync_dagster.destinations.sender import (
     SendMetrics,
     SendPolicy,
     exchange,
+    joined_bodies,
     send_encoded,
 )
 from wsync_dagster.identities import DEVICE_IDENTITIES
@@ -37,6 +43,7 @@ PODS: dict[str, str] = {
 BULK_PATH = "/v2/bulkevents"
 HISTORICAL_PATH = "/v2/bulkevents/historical"  # events older than 30 days must come this way
 HISTORICAL_AFTER = timedelta(days=30)
+CHUNK_PROFILES = 4096  # profiles whose events Arrow encodes at once, while the last chunk's requests go out
 
 # mParticle's documented limits (Default Service Limits).
 MAX_BATCHES_PER_REQUEST = 100
@@ -153,7 +160,7 @@ class MParticle:
 
     def body(self, request: Request) -> tuple[bytes, str]:
         """The batches as one JSON array."""
-        return b"[" + b",".join(item.body for item in request.items) + b"]", "application/json"
+        return b"[" + joined_bodies(request.items) + b"]", "application/json"
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
         """mParticle does not say which batch of a bulk request was invalid: the sender splits."""
@@ -284,55 +291,184 @@ def forward(
     changes: Iterable[ProfileChange],
     now: datetime | None = None,
     on_acknowledged: Acknowledged | None = None,
+    events: pa.Table | None = None,
 ) -> SendMetrics:
-    """Sends the changes as batches, waiting for mParticle's acknowledgement of each request."""
+    """Sends the changes as batches, waiting for mParticle's acknowledgement of each request; their events
+    come from `events` (event_columns.EVENT_SCHEMA, each profile's together) or else from the changes."""
     rejects: list[Reject] = []
-    requests = _requests(changes, destination.environment, now, rejects)
+    requests = encode_requests(changes, destination.environment, now, rejects, events)
     return send_encoded(destination, requests, destination.policy, rejects, 0.0, on_acknowledged)
 
 
-def _requests(
-    changes: Iterable[ProfileChange], environment: str, now: datetime | None, rejects: list[Reject]
+def encode_requests(
+    changes: Iterable[ProfileChange],
+    environment: str,
+    now: datetime | None,
+    rejects: list[Reject],
+    events: pa.Table | None = None,
 ) -> Iterator[Request]:
     """The changes' batches packed into requests as they are encoded; what cannot go lands in rejects."""
+    changes = list(changes)
+    table = events_table(changes) if events is None else events
+    table, positions = ec.by_profile(table, [change.profile_id for change in changes])
+    starts = np.searchsorted(positions, np.arange(len(changes) + 1))
     bulk = Packing(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
     historical = Packing(HISTORICAL_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
-    for change in changes:
-        batches, old_batches, change_rejects = encode_change(change, environment, now)
-        rejects.extend(change_rejects)
-        for packing, items in ((bulk, batches), (historical, old_batches)):
-            for item in items:
-                if (closed := packing.add(item)) is not None:
-                    yield closed
+    for first in range(0, len(changes), CHUNK_PROFILES):
+        chunk = changes[first : first + CHUNK_PROFILES]
+        low, high = int(starts[first]), int(starts[first + len(chunk)])
+        runs = EventRuns(table.slice(low, high - low), positions[low:high] - first, len(chunk), now, rejects)
+        for n, change in enumerate(chunk):
+            batches, old_batches, change_rejects = encode_change(change, environment, now, runs.of(n))
+            rejects.extend(change_rejects)
+            for packing, items in ((bulk, batches), (historical, old_batches)):
+                for item in items:
+                    if (closed := packing.add(item)) is not None:
+                        yield closed
     for packing in (bulk, historical):
         if (rest := packing.rest()) is not None:
             yield rest
 
 
+@dataclass(slots=True)
+class EventRun:
+    """One profile's events bound for one path, already JSON: joined for a batch, or one by one to split."""
+
+    joined: bytes  # the events' JSON separated by commas
+    count: int
+    source: EventRuns
+    path: int
+    profile: int
+
+    def pairs(self) -> list[tuple[str, bytes]]:
+        """(event id, JSON) of each event, for the rare profile whose events exceed a batch."""
+        return self.source.pairs(self.path, self.profile)
+
+
+class EventRuns:
+    """The events of some profiles encoded at once, by profile: recent ones and historical ones (older than
+    30 days); events of a type mParticle does not take land in rejects."""
+
+    def __init__(
+        self,
+        events: pa.Table,
+        positions: np.ndarray,  # each row's profile: 0 … profiles - 1, ascending
+        profiles: int,
+        now: datetime | None,
+        rejects: list[Reject],
+    ) -> None:
+        # Per path: the events' JSON, each followed by a comma, as one buffer; each profile's offsets in it;
+        # each profile's first event and event count; the event ids and JSON by event, to split.
+        self._paths: list[tuple[bytes, list[int], list[int], list[int], pa.Array, pa.Array]] = []
+        bodies, known = _event_bodies(events, rejects)
+        if known.false_count:
+            events, positions = events.filter(known), positions[known.to_numpy(zero_copy_only=False)]
+        cutoff_ms = int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000)
+        old = pc.less(events.column("timestamp_ms"), cutoff_ms).combine_chunks()
+        ids = events.column("event_id").combine_chunks()
+        for mask in (pc.invert(old), old):
+            if mask.true_count == len(mask):
+                part, part_ids, part_positions = bodies, ids, positions
+            else:
+                part, part_ids = bodies.filter(mask), ids.filter(mask)
+                part_positions = positions[mask.to_numpy(zero_copy_only=False)]
+            firsts = np.searchsorted(part_positions, np.arange(profiles + 1))
+            text = ec.concatenated(part)
+            offsets = ec.offsets(part)[firsts]
+            self._paths.append(
+                (text, offsets.tolist(), firsts.tolist(), np.diff(firsts).tolist(), part_ids, part)
+            )
+
+    def of(self, profile: int) -> tuple[EventRun | None, EventRun | None]:
+        """The profile's recent and historical events, None where it has none."""
+        return self._run(0, profile), self._run(1, profile)
+
+    def _run(self, path: int, profile: int) -> EventRun | None:
+        text, offsets, _, counts, _, _ = self._paths[path]
+        count = counts[profile]
+        if not count:
+            return None
+        return EventRun(
+            text[offsets[profile] : offsets[profile + 1] - 1], count, self, path, profile
+        )  # no last comma
+
+    def pairs(self, path: int, profile: int) -> list[tuple[str, bytes]]:
+        """(event id, JSON) of the profile's events bound for the path."""
+        _, _, firsts, counts, ids, bodies = self._paths[path]
+        start, count = firsts[profile], counts[profile]
+        texts = bodies.slice(start, count).cast(pa.binary()).to_pylist()
+        return list(zip(ids.slice(start, count).to_pylist(), [t[:-1] for t in texts], strict=True))
+
+
+def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa.Array]:
+    """The JSON in mParticle's shape of each event of a type it takes, and which those are (the others land
+    in rejects); a custom event without further data keys is written by Arrow, any other by _event_json."""
+    known = pc.is_in(events.column("event_type"), pa.array(EVENT_TYPES)).combine_chunks()
+    if not pc.all(known).as_py():
+        for i in np.flatnonzero(~known.to_numpy(zero_copy_only=False)):
+            refused = _event(ec.row_event(events, int(i)))
+            rejects.append(refused if isinstance(refused, Reject) else Reject(str(i), "unknown event type"))
+        events = events.filter(known)
+    custom = ec.string_valued(events.column("attributes"), _custom_attributes_text)
+    omit = pc.fill_null(pc.equal(custom, "{}"), True)
+    bodies = ec.joined(
+        [
+            '{"event_type":"custom_event","data":{"timestamp_unixtime_ms":',
+            ec.numbers(events.column("timestamp_ms")),
+            ',"source_message_id":',
+            ec.quoted(events.column("event_id")),
+            ec.optional(',"custom_attributes":', custom, omit),
+            ',"event_name":',
+            ec.quoted(events.column("name")),
+            ',"custom_event_type":',
+            ec.quoted(pc.fill_null(events.column("custom_event_type"), "other")),
+            "}},",  # the separator: a profile's events are one slice of the buffer
+        ]
+    )
+    written = pc.and_(
+        pc.equal(events.column("event_type"), "custom_event"), pc.is_null(events.column("data"))
+    ).combine_chunks()
+    if not pc.all(written).as_py():
+        other = pc.invert(written)
+        indexes = np.flatnonzero(other.to_numpy(zero_copy_only=False))
+        texts = [_event_json(ec.row_event(events, int(i))).decode() + "," for i in indexes]  # type: ignore[union-attr]
+        bodies = pc.replace_with_mask(bodies, other, pa.array(texts, pa.string()))
+    return bodies, known
+
+
+def _custom_attributes_text(text: str) -> str:
+    """Custom attributes as mParticle keeps them (strings, no nulls), for what Arrow cannot rewrite."""
+    values = json.loads(text)
+    return compact_json(
+        {k: v if type(v) is str else _text(v) for k, v in values.items() if v is not None}
+    ).decode()
+
+
 def encode_change(
-    change: ProfileChange, environment: str, now: datetime | None = None
+    change: ProfileChange,
+    environment: str,
+    now: datetime | None = None,
+    events: tuple[EventRun | None, EventRun | None] | None = None,
 ) -> tuple[list[Item], list[Item], list[Reject]]:
-    """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects."""
+    """A change as batches for /v2/bulkevents, batches for /v2/bulkevents/historical, and rejects; its
+    events encoded already (EventRuns) or else from the change."""
     mpid = change.identities.get("mpid")
     if mpid and not mpid.lstrip("-").isdigit():
         return [], [], [Reject(change.profile_id, "mpid is not a number, as mParticle's ids are")]
     identities = _identities(change.identities)
     if not identities:
         return [], [], [Reject(change.profile_id, "no identity mParticle can resolve a user by")]
-    cutoff_ms = (
-        int(((now or datetime.now(UTC)) - HISTORICAL_AFTER).timestamp() * 1000) if change.events else 0
-    )
     rejects: list[Reject] = []
-    recent_events: list[tuple[str, bytes]] = []
-    old_events: list[tuple[str, bytes]] = []
-    for event in change.events:
-        encoded = _event_json(event)
-        if isinstance(encoded, Reject):
-            rejects.append(encoded)
-            continue
-        target = old_events if event.timestamp_ms < cutoff_ms else recent_events
-        target.append((event.event_id, encoded))
+    if events is None:
+        table = events_table([change])
+        events = EventRuns(table, np.zeros(table.num_rows, np.int64), 1, now, rejects).of(0)
+    recent_events, old_events = events
     base = {"environment": environment, **identities}
+    if recent_events is not None and old_events is None and not change.attributes and not change.removed:
+        # The usual change of events only: one batch, written at once.
+        head = compact_json(base)[:-1] + b',"events":[' + recent_events.joined + b"]}"
+        if len(head) <= MAX_BATCH_BYTES - 96:
+            return [_identified(change.profile_id, head, recent_events.count)], [], rejects
     attributes: dict[str, Any] = {}
     nulls: list[str] = []  # an attribute set to null is a removal too
     for name, value in sorted(change.attributes.items()):
@@ -341,7 +477,7 @@ def encode_change(
         else:
             attributes[name] = value if type(value) in _SCALARS else _attribute_value(value)
     removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
-    if not old_events and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
+    if old_events is None and len(attributes) <= MAX_ATTRIBUTES_PER_BATCH >= len(removed):
         single = _single_batch(change.profile_id, base, attributes, removed, recent_events)
         if single is not None:
             return single, [], rejects
@@ -357,8 +493,10 @@ def encode_change(
         heads.append(head)
     if any(len(compact_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
         return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
-    recent, too_big = _batches(change.profile_id, heads, recent_events, base)
-    historical, too_big_old = _batches(change.profile_id, [], old_events, base)
+    recent_pairs = recent_events.pairs() if recent_events is not None else []
+    old_pairs = old_events.pairs() if old_events is not None else []
+    recent, too_big = _batches(change.profile_id, heads, recent_pairs, base)
+    historical, too_big_old = _batches(change.profile_id, [], old_pairs, base)
     rejects.extend(too_big + too_big_old)
     return recent, historical, rejects
 
@@ -368,7 +506,7 @@ def _single_batch(
     base: dict[str, Any],
     attributes: dict[str, Any],
     removed: list[str],
-    events: list[tuple[str, bytes]],
+    events: EventRun | None,
 ) -> list[Item] | None:
     """The usual change, one batch encoded at once: None when it needs the batch limit's splitting."""
     batch = dict(base)
@@ -380,10 +518,10 @@ def _single_batch(
         return []  # nothing to send
     head = compact_json(batch)
     if events:
-        head = head[:-1] + b',"events":[' + b",".join(event for _, event in events) + b"]}"
+        head = head[:-1] + b',"events":[' + events.joined + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
         return None
-    return [_identified(profile_id, head, len(events))]
+    return [_identified(profile_id, head, events.count if events else 0)]
 
 
 def _batches(

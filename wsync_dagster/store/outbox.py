@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
+from wsync_dagster.destinations.event_columns import events_table
 from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
 from wsync_dagster.identities import priority
 from wsync_dagster.store.backend import Backend
@@ -67,6 +68,7 @@ class PendingSlice:
     changes: list[ProfileChange]
     rows: pa.Table  # profile_id, seq, marks: what to remove once acknowledged
     last_profile_id: str | None  # where the next slice starts
+    event_table: pa.Table = field(default_factory=lambda: events_table([]))  # the changes' events as columns
 
     @property
     def events(self) -> int:
@@ -215,7 +217,7 @@ def read_pending(
         for (profile_id,) in ids
         if profile_id in identities  # an erased profile has nothing left to send
     ]
-    return PendingSlice(changes, read, last)
+    return PendingSlice(changes, read, last, events_table(changes))
 
 
 def acknowledge(
