@@ -52,6 +52,7 @@ def cannot_run(spec: SyncSpec) -> str | None:
     named = ", ".join(f"{field}: environment variable {variable}" for variable, field in unset.items())
     verb = "is" if len(unset) == 1 else "are"
     return (
-        f"{spec.name}: {named} {verb} not set in the process that runs the sync (for the UI's runs, "
+        f"{spec.source_file}: {named} {verb} not set in the process that runs the sync {spec.name} (for the "
+        "UI's runs, "
         "where `dagster dev` or the code server starts: set it there and restart it); nothing ran"
     )

@@ -50,10 +50,12 @@ query Failures($runId: ID!) {
   }
 }
 """
-UNSET_LINE = (
-    f"users: connection.password: environment variable {PASSWORD_VARIABLE} is not set in the process that "
-    "runs the sync"
-)
+def unset_line(sync_file: Path) -> str:
+    """How a run, a backfill and the assets say the password's variable is unset: the file, field and variable."""
+    return (
+        f"{sync_file.resolve()}: connection.password: environment variable {PASSWORD_VARIABLE} is not set in the "
+        "process that runs the sync users"
+    )
 
 
 def _backfill(client, sync: str, first: str, last: str) -> subprocess.CompletedProcess[str]:
@@ -85,7 +87,7 @@ def test_a_variable_unset_where_the_ui_runs_marks_the_syncs_assets_and_refuses_i
     variable (no value), `wsync backfill` is refused with that line though its own shell has the variable,
     and a run launched in the UI fails at its first step with the same line."""
     write_sync(user_sync(make_warehouse(HISTORY_SQL)))
-    write_sync(
+    users_file = write_sync(
         users_sync(
             PostgresEngine("wsync_never_opened").connection(), "SELECT customer_id, updated_at FROM crm.users"
         )
@@ -111,18 +113,18 @@ def test_a_variable_unset_where_the_ui_runs_marks_the_syncs_assets_and_refuses_i
     for key in (("users", "mapped_batches"), ("users", "delivery")):
         shown = {entry["label"]: entry.get("text") for entry in nodes[key]["metadataEntries"]}
         assert shown["unset_environment_variables"] == PASSWORD_VARIABLE
-        assert nodes[key]["description"].startswith(f"**Cannot run here**: {UNSET_LINE}")
+        assert nodes[key]["description"].startswith(f"**Cannot run here**: {unset_line(users_file)}")
     # The other sync runs as before, unmarked.
     assert "Cannot run here" not in nodes[("crm_users", "delivery")]["description"]
 
     assert refused.returncode == 1
-    assert refused.stderr.startswith(f"wsync backfill: {UNSET_LINE}"), refused.stderr
+    assert refused.stderr.startswith(f"wsync backfill: {unset_line(users_file)}"), refused.stderr
     assert "no backfill launched" in refused.stderr
     assert PLANTED_SECRET not in refused.stdout + refused.stderr
     assert backfills == []
 
     assert status == "FAILURE"
-    assert failures and failures[0].startswith(UNSET_LINE), failures
+    assert failures and failures[0].startswith(unset_line(users_file)), failures
 
 
 def test_a_failed_backfill_says_which_of_its_partitions_stay_delivered(
@@ -162,7 +164,7 @@ def test_a_schedule_tick_skips_saying_which_variable_is_unset(
     """The schedule starts no run that would fail: its tick skips with the line naming the variable."""
     connection = PostgresEngine("wsync_never_opened").connection()
     sync = users_sync(connection, "SELECT customer_id, updated_at FROM crm.users", schedule="interval")
-    write_sync({**sync, "sync": {**sync["sync"], "frequency": "daily", "start": "2024-01-02T00:00:00Z"}})
+    sync_file = write_sync({**sync, "sync": {**sync["sync"], "frequency": "daily", "start": "2024-01-02T00:00:00Z"}})
     monkeypatch.delenv(PASSWORD_VARIABLE, raising=False)
     defs = code_location()
     schedule = defs.get_schedule_def("users_schedule")
@@ -172,7 +174,7 @@ def test_a_schedule_tick_skips_saying_which_variable_is_unset(
     ) as context:
         result = schedule.evaluate_tick(context)
     assert not result.run_requests
-    assert result.skip_message.startswith(UNSET_LINE), result.skip_message
+    assert result.skip_message.startswith(unset_line(sync_file)), result.skip_message
     monkeypatch.setenv(PASSWORD_VARIABLE, "set")
     with build_schedule_context(
         scheduled_execution_time=datetime(2024, 1, 5, tzinfo=UTC), repository_def=repository
