@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from json import encoder
 from typing import Any
 
@@ -23,19 +21,6 @@ _C_ENCODE: Callable[[Any, int], list[str]] | None = (
 def compact_json(value: Any) -> bytes:
     """The value as compact UTF-8 JSON; what JSON does not know travels as its str()."""
     return json_text(value).encode()
-
-
-@contextmanager
-def without_gc_pauses() -> Iterator[None]:
-    """No garbage collection while encoding: it makes many small acyclic objects, and every collection on
-    the way re-walks all that is alive (the changes being encoded too), which doubled the encoding time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def json_string(text: str) -> str:

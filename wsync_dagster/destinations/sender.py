@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from wsync_dagster.destinations.event_columns import concatenated, offsets
-from wsync_dagster.destinations.json_encoding import without_gc_pauses
 from wsync_dagster.destinations.profile_changes import Reject
+from wsync_dagster.gc_pause import cycle_collection_paused
 
 GZIP_FROM_BYTES = 1024  # smaller bodies gain nothing from compression
 GZIP_LEVEL = 1  # JSON of many alike items: level 1 compresses about as well as 5, twice as fast
@@ -307,7 +307,7 @@ def send(
     A lazy iterable is drawn as requests go out, so encoding the next overlaps the platform's work on the
     last; the time spent drawing counts as encoding.
     """
-    with without_gc_pauses():
+    with cycle_collection_paused():
         return asyncio.run(_Sender(platform, policy, on_acknowledged).send_all(requests))
 
 

@@ -7,7 +7,6 @@ cursor, FETCH_ROWS rows at a time as text that Arrow parses. Both paths get the 
 
 from __future__ import annotations
 
-import gc
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from sqlglot import exp
 
 from wsync_dagster.cancellation import QueryStopped, QueryWatch, watched_query
 from wsync_dagster.data_model import SourceTable, probe_sql, redact_literals
+from wsync_dagster.gc_pause import cycle_collection_paused
 from wsync_dagster.warehouses.base import (
     ConnectionSpec,
     EnvValue,
@@ -395,22 +395,9 @@ def _with_casts(query: str, columns: list[ModelColumn], dialect: str) -> str:
     return f"SELECT {select} FROM ({query}) AS model_columns"
 
 
-@contextmanager
-def _cycle_collection_paused() -> Iterator[None]:
-    """Pause Python's cycle collector while a batch of rows is built: the row tuples hold no cycles, and
-    collections passing over a million of them took half the read's time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _fetch_batch(cursor, schema: pa.Schema, batch_size: int) -> pa.RecordBatch | None:
     """The cursor's next rows as one batch of the model's types (their tuples freed on return); None at the end."""
-    with _cycle_collection_paused():
+    with cycle_collection_paused():
         rows = cursor.fetchmany(batch_size)
         if not rows:
             return None
