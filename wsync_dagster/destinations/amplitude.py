@@ -19,11 +19,11 @@ from wsync_dagster.destinations.json_encoding import compact_json, json_string, 
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
+    ColumnPacking,
     DestinationError,
     Item,
     ItemColumns,
     JsonRequests,
-    Packing,
     Request,
     SendMetrics,
     SendPolicy,
@@ -168,23 +168,26 @@ def encode_requests(
     """The changes' identifies packed into requests as they are encoded, then their events, encoded for the
     whole table at once; rejects gets what cannot be sent."""
     changes = list(changes)
-    identifies = Packing(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
+    # Identifications as columns, cut into requests a chunk at a time: a request's body is one slice.
+    identifies = ColumnPacking(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
     users: dict[str, str] = {}  # profile id → its user id
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
-    for change in changes:
-        why = _user_id_problem(change, user_id_type)
-        if why is None:
-            users[change.profile_id] = change.identities[user_id_type]
-            identify = _identification(change, user_id_type)
-        else:
+    for first in range(0, len(changes), CHUNK_EVENTS):
+        keys, bodies = identifies.keys, identifies.bodies
+        for change in changes[first : first + CHUNK_EVENTS]:
+            user_id = change.identities.get(user_id_type)
+            if user_id and len(user_id) >= MIN_ID_LENGTH:
+                users[change.profile_id] = user_id
+                if (body := _identification(change, user_id)) is not None:
+                    keys.append(change.profile_id)
+                    bodies.append(body)
+                continue
+            why = _user_id_problem(change, user_id_type) or "no user id"
             refused[change.profile_id] = why
-            identify = None
             if change.attributes or change.removed:
                 rejects.append(Reject(change.profile_id, why))
-        if identify is not None and (closed := identifies.add(identify)) is not None:
-            yield closed
-    if (rest := identifies.rest()) is not None:
-        yield rest
+        identifies.events = [0] * len(identifies.keys)
+        yield from identifies.requests(last=first + CHUNK_EVENTS >= len(changes))
     table = events_table(changes) if events is None else events
     if table.num_rows == 0:
         return
@@ -313,25 +316,22 @@ def send_deletion(
     return done
 
 
-def _identification(change: ProfileChange, user_id_type: str) -> Item | None:
-    """The change's identification, its user id valid; None when it sets and removes nothing."""
+def _identification(change: ProfileChange, user_id: str) -> bytes | None:
+    """The change's identification with a trailing comma, its user id valid; None when it sets and removes
+    nothing."""
     # Identifications are many and alike: their known keys are written around json's escaping.
-    user = json_string(change.identities[user_id_type])
-    values: dict[str, Any] = {}
+    values = change.attributes
     nulls: list[str] = []  # an attribute set to null is a removal too
-    for name, value in change.attributes.items():
-        if value is None:
-            nulls.append(name)
-        else:
-            values[name] = value
+    if type(values) is not dict or None in values.values():
+        values = {name: value for name, value in change.attributes.items() if value is not None}
+        nulls = [name for name, value in change.attributes.items() if value is None]
     removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
     if not values and not removed:
         return None
     operations = [f'"$set":{json_text(values)}'] if values else []
     if removed:
         operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
-    body = f'{{"user_id":{user},"user_properties":{{{",".join(operations)}}}}}'
-    return Item(change.profile_id, body.encode())
+    return f'{{"user_id":{json_string(user_id)},"user_properties":{{{",".join(operations)}}}}},'.encode()
 
 
 def _boundary(content: bytes) -> bytes:

@@ -17,10 +17,11 @@ import pyarrow.compute as pc
 
 from wsync_dagster.destinations import event_columns as ec
 from wsync_dagster.destinations.event_columns import events_table
-from wsync_dagster.destinations.json_encoding import compact_json, json_string
+from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
+    ColumnPacking,
     DestinationError,
     Item,
     JsonRequests,
@@ -312,22 +313,39 @@ def encode_requests(
     table = events_table(changes) if events is None else events
     table, positions = ec.by_profile(table, [change.profile_id for change in changes])
     starts = np.searchsorted(positions, np.arange(len(changes) + 1))
-    bulk = Packing(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
     historical = Packing(HISTORICAL_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
+    # The bulk batches as columns, cut into requests a chunk at a time: a request's body is one slice.
+    bulk = ColumnPacking(BULK_PATH, MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES, overhead=2)
+    keys, bodies, counts = bulk.keys, bulk.bodies, bulk.events
     for first in range(0, len(changes), CHUNK_PROFILES):
         chunk = changes[first : first + CHUNK_PROFILES]
         low, high = int(starts[first]), int(starts[first + len(chunk)])
-        runs = EventRuns(table.slice(low, high - low), positions[low:high] - first, len(chunk), now, rejects)
+        runs = (
+            EventRuns(table.slice(low, high - low), positions[low:high] - first, len(chunk), now, rejects)
+            if high > low
+            else None
+        )
         for n, change in enumerate(chunk):
-            batches, old_batches, change_rejects = encode_change(change, environment, now, runs.of(n))
+            recent, old = runs.of(n) if runs is not None else (None, None)
+            if old is None and (body := _usual_batch(change, environment, recent)) is not None:
+                # The usual change, written inline: no per-change lists, rejects or second look at it.
+                keys.append(change.profile_id)
+                bodies.append(body)
+                counts.append(recent.count if recent is not None else 0)
+                continue
+            batches, old_batches, change_rejects = encode_change(change, environment, now, (recent, old))
             rejects.extend(change_rejects)
-            for packing, items in ((bulk, batches), (historical, old_batches)):
-                for item in items:
-                    if (closed := packing.add(item)) is not None:
-                        yield closed
-    for packing in (bulk, historical):
-        if (rest := packing.rest()) is not None:
-            yield rest
+            for item in batches:
+                keys.append(item.key)
+                bodies.append(item.body + b",")
+                counts.append(item.events)
+            for item in old_batches:
+                if (closed := historical.add(item)) is not None:
+                    yield closed
+        yield from bulk.requests(last=first + CHUNK_PROFILES >= len(changes))
+        keys, bodies, counts = bulk.keys, bulk.bodies, bulk.events
+    if (rest := historical.rest()) is not None:
+        yield rest
 
 
 @dataclass(slots=True)
@@ -501,6 +519,43 @@ def encode_change(
     return recent, historical, rejects
 
 
+_USER_IDENTITY_KINDS = frozenset(USER_IDENTITY_NAMES)
+
+
+def _usual_batch(change: ProfileChange, environment: str, events: EventRun | None) -> bytes | None:
+    """The usual change's one batch, with its source_request_id, exactly as encode_change writes it: user
+    identities only, scalar attributes (none null) and removals within one batch's limits, recent events
+    only; None for any other change (encode_change's)."""
+    identities = change.identities
+    attributes = change.attributes
+    removed = change.removed
+    if (
+        not _USER_IDENTITY_KINDS.issuperset(identities)
+        or len(attributes) > MAX_ATTRIBUTES_PER_BATCH
+        or len(removed) > MAX_ATTRIBUTES_PER_BATCH
+        or (events is None and not attributes and not removed)
+    ):
+        return None
+    user = {USER_IDENTITY_NAMES[kind]: value for kind, value in sorted(identities.items()) if value}
+    if not user:
+        return None
+    batch: dict[str, Any] = {"environment": environment, "user_identities": user}
+    if attributes:
+        values = dict(sorted(attributes.items()))
+        for value in values.values():
+            if type(value) not in _SCALARS:  # None (a removal) or a value to convert: encode_change's
+                return None
+        batch["user_attributes"] = values
+    if removed:
+        batch["deleted_user_attributes"] = sorted(set(removed))
+    head = json_text(batch).encode()
+    if events is not None:
+        head = head[:-1] + b',"events":[' + events.joined + b"]}"
+    if len(head) > MAX_BATCH_BYTES - 96:
+        return None
+    return _with_request_id(head, b'"},')
+
+
 def _single_batch(
     profile_id: str,
     base: dict[str, Any],
@@ -572,13 +627,20 @@ def _item(profile_id: str, batch: dict[str, Any], events: list[bytes]) -> Item:
 
 def _identified(profile_id: str, head: bytes, events: int) -> Item:
     """The batch with its source_request_id: uuid5 of its content, so a resend is the same request."""
+    return Item(key=profile_id, body=_with_request_id(head), events=events)
+
+
+def _with_request_id(head: bytes, end: bytes = b'"}') -> bytes:
+    """The batch with its source_request_id: uuid5 of its content (as hex without dashes); end closes it."""
     digest = _REQUEST_ID_HASH.copy()
     digest.update(head)
-    request_id = bytearray(digest.digest()[:16])
-    request_id[6] = (request_id[6] & 0x0F) | 0x50  # uuid5's version and variant bits, as uuid.uuid5 sets them
-    request_id[8] = (request_id[8] & 0x3F) | 0x80
-    body = head[:-1] + b',"source_request_id":"' + request_id.hex().encode() + b'"}'
-    return Item(key=profile_id, body=body, events=events)
+    hexed = digest.hexdigest()
+    # uuid5's version and variant bits, as uuid.uuid5 sets them: the 13th digit 5, the 17th's top bits 10
+    request_id = hexed[:12] + "5" + hexed[13:16] + _VARIANT_DIGITS[hexed[16]] + hexed[17:32]
+    return head[:-1] + b',"source_request_id":"' + request_id.encode() + end
+
+
+_VARIANT_DIGITS = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
 
 
 def _identities(identities: Mapping[str, str]) -> dict[str, Any]:
