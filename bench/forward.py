@@ -1,7 +1,7 @@
 """Forwarding: wsync's mParticle and Amplitude destinations beside drt-core's REST API destination and the floor.
 
 Run `.venv/bin/python bench/forward.py [--profiles N] [--events M]`; bench/README.md says what each line
-measures. All three send to the same loopback server, a process of its own that reads every request and
+measures. All of them send to the same loopback server, a process of its own that reads every request and
 acknowledges it at once. It prints the table and the ratios and writes them to bench/RESULTS.md's
 "Forwarding" section.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gzip
 import json
 import os
@@ -239,6 +240,30 @@ def run_floor(requests: list[tuple[str, bytes, dict[str, str]]], url: str, basic
     return time.perf_counter() - started
 
 
+def run_floor_aiohttp(requests: list[tuple[str, bytes, dict[str, str]]], url: str, basic: bool) -> float:
+    """The floor's posts through aiohttp, the client wsync's sender uses: what the same bytes cost with it."""
+    import aiohttp
+
+    async def main() -> None:
+        credentials = base64.b64encode(f"{MP_KEY}:{MP_SECRET}".encode()).decode()
+        headers = {"Authorization": f"Basic {credentials}"} if basic else {}
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+            queue = iter(requests)
+
+            async def worker() -> None:
+                for path, content, request_headers in queue:
+                    async with session.post(url + path, data=content, headers=request_headers) as response:
+                        await response.read()
+                        response.raise_for_status()
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    return time.perf_counter() - started
+
+
 # drt-core's REST API destination in batch mode: Jinja templates a drt user writes for each API.
 _MP_PROFILE = (
     '{"environment":"production","user_identities":{"customerid":{{ r.customer_id|tojson_safe }},'
@@ -349,12 +374,14 @@ def fetch_stats(url: str) -> dict[str, int]:
 
 def run_line(contender: str, platform_name: str, rows: Rows, url: str) -> Result:
     """Runs one line and reads what the server got."""
-    built = prebuilt_requests(platform_name, rows, url) if contender == "floor" else []
+    built = prebuilt_requests(platform_name, rows, url) if contender.startswith("floor") else []
     fetch_stats(url)
     if contender == "wsync":
         outcome: object = run_wsync(platform_name, rows, url)
     elif contender == "drt-core":
         outcome = run_drt(platform_name, rows, url)
+    elif contender == "floor-aiohttp":
+        outcome = run_floor_aiohttp(built, url, basic=platform_name == "mparticle")
     else:
         outcome = run_floor(built, url, basic=platform_name == "mparticle")
     arrived = fetch_stats(url)
@@ -381,7 +408,8 @@ def report(results: list[Result], args: argparse.Namespace, load: tuple[float, f
         "",
         f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, httpx {metadata.version('httpx')}, "
         f"drt-core {drt_version() or '-'}. Server: one asyncio process on 127.0.0.1 that reads each request whole, "
-        "gunzips it, counts its items and acknowledges at once (the same for all three).",
+        "gunzips it, counts its items and acknowledges at once (the same for every contender). The floor posts "
+        "with httpx (the goal's yardstick), floor-aiohttp the same bytes with aiohttp, the client wsync sends with.",
         "",
         "| platform | rows | contender | rows sent | arrived | wall s | rows/s | encode s | wait s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -399,7 +427,11 @@ def report(results: list[Result], args: argparse.Namespace, load: tuple[float, f
         if contender != "wsync":
             continue
         parts = []
-        for other, label in (("drt-core", "x drt-core"), ("floor", "of the floor")):
+        for other, label in (
+            ("drt-core", "x drt-core"),
+            ("floor", "of the floor"),
+            ("floor-aiohttp", "of the aiohttp floor"),
+        ):
             o = by.get((other, platform_name, kind))
             if o is None:
                 continue
@@ -412,10 +444,14 @@ def report(results: list[Result], args: argparse.Namespace, load: tuple[float, f
 def write_results(text: str, path: Path) -> None:
     """Replaces the Forwarding section of the results file (the rest is bench/run.py's)."""
     old = path.read_text() if path.exists() else ""
-    kept = old.split("\n## Forwarding\n")[0].rstrip("\n") if "## Forwarding" in old else old.rstrip("\n")
-    if kept.startswith("## Forwarding"):
-        kept = ""
-    path.write_text((kept + "\n\n" if kept else "") + text)
+    before, after = old.rstrip("\n"), ""
+    if old.startswith("## Forwarding\n") or "\n## Forwarding\n" in old:
+        at = 0 if old.startswith("## Forwarding\n") else old.index("\n## Forwarding\n") + 1
+        before = old[:at].rstrip("\n")
+        rest = old[at + len("## Forwarding\n") :]
+        after = rest[rest.index("\n## ") + 1 :] if "\n## " in rest else ""  # the sections after it
+    parts = [part for part in (before, text.rstrip("\n"), after.rstrip("\n")) if part]
+    path.write_text("\n\n".join(parts) + "\n")
 
 
 def parse_args() -> argparse.Namespace:
@@ -427,7 +463,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--platforms", default="mparticle,amplitude")
     parser.add_argument("--kinds", default="profiles,events")
-    parser.add_argument("--contenders", default="wsync,drt-core,floor")
+    parser.add_argument("--contenders", default="wsync,drt-core,floor,floor-aiohttp")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-results", action="store_true", help="print only")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
