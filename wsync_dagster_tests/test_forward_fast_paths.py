@@ -1,0 +1,117 @@
+"""The destinations' fast paths give what their general encoders give, on random profile changes."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+from wsync_dagster.destinations import amplitude, mparticle
+from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
+from wsync_dagster.destinations.sender import Request
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
+RECENT_MS = int((NOW - timedelta(days=1)).timestamp() * 1000)
+OLD_MS = int((NOW - timedelta(days=40)).timestamp() * 1000)
+IDENTITY_KINDS = (
+    "customer_id",
+    "email",
+    "other",
+    "other_id_3",
+    "mobile_number",
+    "mpid",
+    "mp_deviceid",
+    "ios_idfv",
+)
+TEXTS = ("a", "plan", "é", 'quo"te', "back\\slash", "new\nline", "", "x" * 30, "colon: yes", "comma, yes")
+
+
+def random_value(rng: random.Random, plain: bool) -> object:
+    """An attribute value of any kind a profile holds: scalars, null, lists, objects (plain: scalars)."""
+    kind = rng.choice((1, 2, 3, 6)) if plain else rng.randrange(9)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice((True, False))
+    if kind == 2:
+        return rng.randint(-(10**12), 10**12)
+    if kind == 3:
+        return rng.uniform(-1e6, 1e6)
+    if kind == 4:
+        return [rng.choice(TEXTS), rng.randint(0, 9), None]
+    if kind == 5:
+        return {"nested": rng.choice(TEXTS)}
+    return rng.choice(TEXTS) + str(rng.randrange(1000))
+
+
+def random_change(rng: random.Random, n: int) -> ProfileChange:
+    """A change with random identities (some empty or odd), attributes, removals and events."""
+    identities = {}
+    for kind in rng.sample(IDENTITY_KINDS, rng.randint(0, 4)):
+        value = rng.choice(TEXTS) + f"-{n}" if kind not in ("mpid",) else rng.choice(("123", "-45", "abc"))
+        identities[kind] = value if rng.random() > 0.1 else ""
+    if rng.random() < 0.6:
+        identities["customer_id"] = f"cust-{n:06d}"
+    many = rng.random() < 0.03  # more than one batch's 100 attributes
+    names = [f"attr_{rng.randrange(300 if many else 12)}" for _ in range(rng.randint(0, 150 if many else 6))]
+    plain = rng.random() < 0.5  # the usual change: scalar attributes only
+    attributes = {name: random_value(rng, plain) for name in names}
+    removed = tuple(f"gone_{rng.randrange(5)}" for _ in range(rng.randint(0, 2)))
+    events = tuple(
+        Event(
+            f"e{n}-{e}",
+            rng.choice(("custom_event", "custom_event", "screen_view")),
+            rng.choice(TEXTS) or "view",
+            rng.choice((RECENT_MS, RECENT_MS, OLD_MS)) + e,
+            {"amount": rng.randint(0, 99), "sku": rng.choice(TEXTS)} if rng.random() < 0.7 else {},
+        )
+        for e in range(rng.choice((0, 0, 1, 3)))
+    )
+    return ProfileChange(f"p{n}", identities, attributes, removed, events)
+
+
+def items_by_path(requests: list[Request]) -> dict[str, list[tuple[str, bytes, int]]]:
+    """Each path's items (key, body, events) in the order they were sent."""
+    found: dict[str, list[tuple[str, bytes, int]]] = {}
+    for request in requests:
+        for i in range(len(request.items)):
+            item = request.items[i]
+            found.setdefault(request.path, []).append((item.key, item.body, item.events))
+    return found
+
+
+def test_mparticle_batches_are_encode_changes_byte_for_byte_on_random_changes() -> None:
+    rng = random.Random(19)
+    changes = [random_change(rng, n) for n in range(3000)]
+    rejects: list[Reject] = []
+    sent = items_by_path(list(mparticle.encode_requests(changes, "production", NOW, rejects)))
+    expected: dict[str, list[tuple[str, bytes, int]]] = {}
+    expected_rejects: list[Reject] = []
+    for change in changes:  # the general encoder, one change at a time, its events encoded on their own
+        recent, historical, change_rejects = mparticle.encode_change(change, "production", NOW)
+        for path, items in ((mparticle.BULK_PATH, recent), (mparticle.HISTORICAL_PATH, historical)):
+            expected.setdefault(path, []).extend((item.key, item.body, item.events) for item in items)
+        expected_rejects.extend(change_rejects)
+    assert sent == expected
+    assert sorted(rejects, key=repr) == sorted(expected_rejects, key=repr)
+
+
+def test_amplitude_identifications_set_and_unset_what_the_changes_say_on_random_changes() -> None:
+    rng = random.Random(19)
+    changes = [random_change(rng, n) for n in range(3000)]
+    rejects: list[Reject] = []
+    sent = items_by_path(list(amplitude.encode_requests(changes, "customer_id", rejects)))
+    identified = {key: json.loads(body) for key, body, _ in sent.get(amplitude.IDENTIFY_PATH, [])}
+    for change in changes:
+        user_id = change.identities.get("customer_id")
+        values = {name: value for name, value in change.attributes.items() if value is not None}
+        removed = sorted({*change.removed, *(n for n, v in change.attributes.items() if v is None)})
+        if not user_id or len(user_id) < amplitude.MIN_ID_LENGTH or not (values or removed):
+            assert change.profile_id not in identified
+            continue
+        expected: dict[str, object] = {}
+        if values:
+            expected["$set"] = json.loads(json.dumps(values, default=str))
+        if removed:
+            expected["$unset"] = dict.fromkeys(removed, "-")
+        assert identified[change.profile_id] == {"user_id": user_id, "user_properties": expected}
