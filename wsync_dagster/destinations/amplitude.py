@@ -172,20 +172,39 @@ def encode_requests(
     identifies = ColumnPacking(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
     users: dict[str, str] = {}  # profile id → its user id
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
+    unsets: dict[tuple[str, ...], str] = {}  # removed names → their "$unset" (a few sets recur)
     for first in range(0, len(changes), CHUNK_EVENTS):
-        keys, bodies = identifies.keys, identifies.bodies
+        # Per change only what Python must do (its $set's JSON); the rest is written by Arrow for the chunk.
+        keys: list[str] = []
+        user_ids: list[str] = []
+        sets: list[str | None] = []
+        unset: list[str | None] = []
         for change in changes[first : first + CHUNK_EVENTS]:
             user_id = change.identities.get(user_id_type)
-            if user_id and len(user_id) >= MIN_ID_LENGTH:
-                users[change.profile_id] = user_id
-                if (body := _identification(change, user_id)) is not None:
-                    keys.append(change.profile_id)
-                    bodies.append(body)
+            if not user_id or len(user_id) < MIN_ID_LENGTH:
+                why = _user_id_problem(change, user_id_type) or "no user id"
+                refused[change.profile_id] = why
+                if change.attributes or change.removed:
+                    rejects.append(Reject(change.profile_id, why))
                 continue
-            why = _user_id_problem(change, user_id_type) or "no user id"
-            refused[change.profile_id] = why
-            if change.attributes or change.removed:
-                rejects.append(Reject(change.profile_id, why))
+            users[change.profile_id] = user_id
+            values, removed = change.attributes, change.removed
+            if type(values) is not dict or None in values.values():  # a null is a removal too
+                values = {name: value for name, value in change.attributes.items() if value is not None}
+                removed = (*removed, *(n for n, v in change.attributes.items() if v is None))
+            if not values and not removed:
+                continue  # nothing to identify
+            keys.append(change.profile_id)
+            user_ids.append(user_id)
+            sets.append(json_text(values) if values else None)
+            if not removed:
+                unset.append(None)
+            elif (text := unsets.get(removed)) is not None:
+                unset.append(text)
+            else:
+                unset.append(unsets.setdefault(removed, _unset(removed)))
+        identifies.keys.extend(keys)
+        identifies.bodies.extend(_identifications(user_ids, sets, unset).to_pylist())
         identifies.events = [0] * len(identifies.keys)
         yield from identifies.requests(last=first + CHUNK_EVENTS >= len(changes))
     table = events_table(changes) if events is None else events
@@ -316,22 +335,29 @@ def send_deletion(
     return done
 
 
-def _identification(change: ProfileChange, user_id: str) -> bytes | None:
-    """The change's identification with a trailing comma, its user id valid; None when it sets and removes
-    nothing."""
-    # Identifications are many and alike: their known keys are written around json's escaping.
-    values = change.attributes
-    nulls: list[str] = []  # an attribute set to null is a removal too
-    if type(values) is not dict or None in values.values():
-        values = {name: value for name, value in change.attributes.items() if value is not None}
-        nulls = [name for name, value in change.attributes.items() if value is None]
-    removed = sorted({*change.removed, *nulls}) if change.removed or nulls else []
-    if not values and not removed:
-        return None
-    operations = [f'"$set":{json_text(values)}'] if values else []
-    if removed:
-        operations.append('"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in removed) + "}")
-    return f'{{"user_id":{json_string(user_id)},"user_properties":{{{",".join(operations)}}}}},'.encode()
+def _identifications(user_ids: list[str], sets: list[str | None], unsets: list[str | None]) -> pa.Array:
+    """Identifications, each with a trailing comma: the user ids, each one's "$set" object and "$unset"
+    text (None where it has none, never both)."""
+    set_texts = pa.array(sets, pa.string())
+    unset_texts = pa.array(unsets, pa.string())
+    both = pc.and_(pc.is_valid(set_texts), pc.is_valid(unset_texts))
+    bodies = ec.joined(
+        [
+            '{"user_id":',
+            ec.quoted(pa.array(user_ids, pa.string())),
+            ',"user_properties":{',
+            ec.optional('"$set":', set_texts, pc.is_null(set_texts)),
+            pc.if_else(both, pa.scalar(",", pa.string()), pa.scalar("", pa.string())),
+            unset_texts,
+            "}},",
+        ]
+    )
+    return bodies.cast(pa.binary())
+
+
+def _unset(removed: tuple[str, ...]) -> str:
+    """The "$unset" of the removed names, sorted, each once."""
+    return '"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in sorted(set(removed))) + "}"
 
 
 def _boundary(content: bytes) -> bytes:
