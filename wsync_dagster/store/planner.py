@@ -862,15 +862,17 @@ class Delivery:
         last = last_of_key[rest]
         stamps = zip(versions[last].tolist(), rows[last].tolist(), strict=True)
         keys = [IdentityKey(key, stamp) for key, stamp in zip(identities, stamps, strict=True)]
-        if keys:
+        if not keys:  # every key settled: nothing to look up or resolve
+            resolution = Resolution()
+        else:
             self._look_up({identity for key in keys for identity in key.identities})
-        resolution = resolve(
-            keys,
-            self._graph,
-            self._environment,
-            create=create,
-            profile_exists=self._profile_checker(keys) if create else self._profile_exists,
-        )
+            resolution = resolve(
+                keys,
+                self._graph,
+                self._environment,
+                create=create,
+                profile_exists=self._profile_checker(keys) if create else self._profile_exists,
+            )
         return resolution if settled is None else _merged(settled, rest, resolution)
 
     def _settle(
