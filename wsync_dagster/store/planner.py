@@ -719,7 +719,9 @@ class Delivery:
                 "n": pa.array(np.arange(batch.num_rows), pa.int64()),
             }
         )
-        self._db.stage("stage_fingerprint", staged)
+        # In key order the anti-join walks the stored fingerprints' primary key forward: on SQLite about
+        # twice as fast as probing it at random.
+        self._db.stage("stage_fingerprint", staged.sort_by("row_key"))
         # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
         changed = np.zeros(batch.num_rows, dtype=bool)
         changed[[n for (n,) in self._db.rows(_CHANGED_ROWS, (self._sync, self._environment))]] = True
