@@ -35,6 +35,7 @@ from wsync_dagster.store.resolution import (
     resolve,
 )
 from wsync_dagster.store.schema import HISTORY_PER_PROFILE
+from wsync_dagster.store.settle import BatchKeys, Settled, StoredOwners, settle
 from wsync_dagster.store.sqlite import SQLiteBackend
 
 PREVIEW_PROFILES = 20
@@ -43,6 +44,15 @@ PREVIEW_PROFILES = 20
 RESOLUTION_ENTRIES_MAX = 100_000
 # Re-asserted identities whose newer stamps wait to be written: past this many they are written at once.
 RESTAMPS_MAX = 100_000
+# Easy identity keys are settled for the whole batch at once (store/settle.py); off, resolve does every key.
+SET_WISE = True
+
+# The stored owner of each staged identity, with the version it was last asserted with.
+_STORED_OWNERS = """
+SELECT i.identity_type, i.value, i.profile_id, i.version
+FROM stage_identity AS s
+JOIN identities AS i ON i.environment = ? AND i.identity_type = s.identity_type AND i.value = s.value
+"""
 
 # Every identity held by a profile that owns one of the staged identities.
 _REACHABLE_IDENTITIES = """
@@ -709,7 +719,9 @@ class Delivery:
                 "n": pa.array(np.arange(batch.num_rows), pa.int64()),
             }
         )
-        self._db.stage("stage_fingerprint", staged)
+        # In key order the anti-join walks the stored fingerprints' primary key forward: on SQLite about
+        # twice as fast as probing it at random.
+        self._db.stage("stage_fingerprint", staged.sort_by("row_key"))
         # By key and fingerprint: an incremental read may hold several rows of one key, not all unchanged.
         changed = np.zeros(batch.num_rows, dtype=bool)
         changed[[n for (n,) in self._db.rows(_CHANGED_ROWS, (self._sync, self._environment))]] = True
@@ -820,14 +832,17 @@ class Delivery:
         code_of_row = pc.dictionary_encode(profiles).indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self._apply_attributes(batch.filter(found), profiles, code_of_row, [], counts, _now(), partition)
 
-    def _identities_of_keys(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> list[list[Identity]]:
-        """Per distinct identity key (in key order), its identities in priority order."""
+    def _identities_of_keys(
+        self, batch: pa.RecordBatch, key_of_row: np.ndarray, only: np.ndarray | None = None
+    ) -> list[list[Identity]]:
+        """Per distinct identity key (in key order; only those indexed by `only`, if given), its identities in
+        priority order."""
         columns = b.identity_columns(batch.schema)
         if not columns:
             raise ValueError("a mapped batch needs at least one identity column")
         types = sorted(columns, key=priority)
         _, first_rows = np.unique(key_of_row, return_index=True)
-        first = pa.array(first_rows, pa.int64())
+        first = pa.array(first_rows if only is None else first_rows[only], pa.int64())
         values = [batch.column(columns[t]).take(first).to_pylist() for t in types]
         return [
             [(t, v) for t, v in zip(types, key_values, strict=True) if v is not None]
@@ -835,24 +850,107 @@ class Delivery:
         ]
 
     def _resolve(self, batch: pa.RecordBatch, key_of_row: np.ndarray) -> Resolution:
-        """Resolve each distinct identity key of the batch, with the stamp of its newest row."""
-        identities = self._identities_of_keys(batch, key_of_row)
+        """Resolve each distinct identity key of the batch, with the stamp of its newest row: the easy keys
+        set-wise (store/settle.py), the rest by resolve."""
         rows = batch.column(b.ROW).to_numpy()
         versions = batch.column(b.VERSION).to_numpy()
         # Per key, its newest row: the highest version, ties to the later row.
         newest = np.lexsort((rows, versions, key_of_row))
         last_of_key = newest[np.r_[key_of_row[newest][1:] != key_of_row[newest][:-1], True]]
-        stamps = zip(versions[last_of_key].tolist(), rows[last_of_key].tolist(), strict=True)
-        keys = [IdentityKey(key, stamp) for key, stamp in zip(identities, stamps, strict=True)]
-        self._look_up({identity for key in keys for identity in key.identities})
         create = self._input_protection == CREATE_AND_UPDATE
-        return resolve(
-            keys,
-            self._graph,
-            self._environment,
-            create=create,
-            profile_exists=self._profile_checker(keys) if create else self._profile_exists,
+        settled = self._settle(batch, key_of_row, last_of_key, create) if SET_WISE else None
+        rest = np.flatnonzero(~settled.settled) if settled is not None else np.arange(len(last_of_key))
+        identities = self._identities_of_keys(batch, key_of_row, rest)
+        last = last_of_key[rest]
+        stamps = zip(versions[last].tolist(), rows[last].tolist(), strict=True)
+        keys = [IdentityKey(key, stamp) for key, stamp in zip(identities, stamps, strict=True)]
+        if not keys:  # every key settled: nothing to look up or resolve
+            resolution = Resolution()
+        else:
+            self._look_up({identity for key in keys for identity in key.identities})
+            resolution = resolve(
+                keys,
+                self._graph,
+                self._environment,
+                create=create,
+                profile_exists=self._profile_checker(keys) if create else self._profile_exists,
+            )
+        return resolution if settled is None else _merged(settled, rest, resolution)
+
+    def _settle(
+        self, batch: pa.RecordBatch, key_of_row: np.ndarray, last_of_key: np.ndarray, create: bool
+    ) -> Settled:
+        """The batch's easy keys settled set-wise, against the store's owners of its identities."""
+        columns = b.identity_columns(batch.schema)
+        if not columns:
+            raise ValueError("a mapped batch needs at least one identity column")
+        types = sorted(columns, key=priority)
+        _, first_rows = np.unique(key_of_row, return_index=True)
+        first = pa.array(first_rows, pa.int64())
+        keys = BatchKeys(
+            types=types,
+            values=[batch.column(columns[t]).take(first).cast(pa.string()) for t in types],
+            versions=batch.column(b.VERSION).to_numpy()[last_of_key],
+            rows=batch.column(b.ROW).to_numpy()[last_of_key],
         )
+        # Identities the graph holds may have stamps newer than the store's (written when the delivery ends),
+        # and unowned ones it looked up would be stale once settled here: their keys go to resolve.
+        graph = self._graph
+        known = np.zeros(keys.count, dtype=bool)
+        if graph.owner or graph.looked_up:
+            owner, looked_up = graph.owner, graph.looked_up
+            for identity_type, values in zip(keys.types, keys.values, strict=True):
+                known |= np.fromiter(
+                    (
+                        (identity_type, value) in owner or (identity_type, value) in looked_up
+                        for value in values.to_pylist()
+                    ),
+                    dtype=bool,
+                    count=keys.count,
+                )
+        return settle(
+            keys, self._stored_owners(keys), known, self._environment, create, self._taken_profile_ids
+        )
+
+    def _stored_owners(self, keys: BatchKeys) -> StoredOwners:
+        """Who owns each key's identities in the store, and since which version."""
+        staged = []
+        for identity_type, values in zip(keys.types, keys.values, strict=True):
+            distinct = pc.unique(values.drop_null())
+            staged.append(
+                pa.table({"identity_type": pa.array([identity_type] * len(distinct), pa.string()), "value": distinct})
+            )
+        self._db.stage("stage_identity", pa.concat_tables(staged))
+        # Another delivery may be resolving the same identities (PostgreSQL): wait for it, then look.
+        self._db.lock_identities(self._environment)
+        found = self._db.rows(_STORED_OWNERS, (self._environment,))
+        columns = list(zip(*found, strict=True)) or [(), (), (), ()]
+        stored = pa.table(
+            {
+                "identity_type": pa.array(columns[0], pa.string()),
+                "value": pa.array(columns[1], pa.string()),
+                "profile_id": pa.array(columns[2], pa.string()),
+                "version": pa.array(columns[3], pa.int64()),
+            }
+        )
+        profile_ids, versions = [], []
+        for identity_type, values in zip(keys.types, keys.values, strict=True):
+            of_type = stored.filter(pc.equal(stored.column("identity_type"), identity_type))
+            at = pc.index_in(values, value_set=of_type.column("value").combine_chunks())
+            profile_ids.append(of_type.column("profile_id").combine_chunks().take(at))
+            version = of_type.column("version").combine_chunks().take(at)
+            versions.append(pc.fill_null(version, 0).to_numpy(zero_copy_only=False))
+        return StoredOwners(profile_ids, versions)
+
+    def _taken_profile_ids(self, profile_ids: list[str]) -> set[str]:
+        """Those of the profile ids the store already has."""
+        if not profile_ids:
+            return set()
+        self._db.stage("stage_profile", pa.table({"profile_id": pa.array(sorted(profile_ids), pa.string())}))
+        found = self._db.rows(
+            "SELECT s.profile_id FROM stage_profile AS s JOIN profiles AS p ON p.profile_id = s.profile_id"
+        )
+        return {profile_id for (profile_id,) in found}
 
     def _profile_checker(self, keys: list[IdentityKey]) -> Callable[[str], bool]:
         """Whether a profile id is taken, asked of the store once for every id the batch's new identities
@@ -902,6 +1000,9 @@ class Delivery:
                 }
             ),
         )
+        settled = resolution.settled
+        if settled is not None and settled.restamps.num_rows:
+            self._write_stamps(settled.restamps)  # not in the graph: the store must hold them now
         released: list[Identity] = []
         attached: list[tuple[str, str, str, int]] = []
         for identity, before in sorted(resolution.touched.items()):
@@ -909,6 +1010,8 @@ class Delivery:
             if after is not None and after == before:
                 self._restamps[identity] = graph.stamp[identity][0]
                 continue
+            # A stamp its former owner left waiting is not the new owner's: it goes with the old row.
+            self._restamps.pop(identity, None)
             if before is not None:
                 released.append(identity)
             if after is not None:
@@ -921,17 +1024,29 @@ class Delivery:
                 " WHERE s.identity_type = identities.identity_type AND s.value = identities.value)",
                 (env,),
             )
-        n = len(attached)
+        rows = pa.table(
+            {
+                "identity_type": pa.array([a[0] for a in attached], pa.string()),
+                "value": pa.array([a[1] for a in attached], pa.string()),
+                "profile_id": pa.array([a[2] for a in attached], pa.string()),
+                "version": pa.array([a[3] for a in attached], pa.int64()),
+            }
+        )
+        if settled is not None and settled.new_identities.num_rows:
+            rows = pa.concat_tables([rows, settled.new_identities]).sort_by(
+                [("identity_type", "ascending"), ("value", "ascending")]
+            )
+        n = rows.num_rows
         self._db.insert(
             "identities",
             pa.table(
                 {
                     "environment": pa.array([env] * n, pa.string()),
-                    "identity_type": pa.array([a[0] for a in attached], pa.string()),
-                    "value": pa.array([a[1] for a in attached], pa.string()),
-                    "profile_id": pa.array([a[2] for a in attached], pa.string()),
+                    "identity_type": rows.column("identity_type"),
+                    "value": rows.column("value"),
+                    "profile_id": rows.column("profile_id"),
                     "created_at": pa.array([now] * n, pa.string()),
-                    "version": pa.array([a[3] for a in attached], pa.int64()),
+                    "version": rows.column("version"),
                 }
             ),
         )
@@ -942,17 +1057,18 @@ class Delivery:
             return
         ordered = sorted(self._restamps.items())
         staged = _identities([identity for identity, _ in ordered])
-        self._db.stage(
-            "stage_identity_version",
-            staged.append_column("version", pa.array([version for _, version in ordered], pa.int64())),
-        )
+        self._write_stamps(staged.append_column("version", pa.array([version for _, version in ordered], pa.int64())))
+        self._restamps.clear()
+
+    def _write_stamps(self, stamps: pa.Table) -> None:
+        """Raise the stored version of identities (identity_type, value, version) that are older."""
+        self._db.stage("stage_identity_version", stamps)
         self._db.execute(
             "UPDATE identities SET version = s.version FROM stage_identity_version AS s"
             " WHERE identities.environment = ? AND identities.identity_type = s.identity_type"
             " AND identities.value = s.value AND identities.version < s.version",
             (self._environment,),
         )
-        self._restamps.clear()
 
     def _mark(self, profile_ids: Iterable[str], partition: str, created: bool = False) -> int:
         """Record profiles as created or updated in the partition; returns how many were not yet counted."""
@@ -1180,6 +1296,32 @@ def _sharing_an_identity(batch: pa.RecordBatch, changed: np.ndarray) -> np.ndarr
         if (grown == linked).all():
             return linked
         linked = grown
+
+
+def _merged(settled: Settled, rest: np.ndarray, resolved: Resolution) -> Resolution:
+    """The set-wise settled keys and those resolve took (`rest`, by their index among the batch's keys) as
+    one resolution, its created profiles in key order as resolve gives them."""
+    profile_ids = settled.profile_ids
+    conflicts: list[str | None] = [None] * len(profile_ids)
+    for index, profile_id, conflict in zip(
+        rest.tolist(), resolved.profile_ids, resolved.conflicts, strict=True
+    ):
+        profile_ids[index] = profile_id
+        conflicts[index] = conflict
+    first: dict[str, int] = {}
+    for index, profile_id in enumerate(profile_ids):
+        if profile_id is not None:
+            first.setdefault(profile_id, index)
+    created = sorted(settled.created + resolved.created, key=lambda p: first.get(p, len(profile_ids)))
+    return Resolution(
+        profile_ids=profile_ids,
+        conflicts=conflicts,
+        created=created,
+        touched=resolved.touched,
+        updated=resolved.updated,
+        identities_changed=resolved.identities_changed,
+        settled=settled,
+    )
 
 
 def _identities(identities: Sequence[Identity]) -> pa.Table:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from wsync_dagster.identities import priority
+
+if TYPE_CHECKING:
+    from wsync_dagster.store.settle import Settled
 
 CREATE_AND_UPDATE = "create_and_update"
 UPDATE_ONLY = "update_only"
@@ -75,6 +79,8 @@ class Resolution:
     touched: dict[Identity, str | None] = field(default_factory=dict)
     updated: set[str] = field(default_factory=set)  # existing profiles whose identities changed
     identities_changed: int = 0
+    # The keys settled set-wise (store/settle.py), whose new identities and stamps are written with these.
+    settled: Settled | None = None
 
 
 @dataclass(frozen=True)
