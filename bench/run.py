@@ -1,7 +1,8 @@
 """The scoreboard: wsync on both profile stores, beside the floor and drt-core, on one generated dataset.
 
-Run `.venv/bin/python bench/run.py [--users N]`; bench/README.md says what each line measures. It prints the
-table and the ratios and writes them, with the machine's description, to bench/RESULTS.md.
+Run `.venv/bin/python bench/run.py [--users N] [--lines initial,events]`; bench/README.md says what each line
+measures. It prints the table and the ratios and writes them, with the machine's description, into bench/RESULTS.md:
+one section per store (and drt-core, and the memory line), replacing only the sections this run measured.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -24,11 +26,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from results_file import replace_sections  # noqa: E402
 from scoreboard import Line, changes_window, run_line, work  # noqa: E402
 from warehouse import CHANGES_SYNC, EVENTS_SYNC, FULL_SYNC, HISTORY_DAYS, BenchData, build  # noqa: E402
 
 PG_DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 STORES = ("sqlite", "postgresql")
+STORE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+# The lines of each store, in the order they run: the sync lines after the first build on the store it left.
+FLOOR_LINES = ("floor_users", "floor_events")
+SYNC_LINES = ("initial", "unchanged", "changed", "changed_full", "events")
+LINES = (*FLOOR_LINES, *SYNC_LINES, "drt")
 # drt-core's fastest batch size on these machines (tried 1k, 5k, 10k, 50k, 100k; see bench/README.md).
 DRT_BATCH_SIZE = 10_000
 LINE_TIMEOUT_S = 3 * 3600
@@ -44,6 +52,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--drt-batch-size", type=int, default=DRT_BATCH_SIZE, help="drt-core sync.batch_size")
     parser.add_argument("--skip-drt", action="store_true", help="leave out the drt-core line")
+    parser.add_argument(
+        "--lines",
+        default=",".join(LINES),
+        help=f"the lines to take ({','.join(LINES)}); a sync line after `initial` takes `initial` too",
+    )
+    parser.add_argument(
+        "--memory-users",
+        type=int,
+        help="only the initial users sync at this many users (no events), for its peak RSS: its own section",
+    )
     parser.add_argument(
         "--results", type=Path, default=HERE / "RESULTS.md", help="where to write the results"
     )
@@ -80,19 +98,35 @@ def create_store(url: str) -> None:
     open_profile_store(url).close()
 
 
-def measure_store(kind: str, data: BenchData, workdir: Path, scratch: list[str]) -> list[Line]:
-    """The floor and the four sync lines on one kind of store."""
+def selected_lines(names: str) -> list[str]:
+    """The lines asked for, in running order; the sync lines after the initial sync need the store it leaves."""
+    asked = {name.strip() for name in names.split(",") if name.strip()}
+    if unknown := asked - set(LINES):
+        raise SystemExit(
+            f"--lines: no line named {', '.join(sorted(unknown))}; the lines are {', '.join(LINES)}"
+        )
+    if asked & set(SYNC_LINES[1:]):
+        asked.add("initial")
+    return [name for name in LINES if name in asked]
+
+
+def measure_store(
+    kind: str, data: BenchData, workdir: Path, scratch: list[str], wanted: list[str]
+) -> list[Line]:
+    """The floor and the sync lines asked for, on one kind of store."""
     lines: list[Line] = []
     base = {"data": data_json(data), "workdir": str(workdir / kind)}
     try:
-        floor = store_url(kind, "floor", workdir, scratch)
-        create_store(floor)
+        if floors := [what for what in ("users", "events") if f"floor_{what}" in wanted]:
+            floor = store_url(kind, "floor", workdir, scratch)
+            create_store(floor)
+        if any(name in wanted for name in SYNC_LINES):
+            store = store_url(kind, "wsync", workdir, scratch)
     except Exception as error:  # a store that cannot be made is a line saying why; the others still run
         return [Line(f"{kind}_floor_users", f"{kind}: store", failure=f"failed: {error}")]
-    for what in ("users", "events"):
+    for what in floors:
         job = {**base, "kind": "floor", "store": floor, "what": what}
         lines.append(echo(run_line(f"{kind}_floor_{what}", f"{kind} floor {what}", job, LINE_TIMEOUT_S)))
-    store = store_url(kind, "wsync", workdir, scratch)
     folder = workdir / "syncs"
     history = (data.as_of - timedelta(days=HISTORY_DAYS)).isoformat()
     steps = [
@@ -121,6 +155,8 @@ def measure_store(kind: str, data: BenchData, workdir: Path, scratch: list[str])
         ),
     ]
     for key, label, sync_file, window, partition in steps:
+        if key not in wanted:
+            continue
         job = {**base, "kind": "sync", "store": store, "sync_file": str(sync_file), "window": window}
         job["partition"] = partition
         lines.append(echo(run_line(f"{kind}_{key}", f"{kind} {label}", job, LINE_TIMEOUT_S)))
@@ -231,25 +267,28 @@ def ratios(lines: list[Line], stores: list[str]) -> list[str]:
 
 
 def main() -> int:
-    """Generate the data, take every line in turn, print the results and write bench/RESULTS.md."""
+    """Generate the data, take the lines asked for in turn, print the results and write their sections."""
     args = parse_args()
     if args.worker:
         print(json.dumps(work(json.loads(args.worker))))
         return 0
-    events = args.events if args.events is not None else 10 * args.users
     stores = [store for store in args.stores.split(",") if store]
+    if args.memory_users:
+        users, events, wanted = args.memory_users, 0, ["initial"]
+    else:
+        users = args.users
+        events = args.events if args.events is not None else 10 * users
+        wanted = [name for name in selected_lines(args.lines) if name != "drt" or not args.skip_drt]
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="wsync-scoreboard-"))
     scratch: list[str] = []
     lines: list[Line] = []
     try:
-        print(
-            f"generating {args.users:,} users and {events:,} events in {workdir}", file=sys.stderr, flush=True
-        )
-        data = build(workdir / "data", args.users, events)
+        print(f"generating {users:,} users and {events:,} events in {workdir}", file=sys.stderr, flush=True)
+        data = build(workdir / "data", users, events)
         for kind in stores:
-            lines += measure_store(kind, data, workdir, scratch)
-        if not args.skip_drt:
+            lines += measure_store(kind, data, workdir, scratch, wanted)
+        if "drt" in wanted:
             job = {
                 "kind": "drt",
                 "data": data_json(data),
@@ -263,27 +302,48 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         for database in scratch:
             _pg(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    report = [
-        f"# Scoreboard: {args.users:,} users, {events:,} events",
-        "",
+    measured = (
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `.venv/bin/python bench/run.py"
-        f" --users {args.users} --events {events} --stores {','.join(stores)}`"
-        f"{' --skip-drt' if args.skip_drt else ''}; load average {load_before:.1f} at start,"
-        f" {os.getloadavg()[0]:.1f} at end; {time.perf_counter() - started:.0f} s in all.",
-        "",
-        f"Machine: {machine()}.",
-        "",
-        *table(lines),
-        "",
-        "Ratios (this run's figures):",
-        "",
-        *ratios(lines, stores),
-        "",
+        f" {' '.join(shlex.quote(argument) for argument in sys.argv[1:])}`; load average {load_before:.1f} at start,"
+        f" {os.getloadavg()[0]:.1f} at end; {time.perf_counter() - started:.0f} s in all."
+    )
+    sections = [
+        section(prefix, heading, measured, chosen, ratios(lines, [kind] if kind else []))
+        for prefix, heading, chosen, kind in sections_of(
+            lines, stores, users, events, bool(args.memory_users)
+        )
     ]
-    text = "\n".join(report)
+    text = "\n\n".join(text for _, text in sections)
     print(text)
-    args.results.write_text(text, encoding="utf-8")
+    replace_sections(args.results, sections)
     return 1 if any(line.failure for line in lines) else 0
+
+
+def sections_of(
+    lines: list[Line], stores: list[str], users: int, events: int, memory: bool
+) -> list[tuple[str, str, list[Line], str | None]]:
+    """(heading prefix, heading, lines, store) of each section this run wrote: one per store, and drt-core's."""
+    out: list[tuple[str, str, list[Line], str | None]] = []
+    for kind in stores:
+        chosen = [line for line in lines if line.key.startswith(f"{kind}_")]
+        name = STORE_NAMES.get(kind, kind)
+        if memory:
+            out.append((f"## {name} memory: ", f"## {name} memory: {users:,} users", chosen, None))
+        else:
+            out.append((f"## {name}: ", f"## {name}: {users:,} users, {events:,} events", chosen, kind))
+    if drt := [line for line in lines if line.key == "drt_users"]:
+        out.append(("## drt-core: ", f"## drt-core: {users:,} users", drt, None))
+    return out
+
+
+def section(
+    prefix: str, heading: str, measured: str, lines: list[Line], ratio_lines: list[str]
+) -> tuple[str, str]:
+    """One section of bench/RESULTS.md: the heading, how it was measured, the table and its ratios."""
+    text = [heading, "", measured, "", f"Machine: {machine()}.", "", *table(lines)]
+    if ratio_lines:
+        text += ["", "Ratios (this run's figures):", "", *ratio_lines]
+    return prefix, "\n".join(text) + "\n"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from wsync_dagster.read_plan import OpenReader, change_read, model_read, open_re
 from wsync_dagster.run_partitions import Partition, partition_of_rows
 from wsync_dagster.spec import SyncSpec
 
+# Warehouse rows read and mapped at a time: each batch is held by the reader, the mapper's DuckDB and its
+# result at once (1M events mapped: 581 MB peak RSS at 100,000 rows a batch, 533 MB at 50,000, same time).
+READ_BATCH_ROWS = 50_000
+
 
 @dataclass
 class MapCounts:
@@ -63,7 +67,7 @@ def map_partition(
         meter = Meter(progress)
         with batch_file.writer() as writer:
             writer.set_schema(mapper.empty().schema)
-            for batch in warehouse.read_batches(query, params):
+            for batch in warehouse.read_batches(query, params, READ_BATCH_ROWS):
                 mapped, rejects = mapper.map(batch)
                 writer.write(mapped, rejects)
                 counts.rows_read += batch.num_rows
