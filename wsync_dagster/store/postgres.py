@@ -111,6 +111,8 @@ class PostgresBackend:
                 f"profile store {self.where}: cannot connect: {self._clean(error)}"
             ) from None
         self._conn.autocommit = False
+        # Tables a COPY of this transaction found a held row in (insert's DO NOTHING fast path).
+        self._conflicted: set[str] = set()
         # Outside a delivery or a read, each statement's implicit transaction ends with it.
         self._holding = False
         # Every lock wait of this connection ends at the limit, and says who it waits for after a second.
@@ -238,6 +240,11 @@ class PostgresBackend:
         if not conflict:
             self._copy(table, data)
             return data.num_rows
+        if self._holding and conflict.rstrip().endswith("DO NOTHING") and table not in self._conflicted:
+            if self._copy_new(table, data):
+                return data.num_rows
+            # Rows already held: this transaction's next batches of the table take the merge at once.
+            self._conflicted.add(table)
         staging = f"copy_{table}"
         self.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
         self.execute(f"TRUNCATE {staging}")
@@ -246,6 +253,23 @@ class PostgresBackend:
         return self.execute(
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} WHERE true {conflict}"
         )
+
+    def _copy_new(self, table: str, data: pa.Table) -> bool:
+        """COPY straight into the table inside a savepoint; False (and nothing written) if a row was held.
+
+        Rows new to the table (a first delivery of events) skip the temp table and the merge; with DO
+        NOTHING, a batch without a conflict is written the same either way. Only inside a transaction."""
+        import psycopg2.errors
+
+        self.execute("SAVEPOINT wsync_copy")
+        try:
+            self._copy(table, data)
+        except psycopg2.errors.UniqueViolation:
+            self.execute("ROLLBACK TO SAVEPOINT wsync_copy")
+            self.execute("RELEASE SAVEPOINT wsync_copy")
+            return False
+        self.execute("RELEASE SAVEPOINT wsync_copy")
+        return True
 
     def stage(self, table: str, data: pa.Table) -> None:
         """Empty the staging table, then COPY."""
@@ -321,12 +345,14 @@ class PostgresBackend:
         """Commit."""
         self._conn.commit()
         self._holding = False
+        self._conflicted.clear()
 
     def rollback(self) -> None:
         """Roll back."""
         if not self._conn.closed:
             self._conn.rollback()
         self._holding = False
+        self._conflicted.clear()
 
     def in_transaction(self) -> bool:
         """A delivery or a read is open."""
