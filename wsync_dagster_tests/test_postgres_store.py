@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from wsync_dagster.store import ProfileStoreError, open_profile_store
-from wsync_dagster.store.postgres import PostgresBackend
+from wsync_dagster.store.postgres import ANALYZE_ROWS, PostgresBackend
 from wsync_dagster.store.schema import SCHEMA_VERSION
 from wsync_dagster.store.sqlite import SQLiteBackend
 from wsync_dagster_tests.conftest import pg_store_url, store_sql
@@ -224,3 +224,20 @@ def test_events_copied_straight_in_count_and_keep_as_the_merge_does(
         kept[name] = (counts, rows)
     assert kept["postgresql"] == kept["sqlite"]
     assert kept["sqlite"][0] == [50, 30, 11, 20, 0, 10, 5]
+
+
+def test_a_table_a_delivery_doubled_is_analyzed_in_it(pg_store_database: str) -> None:
+    """With autovacuum off a table filled by one delivery would keep its empty statistics: the delivery
+    ANALYZEs it, and its own look-ups plan with the rows it wrote."""
+    backend = PostgresBackend(pg_store_url(pg_store_database))
+    n = ANALYZE_ROWS + 1
+    backend.begin_delivery()
+    ids = [f"p{i:06d}" for i in range(n)]
+    backend.insert(
+        "profiles",
+        pa.table({"profile_id": ids, "environment": ["production"] * n, "created_at": ["now"] * n}),
+    )
+    [(estimate,)] = backend.rows("SELECT reltuples FROM pg_class WHERE oid = to_regclass('profiles')")
+    backend.commit()
+    backend.close()
+    assert estimate == n
