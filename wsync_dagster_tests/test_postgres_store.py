@@ -14,10 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
+import pyarrow as pa
 import pytest
 
 from wsync_dagster.store import ProfileStoreError, open_profile_store
+from wsync_dagster.store.postgres import ANALYZE_ROWS, PostgresBackend
 from wsync_dagster.store.schema import SCHEMA_VERSION
+from wsync_dagster.store.sqlite import SQLiteBackend
 from wsync_dagster_tests.conftest import pg_store_url, store_sql
 from wsync_dagster_tests.test_profile_store import _customers, deliver, mapped
 
@@ -152,7 +155,8 @@ def test_a_store_made_by_a_newer_wsync_is_refused(pg_store_database: str) -> Non
         cur.execute(f"UPDATE {schema}.wsync_schema SET version = 99")
     conn.close()
     with pytest.raises(
-        ProfileStoreError, match=rf"has schema version 99, newer than this wsync \({SCHEMA_VERSION}\); upgrade"
+        ProfileStoreError,
+        match=rf"has schema version 99, newer than this wsync \({SCHEMA_VERSION}\); upgrade",
     ):
         open_profile_store(url)
 
@@ -175,3 +179,65 @@ def test_wsync_run_delivers_into_a_postgresql_store(
         ada = store.profile("customer_id", "C001")
         assert store.backend == "postgresql"
     assert ada is not None and ada["identities"]["email"] == "ada@example.com"
+
+
+def test_events_copied_straight_in_count_and_keep_as_the_merge_does(
+    pg_store_database: str, tmp_path: Path
+) -> None:
+    """A batch of new events is COPYed straight in; one holding a stored or repeated event id falls back to
+    the merge: the counts and the rows kept are SQLite's, every batch of the delivery."""
+
+    def events(ids: list[int]) -> pa.Table:
+        return pa.table(
+            {
+                "environment": ["production"] * len(ids),
+                "sync": ["clicks"] * len(ids),
+                "event_id": [f"e{i}" for i in ids],
+                "profile_id": [f"p{i % 7}" for i in ids],
+                "timestamp_ms": [i for i in ids],
+                "data": [f"{len(ids)}-{i}" for i in ids],
+                "seq": [1] * len(ids),
+            }
+        )
+
+    batches = [range(0, 50), range(50, 80), [*range(70, 90), 95, 95], range(100, 120), range(0, 10)]
+    conflict = "ON CONFLICT (environment, sync, event_id) DO NOTHING"
+    kept = {}
+    for name, backend in (
+        ("postgresql", PostgresBackend(pg_store_url(pg_store_database))),
+        ("sqlite", SQLiteBackend(tmp_path / "profiles.sqlite")),
+    ):
+        backend.begin_delivery()
+        profiles = [f"p{i}" for i in range(7)]
+        backend.insert(
+            "profiles",
+            pa.table({"profile_id": profiles, "environment": ["production"] * 7, "created_at": ["now"] * 7}),
+        )
+        counts = [backend.insert("events", events(list(ids)), conflict) for ids in batches]
+        backend.commit()
+        backend.begin_delivery()
+        counts.append(backend.insert("events", events([*range(120, 130)]), conflict))
+        counts.append(backend.insert("events", events([*range(125, 135)]), conflict))
+        backend.commit()
+        rows = backend.rows("SELECT event_id, data FROM events ORDER BY event_id")
+        backend.close()
+        kept[name] = (counts, rows)
+    assert kept["postgresql"] == kept["sqlite"]
+    assert kept["sqlite"][0] == [50, 30, 11, 20, 0, 10, 5]
+
+
+def test_a_table_a_delivery_doubled_is_analyzed_in_it(pg_store_database: str) -> None:
+    """With autovacuum off a table filled by one delivery would keep its empty statistics: the delivery
+    ANALYZEs it, and its own look-ups plan with the rows it wrote."""
+    backend = PostgresBackend(pg_store_url(pg_store_database))
+    n = ANALYZE_ROWS + 1
+    backend.begin_delivery()
+    ids = [f"p{i:06d}" for i in range(n)]
+    backend.insert(
+        "profiles",
+        pa.table({"profile_id": ids, "environment": ["production"] * n, "created_at": ["now"] * n}),
+    )
+    [(estimate,)] = backend.rows("SELECT reltuples FROM pg_class WHERE oid = to_regclass('profiles')")
+    backend.commit()
+    backend.close()
+    assert estimate == n

@@ -36,6 +36,8 @@ CONNECT_TIMEOUT_S = 10
 LOCK_BUCKETS = 256
 # Rows written as CSV text at a time by a COPY.
 COPY_ROWS = 65_536
+# A table a transaction has grown by this many rows, and by as many as it held, is analyzed again.
+ANALYZE_ROWS = 20_000
 
 
 class PostgresStoreError(RuntimeError):
@@ -111,6 +113,10 @@ class PostgresBackend:
                 f"profile store {self.where}: cannot connect: {self._clean(error)}"
             ) from None
         self._conn.autocommit = False
+        # Tables a COPY of this transaction found a held row in (insert's DO NOTHING fast path).
+        self._conflicted: set[str] = set()
+        # Per table this transaction inserted into: rows at its last statistics, rows written since.
+        self._growth: dict[str, list[int]] = {}
         # Outside a delivery or a read, each statement's implicit transaction ends with it.
         self._holding = False
         # Every lock wait of this connection ends at the limit, and says who it waits for after a second.
@@ -235,9 +241,45 @@ class PostgresBackend:
         """COPY straight in; with a conflict clause, COPY to a temp table and merge from it in one statement."""
         if not data.num_rows:
             return 0
+        written = self._insert(table, data, conflict)
+        if self._holding and written:
+            self._grew(table, written)
+        return written
+
+    def _grew(self, table: str, written: int) -> None:
+        """ANALYZE a table this transaction doubled: with autovacuum off or behind, a store filled by one
+        delivery keeps its empty table's statistics, and its look-ups hash-join the whole table."""
+        if table not in self._growth:
+            [(estimate,)] = self.rows("SELECT reltuples FROM pg_class WHERE oid = to_regclass(?)", (table,))
+            self._growth[table] = [max(int(estimate or 0), 0), 0]
+        growth = self._growth[table]
+        growth[1] += written
+        if growth[1] < max(ANALYZE_ROWS, growth[0]):
+            return
+        growth[0], growth[1] = growth[0] + growth[1], 0
+        import psycopg2.errors
+
+        # ANALYZE holds its lock to commit: a table another delivery is analyzing is left to it, not waited on.
+        with self._conn.cursor() as cur:
+            cur.execute("SAVEPOINT wsync_analyze")
+            try:
+                cur.execute(f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT")
+            except psycopg2.errors.LockNotAvailable:
+                cur.execute("ROLLBACK TO SAVEPOINT wsync_analyze")
+                return
+            finally:
+                cur.execute("RELEASE SAVEPOINT wsync_analyze")
+            cur.execute(f"ANALYZE {table}")
+
+    def _insert(self, table: str, data: pa.Table, conflict: str) -> int:
         if not conflict:
             self._copy(table, data)
             return data.num_rows
+        if self._holding and conflict.rstrip().endswith("DO NOTHING") and table not in self._conflicted:
+            if self._copy_new(table, data):
+                return data.num_rows
+            # Rows already held: this transaction's next batches of the table take the merge at once.
+            self._conflicted.add(table)
         staging = f"copy_{table}"
         self.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
         self.execute(f"TRUNCATE {staging}")
@@ -246,6 +288,23 @@ class PostgresBackend:
         return self.execute(
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} WHERE true {conflict}"
         )
+
+    def _copy_new(self, table: str, data: pa.Table) -> bool:
+        """COPY straight into the table inside a savepoint; False (and nothing written) if a row was held.
+
+        Rows new to the table (a first delivery of events) skip the temp table and the merge; with DO
+        NOTHING, a batch without a conflict is written the same either way. Only inside a transaction."""
+        import psycopg2.errors
+
+        self.execute("SAVEPOINT wsync_copy")
+        try:
+            self._copy(table, data)
+        except psycopg2.errors.UniqueViolation:
+            self.execute("ROLLBACK TO SAVEPOINT wsync_copy")
+            self.execute("RELEASE SAVEPOINT wsync_copy")
+            return False
+        self.execute("RELEASE SAVEPOINT wsync_copy")
+        return True
 
     def stage(self, table: str, data: pa.Table) -> None:
         """Empty the staging table, then COPY."""
@@ -321,12 +380,16 @@ class PostgresBackend:
         """Commit."""
         self._conn.commit()
         self._holding = False
+        self._conflicted.clear()
+        self._growth.clear()
 
     def rollback(self) -> None:
         """Roll back."""
         if not self._conn.closed:
             self._conn.rollback()
         self._holding = False
+        self._conflicted.clear()
+        self._growth.clear()
 
     def in_transaction(self) -> bool:
         """A delivery or a read is open."""
