@@ -22,6 +22,7 @@ partition per asset and a materialization per partition, each with its own metad
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ from dagster._core.storage.event_log.schema import (
     SqlEventLogStorageTable,
 )
 from dagster._serdes import ConfigurableClassData
+from dagster._utils.concurrency import ConcurrencyClaimStatus
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.event_log.event_log import CHANNEL_NAME
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
@@ -310,6 +312,16 @@ class BatchedSqliteEventLogStorage(_BatchedAssetEvents, SqliteEventLogStorage):
                 os.path.join(instance.root_directory, "history", "runs"), inst_data=self._inst_data
             )
         super().register_instance(instance)
+
+    def claim_concurrency_slot(
+        self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None
+    ) -> ConcurrencyClaimStatus:
+        """Dagster's claim of a pool slot, one process at a time."""
+        # SQLite ignores the claim's SELECT … FOR UPDATE: two runs claiming the last free slot in the same
+        # instant both took it (seen in test_pools under load), and two deliveries wrote the one store.
+        with open(os.path.join(self._base_dir, "pool-claims.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the events as `store_event` would one by one, in one transaction per shard."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -143,3 +144,36 @@ def _step_spans(instance: DagsterInstance, step: str) -> list[tuple[float, float
 def _overlapping(spans: list[tuple[float, float]]) -> bool:
     ordered = sorted(spans)
     return any(later[0] < earlier[1] for earlier, later in pairwise(ordered))
+
+
+CLAIM = """
+import sys, time
+from dagster import DagsterInstance
+with DagsterInstance.get() as instance:
+    start = float(sys.argv[2])
+    while time.time() < start:
+        pass
+    status = instance.event_log_storage.claim_concurrency_slot(sys.argv[3], sys.argv[1], "delivery")
+    print("claimed" if status.is_claimed else "blocked")
+"""
+
+
+def test_runs_claiming_the_one_slot_at_the_same_instant_get_it_once(sqlite_home: Path) -> None:
+    """SQLite ignores the claim's SELECT … FOR UPDATE: without wsync's lock two claimers both took it."""
+    env = {**os.environ, "DAGSTER_HOME": str(sqlite_home)}
+    for trial in range(3):
+        pool = f"store_{trial}"  # a fresh pool of one slot a trial
+        with DagsterInstance.from_config(str(sqlite_home)) as instance:
+            instance.event_log_storage.set_concurrency_slots(pool, 1)
+        start = time.time() + 8  # every claimer imported and connected before the instant
+        claimers = [
+            subprocess.Popen(
+                [sys.executable, "-c", CLAIM, f"run-{trial}-{n}", str(start), pool],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(6)
+        ]
+        answers = [claimer.communicate(timeout=120)[0].strip() for claimer in claimers]
+        assert answers.count("claimed") == 1, answers
