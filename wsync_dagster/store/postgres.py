@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -260,16 +260,10 @@ class PostgresBackend:
         import psycopg2.errors
 
         # ANALYZE holds its lock to commit: a table another delivery is analyzing is left to it, not waited on.
-        with self._conn.cursor() as cur:
-            cur.execute("SAVEPOINT wsync_analyze")
-            try:
-                cur.execute(f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT")
-            except psycopg2.errors.LockNotAvailable:
-                cur.execute("ROLLBACK TO SAVEPOINT wsync_analyze")
-                return
-            finally:
-                cur.execute("RELEASE SAVEPOINT wsync_analyze")
-            cur.execute(f"ANALYZE {table}")
+        lock = f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT"
+        if self._attempt("wsync_analyze", lambda cur: cur.execute(lock), psycopg2.errors.LockNotAvailable):
+            with self._conn.cursor() as cur:
+                cur.execute(f"ANALYZE {table}")
 
     def _insert(self, table: str, data: pa.Table, conflict: str) -> int:
         if not conflict:
@@ -296,15 +290,22 @@ class PostgresBackend:
         NOTHING, a batch without a conflict is written the same either way. Only inside a transaction."""
         import psycopg2.errors
 
-        self.execute("SAVEPOINT wsync_copy")
-        try:
-            self._copy(table, data)
-        except psycopg2.errors.UniqueViolation:
-            self.execute("ROLLBACK TO SAVEPOINT wsync_copy")
-            self.execute("RELEASE SAVEPOINT wsync_copy")
-            return False
-        self.execute("RELEASE SAVEPOINT wsync_copy")
-        return True
+        return self._attempt("wsync_copy", lambda _: self._copy(table, data), psycopg2.errors.UniqueViolation)
+
+    def _attempt(self, savepoint: str, statement: Callable[[Any], object], error: type[Exception]) -> bool:
+        """Run `statement` (given a cursor) in a savepoint: False, and nothing of it kept, if it raised `error`."""
+        # A raw cursor, not execute(): its lock-wait handling would turn a NOWAIT lock's refusal into a failure.
+        with self._conn.cursor() as cur:
+            cur.execute(f"SAVEPOINT {savepoint}")
+            try:
+                statement(cur)
+                kept = True
+            except error:
+                cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                kept = False
+            # Any other error propagates as it was: releasing in an aborted transaction would hide it.
+            cur.execute(f"RELEASE SAVEPOINT {savepoint}")
+        return kept
 
     def stage(self, table: str, data: pa.Table) -> None:
         """Empty the staging table, then COPY."""
