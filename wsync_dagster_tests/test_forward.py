@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -902,3 +903,62 @@ def test_a_queued_deletion_holds_the_identities_until_the_platform_took_it(
     assert cli_store.pending_erasures("crm", "amp") == 2  # each destination's own queue
     [reject] = cli_store.rejects("crm")
     assert (reject["kind"], reject["partition"], reject["reason"]) == ("forward", "mp", "planted refusal")
+
+
+def test_two_forwards_of_one_destination_at_once_send_each_profile_once(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    import subprocess
+    import sys
+
+    warehouse = make_warehouse(USERS)
+    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
+    assert main(["run", "crm"]) == 0
+    sent_by_run = len(sink.identifies)
+    assert cli_store.seed_destination("crm", "amp", "production") == 3
+    # The first forward's request is slow, so the second starts while the first is sending.
+    sink.plan("/identify", Fault(delay=2.0))
+    forward = [sys.executable, "-m", "wsync_dagster.cli", "forward", "crm"]
+    first = subprocess.Popen(forward, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not sink.in_flight and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.in_flight, "the first forward never reached the sink"
+    second = subprocess.run(forward, capture_output=True, text=True, timeout=120)
+    first_output, _ = first.communicate(timeout=120)
+    assert (first.returncode, second.returncode) == (0, 0), first_output + second.stdout + second.stderr
+    again = sorted(identify["user_id"] for identify in sink.identifies[sent_by_run:])
+    assert again == ["cust-00001", "cust-00002", "cust-00003"]
+    assert cli_store.pending_profiles("crm", "amp") == 0
+
+
+def test_a_forward_waits_for_the_one_under_way_and_gives_up_at_the_lock_timeout(
+    cli_store: ProfileStore,
+    write_sync: Callable,
+    make_warehouse: Callable,
+    sink: HttpSink,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from wsync_dagster.destinations.forward_lock import forward_lock_name
+
+    warehouse = make_warehouse(USERS)
+    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
+    assert main(["run", "crm"]) == 0
+    cli_store.seed_destination("crm", "amp", "production")
+    sent_by_run = len(sink.identifies)
+    holder = open_profile_store(cli_store.url)  # another forward of amp, under way
+    try:
+        assert holder.try_hold(forward_lock_name("crm", "amp", "production"))
+        monkeypatch.setenv("WSYNC_LOCK_TIMEOUT", "1s")
+        capsys.readouterr()
+        assert main(["forward", "crm"]) == 1
+        assert capsys.readouterr().err.strip() == (
+            "wsync forward: crm: waited 1s for the forward to amp already under way and gave up "
+            "(WSYNC_LOCK_TIMEOUT); nothing was sent"
+        )
+        assert len(sink.identifies) == sent_by_run
+    finally:
+        holder.close()  # its end releases the lock, however it ends
+    assert main(["forward", "crm"]) == 0
+    assert len(sink.identifies) == sent_by_run + 3

@@ -19,10 +19,11 @@ from wsync_dagster.destinations import amplitude, mparticle
 from wsync_dagster.destinations.amplitude import Amplitude
 from wsync_dagster.destinations.config import AmplitudeDestination, MParticleDestination
 from wsync_dagster.destinations.erasures import send_erasures
+from wsync_dagster.destinations.forward_lock import one_forward_at_a_time
 from wsync_dagster.destinations.profile_changes import ProfileChange
 from wsync_dagster.destinations.sender import SendMetrics
 from wsync_dagster.progress import Progress, report
-from wsync_dagster.settings import forward_slice
+from wsync_dagster.settings import forward_slice, lock_timeout
 from wsync_dagster.spec import SyncSpec
 from wsync_dagster.store import ProfileStore
 
@@ -86,7 +87,32 @@ def forward(
     slice_profiles: int | None = None,
 ) -> ForwardReport:
     """Send what is pending for the destination (after seeding it, if asked); raises DestinationError on a
-    refusal the run cannot go past (credentials, retries exhausted), with what was acknowledged kept."""
+    refusal the run cannot go past (credentials, retries exhausted), with what was acknowledged kept.
+    A forward of the same destination under way elsewhere is waited for first (forward_lock.py)."""
+    environment = spec.sync.environment
+    with one_forward_at_a_time(store, spec.name, destination.name, environment, lock_timeout(), progress):
+        return _forward_alone(
+            spec,
+            destination,
+            store,
+            seed=seed,
+            seed_partitions=seed_partitions,
+            progress=progress,
+            slice_profiles=slice_profiles,
+        )
+
+
+def _forward_alone(
+    spec: SyncSpec,
+    destination: MParticleDestination | AmplitudeDestination,
+    store: ProfileStore,
+    *,
+    seed: bool = False,
+    seed_partitions: list[str] | None = None,
+    progress: Progress | None = None,
+    slice_profiles: int | None = None,
+) -> ForwardReport:
+    """forward, with the destination's forward lock held."""
     started = time.perf_counter()
     environment = spec.sync.environment
     slice_profiles = slice_profiles or forward_slice()

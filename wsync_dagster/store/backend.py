@@ -73,6 +73,14 @@ class Backend(Protocol):
         """A context in which several queries see one committed state."""
         ...
 
+    def try_hold(self, name: str) -> bool:
+        """Take the named lock, if no other connection holds it; held until released or the connection ends."""
+        ...
+
+    def release(self, name: str) -> None:
+        """Give a named lock back."""
+        ...
+
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back."""
         ...

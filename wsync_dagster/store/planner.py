@@ -368,6 +368,15 @@ class ProfileStore:
         """Mark the profiles holding the sync's data (of these partitions) as pending for a destination."""
         return outbox.seed(self._db, sync, destination, environment, partitions)
 
+    def try_hold(self, name: str) -> bool:
+        """Take a named lock of the store if free: held until released, or until this connection or its
+        process ends, however it ends."""
+        return self._db.try_hold(name)
+
+    def release(self, name: str) -> None:
+        """Give a named lock back."""
+        self._db.release(name)
+
     def pending_forward(
         self, sync: str, destination: str, environment: str, after: str | None, limit: int
     ) -> outbox.PendingSlice:

@@ -30,6 +30,8 @@ _SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS wsync_schema (version INTEGER NOT NU
 _SEQUENCE = "CREATE SEQUENCE IF NOT EXISTS delivery_seq"
 # Deliveries hold it shared, an erasure alone: no delivery reads the suppression list while one changes it.
 _ERASURE_LOCK = "hashtext('wsync erasure')"
+# The key space of named locks (try_hold): 1 and 2 are the deliveries' identities and profiles.
+_NAMED_LOCKS = 3
 _NAMED = re.compile(r"(?<!:):([a-z_]+)")
 CONNECT_TIMEOUT_S = 10
 # Lock buckets per kind (identities, profiles): far below PostgreSQL's lock table of 64 per connection.
@@ -409,6 +411,16 @@ class PostgresBackend:
         finally:
             self._conn.rollback()
             self._holding = False
+
+    def try_hold(self, name: str) -> bool:
+        """A session advisory lock: it outlives the transactions and goes with the connection, however the
+        holder ends."""
+        [(held,)] = self.rows("SELECT pg_try_advisory_lock(?, hashtext(?))", (_NAMED_LOCKS, name))
+        return bool(held)
+
+    def release(self, name: str) -> None:
+        """Give the session advisory lock back."""
+        self.rows("SELECT pg_advisory_unlock(?, hashtext(?))", (_NAMED_LOCKS, name))
 
     def close(self) -> None:
         """Close; an open delivery is rolled back."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 
@@ -36,6 +39,7 @@ class SQLiteBackend:
         self._conn = connect(self.path)
         self._registered = self.path.resolve()
         _OPEN_HERE[self._registered] += 1
+        self._held: dict[str, IO[bytes]] = {}
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the rows it changed."""
@@ -133,8 +137,32 @@ class SQLiteBackend:
         finally:
             self._conn.execute("COMMIT")
 
+    def try_hold(self, name: str) -> bool:
+        """An exclusive flock on a file of the store's lock folder (named by a hash: names are free text);
+        the kernel releases it when its holder ends, however it ends."""
+        if name in self._held:
+            return True
+        folder = self.path.with_name(f"{self.path.name}-locks")
+        folder.mkdir(exist_ok=True)
+        file = open(folder / f"{hashlib.sha1(name.encode()).hexdigest()[:20]}.lock", "ab")  # noqa: SIM115
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return False
+        self._held[name] = file
+        return True
+
+    def release(self, name: str) -> None:
+        """Give the flock back."""
+        file = self._held.pop(name, None)
+        if file is not None:
+            file.close()
+
     def close(self) -> None:
         """Close; an open delivery is rolled back."""
+        for name in list(self._held):
+            self.release(name)
         self._conn.close()
         if _OPEN_HERE[self._registered] > 0:
             _OPEN_HERE[self._registered] -= 1
