@@ -128,6 +128,16 @@ def test_a_literal_destination_secret_is_refused_naming_file_and_field(tmp_path:
             "destinations[0].pod: Input should be 'US1', 'US2', 'EU1' or 'AU1'",
         ),
         (
+            {
+                "name": "mp",
+                "type": "mparticle",
+                "api_key": {"env": "K"},
+                "api_secret": {"env": "S"},
+                "regulation": "hipaa",
+            },
+            "destinations[0].regulation: Input should be 'gdpr' or 'ccpa'",
+        ),
+        (
             {"name": "amp", "type": "amplitude", "api_key": {"env": "K"}, "region": "asia"},
             "destinations[0].region: Input should be 'us' or 'eu'",
         ),
@@ -543,6 +553,20 @@ def test_forward_sends_each_platforms_deletion_of_an_erased_person_once_and_the_
     assert (len(sink.erasures), len(sink.deletions)) == (1, 1)
     assert main(["status", "crm"]) == 0
     assert "  forward     amp (amplitude): up to date\n" in capsys.readouterr().out
+
+
+def test_mparticle_erasures_go_under_the_regulation_the_destination_names(
+    cli_store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> None:
+    warehouse = make_warehouse(USERS)
+    [mp, amp] = destinations(sink)
+    write_sync(full_sync(warehouse, destinations=[{**mp, "regulation": "ccpa"}, amp]))
+    assert main(["run", "crm"]) == 0
+    assert main(["erase", "--identity", "customer_id=cust-00003"]) == 0
+    assert main(["forward", "crm"]) == 0
+    [erasure] = sink.erasures
+    assert erasure["regulation"] == "ccpa"
+    assert erasure["subject_identities"]["controller_customer_id"]["value"] == "cust-00003"
 
 
 def test_a_person_a_destination_never_received_gets_no_deletion_there(

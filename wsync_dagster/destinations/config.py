@@ -62,6 +62,8 @@ class MParticleDestination(_Destination):
     # The workspace's credentials for erasures (Data Subject Request API); the feed's key and secret if left out.
     dsr_api_key: EnvValue | None = None
     dsr_api_secret: EnvValue | None = None
+    # The privacy regulation an erasure is requested under (OpenDSR's `regulation`).
+    regulation: Literal["gdpr", "ccpa"] = "gdpr"
 
     def platform(self, sync_environment: str) -> MParticle:
         """The platform client, with its secrets read from the environment now."""
@@ -77,6 +79,7 @@ class MParticleDestination(_Destination):
             dsr_api_secret=_secret(self, "dsr_api_secret", self.dsr_api_secret)
             if self.dsr_api_secret
             else None,
+            regulation=self.regulation,
         )
 
 

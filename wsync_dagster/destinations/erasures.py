@@ -60,7 +60,7 @@ def _mparticle(platform: MParticle, erasures: list[Erasure]) -> tuple[list[str],
     done: list[str] = []
     rejects: list[Reject] = []
     for erasure in erasures:
-        request = mparticle.erasure_request(erasure)
+        request = mparticle.erasure_request(erasure, platform.regulation)
         if isinstance(request, Reject):
             rejects.append(request)
             continue

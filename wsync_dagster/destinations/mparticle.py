@@ -123,6 +123,7 @@ class MParticle:
         dsr_api_key: str | None = None,
         dsr_api_secret: str | None = None,
         dsr_base_url: str | None = None,
+        regulation: str = "gdpr",
     ) -> None:
         if pod not in PODS:
             raise ValueError(f"destination {destination}: pod must be one of {', '.join(PODS)} (got {pod!r})")
@@ -139,6 +140,7 @@ class MParticle:
         # Erasures authenticate as the workspace; without its own key the feed's is tried.
         self.dsr_base_url = dsr_base_url or base_url or DSR_URL
         self._dsr_credentials = (dsr_api_key or api_key, dsr_api_secret or api_secret)
+        self.regulation = regulation  # what erasures are requested under
 
     def __repr__(self) -> str:
         return f"MParticle({self.destination!r}, base_url={self.base_url!r})"  # never the key
