@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster.destinations import event_columns as ec
 from wsync_dagster.destinations.event_columns import events_table
-from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
+from wsync_dagster.destinations.json_encoding import compact_json, native_json
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -172,13 +172,11 @@ def encode_requests(
     identifies = ColumnPacking(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
     users: dict[str, str] = {}  # profile id → its user id
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
-    unsets: dict[tuple[str, ...], str] = {}  # removed names → their "$unset" (a few sets recur)
+    unsets: dict[tuple[str, ...], dict[str, str]] = {}  # removed names → their "$unset" (a few sets recur)
     for first in range(0, len(changes), CHUNK_EVENTS):
-        # Per change only what Python must do (its $set's JSON); the rest is written by Arrow for the chunk.
-        keys: list[str] = []
-        user_ids: list[str] = []
-        sets: list[str | None] = []
-        unset: list[str | None] = []
+        # Per change one call of pydantic_core's encoder for the whole identification, each body followed by
+        # its separating comma: the usual change costs about 2 µs, against 5 µs with the stdlib and Arrow.
+        keys, bodies = identifies.keys, identifies.bodies
         for change in changes[first : first + CHUNK_EVENTS]:
             user_id = change.identities.get(user_id_type)
             if not user_id or len(user_id) < MIN_ID_LENGTH:
@@ -194,18 +192,14 @@ def encode_requests(
                 removed = (*removed, *(n for n, v in change.attributes.items() if v is None))
             if not values and not removed:
                 continue  # nothing to identify
+            properties: dict[str, Any] = {"$set": values} if values else {}
+            if removed:
+                if (unset := unsets.get(removed)) is None:
+                    unset = unsets[removed] = dict.fromkeys(sorted(set(removed)), "-")
+                properties["$unset"] = unset
             keys.append(change.profile_id)
-            user_ids.append(user_id)
-            sets.append(json_text(values) if values else None)
-            if not removed:
-                unset.append(None)
-            elif (text := unsets.get(removed)) is not None:
-                unset.append(text)
-            else:
-                unset.append(unsets.setdefault(removed, _unset(removed)))
-        identifies.keys.extend(keys)
-        identifies.bodies.extend(_identifications(user_ids, sets, unset).to_pylist())
-        identifies.events = [0] * len(identifies.keys)
+            bodies.append(native_json({"user_id": user_id, "user_properties": properties}) + b",")
+        identifies.events = [0] * len(keys)
         yield from identifies.requests(last=first + CHUNK_EVENTS >= len(changes))
     table = events_table(changes) if events is None else events
     if table.num_rows == 0:
@@ -333,31 +327,6 @@ def send_deletion(
         if on_acknowledged is not None:
             on_acknowledged(request.profile_ids[chunk])
     return done
-
-
-def _identifications(user_ids: list[str], sets: list[str | None], unsets: list[str | None]) -> pa.Array:
-    """Identifications, each with a trailing comma: the user ids, each one's "$set" object and "$unset"
-    text (None where it has none, never both)."""
-    set_texts = pa.array(sets, pa.string())
-    unset_texts = pa.array(unsets, pa.string())
-    both = pc.and_(pc.is_valid(set_texts), pc.is_valid(unset_texts))
-    bodies = ec.joined(
-        [
-            '{"user_id":',
-            ec.quoted(pa.array(user_ids, pa.string())),
-            ',"user_properties":{',
-            ec.optional('"$set":', set_texts, pc.is_null(set_texts)),
-            pc.if_else(both, pa.scalar(",", pa.string()), pa.scalar("", pa.string())),
-            unset_texts,
-            "}},",
-        ]
-    )
-    return bodies.cast(pa.binary())
-
-
-def _unset(removed: tuple[str, ...]) -> str:
-    """The "$unset" of the removed names, sorted, each once."""
-    return '"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in sorted(set(removed))) + "}"
 
 
 def _boundary(content: bytes) -> bytes:
