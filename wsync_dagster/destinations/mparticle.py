@@ -434,12 +434,12 @@ def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa
             '{"event_type":"custom_event","data":{"timestamp_unixtime_ms":',
             ec.numbers(events.column("timestamp_ms")),
             ',"source_message_id":',
-            ec.quoted(events.column("event_id")),
-            ec.optional(',"custom_attributes":', custom, omit),
+            *ec.quoted_pieces(events.column("event_id")),
+            *ec.optional(',"custom_attributes":', custom, omit),
             ',"event_name":',
-            ec.quoted(events.column("name")),
+            *ec.quoted_pieces(events.column("name")),
             ',"custom_event_type":',
-            ec.quoted(pc.fill_null(events.column("custom_event_type"), "other")),
+            *ec.quoted_pieces(pc.fill_null(events.column("custom_event_type"), "other")),
             "}},",  # the separator: a profile's events are one slice of the buffer
         ]
     )
