@@ -520,6 +520,7 @@ def encode_change(
 
 
 _USER_IDENTITY_KINDS = frozenset(USER_IDENTITY_NAMES)
+_REMOVALS: dict[tuple[str, ...], list[str]] = {}  # removed names → sorted, each once (a few sets recur)
 _SCALAR_TYPES = frozenset(_SCALARS)
 
 
@@ -537,7 +538,10 @@ def _usual_batch(change: ProfileChange, environment: str, events: EventRun | Non
         or (events is None and not attributes and not removed)
     ):
         return None
-    user = {USER_IDENTITY_NAMES[kind]: value for kind, value in sorted(identities.items()) if value}
+    user: dict[str, str] = {}
+    for kind, value in sorted(identities.items()):  # a loop, not a comprehension: no function made a change
+        if value:
+            user[USER_IDENTITY_NAMES[kind]] = value
     if not user:
         return None
     batch: dict[str, Any] = {"environment": environment, "user_identities": user}
@@ -546,7 +550,11 @@ def _usual_batch(change: ProfileChange, environment: str, events: EventRun | Non
             return None  # None (a removal) or a value to convert: encode_change's
         batch["user_attributes"] = dict(sorted(attributes.items()))
     if removed:
-        batch["deleted_user_attributes"] = sorted(set(removed))
+        if (gone := _REMOVALS.get(removed)) is None:
+            if len(_REMOVALS) > 1000:  # many distinct removals: start over rather than grow without end
+                _REMOVALS.clear()
+            gone = _REMOVALS[removed] = sorted(set(removed))
+        batch["deleted_user_attributes"] = gone
     head = native_json(batch)
     if events is not None:
         head = head[:-1] + b',"events":[' + events.joined + b"]}"
