@@ -200,7 +200,7 @@ def run_wsync(platform_name: str, rows: Rows, url: str) -> tuple[float, float, f
 def prebuilt_requests(platform_name: str, rows: Rows, url: str) -> list[tuple[str, bytes, dict[str, str]]]:
     """The requests wsync sends for these rows, as bytes on the wire (gzip where wsync gzips): the floor's input."""
     from wsync_dagster.destinations import amplitude, mparticle
-    from wsync_dagster.destinations.sender import GZIP_FROM_BYTES, GZIP_LEVEL
+    from wsync_dagster.destinations.sender import GZIP_FROM_BYTES, gzipped
 
     destination = wsync_destination(platform_name, url)
     rejects: list = []
@@ -213,7 +213,7 @@ def prebuilt_requests(platform_name: str, rows: Rows, url: str) -> list[tuple[st
         content, content_type = destination.body(request)
         headers = {"Content-Type": content_type}
         if len(content) >= GZIP_FROM_BYTES and destination.accepts_gzip(request):
-            content = gzip.compress(content, compresslevel=GZIP_LEVEL)
+            content = gzipped(content)
             headers["Content-Encoding"] = "gzip"
         built.append((request.path, content, headers))
     return built

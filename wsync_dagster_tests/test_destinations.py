@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -603,3 +604,24 @@ def test_amplitude_events_from_columns_keep_their_properties_and_texts(sink: Htt
     assert sent['say "hi"\n']["event_properties"] == ODD_ATTRIBUTES
     assert sent['say "hi"\n']["user_id"] == "cust-00001"
     assert sent["old-1"]["event_properties"] == {"n": 3}
+
+
+def test_amplitude_identifications_go_2000_a_request_within_1_mb(sink: HttpSink) -> None:
+    many = [change(n, events=()) for n in range(2100)]  # more than one request's 2,000
+    large = [change(n, attributes={"bio": "x" * 60_000}, events=()) for n in range(3000, 3030)]  # 1.8 MB
+
+    metrics = amplitude.forward(to_amplitude(sink), many + large)
+
+    assert metrics.items_sent == 2130 and metrics.rejects == []
+    assert sorted(i["user_id"] for i in sink.identifies) == sorted(
+        c.identities["customer_id"] for c in many + large
+    )
+    requests = sink.requests_to("/identify")
+    assert all(len(r.body) <= amplitude.MAX_REQUEST_BYTES for r in requests)
+    assert max(len(json.loads(_form_field(r.body, b"identification"))) for r in requests) == 2000
+
+
+def _form_field(body: bytes, name: bytes) -> bytes:
+    """One field of a multipart/form-data body."""
+    part = body.split(b'name="' + name + b'"\r\n\r\n', 1)[1]
+    return part.split(b"\r\n--", 1)[0]

@@ -15,11 +15,10 @@ import pyarrow.compute as pc
 
 from wsync_dagster.destinations import event_columns as ec
 from wsync_dagster.destinations.event_columns import events_table
-from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
+from wsync_dagster.destinations.json_encoding import compact_json
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
-    ColumnPacking,
     DestinationError,
     Item,
     ItemColumns,
@@ -27,10 +26,12 @@ from wsync_dagster.destinations.sender import (
     Request,
     SendMetrics,
     SendPolicy,
+    ValueItems,
     column_requests,
     exchange,
     joined_bodies,
     send_encoded,
+    value_requests,
 )
 
 REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -168,45 +169,40 @@ def encode_requests(
     """The changes' identifies packed into requests as they are encoded, then their events, encoded for the
     whole table at once; rejects gets what cannot be sent."""
     changes = list(changes)
-    # Identifications as columns, cut into requests a chunk at a time: a request's body is one slice.
-    identifies = ColumnPacking(IDENTIFY_PATH, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
     users: dict[str, str] = {}  # profile id → its user id
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
-    unsets: dict[tuple[str, ...], str] = {}  # removed names → their "$unset" (a few sets recur)
-    for first in range(0, len(changes), CHUNK_EVENTS):
-        # Per change only what Python must do (its $set's JSON); the rest is written by Arrow for the chunk.
-        keys: list[str] = []
-        user_ids: list[str] = []
-        sets: list[str | None] = []
-        unset: list[str | None] = []
-        for change in changes[first : first + CHUNK_EVENTS]:
-            user_id = change.identities.get(user_id_type)
-            if not user_id or len(user_id) < MIN_ID_LENGTH:
-                why = _user_id_problem(change, user_id_type) or "no user id"
-                refused[change.profile_id] = why
-                if change.attributes or change.removed:
-                    rejects.append(Reject(change.profile_id, why))
-                continue
-            users[change.profile_id] = user_id
-            values, removed = change.attributes, change.removed
-            if type(values) is not dict or None in values.values():  # a null is a removal too
-                values = {name: value for name, value in change.attributes.items() if value is not None}
-                removed = (*removed, *(n for n, v in change.attributes.items() if v is None))
-            if not values and not removed:
-                continue  # nothing to identify
-            keys.append(change.profile_id)
-            user_ids.append(user_id)
-            sets.append(json_text(values) if values else None)
-            if not removed:
-                unset.append(None)
-            elif (text := unsets.get(removed)) is not None:
-                unset.append(text)
-            else:
-                unset.append(unsets.setdefault(removed, _unset(removed)))
-        identifies.keys.extend(keys)
-        identifies.bodies.extend(_identifications(user_ids, sets, unset).to_pylist())
-        identifies.events = [0] * len(identifies.keys)
-        yield from identifies.requests(last=first + CHUNK_EVENTS >= len(changes))
+    unsets: dict[tuple[str, ...], dict[str, str]] = {}  # removed names → their "$unset" (a few sets recur)
+    # Identifications kept as Python values, a request's worth encoded at once when it is drawn (one call of
+    # pydantic_core's encoder, no per-item bytes): about 1 µs a change, against 5 µs with the stdlib's
+    # encoder for the "$set" and Arrow joining each identification.
+    keys: list[str] = []
+    identifications: list[dict[str, Any]] = []
+    for change in changes:
+        user_id = change.identities.get(user_id_type)
+        if not user_id or len(user_id) < MIN_ID_LENGTH:
+            why = _user_id_problem(change, user_id_type) or "no user id"
+            refused[change.profile_id] = why
+            if change.attributes or change.removed:
+                rejects.append(Reject(change.profile_id, why))
+            continue
+        users[change.profile_id] = user_id
+        values, removed = change.attributes, change.removed
+        if type(values) is not dict or None in values.values():  # a null is a removal too
+            values = {name: value for name, value in change.attributes.items() if value is not None}
+            removed = (*removed, *(n for n, v in change.attributes.items() if v is None))
+        if not values and not removed:
+            continue  # nothing to identify
+        properties: dict[str, Any] = {"$set": values} if values else {}
+        if removed:
+            if (unset := unsets.get(removed)) is None:
+                unset = unsets[removed] = dict.fromkeys(sorted(set(removed)), "-")
+            properties["$unset"] = unset
+        keys.append(change.profile_id)
+        identifications.append({"user_id": user_id, "user_properties": properties})
+        if len(keys) == MAX_ITEMS_PER_REQUEST:  # a request's worth: out it goes while the next is gathered
+            yield from _identify_requests(keys, identifications)
+            keys, identifications = [], []
+    yield from _identify_requests(keys, identifications)
     table = events_table(changes) if events is None else events
     if table.num_rows == 0:
         return
@@ -218,6 +214,12 @@ def encode_requests(
         chunk = table.slice(start, CHUNK_EVENTS)
         items = event_items(chunk, where.slice(start, CHUNK_EVENTS), user_ids, refused, rejects)
         yield from column_requests(EVENTS_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
+
+
+def _identify_requests(keys: list[str], identifications: list[dict[str, Any]]) -> Iterator[Request]:
+    """The identifications as Identify API requests within its limits."""
+    items = ValueItems(keys, identifications)
+    return value_requests(IDENTIFY_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
 
 
 def event_items(
@@ -238,12 +240,12 @@ def event_items(
             '{"user_id":',
             pc.take(user_ids, where),
             ',"event_type":',
-            ec.quoted(events.column("name")),
+            *ec.quoted_pieces(events.column("name")),
             ',"time":',
             ec.numbers(events.column("timestamp_ms")),
             ',"insert_id":',
-            ec.quoted(events.column("event_id")),
-            ec.optional(',"event_properties":', attributes, pc.fill_null(pc.equal(attributes, "{}"), True)),
+            *ec.quoted_pieces(events.column("event_id")),
+            *ec.optional(',"event_properties":', attributes, pc.fill_null(pc.equal(attributes, "{}"), True)),
             "},",
         ]
     )
@@ -333,31 +335,6 @@ def send_deletion(
         if on_acknowledged is not None:
             on_acknowledged(request.profile_ids[chunk])
     return done
-
-
-def _identifications(user_ids: list[str], sets: list[str | None], unsets: list[str | None]) -> pa.Array:
-    """Identifications, each with a trailing comma: the user ids, each one's "$set" object and "$unset"
-    text (None where it has none, never both)."""
-    set_texts = pa.array(sets, pa.string())
-    unset_texts = pa.array(unsets, pa.string())
-    both = pc.and_(pc.is_valid(set_texts), pc.is_valid(unset_texts))
-    bodies = ec.joined(
-        [
-            '{"user_id":',
-            ec.quoted(pa.array(user_ids, pa.string())),
-            ',"user_properties":{',
-            ec.optional('"$set":', set_texts, pc.is_null(set_texts)),
-            pc.if_else(both, pa.scalar(",", pa.string()), pa.scalar("", pa.string())),
-            unset_texts,
-            "}},",
-        ]
-    )
-    return bodies.cast(pa.binary())
-
-
-def _unset(removed: tuple[str, ...]) -> str:
-    """The "$unset" of the removed names, sorted, each once."""
-    return '"$unset":{' + ",".join(f'{json_string(name)}:"-"' for name in sorted(set(removed))) + "}"
 
 
 def _boundary(content: bytes) -> bytes:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from json import encoder
 from typing import Any
 
+import pydantic_core
+
 # json.dumps builds a new encoder on every call with non-default separators, about half the cost of
 # encoding a small item; the C encoder it builds can be kept and reused.
 _CONTAINERS = frozenset({dict, list, tuple})
@@ -21,6 +23,14 @@ _C_ENCODE: Callable[[Any, int], list[str]] | None = (
 def compact_json(value: Any) -> bytes:
     """The value as compact UTF-8 JSON; what JSON does not know travels as its str()."""
     return json_text(value).encode()
+
+
+def native_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON of a value made of JSON's own types (what json.loads gives), by pydantic_core's
+    Rust encoder: a third of the stdlib's time a small object. Numbers may be written otherwise than the
+    stdlib writes them (1e-05 as 0.00001), never with another value; what pydantic_core does not know travels
+    as its str()."""
+    return pydantic_core.to_json(value, fallback=str)
 
 
 def json_string(text: str) -> str:

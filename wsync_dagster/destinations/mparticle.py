@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster.destinations import event_columns as ec
 from wsync_dagster.destinations.event_columns import events_table
-from wsync_dagster.destinations.json_encoding import compact_json, json_string, json_text
+from wsync_dagster.destinations.json_encoding import compact_json, json_string, native_json
 from wsync_dagster.destinations.profile_changes import Erasure, Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -436,12 +436,12 @@ def _event_bodies(events: pa.Table, rejects: list[Reject]) -> tuple[pa.Array, pa
             '{"event_type":"custom_event","data":{"timestamp_unixtime_ms":',
             ec.numbers(events.column("timestamp_ms")),
             ',"source_message_id":',
-            ec.quoted(events.column("event_id")),
-            ec.optional(',"custom_attributes":', custom, omit),
+            *ec.quoted_pieces(events.column("event_id")),
+            *ec.optional(',"custom_attributes":', custom, omit),
             ',"event_name":',
-            ec.quoted(events.column("name")),
+            *ec.quoted_pieces(events.column("name")),
             ',"custom_event_type":',
-            ec.quoted(pc.fill_null(events.column("custom_event_type"), "other")),
+            *ec.quoted_pieces(pc.fill_null(events.column("custom_event_type"), "other")),
             "}},",  # the separator: a profile's events are one slice of the buffer
         ]
     )
@@ -486,7 +486,7 @@ def encode_change(
     base = {"environment": environment, **identities}
     if recent_events is not None and old_events is None and not change.attributes and not change.removed:
         # The usual change of events only: one batch, written at once.
-        head = compact_json(base)[:-1] + b',"events":[' + recent_events.joined + b"]}"
+        head = native_json(base)[:-1] + b',"events":[' + recent_events.joined + b"]}"
         if len(head) <= MAX_BATCH_BYTES - 96:
             return [_identified(change.profile_id, head, recent_events.count)], [], rejects
     attributes: dict[str, Any] = {}
@@ -511,7 +511,7 @@ def encode_change(
         if removed[start : start + MAX_ATTRIBUTES_PER_BATCH]:
             head["deleted_user_attributes"] = removed[start : start + MAX_ATTRIBUTES_PER_BATCH]
         heads.append(head)
-    if any(len(compact_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
+    if any(len(native_json(head)) > MAX_BATCH_BYTES - 96 for head in heads):
         return [], [], [Reject(change.profile_id, "attributes larger than mParticle's 128 KB batch limit")]
     recent_pairs = recent_events.pairs() if recent_events is not None else []
     old_pairs = old_events.pairs() if old_events is not None else []
@@ -522,6 +522,8 @@ def encode_change(
 
 
 _USER_IDENTITY_KINDS = frozenset(USER_IDENTITY_NAMES)
+_REMOVALS: dict[tuple[str, ...], list[str]] = {}  # removed names → sorted, each once (a few sets recur)
+_SCALAR_TYPES = frozenset(_SCALARS)
 
 
 def _usual_batch(change: ProfileChange, environment: str, events: EventRun | None) -> bytes | None:
@@ -538,19 +540,24 @@ def _usual_batch(change: ProfileChange, environment: str, events: EventRun | Non
         or (events is None and not attributes and not removed)
     ):
         return None
-    user = {USER_IDENTITY_NAMES[kind]: value for kind, value in sorted(identities.items()) if value}
+    user: dict[str, str] = {}
+    for kind, value in sorted(identities.items()):  # a loop, not a comprehension: no function made a change
+        if value:
+            user[USER_IDENTITY_NAMES[kind]] = value
     if not user:
         return None
     batch: dict[str, Any] = {"environment": environment, "user_identities": user}
     if attributes:
-        values = dict(sorted(attributes.items()))
-        for value in values.values():
-            if type(value) not in _SCALARS:  # None (a removal) or a value to convert: encode_change's
-                return None
-        batch["user_attributes"] = values
+        if not _SCALAR_TYPES.issuperset(map(type, attributes.values())):
+            return None  # None (a removal) or a value to convert: encode_change's
+        batch["user_attributes"] = dict(sorted(attributes.items()))
     if removed:
-        batch["deleted_user_attributes"] = sorted(set(removed))
-    head = json_text(batch).encode()
+        if (gone := _REMOVALS.get(removed)) is None:
+            if len(_REMOVALS) > 1000:  # many distinct removals: start over rather than grow without end
+                _REMOVALS.clear()
+            gone = _REMOVALS[removed] = sorted(set(removed))
+        batch["deleted_user_attributes"] = gone
+    head = native_json(batch)
     if events is not None:
         head = head[:-1] + b',"events":[' + events.joined + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
@@ -573,7 +580,7 @@ def _single_batch(
         batch["deleted_user_attributes"] = removed
     if not events and len(batch) == len(base):
         return []  # nothing to send
-    head = compact_json(batch)
+    head = native_json(batch)
     if events:
         head = head[:-1] + b',"events":[' + events.joined + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
@@ -589,7 +596,7 @@ def _batches(
     rejects: list[Reject] = []
     heads = list(heads)
     room = MAX_BATCH_BYTES - 96  # for `"events":[]` and the source_request_id added at the end
-    base_size = len(compact_json(base))
+    base_size = len(native_json(base))
     current: dict[str, Any] | None = None
     current_events: list[bytes] = []
     size = 0
@@ -597,7 +604,7 @@ def _batches(
     def start() -> None:
         nonlocal current, current_events, size
         current = heads.pop(0) if heads else dict(base)
-        current_events, size = [], len(compact_json(current))
+        current_events, size = [], len(native_json(current))
 
     def close() -> None:
         if current is not None and (current_events or len(current) > len(base)):
@@ -621,7 +628,7 @@ def _batches(
 
 def _item(profile_id: str, batch: dict[str, Any], events: list[bytes]) -> Item:
     """A batch with its events and a source_request_id derived from its content."""
-    head = compact_json(batch)
+    head = native_json(batch)
     if events:
         head = head[:-1] + b',"events":[' + b",".join(events) + b"]}"
     return _identified(profile_id, head, len(events))

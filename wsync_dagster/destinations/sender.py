@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
 import aiohttp
 import httpx
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from wsync_dagster.destinations.event_columns import concatenated, offsets
+from wsync_dagster.destinations.json_encoding import native_json
 from wsync_dagster.destinations.profile_changes import Reject
 from wsync_dagster.gc_pause import cycle_collection_paused
 
@@ -38,6 +39,12 @@ class Item:
     key: str  # the profile id or event id a reject names
     body: bytes  # the item's JSON
     events: int = 0  # events the item carries, for the metrics
+
+
+def gzipped(content: bytes) -> bytes:
+    """The body gzipped in one zlib call, its CRC computed while deflating rather than in a pass of its own
+    (and no timestamp in the header: the same body gives the same bytes)."""
+    return gzip.compress(content, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 class ItemColumns(Sequence[Item]):
@@ -128,16 +135,67 @@ class ItemColumns(Sequence[Item]):
         return self.text()[int(at[self._start]) : int(at[self._stop]) - 1]
 
 
+class ValueItems(Sequence[Item]):
+    """Items without events kept as the Python values they are the JSON of (JSON's own types), encoded a
+    request at a time: one call of pydantic_core's encoder for a request's body, an item's own JSON only
+    when one is asked for (a split)."""
+
+    def __init__(self, keys: Sequence[str], values: Sequence[Any]) -> None:
+        self._keys = keys
+        self._values = values
+        self._text: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ValueItems: ...
+
+    def __getitem__(self, index: int | slice) -> Item | ValueItems:
+        if isinstance(index, slice):
+            return ValueItems(self._keys[index], self._values[index])
+        return Item(self._keys[index], native_json(self._values[index]))
+
+    events = 0  # identifications and the like carry none
+
+    def joined(self) -> bytes:
+        """The items' JSON separated by commas: the values' JSON array without its brackets."""
+        if self._text is None:
+            self._text = native_json(self._values)[1:-1]
+        return self._text
+
+
+def value_requests(
+    path: str, items: ValueItems, max_items: int, max_bytes: int, overhead: int
+) -> Iterator[Request]:
+    """The items in order, max_items a request, a request over max_bytes (with overhead bytes) halved until
+    it fits (an item alone goes as it is: the platform's 413 makes it a reject)."""
+    for start in range(0, len(items), max_items):
+        yield from _fitting(path, items[start : start + max_items], max_bytes - overhead)
+
+
+def _fitting(path: str, items: ValueItems, room: int) -> Iterator[Request]:
+    if len(items) == 1 or len(items.joined()) + 2 <= room:
+        yield Request(path, items)
+        return
+    half = len(items) // 2
+    yield from _fitting(path, items[:half], room)
+    yield from _fitting(path, items[half:], room)
+
+
 def joined_bodies(items: Sequence[Item]) -> bytes:
     """The items' bodies separated by commas (a JSON array's inside)."""
-    if isinstance(items, ItemColumns):
+    if isinstance(items, ItemColumns | ValueItems):
         return items.joined()
     return b",".join(item.body for item in items)
 
 
 def events_of(items: Sequence[Item]) -> int:
     """Events the items carry."""
-    if isinstance(items, ItemColumns):
+    if isinstance(items, ItemColumns | ValueItems):
         return items.events
     return sum(item.events for item in items)
 
@@ -495,7 +553,7 @@ class _Sender:
         content, content_type = self.platform.body(request)
         headers = {"Content-Type": content_type}
         if len(content) >= GZIP_FROM_BYTES and self.platform.accepts_gzip(request):
-            content = gzip.compress(content, compresslevel=GZIP_LEVEL)
+            content = gzipped(content)
             headers["Content-Encoding"] = "gzip"
         return content, headers
 
