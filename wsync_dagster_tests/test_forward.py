@@ -534,6 +534,9 @@ def test_forward_sends_each_platforms_deletion_of_an_erased_person_once_and_the_
     assert err == ""
     assert "crm: forwarded to mp: profiles=0," in out and "crm: forwarded to amp: profiles=0," in out
     assert out.count("deletions_sent=1") == 2
+    # The deletion requests count with the forward's requests and bytes.
+    for name in ("mp", "amp"):
+        assert f"crm: forwarded to {name}: profiles=0, events=0, requests=1, bytes=" in out
     [erasure] = sink.erasures
     assert erasure["subject_request_type"] == "erasure" and erasure["regulation"] == "gdpr"
     assert erasure["subject_identities"] == {

@@ -309,8 +309,10 @@ def send_deletion(
     request: DeletionRequest,
     policy: SendPolicy = DELETION_POLICY,
     on_acknowledged: Callable[[tuple[str, ...]], None] | None = None,
+    metrics: SendMetrics | None = None,
 ) -> DeletionAcknowledgement:
-    """Sends the deletion 100 user ids a request, each retried like any send; on_acknowledged gets profile ids."""
+    """Sends the deletion 100 user ids a request, each retried like any send, their requests and bytes added
+    to metrics; on_acknowledged gets profile ids."""
     if destination._secret_key is None:
         raise DestinationError(f"destination {destination.destination}: deletions need its secret_key")
     credentials = (destination._api_key, destination._secret_key)
@@ -321,9 +323,11 @@ def send_deletion(
         body = compact_json(
             {"user_ids": request.user_ids[chunk], "requester": request.requester, "ignore_invalid_id": True}
         )
-        response, _ = exchange(
+        response, sent = exchange(
             platform, Request(DELETIONS_PATH, (Item("deletion", body),)), policy, frozenset({400})
         )
+        if metrics is not None:
+            metrics.add(sent)
         if not response.is_success:
             raise DestinationError(
                 f"destination {destination.destination}: Amplitude refused a deletion request: "

@@ -16,6 +16,7 @@ from wsync_dagster.destinations import amplitude, mparticle
 from wsync_dagster.destinations.amplitude import Amplitude
 from wsync_dagster.destinations.mparticle import MParticle
 from wsync_dagster.destinations.profile_changes import Erasure, Reject
+from wsync_dagster.destinations.sender import SendMetrics
 from wsync_dagster.store import ProfileStore
 
 CHUNK = amplitude.MAX_DELETIONS_PER_REQUEST  # queued requests read, sent and removed at a time
@@ -28,6 +29,7 @@ class ErasuresSent:
     sent: int = 0  # deletions the platform acknowledged
     rejects: list[Reject] = field(default_factory=list)  # deletions it refused or that cannot be sent
     waiting: int = 0  # deletions left queued (Amplitude without its secret key)
+    metrics: SendMetrics = field(default_factory=SendMetrics)  # their requests, bytes, retries and waits
 
 
 def send_erasures(
@@ -45,9 +47,9 @@ def send_erasures(
             for request in queued
         ]
         if isinstance(platform, Amplitude):
-            done, rejects = _amplitude(platform, erasures, requester)
+            done, rejects = _amplitude(platform, erasures, requester, result.metrics)
         else:
-            done, rejects = _mparticle(platform, erasures)
+            done, rejects = _mparticle(platform, erasures, result.metrics)
         if not store.erasures_sent(sync, destination, environment, done, rejects):
             break  # nothing left the queue: reading it again would send the same chunk forever
         result.sent += len(done)
@@ -55,7 +57,9 @@ def send_erasures(
     return result
 
 
-def _mparticle(platform: MParticle, erasures: list[Erasure]) -> tuple[list[str], list[Reject]]:
+def _mparticle(
+    platform: MParticle, erasures: list[Erasure], metrics: SendMetrics
+) -> tuple[list[str], list[Reject]]:
     """One OpenDSR erasure request per person; a request mParticle finds invalid is that person's reject."""
     done: list[str] = []
     rejects: list[Reject] = []
@@ -65,7 +69,7 @@ def _mparticle(platform: MParticle, erasures: list[Erasure]) -> tuple[list[str],
             rejects.append(request)
             continue
         try:
-            mparticle.send_erasure(platform, request)
+            mparticle.send_erasure(platform, request, metrics=metrics)
         except mparticle.ErasureRefused as refused:
             rejects.append(refused.reject)
             continue
@@ -74,11 +78,11 @@ def _mparticle(platform: MParticle, erasures: list[Erasure]) -> tuple[list[str],
 
 
 def _amplitude(
-    platform: Amplitude, erasures: list[Erasure], requester: str
+    platform: Amplitude, erasures: list[Erasure], requester: str, metrics: SendMetrics
 ) -> tuple[list[str], list[Reject]]:
     """One User Privacy API deletion for the chunk's user ids; people without a usable one are rejects."""
     request = amplitude.deletion_request(erasures, requester, user_id_type=platform.user_id)
     if not request.user_ids:
         return [], list(request.rejects)
-    acknowledged = amplitude.send_deletion(platform, request)
+    acknowledged = amplitude.send_deletion(platform, request, metrics=metrics)
     return acknowledged.profile_ids, acknowledged.rejects

@@ -138,6 +138,7 @@ def _forward_alone(
     erasures = send_erasures(spec.name, environment, platform, store, requester=f"wsync {spec.name}")
     result.deletions_sent = erasures.sent
     result.deletion_rejects = len(erasures.rejects)
+    result.metrics.add(erasures.metrics)  # their requests, bytes and waits count with the profiles'
     if erasures.waiting and isinstance(destination, AmplitudeDestination):
         n = erasures.waiting
         requests = (

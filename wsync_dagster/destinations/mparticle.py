@@ -240,16 +240,22 @@ def erasure_request(erasure: Erasure, regulation: str = "gdpr") -> ErasureReques
 
 
 def send_erasure(
-    destination: MParticle, request: ErasureRequest, policy: SendPolicy = DSR_POLICY
+    destination: MParticle,
+    request: ErasureRequest,
+    policy: SendPolicy = DSR_POLICY,
+    metrics: SendMetrics | None = None,
 ) -> ErasureAcknowledgement:
-    """Submits the erasure request, retried like any send; raises ErasureRefused when mParticle finds it
-    invalid, DestinationError when the send cannot go on (credentials, retries exhausted)."""
+    """Submits the erasure request, retried like any send, its requests and bytes added to metrics; raises
+    ErasureRefused when mParticle finds it invalid, DestinationError when the send cannot go on
+    (credentials, retries exhausted)."""
     platform = JsonRequests(
         destination.destination, destination.dsr_base_url, destination._dsr_credentials, _dsr_reason
     )
-    response, _ = exchange(
+    response, sent = exchange(
         platform, Request(DSR_PATH, (Item(request.profile_id, request.body),)), policy, frozenset({400, 409})
     )
+    if metrics is not None:
+        metrics.add(sent)
     if response.is_success:
         answer = _answer(response)
         when = answer.get("expected_completion_time")
