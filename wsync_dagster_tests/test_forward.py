@@ -355,6 +355,18 @@ def test_an_unset_secret_variable_names_the_destination_field_and_variable(
     )
 
 
+def amp_forwarded_then_seeded(
+    store: ProfileStore, write_sync: Callable, make_warehouse: Callable, sink: HttpSink
+) -> Path:
+    """The users synced and forwarded to amp, then all three marked pending for amp again; the warehouse."""
+    warehouse = make_warehouse(USERS)
+    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
+    assert main(["run", "crm"]) == 0
+    assert store.pending_profiles("crm", "amp") == 0
+    assert store.seed_destination("crm", "amp", "production") == 3
+    return warehouse
+
+
 def test_what_a_failed_forward_or_a_later_delivery_left_stays_pending_until_sent(
     cli_store: ProfileStore,
     write_sync: Callable,
@@ -363,11 +375,7 @@ def test_what_a_failed_forward_or_a_later_delivery_left_stays_pending_until_sent
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    warehouse = make_warehouse(USERS)
-    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
-    assert main(["run", "crm"]) == 0
-    assert cli_store.pending_profiles("crm", "amp") == 0
-    cli_store.seed_destination("crm", "amp", "production")
+    warehouse = amp_forwarded_then_seeded(cli_store, write_sync, make_warehouse, sink)
     read = cli_store.pending_forward("crm", "amp", "production", None, 100)
     cli_store.seed_destination("crm", "amp", "production")  # marked again after the read
     # The delivery commits, its forward fails: the change waits in the outbox.
@@ -938,11 +946,8 @@ def test_two_forwards_of_one_destination_at_once_send_each_profile_once(
     import subprocess
     import sys
 
-    warehouse = make_warehouse(USERS)
-    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
-    assert main(["run", "crm"]) == 0
+    amp_forwarded_then_seeded(cli_store, write_sync, make_warehouse, sink)
     sent_by_run = len(sink.identifies)
-    assert cli_store.seed_destination("crm", "amp", "production") == 3
     # The first forward's request is slow, so the second starts while the first is sending.
     sink.plan("/identify", Fault(delay=2.0))
     forward = [sys.executable, "-m", "wsync_dagster.cli", "forward", "crm"]
@@ -969,10 +974,7 @@ def test_a_forward_waits_for_the_one_under_way_and_gives_up_at_the_lock_timeout(
 ) -> None:
     from wsync_dagster.destinations.forward_lock import forward_lock_name
 
-    warehouse = make_warehouse(USERS)
-    write_sync(full_sync(warehouse, destinations=destinations(sink)[1:]))
-    assert main(["run", "crm"]) == 0
-    cli_store.seed_destination("crm", "amp", "production")
+    amp_forwarded_then_seeded(cli_store, write_sync, make_warehouse, sink)
     sent_by_run = len(sink.identifies)
     holder = open_profile_store(cli_store.url)  # another forward of amp, under way
     try:

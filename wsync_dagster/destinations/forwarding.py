@@ -89,40 +89,35 @@ def forward(
     """Send what is pending for the destination (after seeding it, if asked); raises DestinationError on a
     refusal the run cannot go past (credentials, retries exhausted), with what was acknowledged kept.
     A forward of the same destination under way elsewhere is waited for first (forward_lock.py)."""
-    environment = spec.sync.environment
-    with one_forward_at_a_time(store, spec.name, destination.name, environment, lock_timeout(), progress):
-        return _forward_alone(
-            spec,
-            destination,
-            store,
-            seed=seed,
-            seed_partitions=seed_partitions,
-            progress=progress,
-            slice_profiles=slice_profiles,
-        )
-
-
-def _forward_alone(
-    spec: SyncSpec,
-    destination: MParticleDestination | AmplitudeDestination,
-    store: ProfileStore,
-    *,
-    seed: bool = False,
-    seed_partitions: list[str] | None = None,
-    progress: Progress | None = None,
-    slice_profiles: int | None = None,
-) -> ForwardReport:
-    """forward, with the destination's forward lock held."""
     started = time.perf_counter()
     environment = spec.sync.environment
-    slice_profiles = slice_profiles or forward_slice()
     result = ForwardReport(destination.name)
     platform = destination.platform(environment)  # secrets read now: an unset variable stops here
-    if seed or seed_partitions is not None:
-        result.seeded = store.seed_destination(spec.name, destination.name, environment, seed_partitions)
+    with one_forward_at_a_time(store, spec.name, destination.name, environment, lock_timeout(), progress):
+        if seed or seed_partitions is not None:
+            result.seeded = store.seed_destination(spec.name, destination.name, environment, seed_partitions)
+        _send_pending(
+            spec, destination.name, platform, store, result, slice_profiles or forward_slice(), progress
+        )
+        _send_deletions(spec, destination, platform, store, result)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _send_pending(
+    spec: SyncSpec,
+    destination: str,
+    platform: mparticle.MParticle | Amplitude,
+    store: ProfileStore,
+    result: ForwardReport,
+    slice_profiles: int,
+    progress: Progress | None,
+) -> None:
+    """The outbox a slice at a time: read, sent, acknowledged."""
+    environment = spec.sync.environment
     after: str | None = None
     while True:
-        pending = store.pending_forward(spec.name, destination.name, environment, after, slice_profiles)
+        pending = store.pending_forward(spec.name, destination, environment, after, slice_profiles)
         if pending.last_profile_id is None:
             break
         after = pending.last_profile_id
@@ -130,12 +125,24 @@ def _forward_alone(
         refused = {reject.item for reject in metrics.rejects}
         received = [change for change in pending.changes if change.profile_id not in refused]
         store.acknowledge_forward(
-            spec.name, destination.name, environment, pending.rows, metrics.rejects, received
+            spec.name, destination, environment, pending.rows, metrics.rejects, received
         )
         result.profiles += len(pending.changes)
         result.metrics.add(metrics)
-        report(progress, f"{spec.name}: forwarded {result.profiles:,} profiles to {destination.name}")
-    erasures = send_erasures(spec.name, environment, platform, store, requester=f"wsync {spec.name}")
+        report(progress, f"{spec.name}: forwarded {result.profiles:,} profiles to {destination}")
+
+
+def _send_deletions(
+    spec: SyncSpec,
+    destination: MParticleDestination | AmplitudeDestination,
+    platform: mparticle.MParticle | Amplitude,
+    store: ProfileStore,
+    result: ForwardReport,
+) -> None:
+    """The deletions of erased people the destination received, and what stays queued."""
+    erasures = send_erasures(
+        spec.name, spec.sync.environment, platform, store, requester=f"wsync {spec.name}"
+    )
     result.deletions_sent = erasures.sent
     result.deletion_rejects = len(erasures.rejects)
     result.metrics.add(erasures.metrics)  # their requests, bytes and waits count with the profiles'
@@ -150,8 +157,6 @@ def _forward_alone(
             f"destination {destination.name}: {requests} queued: {destination.missing_secret_key()}"
         )
     result.erasures_pending = store.pending_erasures(spec.name, destination.name)
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _send(
