@@ -30,7 +30,7 @@ NUL_PROBLEM = "holds a NUL character (\\0), which no profile store or destinatio
 # The times an iterator may hold: years 1 to 9999, as Python and the destinations read them. PostgreSQL and
 # DuckDB also hold infinity, -infinity, BC years and years past 9999: such rows are read and rejected.
 TIME_RANGE_PROBLEM = "a row needs a time from year 1 to 9999 to be read in order"
-_RAW = "__row"
+_RAW = "__row"  # the row's place in the read
 MAPPER_MEMORY_LIMIT = "128MB"
 
 
@@ -289,9 +289,12 @@ class BatchMapper:
 
     def map(self, batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
         """(mapped rows, rejected rows with their reason) of one warehouse batch."""
-        rows = pa.array(range(self._next_row, self._next_row + batch.num_rows), pa.int64())
+        if _RAW not in batch.schema.names:
+            rows = pa.array(range(self._next_row, self._next_row + batch.num_rows), pa.int64())
+            batch = batch.append_column(_RAW, rows)
+        # Else the rows come numbered by their place in the whole read (unchanged_rows.py left some out).
         self._next_row += batch.num_rows
-        self._connection.register("source_batch", pa.Table.from_batches([batch.append_column(_RAW, rows)]))
+        self._connection.register("source_batch", pa.Table.from_batches([batch]))
         try:
             result = self._connection.sql(self._sql).to_arrow_table()
         finally:
@@ -320,9 +323,16 @@ class BatchMapper:
     def _value(self, source: Source) -> str:
         return f"src.{_ident(source.column)}" if source.column is not None else _literal(source.value)
 
-    def _build_sql(self, run_version: int) -> str:
+    def row_sql(self, run_version: int) -> str:
+        """The mapping of `source_batch` (numbered in its column __row), each row with its source row as a
+        struct, `__source`, and in no particular order: for a query over the whole model."""
+        return self._build_sql(run_version, keep_source=True)
+
+    def _build_sql(self, run_version: int, *, keep_source: bool = False) -> str:
         plan = self.plan
         select: list[str] = [f"src.{_ident(_RAW)} AS {_ident(b.ROW)}"]
+        if keep_source:
+            select.append("src AS __source")
         if plan.iterator:
             column_type = plan.schema.field(plan.iterator).type
             version = version_sql(plan.iterator_type, f"src.{_ident(plan.iterator)}", column_type)  # type: ignore[arg-type]
@@ -357,7 +367,7 @@ class BatchMapper:
         mapped = [b.ROW, b.VERSION, *(b.IDENTITY_PREFIX + k for k in plan.identities)]
         mapped += [b.ATTRIBUTE_PREFIX + n for n in plan.attributes]
         identity_json = _json_object({k: _ident(b.IDENTITY_PREFIX + k) for k in plan.identities})
-        outer = [_ident(c) for c in mapped]
+        outer = [_ident(c) for c in mapped] + (["__source"] if keep_source else [])
         outer.append(f"CAST({identity_json} AS VARCHAR) AS {_ident(b.IDENTITY_KEY)}")
         if plan.delete_column:
             outer.append(_ident(b.DELETE))
@@ -385,7 +395,8 @@ class BatchMapper:
         reason = self._reject_reason(checks)
         outer.append(f"{reason} AS _reject")
         outer.append(f"CASE WHEN ({reason}) IS NOT NULL THEN _raw_json END AS _raw")
-        return f"SELECT {', '.join(outer)} FROM (SELECT {inner} FROM source_batch AS src) ORDER BY {_ident(b.ROW)}"
+        order = "" if keep_source else f" ORDER BY {_ident(b.ROW)}"
+        return f"SELECT {', '.join(outer)} FROM (SELECT {inner} FROM source_batch AS src){order}"
 
     def _float_checks(self) -> dict[str, str]:
         """Per float column mapped to an attribute, a flag for NaN/infinity, which JSON cannot hold."""

@@ -362,6 +362,18 @@ class ProfileStore:
             for sync_name, env, partition, row_number, kind, reason, row in self._db.rows(sql, params)
         ]
 
+    def fingerprints(self, sync: str, environment: str) -> pa.Table:
+        """The sync's stored row keys and fingerprints: what a warehouse compares its rows with."""
+        with self._db.read():
+            rows = self._db.rows(
+                "SELECT row_key, fingerprint FROM fingerprints WHERE sync = ? AND environment = ?",
+                (sync, environment),
+            )
+        keys, fingerprints = zip(*rows, strict=True) if rows else ((), ())
+        return pa.table(
+            {"row_key": pa.array(keys, pa.string()), "fingerprint": pa.array(fingerprints, pa.string())}
+        )
+
     def seed_destination(
         self, sync: str, destination: str, environment: str, partitions: Sequence[str] | None = None
     ) -> int:
@@ -539,6 +551,13 @@ class Delivery:
         self.partition_counts[partition].add(counts)
         self.counts.add(counts)
         return counts
+
+    def add_unchanged(self, rows: int, partition: str | None = None) -> None:
+        """Rows the warehouse compared with the stored fingerprints and left out unchanged: counted as the
+        rows of a batch found unchanged here are."""
+        counts = DeliveryCounts(rows=rows, rows_unchanged=rows)
+        self.partition_counts[self._partition(partition)].add(counts)
+        self.counts.add(counts)
 
     def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
