@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from wsync_dagster import batches as b
+from wsync_dagster.data_model import check_read_only_select
 from wsync_dagster.mapping import BatchMapper, MappingPlan, _ident
 from wsync_dagster.warehouses.base import Warehouse
 
@@ -37,9 +38,11 @@ def changed_rows_read(
     if not fingerprints.num_rows:
         return None  # a first sync: every row is new
     register(_STORED, fingerprints)
-    [count] = warehouse.read_batches(f"SELECT COUNT(*) AS n FROM ({model_sql}) AS model")
+    # As the other reads wrap it: checked and written out by sqlglot, so a trailing comment ends nothing.
+    model = check_read_only_select(model_sql, warehouse.dialect).sql(dialect=warehouse.dialect)
+    [count] = warehouse.read_batches(f"SELECT COUNT(*) AS n FROM ({model}) AS model")
     total = count.column(0)[0].as_py()
-    return _changed_rows_sql(plan, model_sql, run_version), total
+    return _changed_rows_sql(plan, model, run_version), total
 
 
 def _changed_rows_sql(plan: MappingPlan, model_sql: str, run_version: int) -> str:

@@ -46,6 +46,9 @@ RESOLUTION_ENTRIES_MAX = 100_000
 RESTAMPS_MAX = 100_000
 # Easy identity keys are settled for the whole batch at once (store/settle.py); off, resolve does every key.
 SET_WISE = True
+# Stored fingerprints read at a time for a warehouse to compare its rows with (64 bytes each).
+FINGERPRINT_PAGE = 500_000
+_MD5_HEX = 32
 
 # The stored owner of each staged identity, with the version it was last asserted with.
 _STORED_OWNERS = """
@@ -363,15 +366,47 @@ class ProfileStore:
         ]
 
     def fingerprints(self, sync: str, environment: str) -> pa.Table:
-        """The sync's stored row keys and fingerprints: what a warehouse compares its rows with."""
+        """The sync's stored row keys and fingerprints (those that can match a row): what a warehouse
+        compares its rows with."""
+        # SQLite concatenates in the page's order; PostgreSQL is told to, as paging takes its last key.
+        concat = (
+            "string_agg(row_key || fingerprint, '' ORDER BY row_key)"
+            if self._db.name == "postgresql"
+            else "group_concat(row_key || fingerprint, '')"
+        )
+        # Both are md5 hex: a page of them as one text, cut apart in Arrow, saves a Python tuple per row.
+        sql = (
+            f"SELECT {concat} FROM (SELECT row_key, fingerprint FROM fingerprints"
+            f" WHERE sync = ? AND environment = ? AND row_key > ? AND length(row_key) = {_MD5_HEX}"
+            f" AND length(fingerprint) = {_MD5_HEX} ORDER BY row_key LIMIT {FINGERPRINT_PAGE}) AS page"
+        )
+        pages, after = [], ""
         with self._db.read():
-            rows = self._db.rows(
-                "SELECT row_key, fingerprint FROM fingerprints WHERE sync = ? AND environment = ?",
-                (sync, environment),
+            while True:
+                [(text,)] = self._db.rows(sql, (sync, environment, after))
+                if not text:
+                    break
+                pages.append(text.encode("ascii"))
+                after = text[-2 * _MD5_HEX : -_MD5_HEX]
+        both = pa.binary(2 * _MD5_HEX)
+        pairs = (
+            pa.chunked_array(
+                [
+                    pa.FixedSizeBinaryArray.from_buffers(
+                        both, len(page) // both.byte_width, [None, pa.py_buffer(page)]
+                    )
+                    for page in pages
+                ],
+                both,
             )
-        keys, fingerprints = zip(*rows, strict=True) if rows else ((), ())
+            .cast(pa.binary())
+            .cast(pa.string())
+        )
         return pa.table(
-            {"row_key": pa.array(keys, pa.string()), "fingerprint": pa.array(fingerprints, pa.string())}
+            {
+                "row_key": pc.utf8_slice_codeunits(pairs, 0, _MD5_HEX),
+                "fingerprint": pc.utf8_slice_codeunits(pairs, _MD5_HEX, 2 * _MD5_HEX),
+            }
         )
 
     def seed_destination(
