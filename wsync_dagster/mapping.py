@@ -390,8 +390,16 @@ class BatchMapper:
                     ]
                 ]
             )
-            outer.append(f"md5(CAST({key} AS VARCHAR)) AS {_ident(b.ROW_KEY)}")
-            outer.append(f"md5(CAST(to_json(list_value({content})) AS VARCHAR)) AS {_ident(b.FINGERPRINT)}")
+            hashed = {
+                b.ROW_KEY: f"CAST({key} AS VARCHAR)",
+                b.FINGERPRINT: f"CAST(to_json(list_value({content})) AS VARCHAR)",
+            }
+            outer += [f"md5({text}) AS {_ident(name)}" for name, text in hashed.items()]
+            if keep_source:
+                # The first 64 bits of each md5, as the store's are read to compare (ProfileStore.fingerprints).
+                outer += [
+                    f"md5_number_upper({text}) AS {_ident(name + '_64')}" for name, text in hashed.items()
+                ]
         reason = self._reject_reason(checks)
         outer.append(f"{reason} AS _reject")
         outer.append(f"CASE WHEN ({reason}) IS NOT NULL THEN _raw_json END AS _raw")

@@ -13,7 +13,8 @@ from wsync_dagster.data_model import check_read_only_select
 from wsync_dagster.mapping import BatchMapper, MappingPlan, _ident
 from wsync_dagster.warehouses.base import Warehouse
 
-# The store's (row_key, fingerprint) of the sync and environment: opened only when the warehouse can use it.
+# The store's (row_key, fingerprint) of the sync and environment, each its first 64 bits
+# (ProfileStore.fingerprints): read only when the warehouse can use them.
 StoredFingerprints = Callable[[], pa.Table]
 
 _STORED = "wsync_stored_fingerprints"
@@ -68,8 +69,8 @@ def _changed_rows_sql(plan: MappingPlan, model_sql: str, run_version: int) -> st
     unchanged = " AND ".join(
         [
             "m._reject IS NULL",
-            f"EXISTS (SELECT 1 FROM {_STORED} AS f WHERE f.row_key = m.{_ident(b.ROW_KEY)} "
-            f"AND f.fingerprint = m.{_ident(b.FINGERPRINT)})",
+            f"EXISTS (SELECT 1 FROM {_STORED} AS f WHERE f.row_key = m.{_ident(b.ROW_KEY + '_64')} "
+            f"AND f.fingerprint = m.{_ident(b.FINGERPRINT + '_64')})",
             *alone,
         ]
     )
