@@ -384,12 +384,7 @@ class ProfileStore:
                     pairs = np.frombuffer(bytes.fromhex(text), np.uint8).reshape(-1, _MD5_HEX)
                     keys.append(_first_64_bits(pairs[:, :8]))
                     fingerprints.append(_first_64_bits(pairs[:, _MD5_HEX // 2 : _MD5_HEX // 2 + 8]))
-        return pa.table(
-            {
-                "row_key": pa.array(np.concatenate([np.empty(0, np.uint64), *keys])),
-                "fingerprint": pa.array(np.concatenate([np.empty(0, np.uint64), *fingerprints])),
-            }
-        )
+        return pa.table({"row_key": _uint64_array(keys), "fingerprint": _uint64_array(fingerprints)})
 
     def seed_destination(
         self, sync: str, destination: str, environment: str, partitions: Sequence[str] | None = None
@@ -1268,6 +1263,12 @@ def _first_64_bits(digests: np.ndarray) -> np.ndarray:
     """Rows of an md5's first 8 bytes as unsigned 64-bit integers, the first byte lowest: DuckDB's
     md5_number_upper of the same text."""
     return np.ascontiguousarray(digests).view("<u8").ravel().astype(np.uint64)
+
+
+def _uint64_array(parts: list[np.ndarray]) -> pa.Array:
+    """The parts as one Arrow array, from their buffer (pa.array would import pandas to look at them)."""
+    values = np.concatenate([np.empty(0, np.uint64), *parts])
+    return pa.Array.from_buffers(pa.uint64(), len(values), [None, pa.py_buffer(values)])
 
 
 def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
