@@ -217,6 +217,19 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     )
 
 
+def identity_sql(column: str) -> str:
+    """DuckDB SQL: the identity value of the source row `src`'s column, trimmed; NULL when empty."""
+    value = f"CAST(src.{_ident(column)} AS VARCHAR)"
+    blanks = _literal(BLANK_CHARACTERS)
+    # trim() with a character set is several times slower than a look at both ends: only
+    # values that start or end with a blank character pay for it.
+    trimmed = (
+        f"CASE WHEN contains({blanks}, left({value}, 1)) OR contains({blanks}, right({value}, 1)) "
+        f"THEN trim({value}, {blanks}) ELSE {value} END"
+    )
+    return f"NULLIF({trimmed}, '')"
+
+
 def _time_range_problem(column: str) -> str:
     """DuckDB SQL: what is wrong with a time or date outside years 1 to 9999 (infinity, BC, …), else NULL."""
     return (
@@ -341,17 +354,9 @@ class BatchMapper:
                 select.append(f"{_time_range_problem(f'src.{_ident(plan.iterator)}')} AS _iterator_range")
         else:
             select.append(f"CAST({int(run_version)} AS BIGINT) AS {_ident(b.VERSION)}")
-        blanks = _literal(BLANK_CHARACTERS)
         for index, (kind, column) in enumerate(plan.identities.items()):
-            value = f"CAST(src.{_ident(column)} AS VARCHAR)"
-            # trim() with a character set is several times slower than a look at both ends: only
-            # values that start or end with a blank character pay for it.
-            trimmed = (
-                f"CASE WHEN contains({blanks}, left({value}, 1)) OR contains({blanks}, right({value}, 1)) "
-                f"THEN trim({value}, {blanks}) ELSE {value} END"
-            )
-            select.append(f"NULLIF({trimmed}, '') AS {_ident(b.IDENTITY_PREFIX + kind)}")
-            select.append(f"{value} IS NOT NULL AS _present_{index}")
+            select.append(f"{identity_sql(column)} AS {_ident(b.IDENTITY_PREFIX + kind)}")
+            select.append(f"CAST(src.{_ident(column)} AS VARCHAR) IS NOT NULL AS _present_{index}")
         for name, source in plan.attributes.items():
             select.append(
                 f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}"

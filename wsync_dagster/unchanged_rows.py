@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from wsync_dagster import batches as b
 from wsync_dagster.data_model import check_read_only_select
-from wsync_dagster.mapping import BatchMapper, MappingPlan, _ident
+from wsync_dagster.mapping import BatchMapper, MappingPlan, _ident, identity_sql
 from wsync_dagster.warehouses.base import Warehouse
 
 # The store's (row_key, fingerprint) of the sync and environment, each its first 64 bits
@@ -38,7 +38,7 @@ def changed_rows_read(
     fingerprints = stored()
     if not fingerprints.num_rows:
         return None  # a first sync: every row is new
-    register(_STORED, fingerprints)
+    register(_STORED, _distinct_pairs(fingerprints))
     # As the other reads wrap it: checked and written out by sqlglot, so a trailing comment ends nothing.
     model = check_read_only_select(model_sql, warehouse.dialect).sql(dialect=warehouse.dialect)
     [count] = warehouse.read_batches(f"SELECT COUNT(*) AS n FROM ({model}) AS model")
@@ -50,33 +50,43 @@ def _changed_rows_sql(plan: MappingPlan, model_sql: str, run_version: int) -> st
     """The model's rows, but for those the store holds unchanged: mapped without a reject, whose row key and
     fingerprint the store holds, and none of whose identities another row of the model holds (rows of one
     customer are settled together, and a key of two rows stores a fingerprint of both: such rows are read
-    and left to the delivery's own look-up)."""
+    and left to the delivery's own look-up).
+
+    Within the warehouse's memory limit: what is shared is found by a read of its own, by the values' hashes
+    (a collision only reads a row more), so the mapped rows stream through two joins whose build sides
+    (the store's fingerprints, the few shared hashes) spill if they must."""
     mapper = BatchMapper(plan, run_version=run_version)
     try:
         mapped = mapper.row_sql(run_version)
     finally:
         mapper.close()
-    identities = [_ident(b.IDENTITY_PREFIX + kind) for kind in plan.identities]
     shared = [
-        f"shared_{index} AS (SELECT {column} AS value FROM mapped WHERE {column} IS NOT NULL "
-        f"GROUP BY {column} HAVING COUNT(*) > 1)"
-        for index, column in enumerate(identities)
+        f"shared_{index} AS (SELECT hash({identity_sql(column)}) AS value FROM ({model_sql}) AS src "
+        f"WHERE {identity_sql(column)} IS NOT NULL GROUP BY 1 HAVING COUNT(*) > 1)"
+        for index, column in enumerate(plan.identities.values())
     ]
-    alone = [
-        f"NOT EXISTS (SELECT 1 FROM shared_{index} AS s WHERE s.value = m.{column})"
-        for index, column in enumerate(identities)
+    changed = [
+        "f.row_key IS NULL",
+        "m._reject IS NOT NULL",
+        *(
+            f"hash(m.{_ident(b.IDENTITY_PREFIX + kind)}) IN (SELECT value FROM shared_{index})"
+            for index, kind in enumerate(plan.identities)
+        ),
     ]
-    unchanged = " AND ".join(
-        [
-            "m._reject IS NULL",
-            f"EXISTS (SELECT 1 FROM {_STORED} AS f WHERE f.row_key = m.{_ident(b.ROW_KEY + '_64')} "
-            f"AND f.fingerprint = m.{_ident(b.FINGERPRINT + '_64')})",
-            *alone,
-        ]
+    # The stored pairs are distinct (_distinct_pairs): a row matches one at most.
+    matched = (
+        f"LEFT JOIN {_STORED} AS f ON f.row_key = m.{_ident(b.ROW_KEY + '_64')} "
+        f"AND f.fingerprint = m.{_ident(b.FINGERPRINT + '_64')}"
     )
     # Numbered as the mapping numbers a plain read: its rejects and ties keep their place.
     return (
-        f"WITH source_batch AS (SELECT *, CAST(row_number() OVER () - 1 AS BIGINT) AS __row "
-        f"FROM ({model_sql}) AS model), mapped AS ({mapped}), {', '.join(shared)} "
-        f"SELECT unnest(m.__source) FROM mapped AS m WHERE NOT ({unchanged}) ORDER BY m.{_ident(b.ROW)}"
+        f"WITH {', '.join(shared)}, source_batch AS (SELECT *, CAST(row_number() OVER () - 1 AS BIGINT) AS __row "
+        f"FROM ({model_sql}) AS model), mapped AS ({mapped}) "
+        f"SELECT unnest(m.__source) FROM mapped AS m {matched} WHERE {' OR '.join(changed)} "
+        f"ORDER BY m.{_ident(b.ROW)}"
     )
+
+
+def _distinct_pairs(fingerprints: pa.Table) -> pa.Table:
+    """The stored (row key, fingerprint) pairs once each: two keys may share their first 64 bits."""
+    return fingerprints.group_by(["row_key", "fingerprint"], use_threads=False).aggregate([])
