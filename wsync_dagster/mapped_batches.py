@@ -15,7 +15,7 @@ from wsync_dagster.progress import Meter, Progress, report
 from wsync_dagster.read_plan import OpenReader, change_read, model_read, open_reader_of
 from wsync_dagster.run_partitions import Partition, partition_of_rows
 from wsync_dagster.spec import SyncSpec
-from wsync_dagster.unchanged_rows import StoredFingerprints, changed_rows_read
+from wsync_dagster.unchanged_rows import StoredFingerprints, unchanged_read
 
 # Warehouse rows read and mapped at a time: each batch is held by the reader, the mapper's DuckDB and its
 # result at once (1M events mapped: 581 MB peak RSS at 100,000 rows a batch, 533 MB at 50,000, same time).
@@ -29,7 +29,9 @@ class MapCounts:
     rows_read: int = 0
     rows_mapped: int = 0
     rows_rejected: int = 0
-    rows_unchanged: int = 0  # of those read: found unchanged by the warehouse, so neither mapped nor delivered
+    rows_unchanged: int = (
+        0  # of those read: found unchanged by the warehouse, so neither mapped nor delivered
+    )
 
     @property
     def reject_rate(self) -> float:
@@ -67,30 +69,28 @@ def map_partition(
     try:
         if not isinstance(window, VersionWindow):
             plan, query, params = model_read(spec, warehouse, window)
-        changed = None
-        if window is None:
-            changed = changed_rows_read(
-                plan, warehouse, query, run_version, stored, mirror=spec.sync.mirror
-            )
-        total = None
-        if changed is not None:
-            query, total = changed
+        unchanged = None
+        if window is None and (
+            compared := unchanged_read(plan, warehouse, query, run_version, stored, mirror=spec.sync.mirror)
+        ):
+            query, unchanged = compared
         mapper = BatchMapper(plan, run_version=run_version)
         # The warehouse does not say how many rows the model returns before it has sent them: a rate, no end.
         meter = Meter(progress)
         with batch_file.writer() as writer:
             writer.set_schema(mapper.empty().schema)
-            for batch in warehouse.read_batches(query, params, READ_BATCH_ROWS):
+            for read in warehouse.read_batches(query, params, READ_BATCH_ROWS):
+                batch = read if unchanged is None else unchanged.keep(read)
+                counts.rows_read += read.num_rows
+                if not batch.num_rows:  # every row unchanged: nothing to map
+                    continue
                 mapped, rejects = mapper.map(batch)
                 writer.write(mapped, rejects)
-                counts.rows_read += batch.num_rows
                 counts.rows_mapped += mapped.num_rows
                 counts.rows_rejected += rejects.num_rows
                 meter.update(counts.rows_read, lambda pace: _read_line(spec, counts, pace))
-            if total is not None:
-                writer.unchanged_rows = max(total - counts.rows_read, 0)
-                counts.rows_read += writer.unchanged_rows
-                counts.rows_unchanged = writer.unchanged_rows
+            if unchanged is not None:
+                counts.rows_unchanged = writer.unchanged_rows = unchanged.rows
         meter.finish()
         mapper.close()
     finally:

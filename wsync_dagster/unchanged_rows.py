@@ -1,26 +1,51 @@
-"""A full-mode re-read on a DuckDB warehouse: rows the store holds unchanged are found by the warehouse's own
-query, which maps and fingerprints every row and anti-joins the fingerprints with the store's, so that only
-the other rows are read out and go through the mapping and the delivery."""
+"""A full-mode re-read on a DuckDB warehouse: the warehouse's query maps and fingerprints every row as it
+streams out, and the rows the store holds unchanged are dropped before the mapping and the delivery."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wsync_dagster import batches as b
 from wsync_dagster.data_model import check_read_only_select
 from wsync_dagster.mapping import BatchMapper, MappingPlan, _ident, identity_sql
 from wsync_dagster.warehouses.base import Warehouse
 
-# The store's (row_key, fingerprint) of the sync and environment, each its first 64 bits
+# The store's (row_key, fingerprint) of the sync and environment, each the first 64 bits of its md5
 # (ProfileStore.fingerprints): read only when the warehouse can use them.
 StoredFingerprints = Callable[[], pa.Table]
 
-_STORED = "wsync_stored_fingerprints"
+_KEY, _FINGERPRINT, _CLEAN = "__key_64", "__fingerprint_64", "__clean"
 
 
-def changed_rows_read(
+class UnchangedRows:
+    """Drops, batch by batch, the rows the store holds unchanged: mapped without a reject, whose row key
+    and fingerprint the store holds, and none of whose identity values another row of the model holds
+    (rows of one customer are settled together, and a key of two rows stores a fingerprint of both: such
+    rows go on to the delivery, which looks them up itself)."""
+
+    def __init__(self, stored: pa.Table, shared: list[np.ndarray]):
+        # One 64-bit value per pair: a changed row passes for unchanged only if it collides with one of them.
+        self._stored = np.sort(_pair(stored.column("row_key"), stored.column("fingerprint")))
+        self._shared = shared  # per identity column, the sorted hashes of values held by several rows
+        self.rows = 0  # dropped so far
+
+    def keep(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch's rows to map, numbered by their place in the read, without the comparison's columns."""
+        unchanged = _is_in(_pair(batch.column(_KEY), batch.column(_FINGERPRINT)), self._stored)
+        unchanged &= batch.column(_CLEAN).to_numpy(zero_copy_only=False)
+        for index, shared in enumerate(self._shared):
+            unchanged &= ~_is_in(batch.column(_identity_hash(index)).to_numpy(), shared)
+        self.rows += int(unchanged.sum())
+        extra = [_KEY, _FINGERPRINT, _CLEAN, *(_identity_hash(i) for i in range(len(self._shared)))]
+        kept = batch.filter(pa.array(~unchanged))
+        return kept.select([name for name in kept.schema.names if name not in extra])
+
+
+def unchanged_read(
     plan: MappingPlan,
     warehouse: Warehouse,
     model_sql: str,
@@ -28,65 +53,77 @@ def changed_rows_read(
     stored: StoredFingerprints | None,
     *,
     mirror: bool,
-) -> tuple[str, int] | None:
-    """(query of the rows to map, in read order and numbered by their place in the whole read; how many rows
-    the model has), or None where the rows must all be read as they are (another warehouse, a mirror, …)."""
-    register = getattr(warehouse, "register", None)
+) -> tuple[str, UnchangedRows] | None:
+    """The query of every row with what compares it, and the filter that drops the unchanged; None where the
+    rows must all be mapped (another warehouse, a mirror, a first run, another mode)."""
     # A mirror needs every row's key and profile; rows of other modes have no stored fingerprints to match.
-    if stored is None or register is None or mirror or not plan.full_mode or plan.data_type != "user":
+    if stored is None or warehouse.dialect != "duckdb" or mirror or not plan.full_mode:
+        return None
+    if plan.data_type != "user" or plan.delete_column:
         return None
     fingerprints = stored()
     if not fingerprints.num_rows:
-        return None  # a first sync: every row is new
-    register(_STORED, _distinct_pairs(fingerprints))
+        return None
     # As the other reads wrap it: checked and written out by sqlglot, so a trailing comment ends nothing.
     model = check_read_only_select(model_sql, warehouse.dialect).sql(dialect=warehouse.dialect)
-    [count] = warehouse.read_batches(f"SELECT COUNT(*) AS n FROM ({model}) AS model")
-    total = count.column(0)[0].as_py()
-    return _changed_rows_sql(plan, model, run_version), total
+    shared = [_shared_values(warehouse, model, column) for column in plan.identities.values()]
+    return _compared_sql(plan, model, run_version), UnchangedRows(fingerprints, shared)
 
 
-def _changed_rows_sql(plan: MappingPlan, model_sql: str, run_version: int) -> str:
-    """The model's rows, but for those the store holds unchanged: mapped without a reject, whose row key and
-    fingerprint the store holds, and none of whose identities another row of the model holds (rows of one
-    customer are settled together, and a key of two rows stores a fingerprint of both: such rows are read
-    and left to the delivery's own look-up).
+def _shared_values(warehouse: Warehouse, model: str, column: str) -> np.ndarray:
+    """The sorted hashes of the identity values the column gives more than one row (a hash collision only
+    maps a row more); a read of its own, by value, whose aggregate spills within the memory limit."""
+    value = identity_sql(column)
+    sql = (
+        f"SELECT hash({value}) AS value FROM ({model}) AS src WHERE {value} IS NOT NULL "
+        "GROUP BY 1 HAVING COUNT(*) > 1"
+    )
+    found = [batch.column(0).to_numpy() for batch in warehouse.read_batches(sql)]
+    return np.sort(np.concatenate([np.empty(0, np.uint64), *found]))
 
-    Within the warehouse's memory limit: what is shared is found by a read of its own, by the values' hashes
-    (a collision only reads a row more), so the mapped rows stream through two joins whose build sides
-    (the store's fingerprints, the few shared hashes) spill if they must."""
+
+def _compared_sql(plan: MappingPlan, model: str, run_version: int) -> str:
+    """Every row of the model, in read order and numbered by it, with its row key's and fingerprint's first
+    64 bits, whether it maps without a reject, and its identity values' hashes."""
     mapper = BatchMapper(plan, run_version=run_version)
     try:
         mapped = mapper.row_sql(run_version)
     finally:
         mapper.close()
-    shared = [
-        f"shared_{index} AS (SELECT hash({identity_sql(column)}) AS value FROM ({model_sql}) AS src "
-        f"WHERE {identity_sql(column)} IS NOT NULL GROUP BY 1 HAVING COUNT(*) > 1)"
-        for index, column in enumerate(plan.identities.values())
+    hashes = [
+        f"hash(m.{_ident(b.IDENTITY_PREFIX + kind)}) AS {_identity_hash(index)}"
+        for index, kind in enumerate(plan.identities)
     ]
-    changed = [
-        "f.row_key IS NULL",
-        "m._reject IS NOT NULL",
-        *(
-            f"hash(m.{_ident(b.IDENTITY_PREFIX + kind)}) IN (SELECT value FROM shared_{index})"
-            for index, kind in enumerate(plan.identities)
-        ),
+    columns = [
+        "unnest(m.__source)",
+        f"m.{_ident(b.ROW_KEY + '_64')} AS {_KEY}",
+        f"m.{_ident(b.FINGERPRINT + '_64')} AS {_FINGERPRINT}",
+        f"m._reject IS NULL AS {_CLEAN}",
+        *hashes,
     ]
-    # The stored pairs are distinct (_distinct_pairs): a row matches one at most.
-    matched = (
-        f"LEFT JOIN {_STORED} AS f ON f.row_key = m.{_ident(b.ROW_KEY + '_64')} "
-        f"AND f.fingerprint = m.{_ident(b.FINGERPRINT + '_64')}"
-    )
-    # Numbered as the mapping numbers a plain read: its rejects and ties keep their place.
+    # Numbered as the mapping numbers a plain read: rejects and ties keep their place.
     return (
-        f"WITH {', '.join(shared)}, source_batch AS (SELECT *, CAST(row_number() OVER () - 1 AS BIGINT) AS __row "
-        f"FROM ({model_sql}) AS model), mapped AS ({mapped}) "
-        f"SELECT unnest(m.__source) FROM mapped AS m {matched} WHERE {' OR '.join(changed)} "
-        f"ORDER BY m.{_ident(b.ROW)}"
+        f"WITH source_batch AS (SELECT *, CAST(row_number() OVER () - 1 AS BIGINT) AS __row "
+        f"FROM ({model}) AS model) SELECT {', '.join(columns)} FROM ({mapped}) AS m"
     )
 
 
-def _distinct_pairs(fingerprints: pa.Table) -> pa.Table:
-    """The stored (row key, fingerprint) pairs once each: two keys may share their first 64 bits."""
-    return fingerprints.group_by(["row_key", "fingerprint"], use_threads=False).aggregate([])
+def _identity_hash(index: int) -> str:
+    return f"__identity_hash_{index}"
+
+
+def _pair(keys: pa.Array | pa.ChunkedArray, fingerprints: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A row key's and a fingerprint's 64 bits as one value (the multiplier is odd: no bits are lost)."""
+    return _uint64(keys) * np.uint64(0x9E3779B97F4A7C15) ^ _uint64(fingerprints)
+
+
+def _uint64(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(column, 0).to_numpy(zero_copy_only=False), np.uint64)
+
+
+def _is_in(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Per value, whether the sorted array holds it."""
+    if not len(sorted_set):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values

@@ -112,10 +112,6 @@ class DuckDBWarehouse:
             except Exception as error:
                 raise self._query_error(error, sql, watch) from None
 
-    def register(self, name: str, table: pa.Table) -> None:
-        """An Arrow table the next queries can read by name (the store's fingerprints, unchanged_rows.py)."""
-        self._connection.register(name, table)
-
     def close(self) -> None:
         """Close the file so other processes may write the warehouse again."""
         self._connection.close()
