@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import floors
@@ -106,9 +107,11 @@ def _sync(job: dict, data: BenchData) -> tuple[int, str]:
         window = IteratorWindow(lower, upper)
     batch_file = BatchFile(Path(job["workdir"]) / "batches" / spec.name, job["partition"])
     run_version = int(datetime.now(UTC).timestamp() * 1_000_000)
-    mapped = map_partition(spec, window, batch_file, run_version=run_version)
     store = open_profile_store(job["store"])
     try:
+        # As a run maps: the store's fingerprints at hand, for a warehouse that compares them itself.
+        stored = partial(store.fingerprints, spec.name, spec.sync.environment)
+        mapped = map_partition(spec, window, batch_file, run_version=run_version, stored=stored)
         partition = Partition(job["partition"], window.micros if window else (None, None))
         counts = deliver_partitions(spec, batch_file, store, [partition]).totals
     finally:

@@ -42,6 +42,8 @@ RETENTION = timedelta(days=7)
 TEMPORARY_SUFFIX = ".tmp"
 # The most rows of a row group in a batch file: the delivery holds one row group at a time.
 ROW_GROUP_ROWS = 50_000
+# Footer key of the mapped file: the rows the warehouse found unchanged and left out (unchanged_rows.py).
+UNCHANGED_ROWS_KEY = "wsync.unchanged_rows"
 
 
 def identity_columns(schema: pa.Schema) -> dict[str, str]:
@@ -88,6 +90,11 @@ class BatchFile:
     def mapped_rows(self) -> int:
         """How many mapped rows the file holds, from its footer."""
         return pq.ParquetFile(self.mapped_path).metadata.num_rows
+
+    def unchanged_rows(self) -> int:
+        """How many rows the warehouse found unchanged and left out of the file, from its footer."""
+        metadata = pq.ParquetFile(self.mapped_path).metadata.metadata or {}
+        return int(metadata.get(UNCHANGED_ROWS_KEY.encode(), b"0"))
 
     def column(self, name: str) -> pa.Array:
         """One column of the mapped rows, read alone."""
@@ -162,6 +169,7 @@ class BatchFileWriter:
         self._mapped: _StagedParquet | None = None
         self._rejects: _StagedParquet | None = None
         self._schema: pa.Schema | None = None
+        self.unchanged_rows = 0  # left out by the warehouse as unchanged: kept in the mapped file's footer
         target.mapped_path.parent.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> BatchFileWriter:
@@ -209,6 +217,8 @@ class BatchFileWriter:
         try:
             if self._mapped is None and self._schema is not None and commit:
                 self._mapped = _StagedParquet(self._target.mapped_path, self._schema)
+            if commit and self._mapped is not None and self.unchanged_rows:
+                self._mapped.add_metadata({UNCHANGED_ROWS_KEY: str(self.unchanged_rows)})
             if commit:
                 for staged in (self._mapped, self._rejects):
                     if staged is not None:
@@ -260,6 +270,10 @@ class _StagedParquet:
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         """Append rows, in row groups small enough to be read back one at a time."""
         self._writer.write(data, row_group_size=ROW_GROUP_ROWS)
+
+    def add_metadata(self, metadata: dict[str, str]) -> None:
+        """Key-value pairs for the file's footer."""
+        self._writer.add_key_value_metadata(metadata)
 
     def finish(self) -> None:
         """Write the file's footer; it stays under its temporary name until `close`."""

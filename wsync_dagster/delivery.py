@@ -69,6 +69,9 @@ def deliver_partitions(
             staged = delivery.counts.rows
             meter.update(staged, lambda pace, staged=staged: _staged_line(spec, staged, meter.total, pace))
         meter.finish()
+        if unchanged := batch_file.unchanged_rows():
+            # Left out by the warehouse only when the run reads all of the model: one partition.
+            delivery.add_unchanged(unchanged, keys[0])
         for key in keys:
             delivery.replace_rejects(REJECT_SCHEMA.empty_table(), key)
         for rejects in batch_file.reject_batches():

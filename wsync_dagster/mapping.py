@@ -30,7 +30,7 @@ NUL_PROBLEM = "holds a NUL character (\\0), which no profile store or destinatio
 # The times an iterator may hold: years 1 to 9999, as Python and the destinations read them. PostgreSQL and
 # DuckDB also hold infinity, -infinity, BC years and years past 9999: such rows are read and rejected.
 TIME_RANGE_PROBLEM = "a row needs a time from year 1 to 9999 to be read in order"
-_RAW = "__row"
+_RAW = "__row"  # the row's place in the read
 MAPPER_MEMORY_LIMIT = "128MB"
 
 
@@ -217,6 +217,19 @@ def build_plan(spec: SyncSpec, schema: pa.Schema) -> MappingPlan:
     )
 
 
+def identity_sql(column: str) -> str:
+    """DuckDB SQL: the identity value of the source row `src`'s column, trimmed; NULL when empty."""
+    value = f"CAST(src.{_ident(column)} AS VARCHAR)"
+    blanks = _literal(BLANK_CHARACTERS)
+    # trim() with a character set is several times slower than a look at both ends: only
+    # values that start or end with a blank character pay for it.
+    trimmed = (
+        f"CASE WHEN contains({blanks}, left({value}, 1)) OR contains({blanks}, right({value}, 1)) "
+        f"THEN trim({value}, {blanks}) ELSE {value} END"
+    )
+    return f"NULLIF({trimmed}, '')"
+
+
 def _time_range_problem(column: str) -> str:
     """DuckDB SQL: what is wrong with a time or date outside years 1 to 9999 (infinity, BC, …), else NULL."""
     return (
@@ -289,9 +302,12 @@ class BatchMapper:
 
     def map(self, batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
         """(mapped rows, rejected rows with their reason) of one warehouse batch."""
-        rows = pa.array(range(self._next_row, self._next_row + batch.num_rows), pa.int64())
+        if _RAW not in batch.schema.names:
+            rows = pa.array(range(self._next_row, self._next_row + batch.num_rows), pa.int64())
+            batch = batch.append_column(_RAW, rows)
+        # Else the rows come numbered by their place in the whole read (unchanged_rows.py left some out).
         self._next_row += batch.num_rows
-        self._connection.register("source_batch", pa.Table.from_batches([batch.append_column(_RAW, rows)]))
+        self._connection.register("source_batch", pa.Table.from_batches([batch]))
         try:
             result = self._connection.sql(self._sql).to_arrow_table()
         finally:
@@ -320,9 +336,16 @@ class BatchMapper:
     def _value(self, source: Source) -> str:
         return f"src.{_ident(source.column)}" if source.column is not None else _literal(source.value)
 
-    def _build_sql(self, run_version: int) -> str:
+    def row_sql(self, run_version: int) -> str:
+        """The mapping of `source_batch` (numbered in its column __row), each row with its source row as a
+        struct, `__source`, and in no particular order: for a query over the whole model."""
+        return self._build_sql(run_version, keep_source=True)
+
+    def _build_sql(self, run_version: int, *, keep_source: bool = False) -> str:
         plan = self.plan
         select: list[str] = [f"src.{_ident(_RAW)} AS {_ident(b.ROW)}"]
+        if keep_source:
+            select.append("src AS __source")
         if plan.iterator:
             column_type = plan.schema.field(plan.iterator).type
             version = version_sql(plan.iterator_type, f"src.{_ident(plan.iterator)}", column_type)  # type: ignore[arg-type]
@@ -331,17 +354,9 @@ class BatchMapper:
                 select.append(f"{_time_range_problem(f'src.{_ident(plan.iterator)}')} AS _iterator_range")
         else:
             select.append(f"CAST({int(run_version)} AS BIGINT) AS {_ident(b.VERSION)}")
-        blanks = _literal(BLANK_CHARACTERS)
         for index, (kind, column) in enumerate(plan.identities.items()):
-            value = f"CAST(src.{_ident(column)} AS VARCHAR)"
-            # trim() with a character set is several times slower than a look at both ends: only
-            # values that start or end with a blank character pay for it.
-            trimmed = (
-                f"CASE WHEN contains({blanks}, left({value}, 1)) OR contains({blanks}, right({value}, 1)) "
-                f"THEN trim({value}, {blanks}) ELSE {value} END"
-            )
-            select.append(f"NULLIF({trimmed}, '') AS {_ident(b.IDENTITY_PREFIX + kind)}")
-            select.append(f"{value} IS NOT NULL AS _present_{index}")
+            select.append(f"{identity_sql(column)} AS {_ident(b.IDENTITY_PREFIX + kind)}")
+            select.append(f"CAST(src.{_ident(column)} AS VARCHAR) IS NOT NULL AS _present_{index}")
         for name, source in plan.attributes.items():
             select.append(
                 f"CAST(to_json({self._value(source)}) AS VARCHAR) AS {_ident(b.ATTRIBUTE_PREFIX + name)}"
@@ -357,7 +372,7 @@ class BatchMapper:
         mapped = [b.ROW, b.VERSION, *(b.IDENTITY_PREFIX + k for k in plan.identities)]
         mapped += [b.ATTRIBUTE_PREFIX + n for n in plan.attributes]
         identity_json = _json_object({k: _ident(b.IDENTITY_PREFIX + k) for k in plan.identities})
-        outer = [_ident(c) for c in mapped]
+        outer = [_ident(c) for c in mapped] + (["__source"] if keep_source else [])
         outer.append(f"CAST({identity_json} AS VARCHAR) AS {_ident(b.IDENTITY_KEY)}")
         if plan.delete_column:
             outer.append(_ident(b.DELETE))
@@ -380,12 +395,21 @@ class BatchMapper:
                     ]
                 ]
             )
-            outer.append(f"md5(CAST({key} AS VARCHAR)) AS {_ident(b.ROW_KEY)}")
-            outer.append(f"md5(CAST(to_json(list_value({content})) AS VARCHAR)) AS {_ident(b.FINGERPRINT)}")
+            hashed = {
+                b.ROW_KEY: f"CAST({key} AS VARCHAR)",
+                b.FINGERPRINT: f"CAST(to_json(list_value({content})) AS VARCHAR)",
+            }
+            outer += [f"md5({text}) AS {_ident(name)}" for name, text in hashed.items()]
+            if keep_source:
+                # The first 64 bits of each md5, as the store's are read to compare (ProfileStore.fingerprints).
+                outer += [
+                    f"md5_number_upper({text}) AS {_ident(name + '_64')}" for name, text in hashed.items()
+                ]
         reason = self._reject_reason(checks)
         outer.append(f"{reason} AS _reject")
         outer.append(f"CASE WHEN ({reason}) IS NOT NULL THEN _raw_json END AS _raw")
-        return f"SELECT {', '.join(outer)} FROM (SELECT {inner} FROM source_batch AS src) ORDER BY {_ident(b.ROW)}"
+        order = "" if keep_source else f" ORDER BY {_ident(b.ROW)}"
+        return f"SELECT {', '.join(outer)} FROM (SELECT {inner} FROM source_batch AS src){order}"
 
     def _float_checks(self) -> dict[str, str]:
         """Per float column mapped to an attribute, a flag for NaN/infinity, which JSON cannot hold."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 from wsync_dagster.defs.assets import batch_file, reject_rate_failure
 from wsync_dagster.delivery import DeliveryReport, deliver_partitions
@@ -38,7 +39,8 @@ def deliver_window_under_way(spec: SyncSpec, store: ProfileStore, scope: RunScop
     # Its own files: a scheduled run of the same partition may be writing the partition's.
     batches = batch_file(spec, f"{scope.partitions[0].key}.now")
     logger.info(f"{spec.name}: reading the window under way, {scope.label}", extra={PROGRESS: True})
-    counts = map_partition(spec, scope.window, batches)
+    stored = partial(store.fingerprints, spec.name, spec.sync.environment)
+    counts = map_partition(spec, scope.window, batches, stored=stored)
     failed = None
     if counts.reject_rate > spec.checks.max_reject_rate:
         failed = reject_rate_failure(spec, counts, batches)

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -45,6 +46,7 @@ DATA_DELAY_CHECK = "data_delay"
 MIRROR_REMOVAL_CHECK = "mirror_removal"
 # Deliveries take a slot of this pool (dagster.yaml limits it): the embedded store has one writer at a time.
 PROFILE_STORE_POOL = "profile_store"
+STORE_RESOURCE = "profile_store"  # the ProfileStoreResource's key in the definitions
 # Metadata of a range run's last partition that holds the whole run's totals (run_partitions, run_rows_read, …).
 RUN_TOTALS_PREFIX = "run_"
 
@@ -156,6 +158,15 @@ def failures_say_what_stays_delivered(
         raise Failure(
             description=f"{said}; {kept}", metadata={"still_delivered": kept}, allow_retries=retry
         ) from error
+
+
+def stored_fingerprints(profile_store: ProfileStoreResource, spec: SyncSpec) -> pa.Table:
+    """The store's fingerprints of the sync, for a warehouse that compares its rows with them."""
+    store = profile_store.open()
+    try:
+        return store.fingerprints(spec.name, spec.sync.environment)
+    finally:
+        store.close()
 
 
 def tag_run(context: AssetExecutionContext, tags: dict[str, str]) -> None:
@@ -271,7 +282,8 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
         backfill_policy=backfill_policy,
         group_name=spec.name,
         kinds=kinds,
-        required_resource_keys={warehouse_key(spec)},
+        # A full-mode run's warehouse compares its rows with the store's fingerprints (unchanged_rows.py).
+        required_resource_keys={warehouse_key(spec), *([STORE_RESOURCE] if spec.sync.mode == "full" else [])},
         # Reads take a slot of their connection's pool: backfills queue instead of piling onto one warehouse.
         pool=warehouse_pool(spec),
         description=f"{note}{spec.description or spec.name}: warehouse rows mapped to {spec.data_type} batches",
@@ -307,6 +319,9 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
             run_version=scope.run_version,
             progress=context.log.info,
             open_reader=open_reader,
+            stored=partial(stored_fingerprints, context.resources.profile_store, spec)
+            if spec.sync.mode == "full"
+            else None,
         )
         window = scope.window
         passed = counts.reject_rate <= spec.checks.max_reject_rate

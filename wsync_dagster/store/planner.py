@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ RESOLUTION_ENTRIES_MAX = 100_000
 RESTAMPS_MAX = 100_000
 # Easy identity keys are settled for the whole batch at once (store/settle.py); off, resolve does every key.
 SET_WISE = True
+_MD5_HEX = 32
 
 # The stored owner of each staged identity, with the version it was last asserted with.
 _STORED_OWNERS = """
@@ -362,6 +364,28 @@ class ProfileStore:
             for sync_name, env, partition, row_number, kind, reason, row in self._db.rows(sql, params)
         ]
 
+    def fingerprints(self, sync: str, environment: str) -> pa.Table:
+        """The sync's stored row keys and fingerprints that can match a row, each as the first 64 bits of
+        its md5 (an unsigned integer, as DuckDB's md5_number_upper gives it): what a warehouse compares its
+        rows with, 16 bytes a row. A changed row passes for unchanged only if both collide, 1 in 2^64."""
+        concat = "string_agg" if self._db.name == "postgresql" else "group_concat"
+        # Both are md5 hex: the pairs of a key's first hex digit as one text, decoded at once, save a Python
+        # tuple per row (a sixteenth of 10M keys is 40 MB of text).
+        sql = (
+            f"SELECT {concat}(row_key || fingerprint, '') FROM fingerprints"
+            " WHERE sync = ? AND environment = ? AND row_key >= ? AND row_key < ?"
+            f" AND length(row_key) = {_MD5_HEX} AND length(fingerprint) = {_MD5_HEX}"
+        )
+        keys, fingerprints = [], []
+        with self._db.read():
+            for low, high in itertools.pairwise("0123456789abcdefg"):
+                [(text,)] = self._db.rows(sql, (sync, environment, low, high))
+                if text:
+                    pairs = np.frombuffer(bytes.fromhex(text), np.uint8).reshape(-1, _MD5_HEX)
+                    keys.append(_first_64_bits(pairs[:, :8]))
+                    fingerprints.append(_first_64_bits(pairs[:, _MD5_HEX // 2 : _MD5_HEX // 2 + 8]))
+        return pa.table({"row_key": _uint64_array(keys), "fingerprint": _uint64_array(fingerprints)})
+
     def seed_destination(
         self, sync: str, destination: str, environment: str, partitions: Sequence[str] | None = None
     ) -> int:
@@ -548,6 +572,13 @@ class Delivery:
         self.partition_counts[partition].add(counts)
         self.counts.add(counts)
         return counts
+
+    def add_unchanged(self, rows: int, partition: str | None = None) -> None:
+        """Rows the warehouse compared with the stored fingerprints and left out unchanged: counted as the
+        rows of a batch found unchanged here are."""
+        counts = DeliveryCounts(rows=rows, rows_unchanged=rows)
+        self.partition_counts[self._partition(partition)].add(counts)
+        self.counts.add(counts)
 
     def replace_rejects(self, rejects: pa.Table, partition: str | None = None) -> None:
         """Replace the partition's stored rejects (rows of batches.REJECT_SCHEMA) with these."""
@@ -1235,6 +1266,18 @@ class Delivery:
             ),
             _NEWER_FINGERPRINT,
         )
+
+
+def _first_64_bits(digests: np.ndarray) -> np.ndarray:
+    """Rows of an md5's first 8 bytes as unsigned 64-bit integers, the first byte lowest: DuckDB's
+    md5_number_upper of the same text."""
+    return np.ascontiguousarray(digests).view("<u8").ravel().astype(np.uint64)
+
+
+def _uint64_array(parts: list[np.ndarray]) -> pa.Array:
+    """The parts as one Arrow array, from their buffer (pa.array would import pandas to look at them)."""
+    values = np.concatenate([np.empty(0, np.uint64), *parts])
+    return pa.Array.from_buffers(pa.uint64(), len(values), [None, pa.py_buffer(values)])
 
 
 def _one_fingerprint_per_row_key(batch: pa.RecordBatch) -> pa.Table:
