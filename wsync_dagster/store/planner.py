@@ -957,8 +957,8 @@ class Delivery:
         would seed, rather than once per new profile."""
         env, owner = self._environment, self._graph.owner
         # A key seeds a new profile with its first identity no one owns.
-        firsts = (next((i for i in key.identities if i not in owner), None) for key in keys)
-        seeds = {profile_id_for(env, *identity) for identity in firsts if identity is not None}
+        firsts = ((next((i for i in key.identities if i not in owner), None), key.stamp[1]) for key in keys)
+        seeds = {profile_id_for(env, *identity, row) for identity, row in firsts if identity is not None}
         self._db.stage("stage_profile", pa.table({"profile_id": pa.array(sorted(seeds), pa.string())}))
         taken = {
             profile_id
