@@ -1210,7 +1210,8 @@ class Delivery:
         )
 
     def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
-        keys = _one_fingerprint_per_row_key(batch)
+        # Row keys are hashes: in key order a batch's upserts walk the primary key forward, page by page.
+        keys = _one_fingerprint_per_row_key(batch).sort_by("row_key")
         n = keys.num_rows
         self._db.insert(
             "fingerprints",
