@@ -274,7 +274,7 @@ class PostgresBackend:
         if not conflict:
             self._copy(table, data)
             return data.num_rows
-        if self._holding and conflict.rstrip().endswith("DO NOTHING") and table not in self._conflicted:
+        if self._holding and table not in self._conflicted:
             if self._copy_new(table, data):
                 return data.num_rows
             # Rows already held: this transaction's next batches of the table take the merge at once.
@@ -291,8 +291,9 @@ class PostgresBackend:
     def _copy_new(self, table: str, data: pa.Table) -> bool:
         """COPY straight into the table inside a savepoint; False (and nothing written) if a row was held.
 
-        Rows new to the table (a first delivery of events) skip the temp table and the merge; with DO
-        NOTHING, a batch without a conflict is written the same either way. Only inside a transaction."""
+        Rows new to the table (a first delivery of events, an initial sync's fingerprints) skip the temp table
+        and the merge: whatever its ON CONFLICT clause does, a batch without a conflict is written the same
+        either way. Only inside a transaction."""
         import psycopg2.errors
 
         return self._attempt("wsync_copy", lambda _: self._copy(table, data), psycopg2.errors.UniqueViolation)
