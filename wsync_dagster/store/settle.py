@@ -129,8 +129,10 @@ def _new_profiles(
     rows = np.flatnonzero(new)
     types = np.array(keys.types, dtype=object)[seed_type[rows]].tolist()
     ids = [
-        profile_id_for(environment, identity_type, value)
-        for identity_type, value in zip(types, seed_value.take(pa.array(rows)).to_pylist(), strict=True)
+        profile_id_for(environment, identity_type, value, row)
+        for identity_type, value, row in zip(
+            types, seed_value.take(pa.array(rows)).to_pylist(), keys.rows[rows].tolist(), strict=True
+        )
     ]
     refused = taken(ids)
     counts: dict[str, int] = {}
