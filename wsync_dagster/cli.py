@@ -343,7 +343,11 @@ def cmd_rejects(args: argparse.Namespace) -> int:
         return 0
     for reject in rejects:
         # A destination's reject names the destination (its partition) and the item it refused.
-        where = reject["partition"] if reject["kind"] == "forward" else f"{reject['partition']} row {reject['row_number']}"
+        where = (
+            reject["partition"]
+            if reject["kind"] == "forward"
+            else f"{reject['partition']} row {reject['row_number']}"
+        )
         print(f"{where}: {reject['reason']}: {json.dumps(reject['row'], default=str)}")
     conflicts = sum(reject["kind"] == "conflict" for reject in rejects)
     refused = sum(reject["kind"] == "forward" for reject in rejects)

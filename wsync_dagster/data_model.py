@@ -321,4 +321,3 @@ def redact_literals(message: str, sql: str, dialect: str = "duckdb") -> str:
     for literal in sorted((text for text in literals if len(text) >= 6), key=len, reverse=True):
         message = message.replace(literal, "***")
     return message
-

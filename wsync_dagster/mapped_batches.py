@@ -15,7 +15,7 @@ from wsync_dagster.progress import Meter, Progress, report
 from wsync_dagster.read_plan import OpenReader, change_read, model_read, open_reader_of
 from wsync_dagster.run_partitions import Partition, partition_of_rows
 from wsync_dagster.spec import SyncSpec
-from wsync_dagster.unchanged_rows import StoredFingerprints, unchanged_read
+from wsync_dagster.unchanged_rows import StoredFingerprints, compared_read
 
 # Warehouse rows read and mapped at a time: each batch is held by the reader, the mapper's DuckDB and its
 # result at once (1M events mapped: 581 MB peak RSS at 100,000 rows a batch, 533 MB at 50,000, same time).
@@ -69,28 +69,29 @@ def map_partition(
     try:
         if not isinstance(window, VersionWindow):
             plan, query, params = model_read(spec, warehouse, window)
-        unchanged = None
-        if window is None and (
-            compared := unchanged_read(plan, warehouse, query, run_version, stored, mirror=spec.sync.mirror)
-        ):
-            query, unchanged = compared
+        compared = None
+        if window is None:
+            compared = compared_read(plan, warehouse, query, run_version, stored, mirror=spec.sync.mirror)
+        if compared is not None:
+            query = compared.sql
         mapper = BatchMapper(plan, run_version=run_version)
         # The warehouse does not say how many rows the model returns before it has sent them: a rate, no end.
         meter = Meter(progress)
         with batch_file.writer() as writer:
             writer.set_schema(mapper.empty().schema)
-            for read in warehouse.read_batches(query, params, READ_BATCH_ROWS):
-                batch = read if unchanged is None else unchanged.keep(read)
-                counts.rows_read += read.num_rows
-                if not batch.num_rows:  # every row unchanged: nothing to map
+            for batch in warehouse.read_batches(query, params, READ_BATCH_ROWS):
+                counts.rows_read += batch.num_rows
+                if not batch.num_rows:
                     continue
                 mapped, rejects = mapper.map(batch)
                 writer.write(mapped, rejects)
                 counts.rows_mapped += mapped.num_rows
                 counts.rows_rejected += rejects.num_rows
                 meter.update(counts.rows_read, lambda pace: _read_line(spec, counts, pace))
-            if unchanged is not None:
-                counts.rows_unchanged = writer.unchanged_rows = unchanged.rows
+            if compared is not None:
+                # The warehouse sent only the rows to map: the others of the model were read unchanged.
+                counts.rows_unchanged = writer.unchanged_rows = compared.model_rows - counts.rows_read
+                counts.rows_read = compared.model_rows
         meter.finish()
         mapper.close()
     finally:

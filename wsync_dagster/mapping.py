@@ -401,10 +401,8 @@ class BatchMapper:
             }
             outer += [f"md5({text}) AS {_ident(name)}" for name, text in hashed.items()]
             if keep_source:
-                # The first 64 bits of each md5, as the store's are read to compare (ProfileStore.fingerprints).
-                outer += [
-                    f"md5_number_upper({text}) AS {_ident(name + '_64')}" for name, text in hashed.items()
-                ]
+                # The fingerprint's first 64 bits, as the store's are read to compare (ProfileStore.fingerprints).
+                outer.append(f"md5_number_upper({hashed[b.FINGERPRINT]}) AS {_ident(b.FINGERPRINT + '_64')}")
         reason = self._reject_reason(checks)
         outer.append(f"{reason} AS _reject")
         outer.append(f"CASE WHEN ({reason}) IS NOT NULL THEN _raw_json END AS _raw")

@@ -571,7 +571,9 @@ def _other_connection_named(spec: SyncSpec, specs: list[SyncSpec]) -> SyncSpec |
         (
             other
             for other in specs
-            if name is not None and other.connection.name == name and connection_config(other.connection) != config
+            if name is not None
+            and other.connection.name == name
+            and connection_config(other.connection) != config
         ),
         None,
     )
@@ -589,7 +591,9 @@ def _describe(path: Path, error: ValidationError, raw: dict) -> str:
             message = "required"
         elif item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"] == ("connection",):
             message = _connection_type_message(item.get("ctx", {}).get("tag"))
-        elif item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"][0] == "destinations":
+        elif (
+            item["type"] in ("union_tag_invalid", "union_tag_not_found") and item["loc"][0] == "destinations"
+        ):
             tag = item.get("ctx", {}).get("tag")
             shown = f" '{tag}'" if tag and re.fullmatch(r"[\w.-]{1,40}", tag) else ""
             message = f"type{shown} is not a destination type; available: {', '.join(DESTINATION_TYPES)}"

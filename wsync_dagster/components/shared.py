@@ -56,7 +56,8 @@ def syncs_definitions(specs: list[SyncSpec], invalid: list[InvalidSyncFile]) -> 
     return Definitions.merge(
         *(build_sync_definitions(spec) for spec in specs),
         Definitions(
-            assets=[*source_specs(specs), *invalid_file_specs(invalid)], resources=shared_warehouse_resources(specs)
+            assets=[*source_specs(specs), *invalid_file_specs(invalid)],
+            resources=shared_warehouse_resources(specs),
         ),
         code_location_definitions(),
     )

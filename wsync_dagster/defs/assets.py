@@ -454,7 +454,9 @@ def _sync_assets(spec: SyncSpec) -> list[AssetsDefinition]:
     return [mapped_batches, delivery, *forwards]
 
 
-def _forward_asset(spec: SyncSpec, destination: MParticleDestination | AmplitudeDestination) -> AssetsDefinition:
+def _forward_asset(
+    spec: SyncSpec, destination: MParticleDestination | AmplitudeDestination
+) -> AssetsDefinition:
     """What the sync's deliveries changed, sent to one destination; alone (a backfill of this asset), each
     partition first marks the profiles it delivered as pending again, so history is forwarded anew."""
     mode = sync_mode(spec)

@@ -36,4 +36,3 @@ def warehouse_resources(specs: list[SyncSpec]) -> dict[str, WarehouseResource]:
 def same_connection(one: SyncSpec, other: SyncSpec) -> bool:
     """Equal connection keys: one resource serves both syncs (each opens it from its own sync file)."""
     return connection_config(one.connection) == connection_config(other.connection)
-

@@ -114,7 +114,9 @@ class Suppression:
                     (sync, environment, partition, ERASED),
                 )
         salt = db.rows("SELECT salt FROM erasure_salt")
-        listed = db.rows("SELECT identity_hash, erased_on FROM suppressions WHERE environment = ?", (environment,))
+        listed = db.rows(
+            "SELECT identity_hash, erased_on FROM suppressions WHERE environment = ?", (environment,)
+        )
         self._salt = salt[0][0] if salt else ""
         self._hashes = pa.array([h for h, _ in listed], pa.string())
         self._erased_on = pa.array([on for _, on in listed], pa.string())
@@ -368,7 +370,8 @@ def _queue_deletions(db: Backend, environment: str, of_profile: dict[str, list[I
 def _salt(db: Backend) -> str:
     """The store's salt, made (32 random bytes) on the first erasure."""
     db.execute(
-        "INSERT INTO erasure_salt (id, salt) VALUES (1, ?) ON CONFLICT (id) DO NOTHING", (secrets.token_hex(32),)
+        "INSERT INTO erasure_salt (id, salt) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+        (secrets.token_hex(32),),
     )
     return db.rows("SELECT salt FROM erasure_salt")[0][0]
 

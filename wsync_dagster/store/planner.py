@@ -365,26 +365,26 @@ class ProfileStore:
         ]
 
     def fingerprints(self, sync: str, environment: str) -> pa.Table:
-        """The sync's stored row keys and fingerprints that can match a row, each as the first 64 bits of
-        its md5 (an unsigned integer, as DuckDB's md5_number_upper gives it): what a warehouse compares its
-        rows with, 16 bytes a row. A changed row passes for unchanged only if both collide, 1 in 2^64."""
+        """The sync's stored row fingerprints that can match a row, each as the first 64 bits of its md5 (an
+        unsigned integer, as DuckDB's md5_number_upper gives it): what a warehouse compares its rows with, 8
+        bytes a row. A fingerprint covers the row's identity values, so it names its row key too; a changed
+        row passes for unchanged only if it collides, 1 in 2^64."""
         concat = "string_agg" if self._db.name == "postgresql" else "group_concat"
-        # Both are md5 hex: the pairs of a key's first hex digit as one text, decoded at once, save a Python
-        # tuple per row (a sixteenth of 10M keys is 40 MB of text).
+        # A key's first hex digit at a time, the fingerprints' first 16 hex digits as one text, decoded at
+        # once: no Python tuple per row (a sixteenth of 10M rows is 10 MB of text).
         sql = (
-            f"SELECT {concat}(row_key || fingerprint, '') FROM fingerprints"
+            f"SELECT {concat}(substr(fingerprint, 1, 16), '') FROM fingerprints"
             " WHERE sync = ? AND environment = ? AND row_key >= ? AND row_key < ?"
             f" AND length(row_key) = {_MD5_HEX} AND length(fingerprint) = {_MD5_HEX}"
         )
-        keys, fingerprints = [], []
+        fingerprints = []
         with self._db.read():
             for low, high in itertools.pairwise("0123456789abcdefg"):
                 [(text,)] = self._db.rows(sql, (sync, environment, low, high))
                 if text:
-                    pairs = np.frombuffer(bytes.fromhex(text), np.uint8).reshape(-1, _MD5_HEX)
-                    keys.append(_first_64_bits(pairs[:, :8]))
-                    fingerprints.append(_first_64_bits(pairs[:, _MD5_HEX // 2 : _MD5_HEX // 2 + 8]))
-        return pa.table({"row_key": _uint64_array(keys), "fingerprint": _uint64_array(fingerprints)})
+                    digits = np.frombuffer(bytes.fromhex(text), np.uint8).reshape(-1, 8)
+                    fingerprints.append(_first_64_bits(digits))
+        return pa.table({"fingerprint": _uint64_array(fingerprints)})
 
     def seed_destination(
         self, sync: str, destination: str, environment: str, partitions: Sequence[str] | None = None
@@ -619,7 +619,9 @@ class Delivery:
         )
         self.counts.profiles_created = created
         self.counts.profiles_updated = touched - created
-        [(self.counts.profiles_skipped,)] = self._db.rows("SELECT COUNT(DISTINCT identity_key) FROM delivery_skipped")
+        [(self.counts.profiles_skipped,)] = self._db.rows(
+            "SELECT COUNT(DISTINCT identity_key) FROM delivery_skipped"
+        )
         for partition, skipped in self._db.rows(
             "SELECT partition_key, COUNT(*) FROM delivery_skipped GROUP BY partition_key"
         ):
@@ -958,7 +960,12 @@ class Delivery:
         for identity_type, values in zip(keys.types, keys.values, strict=True):
             distinct = pc.unique(values.drop_null())
             staged.append(
-                pa.table({"identity_type": pa.array([identity_type] * len(distinct), pa.string()), "value": distinct})
+                pa.table(
+                    {
+                        "identity_type": pa.array([identity_type] * len(distinct), pa.string()),
+                        "value": distinct,
+                    }
+                )
             )
         # In key order the look-ups probe the identities' primary key (and their rows, stored in about that
         # order) page after page: an events batch names customers at random, which at 1M users on PostgreSQL
@@ -1101,7 +1108,9 @@ class Delivery:
             return
         ordered = sorted(self._restamps.items())
         staged = _identities([identity for identity, _ in ordered])
-        self._write_stamps(staged.append_column("version", pa.array([version for _, version in ordered], pa.int64())))
+        self._write_stamps(
+            staged.append_column("version", pa.array([version for _, version in ordered], pa.int64()))
+        )
         self._restamps.clear()
 
     def _write_stamps(self, stamps: pa.Table) -> None:
@@ -1138,7 +1147,9 @@ class Delivery:
         n = len(identity_keys)
         self._db.insert(
             "delivery_skipped",
-            pa.table({"partition_key": pa.array([partition] * n, pa.string()), "identity_key": identity_keys}),
+            pa.table(
+                {"partition_key": pa.array([partition] * n, pa.string()), "identity_key": identity_keys}
+            ),
             "ON CONFLICT (partition_key, identity_key) DO NOTHING",
         )
 
@@ -1167,9 +1178,7 @@ class Delivery:
     ) -> None:
         # All attribute columns of a row share its version: the newest row of a profile wins for all of them,
         # and rows tied on it are settled attribute by attribute, as the register settles them.
-        winners = pa.array(
-            _newest_rows_per_profile(code_of_row, batch.column(b.VERSION).to_numpy())
-        )
+        winners = pa.array(_newest_rows_per_profile(code_of_row, batch.column(b.VERSION).to_numpy()))
         profile_ids = profile_of_row.take(winners)
         # A profile created by this batch has no stored attributes to merge with: its values go straight in,
         # NULLs too, as the tombstones the merge would have stored.
@@ -1215,7 +1224,13 @@ class Delivery:
             " ON CONFLICT (partition_key, profile_id) DO NOTHING",
             (partition,),
         )
-        where = {"sync": self._sync, "seq": self._seq, "now": now, "partition": partition, "run": self._run_id}
+        where = {
+            "sync": self._sync,
+            "seq": self._seq,
+            "now": now,
+            "partition": partition,
+            "run": self._run_id,
+        }
         db.execute(_HISTORY_OF_WINNERS, where)
         db.execute(
             f"INSERT INTO history_profile (profile_id) SELECT DISTINCT profile_id {_CHANGED_WINNERS}"

@@ -37,7 +37,9 @@ def profile_id_for(environment: str, identity_type: str, value: str, row: int, a
     1M-user initial sync's writes at random beyond SQLite's page cache and PostgreSQL's buffers). The seed's
     hash tells apart profiles that runs created at the same row; an id taken anyway gets the next attempt."""
     suffix = f"|{attempt}" if attempt else ""
-    seed = hashlib.sha256(f"{environment}|{identity_type}|{value}{suffix}".encode()).hexdigest()[:_SEED_DIGITS]
+    seed = hashlib.sha256(f"{environment}|{identity_type}|{value}{suffix}".encode()).hexdigest()[
+        :_SEED_DIGITS
+    ]
     return f"{row % 16**_ROW_DIGITS:0{_ROW_DIGITS}x}{seed}"
 
 
@@ -287,4 +289,7 @@ def match_existing(identities: list[Identity], graph: IdentityGraph) -> tuple[st
     ]
     if not others:
         return profile_id, None
-    return profile_id, f"identity conflict: {'; '.join(others)}; nothing was removed from {graph.describe(profile_id)}"
+    return (
+        profile_id,
+        f"identity conflict: {'; '.join(others)}; nothing was removed from {graph.describe(profile_id)}",
+    )

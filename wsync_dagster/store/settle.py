@@ -88,9 +88,15 @@ def settle(
     whole = alone & (owned_count == identities) & same
     # A profile that a key left to resolve may change is no one key's alone.
     left = ~(new | whole)
-    reachable = pc.unique(
-        pa.concat_arrays([profile_ids.filter(pa.array(left)) for profile_ids in owners.profile_ids]).drop_null()
-    ) if owners.profile_ids else pa.array([], pa.string())
+    reachable = (
+        pc.unique(
+            pa.concat_arrays(
+                [profile_ids.filter(pa.array(left)) for profile_ids in owners.profile_ids]
+            ).drop_null()
+        )
+        if owners.profile_ids
+        else pa.array([], pa.string())
+    )
     whole &= ~pc.fill_null(pc.is_in(first_owner, value_set=reachable), False).to_numpy(zero_copy_only=False)
 
     profile_ids: list[str | None] = [None] * n

@@ -25,6 +25,7 @@ def open_in_this_process(path: Path) -> bool:
     """A connection of this process has the store file open."""
     return _OPEN_HERE[Path(path).resolve()] > 0
 
+
 # Rows turned into Python values at a time by an insert.
 INSERT_ROWS = 8_192
 

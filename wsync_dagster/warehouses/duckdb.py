@@ -112,6 +112,11 @@ class DuckDBWarehouse:
             except Exception as error:
                 raise self._query_error(error, sql, watch) from None
 
+    def register(self, name: str, table: pa.Table) -> None:
+        """Let the queries of this connection read an Arrow table of ours by name (a view: the file is not
+        written, and the name is gone when the connection closes)."""
+        self._connection.register(name, table)
+
     def close(self) -> None:
         """Close the file so other processes may write the warehouse again."""
         self._connection.close()
