@@ -83,35 +83,36 @@ WHERE NOT EXISTS (
 # is the newest value of any sync, so the change is worked out against the newest value of the other syncs.
 _WINNING_ATTRIBUTES = """
 INSERT INTO stage_attribute_win (profile_id, name, value, version, change, own_value)
+WITH staged AS MATERIALIZED (
+    SELECT s.profile_id, s.name, s.value, s.version, own.value AS own_value,
+           (SELECT a.value FROM attributes AS a
+            WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.value IS NOT NULL
+            ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS was,
+           (SELECT a.value FROM attributes AS a
+            WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
+              AND a.value IS NOT NULL
+            ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_value,
+           (SELECT a.version FROM attributes AS a
+            WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
+              AND a.value IS NOT NULL
+            ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_version
+    FROM stage_attribute AS s
+    LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
+    WHERE own.profile_id IS NULL
+       OR s.version > own.version
+       OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {binary}))
+), decided AS MATERIALIZED (
+    SELECT profile_id, name, value, version, was, own_value,
+           CASE WHEN value IS NOT NULL AND (other_version IS NULL OR version >= other_version) THEN value
+                ELSE other_value END AS shown
+    FROM staged
+)
 SELECT profile_id, name, value, version,
        CASE WHEN shown IS NOT NULL AND (was IS NULL OR was <> shown) THEN 1
             WHEN shown IS NULL AND was IS NOT NULL THEN 2
             ELSE 0 END,
        own_value
-FROM (
-    SELECT profile_id, name, value, version, was, own_value,
-           CASE WHEN value IS NOT NULL AND (other_version IS NULL OR version >= other_version) THEN value
-                ELSE other_value END AS shown
-    FROM (
-        SELECT s.profile_id, s.name, s.value, s.version, own.value AS own_value,
-               (SELECT a.value FROM attributes AS a
-                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.value IS NOT NULL
-                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS was,
-               (SELECT a.value FROM attributes AS a
-                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
-                  AND a.value IS NOT NULL
-                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_value,
-               (SELECT a.version FROM attributes AS a
-                WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
-                  AND a.value IS NOT NULL
-                ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_version
-        FROM stage_attribute AS s
-        LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
-        WHERE own.profile_id IS NULL
-           OR s.version > own.version
-           OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {binary}))
-    ) AS staged
-) AS decided
+FROM decided
 ORDER BY profile_id, name
 """
 
