@@ -53,28 +53,33 @@ def compared_read(
         return None
     if plan.data_type != "user" or plan.delete_column or not isinstance(warehouse, ArrowTables):
         return None
+    # As the other reads wrap it: checked and written out by sqlglot, so a trailing comment ends nothing.
+    model = check_read_only_select(model_sql, warehouse.dialect).sql(dialect=warehouse.dialect)
     fingerprints = stored()
     if not fingerprints.num_rows:
         return None
-    # As the other reads wrap it: checked and written out by sqlglot, so a trailing comment ends nothing.
-    model = check_read_only_select(model_sql, warehouse.dialect).sql(dialect=warehouse.dialect)
+    # One after the other: read beside the warehouse's queries, the store's fingerprints took 1.4 s, not 0.4.
+    model_rows, shared = _model_counts(warehouse, model, list(plan.identities.values()))
     warehouse.register(_STORED, fingerprints)
-    warehouse.register(_SHARED, _shared_values(warehouse, model, list(plan.identities.values())))
+    warehouse.register(_SHARED, shared)
+    return ComparedRead(_compared_sql(plan, model, run_version), model_rows)
+
+
+def _model_counts(warehouse: Warehouse, model: str, columns: list[str]) -> tuple[int, pa.Table]:
+    """How many rows the model holds, and the hashes of the identity values a column gives more than one row
+    (a hash collision only maps a row more), each hashed with its column's place."""
     [count] = warehouse.read_batches(f"SELECT count(*) FROM ({model}) AS model")
-    return ComparedRead(_compared_sql(plan, model, run_version), count.column(0)[0].as_py())
-
-
-def _shared_values(warehouse: Warehouse, model: str, columns: list[str]) -> pa.Table:
-    """The hashes of the identity values a column gives more than one row (a hash collision only maps a row
-    more), each hashed with its column's place; one read, whose aggregate spills within the memory limit."""
-    values = " UNION ALL ".join(
-        f"SELECT hash({index}, {identity_sql(column)}) AS value FROM ({model}) AS src"
-        f" WHERE {identity_sql(column)} IS NOT NULL"
+    # A column at a time, grouped by value (its aggregate spills within the memory limit); the few shared
+    # values of all columns are put together after: cheaper than grouping all columns' values as one.
+    shared = " UNION ALL ".join(
+        f"SELECT hash({index}, value) AS value FROM (SELECT {identity_sql(column)} AS value FROM ({model}) AS src)"
+        " WHERE value IS NOT NULL GROUP BY value HAVING COUNT(*) > 1"
         for index, column in enumerate(columns)
     )
-    sql = f"SELECT value FROM ({values}) AS identities GROUP BY value HAVING COUNT(*) > 1"
-    found = list(warehouse.read_batches(sql))
-    return pa.Table.from_batches(found, schema=pa.schema([("value", pa.uint64())]))
+    found = list(warehouse.read_batches(shared))
+    return count.column(0)[0].as_py(), pa.Table.from_batches(
+        found, schema=pa.schema([("value", pa.uint64())])
+    )
 
 
 def _compared_sql(plan: MappingPlan, model: str, run_version: int) -> str:
