@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wsync_dagster.store.backend import Params
 from wsync_dagster.store.schema import STAGING, connect
@@ -28,6 +29,23 @@ def open_in_this_process(path: Path) -> bool:
 
 # Rows turned into Python values at a time by an insert.
 INSERT_ROWS = 8_192
+
+
+def _literal(column: pa.ChunkedArray) -> str | None:
+    """The SQL literal of a column holding one text or integer value on every row; None for any other."""
+    if (
+        len(column) < 2
+        or column.null_count
+        or not (pa.types.is_string(column.type) or pa.types.is_integer(column.type))
+    ):
+        return None
+    first = column[0].as_py()
+    if not pc.all(pc.equal(column, pa.scalar(first, column.type))).as_py():
+        return None
+    if isinstance(first, int):
+        return str(first)
+    # Quoted as SQLite quotes: a text with NUL in it is bound instead (a literal would end at the NUL).
+    return None if "\x00" in first else "'" + first.replace("'", "''") + "'"
 
 
 class SQLiteBackend:
@@ -51,14 +69,19 @@ class SQLiteBackend:
         return self._conn.execute(sql, params).fetchall()
 
     def insert(self, table: str, data: pa.Table, conflict: str = "") -> int:
-        """executemany over the columns: SQLite's fastest plain insert."""
+        """executemany over the columns: SQLite's fastest plain insert. A column of one value (a delivery's
+        sync, run, partition, time) is written into the statement once instead of bound on every row."""
         if not data.num_rows:
             return 0
-        names = data.schema.names
-        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) {conflict}"
+        literals = {name: _literal(data.column(name)) for name in data.schema.names}
+        bound = [name for name, literal in literals.items() if literal is None]
+        values_sql = ", ".join(literals[name] or "?" for name in data.schema.names)
+        sql = f"INSERT INTO {table} ({', '.join(data.schema.names)}) VALUES ({values_sql}) {conflict}"
+        if not bound:  # rows of nothing but constants: the statement once a row
+            return self._conn.executemany(sql, [()] * data.num_rows).rowcount
         changed = 0
         # A slice at a time: its Python values, not the whole table's, are what the insert holds.
-        for chunk in data.to_batches(max_chunksize=INSERT_ROWS):
+        for chunk in data.select(bound).to_batches(max_chunksize=INSERT_ROWS):
             values = zip(*(column.to_pylist() for column in chunk.columns), strict=True)
             changed += self._conn.executemany(sql, values).rowcount
         return changed
