@@ -335,7 +335,11 @@ def test_profiles_of_a_store_with_hashed_ids_keep_them_beside_new_ones(
         mapped({"customer_id": "A", "plan": "pro"}, {"customer_id": "C", "email": "a@x.io"}, version=2),
     )
 
-    assert store.profile("customer_id", "A")["profile_id"] == old_a == hashed("production", "customer_id", "A", 0)
+    assert (
+        store.profile("customer_id", "A")["profile_id"]
+        == old_a
+        == hashed("production", "customer_id", "A", 0)
+    )
     assert store.profile("customer_id", "B")["profile_id"] == old_b
     assert attributes(store, "customer_id", "A") == {"plan": "pro"}
     new_c = store.profile("customer_id", "C")["profile_id"]
@@ -1028,7 +1032,10 @@ def test_a_delete_of_an_unknown_customer_sharing_an_email_leaves_the_known_custo
 def test_a_delete_whose_identities_belong_to_two_profiles_is_a_conflict_not_a_removal(store) -> None:
     deliver(
         store,
-        mapped({"customer_id": "C1", "email": "a@x.io", "plan": "pro"}, {"customer_id": "C2", "email": "b@x.io", "plan": "free"}),
+        mapped(
+            {"customer_id": "C1", "email": "a@x.io", "plan": "pro"},
+            {"customer_id": "C2", "email": "b@x.io", "plan": "free"},
+        ),
     )
 
     counts = deliver(store, deletes({"customer_id": "C1", "email": "b@x.io", "plan": None}, version=2))
@@ -1065,4 +1072,45 @@ def test_inserts_and_deletes_of_one_customer_apply_in_change_order_whatever_the_
     profile = store.profile("customer_id", "C1")
     assert profile is not None
     expected = {"plan": "pro"} if changes == 3 else {}
-    assert (profile["identities"]["email"], profile["attributes"]) == ("b@x.io" if changes == 3 else "a@x.io", expected)
+    assert (profile["identities"]["email"], profile["attributes"]) == (
+        "b@x.io" if changes == 3 else "a@x.io",
+        expected,
+    )
+
+
+def test_a_sqlite_insert_keeps_a_column_of_one_value_exactly(tmp_path: Path) -> None:
+    """A column holding one value on every row is written into the SQLite insert once, as a literal:
+    quotes, a NUL, an empty text, SQL-looking text and integers come back as they went in."""
+    from wsync_dagster.store.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "profiles.sqlite")
+    texts = ["it's 'now'", "a\x00b", "", "x'); DROP TABLE profiles; --"]
+    try:
+        backend.begin_delivery()
+        for index, text in enumerate(texts):
+            ids = [f"p{index}-{i}" for i in range(3)]
+            backend.insert(
+                "profiles", pa.table({"profile_id": ids, "environment": [text] * 3, "created_at": [text] * 3})
+            )
+        backend.insert(
+            "events",
+            pa.table(
+                {
+                    "environment": ["production"] * 3,
+                    "sync": ["s"] * 3,
+                    "event_id": ["e1", "e2", "e3"],
+                    "profile_id": ["p0-0"] * 3,
+                    "timestamp_ms": pa.array([-7] * 3, pa.int64()),
+                    "seq": pa.array([2**62] * 3, pa.int64()),
+                }
+            ),
+        )
+        backend.commit()
+        profiles = backend.rows(
+            "SELECT profile_id, environment, created_at FROM profiles ORDER BY profile_id"
+        )
+        events = backend.rows("SELECT event_id, timestamp_ms, seq FROM events ORDER BY event_id")
+    finally:
+        backend.close()
+    assert profiles == [(f"p{index}-{i}", text, text) for index, text in enumerate(texts) for i in range(3)]
+    assert events == [("e1", -7, 2**62), ("e2", -7, 2**62), ("e3", -7, 2**62)]
