@@ -92,7 +92,7 @@ def test_mparticle_batches_are_encode_changes_byte_for_byte_on_random_changes(po
     if population != "with events":  # chunks of profile changes alone, most of them usual, a few not
         changes = [replace(change, events=()) for change in changes]
     if population == "usual only":  # chunks of usual changes only (the bench's)
-        changes = [change for change in changes if mparticle._usual_batch(change, "production", None)]
+        changes = [change for change in changes if mparticle._usual_head(change, "production", None)]
         assert len(changes) > 2 * mparticle.CHUNK_PROFILES
     rejects: list[Reject] = []
     sent = items_by_path(list(mparticle.encode_requests(changes, "production", NOW, rejects)))
