@@ -158,18 +158,41 @@ def test_amplitude_identifications_are_each_ones_own_json_byte_for_byte_on_rando
     "removals",
     [((),), (("gone",),), ((), ("gone",)), (("gone",), ("gone", "left")), ((), ("gone",), ("left",))],
 )
-@pytest.mark.parametrize("only_removing", [0.0, 0.1])
+@pytest.mark.parametrize("without_attributes", [0.0, 0.1])
+@pytest.mark.parametrize("odd_one_every", [0, 1500])
 def test_amplitude_identifications_alike_but_for_their_removals(
-    removals: tuple[tuple[str, ...], ...], only_removing: float
+    removals: tuple[tuple[str, ...], ...], without_attributes: float, odd_one_every: int
 ) -> None:
     rng = random.Random(29)
     changes = []
     for n in range(5000):  # the bench's changes: the same attributes, removals drawn from a few
         removed = rng.choice(removals)
-        attributes = {} if removed and rng.random() < only_removing else {"plan": "pro", "seats": n % 50}
+        # Some without attributes: they only remove, or when they remove nothing either, identify nothing.
+        attributes = {} if rng.random() < without_attributes else {"plan": "pro", "seats": n % 50}
         identities = {"customer_id": f"cust-{n:06d}"}
+        if odd_one_every and n % odd_one_every == 7:  # now and then a user id Amplitude would drop
+            identities = {"customer_id": "c-1"}
         changes.append(ProfileChange(f"p{n}", identities, attributes, removed))
     assert_identifications_are_their_own_json(changes)
+
+
+@pytest.mark.parametrize("with_attributes", [True, False])
+def test_amplitude_events_go_under_their_profiles_user_ids(with_attributes: bool) -> None:
+    changes = []
+    for n in range(5000):  # the usual changes (a request's worth at a time as columns), events for some
+        events = (Event(f"e{n}", "custom_event", "buy", RECENT_MS),) if n % 3 == 0 else ()
+        attributes = {"plan": "pro"} if with_attributes else {}
+        changes.append(ProfileChange(f"p{n}", {"customer_id": f"cust-{n:06d}"}, attributes, (), events))
+    changes.append(ProfileChange("p-odd", {"customer_id": "c-1"}, {}, (), (Event("e-odd", "x", "y", 1),)))
+    rejects: list[Reject] = []
+    sent = items_by_path(list(amplitude.encode_requests(changes, "customer_id", rejects)))
+    users = {
+        json.loads(body)["insert_id"]: json.loads(body)["user_id"]
+        for _, body, _ in sent[amplitude.EVENTS_PATH]
+    }
+    assert users == {f"e{n}": f"cust-{n:06d}" for n in range(0, 5000, 3)}
+    assert [reject.item for reject in rejects] == ["e-odd"]
+    assert len(sent.get(amplitude.IDENTIFY_PATH, [])) == (5000 if with_attributes else 0)
 
 
 def assert_identifications_are_their_own_json(changes: list[ProfileChange]) -> None:

@@ -168,39 +168,40 @@ def encode_requests(
     whole table at once; rejects gets what cannot be sent."""
     changes = list(changes)
     users: dict[str, str] = {}  # profile id → its user id
+    usual_users: list[
+        tuple[list[str], list[str]]
+    ] = []  # more of them, as columns: made a dict for events only
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
-    # Each identification kept as its parts (user id, "$set" values, removed names), a request's worth
-    # written at once when it is drawn (identification_items): no Python objects of its own.
-    keys: list[str] = []
-    user_ids: list[str] = []
-    sets: list[dict[str, Any]] = []
-    removals: list[tuple[str, ...]] = []
-    for change in changes:
-        user_id = change.identities.get(user_id_type)
-        if not user_id or len(user_id) < MIN_ID_LENGTH:
-            why = _user_id_problem(change, user_id_type) or "no user id"
-            refused[change.profile_id] = why
-            if change.attributes or change.removed:
-                rejects.append(Reject(change.profile_id, why))
-            continue
-        users[change.profile_id] = user_id
-        values, removed = change.attributes, change.removed
-        if type(values) is not dict:
-            values, removed = _nulls_removed(values, removed)
-        if not values and not removed:
-            continue  # nothing to identify
-        keys.append(change.profile_id)
-        user_ids.append(user_id)
-        sets.append(values)  # a null among them is looked for in their JSON: rare, and cheaper found there
-        removals.append(removed)
-        if len(keys) == MAX_ITEMS_PER_REQUEST:  # a request's worth: out it goes while the next is gathered
-            yield from _identify_requests(identification_items(keys, user_ids, sets, removals))
-            keys, user_ids, sets, removals = [], [], [], []
-    if keys:
-        yield from _identify_requests(identification_items(keys, user_ids, sets, removals))
+    pending = _Identifications()
+    for start in range(0, len(changes), MAX_ITEMS_PER_REQUEST):
+        chunk = changes[start : start + MAX_ITEMS_PER_REQUEST]
+        if (usual := _usual_parts(chunk, user_id_type)) is not None:
+            usual_users.append((usual[0], usual[1]))
+            pending.extend(*usual)
+        else:
+            for change in chunk:
+                user_id = change.identities.get(user_id_type)
+                if not user_id or len(user_id) < MIN_ID_LENGTH:
+                    why = _user_id_problem(change, user_id_type) or "no user id"
+                    refused[change.profile_id] = why
+                    if change.attributes or change.removed:
+                        rejects.append(Reject(change.profile_id, why))
+                    continue
+                users[change.profile_id] = user_id
+                values, removed = change.attributes, change.removed
+                if type(values) is not dict:
+                    values, removed = _nulls_removed(values, removed)
+                if values or removed:  # else nothing to identify
+                    pending.add(change.profile_id, user_id, values, removed)
+        for items in pending.requests_worth():  # out they go while the next are gathered
+            yield from _identify_requests(items)
+    for items in pending.requests_worth(last=True):
+        yield from _identify_requests(items)
     table = events_table(changes) if events is None else events
     if table.num_rows == 0:
         return
+    for keys, user_ids in usual_users:
+        users.update(zip(keys, user_ids, strict=True))
     profiles = list(users)
     where = pc.index_in(table.column("profile_id"), value_set=pa.array(profiles, pa.string()))
     where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
@@ -209,6 +210,68 @@ def encode_requests(
         chunk = table.slice(start, CHUNK_EVENTS)
         items = event_items(chunk, where.slice(start, CHUNK_EVENTS), user_ids, refused, rejects)
         yield from column_requests(EVENTS_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
+
+
+def _usual_parts(
+    chunk: list[ProfileChange], user_id_type: str
+) -> tuple[list[str], list[str], list[dict[str, Any]], list[tuple[str, ...]]] | None:
+    """The chunk's profile ids, user ids, attributes and removed names when every change is the usual one (a
+    user id Amplitude takes, attributes a dict, something set; or else none of them identifies anything),
+    gathered a column at a time; None when a change needs a look of its own."""
+    user_ids = [change.identities.get(user_id_type) for change in chunk]
+    if None in user_ids or min(map(len, user_ids), default=MIN_ID_LENGTH) < MIN_ID_LENGTH:
+        return None
+    sets = [change.attributes for change in chunk]
+    if not {dict}.issuperset(map(type, sets)):
+        return None
+    keys = [change.profile_id for change in chunk]
+    if all(sets):
+        return keys, user_ids, sets, [change.removed for change in chunk]  # type: ignore[return-value]
+    if any(sets) or any(change.removed for change in chunk):
+        return None  # some to identify, some not
+    return keys, user_ids, [], []  # nothing to identify (events only): their user ids for the events
+
+
+class _Identifications:
+    """Identifications gathered as their parts (profile id, user id, "$set" values, removed names), a
+    request's worth written at a time (identification_items): no Python objects of their own."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.user_ids: list[str] = []
+        self.sets: list[dict[str, Any]] = []  # a null among them is looked for in their JSON: rare
+        self.removals: list[tuple[str, ...]] = []
+
+    def add(self, key: str, user_id: str, values: dict[str, Any], removed: tuple[str, ...]) -> None:
+        """One identification."""
+        self.keys.append(key)
+        self.user_ids.append(user_id)
+        self.sets.append(values)
+        self.removals.append(removed)
+
+    def extend(
+        self,
+        keys: list[str],
+        user_ids: list[str],
+        sets: list[dict[str, Any]],
+        removals: list[tuple[str, ...]],
+    ) -> None:
+        """Identifications from their columns (none when sets is empty)."""
+        if sets:
+            self.keys += keys
+            self.user_ids += user_ids
+            self.sets += sets
+            self.removals += removals
+
+    def requests_worth(self, last: bool = False) -> Iterator[ItemColumns]:
+        """Items of the identifications gathered, MAX_ITEMS_PER_REQUEST at a time; unless last, fewer are
+        kept for the next."""
+        size = MAX_ITEMS_PER_REQUEST
+        while len(self.keys) >= size or (last and self.keys):
+            parts = (self.keys, self.user_ids, self.sets, self.removals)
+            yield identification_items(*(part[:size] for part in parts))
+            for part in parts:
+                del part[:size]
 
 
 def _identify_requests(items: ItemColumns) -> Iterator[Request]:
