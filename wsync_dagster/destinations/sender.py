@@ -47,12 +47,12 @@ def gzipped(content: bytes) -> bytes:
 
 
 class ItemColumns(Sequence[Item]):
-    """Items held as Arrow columns (keys, bodies each followed by a comma), read as Items only when one is
-    asked for: a request's body is one slice of the bodies' buffer, however many items it has."""
+    """Items held as columns (keys, in Arrow or a list; bodies each followed by a comma), read as Items only
+    when one is asked for: a request's body is one slice of the bodies' buffer, however many items it has."""
 
     def __init__(
         self,
-        keys: pa.Array,
+        keys: pa.Array | list[str],
         bodies: pa.Array,
         events: int | np.ndarray,
         start: int = 0,
@@ -71,7 +71,7 @@ class ItemColumns(Sequence[Item]):
         """Items from Python lists (each body with its trailing comma), their bytes joined once and not
         copied again: the bodies' array is a view of them."""
         array, ends, text = _binary(bodies)
-        items = cls(pa.array(keys, pa.string()), array, events)
+        items = cls(keys, array, events)
         items._offsets, items._text = ends, text
         return items
 
@@ -98,7 +98,8 @@ class ItemColumns(Sequence[Item]):
             raise IndexError(index)
         i = self._start + (index % len(self))
         events = self._events if isinstance(self._events, int) else int(self._events[i])
-        return Item(self._keys[i].as_py(), self._bodies[i].as_py()[:-1], events)
+        key = self._keys[i]
+        return Item(key if isinstance(key, str) else key.as_py(), self._bodies[i].as_py()[:-1], events)
 
     def offsets(self) -> np.ndarray:
         """Where each body starts in the bodies back to back (and where the last ends)."""
@@ -188,12 +189,12 @@ class ColumnPacking:
         self.keys: list[str] = []
         self.bodies: list[bytes] = []
         self.events: list[int] = []
-        self._columns: list[tuple[pa.Array, pa.Array, np.ndarray]] = []
+        self._columns: list[tuple[list[str], pa.Array, np.ndarray]] = []
 
     def __len__(self) -> int:
         return sum(len(keys) for keys, _, _ in self._columns) + len(self.keys)
 
-    def add_columns(self, keys: pa.Array, bodies: pa.Array, events: np.ndarray) -> None:
+    def add_columns(self, keys: list[str], bodies: pa.Array, events: np.ndarray) -> None:
         """Adds items as columns (bodies binary, each with a trailing comma), after those gathered so far."""
         self._lists_as_columns()
         self._columns.append((keys, bodies, events))
@@ -207,7 +208,7 @@ class ColumnPacking:
         if len(self._columns) == 1:
             keys, bodies, events = self._columns[0]
         else:
-            keys = pa.concat_arrays([keys for keys, _, _ in self._columns])
+            keys = [key for keys, _, _ in self._columns for key in keys]
             bodies = pa.concat_arrays([bodies for _, bodies, _ in self._columns])
             events = np.concatenate([events for _, _, events in self._columns])
         items = ItemColumns(keys, bodies, events)
@@ -220,8 +221,7 @@ class ColumnPacking:
         """The items gathered one by one, as columns after the others; the lists emptied in place."""
         if not self.keys:
             return
-        keys = pa.array(self.keys, pa.string())
-        self._columns.append((keys, _binary(self.bodies)[0], np.array(self.events, np.int64)))
+        self._columns.append((list(self.keys), _binary(self.bodies)[0], np.array(self.events, np.int64)))
         self.keys.clear()
         self.bodies.clear()
         self.events.clear()
