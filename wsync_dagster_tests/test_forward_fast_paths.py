@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from wsync_dagster.destinations import amplitude, mparticle
+from wsync_dagster.destinations.json_encoding import native_json
 from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import Request
 
@@ -80,9 +84,16 @@ def items_by_path(requests: list[Request]) -> dict[str, list[tuple[str, bytes, i
     return found
 
 
-def test_mparticle_batches_are_encode_changes_byte_for_byte_on_random_changes() -> None:
+@pytest.mark.parametrize("population", ["with events", "without events", "usual only"])
+def test_mparticle_batches_are_encode_changes_byte_for_byte_on_random_changes(population: str) -> None:
     rng = random.Random(19)
-    changes = [random_change(rng, n) for n in range(3000)]
+    count = {"with events": 3000, "without events": 9000, "usual only": 40000}[population]
+    changes = [random_change(rng, n) for n in range(count)]
+    if population != "with events":  # chunks of profile changes alone, most of them usual, a few not
+        changes = [replace(change, events=()) for change in changes]
+    if population == "usual only":  # chunks of usual changes only (the bench's)
+        changes = [change for change in changes if mparticle._usual_head(change, "production", None)]
+        assert len(changes) > 2 * mparticle.CHUNK_PROFILES
     rejects: list[Reject] = []
     sent = items_by_path(list(mparticle.encode_requests(changes, "production", NOW, rejects)))
     expected: dict[str, list[tuple[str, bytes, int]]] = {}
@@ -92,7 +103,7 @@ def test_mparticle_batches_are_encode_changes_byte_for_byte_on_random_changes() 
         for path, items in ((mparticle.BULK_PATH, recent), (mparticle.HISTORICAL_PATH, historical)):
             expected.setdefault(path, []).extend((item.key, item.body, item.events) for item in items)
         expected_rejects.extend(change_rejects)
-    assert sent == expected
+    assert sent == {path: items for path, items in expected.items() if items}
     assert sorted(rejects, key=repr) == sorted(expected_rejects, key=repr)
 
 
@@ -115,3 +126,88 @@ def test_amplitude_identifications_set_and_unset_what_the_changes_say_on_random_
         if removed:
             expected["$unset"] = dict.fromkeys(removed, "-")
         assert identified[change.profile_id] == {"user_id": user_id, "user_properties": expected}
+
+
+# Values that look like the cut between two objects' JSON, or like a null, inside strings and nested values.
+LOOKALIKES: tuple[object, ...] = (
+    '},{"',
+    '"},{"x":1',
+    '":null',
+    "a:null",
+    [{"a": 1}, {"b": 2}],
+    {"nested": None},
+    [None, "x"],
+    {"deep": [{"k": '},{"'}]},
+)
+
+
+def test_amplitude_identifications_are_each_ones_own_json_byte_for_byte_on_random_changes() -> None:
+    rng = random.Random(23)
+    changes = []
+    for n in range(4000):
+        change = random_change(rng, n)
+        if rng.random() < 0.05:  # now and then a value whose JSON looks like the fast path's cues
+            attributes = {**change.attributes, f"odd_{rng.randrange(3)}": rng.choice(LOOKALIKES)}
+            change = ProfileChange(change.profile_id, change.identities, attributes, change.removed)
+        changes.append(change)
+    assert_identifications_are_their_own_json(changes)
+    assert any(isinstance(value, list | dict) for c in changes for value in c.attributes.values())
+
+
+@pytest.mark.parametrize(
+    "removals",
+    [((),), (("gone",),), ((), ("gone",)), (("gone",), ("gone", "left")), ((), ("gone",), ("left",))],
+)
+@pytest.mark.parametrize("without_attributes", [0.0, 0.1])
+@pytest.mark.parametrize("odd_one_every", [0, 1500])
+def test_amplitude_identifications_alike_but_for_their_removals(
+    removals: tuple[tuple[str, ...], ...], without_attributes: float, odd_one_every: int
+) -> None:
+    rng = random.Random(29)
+    changes = []
+    for n in range(5000):  # the bench's changes: the same attributes, removals drawn from a few
+        removed = rng.choice(removals)
+        # Some without attributes: they only remove, or when they remove nothing either, identify nothing.
+        attributes = {} if rng.random() < without_attributes else {"plan": "pro", "seats": n % 50}
+        identities = {"customer_id": f"cust-{n:06d}"}
+        if odd_one_every and n % odd_one_every == 7:  # now and then a user id Amplitude would drop
+            identities = {"customer_id": "c-1"}
+        changes.append(ProfileChange(f"p{n}", identities, attributes, removed))
+    assert_identifications_are_their_own_json(changes)
+
+
+@pytest.mark.parametrize("with_attributes", [True, False])
+def test_amplitude_events_go_under_their_profiles_user_ids(with_attributes: bool) -> None:
+    changes = []
+    for n in range(5000):  # the usual changes (a request's worth at a time as columns), events for some
+        events = (Event(f"e{n}", "custom_event", "buy", RECENT_MS),) if n % 3 == 0 else ()
+        attributes = {"plan": "pro"} if with_attributes else {}
+        changes.append(ProfileChange(f"p{n}", {"customer_id": f"cust-{n:06d}"}, attributes, (), events))
+    changes.append(ProfileChange("p-odd", {"customer_id": "c-1"}, {}, (), (Event("e-odd", "x", "y", 1),)))
+    rejects: list[Reject] = []
+    sent = items_by_path(list(amplitude.encode_requests(changes, "customer_id", rejects)))
+    users = {
+        json.loads(body)["insert_id"]: json.loads(body)["user_id"]
+        for _, body, _ in sent[amplitude.EVENTS_PATH]
+    }
+    assert users == {f"e{n}": f"cust-{n:06d}" for n in range(0, 5000, 3)}
+    assert [reject.item for reject in rejects] == ["e-odd"]
+    assert len(sent.get(amplitude.IDENTIFY_PATH, [])) == (5000 if with_attributes else 0)
+
+
+def assert_identifications_are_their_own_json(changes: list[ProfileChange]) -> None:
+    """Each change's identification as sent is what encoding it alone gives (the earlier, general way)."""
+    sent = items_by_path(list(amplitude.encode_requests(changes, "customer_id", [])))
+    bodies = {key: body for key, body, _ in sent.get(amplitude.IDENTIFY_PATH, [])}
+    expected = {}
+    for change in changes:
+        user_id = change.identities.get("customer_id")
+        values = {name: value for name, value in change.attributes.items() if value is not None}
+        removed = {*change.removed, *(name for name, value in change.attributes.items() if value is None)}
+        if not user_id or len(user_id) < amplitude.MIN_ID_LENGTH or not (values or removed):
+            continue
+        properties: dict[str, object] = {"$set": values} if values else {}
+        if removed:
+            properties["$unset"] = dict.fromkeys(sorted(removed), "-")
+        expected[change.profile_id] = native_json({"user_id": user_id, "user_properties": properties})
+    assert bodies == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from wsync_dagster.destinations import event_columns as ec
 from wsync_dagster.destinations.event_columns import events_table
-from wsync_dagster.destinations.json_encoding import compact_json
+from wsync_dagster.destinations.json_encoding import compact_json, native_json
 from wsync_dagster.destinations.profile_changes import Erasure, ProfileChange, Reject
 from wsync_dagster.destinations.sender import (
     Acknowledged,
@@ -26,12 +26,10 @@ from wsync_dagster.destinations.sender import (
     Request,
     SendMetrics,
     SendPolicy,
-    ValueItems,
     column_requests,
     exchange,
     joined_bodies,
     send_encoded,
-    value_requests,
 )
 
 REGIONS: dict[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -107,19 +105,21 @@ class Amplitude:
 
     def body(self, request: Request) -> tuple[bytes, str]:
         """HTTP V2: a JSON object with the key and events; Identify: a form with the key and identifications."""
-        items = b"[" + joined_bodies(request.items) + b"]"
+        items = joined_bodies(request.items)  # each body written once more, by one join: they are large
         if request.path == EVENTS_PATH:
-            head = b'{"api_key":' + compact_json(self._api_key) + b',"events":'
-            return head + items + b"}", "application/json"
+            head = b'{"api_key":' + compact_json(self._api_key) + b',"events":['
+            return b"".join((head, items, b"]}")), "application/json"
         # multipart/form-data, which the Identify API takes beside urlencoded: no percent-encoding of the JSON
         boundary = _boundary(items)
-        parts = [
-            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, name, value)
-            for name, value in ((b"api_key", self._api_key.encode()), (b"identification", items))
-        ]
-        return b"".join(
-            parts
-        ) + b"--%s--\r\n" % boundary, f"multipart/form-data; boundary={boundary.decode()}"
+        field = b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n'
+        parts = (
+            field % (boundary, b"api_key"),
+            self._api_key.encode(),
+            b"\r\n" + field % (boundary, b"identification") + b"[",
+            items,
+            b"]\r\n--%s--\r\n" % boundary,
+        )
+        return b"".join(parts), f"multipart/form-data; boundary={boundary.decode()}"
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
         """The events a 400 names, with what was wrong with each; a 429's users over their daily quota."""
@@ -170,42 +170,40 @@ def encode_requests(
     whole table at once; rejects gets what cannot be sent."""
     changes = list(changes)
     users: dict[str, str] = {}  # profile id → its user id
+    usual_users: list[
+        tuple[list[str], list[str]]
+    ] = []  # more of them, as columns: made a dict for events only
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
-    unsets: dict[tuple[str, ...], dict[str, str]] = {}  # removed names → their "$unset" (a few sets recur)
-    # Identifications kept as Python values, a request's worth encoded at once when it is drawn (one call of
-    # pydantic_core's encoder, no per-item bytes): about 1 µs a change, against 5 µs with the stdlib's
-    # encoder for the "$set" and Arrow joining each identification.
-    keys: list[str] = []
-    identifications: list[dict[str, Any]] = []
-    for change in changes:
-        user_id = change.identities.get(user_id_type)
-        if not user_id or len(user_id) < MIN_ID_LENGTH:
-            why = _user_id_problem(change, user_id_type) or "no user id"
-            refused[change.profile_id] = why
-            if change.attributes or change.removed:
-                rejects.append(Reject(change.profile_id, why))
-            continue
-        users[change.profile_id] = user_id
-        values, removed = change.attributes, change.removed
-        if type(values) is not dict or None in values.values():  # a null is a removal too
-            values = {name: value for name, value in change.attributes.items() if value is not None}
-            removed = (*removed, *(n for n, v in change.attributes.items() if v is None))
-        if not values and not removed:
-            continue  # nothing to identify
-        properties: dict[str, Any] = {"$set": values} if values else {}
-        if removed:
-            if (unset := unsets.get(removed)) is None:
-                unset = unsets[removed] = dict.fromkeys(sorted(set(removed)), "-")
-            properties["$unset"] = unset
-        keys.append(change.profile_id)
-        identifications.append({"user_id": user_id, "user_properties": properties})
-        if len(keys) == MAX_ITEMS_PER_REQUEST:  # a request's worth: out it goes while the next is gathered
-            yield from _identify_requests(keys, identifications)
-            keys, identifications = [], []
-    yield from _identify_requests(keys, identifications)
+    pending = _Identifications()
+    for start in range(0, len(changes), MAX_ITEMS_PER_REQUEST):
+        chunk = changes[start : start + MAX_ITEMS_PER_REQUEST]
+        if (usual := _usual_parts(chunk, user_id_type)) is not None:
+            usual_users.append((usual[0], usual[1]))
+            pending.extend(*usual)
+        else:
+            for change in chunk:
+                user_id = change.identities.get(user_id_type)
+                if not user_id or len(user_id) < MIN_ID_LENGTH:
+                    why = _user_id_problem(change, user_id_type) or "no user id"
+                    refused[change.profile_id] = why
+                    if change.attributes or change.removed:
+                        rejects.append(Reject(change.profile_id, why))
+                    continue
+                users[change.profile_id] = user_id
+                values, removed = change.attributes, change.removed
+                if type(values) is not dict:
+                    values, removed = _nulls_removed(values, removed)
+                if values or removed:  # else nothing to identify
+                    pending.add(change.profile_id, user_id, values, removed)
+        for items in pending.requests_worth():  # out they go while the next are gathered
+            yield from _identify_requests(items)
+    for items in pending.requests_worth(last=True):
+        yield from _identify_requests(items)
     table = events_table(changes) if events is None else events
     if table.num_rows == 0:
         return
+    for keys, user_ids in usual_users:
+        users.update(zip(keys, user_ids, strict=True))
     profiles = list(users)
     where = pc.index_in(table.column("profile_id"), value_set=pa.array(profiles, pa.string()))
     where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
@@ -216,10 +214,134 @@ def encode_requests(
         yield from column_requests(EVENTS_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=128)
 
 
-def _identify_requests(keys: list[str], identifications: list[dict[str, Any]]) -> Iterator[Request]:
+def _usual_parts(
+    chunk: list[ProfileChange], user_id_type: str
+) -> tuple[list[str], list[str], list[dict[str, Any]], list[tuple[str, ...]]] | None:
+    """The chunk's profile ids, user ids, attributes and removed names when every change is the usual one (a
+    user id Amplitude takes, attributes a dict, something set; or else none of them identifies anything),
+    gathered a column at a time; None when a change needs a look of its own."""
+    user_ids = [change.identities.get(user_id_type) for change in chunk]
+    if None in user_ids or min(map(len, user_ids), default=MIN_ID_LENGTH) < MIN_ID_LENGTH:
+        return None
+    sets = [change.attributes for change in chunk]
+    if not {dict}.issuperset(map(type, sets)):
+        return None
+    keys = [change.profile_id for change in chunk]
+    if all(sets):
+        return keys, user_ids, sets, [change.removed for change in chunk]  # type: ignore[return-value]
+    if any(sets) or any(change.removed for change in chunk):
+        return None  # some to identify, some not
+    return keys, user_ids, [], []  # nothing to identify (events only): their user ids for the events
+
+
+class _Identifications:
+    """Identifications gathered as their parts (profile id, user id, "$set" values, removed names), a
+    request's worth written at a time (identification_items): no Python objects of their own."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.user_ids: list[str] = []
+        self.sets: list[dict[str, Any]] = []  # a null among them is looked for in their JSON: rare
+        self.removals: list[tuple[str, ...]] = []
+
+    def add(self, key: str, user_id: str, values: dict[str, Any], removed: tuple[str, ...]) -> None:
+        """One identification."""
+        self.keys.append(key)
+        self.user_ids.append(user_id)
+        self.sets.append(values)
+        self.removals.append(removed)
+
+    def extend(
+        self,
+        keys: list[str],
+        user_ids: list[str],
+        sets: list[dict[str, Any]],
+        removals: list[tuple[str, ...]],
+    ) -> None:
+        """Identifications from their columns (none when sets is empty)."""
+        if sets:
+            self.keys += keys
+            self.user_ids += user_ids
+            self.sets += sets
+            self.removals += removals
+
+    def requests_worth(self, last: bool = False) -> Iterator[ItemColumns]:
+        """Items of the identifications gathered, MAX_ITEMS_PER_REQUEST at a time; unless last, fewer are
+        kept for the next."""
+        size = MAX_ITEMS_PER_REQUEST
+        while len(self.keys) >= size or (last and self.keys):
+            parts = (self.keys, self.user_ids, self.sets, self.removals)
+            yield identification_items(*(part[:size] for part in parts))
+            for part in parts:
+                del part[:size]
+
+
+def _identify_requests(items: ItemColumns) -> Iterator[Request]:
     """The identifications as Identify API requests within its limits."""
-    items = ValueItems(keys, identifications)
-    return value_requests(IDENTIFY_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
+    return column_requests(IDENTIFY_PATH, items, MAX_ITEMS_PER_REQUEST, MAX_REQUEST_BYTES, overhead=512)
+
+
+def identification_items(
+    keys: list[str], user_ids: list[str], sets: list[dict[str, Any]], removals: list[tuple[str, ...]]
+) -> ItemColumns:
+    """Identifications as items, from each one's user id, attributes to set (a null one removed) and names
+    removed: one encoder call for all their "$set"s, Arrow joining the rest around them."""
+    present = [values for values in sets if values]
+    text = native_json(present)
+    if b'":null' in text:  # a null value (a removal), or only its look in a nested value: each one checked
+        sets, removals = map(list, zip(*map(_nulls_removed, sets, removals), strict=True))
+        present = [values for values in sets if values]
+        text = native_json(present)
+    insides = _object_insides(text, present)
+    unsets = {
+        removed: '"$unset":' + native_json(dict.fromkeys(sorted(set(removed)), "-")).decode()
+        for removed in set(removals)
+        if removed
+    }
+    if len(present) == len(sets) and len(set(removals)) == 1:
+        # The usual: every one sets something, and all remove the same names (or none).
+        unset = "," + unsets[removals[0]] if removals[0] else ""
+        properties = ['"$set":{"', insides, "}" + unset]
+    else:
+        set_pieces = pc.binary_join_element_wise('"$set":{"', insides, "}", "")
+        if len(present) < len(sets):  # some only remove: no "$set" for them
+            has_set = pa.array([bool(values) for values in sets], pa.bool_())
+            set_pieces = pc.replace_with_mask(pa.nulls(len(sets), pa.string()), has_set, set_pieces)
+        unset_pieces = pa.array([unsets.get(removed) for removed in removals], pa.string())
+        both = pc.binary_join_element_wise(set_pieces, unset_pieces, ",")  # null unless both are there
+        properties = [pc.coalesce(both, set_pieces, unset_pieces)]
+    bodies = ec.joined(
+        [
+            '{"user_id":',
+            *ec.quoted_pieces(pa.array(user_ids, pa.string())),
+            ',"user_properties":{',
+            *properties,
+            "}},",
+        ]
+    )
+    return ItemColumns(keys, bodies.view(pa.binary()), 0)
+
+
+def _nulls_removed(
+    values: Mapping[str, Any], removed: tuple[str, ...]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The attributes without their nulls, and the names removed with the nulls' (a null is a removal)."""
+    if type(values) is dict and None not in values.values():
+        return values, removed
+    kept = {name: value for name, value in values.items() if value is not None}
+    return kept, (*removed, *(name for name, value in values.items() if value is None))
+
+
+def _object_insides(text: bytes, objects: list[dict[str, Any]]) -> pa.Array:
+    """Each non-empty object's JSON without its opening '{"' and its closing '}', cut from text, the JSON of
+    the list of them: '},{"' appears nowhere else unless a nested value holds it, and then the pieces
+    outnumber the objects: each one is encoded alone instead."""
+    if not objects:
+        return pa.array([], pa.string())
+    pieces = text[3:-2].split(b'},{"')
+    if len(pieces) != len(objects):
+        pieces = [native_json(values)[2:-1] for values in objects]
+    return pa.array(pieces, pa.binary()).view(pa.string())
 
 
 def event_items(

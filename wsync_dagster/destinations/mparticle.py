@@ -163,7 +163,7 @@ class MParticle:
 
     def body(self, request: Request) -> tuple[bytes, str]:
         """The batches as one JSON array."""
-        return b"[" + joined_bodies(request.items) + b"]", "application/json"
+        return b"".join((b"[", joined_bodies(request.items), b"]")), "application/json"  # one copy of them
 
     def item_reasons(self, request: Request, response: httpx.Response) -> dict[int, str]:
         """mParticle does not say which batch of a bulk request was invalid: the sender splits."""
@@ -333,12 +333,25 @@ def encode_requests(
             if high > low
             else None
         )
+        # The usual changes' batches written first, their source_request_ids for all of them at once; when
+        # every change is usual (as most often), they go in as columns, without a loop over them.
+        heads = _usual_heads(chunk, environment, runs)
+        identified = _with_request_ids([head for head in heads if head is not None])
+        if len(identified) == len(chunk):
+            events_of = np.array(runs.recent_counts() if runs is not None else 0, np.int64)
+            bulk.add_columns(
+                [change.profile_id for change in chunk],
+                identified,
+                np.broadcast_to(events_of, len(chunk)),
+            )
+            chunk = []
+        usual = iter(identified.to_pylist() if chunk else ())
         for n, change in enumerate(chunk):
             recent, old = runs.of(n) if runs is not None else (None, None)
-            if old is None and (body := _usual_batch(change, environment, recent)) is not None:
-                # The usual change, written inline: no per-change lists, rejects or second look at it.
+            if heads[n] is not None:
+                # The usual change, written already: no per-change lists, rejects or second look at it.
                 keys.append(change.profile_id)
-                bodies.append(body)
+                bodies.append(next(usual))
                 counts.append(recent.count if recent is not None else 0)
                 continue
             batches, old_batches, change_rejects = encode_change(change, environment, now, (recent, old))
@@ -351,7 +364,6 @@ def encode_requests(
                 if (closed := historical.add(item)) is not None:
                     yield closed
         yield from bulk.requests(last=first + CHUNK_PROFILES >= len(changes))
-        keys, bodies, counts = bulk.keys, bulk.bodies, bulk.events
     if (rest := historical.rest()) is not None:
         yield rest
 
@@ -404,6 +416,10 @@ class EventRuns:
             self._paths.append(
                 (text, offsets.tolist(), firsts.tolist(), np.diff(firsts).tolist(), part_ids, part)
             )
+
+    def recent_counts(self) -> list[int]:
+        """Each profile's recent events: how many."""
+        return self._paths[0][3]
 
     def of(self, profile: int) -> tuple[EventRun | None, EventRun | None]:
         """The profile's recent and historical events, None where it has none."""
@@ -529,46 +545,93 @@ def encode_change(
 
 _USER_IDENTITY_KINDS = frozenset(USER_IDENTITY_NAMES)
 _REMOVALS: dict[tuple[str, ...], list[str]] = {}  # removed names → sorted, each once (a few sets recur)
+# Identity types in a change's order → (type, user_identities key) sorted by type, or () when one is not a
+# user identity; attribute names in a change's order → sorted, or None when they are already: a few recur.
+_IDENTITY_KEYS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+_SORTED_NAMES: dict[tuple[str, ...], tuple[str, ...] | None] = {}
+_CACHED = 1000  # entries each of those keeps: many distinct ones start it over rather than grow without end
 _SCALAR_TYPES = frozenset(_SCALARS)
 
 
-def _usual_batch(change: ProfileChange, environment: str, events: EventRun | None) -> bytes | None:
-    """The usual change's one batch, with its source_request_id, exactly as encode_change writes it: user
+def _usual_heads(chunk: list[ProfileChange], environment: str, runs: EventRuns | None) -> list[bytes | None]:
+    """Each change's _usual_head, its events taken from runs; None for the others."""
+    if runs is None:
+        return [_usual_head(change, environment, None) for change in chunk]
+    heads: list[bytes | None] = []
+    for n, change in enumerate(chunk):
+        recent, old = runs.of(n)
+        heads.append(_usual_head(change, environment, recent) if old is None else None)
+    return heads
+
+
+def _usual_head(change: ProfileChange, environment: str, events: EventRun | None) -> bytes | None:
+    """The usual change's one batch, without its source_request_id, exactly as encode_change writes it: user
     identities only, scalar attributes (none null) and removals within one batch's limits, recent events
     only; None for any other change (encode_change's)."""
     identities = change.identities
     attributes = change.attributes
     removed = change.removed
+    kinds = tuple(identities)
+    if (keys := _IDENTITY_KEYS.get(kinds)) is None:
+        keys = _cached(_IDENTITY_KEYS, kinds, _user_identity_keys(kinds))
     if (
-        not _USER_IDENTITY_KINDS.issuperset(identities)
+        not keys
         or len(attributes) > MAX_ATTRIBUTES_PER_BATCH
         or len(removed) > MAX_ATTRIBUTES_PER_BATCH
         or (events is None and not attributes and not removed)
     ):
         return None
     user: dict[str, str] = {}
-    for kind, value in sorted(identities.items()):  # a loop, not a comprehension: no function made a change
-        if value:
-            user[USER_IDENTITY_NAMES[kind]] = value
+    for kind, key in keys:  # a loop, not a comprehension: no function made a change
+        if value := identities[kind]:
+            user[key] = value
     if not user:
         return None
     batch: dict[str, Any] = {"environment": environment, "user_identities": user}
     if attributes:
         if not _SCALAR_TYPES.issuperset(map(type, attributes.values())):
             return None  # None (a removal) or a value to convert: encode_change's
-        batch["user_attributes"] = dict(sorted(attributes.items()))
+        names = tuple(attributes)
+        if (order := _SORTED_NAMES.get(names, names)) is names:
+            order = _cached(_SORTED_NAMES, names, _sorted_names(names))
+        if order is None and type(attributes) is dict:
+            batch["user_attributes"] = attributes  # in name order already
+        else:
+            in_order: dict[str, Any] = {}
+            for name in order or sorted(names):
+                in_order[name] = attributes[name]
+            batch["user_attributes"] = in_order
     if removed:
         if (gone := _REMOVALS.get(removed)) is None:
-            if len(_REMOVALS) > 1000:  # many distinct removals: start over rather than grow without end
-                _REMOVALS.clear()
-            gone = _REMOVALS[removed] = sorted(set(removed))
+            gone = _cached(_REMOVALS, removed, sorted(set(removed)))
         batch["deleted_user_attributes"] = gone
     head = native_json(batch)
     if events is not None:
         head = head[:-1] + b',"events":[' + events.joined + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
         return None
-    return _with_request_id(head, b'"},')
+    return head
+
+
+def _cached(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """The value, kept in the cache under the key (the cache emptied first when full)."""
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _user_identity_keys(kinds: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(identity type, user_identities key) sorted by type; () when a type is not a user identity."""
+    if not _USER_IDENTITY_KINDS.issuperset(kinds):
+        return ()
+    return tuple((kind, USER_IDENTITY_NAMES[kind]) for kind in sorted(kinds))
+
+
+def _sorted_names(names: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The names sorted, or None when they are already."""
+    ordered = tuple(sorted(names))
+    return None if ordered == names else ordered
 
 
 def _single_batch(
@@ -649,13 +712,40 @@ def _with_request_id(head: bytes, end: bytes = b'"}') -> bytes:
     """The batch with its source_request_id: uuid5 of its content (as hex without dashes); end closes it."""
     digest = _REQUEST_ID_HASH.copy()
     digest.update(head)
-    hexed = digest.hexdigest()
     # uuid5's version and variant bits, as uuid.uuid5 sets them: the 13th digit 5, the 17th's top bits 10
-    request_id = hexed[:12] + "5" + hexed[13:16] + _VARIANT_DIGITS[hexed[16]] + hexed[17:32]
-    return head[:-1] + b',"source_request_id":"' + request_id.encode() + end
+    request_id = int.from_bytes(digest.digest()[:16]) & _UUID_KEPT | _UUID5_BITS
+    return b'%b,"source_request_id":"%032x%b' % (memoryview(head)[:-1], request_id, end)
 
 
-_VARIANT_DIGITS = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
+_UUID_KEPT = (1 << 128) - 1 - (0xF << 76) - (0x3 << 62)  # all but the version digit and the variant bits
+_UUID5_BITS = (0x5 << 76) | (0x2 << 62)
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _with_request_ids(heads: list[bytes]) -> pa.Array:
+    """The batches with their source_request_id, each followed by a comma (what _with_request_id writes): each
+    one hashed in turn, their uuid5 bits, hex digits and bodies written for all at once by numpy and Arrow."""
+    if not heads:
+        return pa.array([], pa.binary())
+    digests = []
+    for head in heads:
+        digest = _REQUEST_ID_HASH.copy()
+        digest.update(head)
+        digests.append(digest.digest())
+    ids = np.frombuffer(b"".join(digests), np.uint8).reshape(len(heads), 20)[:, :16].copy()
+    ids[:, 6] = ids[:, 6] & 0x0F | 0x50  # uuid5's version, as uuid.uuid5 sets it
+    ids[:, 8] = ids[:, 8] & 0x3F | 0x80  # and its variant
+    digits = np.empty((len(heads), 32), np.uint8)
+    digits[:, 0::2] = _HEX_DIGITS[ids >> 4]
+    digits[:, 1::2] = _HEX_DIGITS[ids & 0x0F]
+    texts = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(heads), [None, pa.py_buffer(digits)])
+    return pc.binary_join_element_wise(
+        pc.binary_slice(pa.array(heads, pa.binary()), 0, -1),
+        b',"source_request_id":"',
+        texts.cast(pa.binary()),
+        b'"},',
+        b"",
+    )
 
 
 def _identities(identities: Mapping[str, str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, overload
+from typing import Protocol, overload
 
 import aiohttp
 import httpx
@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 
 from wsync_dagster.destinations.event_columns import concatenated, offsets
-from wsync_dagster.destinations.json_encoding import native_json
 from wsync_dagster.destinations.profile_changes import Reject
 from wsync_dagster.gc_pause import cycle_collection_paused
 
@@ -48,12 +47,12 @@ def gzipped(content: bytes) -> bytes:
 
 
 class ItemColumns(Sequence[Item]):
-    """Items held as Arrow columns (keys, bodies each followed by a comma), read as Items only when one is
-    asked for: a request's body is one slice of the bodies' buffer, however many items it has."""
+    """Items held as columns (keys, in Arrow or a list; bodies each followed by a comma), read as Items only
+    when one is asked for: a request's body is one slice of the bodies' buffer, however many items it has."""
 
     def __init__(
         self,
-        keys: pa.Array,
+        keys: pa.Array | list[str],
         bodies: pa.Array,
         events: int | np.ndarray,
         start: int = 0,
@@ -71,13 +70,8 @@ class ItemColumns(Sequence[Item]):
     def of_bodies(cls, keys: list[str], bodies: list[bytes], events: int | np.ndarray) -> ItemColumns:
         """Items from Python lists (each body with its trailing comma), their bytes joined once and not
         copied again: the bodies' array is a view of them."""
-        text = b"".join(bodies)
-        ends = np.zeros(len(bodies) + 1, np.int32)
-        np.cumsum(np.fromiter(map(len, bodies), np.int64, len(bodies)), out=ends[1:])
-        array = pa.Array.from_buffers(
-            pa.binary(), len(bodies), [None, pa.py_buffer(ends), pa.py_buffer(text)]
-        )
-        items = cls(pa.array(keys, pa.string()), array, events)
+        array, ends, text = _binary(bodies)
+        items = cls(keys, array, events)
         items._offsets, items._text = ends, text
         return items
 
@@ -104,7 +98,8 @@ class ItemColumns(Sequence[Item]):
             raise IndexError(index)
         i = self._start + (index % len(self))
         events = self._events if isinstance(self._events, int) else int(self._events[i])
-        return Item(self._keys[i].as_py(), self._bodies[i].as_py()[:-1], events)
+        key = self._keys[i]
+        return Item(key if isinstance(key, str) else key.as_py(), self._bodies[i].as_py()[:-1], events)
 
     def offsets(self) -> np.ndarray:
         """Where each body starts in the bodies back to back (and where the last ends)."""
@@ -135,67 +130,25 @@ class ItemColumns(Sequence[Item]):
         return self.text()[int(at[self._start]) : int(at[self._stop]) - 1]
 
 
-class ValueItems(Sequence[Item]):
-    """Items without events kept as the Python values they are the JSON of (JSON's own types), encoded a
-    request at a time: one call of pydantic_core's encoder for a request's body, an item's own JSON only
-    when one is asked for (a split)."""
-
-    def __init__(self, keys: Sequence[str], values: Sequence[Any]) -> None:
-        self._keys = keys
-        self._values = values
-        self._text: bytes | None = None
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    @overload
-    def __getitem__(self, index: int) -> Item: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> ValueItems: ...
-
-    def __getitem__(self, index: int | slice) -> Item | ValueItems:
-        if isinstance(index, slice):
-            return ValueItems(self._keys[index], self._values[index])
-        return Item(self._keys[index], native_json(self._values[index]))
-
-    events = 0  # identifications and the like carry none
-
-    def joined(self) -> bytes:
-        """The items' JSON separated by commas: the values' JSON array without its brackets."""
-        if self._text is None:
-            self._text = native_json(self._values)[1:-1]
-        return self._text
-
-
-def value_requests(
-    path: str, items: ValueItems, max_items: int, max_bytes: int, overhead: int
-) -> Iterator[Request]:
-    """The items in order, max_items a request, a request over max_bytes (with overhead bytes) halved until
-    it fits (an item alone goes as it is: the platform's 413 makes it a reject)."""
-    for start in range(0, len(items), max_items):
-        yield from _fitting(path, items[start : start + max_items], max_bytes - overhead)
-
-
-def _fitting(path: str, items: ValueItems, room: int) -> Iterator[Request]:
-    if len(items) == 1 or len(items.joined()) + 2 <= room:
-        yield Request(path, items)
-        return
-    half = len(items) // 2
-    yield from _fitting(path, items[:half], room)
-    yield from _fitting(path, items[half:], room)
+def _binary(values: list[bytes]) -> tuple[pa.Array, np.ndarray, bytes]:
+    """The values as a binary array, its offsets and its data: their bytes joined once, not copied again."""
+    text = b"".join(values)
+    ends = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=ends[1:])
+    array = pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(ends), pa.py_buffer(text)])
+    return array, ends, text
 
 
 def joined_bodies(items: Sequence[Item]) -> bytes:
     """The items' bodies separated by commas (a JSON array's inside)."""
-    if isinstance(items, ItemColumns | ValueItems):
+    if isinstance(items, ItemColumns):
         return items.joined()
     return b",".join(item.body for item in items)
 
 
 def events_of(items: Sequence[Item]) -> int:
     """Events the items carry."""
-    if isinstance(items, ItemColumns | ValueItems):
+    if isinstance(items, ItemColumns):
         return items.events
     return sum(item.events for item in items)
 
@@ -223,33 +176,55 @@ def column_requests(
 
 
 class ColumnPacking:
-    """Items gathered in Python lists (keys, bodies each with a trailing comma, event counts) and cut into
-    requests a few thousand at a time, as columns: a request's body is one slice of their joined bytes."""
+    """Items gathered as columns (keys, bodies each with a trailing comma, event counts), or one by one in
+    Python lists, and cut into requests a few thousand at a time: a request's body is one slice of their
+    joined bytes."""
 
     def __init__(self, path: str, max_items: int, max_bytes: int, overhead: int) -> None:
         self.path = path
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.overhead = overhead  # the request's bytes besides its items
+        # Items one by one (appended to in place: they follow the columns gathered before them).
         self.keys: list[str] = []
         self.bodies: list[bytes] = []
         self.events: list[int] = []
+        self._columns: list[tuple[list[str], pa.Array, np.ndarray]] = []
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return sum(len(keys) for keys, _, _ in self._columns) + len(self.keys)
+
+    def add_columns(self, keys: list[str], bodies: pa.Array, events: np.ndarray) -> None:
+        """Adds items as columns (bodies binary, each with a trailing comma), after those gathered so far."""
+        self._lists_as_columns()
+        self._columns.append((keys, bodies, events))
 
     def requests(self, last: bool = False) -> list[Request]:
         """The requests of the items gathered so far; unless last, the final one, maybe part full, is kept
         back: its items lead the next requests."""
-        if not self.keys:
+        self._lists_as_columns()
+        if not self._columns:
             return []
-        items = ItemColumns.of_bodies(self.keys, self.bodies, np.array(self.events, np.int64))
+        if len(self._columns) == 1:
+            keys, bodies, events = self._columns[0]
+        else:
+            keys = [key for keys, _, _ in self._columns for key in keys]
+            bodies = pa.concat_arrays([bodies for _, bodies, _ in self._columns])
+            events = np.concatenate([events for _, _, events in self._columns])
+        items = ItemColumns(keys, bodies, events)
         requests = list(column_requests(self.path, items, self.max_items, self.max_bytes, self.overhead))
         kept = 0 if last or len(requests[-1].items) == self.max_items else len(requests.pop().items)
-        self.keys, self.bodies, self.events = (
-            (self.keys[-kept:], self.bodies[-kept:], self.events[-kept:]) if kept else ([], [], [])
-        )
+        self._columns = [(keys[-kept:], bodies[-kept:], events[-kept:])] if kept else []
         return requests
+
+    def _lists_as_columns(self) -> None:
+        """The items gathered one by one, as columns after the others; the lists emptied in place."""
+        if not self.keys:
+            return
+        self._columns.append((list(self.keys), _binary(self.bodies)[0], np.array(self.events, np.int64)))
+        self.keys.clear()
+        self.bodies.clear()
+        self.events.clear()
 
 
 class Platform(Protocol):
