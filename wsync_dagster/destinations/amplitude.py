@@ -170,9 +170,8 @@ def encode_requests(
     whole table at once; rejects gets what cannot be sent."""
     changes = list(changes)
     users: dict[str, str] = {}  # profile id → its user id
-    usual_users: list[
-        tuple[list[str], list[str]]
-    ] = []  # more of them, as columns: made a dict for events only
+    # More of them, as columns (profile ids, user ids): made into the dict only when there are events.
+    usual_users: list[tuple[list[str], list[str]]] = []
     refused: dict[str, str] = {}  # profile id → why its events cannot be sent
     pending = _Identifications()
     for start in range(0, len(changes), MAX_ITEMS_PER_REQUEST):
