@@ -395,14 +395,15 @@ class BatchMapper:
                     ]
                 ]
             )
-            hashed = {
-                b.ROW_KEY: f"CAST({key} AS VARCHAR)",
-                b.FINGERPRINT: f"CAST(to_json(list_value({content})) AS VARCHAR)",
-            }
-            outer += [f"md5({text}) AS {_ident(name)}" for name, text in hashed.items()]
+            # The row key is a stored key, stable forever (md5). The fingerprint only says "unchanged": DuckDB's
+            # 64-bit hash of the values, a fifth of an md5 of their JSON's cost; a DuckDB whose hash differs
+            # makes every row look changed once, and applying an unchanged row changes nothing.
+            fingerprint = f"hash({content})"
+            outer.append(f"md5(CAST({key} AS VARCHAR)) AS {_ident(b.ROW_KEY)}")
+            outer.append(f"format('{{:016x}}', {fingerprint}) AS {_ident(b.FINGERPRINT)}")
             if keep_source:
-                # The fingerprint's first 64 bits, as the store's are read to compare (ProfileStore.fingerprints).
-                outer.append(f"md5_number_upper({hashed[b.FINGERPRINT]}) AS {_ident(b.FINGERPRINT + '_64')}")
+                # As a number, as the store's are read to compare (ProfileStore.fingerprints).
+                outer.append(f"{fingerprint} AS {_ident(b.FINGERPRINT + '_64')}")
         reason = self._reject_reason(checks)
         outer.append(f"{reason} AS _reject")
         outer.append(f"CASE WHEN ({reason}) IS NOT NULL THEN _raw_json END AS _raw")

@@ -14,7 +14,7 @@ from wsync_dagster.data_model import check_read_only_select
 from wsync_dagster.mapping import BatchMapper, MappingPlan, _ident, identity_sql
 from wsync_dagster.warehouses.base import Warehouse
 
-# The store's row fingerprints of the sync and environment, each the first 64 bits of its md5
+# The store's row fingerprints of the sync and environment, each the 64-bit hash the mapping wrote
 # (ProfileStore.fingerprints): read only when the warehouse can use them.
 StoredFingerprints = Callable[[], pa.Table]
 
@@ -58,17 +58,22 @@ def compared_read(
         return None
     # As the other reads wrap it: checked and written out by sqlglot, so a trailing comment ends nothing.
     model = check_read_only_select(model_sql, warehouse.dialect).sql(dialect=warehouse.dialect)
-    # One after the other: read beside the warehouse's queries, the store's fingerprints took 1.4 s, not 0.4.
-    model_rows, shared = _model_counts(warehouse, model, list(plan.identities.values()))
-    warehouse.register(_STORED, fingerprints)
-    warehouse.register(_SHARED, shared)
-    return ComparedRead(_compared_sql(plan, model, run_version), model_rows)
-
-
-def _model_counts(warehouse: Warehouse, model: str, columns: list[str]) -> tuple[int, pa.Table]:
-    """How many rows the model holds, and the hashes of the identity values a column gives more than one row
-    (a hash collision only maps a row more), each hashed with its column's place."""
     [count] = warehouse.read_batches(f"SELECT count(*) FROM ({model}) AS model")
+    model_rows = count.column(0)[0].as_py()
+    warehouse.register(_STORED, fingerprints)
+    mapped = _mapped_sql(plan, model, run_version)
+    # Nothing changed: no row to map, and none to settle again beside one (a scan that stops at a change).
+    changed = warehouse.read_batches(f"{mapped} SELECT 1 FROM mapped AS m WHERE NOT ({_HELD}) LIMIT 1")
+    if not sum(batch.num_rows for batch in changed):
+        return ComparedRead(f"SELECT * FROM ({model}) AS model LIMIT 0", model_rows)
+    columns = list(plan.identities.values())
+    warehouse.register(_SHARED, _shared_identities(warehouse, model, columns))
+    return ComparedRead(_compared_sql(plan, mapped), model_rows)
+
+
+def _shared_identities(warehouse: Warehouse, model: str, columns: list[str]) -> pa.Table:
+    """The hashes of the identity values a column gives more than one row (a hash collision only maps a row
+    more), each hashed with its column's place."""
     # A column at a time, grouped by value (its aggregate spills within the memory limit); the few shared
     # values of all columns are put together after: cheaper than grouping all columns' values as one.
     shared = " UNION ALL ".join(
@@ -77,30 +82,35 @@ def _model_counts(warehouse: Warehouse, model: str, columns: list[str]) -> tuple
         for index, column in enumerate(columns)
     )
     found = list(warehouse.read_batches(shared))
-    return count.column(0)[0].as_py(), pa.Table.from_batches(
-        found, schema=pa.schema([("value", pa.uint64())])
-    )
+    return pa.Table.from_batches(found, schema=pa.schema([("value", pa.uint64())]))
 
 
-def _compared_sql(plan: MappingPlan, model: str, run_version: int) -> str:
-    """The model's rows, numbered by their place in the read, but for those mapped without a reject whose
-    fingerprint the store holds and none of whose identity values another row holds (rows of one
-    customer are settled together, and a key of two rows stores a fingerprint of both: such rows go on to the
-    delivery, which looks them up itself)."""
+# Mapped without a reject, and its fingerprint held: covering the row's identity values, it is the
+# fingerprint of this row's key.
+_HELD = f"m._reject IS NULL AND m.{_ident(b.FINGERPRINT + '_64')} IN (SELECT fingerprint FROM {_STORED})"
+
+
+def _mapped_sql(plan: MappingPlan, model: str, run_version: int) -> str:
+    """The model's rows mapped, as the CTE `mapped`, numbered as the mapping numbers a plain read: rejects
+    and ties keep their place."""
     mapper = BatchMapper(plan, run_version=run_version)
     try:
         mapped = mapper.row_sql(run_version)
     finally:
         mapper.close()
+    return (
+        f"WITH source_batch AS (SELECT *, CAST(row_number() OVER () - 1 AS BIGINT) AS __row "
+        f"FROM ({model}) AS model), mapped AS ({mapped})"
+    )
+
+
+def _compared_sql(plan: MappingPlan, mapped: str) -> str:
+    """The model's rows but for those held unchanged none of whose identity values another row holds (rows
+    of one customer are settled together, and a key of two rows stores a fingerprint of both: such rows go on
+    to the delivery, which looks them up itself)."""
     unshared = [
         f"hash({index}, m.{_ident(b.IDENTITY_PREFIX + kind)}) NOT IN (SELECT value FROM {_SHARED})"
         for index, kind in enumerate(plan.identities)
     ]
-    # A fingerprint covers the row's identity values: held, it is the fingerprint of this row's key.
-    held = f"m.{_ident(b.FINGERPRINT + '_64')} IN (SELECT fingerprint FROM {_STORED})"
-    unchanged = " AND ".join(["m._reject IS NULL", held, *unshared])
-    # Numbered as the mapping numbers a plain read: rejects and ties keep their place.
-    return (
-        f"WITH source_batch AS (SELECT *, CAST(row_number() OVER () - 1 AS BIGINT) AS __row "
-        f"FROM ({model}) AS model) SELECT unnest(m.__source) FROM ({mapped}) AS m WHERE NOT ({unchanged})"
-    )
+    unchanged = " AND ".join([_HELD, *unshared])
+    return f"{mapped} SELECT unnest(m.__source) FROM mapped AS m WHERE NOT ({unchanged})"

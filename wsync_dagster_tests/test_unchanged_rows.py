@@ -101,6 +101,53 @@ def test_rows_sharing_an_identity_are_mapped_again_with_the_one_that_changed(mak
     assert _profile("C001")["attributes"]["segment"] == "vip"
 
 
+CLEAN_SQL = """
+CREATE SCHEMA marts;
+CREATE TABLE marts.segments (customer_id VARCHAR, email VARCHAR, segment VARCHAR);
+INSERT INTO marts.segments VALUES
+    ('C001', 'ada@example.com', 'vip'), ('C002', 'bob@example.com', 'new'), ('C003', 'cy@example.com', 'new');
+"""
+
+
+def test_a_re_run_with_nothing_changed_maps_no_row_and_counts_every_row_unchanged(make_warehouse, write_sync):
+    warehouse = make_warehouse(CLEAN_SQL)
+    _, second = _runs(warehouse, write_sync, "SELECT 1")
+    mapped, delivered = second["segments/mapped_batches"], second["segments/delivery"]
+    assert (mapped["rows_read"], mapped["rows_mapped"], mapped["rows_rejected"]) == (3, 0, 0)
+    assert (delivered["rows"], delivered["rows_unchanged"], delivered["profiles_updated"]) == (3, 3, 0)
+    assert _profile("C002")["attributes"]["segment"] == "new"
+
+
+def test_an_older_stores_fingerprints_make_one_run_apply_every_row_again_changing_nothing(
+    make_warehouse, write_sync
+):
+    """Fingerprints were the md5 of a row's JSON before they were DuckDB's 64-bit hash: a store written then
+    matches no row once, so that run applies every row again, which changes no profile; the next maps none."""
+    warehouse = make_warehouse(CLEAN_SQL)
+    spec = load_sync_file(write_sync(_full_sync(warehouse)))
+    store = open_profile_store(profile_store_url())
+    instance = DagsterInstance.ephemeral()
+    try:
+        run_sync(spec, store, instance, now=datetime(2024, 5, 1, tzinfo=UTC))
+        store._db.begin_write()
+        store._db.execute("UPDATE fingerprints SET fingerprint = row_key")  # 32 hex digits, as an md5
+        store._db.commit()
+        again, after = (
+            run_sync(spec, store, instance, now=datetime(2024, 5, day, tzinfo=UTC)).metadata for day in (2, 3)
+        )
+    finally:
+        store.close()
+    assert again["segments/mapped_batches"]["rows_mapped"] == 3
+    delivered = again["segments/delivery"]
+    assert (delivered["rows_applied"], delivered["attributes_set"], delivered["profiles_updated"]) == (
+        3,
+        0,
+        0,
+    )
+    assert after["segments/mapped_batches"]["rows_mapped"] == 0
+    assert _profile("C001")["attributes"]["segment"] == "vip"
+
+
 def test_a_mirror_re_run_reads_every_row_and_still_removes_a_departed_customer(make_warehouse, write_sync):
     warehouse = make_warehouse(SEGMENTS_SQL)
     _, second = _runs(

@@ -48,6 +48,7 @@ RESTAMPS_MAX = 100_000
 # Easy identity keys are settled for the whole batch at once (store/settle.py); off, resolve does every key.
 SET_WISE = True
 _MD5_HEX = 32
+_HASH_HEX = 16  # a fingerprint: the 64-bit hash of the mapped row, in hex
 
 # The stored owner of each staged identity, with the version it was last asserted with.
 _STORED_OWNERS = """
@@ -366,25 +367,24 @@ class ProfileStore:
         ]
 
     def fingerprints(self, sync: str, environment: str) -> pa.Table:
-        """The sync's stored row fingerprints that can match a row, each as the first 64 bits of its md5 (an
-        unsigned integer, as DuckDB's md5_number_upper gives it): what a warehouse compares its rows with, 8
-        bytes a row. A fingerprint covers the row's identity values, so it names its row key too; a changed
-        row passes for unchanged only if it collides, 1 in 2^64."""
+        """The sync's stored row fingerprints that can match a row, as the unsigned 64-bit hashes the mapping
+        writes in hex (BatchMapper): what a warehouse compares its rows with, 8 bytes a row. A fingerprint
+        covers the row's identity values, so it names its row key too; a changed row passes for unchanged
+        only if its hash collides with a stored one. Those of ties (an md5) and of older stores never match."""
         concat = "string_agg" if self._db.name == "postgresql" else "group_concat"
-        # A key's first hex digit at a time, the fingerprints' first 16 hex digits as one text, decoded at
-        # once: no Python tuple per row (a sixteenth of 10M rows is 10 MB of text).
+        # A key's first hex digit at a time, the fingerprints as one text, decoded at once: no Python tuple
+        # per row (a sixteenth of 10M rows is 10 MB of text).
         sql = (
-            f"SELECT {concat}(substr(fingerprint, 1, 16), '') FROM fingerprints"
+            f"SELECT {concat}(fingerprint, '') FROM fingerprints"
             " WHERE sync = ? AND environment = ? AND row_key >= ? AND row_key < ?"
-            f" AND length(row_key) = {_MD5_HEX} AND length(fingerprint) = {_MD5_HEX}"
+            f" AND length(row_key) = {_MD5_HEX} AND length(fingerprint) = {_HASH_HEX}"
         )
         fingerprints = []
         with self._db.read():
             for low, high in itertools.pairwise("0123456789abcdefg"):
                 [(text,)] = self._db.rows(sql, (sync, environment, low, high))
                 if text:
-                    digits = np.frombuffer(bytes.fromhex(text), np.uint8).reshape(-1, 8)
-                    fingerprints.append(_first_64_bits(digits))
+                    fingerprints.append(np.frombuffer(bytes.fromhex(text), ">u8").astype(np.uint64))
         return pa.table({"fingerprint": _uint64_array(fingerprints)})
 
     def seed_destination(
@@ -1287,12 +1287,6 @@ class Delivery:
             ),
             _NEWER_FINGERPRINT,
         )
-
-
-def _first_64_bits(digests: np.ndarray) -> np.ndarray:
-    """Rows of an md5's first 8 bytes as unsigned 64-bit integers, the first byte lowest: DuckDB's
-    md5_number_upper of the same text."""
-    return np.ascontiguousarray(digests).view("<u8").ravel().astype(np.uint64)
 
 
 def _uint64_array(parts: list[np.ndarray]) -> pa.Array:
