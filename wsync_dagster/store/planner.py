@@ -536,6 +536,13 @@ class Delivery:
         # The profiles this sync had set when the run began: what a mirror's removals are a share of.
         self._mirror_before = self._profiles_set() if mirror else 0
         self._suppression = erasure.Suppression(db, sync=sync, environment=environment, partitions=partitions)
+        # SQLite writes the delivery's fingerprints at its end (_store_fingerprints): those its batches compare
+        # with stay as they were when it began, and a sync that held none then (a first run) has none to match.
+        self._compare_fingerprints = db.name != "sqlite" or bool(
+            db.rows(
+                "SELECT 1 FROM fingerprints WHERE sync = ? AND environment = ? LIMIT 1", (sync, environment)
+            )
+        )
         # Conflicts are found again by this delivery, so those of an earlier delivery of its partitions go.
         for partition in partitions:
             db.execute(
@@ -553,7 +560,7 @@ class Delivery:
         if self._mirror and full_mode and batch.num_rows:
             self._remember_present(batch)
         unchanged = batch.slice(0, 0)
-        if full_mode and batch.num_rows:
+        if full_mode and batch.num_rows and self._compare_fingerprints:
             batch, unchanged = self._drop_unchanged(batch)
             counts.rows_unchanged = unchanged.num_rows
         removals = batch.slice(0, 0)
@@ -609,8 +616,11 @@ class Delivery:
         self.partition_counts[partition].rejects += rejects.num_rows
 
     def finish(self) -> None:
-        """Write the pending identity stamps and settle the delivery's totals: a profile counts once."""
+        """Write the pending identity stamps and fingerprints, and settle the delivery's totals: a profile
+        counts once."""
         self._flush_restamps()
+        if self._db.name == "sqlite":
+            self._store_fingerprints()
         if self._mirror:
             self._remove_the_departed()
         self._db.execute(_TRIM_HISTORY)
@@ -629,6 +639,17 @@ class Delivery:
             self.partition_counts[partition].profiles_skipped = skipped
         # Last: a mirror's removals are marked above only when not held back, so nothing held is forwarded.
         outbox.mark_delivery(self._db, self._sync, self._environment, self._seq, self._destinations)
+
+    def _store_fingerprints(self) -> None:
+        """SQLite: the delivery's fingerprints, in key order, as its batches would have upserted them one
+        after the other (a key's later rows upsert after its earlier ones)."""
+        self._db.execute(
+            "INSERT INTO fingerprints (sync, environment, row_key, fingerprint, updated_at, version)"
+            " SELECT ?, ?, row_key, fingerprint, ?, version FROM delivery_fingerprint"
+            f" WHERE true ORDER BY row_key, rowid {_NEWER_FINGERPRINT}",
+            (self._sync, self._environment, _now()),
+        )
+        self._db.execute("DELETE FROM delivery_fingerprint")
 
     def _profiles_set(self) -> int:
         """How many profiles of the environment hold a value this sync set."""
@@ -1270,7 +1291,13 @@ class Delivery:
         )
 
     def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
-        # Row keys are hashes: in key order a batch's upserts walk the primary key forward, page by page.
+        if self._db.name == "sqlite":
+            # Row keys are hashes: batch by batch, 1M upserts land on random pages of a growing key (6.0 s of
+            # an initial sync); kept aside, they are written in key order once, at the end (_store_fingerprints).
+            keys = _one_fingerprint_per_row_key(batch)
+            self._db.insert("delivery_fingerprint", keys.select(["row_key", "fingerprint", "version"]))
+            return
+        # In key order a batch's upserts walk the primary key forward, page by page.
         keys = _one_fingerprint_per_row_key(batch).sort_by("row_key")
         n = keys.num_rows
         self._db.insert(

@@ -215,6 +215,8 @@ STAGING: tuple[str, ...] = (
         identity_type TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL
     )""",
     "CREATE TEMP TABLE IF NOT EXISTS stage_fingerprint (row_key TEXT, fingerprint TEXT, n INTEGER)",
+    # SQLite: the fingerprints a delivery stores, written to `fingerprints` in key order at its end.
+    "CREATE TEMP TABLE IF NOT EXISTS delivery_fingerprint (row_key TEXT, fingerprint TEXT, version INTEGER)",
     """CREATE TEMP TABLE IF NOT EXISTS stage_attribute (
         profile_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT, version INTEGER NOT NULL
     )""",

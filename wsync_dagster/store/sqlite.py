@@ -104,6 +104,7 @@ class SQLiteBackend:
             "mirror_row_key",
             "mirror_profile",
             "history_profile",
+            "delivery_fingerprint",
         ):
             self._conn.execute(f"DELETE FROM {table}")
         (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()
