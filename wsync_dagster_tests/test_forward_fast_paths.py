@@ -252,3 +252,63 @@ def test_custom_attributes_as_strings_are_the_regular_expressions_and_pythons_by
         assert ec.string_valued(part, fallback).to_pylist() == expected
     simple = pc.fill_null(pc.match_substring_regex(column, ec._SIMPLE_OBJECT), False)
     assert 0 < pc.sum(simple).as_py() < len(column)  # numpy's rows and the others
+
+
+def events_only_change(rng: random.Random, n: int) -> ProfileChange:
+    """The bench's change: recent events alone under a customer id and an email (unicode among them), the
+    events' attributes as awkward as they come."""
+    identities = {
+        "customer_id": f"cust-{n:06d}",
+        "email": rng.choice(("é", "😀", "a.b", "x" * 40)) + f"{n}@x",
+    }
+    events = tuple(
+        Event(
+            f"e{n}-{e}",
+            "custom_event",
+            rng.choice(AWKWARD_TEXTS) or "view",
+            RECENT_MS + e,
+            {rng.choice(AWKWARD_TEXTS): random_attribute_value(rng) for _ in range(rng.randrange(4))},
+            rng.choice(("transaction", "other")),
+        )
+        for e in range(rng.randint(1, 4))
+    )
+    return ProfileChange(f"p{n}", identities, events=events)
+
+
+@pytest.mark.parametrize("odd_one", ["none", "quote in an email", "empty email", "old event", "attributes"])
+def test_mparticle_chunks_of_events_alone_are_encode_changes_byte_for_byte(
+    odd_one: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mparticle, "CHUNK_PROFILES", 300)  # three chunks, quickly
+    written: list[bool] = []  # which chunks were written whole by Arrow
+    event_batches = mparticle._event_batches
+
+    def noted(*args: object) -> object:
+        batches = event_batches(*args)  # type: ignore[arg-type]
+        written.append(batches is not None)
+        return batches
+
+    monkeypatch.setattr(mparticle, "_event_batches", noted)
+    rng = random.Random(37)
+    changes = [events_only_change(rng, n) for n in range(2 * mparticle.CHUNK_PROFILES + 50)]
+    odd = changes[mparticle.CHUNK_PROFILES + 9]  # one change in the second chunk: that chunk the general way
+    if odd_one == "quote in an email":
+        odd = replace(odd, identities={**odd.identities, "email": 'q"t@x'})
+    elif odd_one == "empty email":
+        odd = replace(odd, identities={**odd.identities, "email": ""})
+    elif odd_one == "old event":
+        odd = replace(odd, events=(*odd.events, Event("e-old", "custom_event", "buy", OLD_MS)))
+    elif odd_one == "attributes":
+        odd = replace(odd, attributes={"plan": "pro"})
+    changes[mparticle.CHUNK_PROFILES + 9] = odd
+    rejects: list[Reject] = []
+    sent = items_by_path(list(mparticle.encode_requests(changes, "production", NOW, rejects)))
+    expected: dict[str, list[tuple[str, bytes, int]]] = {}
+    for change in changes:  # the general encoder, one change at a time, its events encoded on their own
+        recent, historical, change_rejects = mparticle.encode_change(change, "production", NOW)
+        for path, items in ((mparticle.BULK_PATH, recent), (mparticle.HISTORICAL_PATH, historical)):
+            expected.setdefault(path, []).extend((item.key, item.body, item.events) for item in items)
+        assert not change_rejects
+    assert sent == {path: items for path, items in expected.items() if items}
+    assert not rejects
+    assert written == [True, odd_one == "none", True]

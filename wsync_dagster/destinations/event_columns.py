@@ -95,7 +95,7 @@ def quoted(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """A string column as JSON string literals; rows with characters to escape go through json's escaping."""
     column = _combined(column)
     text = pc.binary_join_element_wise('"', column, '"', "")
-    if not _to_escape(column):
+    if not to_escape(column):
         return text
     needs = pc.fill_null(pc.match_substring_regex(column, _TO_ESCAPE), False)
     if not pc.any(needs).as_py():
@@ -110,12 +110,12 @@ def quoted_pieces(column: pa.ChunkedArray | pa.Array) -> list[pa.Array | str]:
     quotes when no row is null or has a character to escape (the usual: no column written for the quoting),
     else quoted()."""
     column = _combined(column)
-    if column.null_count == 0 and not _to_escape(column):
+    if column.null_count == 0 and not to_escape(column):
         return ['"', column, '"']
     return [quoted(column)]
 
 
-def _to_escape(column: pa.Array) -> bool:
+def to_escape(column: pa.Array) -> bool:
     """True when a value of the string column holds a character JSON escapes: one pass over its text (bytes'
     translate, some ten times faster than a regular expression's search)."""
     return bool(concatenated(column).translate(None, _NOT_ESCAPED))
