@@ -46,7 +46,9 @@ PODS: dict[str, str] = {
 BULK_PATH = "/v2/bulkevents"
 HISTORICAL_PATH = "/v2/bulkevents/historical"  # events older than 30 days must come this way
 HISTORICAL_AFTER = timedelta(days=30)
-CHUNK_PROFILES = 4096  # profiles whose events Arrow encodes at once, while the last chunk's requests go out
+# Profiles whose events Arrow encodes at once, while the last chunk's requests go out: a multiple of
+# MAX_BATCHES_PER_REQUEST, so a chunk of small batches fills its requests, none kept back to copy into the next.
+CHUNK_PROFILES = 4000
 
 # mParticle's documented limits (Default Service Limits).
 MAX_BATCHES_PER_REQUEST = 100
