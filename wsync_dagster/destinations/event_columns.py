@@ -151,7 +151,7 @@ def _values_quoted(objects: pa.Array) -> pa.Array:
     colon, comma or brace (_SIMPLE_OBJECT; the others' rows are left to the caller): a quote after each
     colon not followed by one, and before each comma or closing brace not preceded by one (nor by `{`)."""
     at = offsets(objects)
-    text = np.frombuffer(concatenated(objects), np.uint8)
+    text = np.frombuffer(data_view(objects), np.uint8)
     quote = text == _QUOTE
     before = np.zeros(len(text), np.bool_)  # where a quote goes before the byte
     before[1:] = (text[:-1] == _COLON) & ~quote[1:]
@@ -228,6 +228,15 @@ def concatenated(values: pa.Array) -> bytes:
         return b""
     start = int(np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset])
     return data[start : start + int(offsets(values)[-1])].to_pybytes()
+
+
+def data_view(values: pa.Array) -> memoryview:
+    """The values of a string or binary array back to back: a view of its data, nothing copied."""
+    data = values.buffers()[2] if len(values) else None
+    if data is None:
+        return memoryview(b"")
+    start = int(np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset])
+    return memoryview(data)[start : start + int(offsets(values)[-1])]
 
 
 def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
