@@ -341,10 +341,11 @@ def encode_requests(
         # all of them at once by Arrow; when every change is usual (as most often), they go in as columns,
         # without a loop over them. A chunk of events alone under the same identity types is written whole.
         heads: list[bytes | None] = []
-        if (batches := _event_batches(chunk, environment, runs)) is None:
+        if (opened := _event_batches(chunk, environment, runs)) is not None:
+            identified = _with_request_ids(opened, closed=False)
+        else:
             heads = _usual_heads(chunk, environment, runs)
-            batches = _with_events(heads, runs)
-        identified = _with_request_ids(batches)
+            identified = _with_request_ids(_with_events(heads, runs))
         events_of = np.asarray(runs.counts(0) if runs is not None else 0, np.int64)
         if len(identified) == len(chunk):
             bulk.add_columns(
@@ -634,9 +635,10 @@ _KEYS = methodcaller("keys")
 
 
 def _event_batches(chunk: list[ProfileChange], environment: str, runs: EventRuns | None) -> pa.Array | None:
-    """The chunk's batches without their source_request_ids, by Arrow, when every change is the usual one of
-    recent events alone under the same user identity types, whose values need no escaping (the bench's);
-    None for any other chunk (_usual_heads' and _with_events'). Byte for byte what encode_change writes."""
+    """The chunk's batches without their source_request_ids nor their closing brace, by Arrow, when every
+    change is the usual one of recent events alone under the same user identity types, whose values need no
+    escaping (the bench's); None for any other chunk (_usual_heads' and _with_events'). Byte for byte what
+    encode_change writes."""
     if runs is None or not chunk or 0 in runs.counts(0) or any(runs.counts(1)):
         return None
     kinds = chunk[0].identities.keys()
@@ -662,10 +664,10 @@ def _event_batches(chunk: list[ProfileChange], environment: str, runs: EventRuns
             return None  # json's escaping and pydantic_core's alike, not Arrow's
         pieces += [b'%b"%b":"' % (b"," if n else b"", key.encode()), values.cast(pa.binary()), b'"']
     events = pc.binary_slice(runs.joined(0), 0, -1)  # each profile's events without the last comma
-    batches = pc.binary_join_element_wise(*pieces, b'},"events":[', events, b"]}", b"")
-    if pc.max(pc.binary_length(batches)).as_py() > MAX_BATCH_BYTES - 96:
+    opened = pc.binary_join_element_wise(*pieces, b'},"events":[', events, b"]", b"")
+    if pc.max(pc.binary_length(opened)).as_py() + 1 > MAX_BATCH_BYTES - 96:
         return None  # a batch to split: encode_change's
-    return batches
+    return opened
 
 
 def _with_events(heads: list[bytes | None], runs: EventRuns | None) -> pa.Array:
@@ -803,18 +805,21 @@ _UUID5_BITS = (0x5 << 76) | (0x2 << 62)
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
-def _with_request_ids(heads: pa.Array) -> pa.Array:
+def _with_request_ids(heads: pa.Array, closed: bool = True) -> pa.Array:
     """The batches (binary) with their source_request_id, each followed by a comma (what _with_request_id
     writes): each one hashed in turn from the array's data, their uuid5 bits, hex digits and bodies written
-    for all at once by numpy and Arrow."""
+    for all at once by numpy and Arrow. Unless closed, the batches come without their closing brace (hashed
+    all the same): no copy of them without it to make."""
     if not len(heads):
         return pa.array([], pa.binary())
+    brace = b"" if closed else b"}"
     data = memoryview(heads.buffers()[2] or b"")
     ends = np.frombuffer(heads.buffers()[1], dtype=np.int32)[heads.offset : heads.offset + len(heads) + 1]
     digests = []
     for start, end in zip(ends[:-1].tolist(), ends[1:].tolist(), strict=True):
         digest = _REQUEST_ID_HASH.copy()
         digest.update(data[start:end])
+        digest.update(brace)
         digests.append(digest.digest())
     ids = np.frombuffer(b"".join(digests), np.uint8).reshape(len(heads), 20)[:, :16].copy()
     ids[:, 6] = ids[:, 6] & 0x0F | 0x50  # uuid5's version, as uuid.uuid5 sets it
@@ -824,7 +829,7 @@ def _with_request_ids(heads: pa.Array) -> pa.Array:
     digits[:, 1::2] = _HEX_DIGITS[ids & 0x0F]
     texts = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(heads), [None, pa.py_buffer(digits)])
     return pc.binary_join_element_wise(
-        pc.binary_slice(heads, 0, -1),
+        pc.binary_slice(heads, 0, -1) if closed else heads,
         b',"source_request_id":"',
         texts.cast(pa.binary()),
         b'"},',
