@@ -7,10 +7,13 @@ import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from wsync_dagster.destinations import amplitude, mparticle
-from wsync_dagster.destinations.json_encoding import native_json
+from wsync_dagster.destinations import event_columns as ec
+from wsync_dagster.destinations.json_encoding import compact_json, native_json
 from wsync_dagster.destinations.profile_changes import Event, ProfileChange, Reject
 from wsync_dagster.destinations.sender import Request
 
@@ -211,3 +214,101 @@ def assert_identifications_are_their_own_json(changes: list[ProfileChange]) -> N
             properties["$unset"] = dict.fromkeys(sorted(removed), "-")
         expected[change.profile_id] = native_json({"user_id": user_id, "user_properties": properties})
     assert bodies == expected
+
+
+# Custom attribute values as awkward as they come: what the structural bytes look like, inside strings too.
+AWKWARD_TEXTS = ("a", "é", 'q"t', "b\\s", "n\nl", "", "c: y", "c, y", "{x}", "}", ",", "true", "1e5", "😀")
+
+
+def random_attribute_value(rng: random.Random) -> object:
+    """A custom attribute value of any kind: scalars, null, large and small numbers, nested values."""
+    kind = rng.randrange(10)
+    if kind < 3:
+        return rng.choice(AWKWARD_TEXTS) + ("x" if kind else "")
+    return (
+        None,
+        rng.choice((True, False)),
+        rng.randint(-(10**20), 10**20),
+        rng.choice((rng.uniform(-1e9, 1e9), 1e-7, -0.0, float("inf"))),
+        [1, "a", None],
+        {"n": rng.choice(AWKWARD_TEXTS)},
+        rng.randint(-5, 5),
+    )[kind - 3]
+
+
+def test_custom_attributes_as_strings_are_the_regular_expressions_and_pythons_byte_for_byte() -> None:
+    rng = random.Random(31)
+    texts: list[str | None] = []
+    for _ in range(20000):
+        names = [rng.choice(AWKWARD_TEXTS) + str(rng.randrange(3)) for _ in range(rng.randrange(5))]
+        attributes = {name: random_attribute_value(rng) for name in names}
+        texts.append(None if rng.random() < 0.05 else compact_json(attributes).decode())
+    column = pa.array(texts, pa.string())
+    fallback = mparticle._custom_attributes_text
+    for part in (column, column.slice(7, 5000)):  # a slice: its data starts past the buffer's start
+        flat = pc.fill_null(pc.match_substring_regex(part, ec._FLAT_OBJECT), True).to_pylist()
+        regexed = pc.replace_substring_regex(part, ec._UNQUOTED_VALUE, r':"\1"\2').to_pylist()
+        expected = [r if f else fallback(t) for t, f, r in zip(part.to_pylist(), flat, regexed, strict=True)]
+        assert ec.string_valued(part, fallback).to_pylist() == expected
+    simple = pc.fill_null(pc.match_substring_regex(column, ec._SIMPLE_OBJECT), False)
+    assert 0 < pc.sum(simple).as_py() < len(column)  # numpy's rows and the others
+
+
+def events_only_change(rng: random.Random, n: int) -> ProfileChange:
+    """The bench's change: recent events alone under a customer id and an email (unicode among them), the
+    events' attributes as awkward as they come."""
+    identities = {
+        "customer_id": f"cust-{n:06d}",
+        "email": rng.choice(("é", "😀", "a.b", "x" * 40)) + f"{n}@x",
+    }
+    events = tuple(
+        Event(
+            f"e{n}-{e}",
+            "custom_event",
+            rng.choice(AWKWARD_TEXTS) or "view",
+            RECENT_MS + e,
+            {rng.choice(AWKWARD_TEXTS): random_attribute_value(rng) for _ in range(rng.randrange(4))},
+            rng.choice(("transaction", "other")),
+        )
+        for e in range(rng.randint(1, 4))
+    )
+    return ProfileChange(f"p{n}", identities, events=events)
+
+
+@pytest.mark.parametrize("odd_one", ["none", "quote in an email", "empty email", "old event", "attributes"])
+def test_mparticle_chunks_of_events_alone_are_encode_changes_byte_for_byte(
+    odd_one: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mparticle, "CHUNK_PROFILES", 300)  # three chunks, quickly
+    written: list[bool] = []  # which chunks were written whole by Arrow
+    event_batches = mparticle._event_batches
+
+    def noted(*args: object) -> object:
+        batches = event_batches(*args)  # type: ignore[arg-type]
+        written.append(batches is not None)
+        return batches
+
+    monkeypatch.setattr(mparticle, "_event_batches", noted)
+    rng = random.Random(37)
+    changes = [events_only_change(rng, n) for n in range(2 * mparticle.CHUNK_PROFILES + 50)]
+    odd = changes[mparticle.CHUNK_PROFILES + 9]  # one change in the second chunk: that chunk the general way
+    if odd_one == "quote in an email":
+        odd = replace(odd, identities={**odd.identities, "email": 'q"t@x'})
+    elif odd_one == "empty email":
+        odd = replace(odd, identities={**odd.identities, "email": ""})
+    elif odd_one == "old event":
+        odd = replace(odd, events=(*odd.events, Event("e-old", "custom_event", "buy", OLD_MS)))
+    elif odd_one == "attributes":
+        odd = replace(odd, attributes={"plan": "pro"})
+    changes[mparticle.CHUNK_PROFILES + 9] = odd
+    rejects: list[Reject] = []
+    sent = items_by_path(list(mparticle.encode_requests(changes, "production", NOW, rejects)))
+    expected: dict[str, list[tuple[str, bytes, int]]] = {}
+    for change in changes:  # the general encoder, one change at a time, its events encoded on their own
+        recent, historical, change_rejects = mparticle.encode_change(change, "production", NOW)
+        for path, items in ((mparticle.BULK_PATH, recent), (mparticle.HISTORICAL_PATH, historical)):
+            expected.setdefault(path, []).extend((item.key, item.body, item.events) for item in items)
+        assert not change_rejects
+    assert sent == {path: items for path, items in expected.items() if items}
+    assert not rejects
+    assert written == [True, odd_one == "none", True]

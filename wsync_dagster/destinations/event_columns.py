@@ -39,6 +39,14 @@ _SCALAR = r"(?:" + _PLAIN + r"|-?[0-9][0-9.eE+-]*|true|false)"
 # A flat object of plain strings, numbers and booleans: its values become strings by quoting the others.
 _FLAT_OBJECT = r"^\{(?:" + _PLAIN + ":" + _SCALAR + "(?:," + _PLAIN + ":" + _SCALAR + r")*)?\}$"
 _UNQUOTED_VALUE = r":(-?[0-9][0-9.eE+-]*|true|false)([,}])"
+# A flat object whose strings hold no comma or brace either: its every colon, comma and closing brace is the
+# object's own, so numpy finds where its unquoted values start and end without reading it as JSON.
+_SIMPLE = r'"[^"\\:,{}\x00-\x1f]*"'
+_SIMPLE_SCALAR = r"(?:" + _SIMPLE + r"|-?[0-9][0-9.eE+-]*|true|false)"
+_SIMPLE_OBJECT = (
+    r"^\{(?:" + _SIMPLE + ":" + _SIMPLE_SCALAR + "(?:," + _SIMPLE + ":" + _SIMPLE_SCALAR + r")*)?\}$"
+)
+_QUOTE, _COLON, _COMMA, _OPEN, _CLOSE = map(ord, '":,{}')
 _TO_ESCAPE = r'[\x00-\x1f"\\]'
 # Every byte but those JSON escapes in a string: deleting them from a column's text leaves what to escape.
 _NOT_ESCAPED = bytes(sorted(set(range(256)) - set(range(0x20)) - {ord('"'), ord("\\")}))
@@ -87,7 +95,7 @@ def quoted(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """A string column as JSON string literals; rows with characters to escape go through json's escaping."""
     column = _combined(column)
     text = pc.binary_join_element_wise('"', column, '"', "")
-    if not _to_escape(column):
+    if not to_escape(column):
         return text
     needs = pc.fill_null(pc.match_substring_regex(column, _TO_ESCAPE), False)
     if not pc.any(needs).as_py():
@@ -102,12 +110,12 @@ def quoted_pieces(column: pa.ChunkedArray | pa.Array) -> list[pa.Array | str]:
     quotes when no row is null or has a character to escape (the usual: no column written for the quoting),
     else quoted()."""
     column = _combined(column)
-    if column.null_count == 0 and not _to_escape(column):
+    if column.null_count == 0 and not to_escape(column):
         return ['"', column, '"']
     return [quoted(column)]
 
 
-def _to_escape(column: pa.Array) -> bool:
+def to_escape(column: pa.Array) -> bool:
     """True when a value of the string column holds a character JSON escapes: one pass over its text (bytes'
     translate, some ten times faster than a regular expression's search)."""
     return bool(concatenated(column).translate(None, _NOT_ESCAPED))
@@ -120,16 +128,49 @@ def numbers(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def string_valued(attributes: pa.ChunkedArray | pa.Array, fallback: Callable[[str], str]) -> pa.Array:
     """JSON objects with every value as a string (mParticle's custom attributes); flat objects of plain
-    values are rewritten by Arrow, the rest by fallback(text)."""
+    values are rewritten by numpy (or Arrow's regular expressions where a string holds a comma or a
+    brace), the rest by fallback(text)."""
     attributes = _combined(attributes)
-    flat = pc.fill_null(pc.match_substring_regex(attributes, _FLAT_OBJECT), True)
-    rewritten = pc.replace_substring_regex(attributes, _UNQUOTED_VALUE, r':"\1"\2')
-    if pc.all(flat).as_py():
+    simple = pc.fill_null(pc.match_substring_regex(attributes, _SIMPLE_OBJECT), True)
+    rewritten = _values_quoted(attributes)
+    if pc.all(simple).as_py():
         return rewritten
-    other = pc.invert(flat)
-    indexes = np.flatnonzero(other.to_numpy(zero_copy_only=False))
-    written = pa.array([fallback(attributes[int(i)].as_py()) for i in indexes], pa.string())
-    return pc.replace_with_mask(rewritten, other, written)
+    other = pc.invert(simple)
+    rest = attributes.filter(other)
+    flat = pc.match_substring_regex(rest, _FLAT_OBJECT).to_pylist()
+    regexed = pc.replace_substring_regex(rest, _UNQUOTED_VALUE, r':"\1"\2').to_pylist()
+    written = [
+        text if is_flat else fallback(original)
+        for original, is_flat, text in zip(rest.to_pylist(), flat, regexed, strict=True)
+    ]
+    return pc.replace_with_mask(rewritten, other, pa.array(written, pa.string()))
+
+
+def _values_quoted(objects: pa.Array) -> pa.Array:
+    """String objects with their unquoted values quoted, right for each flat object whose strings hold no
+    colon, comma or brace (_SIMPLE_OBJECT; the others' rows are left to the caller): a quote after each
+    colon not followed by one, and before each comma or closing brace not preceded by one (nor by `{`)."""
+    at = offsets(objects)
+    text = np.frombuffer(data_view(objects), np.uint8)
+    quote = text == _QUOTE
+    before = np.zeros(len(text), np.bool_)  # where a quote goes before the byte
+    before[1:] = (text[:-1] == _COLON) & ~quote[1:]
+    before[1:] |= ((text[1:] == _COMMA) | (text[1:] == _CLOSE)) & ~quote[:-1] & (text[:-1] != _OPEN)
+    before[at[:-1][at[:-1] < len(text)]] = False  # never at a row's start: a quote there is another row's
+    where = np.flatnonzero(before)
+    quoted_text = np.full(len(text) + len(where), _QUOTE, np.uint8)
+    kept = np.ones(len(quoted_text), np.bool_)
+    kept[where + np.arange(len(where))] = False
+    quoted_text[kept] = text
+    ends_at = (at + np.searchsorted(where, at, side="left")).astype(np.int32)
+    if len(quoted_text) >= 2**31:  # beyond a string array's offsets: Arrow's regular expression instead
+        return pc.replace_substring_regex(objects, _UNQUOTED_VALUE, r':"\1"\2')
+    array = pa.Array.from_buffers(
+        pa.string(), len(objects), [None, pa.py_buffer(ends_at), pa.py_buffer(quoted_text)]
+    )
+    if objects.null_count:
+        array = pc.if_else(pc.is_valid(objects), array, pa.scalar(None, pa.string()))
+    return array
 
 
 def joined(pieces: Sequence[pa.Array | pa.ChunkedArray | str]) -> pa.Array:
@@ -187,6 +228,15 @@ def concatenated(values: pa.Array) -> bytes:
         return b""
     start = int(np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset])
     return data[start : start + int(offsets(values)[-1])].to_pybytes()
+
+
+def data_view(values: pa.Array) -> memoryview:
+    """The values of a string or binary array back to back: a view of its data, nothing copied."""
+    data = values.buffers()[2] if len(values) else None
+    if data is None:
+        return memoryview(b"")
+    start = int(np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset])
+    return memoryview(data)[start : start + int(offsets(values)[-1])]
 
 
 def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import attrgetter, eq, itemgetter, methodcaller
 from typing import Any
 
 import httpx
@@ -44,7 +46,9 @@ PODS: dict[str, str] = {
 BULK_PATH = "/v2/bulkevents"
 HISTORICAL_PATH = "/v2/bulkevents/historical"  # events older than 30 days must come this way
 HISTORICAL_AFTER = timedelta(days=30)
-CHUNK_PROFILES = 4096  # profiles whose events Arrow encodes at once, while the last chunk's requests go out
+# Profiles whose events Arrow encodes at once, while the last chunk's requests go out: a multiple of
+# MAX_BATCHES_PER_REQUEST, so a chunk of small batches fills its requests, none kept back to copy into the next.
+CHUNK_PROFILES = 4000
 
 # mParticle's documented limits (Default Service Limits).
 MAX_BATCHES_PER_REQUEST = 100
@@ -333,12 +337,17 @@ def encode_requests(
             if high > low
             else None
         )
-        # The usual changes' batches written first, their source_request_ids for all of them at once; when
-        # every change is usual (as most often), they go in as columns, without a loop over them.
-        heads = _usual_heads(chunk, environment, runs)
-        identified = _with_request_ids([head for head in heads if head is not None])
+        # The usual changes' batches written first, their events attached and source_request_ids added for
+        # all of them at once by Arrow; when every change is usual (as most often), they go in as columns,
+        # without a loop over them. A chunk of events alone under the same identity types is written whole.
+        heads: list[bytes | None] = []
+        if (opened := _event_batches(chunk, environment, runs)) is not None:
+            identified = _with_request_ids(opened, closed=False)
+        else:
+            heads = _usual_heads(chunk, environment, runs)
+            identified = _with_request_ids(_with_events(heads, runs))
+        events_of = np.asarray(runs.counts(0) if runs is not None else 0, np.int64)
         if len(identified) == len(chunk):
-            events_of = np.array(runs.recent_counts() if runs is not None else 0, np.int64)
             bulk.add_columns(
                 [change.profile_id for change in chunk],
                 identified,
@@ -347,13 +356,13 @@ def encode_requests(
             chunk = []
         usual = iter(identified.to_pylist() if chunk else ())
         for n, change in enumerate(chunk):
-            recent, old = runs.of(n) if runs is not None else (None, None)
             if heads[n] is not None:
                 # The usual change, written already: no per-change lists, rejects or second look at it.
                 keys.append(change.profile_id)
                 bodies.append(next(usual))
-                counts.append(recent.count if recent is not None else 0)
+                counts.append(int(events_of[n]) if events_of.ndim else 0)
                 continue
+            recent, old = runs.of(n) if runs is not None else (None, None)
             batches, old_batches, change_rejects = encode_change(change, environment, now, (recent, old))
             rejects.extend(change_rejects)
             for item in batches:
@@ -395,9 +404,10 @@ class EventRuns:
         now: datetime | None,
         rejects: list[Reject],
     ) -> None:
-        # Per path: the events' JSON, each followed by a comma, as one buffer; each profile's offsets in it;
-        # each profile's first event and event count; the event ids and JSON by event, to split.
-        self._paths: list[tuple[bytes, list[int], list[int], list[int], pa.Array, pa.Array]] = []
+        # Per path: the events' JSON, each followed by a comma, as one array; each profile's first event and
+        # event count (numpy and lists); the event ids, to split; the events back to back as bytes, once asked.
+        self._paths: list[tuple[pa.Array, np.ndarray, list[int], list[int], pa.Array]] = []
+        self._texts: list[tuple[bytes, list[int]] | None] = [None, None]
         bodies, known = _event_bodies(events, rejects)
         if known.false_count:
             events, positions = events.filter(known), positions[known.to_numpy(zero_copy_only=False)]
@@ -411,32 +421,40 @@ class EventRuns:
                 part, part_ids = bodies.filter(mask), ids.filter(mask)
                 part_positions = positions[mask.to_numpy(zero_copy_only=False)]
             firsts = np.searchsorted(part_positions, np.arange(profiles + 1))
-            text = ec.concatenated(part)
-            offsets = ec.offsets(part)[firsts]
-            self._paths.append(
-                (text, offsets.tolist(), firsts.tolist(), np.diff(firsts).tolist(), part_ids, part)
-            )
+            self._paths.append((part, firsts, firsts.tolist(), np.diff(firsts).tolist(), part_ids))
 
-    def recent_counts(self) -> list[int]:
-        """Each profile's recent events: how many."""
-        return self._paths[0][3]
+    def counts(self, path: int) -> list[int]:
+        """Each profile's events bound for the path (0 recent, 1 historical): how many."""
+        return self._paths[path][3]
+
+    def joined(self, path: int) -> pa.Array:
+        """Each profile's events bound for the path as one binary value, their JSON each followed by a
+        comma (empty where it has none): a view of the events' array, nothing copied."""
+        part, firsts = self._paths[path][:2]
+        every = np.frombuffer(part.buffers()[1], dtype=np.int32)[part.offset :] if len(part) else None
+        ends = every[firsts] if every is not None else np.zeros(len(firsts), np.int32)
+        data = part.buffers()[2] if len(part) else pa.py_buffer(b"")
+        return pa.Array.from_buffers(pa.binary(), len(firsts) - 1, [None, pa.py_buffer(ends), data])
 
     def of(self, profile: int) -> tuple[EventRun | None, EventRun | None]:
         """The profile's recent and historical events, None where it has none."""
         return self._run(0, profile), self._run(1, profile)
 
     def _run(self, path: int, profile: int) -> EventRun | None:
-        text, offsets, _, counts, _, _ = self._paths[path]
-        count = counts[profile]
+        count = self._paths[path][3][profile]
         if not count:
             return None
+        if (texts := self._texts[path]) is None:  # the rare profile encoded on its own: all joined once
+            part, firsts = self._paths[path][:2]
+            texts = self._texts[path] = (ec.concatenated(part), ec.offsets(part)[firsts].tolist())
+        text, offsets = texts
         return EventRun(
             text[offsets[profile] : offsets[profile + 1] - 1], count, self, path, profile
         )  # no last comma
 
     def pairs(self, path: int, profile: int) -> list[tuple[str, bytes]]:
         """(event id, JSON) of the profile's events bound for the path."""
-        _, _, firsts, counts, ids, bodies = self._paths[path]
+        bodies, _, firsts, counts, ids = self._paths[path]
         start, count = firsts[profile], counts[profile]
         texts = bodies.slice(start, count).cast(pa.binary()).to_pylist()
         return list(zip(ids.slice(start, count).to_pylist(), [t[:-1] for t in texts], strict=True))
@@ -554,20 +572,20 @@ _SCALAR_TYPES = frozenset(_SCALARS)
 
 
 def _usual_heads(chunk: list[ProfileChange], environment: str, runs: EventRuns | None) -> list[bytes | None]:
-    """Each change's _usual_head, its events taken from runs; None for the others."""
+    """Each usual change's batch without its events (_usual_head), whether it has recent events from runs;
+    None for the others (historical events among them)."""
     if runs is None:
-        return [_usual_head(change, environment, None) for change in chunk]
-    heads: list[bytes | None] = []
-    for n, change in enumerate(chunk):
-        recent, old = runs.of(n)
-        heads.append(_usual_head(change, environment, recent) if old is None else None)
-    return heads
+        return [_usual_head(change, environment, False) for change in chunk]
+    recent, old = runs.counts(0), runs.counts(1)
+    return [
+        None if old[n] else _usual_head(change, environment, recent[n] > 0) for n, change in enumerate(chunk)
+    ]
 
 
-def _usual_head(change: ProfileChange, environment: str, events: EventRun | None) -> bytes | None:
-    """The usual change's one batch, without its source_request_id, exactly as encode_change writes it: user
-    identities only, scalar attributes (none null) and removals within one batch's limits, recent events
-    only; None for any other change (encode_change's)."""
+def _usual_head(change: ProfileChange, environment: str, events: bool) -> bytes | None:
+    """The usual change's one batch, without its events and source_request_id, exactly as encode_change
+    writes it: user identities only, scalar attributes (none null) and removals within one batch's limits,
+    recent events only (if any); None for any other change (encode_change's)."""
     identities = change.identities
     attributes = change.attributes
     removed = change.removed
@@ -578,7 +596,7 @@ def _usual_head(change: ProfileChange, environment: str, events: EventRun | None
         not keys
         or len(attributes) > MAX_ATTRIBUTES_PER_BATCH
         or len(removed) > MAX_ATTRIBUTES_PER_BATCH
-        or (events is None and not attributes and not removed)
+        or (not events and not attributes and not removed)
     ):
         return None
     user: dict[str, str] = {}
@@ -606,11 +624,76 @@ def _usual_head(change: ProfileChange, environment: str, events: EventRun | None
             gone = _cached(_REMOVALS, removed, sorted(set(removed)))
         batch["deleted_user_attributes"] = gone
     head = native_json(batch)
-    if events is not None:
-        head = head[:-1] + b',"events":[' + events.joined + b"]}"
     if len(head) > MAX_BATCH_BYTES - 96:
         return None
     return head
+
+
+_EVENTS_KEY = b',"events":['
+_IDENTITIES_OF, _ATTRIBUTES_OF, _REMOVED_OF = map(attrgetter, ("identities", "attributes", "removed"))
+_KEYS = methodcaller("keys")
+
+
+def _event_batches(chunk: list[ProfileChange], environment: str, runs: EventRuns | None) -> pa.Array | None:
+    """The chunk's batches without their source_request_ids nor their closing brace, by Arrow, when every
+    change is the usual one of recent events alone under the same user identity types, whose values need no
+    escaping (the bench's); None for any other chunk (_usual_heads' and _with_events'). Byte for byte what
+    encode_change writes."""
+    if runs is None or not chunk or 0 in runs.counts(0) or any(runs.counts(1)):
+        return None
+    kinds = chunk[0].identities.keys()
+    identities = list(map(_IDENTITIES_OF, chunk))
+    if (
+        (keys := _user_identity_keys(tuple(kinds))) == ()
+        or any(map(_ATTRIBUTES_OF, chunk))
+        or any(map(_REMOVED_OF, chunk))
+        or not all(map(eq, repeat(kinds), map(_KEYS, identities)))  # map, not a loop: 100k changes
+    ):
+        return None
+    pieces: list[pa.Array | bytes] = [
+        native_json({"environment": environment})[:-1] + b',"user_identities":{'
+    ]
+    for n, (kind, key) in enumerate(keys):
+        try:
+            values = pa.array(list(map(itemgetter(kind), identities)), pa.string())
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            return None  # not all strings: _usual_head's
+        if values.null_count or not pc.all(pc.greater(pc.binary_length(values), 0)).as_py():
+            return None  # an empty identity is left out: _usual_head's
+        if ec.to_escape(values):
+            return None  # json's escaping and pydantic_core's alike, not Arrow's
+        pieces += [b'%b"%b":"' % (b"," if n else b"", key.encode()), values.cast(pa.binary()), b'"']
+    events = pc.binary_slice(runs.joined(0), 0, -1)  # each profile's events without the last comma
+    opened = pc.binary_join_element_wise(*pieces, b'},"events":[', events, b"]", b"")
+    if pc.max(pc.binary_length(opened)).as_py() + 1 > MAX_BATCH_BYTES - 96:
+        return None  # a batch to split: encode_change's
+    return opened
+
+
+def _with_events(heads: list[bytes | None], runs: EventRuns | None) -> pa.Array:
+    """The usual changes' batches (the heads not None) with their recent events inside, as encode_change
+    writes them, by Arrow; a batch that grows beyond the batch limit with them is left out, its head set to
+    None in heads (encode_change's)."""
+    if runs is None:
+        return pa.array([head for head in heads if head is not None], pa.binary())
+    usual = np.fromiter((head is not None for head in heads), np.bool_, len(heads))
+    events = runs.joined(0)  # each profile's events with a comma after each
+    sizes = np.diff(ec.offsets(events))
+    lengths = np.fromiter((len(head) if head is not None else 0 for head in heads), np.int64, len(heads))
+    # head[:-1] + ',"events":[' + the events without the last comma + ']}'
+    too_big = usual & (lengths + np.where(sizes > 0, sizes + len(_EVENTS_KEY), 0) > MAX_BATCH_BYTES - 96)
+    for n in np.flatnonzero(too_big):
+        heads[n] = None
+    usual &= ~too_big
+    array = pa.array([head for head in heads if head is not None], pa.binary())
+    if not usual.all():
+        events, sizes = events.filter(pa.array(usual)), sizes[usual]
+    if not sizes.any():
+        return array
+    inside = pc.binary_join_element_wise(_EVENTS_KEY, pc.binary_slice(events, 0, -1), b"]", b"")
+    if not sizes.all():  # no events key where a change has no events
+        inside = pc.if_else(pa.array(sizes > 0), inside, pa.scalar(b"", pa.binary()))
+    return pc.binary_join_element_wise(pc.binary_slice(array, 0, -1), inside, b"}", b"")
 
 
 def _cached(cache: dict[Any, Any], key: Any, value: Any) -> Any:
@@ -722,15 +805,21 @@ _UUID5_BITS = (0x5 << 76) | (0x2 << 62)
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
-def _with_request_ids(heads: list[bytes]) -> pa.Array:
-    """The batches with their source_request_id, each followed by a comma (what _with_request_id writes): each
-    one hashed in turn, their uuid5 bits, hex digits and bodies written for all at once by numpy and Arrow."""
-    if not heads:
+def _with_request_ids(heads: pa.Array, closed: bool = True) -> pa.Array:
+    """The batches (binary) with their source_request_id, each followed by a comma (what _with_request_id
+    writes): each one hashed in turn from the array's data, their uuid5 bits, hex digits and bodies written
+    for all at once by numpy and Arrow. Unless closed, the batches come without their closing brace (hashed
+    all the same): no copy of them without it to make."""
+    if not len(heads):
         return pa.array([], pa.binary())
+    brace = b"" if closed else b"}"
+    data = memoryview(heads.buffers()[2] or b"")
+    ends = np.frombuffer(heads.buffers()[1], dtype=np.int32)[heads.offset : heads.offset + len(heads) + 1]
     digests = []
-    for head in heads:
+    for start, end in zip(ends[:-1].tolist(), ends[1:].tolist(), strict=True):
         digest = _REQUEST_ID_HASH.copy()
-        digest.update(head)
+        digest.update(data[start:end])
+        digest.update(brace)
         digests.append(digest.digest())
     ids = np.frombuffer(b"".join(digests), np.uint8).reshape(len(heads), 20)[:, :16].copy()
     ids[:, 6] = ids[:, 6] & 0x0F | 0x50  # uuid5's version, as uuid.uuid5 sets it
@@ -740,7 +829,7 @@ def _with_request_ids(heads: list[bytes]) -> pa.Array:
     digits[:, 1::2] = _HEX_DIGITS[ids & 0x0F]
     texts = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(heads), [None, pa.py_buffer(digits)])
     return pc.binary_join_element_wise(
-        pc.binary_slice(pa.array(heads, pa.binary()), 0, -1),
+        pc.binary_slice(heads, 0, -1) if closed else heads,
         b',"source_request_id":"',
         texts.cast(pa.binary()),
         b'"},',

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
-from wsync_dagster.destinations.event_columns import concatenated, offsets
+from wsync_dagster.destinations.event_columns import data_view, offsets
 from wsync_dagster.destinations.profile_changes import Reject
 from wsync_dagster.gc_pause import cycle_collection_paused
 
@@ -62,7 +62,7 @@ class ItemColumns(Sequence[Item]):
         self._bodies = bodies  # binary, each body with a trailing comma
         self._events = events  # events an item carries: the same for all, or each item's
         self._offsets: np.ndarray | None = None
-        self._text: bytes | None = None
+        self._text: bytes | memoryview | None = None
         self._start = start
         self._stop = len(bodies) if stop is None else stop
 
@@ -118,16 +118,16 @@ class ItemColumns(Sequence[Item]):
             return self._events * len(self)
         return int(self._events[self._start : self._stop].sum())
 
-    def text(self) -> bytes:
-        """All the bodies back to back, each with its comma."""
+    def text(self) -> bytes | memoryview:
+        """All the bodies back to back, each with its comma: the bodies' data itself, not a copy."""
         if self._text is None:
-            self._text = concatenated(self._bodies)
+            self._text = data_view(self._bodies)
         return self._text
 
     def joined(self) -> bytes:
         """The bodies separated by commas: one slice of them back to back, without the last comma."""
         at = self.offsets()
-        return self.text()[int(at[self._start]) : int(at[self._stop]) - 1]
+        return bytes(self.text()[int(at[self._start]) : int(at[self._stop]) - 1])
 
 
 def _binary(values: list[bytes]) -> tuple[pa.Array, np.ndarray, bytes]:
