@@ -1408,20 +1408,26 @@ def _merged(settled: Settled, rest: np.ndarray, resolved: Resolution) -> Resolut
     ):
         profile_ids[index] = profile_id
         conflicts[index] = conflict
-    first: dict[str, int] = {}
-    for index, profile_id in enumerate(profile_ids):
-        if profile_id is not None:
-            first.setdefault(profile_id, index)
-    created = sorted(settled.created + resolved.created, key=lambda p: first.get(p, len(profile_ids)))
     return Resolution(
         profile_ids=profile_ids,
         conflicts=conflicts,
-        created=created,
+        created=_in_key_order(settled.created + resolved.created, profile_ids),
         touched=resolved.touched,
         updated=resolved.updated,
         identities_changed=resolved.identities_changed,
         settled=settled,
     )
+
+
+def _in_key_order(created: list[str], profile_ids: list[str | None]) -> list[str]:
+    """The created profiles in the order of the first key each belongs to."""
+    if not created:  # an events batch of known customers: no walk over every key's profile
+        return created
+    first: dict[str, int] = {}
+    for index, profile_id in enumerate(profile_ids):
+        if profile_id is not None:
+            first.setdefault(profile_id, index)
+    return sorted(created, key=lambda p: first.get(p, len(profile_ids)))
 
 
 def _has_nul(values: pa.Array) -> bool:
