@@ -117,9 +117,17 @@ def test_the_sqlite_json_look_up_finds_the_owners_the_staged_one_finds(
     """SQLite looks a batch's stored owners up through JSON arrays: values with quotes, backslashes,
     non-ASCII or JSON-looking text leave the store as the staged look-up (PostgreSQL's) does; a batch with a
     NUL in a value (JSON would cut it short) is looked up staged."""
-    values = ['a"b', "c\\d", "\u00e9\u2028\u00fc", "[1, 2]", "null", "plain", "C1"] + (
-        ["x\x00y"] if nul else []
-    )
+    values = [
+        'a"b',
+        "c\\d",
+        "\u00e9\u2028\u00fc",
+        "[1, 2]",
+        "null",
+        "plain",
+        "C1",
+        "a\U0001f600b",
+        "tab\tx",
+    ] + (["x\x00y"] if nul else [])
     deliveries = odd_deliveries(values)
     json_look_ups: list[int] = []
     look_up = planner.Delivery._stored_owners_sqlite
