@@ -98,3 +98,47 @@ def test_set_wise_settling_leaves_the_store_as_resolving_each_key(
 def deliveries_summary(deliveries: list[tuple[str, list[pa.RecordBatch]]]) -> list[Any]:
     """The deliveries as rows, to read a failing seed by."""
     return [(protection, [batch.to_pylist() for batch in batches]) for protection, batches in deliveries]
+
+
+def odd_deliveries(values: list[str]) -> list[tuple[str, list[pa.RecordBatch]]]:
+    """Users with these customer ids, then their events and those of two more (one unknown: skipped)."""
+    users = [{"customer_id": value, "plan": "free", b.ROW: n} for n, value in enumerate(values)]
+    events = [
+        {"customer_id": value, b.EVENT_ID: f"E{n}", b.ROW: 100 + n, b.VERSION: 2}
+        for n, value in enumerate([*values, "unknown", values[0]])
+    ]
+    return [("create_and_update", [mapped(*users)]), ("update_only", [mapped(*events)])]
+
+
+@pytest.mark.parametrize("nul", [False, True])
+def test_the_sqlite_json_look_up_finds_the_owners_the_staged_one_finds(
+    nul: bool, make_store: Callable[..., ProfileStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite looks a batch's stored owners up through JSON arrays: values with quotes, backslashes,
+    non-ASCII or JSON-looking text leave the store as the staged look-up (PostgreSQL's) does; a batch with a
+    NUL in a value (JSON would cut it short) is looked up staged."""
+    values = [
+        'a"b',
+        "c\\d",
+        "\u00e9\u2028\u00fc",
+        "[1, 2]",
+        "null",
+        "plain",
+        "C1",
+        "a\U0001f600b",
+        "tab\tx",
+    ] + (["x\x00y"] if nul else [])
+    deliveries = odd_deliveries(values)
+    json_look_ups: list[int] = []
+    look_up = planner.Delivery._stored_owners_sqlite
+
+    def counted(self: planner.Delivery, keys: Any) -> Any:
+        json_look_ups.append(keys.count)
+        return look_up(self, keys)
+
+    monkeypatch.setattr(planner.Delivery, "_stored_owners_sqlite", counted)
+    got = run(make_store("json", "sqlite"), deliveries)
+    assert bool(json_look_ups) is not nul
+    monkeypatch.setattr(planner, "_has_nul", lambda values: True)  # every look-up staged
+    assert got == run(make_store("staged", "sqlite"), deliveries)
+    assert got[1]["events_written"] == len(values) + 1 and got[1]["rows_skipped"] == 1
