@@ -78,7 +78,6 @@ def map_partition(
         # The warehouse does not say how many rows the model returns before it has sent them: a rate, no end.
         meter = Meter(progress)
         with batch_file.writer() as writer:
-            writer.set_schema(mapper.empty().schema)
             for batch in warehouse.read_batches(query, params, READ_BATCH_ROWS):
                 counts.rows_read += batch.num_rows
                 if not batch.num_rows:
@@ -88,6 +87,9 @@ def map_partition(
                 counts.rows_mapped += mapped.num_rows
                 counts.rows_rejected += rejects.num_rows
                 meter.update(counts.rows_read, lambda pace: _read_line(spec, counts, pace))
+            if not counts.rows_read:
+                # The file's schema, which a mapped batch gives (mapping none costs a query of its own).
+                writer.set_schema(mapper.empty().schema)
             if compared is not None:
                 # The warehouse sent only the rows to map: the others of the model were read unchanged.
                 counts.rows_unchanged = writer.unchanged_rows = compared.model_rows - counts.rows_read
