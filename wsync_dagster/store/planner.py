@@ -547,7 +547,8 @@ class Delivery:
         self._suppression = erasure.Suppression(db, sync=sync, environment=environment, partitions=partitions)
         # SQLite writes the delivery's fingerprints at its end (_store_fingerprints): those its batches compare
         # with stay as they were when it began, and a sync that held none then (a first run) has none to match.
-        self._compare_fingerprints = db.name != "sqlite" or bool(
+        self._fingerprints_at_end = db.name == "sqlite"
+        self._compare_fingerprints = not self._fingerprints_at_end or bool(
             db.rows(
                 "SELECT 1 FROM fingerprints WHERE sync = ? AND environment = ? LIMIT 1", (sync, environment)
             )
@@ -628,7 +629,7 @@ class Delivery:
         """Write the pending identity stamps and fingerprints, and settle the delivery's totals: a profile
         counts once."""
         self._flush_restamps()
-        if self._db.name == "sqlite":
+        if self._fingerprints_at_end:
             self._store_fingerprints()
         if self._mirror:
             self._remove_the_departed()
@@ -650,7 +651,7 @@ class Delivery:
         outbox.mark_delivery(self._db, self._sync, self._environment, self._seq, self._destinations)
 
     def _store_fingerprints(self) -> None:
-        """SQLite: the delivery's fingerprints, in key order, as its batches would have upserted them one
+        """The delivery's fingerprints (SQLite), in key order, as its batches would have upserted them one
         after the other (a key's later rows upsert after its earlier ones)."""
         self._db.execute(
             "INSERT INTO fingerprints (sync, environment, row_key, fingerprint, updated_at, version)"
@@ -1318,7 +1319,7 @@ class Delivery:
         )
 
     def _write_fingerprints(self, batch: pa.RecordBatch, now: str) -> None:
-        if self._db.name == "sqlite":
+        if self._fingerprints_at_end:
             # Row keys are hashes: batch by batch, 1M upserts land on random pages of a growing key (6.0 s of
             # an initial sync); kept aside, they are written in key order once, at the end (_store_fingerprints).
             keys = _one_fingerprint_per_row_key(batch)
