@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg2
@@ -241,3 +243,54 @@ def test_a_table_a_delivery_doubled_is_analyzed_in_it(pg_store_database: str) ->
     backend.commit()
     backend.close()
     assert estimate == n
+
+
+def test_a_delivery_that_waited_for_an_owners_profile_sees_what_the_other_moved(
+    pg_store_database: str,
+) -> None:
+    """Delivery A moves customer C1's profile to a new email and stays open; B, delivering the old email,
+    waits for that profile, then resolves as if it had run after A: the old email, which A released, starts
+    a profile of its own (as delivered one after the other)."""
+    first = mapped({"customer_id": "C1", "email": "old@x.io", "plan": "free"}, version=1)
+    moved = mapped({"customer_id": "C1", "email": "new@x.io", "plan": "pro"}, version=2)
+    old_email = mapped({"email": "old@x.io", "plan": "team"}, version=3)
+    serial, url = pg_store_url(pg_store_database), pg_store_url(pg_store_database)
+    with open_profile_store(serial) as store:
+        for n, batch in enumerate((first, moved, old_email)):
+            deliver(store, batch, partition=f"p{n}")
+        expected = {value: store.profile("email", value) for value in ("old@x.io", "new@x.io")}
+
+    with open_profile_store(url) as a_store, open_profile_store(url) as b_store:
+        deliver(a_store, first, partition="p0")
+        with ExitStack() as a_open:
+            a = a_open.enter_context(
+                a_store.delivery(
+                    sync="crm_users",
+                    environment="production",
+                    partitions=["p1"],
+                    input_protection="create_and_update",
+                )
+            )
+            a.apply_batch(moved)
+            b = threading.Thread(target=deliver, args=(b_store, old_email), kwargs={"partition": "p2"})
+            b.start()
+            _until_a_delivery_waits_for_a_lock(url)
+        b.join(timeout=60)
+        assert not b.is_alive()
+        got = {value: a_store.profile("email", value) for value in ("old@x.io", "new@x.io")}
+    assert got["old@x.io"]["attributes"] == {"plan": "team"}
+    assert got["new@x.io"]["attributes"] == {"plan": "pro"}
+    assert got["old@x.io"]["profile_id"] != got["new@x.io"]["profile_id"]
+    assert {v: (p["identities"], p["attributes"]) for v, p in got.items()} == {
+        v: (p["identities"], p["attributes"]) for v, p in expected.items()
+    }
+
+
+def _until_a_delivery_waits_for_a_lock(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        waiting = store_sql(url, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory'")
+        if waiting[0][0]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the second delivery never waited for the first's lock")

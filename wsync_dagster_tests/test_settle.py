@@ -110,13 +110,13 @@ def odd_deliveries(values: list[str]) -> list[tuple[str, list[pa.RecordBatch]]]:
     return [("create_and_update", [mapped(*users)]), ("update_only", [mapped(*events)])]
 
 
-@pytest.mark.parametrize("nul", [False, True])
-def test_the_sqlite_json_look_up_finds_the_owners_the_staged_one_finds(
-    nul: bool, make_store: Callable[..., ProfileStore], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("backend", "nul"), [("sqlite", False), ("sqlite", True), ("postgresql", False)])
+def test_the_json_look_up_finds_the_owners_the_staged_one_finds(
+    backend: str, nul: bool, make_store: Callable[..., ProfileStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite looks a batch's stored owners up through JSON arrays: values with quotes, backslashes,
-    non-ASCII or JSON-looking text leave the store as the staged look-up (PostgreSQL's) does; a batch with a
-    NUL in a value (JSON would cut it short) is looked up staged."""
+    """A batch's stored owners are looked up through JSON arrays: values with quotes, backslashes, non-ASCII
+    or JSON-looking text leave the store as the staged look-up does; a batch with a NUL in a value (JSON
+    would cut it short; PostgreSQL's text cannot hold one) is looked up staged."""
     values = [
         'a"b',
         "c\\d",
@@ -129,16 +129,17 @@ def test_the_sqlite_json_look_up_finds_the_owners_the_staged_one_finds(
         "tab\tx",
     ] + (["x\x00y"] if nul else [])
     deliveries = odd_deliveries(values)
-    json_look_ups: list[int] = []
-    look_up = planner.Delivery._stored_owners_sqlite
+    staged_look_ups: list[int] = []
+    look_up = planner.Delivery._stored_owners_staged
 
     def counted(self: planner.Delivery, keys: Any) -> Any:
-        json_look_ups.append(keys.count)
+        staged_look_ups.append(keys.count)
         return look_up(self, keys)
 
-    monkeypatch.setattr(planner.Delivery, "_stored_owners_sqlite", counted)
-    got = run(make_store("json", "sqlite"), deliveries)
-    assert bool(json_look_ups) is not nul
+    monkeypatch.setattr(planner.Delivery, "_stored_owners_staged", counted)
+    got = run(make_store("json", backend), deliveries)
+    assert bool(staged_look_ups) is nul
     monkeypatch.setattr(planner, "_has_nul", lambda values: True)  # every look-up staged
-    assert got == run(make_store("staged", "sqlite"), deliveries)
+    assert got == run(make_store("staged", backend), deliveries)
+    assert staged_look_ups
     assert got[1]["events_written"] == len(values) + 1 and got[1]["rows_skipped"] == 1

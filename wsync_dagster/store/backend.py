@@ -57,6 +57,12 @@ class Backend(Protocol):
         """Lock the staged identities (stage_identity) and the profiles owning them until the delivery ends."""
         ...
 
+    def stored_owners(self, environment: str, values: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Per (identity type, its values as a JSON array): who owns each value and since which version, as two
+        JSON arrays in the values' order (null where no one does); the values and their owners' profiles stay
+        locked until the delivery ends."""
+        ...
+
     def commit(self) -> None:
         """Commit the open transaction."""
         ...

@@ -57,15 +57,6 @@ FROM stage_identity AS s
 JOIN identities AS i ON i.environment = ? AND i.identity_type = s.identity_type AND i.value = s.value
 """
 
-# SQLite: the stored owner of each value of a JSON array of one type's identities, with the version it was last
-# asserted with, as two JSON arrays in the values' order (NULL where no one owns it). The LEFT JOIN keeps
-# json_each the outer loop, which walks the array in order, and the aggregate takes the rows in that order.
-_STORED_OWNERS_JSON = """
-SELECT json_group_array(i.profile_id), json_group_array(i.version)
-FROM json_each(?1) AS s
-LEFT JOIN identities AS i ON i.environment = ?2 AND i.identity_type = ?3 AND i.value = s.value
-"""
-
 # Every identity held by a profile that owns one of the staged identities.
 _REACHABLE_IDENTITIES = """
 SELECT held.profile_id, held.identity_type, held.value, held.version
@@ -987,9 +978,27 @@ class Delivery:
         )
 
     def _stored_owners(self, keys: BatchKeys) -> StoredOwners:
-        """Who owns each key's identities in the store, and since which version."""
-        if self._db.name == "sqlite" and not any(_has_nul(values) for values in keys.values):
-            return self._stored_owners_sqlite(keys)
+        """Who owns each key's identities in the store, and since which version: each type's distinct values
+        go in as one JSON array and the owners come back as two, so no row of the look-up becomes Python
+        objects (another delivery resolving the same identities is waited for, PostgreSQL)."""
+        if any(_has_nul(values) for values in keys.values):
+            return self._stored_owners_staged(keys)
+        # Sorted, the look-ups walk the identities' primary key forward, page after page.
+        distinct = [pc.unique(values.drop_null()).sort() for values in keys.values]
+        found = self._db.stored_owners(
+            self._environment,
+            [(t, json.dumps(values.to_pylist())) for t, values in zip(keys.types, distinct, strict=True)],
+        )
+        profile_ids, versions = [], []
+        for values, of_type, (owners, stamps) in zip(keys.values, distinct, found, strict=True):
+            at = pc.index_in(values, value_set=of_type)
+            profile_ids.append(pa.array(json.loads(owners), pa.string()).take(at))
+            version = pa.array(json.loads(stamps), pa.int64()).take(at)
+            versions.append(pc.fill_null(version, 0).to_numpy(zero_copy_only=False))
+        return StoredOwners(profile_ids, versions)
+
+    def _stored_owners_staged(self, keys: BatchKeys) -> StoredOwners:
+        """_stored_owners for values JSON cannot carry as text (a NUL): staged, joined, read back as rows."""
         staged = []
         for identity_type, values in zip(keys.types, keys.values, strict=True):
             distinct = pc.unique(values.drop_null())
@@ -1024,22 +1033,6 @@ class Delivery:
             at = pc.index_in(values, value_set=of_type.column("value").combine_chunks())
             profile_ids.append(of_type.column("profile_id").combine_chunks().take(at))
             version = of_type.column("version").combine_chunks().take(at)
-            versions.append(pc.fill_null(version, 0).to_numpy(zero_copy_only=False))
-        return StoredOwners(profile_ids, versions)
-
-    def _stored_owners_sqlite(self, keys: BatchKeys) -> StoredOwners:
-        """_stored_owners on SQLite: each type's distinct values go in as one JSON array and the owners come
-        back as two, one entry per value in its order, so no row of the look-up becomes Python objects."""
-        profile_ids, versions = [], []
-        for identity_type, values in zip(keys.types, keys.values, strict=True):
-            # Sorted, the look-ups walk the identities' primary key forward, page after page.
-            distinct = pc.unique(values.drop_null()).sort()
-            [(owners, stamps)] = self._db.rows(
-                _STORED_OWNERS_JSON, (json.dumps(distinct.to_pylist()), self._environment, identity_type)
-            )
-            at = pc.index_in(values, value_set=distinct)
-            profile_ids.append(pa.array(json.loads(owners), pa.string()).take(at))
-            version = pa.array(json.loads(stamps), pa.int64()).take(at)
             versions.append(pc.fill_null(version, 0).to_numpy(zero_copy_only=False))
         return StoredOwners(profile_ids, versions)
 

@@ -8,6 +8,7 @@ wait for each other. Everything a delivery writes is one transaction: a killed r
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,27 @@ _NAMED = re.compile(r"(?<!:):([a-z_]+)")
 CONNECT_TIMEOUT_S = 10
 # Lock buckets per kind (identities, profiles): far below PostgreSQL's lock table of 64 per connection.
 LOCK_BUCKETS = 256
+# The buckets of a JSON object's identities ({type: [value, ...]}) and of the profiles in a JSON array of
+# JSON arrays of profile ids, in bucket order: the hashes lock_identities takes of staged rows.
+_LOCK_VALUES = f"""
+SELECT pg_advisory_xact_lock(1, k) FROM (
+  SELECT DISTINCT mod(abs(hashtextextended(? || '|' || t.key || '|' || v.value, 0)), {LOCK_BUCKETS})::int AS k
+  FROM json_each(?::json) AS t, json_array_elements_text(t.value) AS v(value) ORDER BY 1) AS buckets
+"""
+_LOCK_OWNERS = f"""
+SELECT pg_advisory_xact_lock(2, k) FROM (
+  SELECT DISTINCT mod(abs(hashtextextended(p.profile_id, 0)), {LOCK_BUCKETS})::int AS k
+  FROM json_array_elements(?::json) AS a(owners), json_array_elements_text(a.owners) AS p(profile_id)
+  WHERE p.profile_id IS NOT NULL ORDER BY 1) AS buckets
+"""
+# The stored owner of each value of a JSON array of one type's identities and its version, as two JSON arrays
+# in the values' order (null where no one owns it), and the snapshot the look-up read.
+_STORED_OWNERS = """
+SELECT coalesce(json_agg(i.profile_id ORDER BY s.n), '[]')::text,
+       coalesce(json_agg(i.version ORDER BY s.n), '[]')::text, pg_current_snapshot()::text
+FROM json_array_elements_text(?::json) WITH ORDINALITY AS s(value, n)
+LEFT JOIN identities AS i ON i.environment = ? AND i.identity_type = ? AND i.value = s.value
+"""
 # Rows written as CSV text at a time by a COPY.
 COPY_ROWS = 65_536
 # The delivery's planner cost of a page read out of order (the server's default is 4, for spinning disks): at
@@ -385,6 +407,25 @@ class PostgresBackend:
             " AND i.identity_type = s.identity_type AND i.value = s.value ORDER BY 1) AS buckets",
             (environment,),
         )
+
+    def stored_owners(self, environment: str, values: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Backend.stored_owners: the values' locks, their owners, then the owners' locks (lock_identities'
+        order), with JSON in and out, so no owner becomes a Python row."""
+        if not values:
+            return []
+        typed = (
+            "{" + ",".join(f"{json.dumps(identity_type)}:{array}" for identity_type, array in values) + "}"
+        )
+        self.execute(_LOCK_VALUES, (environment, typed))
+        found = [self.rows(_STORED_OWNERS, (array, environment, t))[0] for t, array in values]
+        self.execute(_LOCK_OWNERS, ("[" + ",".join(owners for owners, _, _ in found) + "]",))
+        # Waiting for an owner's lock means its holder may have moved these identities; so may a delivery that
+        # ended between the look-up and the locks. Either ended a transaction, which changes the snapshot: only
+        # then is the look-up repeated (under the locks now held, as lock_identities' callers look).
+        [(now,)] = self.rows("SELECT pg_current_snapshot()::text")
+        if now != found[0][2]:
+            found = [self.rows(_STORED_OWNERS, (array, environment, t))[0] for t, array in values]
+        return [(owners, versions) for owners, versions, _ in found]
 
     def commit(self) -> None:
         """Commit."""

@@ -21,6 +21,15 @@ from wsync_dagster.store.schema import STAGING, connect
 # another process closing its last connection deletes the -wal and -shm files under ours (disk I/O error).
 _OPEN_HERE: Counter[Path] = Counter()
 
+# The stored owner of each value of a JSON array of one type's identities, with the version it was last asserted
+# with, as two JSON arrays in the values' order (NULL where no one owns it). The LEFT JOIN keeps json_each the
+# outer loop, which walks the array in order, and the aggregate takes the rows in that order.
+_STORED_OWNERS = """
+SELECT json_group_array(i.profile_id), json_group_array(i.version)
+FROM json_each(?1) AS s
+LEFT JOIN identities AS i ON i.environment = ?2 AND i.identity_type = ?3 AND i.value = s.value
+"""
+
 
 def open_in_this_process(path: Path) -> bool:
     """A connection of this process has the store file open."""
@@ -136,6 +145,13 @@ class SQLiteBackend:
 
     def lock_identities(self, environment: str) -> None:
         """Nothing to do: the delivery holds the file's one write lock."""
+
+    def stored_owners(self, environment: str, values: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Backend.stored_owners: one look-up per type, with nothing to lock (the delivery holds the file)."""
+        return [
+            self.rows(_STORED_OWNERS, (array, environment, identity_type))[0]
+            for identity_type, array in values
+        ]
 
     def commit(self) -> None:
         """Commit."""
