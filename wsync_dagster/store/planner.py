@@ -81,18 +81,15 @@ WHERE NOT EXISTS (
 
 # A staged value wins this sync's register when it is newer, or as new and greater (its JSON text in byte
 # order, a removal lowest), so two values of one version settle alike in any order. What the profile shows
-# is the newest value of any sync, so the change is worked out against the newest value of the other syncs.
+# is the newest value of any sync, so the change is worked out against the newest value of the other syncs:
+# found by its version first, and its value and delivery looked up only where there is one (where no other
+# sync sets the attribute, a register costs two probes of the attributes' key, not four). `was` is the newest
+# stored value of any sync: this sync's, unless another's is newer (or as new and of a later delivery).
 _WINNING_ATTRIBUTES = """
 INSERT INTO stage_attribute_win (profile_id, name, value, version, change, own_value)
 WITH staged AS MATERIALIZED (
-    SELECT s.profile_id, s.name, s.value, s.version, own.value AS own_value,
-           (SELECT a.value FROM attributes AS a
-            WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.value IS NOT NULL
-            ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS was,
-           (SELECT a.value FROM attributes AS a
-            WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
-              AND a.value IS NOT NULL
-            ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_value,
+    SELECT s.profile_id, s.name, s.value, s.version,
+           own.value AS own_value, own.version AS own_version, own.seq AS own_seq,
            (SELECT a.version FROM attributes AS a
             WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
               AND a.value IS NOT NULL
@@ -102,11 +99,28 @@ WITH staged AS MATERIALIZED (
     WHERE own.profile_id IS NULL
        OR s.version > own.version
        OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {binary}))
+), other AS MATERIALIZED (
+    SELECT t.*,
+           CASE WHEN t.other_version IS NOT NULL THEN
+               (SELECT a.value FROM attributes AS a
+                WHERE a.profile_id = t.profile_id AND a.name = t.name AND a.sync <> :sync
+                  AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) END AS other_value,
+           CASE WHEN t.other_version = t.own_version THEN
+               (SELECT a.seq FROM attributes AS a
+                WHERE a.profile_id = t.profile_id AND a.name = t.name AND a.sync <> :sync
+                  AND a.value IS NOT NULL
+                ORDER BY a.version DESC, a.seq DESC LIMIT 1) END AS other_seq
+    FROM staged AS t
 ), decided AS MATERIALIZED (
-    SELECT profile_id, name, value, version, was, own_value,
+    SELECT profile_id, name, value, version, own_value,
+           CASE WHEN other_version IS NULL THEN own_value
+                WHEN own_value IS NOT NULL AND (own_version > other_version
+                     OR (own_version = other_version AND own_seq > other_seq)) THEN own_value
+                ELSE other_value END AS was,
            CASE WHEN value IS NOT NULL AND (other_version IS NULL OR version >= other_version) THEN value
                 ELSE other_value END AS shown
-    FROM staged
+    FROM other
 )
 SELECT profile_id, name, value, version,
        CASE WHEN shown IS NOT NULL AND (was IS NULL OR was <> shown) THEN 1
