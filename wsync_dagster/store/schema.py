@@ -241,6 +241,12 @@ STAGING: tuple[str, ...] = (
 )
 
 
+# SQLite's page cache, in KiB; and the smaller one a delivery sorts its fingerprints under (the sorter takes
+# as much memory as the cache before it spills to disk).
+CACHE_KIB = 65_536
+SORT_CACHE_KIB = 8_192
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open the store in WAL mode, creating or upgrading its tables."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +256,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode can lose the last commits on power loss but never corrupts the file.
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA cache_size = -65536")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     # A big delivery's WAL is checkpointed after commit; don't keep the file at its peak size.
     conn.execute("PRAGMA journal_size_limit = 67108864")
     _ensure_schema(conn)
