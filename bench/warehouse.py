@@ -32,11 +32,12 @@ class BenchData:
     events: int
     changed: int
 
-    def sync_file(self, name: str, folder: Path, *, changed: bool = False) -> Path:
-        """Write the named sync's YAML (reading the changed copy, if asked) into `folder`; its path."""
+    def sync_file(self, name: str, folder: Path, *, changed: bool = False, named: str | None = None) -> Path:
+        """Write the named sync's YAML (reading the changed copy, if asked; under another sync's name, if
+        given: its registers are that sync's) into `folder`; its path."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}{'_changed' if changed else ''}.yaml"
-        definition = self._definition(name, changed)
+        path = folder / f"{name}{'_changed' if changed else ''}{f'_as_{named}' if named else ''}.yaml"
+        definition = {**self._definition(name, changed), **({"name": named} if named else {})}
         path.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
         return path
 
