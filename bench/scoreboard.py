@@ -22,7 +22,7 @@ from wsync_dagster.iterators import IteratorWindow
 from wsync_dagster.mapped_batches import map_partition
 from wsync_dagster.run_partitions import Partition
 from wsync_dagster.spec import load_sync_file
-from wsync_dagster.store import open_profile_store, stored_fingerprints
+from wsync_dagster.store import open_profile_store
 from wsync_dagster.warehouses import resource  # noqa: F401  (a run opens its warehouse through Dagster)
 
 HERE = Path(__file__).resolve().parent
@@ -114,7 +114,7 @@ def _sync(job: dict, data: BenchData) -> tuple[int, str]:
     store = open_profile_store(job["store"])
     try:
         # As a run maps: the store's fingerprints at hand, for a warehouse that compares them itself.
-        stored = partial(stored_fingerprints, job["store"], spec.name, spec.sync.environment)
+        stored = partial(store.fingerprints, spec.name, spec.sync.environment)
         mapped = map_partition(spec, window, batch_file, run_version=run_version, stored=stored)
         partition = Partition(job["partition"], window.micros if window else (None, None))
         counts = deliver_partitions(spec, batch_file, store, [partition]).totals

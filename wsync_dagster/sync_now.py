@@ -12,7 +12,7 @@ from wsync_dagster.mapped_batches import MapCounts, map_partition
 from wsync_dagster.modes.base import RunScope
 from wsync_dagster.progress import PROGRESS, logger
 from wsync_dagster.spec import SyncSpec
-from wsync_dagster.store import ProfileStore, stored_fingerprints
+from wsync_dagster.store import ProfileStore
 
 
 class NowBlocked(RuntimeError):
@@ -39,7 +39,7 @@ def deliver_window_under_way(spec: SyncSpec, store: ProfileStore, scope: RunScop
     # Its own files: a scheduled run of the same partition may be writing the partition's.
     batches = batch_file(spec, f"{scope.partitions[0].key}.now")
     logger.info(f"{spec.name}: reading the window under way, {scope.label}", extra={PROGRESS: True})
-    stored = partial(stored_fingerprints, store.url, spec.name, spec.sync.environment)
+    stored = partial(store.fingerprints, spec.name, spec.sync.environment)
     counts = map_partition(spec, scope.window, batches, stored=stored)
     failed = None
     if counts.reject_rate > spec.checks.max_reject_rate:

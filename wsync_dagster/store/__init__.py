@@ -12,19 +12,10 @@ import re
 import sqlite3
 from pathlib import Path
 
-import pyarrow as pa
-
 from wsync_dagster.store.counts import DeliveryCounts
 from wsync_dagster.store.planner import Delivery, ProfileStore
 
-__all__ = [
-    "Delivery",
-    "DeliveryCounts",
-    "ProfileStore",
-    "ProfileStoreError",
-    "open_profile_store",
-    "stored_fingerprints",
-]
+__all__ = ["Delivery", "DeliveryCounts", "ProfileStore", "ProfileStoreError", "open_profile_store"]
 
 _SQLITE_PREFIX = "sqlite:///"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -51,12 +42,6 @@ def open_profile_store(url: str) -> ProfileStore:
         return ProfileStore(path)
     except (sqlite3.Error, OSError, RuntimeError) as error:
         raise ProfileStoreError(f"profile store {path}: {_what_is_wrong(path, error)}") from None
-
-
-def stored_fingerprints(url: str, sync: str, environment: str) -> pa.Table:
-    """ProfileStore.fingerprints through a connection of its own (for a thread of its own)."""
-    with open_profile_store(url) as store:
-        return store.fingerprints(sync, environment)
 
 
 def _sqlite_path(url: str) -> Path:
