@@ -1466,7 +1466,7 @@ def _in_key_order(created: list[str], profile_ids: list[str | None]) -> list[str
 
 
 def _has_nul(values: pa.Array) -> bool:
-    """A value with NUL in it, which SQLite's JSON functions would cut short."""
+    """A value with NUL in it, which SQLite's JSON functions would cut short (PostgreSQL's text holds none)."""
     return bool(pc.any(pc.match_substring(values, "\x00")).as_py())
 
 

@@ -37,19 +37,35 @@ _NAMED = re.compile(r"(?<!:):([a-z_]+)")
 CONNECT_TIMEOUT_S = 10
 # Lock buckets per kind (identities, profiles): far below PostgreSQL's lock table of 64 per connection.
 LOCK_BUCKETS = 256
-# The buckets of a JSON object's identities ({type: [value, ...]}) and of the profiles in a JSON array of
-# JSON arrays of profile ids, in bucket order: the hashes lock_identities takes of staged rows.
-_LOCK_VALUES = f"""
-SELECT pg_advisory_xact_lock(1, k) FROM (
-  SELECT DISTINCT mod(abs(hashtextextended(? || '|' || t.key || '|' || v.value, 0)), {LOCK_BUCKETS})::int AS k
-  FROM json_each(?::json) AS t, json_array_elements_text(t.value) AS v(value) ORDER BY 1) AS buckets
-"""
-_LOCK_OWNERS = f"""
-SELECT pg_advisory_xact_lock(2, k) FROM (
-  SELECT DISTINCT mod(abs(hashtextextended(p.profile_id, 0)), {LOCK_BUCKETS})::int AS k
-  FROM json_array_elements(?::json) AS a(owners), json_array_elements_text(a.owners) AS p(profile_id)
-  WHERE p.profile_id IS NOT NULL ORDER BY 1) AS buckets
-"""
+
+
+def _lock_buckets(kind: int, key: str, rows: str) -> str:
+    """Take the advisory locks of a kind (1 identities, 2 profiles) on the hash buckets of `key` over `rows`, in
+    bucket order: every path that locks identities or profiles hashes them here, so they meet in one bucket."""
+    return (
+        f"SELECT pg_advisory_xact_lock({kind}, k) FROM (SELECT DISTINCT"
+        f" mod(abs(hashtextextended({key}, 0)), {LOCK_BUCKETS})::int AS k FROM {rows} ORDER BY 1) AS buckets"
+    )
+
+
+def _identity(identity_type: str, value: str) -> str:
+    """An identity as the text its bucket is hashed from, the environment first (a parameter)."""
+    return f"? || '|' || {identity_type} || '|' || {value}"
+
+
+# The buckets of a JSON object's identities ({type: [value, ...]}), and of the profiles in a JSON array of JSON
+# arrays of profile ids.
+_LOCK_VALUES = _lock_buckets(
+    1,
+    _identity("t.key", "v.value"),
+    "json_each(?::json) AS t, json_array_elements_text(t.value) AS v(value)",
+)
+_LOCK_OWNERS = _lock_buckets(
+    2,
+    "p.profile_id",
+    "json_array_elements(?::json) AS a(owners), json_array_elements_text(a.owners) AS p(profile_id)"
+    " WHERE p.profile_id IS NOT NULL",
+)
 # The stored owner of each value of a JSON array of one type's identities and its version, as two JSON arrays
 # in the values' order (null where no one owns it), and the snapshot the look-up read.
 _STORED_OWNERS = """
@@ -397,19 +413,12 @@ class PostgresBackend:
         lock table (max_locks_per_transaction) on a delivery of 100k customers. Small deliveries of
         different customers still meet in no bucket; big ones take most buckets and run one after another.
         """
-        self.execute(
-            "SELECT pg_advisory_xact_lock(1, k) FROM ("
-            " SELECT DISTINCT mod(abs(hashtextextended(? || '|' || identity_type || '|' || value, 0)),"
-            f" {LOCK_BUCKETS})::int AS k FROM stage_identity ORDER BY 1) AS buckets",
-            (environment,),
+        self.execute(_lock_buckets(1, _identity("identity_type", "value"), "stage_identity"), (environment,))
+        owners = (
+            "stage_identity AS s JOIN identities AS i ON i.environment = ?"
+            " AND i.identity_type = s.identity_type AND i.value = s.value"
         )
-        self.execute(
-            "SELECT pg_advisory_xact_lock(2, k) FROM ("
-            f" SELECT DISTINCT mod(abs(hashtextextended(i.profile_id, 0)), {LOCK_BUCKETS})::int AS k"
-            " FROM stage_identity AS s JOIN identities AS i ON i.environment = ?"
-            " AND i.identity_type = s.identity_type AND i.value = s.value ORDER BY 1) AS buckets",
-            (environment,),
-        )
+        self.execute(_lock_buckets(2, "i.profile_id", owners), (environment,))
 
     def stored_owners(self, environment: str, values: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Backend.stored_owners: the values' locks, their owners, then the owners' locks (lock_identities'
@@ -419,15 +428,19 @@ class PostgresBackend:
         typed = (
             "{" + ",".join(f"{json.dumps(identity_type)}:{array}" for identity_type, array in values) + "}"
         )
+
+        def look_up() -> list[tuple[str, str, str]]:
+            return [self.rows(_STORED_OWNERS, (array, environment, t))[0] for t, array in values]
+
         self.execute(_LOCK_VALUES, (environment, typed))
-        found = [self.rows(_STORED_OWNERS, (array, environment, t))[0] for t, array in values]
+        found = look_up()
         self.execute(_LOCK_OWNERS, ("[" + ",".join(owners for owners, _, _ in found) + "]",))
         # Waiting for an owner's lock means its holder may have moved these identities; so may a delivery that
         # ended between the look-up and the locks. Either ended a transaction, which changes the snapshot: only
         # then is the look-up repeated (under the locks now held, as lock_identities' callers look).
         [(now,)] = self.rows("SELECT pg_current_snapshot()::text")
         if now != found[0][2]:
-            found = [self.rows(_STORED_OWNERS, (array, environment, t))[0] for t, array in values]
+            found = look_up()
         return [(owners, versions) for owners, versions, _ in found]
 
     def commit(self) -> None:
