@@ -93,17 +93,17 @@ def store_url(kind: str, name: str, workdir: Path, scratch: list[str]) -> str:
     return f"postgresql://{PG_DSN['user']}@{PG_DSN['host']}:{PG_DSN['port']}/{database}"
 
 
-def copy_store(kind: str, url: str, workdir: Path, scratch: list[str]) -> str:
+def copy_store(kind: str, url: str, scratch: list[str]) -> str:
     """A copy of a store no process has open: the file copied, or a database made from it as a template."""
     if kind == "sqlite":
         source = Path(url.removeprefix("sqlite:///"))
         copy = source.with_name(f"{source.stem}_copy.sqlite")
         shutil.copyfile(source, copy)
         return f"sqlite:///{copy}"
-    database = f"{url.rsplit('/', 1)[1]}_copy"
-    _pg(f"CREATE DATABASE {database} TEMPLATE {url.rsplit('/', 1)[1]}")
-    scratch.append(database)
-    return url.rsplit("/", 1)[0] + f"/{database}"
+    server, database = url.rsplit("/", 1)
+    _pg(f"CREATE DATABASE {database}_copy TEMPLATE {database}")
+    scratch.append(f"{database}_copy")
+    return f"{server}/{database}_copy"
 
 
 def create_store(url: str) -> None:
@@ -179,7 +179,7 @@ def measure_store(
     for key, label, sync_file, window, partition in steps:
         if key not in wanted:
             continue
-        on = copy_store(kind, store, workdir, scratch) if key in ON_A_COPY else store
+        on = copy_store(kind, store, scratch) if key in ON_A_COPY else store
         job = {**base, "kind": "sync", "store": on, "sync_file": str(sync_file), "window": window}
         job["partition"] = partition
         lines.append(echo(run_line(f"{kind}_{key}", f"{kind} {label}", job, LINE_TIMEOUT_S)))

@@ -79,38 +79,38 @@ WHERE NOT EXISTS (
 )
 """
 
+
+def _newest_other(column: str, row: str) -> str:
+    """A column of the newest value another sync set for the attribute of `row` (a correlated subquery)."""
+    return (
+        f"(SELECT a.{column} FROM attributes AS a WHERE a.profile_id = {row}.profile_id AND a.name = {row}.name"
+        " AND a.sync <> :sync AND a.value IS NOT NULL ORDER BY a.version DESC, a.seq DESC LIMIT 1)"
+    )
+
+
 # A staged value wins this sync's register when it is newer, or as new and greater (its JSON text in byte
 # order, a removal lowest), so two values of one version settle alike in any order. What the profile shows
 # is the newest value of any sync, so the change is worked out against the newest value of the other syncs:
 # found by its version first, and its value and delivery looked up only where there is one (where no other
 # sync sets the attribute, a register costs two probes of the attributes' key, not four). `was` is the newest
 # stored value of any sync: this sync's, unless another's is newer (or as new and of a later delivery).
-_WINNING_ATTRIBUTES = """
+_WINNING_ATTRIBUTES = f"""
 INSERT INTO stage_attribute_win (profile_id, name, value, version, change, own_value)
 WITH staged AS MATERIALIZED (
     SELECT s.profile_id, s.name, s.value, s.version,
            own.value AS own_value, own.version AS own_version, own.seq AS own_seq,
-           (SELECT a.version FROM attributes AS a
-            WHERE a.profile_id = s.profile_id AND a.name = s.name AND a.sync <> :sync
-              AND a.value IS NOT NULL
-            ORDER BY a.version DESC, a.seq DESC LIMIT 1) AS other_version
+           {_newest_other("version", "s")} AS other_version
     FROM stage_attribute AS s
     LEFT JOIN attributes AS own ON own.profile_id = s.profile_id AND own.name = s.name AND own.sync = :sync
     WHERE own.profile_id IS NULL
        OR s.version > own.version
-       OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {binary}))
+       OR (s.version = own.version AND s.value IS NOT NULL AND (own.value IS NULL OR s.value > own.value {{binary}}))
 ), other AS MATERIALIZED (
     SELECT t.*,
            CASE WHEN t.other_version IS NOT NULL THEN
-               (SELECT a.value FROM attributes AS a
-                WHERE a.profile_id = t.profile_id AND a.name = t.name AND a.sync <> :sync
-                  AND a.value IS NOT NULL
-                ORDER BY a.version DESC, a.seq DESC LIMIT 1) END AS other_value,
+               {_newest_other("value", "t")} END AS other_value,
            CASE WHEN t.other_version = t.own_version THEN
-               (SELECT a.seq FROM attributes AS a
-                WHERE a.profile_id = t.profile_id AND a.name = t.name AND a.sync <> :sync
-                  AND a.value IS NOT NULL
-                ORDER BY a.version DESC, a.seq DESC LIMIT 1) END AS other_seq
+               {_newest_other("seq", "t")} END AS other_seq
     FROM staged AS t
 ), decided AS MATERIALIZED (
     SELECT profile_id, name, value, version, own_value,
