@@ -438,6 +438,22 @@ def test_value_from_another_sync_takes_the_attribute_over(store: ProfileStore) -
     assert attributes(store, "customer_id", "A") == {"plan": "enterprise"}
 
 
+@pytest.mark.parametrize("resending", ["crm_users", "billing"])
+def test_a_sync_resending_the_value_a_tie_across_syncs_shows_changes_nothing(
+    store: ProfileStore, resending: str
+) -> None:
+    """Two syncs set one version: the later delivery's value shows. Either sync sending the value shown again,
+    newer, changes no profile: nothing counted as set or updated (and so nothing to forward)."""
+    deliver(store, mapped({"customer_id": "A", "plan": "free"}, version=5), sync="crm_users", partition="p1")
+    deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=5), sync="billing", partition="p2")
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+
+    counts = deliver(store, mapped({"customer_id": "A", "plan": "pro"}, version=6), sync=resending, partition="p3")
+
+    assert (counts.attributes_set, counts.profiles_updated) == (0, 0)
+    assert attributes(store, "customer_id", "A") == {"plan": "pro"}
+
+
 def test_newest_version_in_a_batch_wins_and_ties_go_to_the_greater_value(store: ProfileStore) -> None:
     deliver(
         store,
