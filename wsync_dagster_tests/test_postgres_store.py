@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pyarrow as pa
@@ -294,3 +295,26 @@ def _until_a_delivery_waits_for_a_lock(url: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the second delivery never waited for the first's lock")
+
+
+def test_a_delivery_sends_no_identity_value_in_a_statements_text(pg_store_database: str) -> None:
+    """A statement's text shows in pg_stat_activity and, when it fails (a lock timeout), in the server's log:
+    identity values go in by COPY, and no statement a delivery sends names one."""
+    sent: list[bytes] = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query: Any, params: Any = None) -> Any:
+            try:
+                return super().execute(query, params)
+            finally:
+                sent.append(self.query or b"")
+
+    planted = "planted-7f3a@x.io"
+    with open_profile_store(pg_store_url(pg_store_database)) as store:
+        store._db._conn.cursor_factory = Recording  # type: ignore[attr-defined]
+        deliver(store, mapped({"customer_id": "C-planted-7f3a", "email": planted, "plan": "pro"}), partition="p1")
+        deliver(store, mapped({"email": planted, "plan": "team"}, version=2), partition="p2")
+        delivered = list(sent)
+        assert store.profile("email", planted)["attributes"] == {"plan": "team"}
+    assert delivered
+    assert not [query for query in delivered if b"planted-7f3a" in query]

@@ -8,7 +8,6 @@ wait for each other. Everything a delivery writes is one transaction: a killed r
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -53,25 +52,26 @@ def _identity(identity_type: str, value: str) -> str:
     return f"? || '|' || {identity_type} || '|' || {value}"
 
 
-# The buckets of a JSON object's identities ({type: [value, ...]}), and of the profiles in a JSON array of JSON
-# arrays of profile ids.
+# The buckets of the staged identities, one JSON array of values per type, and of their owners' profiles.
 _LOCK_VALUES = _lock_buckets(
     1,
-    _identity("t.key", "v.value"),
-    "json_each(?::json) AS t, json_array_elements_text(t.value) AS v(value)",
+    _identity("j.identity_type", "v.value"),
+    "stage_identity_values AS j, json_array_elements_text(j.vals::json) AS v(value)",
 )
 _LOCK_OWNERS = _lock_buckets(
     2,
     "p.profile_id",
-    "json_array_elements(?::json) AS a(owners), json_array_elements_text(a.owners) AS p(profile_id)"
-    " WHERE p.profile_id IS NOT NULL",
+    "stage_owner AS o, json_array_elements_text(o.owners::json) AS p(profile_id) WHERE p.profile_id IS NOT NULL",
 )
-# The stored owner of each value of a JSON array of one type's identities and its version, as two JSON arrays
-# in the values' order (null where no one owns it), and the snapshot the look-up read.
-_STORED_OWNERS = """
-SELECT coalesce(json_agg(i.profile_id ORDER BY s.n), '[]')::text,
-       coalesce(json_agg(i.version ORDER BY s.n), '[]')::text, pg_current_snapshot()::text
-FROM json_array_elements_text(?::json) WITH ORDINALITY AS s(value, n)
+# The stored owner of each staged value and its version, as two JSON arrays per type in the values' order (null
+# where no one owns it). The values go in by COPY, never in a statement's text: a statement's text shows in
+# pg_stat_activity and, when it fails (a lock timeout), in the server's log. One type at a time: its type a
+# constant, the planner probes the identities' key per value (joined to the staged types, it scanned them all).
+_LOOK_UP_OWNERS = """
+INSERT INTO stage_owner (identity_type, owners, versions)
+SELECT ?, coalesce(json_agg(i.profile_id ORDER BY s.n), '[]')::text, coalesce(json_agg(i.version ORDER BY s.n), '[]')::text
+FROM (SELECT vals FROM stage_identity_values WHERE identity_type = ?) AS j
+CROSS JOIN LATERAL json_array_elements_text(j.vals::json) WITH ORDINALITY AS s(value, n)
 LEFT JOIN identities AS i ON i.environment = ? AND i.identity_type = ? AND i.value = s.value
 """
 # Rows written as CSV text at a time by a COPY.
@@ -425,23 +425,33 @@ class PostgresBackend:
         order), with JSON in and out, so no owner becomes a Python row."""
         if not values:
             return []
-        typed = (
-            "{" + ",".join(f"{json.dumps(identity_type)}:{array}" for identity_type, array in values) + "}"
+        types = [identity_type for identity_type, _ in values]
+        self.stage(
+            "stage_identity_values", pa.table({"identity_type": types, "vals": [a for _, a in values]})
         )
+        self.execute(_LOCK_VALUES, (environment,))
 
-        def look_up() -> list[tuple[str, str, str]]:
-            return [self.rows(_STORED_OWNERS, (array, environment, t))[0] for t, array in values]
+        def look_up() -> str:
+            """The owners into stage_owner; the snapshot before the look-up."""
+            [(snapshot,)] = self.rows("SELECT pg_current_snapshot()::text")
+            self.execute("TRUNCATE stage_owner")
+            for identity_type in types:
+                self.execute(_LOOK_UP_OWNERS, (identity_type, identity_type, environment, identity_type))
+            return snapshot
 
-        self.execute(_LOCK_VALUES, (environment, typed))
-        found = look_up()
-        self.execute(_LOCK_OWNERS, ("[" + ",".join(owners for owners, _, _ in found) + "]",))
+        looked = look_up()
+        self.execute(_LOCK_OWNERS)
         # Waiting for an owner's lock means its holder may have moved these identities; so may a delivery that
         # ended between the look-up and the locks. Either ended a transaction, which changes the snapshot: only
         # then is the look-up repeated (under the locks now held, as lock_identities' callers look).
         [(now,)] = self.rows("SELECT pg_current_snapshot()::text")
-        if now != found[0][2]:
-            found = look_up()
-        return [(owners, versions) for owners, versions, _ in found]
+        if now != looked:
+            look_up()
+        found = {
+            t: (owners, versions)
+            for t, owners, versions in self.rows("SELECT identity_type, owners, versions FROM stage_owner")
+        }
+        return [found.get(identity_type, ("[]", "[]")) for identity_type in types]
 
     def commit(self) -> None:
         """Commit."""

@@ -208,6 +208,10 @@ UPGRADES: dict[int, tuple[str, ...]] = {
 STAGING: tuple[str, ...] = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_identity (identity_type TEXT NOT NULL, value TEXT NOT NULL)",
     "CREATE TEMP TABLE IF NOT EXISTS stage_profile (profile_id TEXT NOT NULL)",
+    # PostgreSQL: a batch's distinct values of each identity type as one JSON array, and their stored owners and
+    # versions as two, in the same order (Backend.stored_owners).
+    "CREATE TEMP TABLE IF NOT EXISTS stage_identity_values (identity_type TEXT NOT NULL, vals TEXT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_owner (identity_type TEXT NOT NULL, owners TEXT, versions TEXT)",
     # A mirroring full-mode delivery: every row key it saw and every profile its rows found, unchanged rows included.
     "CREATE TEMP TABLE IF NOT EXISTS mirror_row_key (row_key TEXT NOT NULL)",
     "CREATE TEMP TABLE IF NOT EXISTS mirror_profile (profile_id TEXT NOT NULL)",
